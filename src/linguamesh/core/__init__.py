@@ -1,0 +1,1 @@
+"""Sans-I/O core: job state machine, selection, reservation rules, ordering. No I/O, no clock."""

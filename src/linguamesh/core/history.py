@@ -1,0 +1,48 @@
+"""A session's event history, for resume (DESIGN §6). Pure.
+
+Every event to a client gets the next ``seq``; the history keeps the last
+``max_events`` events (and drops what the client acknowledged) so a client
+that reconnects with ``last_seq`` gets everything after it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ReplayGap(Exception):
+    """The events after ``last_seq`` are no longer all kept."""
+
+
+class EventHistory(Generic[T]):
+    def __init__(self, max_events: int = 1000) -> None:
+        self.max_events = max_events
+        self.last_seq = 0
+        self._events: deque[tuple[int, T]] = deque()
+
+    def append(self, seq: int, event: T) -> None:
+        """Keep ``event`` under ``seq``; seqs must increase."""
+        if seq <= self.last_seq:
+            raise ValueError(f"seq {seq} is not after {self.last_seq}")
+        self.last_seq = seq
+        self._events.append((seq, event))
+        while len(self._events) > self.max_events:
+            self._events.popleft()
+
+    def since(self, last_seq: int) -> list[tuple[int, T]]:
+        if last_seq > self.last_seq:
+            raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({self.last_seq})")
+        first = self._events[0][0] if self._events else self.last_seq + 1
+        if last_seq + 1 < first:
+            raise ReplayGap(f"events {last_seq + 1}..{first - 1} are no longer kept")
+        return [(s, e) for s, e in self._events if s > last_seq]
+
+    def ack(self, seq: int) -> None:
+        while self._events and self._events[0][0] <= seq:
+            self._events.popleft()
+
+    def __len__(self) -> int:
+        return len(self._events)

@@ -1,0 +1,101 @@
+"""The job state machine (DESIGN §4) with checked transitions.
+
+::
+
+    created ──> assigned ──> dispatched ──> accepted ──> running ──> completed
+       ^  \\        │             │             │            │  \\
+       │   \\       └─────────────┴──── failover (attempt+1) ─┘   > failed | cancelled
+       └────────────────────────────────────────┘
+
+``created`` means "waiting for a node" (first attempt or a retry). Any
+non-terminal state may end in ``failed`` or ``cancelled``; a result may
+complete the job from any non-terminal state (a late result from an earlier
+attempt is still a valid result). Terminal states never change again: an
+illegal transition raises :class:`IllegalTransition`, it is never ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .ids import JobId, NodeId, SessionId, TraceId
+
+
+class JobState(StrEnum):
+    CREATED = "created"
+    ASSIGNED = "assigned"
+    DISPATCHED = "dispatched"
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+_ACTIVE = frozenset(JobState) - TERMINAL
+_ENDINGS = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.CREATED: frozenset({JobState.ASSIGNED}) | _ENDINGS,
+    JobState.ASSIGNED: frozenset({JobState.DISPATCHED, JobState.CREATED}) | _ENDINGS,
+    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.RUNNING, JobState.CREATED})
+    | _ENDINGS,
+    JobState.ACCEPTED: frozenset({JobState.RUNNING, JobState.CREATED}) | _ENDINGS,
+    JobState.RUNNING: frozenset({JobState.CREATED}) | _ENDINGS,
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: str, src: JobState, dst: JobState) -> None:
+        super().__init__(f"job {job_id}: illegal transition {src} -> {dst}")
+        self.src = src
+        self.dst = dst
+
+
+@dataclass(slots=True)
+class Job:
+    """One utterance translated into one target language."""
+
+    job_id: JobId
+    trace_id: TraceId
+    session_id: SessionId
+    utterance_index: int
+    src_lang: str
+    tgt_lang: str
+    stages: tuple[str, ...]
+    audio: bytes
+    audio_format: str
+    sample_rate: int
+    audio_seconds: float
+    created_at: float
+    request_id: str | None = None
+    preferred_node_id: NodeId | None = None
+    state: JobState = JobState.CREATED
+    attempt_id: int = 1
+    node_id: NodeId | None = None
+    excluded: set[NodeId] = field(default_factory=set)
+    #: Monotonic time the job entered ``created`` for the current attempt.
+    waiting_since: float = 0.0
+    assigned_at: float | None = None
+    dispatched_at: float | None = None
+    finished_at: float | None = None
+    last_reason: str | None = None
+    failure_code: str | None = None
+    history: list[tuple[float, str, int]] = field(default_factory=list)
+
+    def transition(self, dst: JobState, now: float) -> None:
+        if dst not in ALLOWED[self.state]:
+            raise IllegalTransition(self.job_id, self.state, dst)
+        self.state = dst
+        self.history.append((now, dst.value, self.attempt_id))
+        if dst.terminal:
+            self.finished_at = now

@@ -1,0 +1,51 @@
+"""Per ``(session, tgt_lang)`` ordered delivery (DESIGN §3.1). Pure.
+
+Results are released in ``utterance_index`` order among the jobs that exist:
+an index that was never received never blocks (gaps are allowed); a job
+that exists blocks later results until it ends — and every job ends in
+exactly one result, so the wait is bounded by the job's timeouts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class DuplicateIndex(Exception):
+    pass
+
+
+class OrderedStream(Generic[T]):
+    def __init__(self) -> None:
+        self._waiting: list[int] = []  # heap of indices still expected
+        self._expected: set[int] = set()
+        self._done: dict[int, T] = {}
+        self.delivered_up_to = -1
+
+    def expect(self, index: int) -> None:
+        """Register a job's index. Indices are registered in increasing order per stream,
+        but a lower one arriving late (retry of a lost frame) is accepted too."""
+        if index in self._expected or index <= self.delivered_up_to and index in self._done:
+            raise DuplicateIndex(index)
+        self._expected.add(index)
+        heapq.heappush(self._waiting, index)
+
+    def complete(self, index: int, item: T) -> list[T]:
+        """Record a finished item; return every item now deliverable, in order."""
+        if index not in self._expected or index in self._done:
+            raise KeyError(f"index {index} was not expected or already completed")
+        self._done[index] = item
+        ready: list[T] = []
+        while self._waiting and self._waiting[0] in self._done:
+            i = heapq.heappop(self._waiting)
+            self._expected.discard(i)
+            ready.append(self._done.pop(i))
+            self.delivered_up_to = max(self.delivered_up_to, i)
+        return ready
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)

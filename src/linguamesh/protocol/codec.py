@@ -1,0 +1,116 @@
+"""Encode and decode v1 frames. The only place frames become messages.
+
+Every decode failure becomes a :class:`ProtocolError` with a stable code and a
+message naming the field at fault (msgspec reports the JSON path, e.g.
+``$.audio``). Size limits are enforced here, before parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+
+from .errors import ErrorCode, ProtocolError
+from .messages import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    NodeMessage,
+    SchedulerToNode,
+    SessionEvent,
+)
+
+#: Default largest frame accepted (bytes of JSON text). 60 s of 16 kHz pcm16 in base64 is ~2.6 MB.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+_encoder = msgspec.json.Encoder()
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_node_decoder: msgspec.json.Decoder[NodeMessage] = msgspec.json.Decoder(NodeMessage)
+_event_decoder: msgspec.json.Decoder[SessionEvent] = msgspec.json.Decoder(SessionEvent)
+_to_node_decoder: msgspec.json.Decoder[SchedulerToNode] = msgspec.json.Decoder(SchedulerToNode)
+_generic = msgspec.json.Decoder(dict[str, Any])
+
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_AUDIO_FIELDS = ("audio", "tts_audio")
+
+T = TypeVar("T")
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Encode a message to JSON bytes (send as a text frame)."""
+    return _encoder.encode(msg)
+
+
+def encode_str(msg: msgspec.Struct) -> str:
+    return _encoder.encode(msg).decode()
+
+
+def _check_size(frame: str | bytes, max_bytes: int) -> None:
+    size = len(frame)
+    if size > max_bytes:
+        raise ProtocolError(
+            ErrorCode.AUDIO_TOO_LARGE,
+            f"frame of {size} bytes exceeds the limit of {max_bytes} bytes",
+        )
+
+
+def _field_of(err: str) -> str | None:
+    m = _PATH.search(err)
+    return m.group(1) if m else None
+
+
+def _decode(decoder: msgspec.json.Decoder[T], frame: str | bytes, max_bytes: int) -> T:
+    _check_size(frame, max_bytes)
+    try:
+        return decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(frame, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"frame is not valid JSON: {exc}") from None
+
+
+def _validation_error(frame: str | bytes, err: str) -> ProtocolError:
+    field = _field_of(err)
+    if field == "type":
+        try:
+            raw = _generic.decode(frame)
+        except msgspec.DecodeError:
+            raw = {}
+        kind = raw.get("type")
+        if kind is None:
+            return ProtocolError(ErrorCode.BAD_MESSAGE, "missing field `type`")
+        return ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {kind!r} (field `type`)")
+    if field in _AUDIO_FIELDS and "base64" in err:
+        return ProtocolError(ErrorCode.BAD_AUDIO, f"field `{field}` is not valid base64")
+    if "Expected `object`" in err and field in (None, ""):
+        return ProtocolError(ErrorCode.BAD_MESSAGE, "a frame must be one JSON object")
+    return ProtocolError(ErrorCode.BAD_MESSAGE, err)
+
+
+def decode_client(frame: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ClientMessage:
+    """Decode a frame sent by a client on ``/ws/session``."""
+    return _decode(_client_decoder, frame, max_bytes)
+
+
+def decode_node(frame: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> NodeMessage:
+    """Decode a frame sent by a node on ``/ws/node``."""
+    return _decode(_node_decoder, frame, max_bytes)
+
+
+def decode_event(frame: str | bytes, max_bytes: int = 64 * 1024 * 1024) -> SessionEvent:
+    """Decode a frame the scheduler sent to a client (client side)."""
+    return _decode(_event_decoder, frame, max_bytes)
+
+
+def decode_to_node(frame: str | bytes, max_bytes: int = 64 * 1024 * 1024) -> SchedulerToNode:
+    """Decode a frame the scheduler sent to a node (node side)."""
+    return _decode(_to_node_decoder, frame, max_bytes)
+
+
+def check_version(version: int) -> None:
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol_version {version} is not supported; this server speaks {PROTOCOL_VERSION}",
+        )

@@ -1,0 +1,269 @@
+"""Every message of wire protocol v1 (DESIGN §3) as a typed msgspec Struct.
+
+One JSON object per WebSocket text frame, discriminated by ``type``. Audio
+travels as base64 in JSON; msgspec decodes ``bytes`` fields from base64 and
+encodes them back, so structs hold raw bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+AudioFormat = Literal["pcm16", "wav"]
+JobStatusValue = Literal["queued", "assigned", "processing", "retrying"]
+ResultStatus = Literal["ok", "failed"]
+Stage = Literal["asr", "repair", "nmt", "tts"]
+
+
+class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    pass
+
+
+# ---------------------------------------------------------------- shared parts
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+
+
+class Timings(msgspec.Struct, omit_defaults=True):
+    queue_ms: float = 0.0
+    asr_ms: float = 0.0
+    repair_ms: float = 0.0
+    nmt_ms: float = 0.0
+    tts_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class Limits(msgspec.Struct, omit_defaults=True):
+    max_message_bytes: int
+    max_utterance_seconds: float
+    sample_rate: int = 16000
+
+
+class ResumeInfo(msgspec.Struct):
+    session_id: str
+    resume_token: str
+    last_seq: int = 0
+
+
+class Capabilities(msgspec.Struct, omit_defaults=True):
+    asr_languages: list[str] = []
+    nmt_pairs: list[tuple[str, str]] = []
+    tts_languages: list[str] = []
+    repair_languages: list[str] = []
+    semantic_languages: list[str] = []
+
+
+class ModelInfo(msgspec.Struct, omit_defaults=True):
+    name: str
+    kind: str
+    languages: list[str] = []
+
+
+# ---------------------------------------------------------------- client -> scheduler
+
+
+class SessionInit(_Msg, tag="session_init", kw_only=True):
+    protocol_version: int
+    src_lang: str
+    tgt_lang: str
+    extra_tgt_langs: list[str] = []
+    tts: bool = True
+    partials: bool = True
+    audio_format: AudioFormat = "pcm16"
+    sample_rate: int = 16000
+    preferred_node_id: str | None = None
+    resume: ResumeInfo | None = None
+
+
+class Utterance(_Msg, tag="utterance", kw_only=True):
+    utterance_index: int
+    audio: bytes
+    audio_format: AudioFormat | None = None
+    sample_rate: int | None = None
+    request_id: str | None = None
+
+
+class AudioChunk(_Msg, tag="audio_chunk", kw_only=True):
+    seq: int
+    audio: bytes
+    is_final: bool = False
+
+
+class Ack(_Msg, tag="ack", kw_only=True):
+    seq: int
+
+
+class SessionClose(_Msg, tag="session_close", kw_only=True):
+    pass
+
+
+ClientMessage = SessionInit | Utterance | AudioChunk | Ack | SessionClose
+
+
+# ---------------------------------------------------------------- scheduler -> client
+# Every event to a client carries a per-session increasing ``seq``.
+
+
+class SessionInitAck(_Msg, tag="session_init_ack", kw_only=True):
+    seq: int = 0
+    session_id: str
+    trace_id: str
+    resume_token: str
+    protocol_version: int = PROTOCOL_VERSION
+    limits: Limits
+    replayed: int = 0
+    view_token: str | None = None
+
+
+class JobStatus(_Msg, tag="job_status", kw_only=True):
+    seq: int = 0
+    utterance_index: int
+    tgt_lang: str
+    status: JobStatusValue
+    node_id: str | None = None
+    reason: str | None = None
+    queue_position: int | None = None
+
+
+class AsrPartial(_Msg, tag="asr_partial", kw_only=True):
+    seq: int = 0
+    utterance_index: int
+    text: str
+
+
+class TranslationResult(_Msg, tag="translation_result", kw_only=True):
+    seq: int = 0
+    utterance_index: int
+    tgt_lang: str
+    job_id: str
+    status: ResultStatus
+    text_asr: str = ""
+    text_translated: str = ""
+    tts_audio: bytes | None = None
+    tts_format: str | None = None
+    tts_sample_rate: int | None = None
+    timings: Timings = msgspec.field(default_factory=Timings)
+    node_id: str | None = None
+    error: ErrorInfo | None = None
+    trace_id: str | None = None
+
+
+class Error(_Msg, tag="error", kw_only=True):
+    seq: int = 0
+    code: str
+    message: str
+    ref: str | None = None
+
+
+class SessionClosed(_Msg, tag="session_closed", kw_only=True):
+    seq: int = 0
+    reason: str
+
+
+SessionEvent = SessionInitAck | JobStatus | AsrPartial | TranslationResult | Error | SessionClosed
+
+
+# ---------------------------------------------------------------- node -> scheduler
+
+
+class NodeRegister(_Msg, tag="node_register", kw_only=True):
+    protocol_version: int
+    node_id: str
+    version: str
+    capabilities: Capabilities
+    max_concurrent_jobs: int = 1
+    token: str | None = None
+    models: list[ModelInfo] = []
+    hardware: dict[str, str | int | float] | None = None
+    unacked_results: list[str] = []
+
+
+class NodeHeartbeat(_Msg, tag="node_heartbeat", kw_only=True):
+    running_jobs: int
+    load: float | None = None
+    capabilities: Capabilities | None = None
+
+
+class JobAck(_Msg, tag="job_ack", kw_only=True):
+    job_id: str
+    attempt_id: int
+
+
+class JobReject(_Msg, tag="job_reject", kw_only=True):
+    job_id: str
+    attempt_id: int
+    reason: str
+
+
+class JobStarted(_Msg, tag="job_started", kw_only=True):
+    job_id: str
+    attempt_id: int
+
+
+class JobPartial(_Msg, tag="job_partial", kw_only=True):
+    job_id: str
+    attempt_id: int
+    stage: str
+    text: str
+
+
+class JobResult(_Msg, tag="job_result", kw_only=True):
+    job_id: str
+    attempt_id: int
+    success: bool
+    text_asr: str = ""
+    text_translated: str = ""
+    tts_audio: bytes | None = None
+    tts_format: str | None = None
+    tts_sample_rate: int | None = None
+    timings: Timings = msgspec.field(default_factory=Timings)
+    error: ErrorInfo | None = None
+
+
+NodeMessage = NodeRegister | NodeHeartbeat | JobAck | JobReject | JobStarted | JobPartial | JobResult
+
+
+# ---------------------------------------------------------------- scheduler -> node
+
+
+class NodeRegisterAck(_Msg, tag="node_register_ack", kw_only=True):
+    node_id: str
+    heartbeat_interval_s: float
+    pools: list[str]
+    limits: Limits
+
+
+class JobAssign(_Msg, tag="job_assign", kw_only=True):
+    job_id: str
+    attempt_id: int
+    trace_id: str
+    session_id: str
+    utterance_index: int
+    src_lang: str
+    tgt_lang: str
+    audio: bytes
+    audio_format: AudioFormat
+    sample_rate: int
+    stages: list[Stage]
+    deadline_ms: int
+
+
+class JobResultAck(_Msg, tag="job_result_ack", kw_only=True):
+    job_id: str
+    attempt_id: int
+
+
+class JobCancel(_Msg, tag="job_cancel", kw_only=True):
+    job_id: str
+    attempt_id: int
+    reason: str
+
+
+SchedulerToNode = NodeRegisterAck | JobAssign | JobResultAck | JobCancel | Error

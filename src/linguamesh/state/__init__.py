@@ -1,0 +1,1 @@
+"""State stores: the StateStore contract, memory and Redis implementations."""

@@ -1,0 +1,205 @@
+"""In-memory ``StateStore``: one scheduler instance, state lost on restart."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from ..core.history import EventHistory
+from ..core.ids import JobId, NodeId, SessionId
+from ..core.nodes import NodeView
+from ..core.reservation import NodeSlots
+
+
+class _Members:
+    """A set with O(1) add, remove and random sampling."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self) -> None:
+        self.items: list[NodeId] = []
+        self.pos: dict[NodeId, int] = {}
+
+    def add(self, x: NodeId) -> None:
+        if x not in self.pos:
+            self.pos[x] = len(self.items)
+            self.items.append(x)
+
+    def discard(self, x: NodeId) -> None:
+        i = self.pos.pop(x, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if last != x:
+            self.items[i] = last
+            self.pos[last] = i
+
+    def sample(self, k: int, rng: random.Random) -> list[NodeId]:
+        if len(self.items) <= k:
+            out = list(self.items)
+            rng.shuffle(out)
+            return out
+        return rng.sample(self.items, k)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class MemoryNodeIndex:
+    """Node registry with pool membership and per-pool free lists (a ``NodeSource``)."""
+
+    def __init__(self) -> None:
+        self.views: dict[NodeId, NodeView] = {}
+        self.pools: dict[str, _Members] = {}
+        self.free: dict[str, _Members] = {}
+        self.by_lang: dict[str, set[str]] = {}
+
+    def put(self, node: NodeView) -> None:
+        self.drop(node.node_id)
+        self.views[node.node_id] = node
+        self.pools.setdefault(node.pool, _Members()).add(node.node_id)
+        self.free.setdefault(node.pool, _Members())
+        for lang in node.capabilities.languages():
+            self.by_lang.setdefault(lang, set()).add(node.pool)
+        self.refresh(node.node_id)
+
+    def drop(self, node_id: NodeId) -> NodeView | None:
+        node = self.views.pop(node_id, None)
+        if node is None:
+            return None
+        members = self.pools[node.pool]
+        members.discard(node_id)
+        self.free[node.pool].discard(node_id)
+        if not members:
+            del self.pools[node.pool]
+            del self.free[node.pool]
+            for lang in node.capabilities.languages():
+                pools = self.by_lang.get(lang)
+                if pools is not None:
+                    pools.discard(node.pool)
+                    if not pools:
+                        del self.by_lang[lang]
+        return node
+
+    def refresh(self, node_id: NodeId) -> None:
+        node = self.views.get(node_id)
+        if node is None:
+            return
+        if node.online and node.free_slots > 0:
+            self.free[node.pool].add(node_id)
+        else:
+            self.free[node.pool].discard(node_id)
+
+    # NodeSource
+    def get(self, node_id: NodeId) -> NodeView | None:
+        return self.views.get(node_id)
+
+    def pools_with(self, lang: str) -> Iterable[str]:
+        return self.by_lang.get(lang, ())
+
+    def pool_count(self) -> int:
+        return len(self.pools)
+
+    def sample_free(self, pool: str, k: int, rng: random.Random) -> Sequence[NodeView]:
+        members = self.free.get(pool)
+        if members is None:
+            return []
+        return [self.views[n] for n in members.sample(k, rng)]
+
+    def all_nodes(self) -> Iterable[NodeView]:
+        return self.views.values()
+
+
+class MemoryStateStore:
+    def __init__(self, *, history_size: int = 1000, clock: Callable[[], float] = time.monotonic):
+        self.index = MemoryNodeIndex()
+        self.slots: dict[NodeId, NodeSlots] = {}
+        self.owners: dict[NodeId, str] = {}
+        self.requests: dict[SessionId, dict[str, JobId]] = {}
+        self.histories: dict[SessionId, EventHistory[bytes]] = {}
+        self.history_size = history_size
+        self.clock = clock
+
+    # nodes
+    async def register_node(self, node: NodeView, owner: str) -> None:
+        slots = self.slots.get(node.node_id)
+        if slots is None:
+            slots = self.slots[node.node_id] = NodeSlots(node.max_concurrent_jobs)
+        slots.capacity = node.max_concurrent_jobs
+        slots.purge(self.clock())
+        node.reserved = slots.used
+        self.owners[node.node_id] = owner
+        self.index.put(node)
+
+    async def remove_node(self, node_id: NodeId) -> None:
+        self.index.drop(node_id)
+        self.slots.pop(node_id, None)
+        self.owners.pop(node_id, None)
+
+    async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None:
+        node = self.index.get(node_id)
+        if node is not None:
+            node.running_jobs = running_jobs
+            node.last_heartbeat = now
+            slots = self.slots[node_id]
+            if slots.purge(self.clock()):
+                node.reserved = slots.used
+                self.index.refresh(node_id)
+
+    def nodes(self) -> MemoryNodeIndex:
+        return self.index
+
+    # reservations
+    async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
+        node = self.index.get(node_id)
+        slots = self.slots.get(node_id)
+        if node is None or slots is None or not node.online:
+            return False
+        ok = slots.reserve((job_id, attempt_id), self.clock(), ttl)
+        node.reserved = slots.used
+        self.index.refresh(node_id)
+        return ok
+
+    async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
+        slots = self.slots.get(node_id)
+        if slots is None:
+            return False
+        ok = slots.release((job_id, attempt_id))
+        node = self.index.get(node_id)
+        if node is not None:
+            node.reserved = slots.used
+            self.index.refresh(node_id)
+        return ok
+
+    # idempotency
+    async def bind_request(self, session_id: SessionId, key: str, job_id: JobId) -> JobId | None:
+        bound = self.requests.setdefault(session_id, {})
+        existing = bound.get(key)
+        if existing is not None:
+            return existing
+        bound[key] = job_id
+        return None
+
+    # history
+    def _history(self, session_id: SessionId) -> EventHistory[bytes]:
+        h = self.histories.get(session_id)
+        if h is None:
+            h = self.histories[session_id] = EventHistory(self.history_size)
+        return h
+
+    async def append_event(self, session_id: SessionId, seq: int, event: bytes) -> None:
+        self._history(session_id).append(seq, event)
+
+    async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        return self._history(session_id).since(last_seq)
+
+    async def ack_events(self, session_id: SessionId, seq: int) -> None:
+        self._history(session_id).ack(seq)
+
+    async def drop_session(self, session_id: SessionId) -> None:
+        self.histories.pop(session_id, None)
+        self.requests.pop(session_id, None)
+
+    async def close(self) -> None:
+        pass
