@@ -44,8 +44,7 @@ _ENDINGS = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.CREATED: frozenset({JobState.ASSIGNED}) | _ENDINGS,
     JobState.ASSIGNED: frozenset({JobState.DISPATCHED, JobState.CREATED}) | _ENDINGS,
-    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.RUNNING, JobState.CREATED})
-    | _ENDINGS,
+    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.RUNNING, JobState.CREATED}) | _ENDINGS,
     JobState.ACCEPTED: frozenset({JobState.RUNNING, JobState.CREATED}) | _ENDINGS,
     JobState.RUNNING: frozenset({JobState.CREATED}) | _ENDINGS,
     JobState.COMPLETED: frozenset(),

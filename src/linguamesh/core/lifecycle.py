@@ -173,9 +173,7 @@ class Lifecycle:
         return [Disarm(job.job_id), self._arm_result(job)]
 
     def started(self, job: Job, attempt_id: int, now: float) -> list[Command]:
-        if job.state not in (JobState.DISPATCHED, JobState.ACCEPTED) or (
-            attempt_id != job.attempt_id
-        ):
+        if job.state not in (JobState.DISPATCHED, JobState.ACCEPTED) or (attempt_id != job.attempt_id):
             return [self._stale(job, "job_started", attempt_id)]
         cmds: list[Command] = []
         if job.state is JobState.DISPATCHED:  # started without a separate ack
@@ -232,9 +230,7 @@ class Lifecycle:
                 *self._end(job, False, None, None, "no_available_node", msg, now),
             ]
         if kind is TimerKind.ACK and job.state is JobState.DISPATCHED:
-            return [Note(job.job_id, "job.ack_timeout")] + self._failover(
-                job, "ack_timeout", "timeout", now
-            )
+            return [Note(job.job_id, "job.ack_timeout")] + self._failover(job, "ack_timeout", "timeout", now)
         if kind is TimerKind.RESULT and job.state in (JobState.ACCEPTED, JobState.RUNNING):
             return [Note(job.job_id, "job.result_timeout")] + self._failover(
                 job, "result_timeout", "timeout", now

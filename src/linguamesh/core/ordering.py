@@ -28,7 +28,7 @@ class OrderedStream(Generic[T]):
     def expect(self, index: int) -> None:
         """Register a job's index. Indices are registered in increasing order per stream,
         but a lower one arriving late (retry of a lost frame) is accepted too."""
-        if index in self._expected or index <= self.delivered_up_to and index in self._done:
+        if index in self._expected or (index <= self.delivered_up_to and index in self._done):
             raise DuplicateIndex(index)
         self._expected.add(index)
         heapq.heappush(self._waiting, index)

@@ -1,0 +1,77 @@
+"""Audio helpers shared by scheduler, node and clients: length checks, pcm16/wav conversion."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import numpy as np
+
+
+class BadAudio(ValueError):
+    pass
+
+
+def duration_seconds(audio: bytes, audio_format: str, sample_rate: int) -> float:
+    """Length of an utterance in seconds; raises BadAudio when it cannot be read."""
+    if not audio:
+        raise BadAudio("audio is empty")
+    if audio_format == "pcm16":
+        if len(audio) % 2:
+            raise BadAudio("pcm16 audio must have an even number of bytes")
+        if sample_rate <= 0:
+            raise BadAudio(f"sample_rate {sample_rate} is not positive")
+        return float(len(audio) / 2 / sample_rate)
+    if audio_format == "wav":
+        try:
+            with wave.open(io.BytesIO(audio)) as w:
+                frames, rate = w.getnframes(), w.getframerate()
+        except (wave.Error, EOFError) as exc:
+            raise BadAudio(f"not a readable WAV file: {exc}") from None
+        if rate <= 0:
+            raise BadAudio("WAV header has no sample rate")
+        return float(frames / rate)
+    raise BadAudio(f"unknown audio_format {audio_format!r}")
+
+
+def to_float32(audio: bytes, audio_format: str, sample_rate: int, target_rate: int = 16000) -> np.ndarray:
+    """Decode to mono float32 in [-1, 1] at ``target_rate``."""
+    if audio_format == "pcm16":
+        samples = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
+        rate = sample_rate
+    elif audio_format == "wav":
+        import soundfile as sf
+
+        try:
+            data, rate = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises its own LibsndfileError
+            raise BadAudio(f"not a readable WAV file: {exc}") from None
+        samples = data.mean(axis=1).astype(np.float32)
+    else:
+        raise BadAudio(f"unknown audio_format {audio_format!r}")
+    return resample(samples, rate, target_rate)
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate == target_rate or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    n = round(samples.size * target_rate / rate)
+    x_old = np.linspace(0.0, 1.0, samples.size, endpoint=False)
+    x_new = np.linspace(0.0, 1.0, n, endpoint=False)
+    out: np.ndarray = np.interp(x_new, x_old, samples).astype(np.float32)
+    return out
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    clipped = np.clip(samples, -1.0, 1.0)
+    return bytes((clipped * 32767.0).astype("<i2").tobytes())
+
+
+def to_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(to_pcm16(samples))
+    return buf.getvalue()

@@ -1,0 +1,192 @@
+"""The ``linguamesh`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .observability.logging import configure
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="LinguaMesh: real-time speech translation."
+)
+err = Console(stderr=True)
+
+LogOpt = Annotated[
+    str,
+    typer.Option("--log", envvar="LINGUAMESH_LOG", help="Levels, e.g. info,linguamesh.scheduler=debug"),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option("--log-file", envvar="LINGUAMESH_LOG_FILE", help="JSON-lines log file (rotated)"),
+]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _sched_config(**kw: Any) -> Any:
+    from .scheduler.config import SchedulerConfig
+
+    try:
+        return SchedulerConfig.from_env(**kw)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def scheduler(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [env LINGUAMESH_HOST, default 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env LINGUAMESH_PORT, default 5010]")] = None,
+    instance_id: Annotated[str | None, typer.Option(help="Instance name in logs")] = None,
+    pending_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a job may wait for a node [10]")
+    ] = None,
+    ack_timeout: Annotated[float | None, typer.Option(help="Seconds for a node to ack a job [5]")] = None,
+    result_timeout: Annotated[
+        float | None, typer.Option(help="Seconds for a result, plus 2x the audio length [30]")
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts per job before it fails [3]")] = None,
+    session_linger: Annotated[
+        float | None, typer.Option(help="Seconds a disconnected session is kept for resume [120]")
+    ] = None,
+    heartbeat_interval: Annotated[float | None, typer.Option(help="Node heartbeat interval [5]")] = None,
+    selector: Annotated[str | None, typer.Option(help="pooled (default) or flat")] = None,
+    node_token: Annotated[str | None, typer.Option(help="Token nodes must present")] = None,
+    log: LogOpt = "info",
+    log_file: LogFileOpt = None,
+) -> None:
+    """Run a scheduler instance."""
+    from .runtime import run, serve_scheduler
+
+    configure(log, json_file=log_file)
+    cfg = _sched_config(
+        host=host,
+        port=port,
+        instance_id=instance_id,
+        pending_timeout=pending_timeout,
+        ack_timeout=ack_timeout,
+        result_timeout=result_timeout,
+        max_attempts=max_attempts,
+        session_linger=session_linger,
+        heartbeat_interval=heartbeat_interval,
+        selector=selector,
+        node_token=node_token,
+    )
+    err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
+    run(serve_scheduler(cfg))
+
+
+def _node_config(config: Path | None, **kw: Any) -> Any:
+    from .node.config import NodeConfig
+
+    try:
+        return NodeConfig.load(config, **kw)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def node(
+    scheduler: Annotated[
+        list[str] | None,
+        typer.Option("--scheduler", help="Scheduler URL (repeat for failover), e.g. ws://127.0.0.1:5010"),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Node TOML config (engines, limits)")] = None,
+    node_id: Annotated[str | None, typer.Option(help="Node id (default node-HOSTNAME)")] = None,
+    max_concurrent_jobs: Annotated[int | None, typer.Option(help="Jobs run at once")] = None,
+    token: Annotated[str | None, typer.Option(envvar="LINGUAMESH_NODE_TOKEN", help="Node token")] = None,
+    log: LogOpt = "info",
+    log_file: LogFileOpt = None,
+) -> None:
+    """Run a worker node that dials in to a scheduler."""
+    from .node.agent import FatalNodeError
+    from .node.defaults import default_engines
+    from .runtime import run, serve_node
+
+    configure(log, json_file=log_file)
+    cfg = _node_config(
+        config,
+        scheduler_urls=scheduler or None,
+        node_id=node_id,
+        max_concurrent_jobs=max_concurrent_jobs,
+        token=token,
+    )
+    if not cfg.engines:
+        cfg.engines = default_engines()
+    try:
+        run(serve_node(cfg))
+    except FatalNodeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port")] = 5010,
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    node_config: Annotated[Path | None, typer.Option(help="Node TOML config for the local node")] = None,
+    log: LogOpt = "info",
+    log_file: LogFileOpt = None,
+) -> None:
+    """Scheduler + one local node + web page, in one process, with the default offline engines."""
+    from .node.defaults import default_engines
+    from .runtime import run, serve_all
+
+    configure(log, json_file=log_file)
+    sched = _sched_config(host=host, port=port)
+    ncfg = _node_config(node_config, scheduler_urls=[f"ws://127.0.0.1:{port}"], node_id="local-node")
+    if not ncfg.engines:
+        ncfg.engines = default_engines()
+    err.print(f"LinguaMesh is up on http://{host}:{port}  (Ctrl-C to stop)")
+    run(serve_all(sched, ncfg))
+
+
+@app.command()
+def translate(
+    file: Annotated[Path, typer.Argument(help="WAV file with one utterance")],
+    src: Annotated[str, typer.Option("--from", help="Source language, e.g. en")],
+    tgt: Annotated[str, typer.Option("--to", help="Target language, e.g. es")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the translated speech here (WAV)")] = None,
+    url: Annotated[str, typer.Option(envvar="LINGUAMESH_URL", help="Scheduler URL")] = "ws://127.0.0.1:5010",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result")] = 120.0,
+) -> None:
+    """Translate one WAV file through a running scheduler."""
+    from .client.oneshot import TranslateError, translate_file
+
+    try:
+        result = asyncio.run(translate_file(url, file, src, tgt, want_tts=out is not None, timeout=timeout))
+    except TranslateError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"transcript ({src}): {result.text_asr}")
+    typer.echo(f"translation ({tgt}): {result.text_translated}")
+    t = result.timings
+    err.print(
+        f"node {result.node_id}: asr {t.asr_ms:.0f} ms, repair {t.repair_ms:.0f} ms, "
+        f"mt {t.nmt_ms:.0f} ms, tts {t.tts_ms:.0f} ms, total {t.total_ms:.0f} ms"
+    )
+    if out is not None:
+        if not result.tts_audio:
+            _fail("the node returned no speech for this language")
+        out.write_bytes(result.tts_audio or b"")
+        err.print(f"speech written to {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

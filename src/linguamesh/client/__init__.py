@@ -1,0 +1,5 @@
+"""Python client for the LinguaMesh session protocol."""
+
+from .session import ClientError, SessionClient
+
+__all__ = ["ClientError", "SessionClient"]

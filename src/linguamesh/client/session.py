@@ -1,0 +1,192 @@
+"""A client session over ``/ws/session`` with resume.
+
+::
+
+    async with SessionClient("ws://127.0.0.1:5010", src="en", tgt="es") as c:
+        await c.send_utterance(0, pcm16_bytes)
+        result = await c.next_result()
+
+Events are numbered by the server; the client remembers the last ``seq`` it
+saw, drops repeats, and :meth:`resume` reconnects and gets the events it
+missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from .. import protocol as p
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def session_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws/session"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+class SessionClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        src: str,
+        tgt: str,
+        extra_tgt_langs: Sequence[str] = (),
+        tts: bool = True,
+        partials: bool = True,
+        audio_format: str = "pcm16",
+        sample_rate: int = 16000,
+        preferred_node_id: str | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = session_url(url)
+        self.init = p.SessionInit(
+            protocol_version=p.PROTOCOL_VERSION,
+            src_lang=src,
+            tgt_lang=tgt,
+            extra_tgt_langs=list(extra_tgt_langs),
+            tts=tts,
+            partials=partials,
+            audio_format=audio_format,  # type: ignore[arg-type]
+            sample_rate=sample_rate,
+            preferred_node_id=preferred_node_id,
+        )
+        self.open_timeout = open_timeout
+        self.ws: ClientConnection | None = None
+        self.ack: p.SessionInitAck | None = None
+        self.last_seq = 0
+        self.duplicates_dropped = 0
+
+    async def __aenter__(self) -> SessionClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    @property
+    def session_id(self) -> str:
+        if self.ack is None:
+            raise RuntimeError("not connected")
+        return self.ack.session_id
+
+    async def _open(self, init: p.SessionInit) -> p.SessionInitAck:
+        self.ws = await connect(self.url, max_size=64 * 1024 * 1024, open_timeout=self.open_timeout)
+        await self.ws.send(p.encode_str(init))
+        first = p.decode_event(await asyncio.wait_for(self.ws.recv(), self.open_timeout))
+        if isinstance(first, p.Error):
+            await self.ws.close()
+            raise ClientError(first.code, first.message)
+        if not isinstance(first, p.SessionInitAck):
+            raise ClientError("bad_message", f"expected session_init_ack, got {type(first).__name__}")
+        return first
+
+    async def connect(self) -> p.SessionInitAck:
+        self.ack = await self._open(self.init)
+        return self.ack
+
+    async def resume(self) -> int:
+        """Reconnect to the same session; returns how many events the server replays."""
+        if self.ack is None:
+            raise RuntimeError("never connected")
+        await self.disconnect()
+        init = p.SessionInit(
+            protocol_version=p.PROTOCOL_VERSION,
+            src_lang=self.init.src_lang,
+            tgt_lang=self.init.tgt_lang,
+            resume=p.ResumeInfo(
+                session_id=self.ack.session_id,
+                resume_token=self.ack.resume_token,
+                last_seq=self.last_seq,
+            ),
+        )
+        ack = await self._open(init)
+        return ack.replayed
+
+    async def disconnect(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+            self.ws = None
+
+    async def send(self, msg: Any) -> None:
+        if self.ws is None:
+            raise RuntimeError("not connected")
+        await self.ws.send(p.encode_str(msg))
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        if self.ws is None:
+            raise RuntimeError("not connected")
+        await self.ws.send(frame)
+
+    async def send_utterance(
+        self,
+        index: int,
+        audio: bytes,
+        *,
+        audio_format: str | None = None,
+        sample_rate: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        await self.send(
+            p.Utterance(
+                utterance_index=index,
+                audio=audio,
+                audio_format=audio_format,  # type: ignore[arg-type]
+                sample_rate=sample_rate,
+                request_id=request_id,
+            )
+        )
+
+    async def send_chunk(self, seq: int, audio: bytes, *, is_final: bool = False) -> None:
+        await self.send(p.AudioChunk(seq=seq, audio=audio, is_final=is_final))
+
+    async def close_session(self) -> None:
+        await self.send(p.SessionClose())
+
+    async def recv(self, timeout: float | None = None) -> p.SessionEvent:
+        """The next new event; repeats (seq already seen) are dropped. Raises ConnectionClosed."""
+        if self.ws is None:
+            raise RuntimeError("not connected")
+        while True:
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
+            event = p.decode_event(frame)
+            seq = getattr(event, "seq", 0)
+            if seq:
+                if seq <= self.last_seq:
+                    self.duplicates_dropped += 1
+                    continue
+                self.last_seq = seq
+            return event
+
+    async def next_result(self, timeout: float | None = 60.0) -> p.TranslationResult:
+        while True:
+            event = await self.recv(timeout)
+            if isinstance(event, p.TranslationResult):
+                return event
+            if isinstance(event, p.Error):
+                raise ClientError(event.code, event.message)
+
+    async def results(self, n: int, timeout: float = 60.0) -> list[p.TranslationResult]:
+        out: list[p.TranslationResult] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(out) < n:
+            out.append(await self.next_result(max(0.001, end - loop.time())))
+        return out
+
+
+__all__ = ["ClientError", "ConnectionClosed", "SessionClient", "session_url"]

@@ -1,0 +1,1 @@
+"""Speech engines behind small interfaces: VAD, ASR, repair, MT, TTS."""

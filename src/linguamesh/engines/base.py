@@ -1,0 +1,107 @@
+"""Engine interfaces. Each engine declares what it really serves; the node's
+registered capabilities are computed from the engines it loaded.
+
+Engines do blocking work in ``_impl`` methods; the public async methods run
+them in a worker thread so the node's event loop keeps heartbeating. A
+cancelled job stops at the next stage boundary (a running native call cannot
+be interrupted; its output is discarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+PartialCallback = Callable[[str], None]
+
+
+class EngineError(Exception):
+    """An engine failed on this input. ``code`` is a protocol error code."""
+
+    def __init__(self, message: str, code: str = "node_failed", retryable: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    samples: np.ndarray  # mono float32 in [-1, 1]
+    sample_rate: int
+
+
+class Engine(ABC):  # noqa: B024 - a common base; subclasses declare the abstract methods
+    kind: str = ""
+    name: str = ""
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free resources (processes, models)."""
+
+
+class VADEngine(Engine):
+    kind = "vad"
+
+    async def trim(self, speech: Speech) -> Speech:
+        return await asyncio.to_thread(self._trim, speech)
+
+    @abstractmethod
+    def _trim(self, speech: Speech) -> Speech: ...
+
+
+class ASREngine(Engine):
+    kind = "asr"
+
+    @abstractmethod
+    def languages(self) -> frozenset[str]: ...
+
+    async def transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None = None) -> str:
+        return await asyncio.to_thread(self._transcribe, speech, lang, on_partial)
+
+    @abstractmethod
+    def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None) -> str: ...
+
+
+class RepairEngine(Engine):
+    kind = "repair"
+
+    @abstractmethod
+    def languages(self) -> frozenset[str]: ...
+
+    async def repair(self, text: str, lang: str) -> str:
+        return await asyncio.to_thread(self._repair, text, lang)
+
+    @abstractmethod
+    def _repair(self, text: str, lang: str) -> str: ...
+
+
+class MTEngine(Engine):
+    kind = "mt"
+
+    @abstractmethod
+    def pairs(self) -> frozenset[tuple[str, str]]: ...
+
+    async def translate(self, text: str, src: str, tgt: str) -> str:
+        return await asyncio.to_thread(self._translate, text, src, tgt)
+
+    @abstractmethod
+    def _translate(self, text: str, src: str, tgt: str) -> str: ...
+
+
+class TTSEngine(Engine):
+    kind = "tts"
+
+    @abstractmethod
+    def languages(self) -> frozenset[str]: ...
+
+    async def synthesize(self, text: str, lang: str) -> Speech:
+        return await asyncio.to_thread(self._synthesize, text, lang)
+
+    @abstractmethod
+    def _synthesize(self, text: str, lang: str) -> Speech: ...

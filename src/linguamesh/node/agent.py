@@ -1,0 +1,291 @@
+"""The node agent: dial the scheduler, register, heartbeat, run jobs (DESIGN §3.2).
+
+Connection: exponential backoff with jitter across the configured scheduler
+URLs, so a node started before its scheduler joins as soon as it is up.
+Receive and heartbeat run as sibling tasks of one connection and end together.
+Jobs outlive a connection: a result produced while disconnected is kept, and
+every result is kept until the scheduler sends ``job_result_ack``; after a
+reconnect the node lists them in ``node_register`` and sends them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .. import __version__
+from .. import protocol as p
+from ..engines.base import EngineError
+from ..engines.registry import EngineSet
+from ..observability.logging import get_logger
+from .config import NodeConfig
+from .pipeline import run_pipeline
+
+log = get_logger("linguamesh.node")
+
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class FatalNodeError(Exception):
+    """The scheduler refused this node for good (bad token, protocol version)."""
+
+
+@dataclass
+class _Running:
+    job: p.JobAssign
+    task: asyncio.Task[None]
+
+
+def node_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss", "http", "https"):
+        raise ValueError(f"scheduler URL {url!r} must start with ws:// or wss://")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws/node"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig, engines: EngineSet) -> None:
+        self.config = config
+        self.engines = engines
+        self.node_id = config.node_id
+        self.urls = [node_url(u) for u in config.scheduler_urls]
+        self.running: dict[str, _Running] = {}
+        self.unacked: OrderedDict[tuple[str, int], p.JobResult] = OrderedDict()
+        self.ws: ClientConnection | None = None
+        self.connected = asyncio.Event()
+        self.heartbeat_interval = 5.0
+        self.stats = {
+            "jobs_received": 0,
+            "jobs_done": 0,
+            "jobs_failed": 0,
+            "jobs_cancelled": 0,
+            "connects": 0,
+        }
+        self._send_lock = asyncio.Lock()
+        self._stopping = False
+        self._rng = random.Random()
+
+    def _fields(self, job: p.JobAssign) -> dict[str, Any]:
+        return {
+            "trace_id": job.trace_id,
+            "session_id": job.session_id,
+            "job_id": job.job_id,
+            "node_id": self.node_id,
+            "utterance_index": job.utterance_index,
+            "attempt_id": job.attempt_id,
+        }
+
+    # ------------------------------------------------------------------ connection
+
+    async def run(self) -> None:
+        """Connect and serve until :meth:`stop`; raises FatalNodeError if refused for good."""
+        failures = 0
+        i = 0
+        try:
+            while not self._stopping:
+                url = self.urls[i % len(self.urls)]
+                try:
+                    async with connect(url, max_size=MAX_FRAME, open_timeout=5, ping_interval=20) as ws:
+                        failures = 0
+                        await self._serve(ws, url)
+                except FatalNodeError:
+                    raise
+                except (
+                    OSError,
+                    InvalidHandshake,
+                    InvalidURI,
+                    ConnectionClosed,
+                    TimeoutError,
+                ) as exc:
+                    log.info("node.connect_failed", node_id=self.node_id, url=url, error=repr(exc))
+                finally:
+                    self.ws = None
+                    self.connected.clear()
+                if self._stopping:
+                    break
+                delay = min(self.config.backoff_max, self.config.backoff_initial * 2**failures)
+                delay *= self._rng.uniform(0.5, 1.0)
+                failures += 1
+                i += 1
+                await asyncio.sleep(delay)
+        finally:
+            for r in list(self.running.values()):
+                r.task.cancel()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def _serve(self, ws: ClientConnection, url: str) -> None:
+        caps = self.engines.capabilities()
+        await ws.send(
+            p.encode_str(
+                p.NodeRegister(
+                    protocol_version=p.PROTOCOL_VERSION,
+                    node_id=self.node_id,
+                    token=self.config.token,
+                    version=__version__,
+                    capabilities=caps,
+                    models=self.engines.models(),
+                    max_concurrent_jobs=self.config.max_concurrent_jobs,
+                    unacked_results=[job_id for job_id, _ in self.unacked],
+                )
+            )
+        )
+        first = p.decode_to_node(await asyncio.wait_for(ws.recv(), 10))
+        if isinstance(first, p.Error):
+            if first.code in p.FATAL_CODES:
+                raise FatalNodeError(f"scheduler refused the node: {first.code}: {first.message}")
+            raise ConnectionError(f"register failed: {first.code}: {first.message}")
+        if not isinstance(first, p.NodeRegisterAck):
+            raise ConnectionError(f"expected node_register_ack, got {type(first).__name__}")
+        self.heartbeat_interval = first.heartbeat_interval_s
+        self.ws = ws
+        self.connected.set()
+        self.stats["connects"] += 1
+        log.info("node.connected", node_id=self.node_id, url=url, pools=first.pools)
+        for result in list(self.unacked.values()):
+            log.info(
+                "job_result.resending",
+                node_id=self.node_id,
+                job_id=result.job_id,
+                attempt_id=result.attempt_id,
+            )
+            await self._send(result)
+        hb = asyncio.create_task(self._heartbeat(ws), name="heartbeat")
+        try:
+            async for frame in ws:
+                await self._on_frame(frame)
+        finally:
+            hb.cancel()
+            log.info("node.disconnected", node_id=self.node_id, url=url)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self._send(p.NodeHeartbeat(running_jobs=len(self.running)))
+
+    async def _send(self, msg: Any) -> bool:
+        ws = self.ws
+        if ws is None:
+            return False
+        try:
+            async with self._send_lock:
+                await ws.send(p.encode_str(msg))
+            return True
+        except ConnectionClosed:
+            return False
+
+    # ------------------------------------------------------------------ messages
+
+    async def _on_frame(self, frame: str | bytes) -> None:
+        try:
+            msg = p.decode_to_node(frame)
+        except p.ProtocolError as exc:
+            log.warning("node.bad_frame", node_id=self.node_id, code=exc.code.value, message=exc.message)
+            return
+        if isinstance(msg, p.JobAssign):
+            await self._assign(msg)
+        elif isinstance(msg, p.JobResultAck):
+            if self.unacked.pop((msg.job_id, msg.attempt_id), None) is not None:
+                log.info(
+                    "job_result.acked",
+                    node_id=self.node_id,
+                    job_id=msg.job_id,
+                    attempt_id=msg.attempt_id,
+                )
+        elif isinstance(msg, p.JobCancel):
+            self._cancel(msg)
+        elif isinstance(msg, p.Error):
+            log.warning("node.scheduler_error", node_id=self.node_id, code=msg.code, message=msg.message)
+
+    async def _assign(self, job: p.JobAssign) -> None:
+        fields = self._fields(job)
+        current = self.running.get(job.job_id)
+        if current is not None and current.job.attempt_id == job.attempt_id:
+            await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+            return
+        if len(self.running) >= self.config.max_concurrent_jobs:
+            log.warning("job.rejected", reason="at capacity", **fields)
+            await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason="at capacity"))
+            return
+        self.stats["jobs_received"] += 1
+        log.info("job.received", stages=job.stages, audio_bytes=len(job.audio), **fields)
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.job_id}")
+        self.running[job.job_id] = _Running(job, task)
+        await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+
+    def _cancel(self, msg: p.JobCancel) -> None:
+        self.unacked.pop((msg.job_id, msg.attempt_id), None)
+        r = self.running.get(msg.job_id)
+        if r is not None and r.job.attempt_id == msg.attempt_id:
+            log.info("job.cancelled", reason=msg.reason, **self._fields(r.job))
+            self.stats["jobs_cancelled"] += 1
+            r.task.cancel()
+
+    async def _run_job(self, job: p.JobAssign) -> None:
+        fields = self._fields(job)
+        try:
+            await self._send(p.JobStarted(job_id=job.job_id, attempt_id=job.attempt_id))
+
+            def partial(stage: str, text: str) -> None:
+                msg = p.JobPartial(job_id=job.job_id, attempt_id=job.attempt_id, stage=stage, text=text)
+                asyncio.get_running_loop().create_task(self._send(msg))
+
+            try:
+                out = await run_pipeline(self.engines, job, partial, fields)
+                result = p.JobResult(
+                    job_id=job.job_id,
+                    attempt_id=job.attempt_id,
+                    success=True,
+                    text_asr=out.text_asr,
+                    text_translated=out.text_translated,
+                    tts_audio=out.tts_audio,
+                    tts_format="wav" if out.tts_audio else None,
+                    tts_sample_rate=out.tts_sample_rate,
+                    timings=out.timings,
+                )
+                self.stats["jobs_done"] += 1
+            except EngineError as exc:
+                log.warning("job.engine_failed", code=exc.code, error=str(exc), **fields)
+                result = _failure(job, exc.code, str(exc))
+                self.stats["jobs_failed"] += 1
+            except Exception as exc:  # an engine bug must not kill the node
+                log.exception("job.crashed", error=repr(exc), **fields)
+                result = _failure(job, "internal", f"engine crashed: {exc!r}")
+                self.stats["jobs_failed"] += 1
+            self.unacked[(job.job_id, job.attempt_id)] = result
+            while len(self.unacked) > self.config.max_unacked_results:
+                (old_id, _), _ = self.unacked.popitem(last=False)
+                log.warning("job_result.dropped_unacked", node_id=self.node_id, job_id=old_id)
+            sent = await self._send(result)
+            log.info("job_result.sent" if sent else "job_result.held", success=result.success, **fields)
+        except asyncio.CancelledError:
+            log.info("job.stopped", **fields)
+            raise
+        finally:
+            r = self.running.get(job.job_id)
+            if r is not None and r.job.attempt_id == job.attempt_id:
+                del self.running[job.job_id]
+
+
+def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:
+    return p.JobResult(
+        job_id=job.job_id,
+        attempt_id=job.attempt_id,
+        success=False,
+        error=p.ErrorInfo(code=code, message=message),
+    )
+
+
+__all__ = ["FatalNodeError", "NodeAgent", "node_url"]

@@ -1,0 +1,45 @@
+"""Node settings from a TOML file, flags and ``LINGUAMESH_NODE_*`` variables."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class NodeConfig:
+    scheduler_urls: list[str] = field(default_factory=lambda: ["ws://127.0.0.1:5010"])
+    node_id: str = field(default_factory=lambda: f"node-{socket.gethostname()}")
+    token: str | None = None
+    max_concurrent_jobs: int = 2
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    #: Results kept for a scheduler that has not acknowledged them.
+    max_unacked_results: int = 1000
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides: Any) -> NodeConfig:
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text())
+            except FileNotFoundError:
+                raise ValueError(f"node config {p} does not exist") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"node config {p} is not valid TOML: {exc}") from None
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown node config keys: {', '.join(sorted(unknown))}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**data)
+        if cfg.max_concurrent_jobs < 1:
+            raise ValueError("max_concurrent_jobs must be at least 1")
+        if not cfg.scheduler_urls:
+            raise ValueError("at least one scheduler URL is needed")
+        return cfg

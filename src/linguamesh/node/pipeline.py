@@ -1,0 +1,101 @@
+"""Run one job through the stages it asks for, timing each (DESIGN §7)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import protocol as p
+from ..audio import BadAudio, to_float32, to_wav
+from ..engines.base import EngineError, Speech
+from ..engines.registry import EngineSet
+from ..observability.logging import get_logger
+
+log = get_logger("linguamesh.node.pipeline")
+
+PartialSink = Callable[[str, str], None]  # (stage, text)
+
+
+@dataclass
+class PipelineOutput:
+    text_asr: str
+    text_translated: str
+    tts_audio: bytes | None
+    tts_sample_rate: int | None
+    timings: p.Timings
+
+
+async def run_pipeline(
+    engines: EngineSet,
+    job: p.JobAssign,
+    on_partial: PartialSink | None,
+    log_fields: dict[str, object],
+) -> PipelineOutput:
+    """Run the job's stages; raises EngineError with a protocol error code on failure."""
+    t0 = time.perf_counter()
+    timings = p.Timings()
+    try:
+        samples = to_float32(job.audio, job.audio_format, job.sample_rate, 16000)
+    except BadAudio as exc:
+        raise EngineError(str(exc), "bad_audio", retryable=False) from None
+    speech = Speech(samples, 16000)
+    for vad in engines.vad:
+        speech = await vad.trim(speech)
+
+    text = ""
+    if "asr" in job.stages:
+        asr = engines.asr_for(job.src_lang)
+        if asr is None:
+            raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
+        t = time.perf_counter()
+        sink = (lambda s: on_partial("asr", s)) if on_partial else None
+        text = (await asr.transcribe(speech, job.src_lang, sink)).strip()
+        timings.asr_ms = _ms(t)
+        log.info("stage.done", stage="asr", duration_ms=timings.asr_ms, engine=asr.name, **log_fields)
+    text_asr = text
+    if "repair" in job.stages:
+        rep = engines.repair_for(job.src_lang)
+        if rep is not None and text:
+            t = time.perf_counter()
+            text = await rep.repair(text, job.src_lang)
+            timings.repair_ms = _ms(t)
+            text_asr = text
+            log.info(
+                "stage.done",
+                stage="repair",
+                duration_ms=timings.repair_ms,
+                engine=rep.name,
+                **log_fields,
+            )
+    translated = text
+    if "nmt" in job.stages and text:
+        mt = engines.mt_for(job.src_lang, job.tgt_lang)
+        if mt is None:
+            raise EngineError(
+                f"no MT engine for {job.src_lang}->{job.tgt_lang}",
+                "unsupported_language_pair",
+                False,
+            )
+        t = time.perf_counter()
+        translated = (await mt.translate(text, job.src_lang, job.tgt_lang)).strip()
+        timings.nmt_ms = _ms(t)
+        log.info("stage.done", stage="nmt", duration_ms=timings.nmt_ms, engine=mt.name, **log_fields)
+    audio: bytes | None = None
+    rate: int | None = None
+    if "tts" in job.stages and translated:
+        tts = engines.tts_for(job.tgt_lang)
+        if tts is None:
+            raise EngineError(f"no TTS engine for {job.tgt_lang}", "unsupported_language_pair", False)
+        t = time.perf_counter()
+        out = await tts.synthesize(translated, job.tgt_lang)
+        audio = to_wav(out.samples, out.sample_rate)
+        rate = out.sample_rate
+        timings.tts_ms = _ms(t)
+        log.info("stage.done", stage="tts", duration_ms=timings.tts_ms, engine=tts.name, **log_fields)
+    timings.total_ms = _ms(t0)
+    return PipelineOutput(text_asr, translated, audio, rate, timings)
+
+
+def _ms(t: float) -> float:
+    return round((time.perf_counter() - t) * 1000, 3)

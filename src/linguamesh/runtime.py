@@ -1,0 +1,80 @@
+"""Running the processes: event loop choice, scheduler server, node agent, all-in-one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import uvicorn
+
+from .engines.registry import build
+from .node.agent import NodeAgent
+from .node.config import NodeConfig
+from .observability.logging import get_logger
+from .scheduler.app import create_app
+from .scheduler.config import SchedulerConfig
+
+log = get_logger("linguamesh.runtime")
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run on uvloop when installed (measurably faster socket I/O), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def make_server(config: SchedulerConfig) -> uvicorn.Server:
+    app = create_app(config)
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        # twice our own limit, so an oversized frame gets a clear audio_too_large error
+        ws_max_size=config.max_message_bytes * 2,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(uv)
+
+
+async def serve_scheduler(config: SchedulerConfig) -> None:
+    server = make_server(config)
+    await server.serve()
+
+
+async def serve_node(config: NodeConfig) -> None:
+    engines = await asyncio.to_thread(build, config.engines)
+    try:
+        caps = engines.capabilities()
+        log.info(
+            "node.engines_loaded",
+            node_id=config.node_id,
+            engines=[e.name for e in engines.all()],
+            asr_languages=caps.asr_languages,
+            nmt_pairs=[f"{a}-{b}" for a, b in caps.nmt_pairs],
+            tts_languages=caps.tts_languages,
+        )
+        agent = NodeAgent(config, engines)
+        await agent.run()
+    finally:
+        engines.close()
+
+
+async def serve_all(sched: SchedulerConfig, node: NodeConfig) -> None:
+    """Scheduler and one local node in one process (``linguamesh up``)."""
+    server = make_server(sched)
+    node_task = asyncio.create_task(serve_node(node), name="local-node")
+    try:
+        await server.serve()
+    finally:
+        node_task.cancel()
+        await asyncio.gather(node_task, return_exceptions=True)

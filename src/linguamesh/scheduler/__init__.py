@@ -1,0 +1,1 @@
+"""The scheduler: ASGI app, WebSocket handlers, dispatcher service and HTTP API."""

@@ -1,0 +1,91 @@
+"""HTTP API: health, nodes, pools, languages, jobs."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .service import Scheduler
+
+
+def _sched(request: Request) -> Scheduler:
+    return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+async def healthz(request: Request) -> Response:
+    s = _sched(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "instance_id": s.config.instance_id,
+            "uptime_s": round(time.time() - s.started_at, 1),
+            "nodes": len(s.nodes),
+            "sessions": len(s.sessions),
+            "jobs_in_flight": len(s.jobs),
+        }
+    )
+
+
+async def nodes(request: Request) -> Response:
+    s = _sched(request)
+    now = s.clock()
+    out = []
+    for nc in s.nodes.values():
+        view = s.store.nodes().get(nc.node_id)
+        if view is None:
+            continue
+        caps = view.capabilities
+        out.append(
+            {
+                "node_id": nc.node_id,
+                "version": nc.version,
+                "pool": view.pool,
+                "online": view.online,
+                "max_concurrent_jobs": view.max_concurrent_jobs,
+                "reserved": view.reserved,
+                "running_jobs": view.running_jobs,
+                "last_heartbeat_s_ago": round(now - nc.last_seen, 3),
+                "capabilities": {
+                    "asr_languages": sorted(caps.asr),
+                    "repair_languages": sorted(caps.repair),
+                    "nmt_pairs": sorted([a, b] for a, b in caps.nmt),
+                    "tts_languages": sorted(caps.tts),
+                },
+                "models": [{"name": m.name, "kind": m.kind, "languages": m.languages} for m in nc.models],
+                "hardware": nc.hardware,
+            }
+        )
+    return JSONResponse({"nodes": sorted(out, key=lambda n: n["node_id"])})
+
+
+async def pools(request: Request) -> Response:
+    s = _sched(request)
+    pools: dict[str, dict[str, object]] = {}
+    for view in s.store.nodes().all_nodes():
+        entry = pools.setdefault(view.pool, {"name": view.pool, "nodes": [], "free_slots": 0, "slots": 0})
+        entry["nodes"].append(view.node_id)  # type: ignore[attr-defined]
+        entry["free_slots"] = int(entry["free_slots"]) + max(view.free_slots, 0)  # type: ignore[call-overload]
+        entry["slots"] = int(entry["slots"]) + view.max_concurrent_jobs  # type: ignore[call-overload]
+    return JSONResponse({"pools": sorted(pools.values(), key=lambda e: str(e["name"]))})
+
+
+async def languages(request: Request) -> Response:
+    s = _sched(request)
+    pairs = s.servable_pairs()
+    return JSONResponse(
+        {
+            "pairs": [{"src": a, "tgt": b} for a, b in pairs],
+            "src_languages": sorted({a for a, _ in pairs}),
+            "tgt_languages": sorted({b for _, b in pairs}),
+        }
+    )
+
+
+async def job(request: Request) -> Response:
+    s = _sched(request)
+    view = s.job_view(request.path_params["job_id"])
+    if view is None:
+        return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
+    return JSONResponse(view)

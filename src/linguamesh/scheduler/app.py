@@ -1,0 +1,40 @@
+"""The scheduler's ASGI application (Starlette). Resources live in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from ..state.base import StateStore
+from ..state.memory import MemoryStateStore
+from . import api
+from .config import SchedulerConfig
+from .service import Scheduler
+from .ws_node import node_endpoint
+from .ws_session import session_endpoint
+
+
+def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sched = Scheduler(config, store or MemoryStateStore(history_size=config.history_size))
+        app.state.scheduler = sched
+        await sched.start()
+        try:
+            yield
+        finally:
+            await sched.stop()
+
+    routes = [
+        WebSocketRoute("/ws/session", session_endpoint),
+        WebSocketRoute("/ws/node", node_endpoint),
+        Route("/healthz", api.healthz),
+        Route("/api/v1/nodes", api.nodes),
+        Route("/api/v1/pools", api.pools),
+        Route("/api/v1/languages", api.languages),
+        Route("/api/v1/jobs/{job_id}", api.job),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

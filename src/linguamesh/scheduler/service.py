@@ -1,0 +1,982 @@
+"""The dispatcher service: the shell around the sans-I/O core.
+
+It owns sessions, node connections, timers and the job table; it feeds every
+event to :class:`~linguamesh.core.lifecycle.Lifecycle` and carries out the
+commands it returns. Each job's events are handled under that job's lock,
+so a node's ``job_ack`` cannot overtake the finish of the ``job_assign``
+write that it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .. import protocol as p
+from ..audio import BadAudio, duration_seconds
+from ..core.history import ReplayGap
+from ..core.ids import JobId, NodeId, SessionId, new_job_id, new_session_id, new_token, new_trace_id
+from ..core.jobs import Job, JobState
+from ..core.languages import pair_problem
+from ..core.lifecycle import (
+    AckResult,
+    Arm,
+    Assign,
+    Cancel,
+    Command,
+    Disarm,
+    Finish,
+    Lifecycle,
+    Note,
+    Release,
+    Select,
+    Status,
+)
+from ..core.nodes import NodeCapabilities, NodeView
+from ..core.ordering import OrderedStream
+from ..core.selection import SELECTORS, Request
+from ..core.stages import expand_stages, requirements
+from ..observability.logging import get_logger
+from ..protocol import ErrorCode, ProtocolError
+from ..state.base import StateStore
+from .config import SchedulerConfig
+from .sessions import Session, SessionSettings, Transport
+
+log = get_logger("linguamesh.scheduler")
+
+FINISHED_JOBS_KEPT = 10_000
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    return {
+        "trace_id": job.trace_id,
+        "session_id": job.session_id,
+        "job_id": job.job_id,
+        "node_id": job.node_id,
+        "utterance_index": job.utterance_index,
+        "attempt_id": job.attempt_id,
+    }
+
+
+@dataclass(eq=False)
+class NodeConn:
+    node_id: NodeId
+    transport: Transport
+    version: str
+    models: list[p.ModelInfo]
+    hardware: dict[str, Any] | None
+    connected_at: float
+    last_seen: float
+    jobs: set[JobId] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
+
+    async def send(self, msg: msgspec.Struct) -> bool:
+        """Write one message; True only when the write finished."""
+        if self.closed:
+            return False
+        data = p.encode_str(msg)
+        try:
+            async with self.lock:
+                await asyncio.wait_for(self.transport.send_text(data), 10.0)
+            return True
+        except Exception:
+            return False
+
+
+@dataclass(slots=True)
+class JobExtra:
+    """Per-job data the core does not need."""
+
+    tts: bool
+    partials: bool
+    lock: asyncio.Lock
+    timers: list[asyncio.TimerHandle]
+    first_selection: bool = True
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, store: StateStore) -> None:
+        self.config = config
+        self.store = store
+        self.lifecycle = Lifecycle(config.lifecycle())
+        self.select = SELECTORS[config.selector]
+        self.rng = random.Random()
+        self.clock = time.monotonic
+        self.started_at = time.time()
+        self.sessions: dict[SessionId, Session] = {}
+        self.nodes: dict[NodeId, NodeConn] = {}
+        self.jobs: dict[JobId, Job] = {}
+        self.extra: dict[JobId, JobExtra] = {}
+        self.finished: OrderedDict[JobId, Job] = OrderedDict()
+        self.waiting: OrderedDict[JobId, None] = OrderedDict()
+        self.repair_langs: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._sweeper = self._spawn(self._sweep(), "node-sweeper")
+
+    async def stop(self) -> None:
+        """Stop timers and tasks. Idempotent."""
+        for extra in self.extra.values():
+            for t in extra.timers:
+                t.cancel()
+        for s in list(self.sessions.values()):
+            await s.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def limits(self) -> p.Limits:
+        return p.Limits(
+            max_message_bytes=self.config.max_message_bytes,
+            max_utterance_seconds=self.config.max_utterance_seconds,
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    async def open_session(self, init: p.SessionInit, conn: Transport) -> Session:
+        p.check_version(init.protocol_version)
+        tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
+        for tgt in tgts:
+            problem = pair_problem(init.src_lang, tgt)
+            if problem:
+                raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE_PAIR, problem)
+        if init.sample_rate <= 0 or init.sample_rate > 192_000:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"sample_rate {init.sample_rate} is out of range")
+        settings = SessionSettings(
+            src_lang=init.src_lang,
+            tgt_langs=tgts,
+            tts=init.tts,
+            partials=init.partials,
+            audio_format=init.audio_format,
+            sample_rate=init.sample_rate,
+            preferred_node_id=init.preferred_node_id,
+        )
+        session = Session(
+            session_id=new_session_id(),
+            trace_id=new_trace_id(),
+            resume_token=new_token(),
+            view_token=new_token(),
+            settings=settings,
+            store=self.store,
+            on_detached=self._session_detached,
+        )
+        for tgt in tgts:
+            session.streams[tgt] = OrderedStream()
+        self.sessions[session.session_id] = session
+        session.start()
+        session.conn = conn
+        self.count("sessions_created")
+        log.info(
+            "session.created",
+            trace_id=session.trace_id,
+            session_id=session.session_id,
+            src_lang=init.src_lang,
+            tgt_lang=init.tgt_lang,
+            extra_tgt_langs=tgts[1:],
+        )
+        return session
+
+    def init_ack(self, session: Session, replayed: int) -> bytes:
+        return p.encode(
+            p.SessionInitAck(
+                session_id=session.session_id,
+                trace_id=session.trace_id,
+                resume_token=session.resume_token,
+                view_token=session.view_token,
+                limits=self.limits(),
+                replayed=replayed,
+            )
+        )
+
+    async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
+        session = self.sessions.get(SessionId(info.session_id))
+        if session is None or session.closed:
+            raise ProtocolError(
+                ErrorCode.SESSION_NOT_FOUND,
+                f"session {info.session_id} does not exist or has expired",
+            )
+        if not _same_token(session.resume_token, info.resume_token):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "resume_token does not match")
+        old = session.conn
+        if old is not None:
+            session.conn = None
+            await _close_quietly(old, 4000, "resumed elsewhere")
+        try:
+            replayed = await session.attach(conn, info.last_seq, lambda n: self.init_ack(session, n))
+        except ReplayGap as exc:
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"cannot resume: {exc}") from None
+        if session.linger_timer is not None:
+            session.linger_timer.cancel()
+            session.linger_timer = None
+        self.count("sessions_resumed")
+        self.count("events_replayed", replayed)
+        log.info(
+            "session.resumed",
+            trace_id=session.trace_id,
+            session_id=session.session_id,
+            last_seq=info.last_seq,
+            replayed=replayed,
+        )
+        return session, replayed
+
+    def _session_detached(self, session: Session) -> None:
+        log.info("session.detached", trace_id=session.trace_id, session_id=session.session_id)
+        if session.linger_timer is None and not session.closed:
+            loop = asyncio.get_running_loop()
+            session.linger_timer = loop.call_later(self.config.session_linger, self._linger_expired, session)
+
+    def connection_closed(self, session: Session, conn: Transport) -> None:
+        """The socket is gone: unregister it at once (seed 002)."""
+        session.detach(conn)
+
+    def _linger_expired(self, session: Session) -> None:
+        session.linger_timer = None
+        if session.conn is None:
+            log.info("session.expired", trace_id=session.trace_id, session_id=session.session_id)
+            self._spawn(self._drop_session(session), f"drop-{session.session_id}")
+
+    async def _drop_session(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.pop(session.session_id, None)
+        if session.chunk_timer is not None:
+            session.chunk_timer.cancel()
+        now = self.clock()
+        for job_id in list(session.active_jobs):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                await self._apply_locked(job, lambda j: self.lifecycle.cancel(j, "session_gone", now))
+        await session.stop()
+        await self.store.drop_session(session.session_id)
+
+    async def close_session(self, session: Session, conn: Transport) -> None:
+        """``session_close``: finish running jobs, deliver their results, then close."""
+        session.closing = True
+        await self._maybe_finish_close(session)
+
+    async def _maybe_finish_close(self, session: Session) -> None:
+        if not session.closing or session.active_jobs or session.closed:
+            return
+        session.emit(p.SessionClosed(reason="client_closed"))
+        await session.drain()
+        conn = session.conn
+        await self._drop_session(session)
+        if conn is not None:
+            await _close_quietly(conn, 1000, "session closed")
+        log.info("session.closed", trace_id=session.trace_id, session_id=session.session_id)
+
+    async def ack_events(self, session: Session, seq: int) -> None:
+        if 0 < seq <= session.seq:
+            await self.store.ack_events(session.session_id, seq)
+
+    # ------------------------------------------------------------------ utterances
+
+    async def utterance(self, session: Session, msg: p.Utterance) -> None:
+        fmt = msg.audio_format or session.settings.audio_format
+        rate = msg.sample_rate or session.settings.sample_rate
+        await self._new_utterance(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
+
+    async def _new_utterance(
+        self,
+        session: Session,
+        index: int,
+        audio: bytes,
+        fmt: str,
+        rate: int,
+        request_id: str | None,
+    ) -> None:
+        if session.closing:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
+        if index < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
+        if index in session.seen_indices:
+            log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
+            self.count("utterances_duplicate")
+            return
+        if index < session.max_index:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                f"utterance_index {index} is below {session.max_index}: indices must increase",
+            )
+        try:
+            seconds = duration_seconds(audio, fmt, rate)
+        except BadAudio as exc:
+            raise ProtocolError(ErrorCode.BAD_AUDIO, f"field `audio`: {exc}") from None
+        if seconds > self.config.max_utterance_seconds:
+            raise ProtocolError(
+                ErrorCode.AUDIO_TOO_LARGE,
+                f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
+            )
+        if request_id is not None:
+            earlier = await self.store.bind_request(
+                session.session_id, "r:" + request_id, JobId(f"u:{index}")
+            )
+            if earlier is not None:
+                log.info(
+                    "utterance.duplicate",
+                    session_id=session.session_id,
+                    utterance_index=index,
+                    request_id=request_id,
+                )
+                self.count("utterances_duplicate")
+                return
+        session.seen_indices.add(index)
+        session.max_index = max(session.max_index, index)
+        st = session.settings
+        log.info(
+            "utterance.received",
+            trace_id=session.trace_id,
+            session_id=session.session_id,
+            utterance_index=index,
+            src_lang=st.src_lang,
+            tgt_langs=st.tgt_langs,
+            audio_size_bytes=len(audio),
+            audio_seconds=round(seconds, 3),
+        )
+        self.count("utterances_received")
+        now = self.clock()
+        for tgt in st.tgt_langs:
+            stages = expand_stages(
+                st.src_lang,
+                tgt,
+                tts=st.tts,
+                repair_available=self.repair_langs.get(st.src_lang, 0) > 0,
+            )
+            job = Job(
+                job_id=new_job_id(),
+                trace_id=session.trace_id,
+                session_id=session.session_id,
+                utterance_index=index,
+                src_lang=st.src_lang,
+                tgt_lang=tgt,
+                stages=stages,
+                audio=audio,
+                audio_format=fmt,
+                sample_rate=rate,
+                audio_seconds=seconds,
+                created_at=now,
+                request_id=request_id,
+                preferred_node_id=NodeId(st.preferred_node_id) if st.preferred_node_id else None,
+            )
+            self.jobs[job.job_id] = job
+            self.extra[job.job_id] = JobExtra(st.tts, st.partials, asyncio.Lock(), [])
+            session.active_jobs.add(job.job_id)
+            session.job_ids.append(job.job_id)
+            session.streams[tgt].expect(index)
+            self.count("jobs_created")
+            log.info(
+                "job.created",
+                **job_fields(job),
+                src_lang=job.src_lang,
+                tgt_lang=tgt,
+                stages=list(stages),
+                audio_format=fmt,
+                audio_size_bytes=len(audio),
+            )
+            await self._apply_locked(job, lambda j: self.lifecycle.created(j, self.clock()))
+
+    # streaming ---------------------------------------------------------------
+
+    async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
+        if session.settings.audio_format != "pcm16":
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "audio_chunk streaming needs audio_format pcm16")
+        if msg.seq <= session.chunk_seq:
+            log.info("audio_chunk.duplicate", session_id=session.session_id, seq=msg.seq)
+            return
+        if len(msg.audio) % 2:
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "field `audio`: pcm16 chunk has an odd byte count")
+        session.chunk_seq = msg.seq
+        session.chunk_buf += msg.audio
+        if session.chunk_timer is not None:
+            session.chunk_timer.cancel()
+            session.chunk_timer = None
+        max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
+        if msg.is_final or len(session.chunk_buf) >= max_bytes:
+            await self._close_chunked(session, "final" if msg.is_final else "max_length")
+        elif session.chunk_buf:
+            session.chunk_timer = asyncio.get_running_loop().call_later(
+                self.config.chunk_idle_gap,
+                lambda: self._spawn(self._close_chunked(session, "idle_gap"), "chunk-close"),
+            )
+
+    async def _close_chunked(self, session: Session, why: str) -> None:
+        session.chunk_timer = None
+        audio = bytes(session.chunk_buf)
+        session.chunk_buf.clear()
+        if not audio:
+            return
+        index = session.max_index + 1
+        log.info("utterance.closed", session_id=session.session_id, utterance_index=index, why=why)
+        try:
+            await self._new_utterance(session, index, audio, "pcm16", session.settings.sample_rate, None)
+        except ProtocolError as exc:
+            session.emit(p.Error(code=exc.code, message=exc.message, ref=f"utterance {index}"))
+
+    # ------------------------------------------------------------------ nodes
+
+    async def register_node(self, msg: p.NodeRegister, conn: Transport) -> NodeConn:
+        p.check_version(msg.protocol_version)
+        if self.config.node_token is not None and not _same_token(self.config.node_token, msg.token or ""):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "node token is missing or wrong")
+        if not msg.node_id or len(msg.node_id) > 128:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `node_id` must be 1-128 characters")
+        if msg.max_concurrent_jobs < 1:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `max_concurrent_jobs` must be >= 1")
+        node_id = NodeId(msg.node_id)
+        old = self.nodes.get(node_id)
+        if old is not None:
+            log.info("node.replaced", node_id=node_id)
+            await self.node_gone(old, "replaced by a new connection")
+            await _close_quietly(old.transport, 4001, "replaced by a new connection")
+        caps = _caps(msg.capabilities)
+        now = self.clock()
+        view = NodeView(node_id, caps, msg.max_concurrent_jobs, last_heartbeat=now)
+        await self.store.register_node(view, self.config.instance_id)
+        nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
+        self.nodes[node_id] = nc
+        for lang in caps.repair:
+            self.repair_langs[lang] = self.repair_langs.get(lang, 0) + 1
+        self.count("nodes_registered")
+        log.info(
+            "node.registered",
+            node_id=node_id,
+            pool=view.pool,
+            max_concurrent_jobs=msg.max_concurrent_jobs,
+            version=msg.version,
+            unacked_results=len(msg.unacked_results),
+        )
+        await nc.send(
+            p.NodeRegisterAck(
+                node_id=node_id,
+                heartbeat_interval_s=self.config.heartbeat_interval,
+                pools=[view.pool],
+                limits=self.limits(),
+            )
+        )
+        self._spawn(self._drain_waiting(), "drain-waiting")
+        return nc
+
+    async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
+        nc.last_seen = self.clock()
+        if msg.capabilities is not None:
+            view = self.store.nodes().get(nc.node_id)
+            if view is not None:
+                new_caps = _caps(msg.capabilities)
+                if new_caps != view.capabilities:
+                    self._count_repair(view.capabilities, -1)
+                    self._count_repair(new_caps, +1)
+                    nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs)
+                    await self.store.register_node(nv, self.config.instance_id)
+                    log.info("node.capabilities_changed", node_id=nc.node_id, pool=nv.pool)
+        await self.store.heartbeat(nc.node_id, msg.running_jobs, nc.last_seen)
+        if self.waiting:
+            await self._drain_waiting()
+
+    def _count_repair(self, caps: NodeCapabilities, delta: int) -> None:
+        for lang in caps.repair:
+            self.repair_langs[lang] = self.repair_langs.get(lang, 0) + delta
+
+    async def node_gone(self, nc: NodeConn, why: str) -> None:
+        if nc.closed:
+            return
+        nc.closed = True
+        if self.nodes.get(nc.node_id) is nc:
+            del self.nodes[nc.node_id]
+            view = self.store.nodes().get(nc.node_id)
+            if view is not None:
+                self._count_repair(view.capabilities, -1)
+            await self.store.remove_node(nc.node_id)
+        log.info("node.gone", node_id=nc.node_id, why=why, jobs=len(nc.jobs))
+        now = self.clock()
+        node_id = nc.node_id
+        for job_id in list(nc.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                await self._apply_locked(job, lambda j: self.lifecycle.node_gone(j, node_id, now))
+
+    async def node_message(self, nc: NodeConn, msg: p.NodeMessage) -> None:
+        nc.last_seen = self.clock()
+        if isinstance(msg, p.NodeHeartbeat):
+            await self.heartbeat(nc, msg)
+            return
+        if isinstance(msg, p.NodeRegister):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "node is already registered")
+        job = self.jobs.get(JobId(msg.job_id))
+        if job is None:
+            job = self.finished.get(JobId(msg.job_id))
+            if isinstance(msg, p.JobResult):
+                # a copy of a result for a job that already ended (or is unknown): ack and drop
+                log.info(
+                    "job_result.duplicate",
+                    job_id=msg.job_id,
+                    node_id=nc.node_id,
+                    attempt_id=msg.attempt_id,
+                    known=job is not None,
+                    trace_id=job.trace_id if job else None,
+                )
+                self.count("results_duplicate")
+                await nc.send(p.JobResultAck(job_id=msg.job_id, attempt_id=msg.attempt_id))
+                return
+            log.info("node.message_for_unknown_job", node_id=nc.node_id, job_id=msg.job_id)
+            return
+        now = self.clock()
+        node_id = nc.node_id
+        if isinstance(msg, p.JobAck):
+            log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
+            await self._apply_locked(job, lambda j: self.lifecycle.acked(j, msg.attempt_id, now))
+        elif isinstance(msg, p.JobStarted):
+            log.info("job.started", **job_fields(job), acked_attempt=msg.attempt_id)
+            await self._apply_locked(job, lambda j: self.lifecycle.started(j, msg.attempt_id, now))
+        elif isinstance(msg, p.JobReject):
+            log.info("job.rejected", **job_fields(job), reason=msg.reason)
+            await self._apply_locked(
+                job, lambda j: self.lifecycle.rejected(j, msg.attempt_id, msg.reason, now)
+            )
+        elif isinstance(msg, p.JobPartial):
+            session = self.sessions.get(job.session_id)
+            extra = self.extra.get(job.job_id)
+            if (
+                session is not None
+                and extra is not None
+                and extra.partials
+                and msg.attempt_id == job.attempt_id
+                and not job.state.terminal
+                and job.tgt_lang == session.settings.tgt_langs[0]
+            ):
+                session.emit(p.AsrPartial(utterance_index=job.utterance_index, text=msg.text))
+        elif isinstance(msg, p.JobResult):
+            log.info(
+                "job_result.received",
+                **{**job_fields(job), "node_id": node_id},
+                result_attempt=msg.attempt_id,
+                success=msg.success,
+            )
+            err = msg.error
+            await self._apply_locked(
+                job,
+                lambda j: self.lifecycle.result(
+                    j,
+                    msg.attempt_id,
+                    node_id,
+                    msg.success,
+                    msg,
+                    err.code if err else None,
+                    err.message if err else None,
+                    now,
+                ),
+            )
+
+    # ------------------------------------------------------------------ applying commands
+
+    async def _apply_locked(self, job: Job, step: Any) -> None:
+        extra = self.extra.get(job.job_id)
+        if extra is None:  # already finished and forgotten
+            return
+        async with extra.lock:
+            await self._apply(job, step(job))
+
+    async def _apply(self, job: Job, cmds: Iterable[Command]) -> None:
+        queue = deque(cmds)
+        while queue:
+            cmd = queue.popleft()
+            more = await self._run(job, cmd)
+            if more:
+                queue.extendleft(reversed(more))
+
+    async def _run(self, job: Job, cmd: Command) -> list[Command]:
+        if isinstance(cmd, Select):
+            return await self._select(job)
+        if isinstance(cmd, Assign):
+            return await self._dispatch(job, cmd)
+        if isinstance(cmd, Arm):
+            self._arm(job, cmd)
+        elif isinstance(cmd, Disarm):
+            extra = self.extra.get(job.job_id)
+            if extra is not None:
+                for t in extra.timers:
+                    t.cancel()
+                extra.timers.clear()
+        elif isinstance(cmd, Release):
+            ok = await self.store.release(cmd.node_id, cmd.job_id, cmd.attempt_id)
+            nc = self.nodes.get(cmd.node_id)
+            if nc is not None:
+                nc.jobs.discard(cmd.job_id)
+            log.debug("reservation.released", **job_fields(job), released=ok)
+            if self.waiting:
+                self._spawn(self._drain_waiting(), "drain-waiting")
+        elif isinstance(cmd, Cancel):
+            nc = self.nodes.get(cmd.node_id)
+            log.info("job.cancel_sent", **job_fields(job), to_node=cmd.node_id, reason=cmd.reason)
+            if nc is not None:
+                await nc.send(p.JobCancel(job_id=cmd.job_id, attempt_id=cmd.attempt_id, reason=cmd.reason))
+        elif isinstance(cmd, AckResult):
+            nc = self.nodes.get(cmd.node_id)
+            if nc is not None:
+                await nc.send(p.JobResultAck(job_id=cmd.job_id, attempt_id=cmd.attempt_id))
+        elif isinstance(cmd, Status):
+            self._status(job, cmd)
+        elif isinstance(cmd, Note):
+            self._note(job, cmd)
+        elif isinstance(cmd, Finish):
+            await self._finish(job, cmd)
+        return []
+
+    def _note(self, job: Job, cmd: Note) -> None:
+        fields = dict(cmd.fields)
+        if cmd.event == "job.stale_event":
+            log.debug(cmd.event, **job_fields(job), **fields)
+        elif cmd.event == "job_result.duplicate":
+            self.count("results_duplicate")
+            log.info(cmd.event, **job_fields(job), **fields)
+        else:
+            if cmd.event == "job.failover":
+                self.count("failovers")
+            elif cmd.event.endswith("_timeout"):
+                self.count("timeouts_" + cmd.event.split(".")[1])
+            log.warning(cmd.event, **job_fields(job), **fields)
+
+    def _arm(self, job: Job, cmd: Arm) -> None:
+        extra = self.extra.get(job.job_id)
+        if extra is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._spawn(
+                self._apply_locked(
+                    job, lambda j: self.lifecycle.timer(j, cmd.kind, cmd.attempt_id, self.clock())
+                ),
+                f"timer-{cmd.kind}",
+            )
+
+        extra.timers.append(loop.call_later(cmd.delay, fire))
+
+    async def _select(self, job: Job) -> list[Command]:
+        extra = self.extra[job.job_id]
+        first = extra.first_selection
+        extra.first_selection = False
+        req = Request(
+            job.src_lang,
+            job.tgt_lang,
+            requirements(job.stages, job.src_lang, job.tgt_lang),
+            frozenset(job.excluded),
+            job.preferred_node_id,
+        )
+        if first or job.attempt_id > 1:
+            log.info(
+                "selection.started",
+                **job_fields(job),
+                request_id=job.request_id,
+                src_lang=job.src_lang,
+                tgt_lang=job.tgt_lang,
+                preferred_node_id=job.preferred_node_id,
+                excluded=sorted(job.excluded),
+            )
+        out = self.select(self.store.nodes(), req, self.rng)
+        if out.fallback is not None:
+            log.info(
+                "selection.preferred_fallback",
+                **job_fields(job),
+                preferred_node_id=job.preferred_node_id,
+                fallback_reason=out.fallback.value,
+                selected_node=out.candidates[0] if out.candidates else None,
+            )
+        ttl = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds) + 30.0
+        for node_id in out.candidates:
+            self.count("reservations_attempted")
+            if await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl):
+                self.count("reservations_succeeded")
+                self.waiting.pop(job.job_id, None)
+                log.info(
+                    "selection.succeeded",
+                    **{**job_fields(job), "node_id": node_id},
+                    selected_node=node_id,
+                    selector=out.selector,
+                    preferred_used=out.preferred_used,
+                )
+                log.debug(
+                    "selection.pool_details",
+                    **job_fields(job),
+                    pool_count=out.pool_count,
+                    eligible_pools=out.eligible_pools,
+                    selected_pool=out.selected_pool,
+                    attempts=out.attempts,
+                )
+                log.info("reservation.succeeded", **{**job_fields(job), "node_id": node_id})
+                nc = self.nodes.get(node_id)
+                if nc is not None:
+                    nc.jobs.add(job.job_id)
+                return self.lifecycle.selected(job, node_id, self.clock())
+            log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
+        reason = out.reason.value if out.reason else "no_capacity"
+        if first or job.job_id not in self.waiting:
+            log.warning(
+                "selection.failed",
+                **job_fields(job),
+                selector=out.selector,
+                reason=reason,
+                breakdown={k.value: v for k, v in out.breakdown.counts.items()},
+                src_lang=job.src_lang,
+                tgt_lang=job.tgt_lang,
+            )
+        self.waiting[job.job_id] = None
+        return self.lifecycle.selection_failed(job, reason, first)
+
+    async def _drain_waiting(self) -> None:
+        """Capacity may have freed: try the waiting jobs, oldest first."""
+        blocked: set[tuple[str, str, tuple[str, ...]]] = set()
+        for job_id in list(self.waiting):
+            job = self.jobs.get(job_id)
+            if job is None or job.state is not JobState.CREATED:
+                self.waiting.pop(job_id, None)
+                continue
+            key = (job.src_lang, job.tgt_lang, job.stages)
+            if key in blocked and not job.excluded:
+                continue
+            await self._apply_locked(job, self._retry_select)
+            if job.state is JobState.CREATED and not job.excluded:
+                blocked.add(key)
+
+    def _retry_select(self, job: Job) -> list[Command]:
+        if job.state is not JobState.CREATED:
+            return []
+        return [Select(job.job_id)]
+
+    async def _dispatch(self, job: Job, cmd: Assign) -> list[Command]:
+        nc = self.nodes.get(cmd.node_id)
+        deadline = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds)
+        ok = False
+        if nc is not None:
+            msg = p.JobAssign(
+                job_id=job.job_id,
+                attempt_id=cmd.attempt_id,
+                trace_id=job.trace_id,
+                session_id=job.session_id,
+                utterance_index=job.utterance_index,
+                src_lang=job.src_lang,
+                tgt_lang=job.tgt_lang,
+                audio=job.audio,
+                audio_format=job.audio_format,  # type: ignore[arg-type]
+                sample_rate=job.sample_rate,
+                stages=list(job.stages),  # type: ignore[arg-type]
+                deadline_ms=int(deadline * 1000),
+            )
+            ok = await nc.send(msg)
+        now = self.clock()
+        if ok:
+            latency = now - job.created_at
+            log.info(
+                "job.dispatched",
+                **job_fields(job),
+                dispatch_latency_seconds=round(latency, 6),
+            )
+            self.count("jobs_dispatched")
+        return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
+
+    def _status(self, job: Job, cmd: Status) -> None:
+        session = self.sessions.get(job.session_id)
+        if session is None:
+            return
+        position = None
+        if cmd.status == "queued":
+            position = list(self.waiting).index(job.job_id) + 1 if job.job_id in self.waiting else None
+        session.emit(
+            p.JobStatus(
+                utterance_index=job.utterance_index,
+                tgt_lang=job.tgt_lang,
+                status=cmd.status,  # type: ignore[arg-type]
+                node_id=cmd.node_id,
+                reason=cmd.reason,
+                queue_position=position,
+            )
+        )
+
+    async def _finish(self, job: Job, cmd: Finish) -> None:
+        self.waiting.pop(job.job_id, None)
+        extra = self.extra.pop(job.job_id, None)
+        self.jobs.pop(job.job_id, None)
+        self.finished[job.job_id] = job
+        while len(self.finished) > FINISHED_JOBS_KEPT:
+            self.finished.popitem(last=False)
+        for nc in self.nodes.values():
+            nc.jobs.discard(job.job_id)
+        now = self.clock()
+        self.count(f"jobs_{job.state.value}")
+        total_ms = (now - job.created_at) * 1000
+        if cmd.ok:
+            res: p.JobResult = cmd.payload
+            t = res.timings
+            queue_ms = ((job.dispatched_at or now) - job.created_at) * 1000
+            timings = p.Timings(
+                queue_ms=round(queue_ms, 3),
+                asr_ms=t.asr_ms,
+                repair_ms=t.repair_ms,
+                nmt_ms=t.nmt_ms,
+                tts_ms=t.tts_ms,
+                total_ms=round(total_ms, 3),
+            )
+            tts_wanted = extra.tts if extra else True
+            result = p.TranslationResult(
+                utterance_index=job.utterance_index,
+                tgt_lang=job.tgt_lang,
+                job_id=job.job_id,
+                status="ok",
+                text_asr=res.text_asr,
+                text_translated=res.text_translated,
+                tts_audio=res.tts_audio if tts_wanted else None,
+                tts_format=res.tts_format if tts_wanted else None,
+                tts_sample_rate=res.tts_sample_rate if tts_wanted else None,
+                timings=timings,
+                node_id=cmd.node_id,
+                trace_id=job.trace_id,
+            )
+        else:
+            result = p.TranslationResult(
+                utterance_index=job.utterance_index,
+                tgt_lang=job.tgt_lang,
+                job_id=job.job_id,
+                status="failed",
+                timings=p.Timings(total_ms=round(total_ms, 3)),
+                node_id=cmd.node_id,
+                error=p.ErrorInfo(code=cmd.error_code or "internal", message=cmd.error_message or ""),
+                trace_id=job.trace_id,
+            )
+        log.info(
+            "result.created",
+            **{**job_fields(job), "node_id": cmd.node_id},
+            status=result.status,
+            error_code=cmd.error_code,
+            text_asr=result.text_asr,
+            text_translated=result.text_translated,
+            tts_audio_len=len(result.tts_audio or b""),
+            elapsed_ms=round(total_ms, 3),
+        )
+        session = self.sessions.get(job.session_id)
+        if session is None:
+            log.warning("result.dropped_session_gone", **job_fields(job))
+            return
+        session.active_jobs.discard(job.job_id)
+        stream = session.streams[job.tgt_lang]
+        ready = stream.complete(job.utterance_index, result)
+        if ready:
+            log.info(
+                "result.ready",
+                trace_id=job.trace_id,
+                session_id=job.session_id,
+                ready_results_count=len(ready),
+            )
+        for r in ready:
+            session.emit(
+                r,
+                {
+                    "trace_id": job.trace_id,
+                    "session_id": job.session_id,
+                    "job_id": r.job_id,
+                    "node_id": r.node_id,
+                    "utterance_index": r.utterance_index,
+                    "tgt_lang": r.tgt_lang,
+                },
+            )
+            self.count("results_emitted")
+        if session.closing and not session.active_jobs:
+            self._spawn(self._maybe_finish_close(session), "finish-close")
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _sweep(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(interval, 1.0))
+            now = self.clock()
+            limit = interval * self.config.heartbeat_misses
+            for nc in list(self.nodes.values()):
+                if now - nc.last_seen > limit:
+                    log.warning(
+                        "node.heartbeat_lost",
+                        node_id=nc.node_id,
+                        silent_s=round(now - nc.last_seen, 1),
+                    )
+                    await self.node_gone(nc, "heartbeat lost")
+                    await _close_quietly(nc.transport, 4002, "heartbeat lost")
+
+    # ------------------------------------------------------------------ queries
+
+    def job_view(self, job_id: str) -> dict[str, Any] | None:
+        job = self.jobs.get(JobId(job_id)) or self.finished.get(JobId(job_id))
+        if job is None:
+            return None
+        return {
+            "job_id": job.job_id,
+            "trace_id": job.trace_id,
+            "session_id": job.session_id,
+            "utterance_index": job.utterance_index,
+            "src_lang": job.src_lang,
+            "tgt_lang": job.tgt_lang,
+            "stages": list(job.stages),
+            "state": job.state.value,
+            "attempt_id": job.attempt_id,
+            "node_id": job.node_id,
+            "excluded_nodes": sorted(job.excluded),
+            "last_reason": job.last_reason,
+            "failure_code": job.failure_code,
+            "history": [
+                {"t": round(t - job.created_at, 6), "state": s, "attempt_id": a} for t, s, a in job.history
+            ],
+        }
+
+    def servable_pairs(self) -> list[tuple[str, str]]:
+        pairs: set[tuple[str, str]] = set()
+        for view in self.store.nodes().all_nodes():
+            if view.online:
+                pairs |= view.capabilities.servable_pairs()
+        return sorted(pairs)
+
+
+def _caps(c: p.Capabilities) -> NodeCapabilities:
+    return NodeCapabilities(
+        asr=frozenset(c.asr_languages),
+        repair=frozenset(c.repair_languages),
+        nmt=frozenset((a, b) for a, b in c.nmt_pairs),
+        tts=frozenset(c.tts_languages),
+    )
+
+
+def _same_token(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+async def _close_quietly(conn: Transport, code: int, reason: str) -> None:
+    try:
+        await conn.close(code, reason)
+    except Exception:
+        pass

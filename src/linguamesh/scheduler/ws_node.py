@@ -1,0 +1,49 @@
+"""``/ws/node``: the node side of protocol v1 (DESIGN §3.2)."""
+
+from __future__ import annotations
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .. import protocol as p
+from ..observability.logging import bind, get_logger
+from ..protocol import ErrorCode, ProtocolError
+from .service import NodeConn, Scheduler
+
+log = get_logger("linguamesh.scheduler.node")
+
+
+async def node_endpoint(ws: WebSocket) -> None:
+    sched: Scheduler = ws.app.state.scheduler
+    await ws.accept()
+    nc: NodeConn | None = None
+    try:
+        while True:
+            try:
+                frame = await ws.receive_text()
+            except KeyError:
+                await _error(ws, ProtocolError(ErrorCode.BAD_MESSAGE, "frames must be text (JSON)"))
+                continue
+            try:
+                msg = p.decode_node(frame, sched.config.max_message_bytes)
+                if nc is None:
+                    if not isinstance(msg, p.NodeRegister):
+                        raise ProtocolError(ErrorCode.BAD_MESSAGE, "send node_register first")
+                    nc = await sched.register_node(msg, ws)
+                    bind(node_id=nc.node_id)
+                    continue
+                await sched.node_message(nc, msg)
+            except ProtocolError as exc:
+                log.info("node.bad_input", code=exc.code.value, message=exc.message)
+                await _error(ws, exc)
+                if exc.fatal:
+                    await ws.close(1008, exc.code.value)
+                    return
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if nc is not None:
+            await sched.node_gone(nc, "connection closed")
+
+
+async def _error(ws: WebSocket, exc: ProtocolError) -> None:
+    await ws.send_text(p.encode_str(p.Error(code=exc.code.value, message=exc.message, ref=exc.ref)))
