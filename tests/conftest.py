@@ -1,0 +1,152 @@
+"""Shared fixtures: real schedulers and nodes on loopback, audio helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from linguamesh.audio import to_pcm16
+from linguamesh.engines.registry import build
+from linguamesh.node.agent import NodeAgent
+from linguamesh.node.config import NodeConfig
+from linguamesh.runtime import make_server
+from linguamesh.scheduler.config import SchedulerConfig
+from linguamesh.scheduler.service import Scheduler
+
+#: One unit of waiting, scaled for slow CI machines (LINGUAMESH_TEST_TIMEOUT_SCALE=3).
+SCALE = float(os.environ.get("LINGUAMESH_TEST_TIMEOUT_SCALE", "1"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pcm(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate), dtype=np.float32) / rate
+    return to_pcm16(0.1 * np.sin(2 * np.pi * 220 * t))
+
+
+@dataclass
+class SchedulerHandle:
+    config: SchedulerConfig
+    server: Any
+    task: asyncio.Task[Any]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.config.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+    @property
+    def sched(self) -> Scheduler:
+        return self.server.config.loaded_app.app.state.scheduler  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+
+@dataclass
+class NodeHandle:
+    agent: NodeAgent
+    task: asyncio.Task[Any]
+
+    async def stop(self) -> None:
+        await self.agent.stop()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def start_scheduler(port: int | None = None, **cfg: Any) -> SchedulerHandle:
+    config = SchedulerConfig(port=port or free_port(), heartbeat_interval=cfg.pop("heartbeat_interval", 0.5), **cfg)
+    server = make_server(config)
+    server.config.setup_event_loop = lambda: None
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    else:
+        raise TimeoutError("scheduler did not start")
+    return SchedulerHandle(config, server, task)
+
+
+def test_engines(**kw: Any) -> list[dict[str, Any]]:
+    return [{"kind": "test", "languages": ["en", "es", "fr"], **kw}]
+
+
+test_engines.__test__ = False  # type: ignore[attr-defined]
+
+
+async def start_node(
+    url: str | list[str],
+    node_id: str = "node-a",
+    *,
+    max_concurrent_jobs: int = 4,
+    engines: list[dict[str, Any]] | None = None,
+    wait: bool = True,
+) -> NodeHandle:
+    cfg = NodeConfig(
+        scheduler_urls=[url] if isinstance(url, str) else url,
+        node_id=node_id,
+        max_concurrent_jobs=max_concurrent_jobs,
+        engines=engines if engines is not None else test_engines(),
+        backoff_initial=0.05,
+        backoff_max=0.5,
+    )
+    agent = NodeAgent(cfg, build(cfg.engines))
+    task = asyncio.create_task(agent.run())
+    if wait:
+        await asyncio.wait_for(agent.connected.wait(), 10 * SCALE)
+    return NodeHandle(agent, task)
+
+
+@dataclass
+class Cluster:
+    schedulers: list[SchedulerHandle] = field(default_factory=list)
+    nodes: list[NodeHandle] = field(default_factory=list)
+
+    async def scheduler(self, **cfg: Any) -> SchedulerHandle:
+        h = await start_scheduler(**cfg)
+        self.schedulers.append(h)
+        return h
+
+    async def node(self, url: str | list[str], node_id: str = "node-a", **kw: Any) -> NodeHandle:
+        h = await start_node(url, node_id, **kw)
+        self.nodes.append(h)
+        return h
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster()
+    yield c
+    for n in c.nodes:
+        await n.stop()
+    for s in c.schedulers:
+        if not s.task.done():
+            await s.stop()
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout * SCALE
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,86 @@
+"""A node that speaks raw protocol v1 and does only what a test tells it (never run by users)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from linguamesh import protocol as p
+
+
+class ScriptedNode:
+    def __init__(self, url: str, node_id: str, langs: tuple[str, ...] = ("en", "es", "fr"), slots: int = 4):
+        self.url = url + "/ws/node"
+        self.node_id = node_id
+        self.langs = langs
+        self.slots = slots
+        self.ws: ClientConnection | None = None
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.received: list[Any] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def connect(self) -> p.NodeRegisterAck:
+        self.ws = await connect(self.url)
+        caps = p.Capabilities(
+            asr_languages=list(self.langs),
+            nmt_pairs=[(a, b) for a in self.langs for b in self.langs if a != b],
+            tts_languages=list(self.langs),
+            repair_languages=list(self.langs),
+        )
+        await self.send(
+            p.NodeRegister(
+                protocol_version=1,
+                node_id=self.node_id,
+                version="scripted",
+                capabilities=caps,
+                max_concurrent_jobs=self.slots,
+            )
+        )
+        ack = p.decode_to_node(await self.ws.recv())
+        assert isinstance(ack, p.NodeRegisterAck), ack
+        self._reader = asyncio.create_task(self._read())
+        self._beat = asyncio.create_task(self._heartbeat(ack.heartbeat_interval_s))
+        return ack
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.send(p.NodeHeartbeat(running_jobs=0))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            msg = p.decode_to_node(frame)
+            self.received.append(msg)
+            await self.inbox.put(msg)
+
+    async def send(self, msg: Any) -> None:
+        assert self.ws is not None
+        await self.ws.send(p.encode_str(msg))
+
+    async def expect(self, kind: type, timeout: float = 5.0) -> Any:
+        while True:
+            msg = await asyncio.wait_for(self.inbox.get(), timeout)
+            if isinstance(msg, kind):
+                return msg
+
+    def result_for(self, job: p.JobAssign, text: str = "scripted") -> p.JobResult:
+        return p.JobResult(
+            job_id=job.job_id,
+            attempt_id=job.attempt_id,
+            success=True,
+            text_asr=text,
+            text_translated=f"[{job.tgt_lang}] {text}",
+            timings=p.Timings(asr_ms=1, nmt_ms=1, total_ms=2),
+        )
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        for task in (self._reader, self._beat):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
