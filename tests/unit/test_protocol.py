@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linguamesh import protocol as p
+
+
+@given(
+    index=st.integers(min_value=0, max_value=2**31),
+    audio=st.binary(max_size=256),
+    req=st.none() | st.text(max_size=20),
+)
+def test_utterance_round_trip(index: int, audio: bytes, req: str | None) -> None:
+    msg = p.Utterance(utterance_index=index, audio=audio, request_id=req)
+    assert p.decode_client(p.encode(msg)) == msg
+
+
+@given(
+    text=st.text(max_size=50),
+    success=st.booleans(),
+    tts=st.none() | st.binary(max_size=64),
+)
+def test_job_result_round_trip(text: str, success: bool, tts: bytes | None) -> None:
+    msg = p.JobResult(job_id="job-1", attempt_id=2, success=success, text_asr=text, tts_audio=tts)
+    assert p.decode_node(p.encode(msg)) == msg
+
+
+def test_every_message_type_is_tagged_with_its_wire_name() -> None:
+    ev = p.TranslationResult(utterance_index=1, tgt_lang="es", job_id="j", status="ok", seq=4)
+    raw = msgspec.json.decode(p.encode(ev))
+    assert raw["type"] == "translation_result" and raw["seq"] == 4
+    assert p.decode_event(p.encode(ev)) == ev
+
+
+def test_unknown_fields_are_ignored() -> None:
+    msg = p.decode_client(b'{"type":"ack","seq":3,"future_field":{"x":1}}')
+    assert msg == p.Ack(seq=3)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "needle"),
+    [
+        (b"nope", "bad_message", "JSON"),
+        (b'"str"', "bad_message", "object"),
+        (b"{}", "bad_message", "`type`"),
+        (b'{"type":"zzz"}', "bad_message", "'zzz'"),
+        (b'{"type":"utterance","audio":""}', "bad_message", "utterance_index"),
+        (b'{"type":"utterance","utterance_index":true,"audio":""}', "bad_message", "$.utterance_index"),
+        (b'{"type":"utterance","utterance_index":1,"audio":"***"}', "bad_audio", "audio"),
+        (b'{"type":"session_init","protocol_version":1,"src_lang":"en","tgt_lang":"es","audio_format":"mp3"}',
+         "bad_message", "audio_format"),
+    ],
+)
+def test_decode_errors_have_stable_codes_and_name_the_field(frame: bytes, code: str, needle: str) -> None:
+    with pytest.raises(p.ProtocolError) as exc:
+        p.decode_client(frame)
+    assert exc.value.code == code
+    assert needle in exc.value.message
+    assert not exc.value.fatal
+
+
+def test_size_limit_is_checked_before_parsing() -> None:
+    with pytest.raises(p.ProtocolError) as exc:
+        p.decode_client(b"x" * 101, max_bytes=100)
+    assert exc.value.code == "audio_too_large"
+
+
+def test_version_check_is_fatal() -> None:
+    with pytest.raises(p.ProtocolError) as exc:
+        p.check_version(2)
+    assert exc.value.code == "unsupported_version" and exc.value.fatal
+
+
+@given(st.binary(max_size=200))
+def test_decoder_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    try:
+        p.decode_client(data)
+        p.decode_node(data)
+    except p.ProtocolError:
+        pass

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linguamesh.core.history import EventHistory, ReplayGap
+from linguamesh.core.ordering import OrderedStream
+from linguamesh.core.reservation import NodeSlots
+
+
+def test_reserve_respects_capacity_and_is_idempotent() -> None:
+    slots = NodeSlots(2)
+    assert slots.reserve(("a", 1), 0, 10)
+    assert slots.reserve(("a", 1), 0, 10)  # same key: no second slot
+    assert slots.reserve(("b", 1), 0, 10)
+    assert not slots.reserve(("c", 1), 0, 10)
+    assert slots.release(("a", 1)) and not slots.release(("a", 1))
+    assert slots.reserve(("c", 1), 0, 10)
+
+
+def test_reservations_expire() -> None:
+    slots = NodeSlots(1)
+    assert slots.reserve(("a", 1), 0, 5)
+    assert not slots.reserve(("b", 1), 4.9, 5)
+    assert slots.reserve(("b", 1), 5.0, 5)
+    assert slots.used == 1
+
+
+@given(st.permutations(list(range(12))), st.sets(st.integers(0, 11), max_size=6))
+def test_ordered_stream_delivers_each_once_in_order(order: list[int], gaps: set[int]) -> None:
+    present = [i for i in range(12) if i not in gaps]
+    stream: OrderedStream[int] = OrderedStream()
+    for i in present:
+        stream.expect(i)
+    delivered: list[int] = []
+    for i in order:
+        if i in gaps:
+            continue
+        delivered += stream.complete(i, i)
+    assert delivered == present
+    assert stream.pending == 0
+
+
+def test_ordered_stream_rejects_double_completion() -> None:
+    stream: OrderedStream[str] = OrderedStream()
+    stream.expect(0)
+    stream.expect(1)
+    assert stream.complete(1, "b") == []
+    with pytest.raises(KeyError):
+        stream.complete(1, "b")
+    assert stream.complete(0, "a") == ["a", "b"]
+
+
+def test_history_replay_and_trim() -> None:
+    h: EventHistory[str] = EventHistory(max_events=3)
+    for i in range(1, 6):
+        h.append(i, f"e{i}")
+    assert h.since(2) == [(3, "e3"), (4, "e4"), (5, "e5")]
+    with pytest.raises(ReplayGap):
+        h.since(1)
+    with pytest.raises(ReplayGap):
+        h.since(9)
+    h.ack(4)
+    assert h.since(4) == [(5, "e5")]
+    with pytest.raises(ValueError):
+        h.append(5, "again")
