@@ -70,7 +70,9 @@ class NodeHandle:
 
 
 async def start_scheduler(port: int | None = None, **cfg: Any) -> SchedulerHandle:
-    config = SchedulerConfig(port=port or free_port(), heartbeat_interval=cfg.pop("heartbeat_interval", 0.5), **cfg)
+    config = SchedulerConfig(
+        port=port or free_port(), heartbeat_interval=cfg.pop("heartbeat_interval", 0.5), **cfg
+    )
     server = make_server(config)
     server.config.setup_event_loop = lambda: None
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

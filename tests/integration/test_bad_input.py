@@ -73,7 +73,10 @@ async def test_errors_inside_a_session_lose_nothing_already_accepted(cluster: Cl
             ('{"type": "utterance", "utterance_index": "x", "audio": ""}', "bad_message"),
             (_utt(1, "%%%not-base64%%%"), "bad_audio"),
             (_utt(1, "AAAA"), "bad_audio"),  # 3 bytes: odd pcm16 byte count
-            ('{"type": "utterance", "utterance_index": 1, "audio": "' + "A" * 300_000 + '"}', "audio_too_large"),
+            (
+                '{"type": "utterance", "utterance_index": 1, "audio": "' + "A" * 300_000 + '"}',
+                "audio_too_large",
+            ),
             (json.dumps({"type": "ack", "seq": "many"}), "bad_message"),
             (INIT, "bad_message"),  # second session_init
         ]

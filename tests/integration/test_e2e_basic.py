@@ -76,7 +76,12 @@ async def test_job_api_reports_state_and_history(cluster: Cluster) -> None:
         missing = await http.get(f"{s.http}/api/v1/jobs/job-NOPE")
     assert job["state"] == "completed" and job["attempt_id"] == 1
     assert [h["state"] for h in job["history"]] == [
-        "created", "assigned", "dispatched", "accepted", "running", "completed"
+        "created",
+        "assigned",
+        "dispatched",
+        "accepted",
+        "running",
+        "completed",
     ]
     assert {"src": "en", "tgt": "es"} in langs["pairs"]
     assert nodes["nodes"][0]["node_id"] == "node-a"

@@ -47,7 +47,18 @@ def _node_process(url: str, node_id: str, tmp: Path, delay_ms: int) -> subproces
         f'[[engines]]\nkind = "test"\nlanguages = ["en", "es"]\ndelay_ms = {delay_ms}\n'
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "linguamesh.cli", "node", "--scheduler", url, "--config", str(cfg), "--log", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "linguamesh.cli",
+            "node",
+            "--scheduler",
+            url,
+            "--config",
+            str(cfg),
+            "--log",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -92,7 +92,9 @@ def test_gives_up_after_max_attempts() -> None:
         lc.dispatched(job, attempt, True, 0)
         cmds = lc.timer(job, TimerKind.ACK, attempt, 5)
     fin = cmds[-1]
-    assert isinstance(fin, Finish) and fin.error_code == "timeout" and "3 attempts" in (fin.error_message or "")
+    assert (
+        isinstance(fin, Finish) and fin.error_code == "timeout" and "3 attempts" in (fin.error_message or "")
+    )
     assert job.state is JobState.FAILED
 
 
@@ -194,7 +196,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             elif isinstance(c, Finish):
                 self.finishes[c.job_id] = self.finishes.get(c.job_id, 0) + 1
                 self.delivered += self.stream.complete(job.utterance_index, job.utterance_index)
-            elif isinstance(c, (Status, Cancel)) and job.job_id in self.finishes and not isinstance(c, Cancel):
+            elif (
+                isinstance(c, (Status, Cancel)) and job.job_id in self.finishes and not isinstance(c, Cancel)
+            ):
                 self.after_finish_violations.append(f"{c} after finish")
             elif isinstance(c, AckResult):
                 pass

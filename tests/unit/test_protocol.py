@@ -50,8 +50,11 @@ def test_unknown_fields_are_ignored() -> None:
         (b'{"type":"utterance","audio":""}', "bad_message", "utterance_index"),
         (b'{"type":"utterance","utterance_index":true,"audio":""}', "bad_message", "$.utterance_index"),
         (b'{"type":"utterance","utterance_index":1,"audio":"***"}', "bad_audio", "audio"),
-        (b'{"type":"session_init","protocol_version":1,"src_lang":"en","tgt_lang":"es","audio_format":"mp3"}',
-         "bad_message", "audio_format"),
+        (
+            b'{"type":"session_init","protocol_version":1,"src_lang":"en","tgt_lang":"es","audio_format":"mp3"}',
+            "bad_message",
+            "audio_format",
+        ),
     ],
 )
 def test_decode_errors_have_stable_codes_and_name_the_field(frame: bytes, code: str, needle: str) -> None:

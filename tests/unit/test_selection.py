@@ -44,17 +44,24 @@ def test_pooled_picks_a_qualifying_node_and_prefers_small_pools() -> None:
 
 
 def test_full_nodes_are_skipped_and_least_loaded_wins() -> None:
-    ix = index(node("full", ["en", "es"], 1, 1), node("busy", ["en", "es"], 4, 3), node("idle", ["en", "es"], 4, 0))
+    ix = index(
+        node("full", ["en", "es"], 1, 1), node("busy", ["en", "es"], 4, 3), node("idle", ["en", "es"], 4, 0)
+    )
     out = select_pooled(ix, req(), random.Random(0), sample_size=4)
     assert out.candidates[0] == "idle" and "full" not in out.candidates
 
 
 def test_failure_reasons() -> None:
     assert select_pooled(index(), req(), random.Random()).reason is Reason.NO_AVAILABLE_POOL
-    assert select_pooled(index(node("a", ["en", "es"], 1, 1)), req(), random.Random()).reason is Reason.NO_CAPACITY
+    assert (
+        select_pooled(index(node("a", ["en", "es"], 1, 1)), req(), random.Random()).reason
+        is Reason.NO_CAPACITY
+    )
     no_tts = index(node("a", ["en", "es"], tts=False))
     assert select_pooled(no_tts, req(), random.Random()).reason is Reason.MISSING_MODELS
-    out = select_pooled(index(node("a", ["en", "es"])), req(excluded=frozenset({NodeId("a")})), random.Random())
+    out = select_pooled(
+        index(node("a", ["en", "es"])), req(excluded=frozenset({NodeId("a")})), random.Random()
+    )
     assert out.reason is Reason.EXCLUDED
 
 

@@ -1,0 +1,342 @@
+"""Dispatch benchmark: a real scheduler process, zero-work nodes and client sessions
+over real WebSockets on loopback. Prints figures; asserts nothing about time.
+
+    python bench/dispatch.py [--jobs 3000] [--c1-jobs 1000] [--nodes 4] [--sessions 8]
+
+Figures:
+  c1   round trip (client sends utterance -> client receives its translation_result)
+       p50/p90/p99 with one job in flight
+  c64  sustained jobs/s and p50/p99 with 64 jobs in flight
+  overhead  scheduler-only time: client send -> node receives job_assign, and
+       node sends job_result -> client receives the result, p50/p99
+  selection cost per job with 10, 1,000 and 10,000 registered nodes (pooled and flat)
+  lost / duplicated results (must both be 0)
+
+The simulated node answers like the real agent (job_ack, job_started, job_result)
+but does no work. Bounded: every phase has a job count and a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from linguamesh import protocol as p
+from linguamesh.core.ids import NodeId
+from linguamesh.core.nodes import NodeCapabilities, NodeView
+from linguamesh.core.selection import Request, select_flat, select_pooled
+from linguamesh.core.stages import requirements
+from linguamesh.state.memory import MemoryStateStore
+
+AUDIO = b"\x00\x00" * 1600  # 0.1 s of silence
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+@dataclass
+class Stats:
+    sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    assign_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    result_sent_at: dict[str, float] = field(default_factory=dict)
+    rtt: list[float] = field(default_factory=list)
+    to_node: list[float] = field(default_factory=list)
+    to_client: list[float] = field(default_factory=list)
+    results: dict[tuple[str, int], int] = field(default_factory=dict)
+    failed: int = 0
+
+
+class SimNode:
+    """Zero-work node speaking the same messages as the real agent."""
+
+    def __init__(self, url: str, node_id: str, slots: int, stats: Stats) -> None:
+        self.url, self.node_id, self.slots, self.stats = url, node_id, slots, stats
+
+    async def run(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        async with connect(self.url + "/ws/node", max_size=None) as ws:
+            caps = p.Capabilities(asr_languages=["en"], nmt_pairs=[("en", "es")], tts_languages=["es"])
+            await ws.send(
+                p.encode_str(
+                    p.NodeRegister(
+                        protocol_version=1,
+                        node_id=self.node_id,
+                        version="bench",
+                        capabilities=caps,
+                        max_concurrent_jobs=self.slots,
+                    )
+                )
+            )
+            ack = p.decode_to_node(await ws.recv())
+            assert isinstance(ack, p.NodeRegisterAck)
+            ready.set()
+
+            async def beat() -> None:
+                while True:
+                    await asyncio.sleep(ack.heartbeat_interval_s)
+                    await ws.send(p.encode_str(p.NodeHeartbeat(running_jobs=0)))
+
+            hb = asyncio.create_task(beat())
+            try:
+                async for frame in ws:
+                    msg = p.decode_to_node(frame)
+                    if isinstance(msg, p.JobAssign):
+                        now = time.perf_counter()
+                        self.stats.assign_at[(msg.session_id, msg.utterance_index)] = now
+                        await ws.send(p.encode_str(p.JobAck(job_id=msg.job_id, attempt_id=msg.attempt_id)))
+                        await ws.send(
+                            p.encode_str(p.JobStarted(job_id=msg.job_id, attempt_id=msg.attempt_id))
+                        )
+                        res = p.JobResult(
+                            job_id=msg.job_id,
+                            attempt_id=msg.attempt_id,
+                            success=True,
+                            text_asr="hello",
+                            text_translated="hola",
+                        )
+                        self.stats.result_sent_at[msg.job_id] = time.perf_counter()
+                        await ws.send(p.encode_str(res))
+                    if stop.is_set():
+                        break
+            finally:
+                hb.cancel()
+
+
+class SimSession:
+    def __init__(self, url: str, stats: Stats) -> None:
+        self.url, self.stats = url, stats
+        self.next_index = 0
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+
+    async def open(self) -> None:
+        self.ws = await connect(self.url + "/ws/session", max_size=None)
+        await self.ws.send(
+            p.encode_str(
+                p.SessionInit(protocol_version=1, src_lang="en", tgt_lang="es", tts=False, partials=False)
+            )
+        )
+        ack = p.decode_event(await self.ws.recv())
+        assert isinstance(ack, p.SessionInitAck), ack
+        self.session_id = ack.session_id
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for frame in self.ws:
+            ev = p.decode_event(frame)
+            if isinstance(ev, p.TranslationResult):
+                now = time.perf_counter()
+                key = (self.session_id, ev.utterance_index)
+                self.stats.results[key] = self.stats.results.get(key, 0) + 1
+                if ev.status != "ok":
+                    self.stats.failed += 1
+                sent = self.stats.sent_at.get(key)
+                if sent is not None:
+                    self.stats.rtt.append(now - sent)
+                assign = self.stats.assign_at.get(key)
+                if assign is not None:
+                    self.stats.to_node.append(assign - sent if sent else 0)
+                rs = self.stats.result_sent_at.get(ev.job_id)
+                if rs is not None:
+                    self.stats.to_client.append(now - rs)
+                fut = self.waiters.pop(ev.utterance_index, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def one(self) -> None:
+        index = self.next_index
+        self.next_index += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters[index] = fut
+        self.stats.sent_at[(self.session_id, index)] = time.perf_counter()
+        await self.ws.send(p.encode_str(p.Utterance(utterance_index=index, audio=AUDIO)))
+        await asyncio.wait_for(fut, 30)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+async def run_phase(sessions: list[SimSession], jobs: int, concurrency: int, limit_s: float) -> float:
+    remaining = jobs
+    start = time.perf_counter()
+
+    async def worker(sess: SimSession) -> None:
+        nonlocal remaining
+        while remaining > 0 and time.perf_counter() - start < limit_s:
+            remaining -= 1
+            await sess.one()
+
+    workers = [worker(sessions[i % len(sessions)]) for i in range(concurrency)]
+    await asyncio.gather(*workers)
+    return time.perf_counter() - start
+
+
+def start_scheduler(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "linguamesh.cli",
+        "scheduler",
+        "--port",
+        str(port),
+        "--log",
+        "warning",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"scheduler exited with {proc.returncode}")
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise SystemExit("scheduler did not start")
+
+
+def ms(v: float) -> str:
+    return f"{v * 1000:.3f} ms"
+
+
+def selection_cost() -> list[str]:
+    lines = []
+    rng = random.Random(1)
+    for n in (10, 1_000, 10_000):
+        store = MemoryStateStore()
+        langs_sets = [["en", "es"], ["en", "es", "fr"], ["de", "en", "zh"], ["en", "zh"]]
+        for i in range(n):
+            langs = langs_sets[i % len(langs_sets)]
+            caps = NodeCapabilities(
+                asr=frozenset(langs),
+                nmt=frozenset((a, b) for a in langs for b in langs if a != b),
+                tts=frozenset(langs),
+            )
+            view = NodeView(NodeId(f"n{i}"), caps, 4, reserved=rng.randint(0, 4))
+            store.index.put(view)
+        req = Request("en", "es", requirements(("asr", "nmt", "tts"), "en", "es"), frozenset())
+        for name, fn in (("pooled", select_pooled), ("flat", select_flat)):
+            reps = 2000 if name == "pooled" or n <= 1000 else 50
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn(store.index, req, rng)
+            per = (time.perf_counter() - t) / reps
+            lines.append(f"  selection {name:6} with {n:>6} nodes: {per * 1e6:8.1f} us/job")
+    return lines
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--c1-jobs", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=5000, help="jobs in the c64 phase")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase at most")
+    ap.add_argument("--url", help="use a running scheduler instead of starting one")
+    ap.add_argument("--scheduler-arg", action="append", default=[], help="extra scheduler flag")
+    args = ap.parse_args()
+
+    proc = None
+    if args.url:
+        url = args.url
+    else:
+        port = free_port()
+        proc = start_scheduler(port, args.scheduler_arg)
+        await wait_port(port, proc)
+        url = f"ws://127.0.0.1:{port}"
+    stats = Stats()
+    stop = asyncio.Event()
+    node_tasks = []
+    slots = max(16, args.concurrency // args.nodes * 2)
+    for i in range(args.nodes):
+        ready = asyncio.Event()
+        node_tasks.append(asyncio.create_task(SimNode(url, f"bench-{i}", slots, stats).run(ready, stop)))
+        await asyncio.wait_for(ready.wait(), 10)
+    try:
+        sessions = [SimSession(url, stats) for _ in range(args.sessions)]
+        for s in sessions:
+            await s.open()
+        # warm-up
+        await run_phase(sessions, 200, 8, 10)
+        stats.rtt.clear()
+        stats.to_node.clear()
+        stats.to_client.clear()
+
+        await run_phase(sessions[:1], args.c1_jobs, 1, args.time_limit)
+        c1 = list(stats.rtt)
+        c1_node, c1_client = list(stats.to_node), list(stats.to_client)
+        stats.rtt.clear()
+        stats.to_node.clear()
+        stats.to_client.clear()
+
+        elapsed = await run_phase(sessions, args.jobs, args.concurrency, args.time_limit)
+        c64 = list(stats.rtt)
+        await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
+        sent = len(stats.sent_at)
+        got = len(stats.results)
+        dup = sum(n - 1 for n in stats.results.values() if n > 1)
+        for s in sessions:
+            await s.close()
+    finally:
+        stop.set()
+        for t in node_tasks:
+            t.cancel()
+        await asyncio.gather(*node_tasks, return_exceptions=True)
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print("LinguaMesh dispatch benchmark (loopback, zero-work nodes)")
+    print(
+        f"  c1  round trip over {len(c1)} jobs: p50 {ms(pct(c1, 50))}  p90 {ms(pct(c1, 90))}  p99 {ms(pct(c1, 99))}"
+    )
+    print(
+        f"  c{args.concurrency} {len(c64)} jobs in {elapsed:.2f} s: {len(c64) / elapsed:,.0f} jobs/s"
+        f"  p50 {ms(pct(c64, 50))}  p99 {ms(pct(c64, 99))}"
+    )
+    print(
+        f"  scheduler overhead (c1): client->node p50 {ms(pct(c1_node, 50))} p99 {ms(pct(c1_node, 99))};"
+        f" node->client p50 {ms(pct(c1_client, 50))} p99 {ms(pct(c1_client, 99))}"
+    )
+    for line in selection_cost():
+        print(line)
+    print(f"  sent {sent}  results {got}  lost {sent - got}  duplicated {dup}  failed {stats.failed}")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

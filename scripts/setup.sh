@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Set up everything LinguaMesh needs on a fresh Debian/Ubuntu machine, idempotently:
+#   system packages (apt-get, only those missing), a virtualenv in .venv, pip packages.
+# Usage: scripts/setup.sh [run|test]   ("test" adds redis-server, chromium and the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- system packages
+apt_pkgs=(espeak-ng apertium apertium-eng-spa libsndfile1 redis-server)
+if [ "$mode" = "test" ]; then
+  apt_pkgs+=(chromium)
+fi
+missing=()
+for pkg in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing system packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { say "need root or sudo to install: ${missing[*]}"; exit 1; }
+    SUDO="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# ---------------------------------------------------------------- python
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3.12 python3.13 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[ -n "$PY" ] || { say "Python 3.11 or newer is needed"; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $PY"
+  "$PY" -m venv .venv || { say "python venv module missing: apt-get install python3-venv"; exit 1; }
+fi
+
+extras="engines"
+[ "$mode" = "test" ] && extras="engines,test"
+stamp=".venv/.linguamesh-$(sha256sum pyproject.toml | cut -c1-16)-$extras"
+if [ ! -f "$stamp" ]; then
+  say "installing Python packages ($extras)"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  rm -f .venv/.linguamesh-*
+  touch "$stamp"
+fi
+say "ready"
