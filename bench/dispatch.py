@@ -75,7 +75,7 @@ class SimNode:
         self.url, self.node_id, self.slots, self.stats = url, node_id, slots, stats
 
     async def run(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        async with connect(self.url + "/ws/node", max_size=None) as ws:
+        async with connect(self.url + "/ws/node", max_size=None, compression=None) as ws:
             caps = p.Capabilities(asr_languages=["en"], nmt_pairs=[("en", "es")], tts_languages=["es"])
             await ws.send(
                 p.encode_str(
@@ -130,7 +130,7 @@ class SimSession:
         self.waiters: dict[int, asyncio.Future[None]] = {}
 
     async def open(self) -> None:
-        self.ws = await connect(self.url + "/ws/session", max_size=None)
+        self.ws = await connect(self.url + "/ws/session", max_size=None, compression=None)
         await self.ws.send(
             p.encode_str(
                 p.SessionInit(protocol_version=1, src_lang="en", tgt_lang="es", tts=False, partials=False)

@@ -39,6 +39,8 @@ def make_server(config: SchedulerConfig) -> uvicorn.Server:
         lifespan="on",
         # twice our own limit, so an oversized frame gets a clear audio_too_large error
         ws_max_size=config.max_message_bytes * 2,
+        # audio is base64 of PCM/WAV: deflate buys little and costs a copy per frame
+        ws_per_message_deflate=False,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=5,

@@ -85,7 +85,9 @@ class SessionClient:
         return self.ack.session_id
 
     async def _open(self, init: p.SessionInit) -> p.SessionInitAck:
-        self.ws = await connect(self.url, max_size=64 * 1024 * 1024, open_timeout=self.open_timeout)
+        self.ws = await connect(
+            self.url, max_size=64 * 1024 * 1024, open_timeout=self.open_timeout, compression=None
+        )
         await self.ws.send(p.encode_str(init))
         first = p.decode_event(await asyncio.wait_for(self.ws.recv(), self.open_timeout))
         if isinstance(first, p.Error):

@@ -94,7 +94,9 @@ class NodeAgent:
             while not self._stopping:
                 url = self.urls[i % len(self.urls)]
                 try:
-                    async with connect(url, max_size=MAX_FRAME, open_timeout=5, ping_interval=20) as ws:
+                    async with connect(
+                        url, max_size=MAX_FRAME, open_timeout=5, ping_interval=20, compression=None
+                    ) as ws:
                         failures = 0
                         await self._serve(ws, url)
                 except FatalNodeError:

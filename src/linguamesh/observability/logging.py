@@ -82,7 +82,9 @@ def configure(
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # drop records below the lowest configured level before any processing;
+        # per-module levels are then applied by the stdlib loggers
+        wrapper_class=structlog.make_filtering_bound_logger(min([root_level, *per.values()])),
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

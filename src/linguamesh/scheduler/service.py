@@ -52,6 +52,8 @@ from .sessions import Session, SessionSettings, Transport
 log = get_logger("linguamesh.scheduler")
 
 FINISHED_JOBS_KEPT = 10_000
+#: A socket write that takes longer than this means the peer is gone.
+SEND_TIMEOUT = 10.0
 
 
 def job_fields(job: Job) -> dict[str, Any]:
@@ -84,8 +86,8 @@ class NodeConn:
             return False
         data = p.encode_str(msg)
         try:
-            async with self.lock:
-                await asyncio.wait_for(self.transport.send_text(data), 10.0)
+            async with self.lock, asyncio.timeout(SEND_TIMEOUT):
+                await self.transport.send_text(data)
             return True
         except Exception:
             return False

@@ -173,7 +173,8 @@ class Session:
 
     async def _write(self, conn: Transport, data: bytes) -> bool:
         try:
-            await asyncio.wait_for(conn.send_text(data.decode()), WRITE_TIMEOUT)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await conn.send_text(data.decode())
             return True
         except Exception as exc:
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
