@@ -15,7 +15,7 @@ from .observability.logging import configure
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="LinguaMesh: real-time speech translation."
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 LogOpt = Annotated[
     str,
