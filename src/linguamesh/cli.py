@@ -181,6 +181,22 @@ def translate(
         err.print(f"speech written to {out}")
 
 
+@app.command()
+def models(
+    command: Annotated[str, typer.Argument(help="list | check | preload")] = "list",
+    config: Annotated[Path | None, typer.Option(help="Node TOML config (default: the offline set)")] = None,
+) -> None:
+    """Show which engines and models a node can serve and why not (check loads every model)."""
+    from .node.defaults import default_engines
+    from .node.models_cli import run as run_models
+
+    if command not in ("list", "check", "preload"):
+        _fail(f"unknown models command {command!r}: use list, check or preload")
+    configure("warning")
+    cfg = _node_config(config)
+    raise typer.Exit(run_models(command, cfg.engines or default_engines(), err))
+
+
 def main() -> None:
     try:
         app()

@@ -8,6 +8,7 @@ from typing import Any
 
 import uvicorn
 
+from .engines.models import ModelManager
 from .engines.registry import build
 from .node.agent import NodeAgent
 from .node.config import NodeConfig
@@ -53,8 +54,15 @@ async def serve_scheduler(config: SchedulerConfig) -> None:
     await server.serve()
 
 
+def model_manager(config: NodeConfig) -> ModelManager:
+    limit_mb = float(config.models.get("memory_limit_mb", 8192))
+    return ModelManager(int(limit_mb * 1024 * 1024))
+
+
 async def serve_node(config: NodeConfig) -> None:
-    engines = await asyncio.to_thread(build, config.engines)
+    engines = await asyncio.to_thread(
+        build, config.engines, model_manager(config), preload=bool(config.models.get("preload", False))
+    )
     try:
         caps = engines.capabilities()
         log.info(
@@ -64,7 +72,10 @@ async def serve_node(config: NodeConfig) -> None:
             asr_languages=caps.asr_languages,
             nmt_pairs=[f"{a}-{b}" for a, b in caps.nmt_pairs],
             tts_languages=caps.tts_languages,
+            unavailable=[f"{f.kind}: {f.error}" for f in engines.failures],
         )
+        if not engines.all():
+            raise SystemExit("no engine could be loaded; see the errors above")
         agent = NodeAgent(config, engines)
         await agent.run()
     finally:

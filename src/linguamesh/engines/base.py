@@ -1,22 +1,44 @@
 """Engine interfaces. Each engine declares what it really serves; the node's
 registered capabilities are computed from the engines it loaded.
 
-Engines do blocking work in ``_impl`` methods; the public async methods run
-them in a worker thread so the node's event loop keeps heartbeating. A
-cancelled job stops at the next stage boundary (a running native call cannot
-be interrupted; its output is discarded).
+Engines do blocking work in ``_``-prefixed methods; the public async methods
+run them in a worker thread so the node's event loop keeps heartbeating.
+Cancellation: when the job is cancelled, the ``stop`` event passed to the
+blocking method is set; engines check it at their natural points (between
+Whisper segments, between sentences) and raise :class:`Cancelled`, so a long
+stage really stops. A native call already running finishes first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 PartialCallback = Callable[[str], None]
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """Raised inside an engine thread when its job was cancelled."""
+
+
+async def run_cancellable(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args, stop)`` in a thread; on cancellation set ``stop`` and wait briefly."""
+    stop = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, stop))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        # give the engine a moment to notice, so the thread does not outlive the job for long
+        await asyncio.wait([task], timeout=5)
+        raise
 
 
 class EngineError(Exception):
@@ -49,7 +71,7 @@ class VADEngine(Engine):
     kind = "vad"
 
     async def trim(self, speech: Speech) -> Speech:
-        return await asyncio.to_thread(self._trim, speech)
+        return await asyncio.to_thread(self._trim, speech)  # milliseconds; not worth cancelling
 
     @abstractmethod
     def _trim(self, speech: Speech) -> Speech: ...
@@ -62,10 +84,12 @@ class ASREngine(Engine):
     def languages(self) -> frozenset[str]: ...
 
     async def transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None = None) -> str:
-        return await asyncio.to_thread(self._transcribe, speech, lang, on_partial)
+        return await run_cancellable(self._transcribe, speech, lang, on_partial)
 
     @abstractmethod
-    def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None) -> str: ...
+    def _transcribe(
+        self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: threading.Event
+    ) -> str: ...
 
 
 class RepairEngine(Engine):
@@ -75,7 +99,7 @@ class RepairEngine(Engine):
     def languages(self) -> frozenset[str]: ...
 
     async def repair(self, text: str, lang: str) -> str:
-        return await asyncio.to_thread(self._repair, text, lang)
+        return self._repair(text, lang)  # rules: microseconds, no thread needed
 
     @abstractmethod
     def _repair(self, text: str, lang: str) -> str: ...
@@ -88,10 +112,10 @@ class MTEngine(Engine):
     def pairs(self) -> frozenset[tuple[str, str]]: ...
 
     async def translate(self, text: str, src: str, tgt: str) -> str:
-        return await asyncio.to_thread(self._translate, text, src, tgt)
+        return await run_cancellable(self._translate, text, src, tgt)
 
     @abstractmethod
-    def _translate(self, text: str, src: str, tgt: str) -> str: ...
+    def _translate(self, text: str, src: str, tgt: str, stop: threading.Event) -> str: ...
 
 
 class TTSEngine(Engine):
@@ -101,7 +125,7 @@ class TTSEngine(Engine):
     def languages(self) -> frozenset[str]: ...
 
     async def synthesize(self, text: str, lang: str) -> Speech:
-        return await asyncio.to_thread(self._synthesize, text, lang)
+        return await run_cancellable(self._synthesize, text, lang)
 
     @abstractmethod
-    def _synthesize(self, text: str, lang: str) -> Speech: ...
+    def _synthesize(self, text: str, lang: str, stop: threading.Event) -> Speech: ...

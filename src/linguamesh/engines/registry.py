@@ -6,10 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..observability.logging import get_logger
 from ..protocol import Capabilities, ModelInfo
-from .base import ASREngine, Engine, MTEngine, RepairEngine, TTSEngine, VADEngine
+from .base import ASREngine, Engine, EngineError, MTEngine, RepairEngine, TTSEngine, VADEngine
+from .models import ModelLoadError, ModelManager
 
-Factory = Callable[[dict[str, Any]], list[Engine]]
+log = get_logger("linguamesh.node.engines")
+
+Factory = Callable[[dict[str, Any], ModelManager], list[Engine]]
 
 _FACTORIES: dict[str, Factory] = {}
 
@@ -27,10 +31,73 @@ def register(kind: str) -> Callable[[Factory], Factory]:
 
 
 @register("test")
-def _test(cfg: dict[str, Any]) -> list[Engine]:
+def _test(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
     from .testing import TestEngineSet
 
     return TestEngineSet(cfg).engines()
+
+
+@register("faster-whisper")
+def _whisper(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .whisper import FasterWhisperASR
+
+    return [FasterWhisperASR(cfg, models)]
+
+
+@register("vosk")
+def _vosk(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .vosk_asr import VoskASR
+
+    return [VoskASR(cfg, models)]
+
+
+@register("webrtc-vad")
+def _vad(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .vad import WebRtcVAD
+
+    return [WebRtcVAD(cfg)]
+
+
+@register("rule-repair")
+def _repair(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .repair import RuleRepair
+
+    return [RuleRepair(cfg)]
+
+
+@register("apertium")
+def _apertium(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .apertium import ApertiumMT
+
+    return [ApertiumMT(cfg, models)]
+
+
+@register("ctranslate2")
+def _ct2(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .ct2mt import CTranslate2MT
+
+    return [CTranslate2MT(cfg, models)]
+
+
+@register("piper")
+def _piper(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .piper_tts import PiperTTS
+
+    return [PiperTTS(cfg, models)]
+
+
+@register("espeak-ng")
+def _espeak(cfg: dict[str, Any], models: ModelManager) -> list[Engine]:
+    from .espeak_tts import EspeakTTS
+
+    return [EspeakTTS(cfg, models)]
+
+
+@dataclass(frozen=True)
+class EngineFailure:
+    index: int
+    kind: str
+    error: str
 
 
 def known_kinds() -> list[str]:
@@ -44,6 +111,8 @@ class EngineSet:
     repair: list[RepairEngine] = field(default_factory=list)
     mt: list[MTEngine] = field(default_factory=list)
     tts: list[TTSEngine] = field(default_factory=list)
+    failures: list[EngineFailure] = field(default_factory=list)
+    models_manager: ModelManager = field(default_factory=ModelManager)
 
     def add(self, engine: Engine) -> None:
         if isinstance(engine, VADEngine):
@@ -100,16 +169,44 @@ class EngineSet:
     def close(self) -> None:
         for e in self.all():
             e.close()
+        self.models_manager.close()
 
 
-def build(configs: list[dict[str, Any]]) -> EngineSet:
-    es = EngineSet()
+def build(
+    configs: list[dict[str, Any]],
+    models: ModelManager | None = None,
+    *,
+    preload: bool = False,
+    strict: bool = False,
+) -> EngineSet:
+    """Create the configured engines.
+
+    An engine whose model is missing or broken is left out and recorded in
+    ``failures`` (the node then registers without what it would have given);
+    with ``strict`` the first failure raises instead. An unknown ``kind`` is a
+    configuration error and always raises. With ``preload`` every engine's
+    model is loaded now, so a corrupt file is found at start-up.
+    """
+    es = EngineSet(models_manager=models or ModelManager())
     for i, cfg in enumerate(configs):
         kind = cfg.get("kind")
         if not isinstance(kind, str) or kind not in _FACTORIES:
             raise EngineConfigError(
                 f"engines[{i}]: unknown kind {kind!r}; known kinds: {', '.join(known_kinds())}"
             )
-        for engine in _FACTORIES[kind](cfg):
+        try:
+            engines = _FACTORIES[kind](cfg, es.models_manager)
+            if preload or cfg.get("preload", False):
+                for engine in engines:
+                    load = getattr(engine, "load", None)
+                    if load is not None:
+                        load()
+        except (ModelLoadError, EngineError, ValueError, OSError, ImportError) as exc:
+            if strict:
+                raise
+            es.failures.append(EngineFailure(i, kind, str(exc)))
+            log.error("engine.unavailable", index=i, kind=kind, error=str(exc))
+            continue
+        for engine in engines:
             es.add(engine)
     return es

@@ -86,7 +86,7 @@ class _TestASR(ASREngine):
             await asyncio.sleep(self.s.delay["asr"])
         return text
 
-    def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None) -> str:
+    def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: Any) -> str:
         raise NotImplementedError("async only")
 
 
@@ -122,7 +122,7 @@ class _TestMT(MTEngine):
             await asyncio.sleep(self.s.delay["nmt"])
         return f"[{tgt}] {text}"
 
-    def _translate(self, text: str, src: str, tgt: str) -> str:
+    def _translate(self, text: str, src: str, tgt: str, stop: Any) -> str:
         raise NotImplementedError("async only")
 
 
@@ -141,5 +141,5 @@ class _TestTTS(TTSEngine):
         t = np.arange(1600, dtype=np.float32) / 16000
         return Speech((0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
 
-    def _synthesize(self, text: str, lang: str) -> Speech:
+    def _synthesize(self, text: str, lang: str, stop: Any) -> Speech:
         raise NotImplementedError("async only")

@@ -175,7 +175,8 @@ class NodeAgent:
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            await self._send(p.NodeHeartbeat(running_jobs=len(self.running)))
+            stats = self.engines.models_manager.snapshot()
+            await self._send(p.NodeHeartbeat(running_jobs=len(self.running), model_stats=stats or None))
 
     async def _send(self, msg: Any) -> bool:
         ws = self.ws
@@ -240,9 +241,12 @@ class NodeAgent:
         try:
             await self._send(p.JobStarted(job_id=job.job_id, attempt_id=job.attempt_id))
 
+            loop = asyncio.get_running_loop()
+
             def partial(stage: str, text: str) -> None:
+                # engines call this from their worker thread
                 msg = p.JobPartial(job_id=job.job_id, attempt_id=job.attempt_id, stage=stage, text=text)
-                asyncio.get_running_loop().create_task(self._send(msg))
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._send(msg)))
 
             try:
                 out = await run_pipeline(self.engines, job, partial, fields)

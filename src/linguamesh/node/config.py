@@ -20,6 +20,10 @@ class NodeConfig:
     backoff_max: float = 10.0
     #: Results kept for a scheduler that has not acknowledged them.
     max_unacked_results: int = 1000
+    #: Model manager: ``memory_limit_mb`` (LRU eviction above it), ``preload`` (load all at start).
+    models: dict[str, Any] = field(default_factory=dict)
+    #: Local health/metrics HTTP port (0 = off).
+    metrics_port: int = 0
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> NodeConfig:

@@ -42,6 +42,11 @@ async def run_pipeline(
     speech = Speech(samples, 16000)
     for vad in engines.vad:
         speech = await vad.trim(speech)
+    if speech.samples.size == 0:
+        # silence: an empty result, not an error (and no hallucinated text from the ASR)
+        log.info("stage.skipped", reason="no speech", **log_fields)
+        timings.total_ms = _ms(t0)
+        return PipelineOutput("", "", None, None, timings)
 
     text = ""
     if "asr" in job.stages:
@@ -49,10 +54,18 @@ async def run_pipeline(
         if asr is None:
             raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
         t = time.perf_counter()
-        sink = (lambda s: on_partial("asr", s)) if on_partial else None
+        drafts: list[str] = []
+
+        def sink(draft: str) -> None:
+            drafts.append(draft)
+            if on_partial is not None:
+                on_partial("asr", draft)
+
         text = (await asr.transcribe(speech, job.src_lang, sink)).strip()
         timings.asr_ms = _ms(t)
         log.info("stage.done", stage="asr", duration_ms=timings.asr_ms, engine=asr.name, **log_fields)
+        if on_partial is not None and text and (not drafts or drafts[-1] != text):
+            on_partial("asr", text)  # the draft, before repair/MT/TTS finish
     text_asr = text
     if "repair" in job.stages:
         rep = engines.repair_for(job.src_lang)

@@ -189,6 +189,8 @@ class NodeHeartbeat(_Msg, tag="node_heartbeat", kw_only=True):
     running_jobs: int
     load: float | None = None
     capabilities: Capabilities | None = None
+    #: Optional extension (unknown fields are ignored by v1 peers): per-model metrics.
+    model_stats: dict[str, dict[str, float]] | None = None
 
 
 class JobAck(_Msg, tag="job_ack", kw_only=True):

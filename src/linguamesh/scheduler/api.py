@@ -55,6 +55,7 @@ async def nodes(request: Request) -> Response:
                 },
                 "models": [{"name": m.name, "kind": m.kind, "languages": m.languages} for m in nc.models],
                 "hardware": nc.hardware,
+                "model_stats": nc.model_stats,
             }
         )
     return JSONResponse({"nodes": sorted(out, key=lambda n: n["node_id"])})

@@ -77,6 +77,7 @@ class NodeConn:
     connected_at: float
     last_seen: float
     jobs: set[JobId] = field(default_factory=set)
+    model_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
@@ -488,6 +489,8 @@ class Scheduler:
 
     async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
         nc.last_seen = self.clock()
+        if msg.model_stats is not None:
+            nc.model_stats = msg.model_stats
         if msg.capabilities is not None:
             view = self.store.nodes().get(nc.node_id)
             if view is not None:
