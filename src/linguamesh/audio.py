@@ -26,11 +26,15 @@ def duration_seconds(audio: bytes, audio_format: str, sample_rate: int) -> float
         try:
             with wave.open(io.BytesIO(audio)) as w:
                 frames, rate = w.getnframes(), w.getframerate()
+                frame_bytes = w.getnchannels() * w.getsampwidth()
         except (wave.Error, EOFError) as exc:
             raise BadAudio(f"not a readable WAV file: {exc}") from None
-        if rate <= 0:
-            raise BadAudio("WAV header has no sample rate")
-        return float(frames / rate)
+        if rate <= 0 or frame_bytes <= 0:
+            raise BadAudio("WAV header has no sample rate or sample size")
+        # a streamed WAV (e.g. `espeak-ng --stdout`) claims a huge length: trust the bytes
+        data = audio.find(b"data")
+        present = (len(audio) - data - 8) // frame_bytes if data >= 0 else frames
+        return float(min(frames, present) / rate)
     raise BadAudio(f"unknown audio_format {audio_format!r}")
 
 

@@ -1,0 +1,53 @@
+"""The default offline engine set through a real scheduler and node."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from linguamesh import protocol as p
+from linguamesh.audio import to_wav
+from linguamesh.client import SessionClient
+from linguamesh.node.defaults import default_engines
+from linguamesh.quality import wer
+
+from ..conftest import Cluster, eventually
+from .conftest import espeak_wav
+
+
+async def test_english_speech_to_spanish_end_to_end(cluster: Cluster) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    node = await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=1)
+    ref = "Good morning. I would like to buy two tickets to the museum, please."
+    async with SessionClient(s.url, src="en", tgt="es", audio_format="wav") as c:
+        await c.send_utterance(0, espeak_wav(ref))
+        events: list[Any] = []
+        while True:
+            ev = await c.recv(60)
+            events.append(ev)
+            if isinstance(ev, p.TranslationResult):
+                break
+        # silence: an empty result, not an error
+        await c.send_utterance(1, to_wav(__import__("numpy").zeros(16000, "float32"), 16000))
+        silent = await c.next_result(60)
+    r = events[-1]
+    assert r.status == "ok", r.error
+    # WER bound 0.25: whisper base measured ~0-10 % on espeak sentences on this machine
+    assert wer(ref, r.text_asr) <= 0.25, r.text_asr
+    assert "museo" in r.text_translated and "entradas" in r.text_translated
+    assert r.tts_audio and r.tts_audio[:4] == b"RIFF" and r.tts_format == "wav"
+    assert r.timings.asr_ms > 0 and r.timings.nmt_ms > 0 and r.timings.tts_ms > 0
+    partials = [e for e in events if isinstance(e, p.AsrPartial)]
+    assert partials and partials[0].text.lower().startswith("good morning")
+    assert silent.status == "ok" and silent.text_asr == "" and silent.text_translated == ""
+    # model metrics reach the scheduler in heartbeats
+    await eventually(lambda: bool(s.sched.nodes["default-node"].model_stats), 15, "model stats")
+    async with httpx.AsyncClient() as http:
+        nodes = (await http.get(f"{s.http}/api/v1/nodes")).json()["nodes"]
+    stats = nodes[0]["model_stats"]
+    whisper = next(v for k, v in stats.items() if k.startswith("faster-whisper"))
+    assert whisper["inferences"] >= 1 and whisper["loads"] == 1
+    assert node.agent.engines.models_manager.snapshot()
+    await asyncio.sleep(0)
