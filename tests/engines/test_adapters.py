@@ -68,7 +68,7 @@ def test_ctranslate2_errors_are_clear(tiny_models: dict[str, Path], tmp_path: Pa
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.bin").write_bytes(b"garbage" * 100)
-    with pytest.raises(ModelLoadError, match="sentencepiece.bpe.model"):
+    with pytest.raises(ModelLoadError, match=r"sentencepiece\.bpe\.model"):
         CTranslate2MT({"family": "m2m100", "model": str(broken), "languages": ["en", "es"]}, models)
     (broken / "sentencepiece.bpe.model").write_bytes(
         (tiny_models["m2m100"] / "sentencepiece.bpe.model").read_bytes()
