@@ -25,13 +25,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from linguamesh import protocol as p  # noqa: E402
-from linguamesh.audio import to_float32, to_wav  # noqa: E402
-from linguamesh.engines.base import Speech  # noqa: E402
-from linguamesh.engines.registry import build  # noqa: E402
-from linguamesh.node.defaults import default_engines  # noqa: E402
-from linguamesh.node.pipeline import run_pipeline  # noqa: E402
-from linguamesh.quality import corpus_wer  # noqa: E402
+from linguamesh import protocol as p
+from linguamesh.audio import to_float32, to_wav
+from linguamesh.engines.base import Speech
+from linguamesh.engines.registry import build
+from linguamesh.node.defaults import default_engines
+from linguamesh.node.pipeline import run_pipeline
+from linguamesh.quality import corpus_wer
 
 EN = [
     "Good morning, how are you today?",
@@ -158,7 +158,6 @@ async def main() -> None:
         out = await run_pipeline(es, job, None, {})
         runs.append((time.perf_counter() - t, out.timings))
     e2e = statistics.median(r[0] for r in runs)
-    tm = runs[-1][1]
     print(
         f"  {seconds:.2f} s utterance en->es, median of 5: end to end {e2e * 1000:.0f} ms (RTF {e2e / seconds:.2f})"
     )
