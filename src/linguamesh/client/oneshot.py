@@ -32,6 +32,7 @@ async def translate_file(
             await client.send_utterance(0, audio)
             result = await client.next_result(timeout)
             await client.close_session()
+            await client.wait_closed(5.0)
     except ClientError as exc:
         raise TranslateError(str(exc)) from None
     except (OSError, InvalidHandshake) as exc:

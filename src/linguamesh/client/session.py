@@ -182,6 +182,15 @@ class SessionClient:
             if isinstance(event, p.Error):
                 raise ClientError(event.code, event.message)
 
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """After :meth:`close_session`: wait for ``session_closed`` (or the socket closing)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not isinstance(await self.recv(), p.SessionClosed):
+                    pass
+        except (ConnectionClosed, TimeoutError):
+            pass
+
     async def results(self, n: int, timeout: float = 60.0) -> list[p.TranslationResult]:
         out: list[p.TranslationResult] = []
         loop = asyncio.get_running_loop()
