@@ -67,6 +67,7 @@ class NodeHandle:
         await self.agent.stop()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        self.agent.engines.close()
 
 
 async def start_scheduler(port: int | None = None, **cfg: Any) -> SchedulerHandle:

@@ -42,8 +42,13 @@ async def test_english_speech_to_spanish_end_to_end(cluster: Cluster) -> None:
     partials = [e for e in events if isinstance(e, p.AsrPartial)]
     assert partials and partials[0].text.lower().startswith("good morning")
     assert silent.status == "ok" and silent.text_asr == "" and silent.text_translated == ""
+
     # model metrics reach the scheduler in heartbeats
-    await eventually(lambda: bool(s.sched.nodes["default-node"].model_stats), 15, "model stats")
+    def whisper_used() -> bool:
+        stats = s.sched.nodes["default-node"].model_stats
+        return any(k.startswith("faster-whisper") and v["inferences"] >= 1 for k, v in stats.items())
+
+    await eventually(whisper_used, 15, "model stats with the inference in a heartbeat")
     async with httpx.AsyncClient() as http:
         nodes = (await http.get(f"{s.http}/api/v1/nodes")).json()["nodes"]
     stats = nodes[0]["model_stats"]
