@@ -27,6 +27,29 @@ LogFileOpt = Annotated[
 ]
 
 
+LogMaxOpt = Annotated[
+    float, typer.Option("--log-max-mb", envvar="LINGUAMESH_LOG_MAX_MB", help="Rotate log files at this size")
+]
+LogBackupsOpt = Annotated[
+    int, typer.Option("--log-backups", envvar="LINGUAMESH_LOG_BACKUPS", help="Rotated log files kept")
+]
+
+
+def _logging(
+    spec: str, log_file: Path | None, max_mb: float, backups: int, instance_id: str | None = None
+) -> None:
+    try:
+        configure(
+            spec,
+            json_file=log_file,
+            max_bytes=int(max_mb * 1024 * 1024),
+            backup_count=backups,
+            instance_id=instance_id,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def _fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
@@ -64,11 +87,12 @@ def scheduler(
     node_token: Annotated[str | None, typer.Option(help="Token nodes must present")] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
+    log_max_mb: LogMaxOpt = 20.0,
+    log_backups: LogBackupsOpt = 5,
 ) -> None:
     """Run a scheduler instance."""
     from .runtime import run, serve_scheduler
 
-    configure(log, json_file=log_file)
     cfg = _sched_config(
         host=host,
         port=port,
@@ -82,6 +106,7 @@ def scheduler(
         selector=selector,
         node_token=node_token,
     )
+    _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
     run(serve_scheduler(cfg))
 
@@ -105,21 +130,27 @@ def node(
     node_id: Annotated[str | None, typer.Option(help="Node id (default node-HOSTNAME)")] = None,
     max_concurrent_jobs: Annotated[int | None, typer.Option(help="Jobs run at once")] = None,
     token: Annotated[str | None, typer.Option(envvar="LINGUAMESH_NODE_TOKEN", help="Node token")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Local port for the node's /healthz and /metrics (0 = off)")
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
+    log_max_mb: LogMaxOpt = 20.0,
+    log_backups: LogBackupsOpt = 5,
 ) -> None:
     """Run a worker node that dials in to a scheduler."""
     from .node.agent import FatalNodeError
     from .node.defaults import default_engines
     from .runtime import run, serve_node
 
-    configure(log, json_file=log_file)
+    _logging(log, log_file, log_max_mb, log_backups)
     cfg = _node_config(
         config,
         scheduler_urls=scheduler or None,
         node_id=node_id,
         max_concurrent_jobs=max_concurrent_jobs,
         token=token,
+        metrics_port=metrics_port,
     )
     if not cfg.engines:
         cfg.engines = default_engines()
@@ -136,13 +167,15 @@ def up(
     node_config: Annotated[Path | None, typer.Option(help="Node TOML config for the local node")] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
+    log_max_mb: LogMaxOpt = 20.0,
+    log_backups: LogBackupsOpt = 5,
 ) -> None:
     """Scheduler + one local node + web page, in one process, with the default offline engines."""
     from .node.defaults import default_engines
     from .runtime import run, serve_all
 
-    configure(log, json_file=log_file)
     sched = _sched_config(host=host, port=port)
+    _logging(log, log_file, log_max_mb, log_backups, sched.instance_id)
     ncfg = _node_config(node_config, scheduler_urls=[f"ws://127.0.0.1:{port}"], node_id="local-node")
     if not ncfg.engines:
         ncfg.engines = default_engines()

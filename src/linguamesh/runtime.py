@@ -77,7 +77,26 @@ async def serve_node(config: NodeConfig) -> None:
         if not engines.all():
             raise SystemExit("no engine could be loaded; see the errors above")
         agent = NodeAgent(config, engines)
-        await agent.run()
+        if not config.metrics_port:
+            await agent.run()
+            return
+        from .node.http import create_node_app
+
+        http = uvicorn.Server(
+            uvicorn.Config(
+                create_node_app(agent),
+                host="127.0.0.1",
+                port=config.metrics_port,
+                log_config=None,
+                lifespan="off",
+            )
+        )
+        http_task = asyncio.create_task(http.serve(), name="node-http")
+        try:
+            await agent.run()
+        finally:
+            http.should_exit = True
+            await asyncio.gather(http_task, return_exceptions=True)
     finally:
         engines.close()
 

@@ -130,8 +130,8 @@ async def test_duplicate_utterance_index_and_request_id_make_no_second_job(clust
         await c.send_utterance(2, pcm(0.1))
         results = await c.results(2, timeout=5)
     assert [r.utterance_index for r in results] == [0, 2]
-    assert s.sched.counters["jobs_created"] == 2
-    assert s.sched.counters["utterances_duplicate"] == 2
+    assert s.sched.metrics.value("jobs_created") == 2
+    assert s.sched.metrics.value("utterances_duplicate") == 2
 
 
 async def test_decreasing_utterance_index_is_refused(cluster: Cluster) -> None:

@@ -61,9 +61,9 @@ async def test_node_really_stops_a_cancelled_job(cluster: Cluster) -> None:
         await c.send_utterance(0, pcm(0.1))
         await eventually(lambda: bool(slow.agent.running), 5, "job to start on the node")
         # result timeout -> job_cancel -> the node's task is cancelled, no result is produced
-        await eventually(lambda: slow.agent.stats["jobs_cancelled"] == 1, 5, "cancel")
+        await eventually(lambda: slow.agent.metrics.value("node_jobs_cancelled") == 1, 5, "cancel")
         await eventually(lambda: not slow.agent.running, 1, "task to end")
-        assert not slow.agent.unacked and slow.agent.stats["jobs_done"] == 0
+        assert not slow.agent.unacked and slow.agent.metrics.value("node_jobs_finished") == 0
         await cluster.node(s.url, "fast")
         r = await c.next_result(10)
     assert r.node_id == "fast"

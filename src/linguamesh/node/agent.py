@@ -11,6 +11,7 @@ reconnect the node lists them in ``node_register`` and sends them again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from .. import __version__
 from .. import protocol as p
 from ..engines.base import EngineError
 from ..engines.registry import EngineSet
-from ..observability.logging import get_logger
+from ..observability.logging import bind, get_logger
+from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from .config import NodeConfig
 from .pipeline import run_pipeline
 
@@ -60,19 +62,48 @@ class NodeAgent:
         self.urls = [node_url(u) for u in config.scheduler_urls]
         self.running: dict[str, _Running] = {}
         self.unacked: OrderedDict[tuple[str, int], p.JobResult] = OrderedDict()
+        #: log fields of each kept result's job, so the ack is logged with its trace_id
+        self._unacked_fields: dict[tuple[str, int], dict[str, Any]] = {}
         self.ws: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.heartbeat_interval = 5.0
-        self.stats = {
-            "jobs_received": 0,
-            "jobs_done": 0,
-            "jobs_failed": 0,
-            "jobs_cancelled": 0,
-            "connects": 0,
-        }
+        self.metrics = Metrics()
+        self._register_gauges()
         self._send_lock = asyncio.Lock()
         self._stopping = False
         self._rng = random.Random()
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+        m.gauge("node_running_jobs", "Jobs running on this node", lambda: [({}, len(self.running))])
+        m.gauge(
+            "node_connected",
+            "1 when connected to a scheduler",
+            lambda: [({}, float(self.connected.is_set()))],
+        )
+        m.gauge(
+            "node_unacked_results",
+            "Results kept until the scheduler acks them",
+            lambda: [({}, len(self.unacked))],
+        )
+        for stat in MODEL_STATS:
+            m.gauge(
+                f"model_{stat}",
+                f"Per-model {stat.replace('_', ' ')}",
+                lambda stat=stat: model_stat_rows(self.engines.models_manager.snapshot(), {}).get(stat, []),  # type: ignore[misc]
+            )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "connected": self.connected.is_set(),
+            "running_jobs": len(self.running),
+            "max_concurrent_jobs": self.config.max_concurrent_jobs,
+            "unacked_results": len(self.unacked),
+            "engines": [e.name for e in self.engines.all()],
+            "unavailable_engines": [f"{f.kind}: {f.error}" for f in self.engines.failures],
+            "models_loaded": self.engines.models_manager.loaded(),
+        }
 
     def _fields(self, job: p.JobAssign) -> dict[str, Any]:
         return {
@@ -154,15 +185,11 @@ class NodeAgent:
         self.heartbeat_interval = first.heartbeat_interval_s
         self.ws = ws
         self.connected.set()
-        self.stats["connects"] += 1
+        self.metrics.inc("node_connects")
         log.info("node.connected", node_id=self.node_id, url=url, pools=first.pools)
         for result in list(self.unacked.values()):
-            log.info(
-                "job_result.resending",
-                node_id=self.node_id,
-                job_id=result.job_id,
-                attempt_id=result.attempt_id,
-            )
+            fields = self._unacked_fields.get((result.job_id, result.attempt_id), {"job_id": result.job_id})
+            log.info("job_result.resending", **{**fields, "node_id": self.node_id})
             await self._send(result)
         hb = asyncio.create_task(self._heartbeat(ws), name="heartbeat")
         try:
@@ -200,13 +227,10 @@ class NodeAgent:
         if isinstance(msg, p.JobAssign):
             await self._assign(msg)
         elif isinstance(msg, p.JobResultAck):
-            if self.unacked.pop((msg.job_id, msg.attempt_id), None) is not None:
-                log.info(
-                    "job_result.acked",
-                    node_id=self.node_id,
-                    job_id=msg.job_id,
-                    attempt_id=msg.attempt_id,
-                )
+            key = (msg.job_id, msg.attempt_id)
+            if self.unacked.pop(key, None) is not None:
+                fields = self._unacked_fields.pop(key, {"job_id": msg.job_id, "attempt_id": msg.attempt_id})
+                log.info("job_result.acked", **{**fields, "node_id": self.node_id})
         elif isinstance(msg, p.JobCancel):
             self._cancel(msg)
         elif isinstance(msg, p.Error):
@@ -222,22 +246,26 @@ class NodeAgent:
             log.warning("job.rejected", reason="at capacity", **fields)
             await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason="at capacity"))
             return
-        self.stats["jobs_received"] += 1
+        self.metrics.inc("node_jobs_received")
         log.info("job.received", stages=job.stages, audio_bytes=len(job.audio), **fields)
-        task = asyncio.create_task(self._run_job(job), name=f"job-{job.job_id}")
+        task = asyncio.create_task(
+            self._run_job(job), name=f"job-{job.job_id}", context=contextvars.Context()
+        )
         self.running[job.job_id] = _Running(job, task)
         await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
 
     def _cancel(self, msg: p.JobCancel) -> None:
         self.unacked.pop((msg.job_id, msg.attempt_id), None)
+        self._unacked_fields.pop((msg.job_id, msg.attempt_id), None)
         r = self.running.get(msg.job_id)
         if r is not None and r.job.attempt_id == msg.attempt_id:
             log.info("job.cancelled", reason=msg.reason, **self._fields(r.job))
-            self.stats["jobs_cancelled"] += 1
+            self.metrics.inc("node_jobs_cancelled")
             r.task.cancel()
 
     async def _run_job(self, job: p.JobAssign) -> None:
         fields = self._fields(job)
+        bind(**fields)  # this task's log context (contextvars: private to the task)
         try:
             await self._send(p.JobStarted(job_id=job.job_id, attempt_id=job.attempt_id))
 
@@ -261,19 +289,25 @@ class NodeAgent:
                     tts_sample_rate=out.tts_sample_rate,
                     timings=out.timings,
                 )
-                self.stats["jobs_done"] += 1
+                self.metrics.inc("node_jobs_finished", outcome="ok")
+                for stage in job.stages:
+                    ms = getattr(out.timings, f"{stage}_ms", 0.0)
+                    if ms:
+                        self.metrics.stage_latency.labels(stage).observe(ms / 1000)
             except EngineError as exc:
                 log.warning("job.engine_failed", code=exc.code, error=str(exc), **fields)
                 result = _failure(job, exc.code, str(exc))
-                self.stats["jobs_failed"] += 1
+                self.metrics.inc("node_jobs_finished", outcome="failed")
             except Exception as exc:  # an engine bug must not kill the node
                 log.exception("job.crashed", error=repr(exc), **fields)
                 result = _failure(job, "internal", f"engine crashed: {exc!r}")
-                self.stats["jobs_failed"] += 1
+                self.metrics.inc("node_jobs_finished", outcome="failed")
             self.unacked[(job.job_id, job.attempt_id)] = result
+            self._unacked_fields[(job.job_id, job.attempt_id)] = fields
             while len(self.unacked) > self.config.max_unacked_results:
-                (old_id, _), _ = self.unacked.popitem(last=False)
-                log.warning("job_result.dropped_unacked", node_id=self.node_id, job_id=old_id)
+                old, _ = self.unacked.popitem(last=False)
+                dropped = self._unacked_fields.pop(old, {"job_id": old[0]})
+                log.warning("job_result.dropped_unacked", **{**dropped, "node_id": self.node_id})
             sent = await self._send(result)
             log.info("job_result.sent" if sent else "job_result.held", success=result.success, **fields)
         except asyncio.CancelledError:

@@ -58,21 +58,51 @@ def parse_levels(spec: str) -> tuple[int, dict[str, int]]:
 _NOISY = ("uvicorn.access", "websockets", "asyncio", "httpx", "httpcore")
 
 
+def error_file_for(json_file: str | Path) -> Path:
+    """``sched.log`` -> ``sched.errors.log``: where warnings and errors also go."""
+    p = Path(json_file)
+    return p.with_name(p.stem + ".errors" + (p.suffix or ".log"))
+
+
+class _Component:
+    """Adds ``component`` (scheduler / node / client) from the logger name, and the
+    process's ``instance_id`` to scheduler records, so mixed log files stay readable."""
+
+    def __init__(self, instance_id: str | None) -> None:
+        self.instance_id = instance_id
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        name = str(event.get("logger", ""))
+        parts = name.split(".")
+        if len(parts) > 1 and parts[0] == "linguamesh":
+            component = parts[1]
+            event.setdefault("component", component)
+            if component == "scheduler" and self.instance_id is not None:
+                event.setdefault("instance_id", self.instance_id)
+        return event
+
+
 def configure(
     spec: str = "info",
     *,
     json_file: str | Path | None = None,
+    error_file: str | Path | None = None,
     max_bytes: int = 20 * 1024 * 1024,
     backup_count: int = 5,
     console: bool = True,
     json_console: bool = False,
+    instance_id: str | None = None,
+    cache: bool = True,
 ) -> None:
-    """Set up logging for a process: console output and optional rotating JSON-lines file."""
+    """Set up logging for a process: readable console output, an optional rotating
+    JSON-lines file, and a separate rotating file with warnings and errors only
+    (next to the JSON file unless ``error_file`` says where)."""
     root_level, per = parse_levels(spec)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
+        _Component(instance_id),
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
     ]
     structlog.configure(
@@ -85,7 +115,7 @@ def configure(
         # drop records below the lowest configured level before any processing;
         # per-module levels are then applied by the stdlib loggers
         wrapper_class=structlog.make_filtering_bound_logger(min([root_level, *per.values()])),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -103,14 +133,20 @@ def configure(
             structlog.stdlib.ProcessorFormatter(processors=[_strip, renderer], foreign_pre_chain=shared)
         )
         root.addHandler(ch)
-    if json_file is not None:
-        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+    if json_file is not None and error_file is None:
+        error_file = error_file_for(json_file)
+    for path, level in ((json_file, logging.NOTSET), (error_file, logging.WARNING)):
+        if path is None:
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(
-            json_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
+        fh.setLevel(level)
         fh.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                processors=[_strip, structlog.processors.JSONRenderer()], foreign_pre_chain=shared
+                processors=[_strip, structlog.processors.JSONRenderer(ensure_ascii=False)],
+                foreign_pre_chain=shared,
             )
         )
         root.addHandler(fh)
@@ -118,6 +154,16 @@ def configure(
         logging.getLogger(name).setLevel(max(logging.WARNING, root_level))
     for name, level in per.items():
         logging.getLogger(name).setLevel(level)
+
+
+def reset() -> None:
+    """Undo :func:`configure` (tests)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 def _strip(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

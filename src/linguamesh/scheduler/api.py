@@ -7,6 +7,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..observability.metrics import CONTENT_TYPE
 from .service import Scheduler
 
 
@@ -26,6 +27,18 @@ async def healthz(request: Request) -> Response:
             "jobs_in_flight": len(s.jobs),
         }
     )
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to take work: started and its state store answers."""
+    s = _sched(request)
+    problems = await s.readiness_problems()
+    body = {"ready": not problems, "problems": problems, "instance_id": s.config.instance_id}
+    return JSONResponse(body, status_code=200 if not problems else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_sched(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def nodes(request: Request) -> Response:

@@ -32,6 +32,8 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         WebSocketRoute("/ws/session", session_endpoint),
         WebSocketRoute("/ws/node", node_endpoint),
         Route("/healthz", api.healthz),
+        Route("/readyz", api.readyz),
+        Route("/metrics", api.metrics),
         Route("/api/v1/nodes", api.nodes),
         Route("/api/v1/pools", api.pools),
         Route("/api/v1/languages", api.languages),

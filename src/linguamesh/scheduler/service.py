@@ -10,6 +10,7 @@ write that it answers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections import OrderedDict, deque
@@ -43,7 +44,8 @@ from ..core.nodes import NodeCapabilities, NodeView
 from ..core.ordering import OrderedStream
 from ..core.selection import SELECTORS, Request
 from ..core.stages import expand_stages, requirements
-from ..observability.logging import get_logger
+from ..observability.logging import bound, get_logger
+from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
 from .config import SchedulerConfig
@@ -121,9 +123,46 @@ class Scheduler:
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
         self.waiting: OrderedDict[JobId, None] = OrderedDict()
         self.repair_langs: dict[str, int] = {}
-        self.counters: dict[str, int] = {}
+        self.metrics = Metrics()
+        self._register_gauges()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+        m.gauge("queue_depth", "Jobs waiting for a node", lambda: [({}, len(self.waiting))])
+        m.gauge("jobs_in_flight", "Jobs not yet ended", lambda: [({}, len(self.jobs))])
+        m.gauge("connected_nodes", "Nodes connected to this instance", lambda: [({}, len(self.nodes))])
+        m.gauge(
+            "sessions",
+            "Sessions on this instance, by whether a client socket is attached",
+            lambda: [
+                ({"connected": "true"}, sum(1 for x in self.sessions.values() if x.conn is not None)),
+                ({"connected": "false"}, sum(1 for x in self.sessions.values() if x.conn is None)),
+            ],
+        )
+        m.gauge(
+            "node_slots",
+            "Slots of connected nodes, by node and use",
+            lambda: [
+                row
+                for v in self.store.nodes().all_nodes()
+                for row in (
+                    ({"node": v.node_id, "use": "reserved"}, float(v.reserved)),
+                    ({"node": v.node_id, "use": "total"}, float(v.max_concurrent_jobs)),
+                )
+            ],
+        )
+        for stat in MODEL_STATS:
+            m.gauge(
+                f"node_model_{stat}",
+                f"Per-model {stat.replace('_', ' ')} reported by nodes in heartbeats",
+                lambda stat=stat: [  # type: ignore[misc]
+                    row
+                    for nc in self.nodes.values()
+                    for row in model_stat_rows(nc.model_stats, {"node": nc.node_id}).get(stat, [])
+                ],
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,7 +183,8 @@ class Scheduler:
         await self.store.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        # a fresh context: a task must not inherit the log context (job ids) of its spawner
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -154,8 +194,8 @@ class Scheduler:
         if not task.cancelled() and task.exception() is not None:
             log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
+        self.metrics.inc(name, n, **labels)
 
     def limits(self) -> p.Limits:
         return p.Limits(
@@ -191,6 +231,7 @@ class Scheduler:
             settings=settings,
             store=self.store,
             on_detached=self._session_detached,
+            on_delivered=lambda: self.count("results_delivered"),
         )
         for tgt in tgts:
             session.streams[tgt] = OrderedStream()
@@ -606,7 +647,8 @@ class Scheduler:
         if extra is None:  # already finished and forgotten
             return
         async with extra.lock:
-            await self._apply(job, step(job))
+            with bound(**job_fields(job)):
+                await self._apply(job, step(job))
 
     async def _apply(self, job: Job, cmds: Iterable[Command]) -> None:
         queue = deque(cmds)
@@ -663,9 +705,10 @@ class Scheduler:
             log.info(cmd.event, **job_fields(job), **fields)
         else:
             if cmd.event == "job.failover":
-                self.count("failovers")
+                reason = str(fields.get("reason", ""))
+                self.count("failovers", reason=reason.split(":")[0])
             elif cmd.event.endswith("_timeout"):
-                self.count("timeouts_" + cmd.event.split(".")[1])
+                self.count("timeouts", kind=cmd.event.split(".")[1].removesuffix("_timeout"))
             log.warning(cmd.event, **job_fields(job), **fields)
 
     def _arm(self, job: Job, cmd: Arm) -> None:
@@ -682,7 +725,7 @@ class Scheduler:
                 f"timer-{cmd.kind}",
             )
 
-        extra.timers.append(loop.call_later(cmd.delay, fire))
+        extra.timers.append(loop.call_later(cmd.delay, fire, context=contextvars.Context()))
 
     async def _select(self, job: Job) -> list[Command]:
         extra = self.extra[job.job_id]
@@ -719,6 +762,9 @@ class Scheduler:
             self.count("reservations_attempted")
             if await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl):
                 self.count("reservations_succeeded")
+                self.count(
+                    "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
+                )
                 self.waiting.pop(job.job_id, None)
                 log.info(
                     "selection.succeeded",
@@ -742,6 +788,7 @@ class Scheduler:
                 return self.lifecycle.selected(job, node_id, self.clock())
             log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
         reason = out.reason.value if out.reason else "no_capacity"
+        self.count("selections", outcome="failed", reason=reason)
         if first or job.job_id not in self.waiting:
             log.warning(
                 "selection.failed",
@@ -804,6 +851,7 @@ class Scheduler:
                 dispatch_latency_seconds=round(latency, 6),
             )
             self.count("jobs_dispatched")
+            self.metrics.dispatch_latency.observe(latency)
         return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
 
     def _status(self, job: Job, cmd: Status) -> None:
@@ -834,11 +882,16 @@ class Scheduler:
         for nc in self.nodes.values():
             nc.jobs.discard(job.job_id)
         now = self.clock()
-        self.count(f"jobs_{job.state.value}")
+        self.count("jobs_finished", state=job.state.value, code=cmd.error_code or "")
         total_ms = (now - job.created_at) * 1000
+        self.metrics.end_to_end.labels("ok" if cmd.ok else "failed").observe(total_ms / 1000)
         if cmd.ok:
             res: p.JobResult = cmd.payload
             t = res.timings
+            for stage in job.stages:
+                ms = getattr(t, f"{stage}_ms", 0.0)
+                if ms:
+                    self.metrics.stage_latency.labels(stage).observe(ms / 1000)
             queue_ms = ((job.dispatched_at or now) - job.created_at) * 1000
             timings = p.Timings(
                 queue_ms=round(queue_ms, 3),
@@ -933,6 +986,16 @@ class Scheduler:
                     await _close_quietly(nc.transport, 4002, "heartbeat lost")
 
     # ------------------------------------------------------------------ queries
+
+    async def readiness_problems(self) -> list[str]:
+        problems = []
+        if self._sweeper is None or self._sweeper.done():
+            problems.append("scheduler loop is not running")
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            problems.append(f"state store unreachable: {exc}")
+        return problems
 
     def job_view(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs.get(JobId(job_id)) or self.finished.get(JobId(job_id))

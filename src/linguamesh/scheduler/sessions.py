@@ -70,6 +70,7 @@ class Session:
     settings: SessionSettings
     store: StateStore
     on_detached: Callable[[Session], None]
+    on_delivered: Callable[[], None] = lambda: None
     seq: int = 0
     conn: Transport | None = None
     closing: bool = False
@@ -147,6 +148,7 @@ class Session:
                 continue
             if await self._write(conn, item.data) and item.fields is not None:
                 log.info("result.sent", seq=item.seq, **item.fields)
+                self.on_delivered()
             elif item.fields is not None:
                 log.warning("result.send_failed", seq=item.seq, **item.fields)
 

@@ -34,6 +34,7 @@ async def node_endpoint(ws: WebSocket) -> None:
                 await sched.node_message(nc, msg)
             except ProtocolError as exc:
                 log.info("node.bad_input", code=exc.code.value, message=exc.message)
+                sched.count("protocol_errors", code=exc.code.value)
                 await _error(ws, exc)
                 if exc.fatal:
                     await ws.close(1008, exc.code.value)

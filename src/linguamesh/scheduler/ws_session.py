@@ -54,7 +54,7 @@ async def session_endpoint(ws: WebSocket) -> None:
                     message=exc.message,
                     session_id=session.session_id if session else None,
                 )
-                sched.count("errors_" + exc.code.value)
+                sched.count("protocol_errors", code=exc.code.value)
                 await _send_error(ws, session, exc)
                 if exc.fatal:
                     await ws.close(1008, exc.code.value)

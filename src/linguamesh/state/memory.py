@@ -201,5 +201,8 @@ class MemoryStateStore:
         self.histories.pop(session_id, None)
         self.requests.pop(session_id, None)
 
+    async def ping(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass

@@ -1,0 +1,24 @@
+"""The node's local HTTP endpoint: ``/healthz`` and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..observability.metrics import CONTENT_TYPE
+from .agent import NodeAgent
+
+
+def create_node_app(agent: NodeAgent) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        body = agent.health()
+        # alive even when disconnected (it is retrying); 503 only when it can serve nothing
+        ok = bool(body["engines"])
+        return JSONResponse({"status": "ok" if ok else "no_engines", **body}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(agent.metrics.render(), media_type=CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])

@@ -1,0 +1,164 @@
+"""Prometheus metrics for the scheduler and the node.
+
+Counters live in a plain dict keyed by (name, labels) — one dict increment on
+the hot path — and are exported by a collector at scrape time as
+``linguamesh_<name>_total``; gauges are computed at scrape time from the live
+state; latencies are real prometheus-client histograms. Each scheduler or node
+has its own registry, so several can run in one process (tests, ``up``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+#: Documentation and label names of every counter.
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # scheduler
+    "sessions_created": ("Sessions opened", ()),
+    "sessions_resumed": ("Sessions resumed after a reconnect", ()),
+    "events_replayed": ("Session events replayed on resume", ()),
+    "utterances_received": ("Utterances accepted", ()),
+    "utterances_duplicate": ("Repeated utterances dropped (same index or request_id)", ()),
+    "jobs_created": ("Jobs created", ()),
+    "jobs_dispatched": ("job_assign messages written to a node", ()),
+    "jobs_finished": ("Jobs ended, by final state and error code", ("state", "code")),
+    "reservations_attempted": ("Slot reservations attempted", ()),
+    "reservations_succeeded": ("Slot reservations that took a slot", ()),
+    "selections": ("Node selections, by outcome and reason", ("outcome", "reason")),
+    "failovers": ("Attempts abandoned and retried on another node, by reason", ("reason",)),
+    "timeouts": ("Timeouts that fired, by kind", ("kind",)),
+    "results_emitted": ("translation_result events created for clients", ()),
+    "results_delivered": ("translation_result events whose socket write completed", ()),
+    "results_duplicate": ("Duplicate or late job_result messages acked and dropped", ()),
+    "protocol_errors": ("Bad input answered with an error, by code", ("code",)),
+    "nodes_registered": ("Node registrations", ()),
+    # node
+    "node_jobs_received": ("Jobs received by this node", ()),
+    "node_jobs_finished": ("Jobs finished by this node, by outcome", ("outcome",)),
+    "node_jobs_cancelled": ("Jobs cancelled on this node", ()),
+    "node_connects": ("Connections to a scheduler", ()),
+}
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def inc(self, name: str, n: float = 1, **labels: str) -> None:
+        key = (name, tuple(str(labels[k]) for k in COUNTERS[name][1]))
+        self.values[key] = self.values.get(key, 0) + n
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum over every label set matching ``labels``."""
+        names = COUNTERS[name][1]
+        want = {names.index(k): str(v) for k, v in labels.items()}
+        return sum(
+            v for (n, lv), v in self.values.items() if n == name and all(lv[i] == x for i, x in want.items())
+        )
+
+    def families(self) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[tuple[str, ...], float]]] = {}
+        for (name, labels), v in self.values.items():
+            by_name.setdefault(name, []).append((labels, v))
+        for name, rows in by_name.items():
+            doc, label_names = COUNTERS[name]
+            fam = CounterMetricFamily(f"linguamesh_{name}", doc, labels=list(label_names))
+            for labels, v in rows:
+                fam.add_metric(list(labels), v)
+            yield fam
+
+
+GaugeFn = Callable[[], Iterable[tuple[dict[str, str], float]]]
+
+
+class _Collector(Collector):
+    def __init__(self, counters: Counters, gauges: dict[str, tuple[str, GaugeFn]]) -> None:
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.counters.families()
+        for name, (doc, fn) in self.gauges.items():
+            rows = list(fn())
+            label_names = sorted(rows[0][0]) if rows else []
+            fam = GaugeMetricFamily(f"linguamesh_{name}", doc, labels=label_names)
+            for labels, v in rows:
+                fam.add_metric([labels[k] for k in label_names], v)
+            yield fam
+
+
+class Metrics:
+    """One process part's metrics: counters, histograms, scrape-time gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.counters = Counters()
+        self.gauges: dict[str, tuple[str, GaugeFn]] = {}
+        self.registry.register(_Collector(self.counters, self.gauges))
+        self.dispatch_latency = Histogram(
+            "linguamesh_dispatch_latency_seconds",
+            "Job created -> job_assign written to the node",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end = Histogram(
+            "linguamesh_end_to_end_latency_seconds",
+            "Job created -> translation_result created, by status",
+            ["status"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_latency = Histogram(
+            "linguamesh_stage_latency_seconds",
+            "Per-stage latency reported by nodes (asr, repair, nmt, tts)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def inc(self, name: str, n: float = 1, **labels: str) -> None:
+        self.counters.inc(name, n, **labels)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.counters.value(name, **labels)
+
+    def gauge(self, name: str, doc: str, fn: GaugeFn) -> None:
+        self.gauges[name] = (doc, fn)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+def model_stat_rows(
+    stats: dict[str, dict[str, Any]], extra: dict[str, str]
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Per-model stats (from a ModelManager snapshot) as gauge rows, one list per stat."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for model, st in stats.items():
+        for stat, value in st.items():
+            out.setdefault(stat, []).append(({**extra, "model": model}, float(value)))
+    return out
+
+
+MODEL_STATS = (
+    "loads",
+    "load_seconds",
+    "unloads",
+    "inferences",
+    "errors",
+    "cache_hits",
+    "cache_misses",
+    "mean_latency_ms",
+    "p95_latency_ms",
+    "loaded",
+)
