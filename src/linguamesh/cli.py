@@ -230,6 +230,43 @@ def models(
     raise typer.Exit(run_models(command, cfg.engines or default_engines(), err))
 
 
+@app.command()
+def trace(
+    trace_id: Annotated[str | None, typer.Argument(help="The trace_id to follow")] = None,
+    logfiles: Annotated[list[Path] | None, typer.Argument(help="Scheduler and node JSON log files")] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="Every job of this session instead")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Rebuild a job's timeline from scheduler and node logs and name the missing step.
+
+    Exit status: 0 when every job has a complete chain, 1 when something is missing.
+    """
+    import json as _json
+
+    from .observability.trace import build_report, read_records, render
+
+    files = list(logfiles or [])
+    if session is not None and trace_id is not None:
+        files.insert(0, Path(trace_id))  # with --session every argument is a file
+        trace_id = None
+    if trace_id is None and session is None:
+        _fail("give a TRACE_ID or --session SESSION_ID")
+    if not files:
+        _fail("give at least one log file")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail(f"no such log file: {', '.join(missing)}")
+    records, n = read_records(files)
+    report = build_report(records, trace_id=trace_id, session_id=session, files=n)
+    if as_json:
+        typer.echo(_json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str))
+    else:
+        typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     try:
         app()

@@ -152,6 +152,8 @@ def configure(
         root.addHandler(fh)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(logging.WARNING, root_level))
+    # uvicorn's frame-level debug output would carry job context into our logs
+    logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, root_level))
     for name, level in per.items():
         logging.getLogger(name).setLevel(level)
 

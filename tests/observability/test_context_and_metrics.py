@@ -1,0 +1,124 @@
+"""Log context under concurrency, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from linguamesh.client import SessionClient
+from linguamesh.observability import logging as lmlog
+
+from ..conftest import Cluster, free_port, pcm, test_engines
+from .procs import node_proc, scheduler_proc, wait_node
+
+
+@pytest.fixture
+def json_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "all.log"
+    lmlog.configure("debug", json_file=path, console=False, cache=False)
+    yield path
+    lmlog.reset()
+
+
+async def test_fifty_concurrent_jobs_never_mix_log_context(cluster: Cluster, json_log: Path) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "n1", engines=test_engines(delay_ms=15), max_concurrent_jobs=8)
+    await cluster.node(s.url, "n2", engines=test_engines(delay_ms=10), max_concurrent_jobs=8)
+
+    async def one_session(k: int) -> list[str]:
+        async with SessionClient(s.url, src="en", tgt="es") as c:
+            for i in range(5):
+                await c.send_utterance(i, pcm(0.05 + 0.01 * k))
+            results = await c.results(5, timeout=30)
+            return [r.job_id for r in results]
+
+    job_lists = await asyncio.gather(*(one_session(k) for k in range(10)))
+    assert sum(len(x) for x in job_lists) == 50
+    for h in lmlog.logging.getLogger().handlers:
+        h.flush()
+    recs = [json.loads(line) for line in json_log.read_text().splitlines() if line.startswith("{")]
+    created = {r["job_id"]: r for r in recs if r["event"] == "job.created"}
+    assert len(created) == 50
+    checked = 0
+    for r in recs:
+        job_id = r.get("job_id")
+        if not job_id or job_id not in created:
+            continue
+        truth = created[job_id]
+        for key in ("trace_id", "session_id", "utterance_index"):
+            if key in r and r[key] is not None:
+                assert r[key] == truth[key], (r["event"], key, r[key], truth[key])
+        checked += 1
+    assert checked > 50 * 15
+    # records without a job id must not carry one from another task either
+    session_trace = {r["session_id"]: r["trace_id"] for r in recs if r["event"] == "session.created"}
+    for r in recs:
+        if r.get("session_id") in session_trace and r.get("trace_id"):
+            assert r["trace_id"] == session_trace[r["session_id"]], r
+    for r in recs:
+        if r["event"] in ("session.detached", "session.closed", "node.registered", "node.gone"):
+            assert "job_id" not in r, r
+
+
+def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url)
+    async with httpx.AsyncClient() as http:
+        before = _metrics((await http.get(f"{s.http}/metrics")).text)
+        async with SessionClient(s.url, src="en", tgt="es") as c:
+            for i in range(3):
+                await c.send_utterance(i, pcm(0.1))
+            await c.results(3, timeout=10)
+            await c.send_raw("not json")
+            await c.recv(5)
+        after = _metrics((await http.get(f"{s.http}/metrics")).text)
+        ready = await http.get(f"{s.http}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("linguamesh_jobs_created_total") == 3
+    assert delta("linguamesh_jobs_finished_total", state="completed", code="") == 3
+    assert delta("linguamesh_reservations_attempted_total") == 3
+    assert delta("linguamesh_reservations_succeeded_total") == 3
+    assert delta("linguamesh_selections_total", outcome="ok", reason="pooled") == 3
+    assert delta("linguamesh_results_delivered_total") == 3
+    assert delta("linguamesh_protocol_errors_total", code="bad_message") == 1
+    assert delta("linguamesh_dispatch_latency_seconds_count") == 3
+    assert delta("linguamesh_end_to_end_latency_seconds_count", status="ok") == 3
+    assert delta("linguamesh_stage_latency_seconds_count", stage="asr") == 3
+    assert after[("linguamesh_connected_nodes", ())] == 1
+    assert after[("linguamesh_queue_depth", ())] == 0
+
+
+async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    async with scheduler_proc(tmp_path) as (url, _sched):
+        async with node_proc(tmp_path, url, metrics_port=port):
+            await wait_node(url.replace("ws", "http"), "node-p")
+            async with SessionClient(url, src="en", tgt="es") as c:
+                await c.send_utterance(0, pcm(0.1))
+                await c.next_result(10)
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+                m = _metrics((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+    assert health["connected"] is True and health["node_id"] == "node-p"
+    assert m[("linguamesh_node_jobs_finished_total", (("outcome", "ok"),))] == 1
+    assert m[("linguamesh_node_connected", ())] == 1
+    assert m[("linguamesh_stage_latency_seconds_count", (("stage", "tts"),))] == 1

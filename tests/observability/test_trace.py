@@ -1,0 +1,126 @@
+"""Logs across real scheduler and node processes, and `linguamesh trace` on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from linguamesh import protocol as p
+from linguamesh.client import SessionClient
+from linguamesh.observability.trace import CHAIN
+
+from ..conftest import pcm
+from ..faults import FrameProxy, drop_types
+from .procs import node_proc, run_trace, scheduler_proc, wait_log, wait_node
+
+
+def records(*paths: Path) -> list[dict]:  # type: ignore[type-arg]
+    out = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+    return out
+
+
+async def test_one_job_logs_every_step_and_trace_shows_a_complete_timeline(tmp_path: Path) -> None:
+    async with scheduler_proc(tmp_path) as (url, sched):
+        async with node_proc(tmp_path, url) as node:
+            await wait_node(url.replace("ws", "http"), "node-p")
+            async with SessionClient(url, src="en", tgt="es") as c:
+                await c.send_utterance(0, pcm(0.3))
+                r = await c.next_result(10)
+                trace_id = c.ack.trace_id  # type: ignore[union-attr]
+            await wait_log(node.log, "job_result.acked")
+    assert r.status == "ok"
+    recs = [x for x in records(sched.log, node.log) if x.get("trace_id") == trace_id]
+    events = {x["event"] for x in recs}
+    for ev in (*CHAIN, "session.created", "utterance.received"):
+        assert ev in events, f"{ev} missing from the logs"
+    node_recs = [x for x in recs if x.get("component") == "node"]
+    assert {x["event"] for x in node_recs} >= {
+        "job.received",
+        "stage.done",
+        "job_result.sent",
+        "job_result.acked",
+    }
+    for x in recs:
+        if x.get("job_id"):
+            assert x["job_id"] == r.job_id and x.get("session_id") in (None, r.trace_id and c.session_id)
+    stages = [x["stage"] for x in node_recs if x["event"] == "stage.done"]
+    assert stages == ["asr", "repair", "nmt", "tts"]
+    assert (tmp_path / "scheduler.errors.log").exists()
+
+    out = run_trace(trace_id, str(node.log), str(sched.log))  # any order
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok: complete chain, nothing missing" in out.stdout and "!!" not in out.stdout
+    for ev in CHAIN:
+        assert ev in out.stdout
+    assert "node[node-p]" in out.stdout and "scheduler[local]" in out.stdout
+    js = run_trace(trace_id, str(sched.log), str(node.log), "--json")
+    data = json.loads(js.stdout)
+    assert data["ok"] is True and data["jobs"][0]["job_id"] == r.job_id
+    by_session = run_trace("--session", c.session_id, str(sched.log), str(node.log))
+    assert by_session.returncode == 0 and r.job_id in by_session.stdout
+
+
+async def test_trace_names_a_result_that_never_reached_the_scheduler(tmp_path: Path) -> None:
+    async with scheduler_proc(tmp_path, "--result-timeout", "0.5", "--max-attempts", "1") as (url, sched):
+        async with FrameProxy(url, drop_types("job_result")) as proxy:
+            async with node_proc(tmp_path, proxy.url) as node:
+                await wait_node(url.replace("ws", "http"), "node-p")
+                async with SessionClient(url, src="en", tgt="es") as c:
+                    await c.send_utterance(0, pcm(0.2))
+                    r = await c.next_result(10)
+                    trace_id = c.ack.trace_id  # type: ignore[union-attr]
+                await wait_log(node.log, "job_result.sent")
+    assert r.status == "failed" and r.error is not None and r.error.code == "timeout"
+    assert proxy.dropped
+    out = run_trace(trace_id, str(sched.log), str(node.log))
+    assert out.returncode == 1
+    assert "node node-p sent job_result (attempt 1) at" in out.stdout
+    assert "scheduler never received it" in out.stdout
+
+
+async def test_trace_names_a_result_written_to_no_socket(tmp_path: Path) -> None:
+    async with scheduler_proc(tmp_path) as (url, sched):
+        async with node_proc(tmp_path, url, delay_ms=150) as node:
+            await wait_node(url.replace("ws", "http"), "node-p")
+            c = SessionClient(url, src="en", tgt="es")
+            await c.connect()
+            trace_id = c.ack.trace_id  # type: ignore[union-attr]
+            await c.send_utterance(0, pcm(0.2))
+            await c.disconnect()  # the socket dies before the result
+            await wait_log(sched.log, "result.sending")
+            await wait_log(node.log, "job_result.acked")
+    out = run_trace(trace_id, str(sched.log), str(node.log))
+    assert out.returncode == 1
+    assert "never written to the client socket (client socket already gone)" in out.stdout
+    assert "the client disconnected at" in out.stdout
+
+
+async def test_trace_names_no_node(tmp_path: Path) -> None:
+    async with scheduler_proc(tmp_path, "--pending-timeout", "0.3") as (url, sched):
+        async with SessionClient(url, src="en", tgt="es") as c:
+            await c.send_utterance(0, pcm(0.2))
+            r = await c.next_result(10)
+            trace_id = c.ack.trace_id  # type: ignore[union-attr]
+    assert r.status == "failed"
+    out = run_trace(trace_id, str(sched.log))
+    assert out.returncode == 1
+    assert "no node selected: no_available_pool" in out.stdout
+    assert "job failed" not in out.stdout or "no_available_node" in out.stdout
+
+
+def test_trace_cli_errors(tmp_path: Path) -> None:
+    out = run_trace("abc", str(tmp_path / "nope.log"))
+    assert out.returncode == 2 and "no such log file" in out.stderr
+    empty = tmp_path / "empty.log"
+    empty.write_text("not json\n")
+    out = run_trace("abc", str(empty))
+    assert out.returncode == 1 and "no log record with trace_id=abc" in out.stdout
+
+
+async def test_events_of_session_have_protocol_names(tmp_path: Path) -> None:
+    # the trace tool relies on these event names; keep them in one place
+    assert p.TranslationResult.__struct_config__.tag == "translation_result"
