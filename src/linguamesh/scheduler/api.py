@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,8 +42,7 @@ async def metrics(request: Request) -> Response:
     return Response(_sched(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
-async def nodes(request: Request) -> Response:
-    s = _sched(request)
+def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
     now = s.clock()
     out = []
     for nc in s.nodes.values():
@@ -71,18 +71,25 @@ async def nodes(request: Request) -> Response:
                 "model_stats": nc.model_stats,
             }
         )
-    return JSONResponse({"nodes": sorted(out, key=lambda n: n["node_id"])})
+    return sorted(out, key=lambda n: str(n["node_id"]))
+
+
+async def nodes(request: Request) -> Response:
+    return JSONResponse({"nodes": nodes_data(_sched(request))})
+
+
+def pools_data(s: Scheduler) -> list[dict[str, Any]]:
+    pools: dict[str, dict[str, Any]] = {}
+    for view in s.store.nodes().all_nodes():
+        entry = pools.setdefault(view.pool, {"name": view.pool, "nodes": [], "free_slots": 0, "slots": 0})
+        entry["nodes"].append(view.node_id)
+        entry["free_slots"] += max(view.free_slots, 0)
+        entry["slots"] += view.max_concurrent_jobs
+    return sorted(pools.values(), key=lambda e: str(e["name"]))
 
 
 async def pools(request: Request) -> Response:
-    s = _sched(request)
-    pools: dict[str, dict[str, object]] = {}
-    for view in s.store.nodes().all_nodes():
-        entry = pools.setdefault(view.pool, {"name": view.pool, "nodes": [], "free_slots": 0, "slots": 0})
-        entry["nodes"].append(view.node_id)  # type: ignore[attr-defined]
-        entry["free_slots"] = int(entry["free_slots"]) + max(view.free_slots, 0)  # type: ignore[call-overload]
-        entry["slots"] = int(entry["slots"]) + view.max_concurrent_jobs  # type: ignore[call-overload]
-    return JSONResponse({"pools": sorted(pools.values(), key=lambda e: str(e["name"]))})
+    return JSONResponse({"pools": pools_data(_sched(request))})
 
 
 async def languages(request: Request) -> Response:

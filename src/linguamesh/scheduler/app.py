@@ -10,7 +10,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from ..state.base import StateStore
 from ..state.memory import MemoryStateStore
-from . import api
+from . import api, web
 from .config import SchedulerConfig
 from .service import Scheduler
 from .ws_node import node_endpoint
@@ -38,5 +38,6 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         Route("/api/v1/pools", api.pools),
         Route("/api/v1/languages", api.languages),
         Route("/api/v1/jobs/{job_id}", api.job),
+        *web.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -121,6 +121,8 @@ class Scheduler:
         self.jobs: dict[JobId, Job] = {}
         self.extra: dict[JobId, JobExtra] = {}
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
+        #: the last failed jobs, newest last, for the operator page
+        self.failures: deque[dict[str, Any]] = deque(maxlen=200)
         self.waiting: OrderedDict[JobId, None] = OrderedDict()
         self.repair_langs: dict[str, int] = {}
         self.metrics = Metrics()
@@ -883,6 +885,20 @@ class Scheduler:
             nc.jobs.discard(job.job_id)
         now = self.clock()
         self.count("jobs_finished", state=job.state.value, code=cmd.error_code or "")
+        if not cmd.ok:
+            self.failures.append(
+                {
+                    "at": time.time(),
+                    "job_id": job.job_id,
+                    "trace_id": job.trace_id,
+                    "session_id": job.session_id,
+                    "utterance_index": job.utterance_index,
+                    "tgt_lang": job.tgt_lang,
+                    "code": cmd.error_code,
+                    "reason": cmd.error_message,
+                    "attempts": job.attempt_id,
+                }
+            )
         total_ms = (now - job.created_at) * 1000
         self.metrics.end_to_end.labels("ok" if cmd.ok else "failed").observe(total_ms / 1000)
         if cmd.ok:

@@ -27,6 +27,8 @@ from ..state.base import StateStore
 log = get_logger("linguamesh.scheduler.delivery")
 
 WRITE_TIMEOUT = 10.0
+#: Events buffered per viewer before a slow viewer is dropped (it can reconnect and replay).
+VIEWER_QUEUE = 1000
 
 
 class Transport(Protocol):
@@ -86,6 +88,8 @@ class Session:
     chunk_timer: asyncio.TimerHandle | None = None
     linger_timer: asyncio.TimerHandle | None = None
     _outbox: asyncio.Queue[_Event | _Attach] = field(default_factory=asyncio.Queue)
+    #: viewers (SSE): each gets every event after it is in the history
+    subscribers: set[asyncio.Queue[tuple[int, bytes]]] = field(default_factory=set)
     _pump: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -141,6 +145,12 @@ class Session:
                 await self.store.append_event(self.session_id, item.seq, item.data)
             except Exception as exc:  # the event is still delivered live if possible
                 log.error("history.append_failed", session_id=self.session_id, error=str(exc))
+            for q in list(self.subscribers):
+                if q.qsize() < VIEWER_QUEUE:
+                    q.put_nowait((item.seq, item.data))
+                else:  # a viewer that does not read: drop it, it reconnects with Last-Event-ID
+                    self.subscribers.discard(q)
+                    q.put_nowait((-1, b""))
             conn = self.conn
             if item.fields is not None:
                 log.info("result.sending", seq=item.seq, live=conn is not None, **item.fields)

@@ -1,0 +1,227 @@
+"""Browser-facing routes: the pages, session history and live events (SSE), operator API.
+
+* ``/`` speaker page, ``/view/{session_id}`` viewer page, ``/admin`` operator page,
+  ``/static/*`` their scripts and styles (shipped in the package; no CDN, no build step).
+* ``GET /api/v1/sessions/{id}/events?since=&types=&token=`` — the session's kept events
+  after ``since`` (seed 004 §8.3).
+* ``GET /api/v1/sessions/{id}/events/stream?types=&token=`` — Server-Sent Events: replay
+  after ``Last-Event-ID`` (header or ``last_event_id``), then live. ``id:`` is the event seq.
+* Viewers present the session's ``view_token`` (from ``session_init_ack``), never the
+  speaker's resume token.
+* ``/api/v1/admin/overview`` — nodes, pools, jobs in flight, recent failures, counters.
+  Open on loopback; elsewhere it needs ``--operator-token`` (Bearer header or ``?token=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..core.history import ReplayGap
+from ..core.ids import SessionId
+from .api import nodes_data, pools_data
+from .service import Scheduler
+from .sessions import Session
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+KEEPALIVE_S = 15.0
+
+
+def _sched(request: Request) -> Scheduler:
+    return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _viewer_session(request: Request) -> Session | JSONResponse:
+    s = _sched(request)
+    session = s.sessions.get(SessionId(request.path_params["session_id"]))
+    if session is None or session.closed:
+        return _error(404, "session_not_found", "no such session (or it has expired)")
+    token = request.query_params.get("token") or _bearer(request) or ""
+    if not hmac.compare_digest(token.encode(), session.view_token.encode()):
+        return _error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
+    return session
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else None
+
+
+def _types(request: Request) -> set[str] | None:
+    raw = request.query_params.get("types")
+    return {t.strip() for t in raw.split(",") if t.strip()} if raw else None
+
+
+def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
+    raw = request.query_params.get(name) or request.headers.get(name.replace("_", "-")) or ""
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return _error(400, "bad_message", f"{name} must be an integer")
+    return value if value >= 0 else _error(400, "bad_message", f"{name} must not be negative")
+
+
+def _event_type(data: bytes) -> str:
+    # the type tag is the first field msgspec writes: {"type":"...",
+    start = data.find(b'"type":"') + 8
+    return data[start : data.find(b'"', start)].decode()
+
+
+async def history(request: Request) -> Response:
+    session = _viewer_session(request)
+    if isinstance(session, Response):
+        return session
+    since = _int_param(request, "since", 0)
+    if isinstance(since, Response):
+        return since
+    types = _types(request)
+    try:
+        events = await _sched(request).store.events_since(session.session_id, since)
+    except ReplayGap as exc:
+        return _error(410, "session_not_found", f"cannot replay: {exc}")
+    out = [
+        json.loads(data) for _, data in events if types is None or _event_type(data) in types
+    ]
+    return JSONResponse({"session_id": session.session_id, "last_seq": session.seq, "events": out})
+
+
+async def stream(request: Request) -> Response:
+    session = _viewer_session(request)
+    if isinstance(session, Response):
+        return session
+    last = _int_param(request, "last_event_id", 0)
+    if isinstance(last, Response):
+        return last
+    types = _types(request)
+    store = _sched(request).store
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    session.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
+    try:
+        replay = await store.events_since(session.session_id, last)
+    except ReplayGap:
+        replay = await store.events_since(session.session_id, 0) if last == 0 else []
+
+    def frame(seq: int, data: bytes) -> bytes:
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, _event_type(data).encode(), data)
+
+    async def body() -> AsyncIterator[bytes]:
+        sent = last
+        try:
+            yield b"retry: 1000\n\n"
+            for seq, data in replay:
+                if types is None or _event_type(data) in types:
+                    yield frame(seq, data)
+                sent = max(sent, seq)
+            while True:
+                try:
+                    seq, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                if seq < 0:  # dropped as too slow
+                    return
+                if seq <= sent:
+                    continue
+                sent = seq
+                if types is None or _event_type(data) in types:
+                    yield frame(seq, data)
+        finally:
+            session.subscribers.discard(queue)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def _operator_ok(request: Request) -> JSONResponse | None:
+    s = _sched(request)
+    token = s.config.operator_token
+    if token is None:
+        if s.config.host in LOOPBACK:
+            return None
+        return _error(403, "unauthorized", "the operator page is off: start the scheduler with --operator-token")
+    given = request.query_params.get("token") or _bearer(request) or ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "unauthorized", "operator token missing or wrong")
+    return None
+
+
+async def admin_overview(request: Request) -> Response:
+    denied = _operator_ok(request)
+    if denied is not None:
+        return denied
+    s = _sched(request)
+    now = s.clock()
+    jobs = [
+        {
+            "job_id": j.job_id,
+            "trace_id": j.trace_id,
+            "session_id": j.session_id,
+            "utterance_index": j.utterance_index,
+            "pair": f"{j.src_lang}-{j.tgt_lang}",
+            "state": j.state.value,
+            "attempt_id": j.attempt_id,
+            "node_id": j.node_id,
+            "age_s": round(now - j.created_at, 3),
+            "last_reason": j.last_reason,
+        }
+        for j in s.jobs.values()
+    ]
+    recent = [
+        {"job_id": j.job_id, "trace_id": j.trace_id, "state": j.state.value, "node_id": j.node_id,
+         "utterance_index": j.utterance_index, "pair": f"{j.src_lang}-{j.tgt_lang}",
+         "ms": round(((j.finished_at or now) - j.created_at) * 1000, 1)}
+        for j in list(s.finished.values())[-50:]
+    ]  # fmt: skip
+    counters: dict[str, float] = {}
+    for (name, labels), value in s.metrics.counters.values.items():
+        key = name + ("{" + ",".join(labels) + "}" if any(labels) else "")
+        counters[key] = value
+    return JSONResponse(
+        {
+            "instance_id": s.config.instance_id,
+            "time": time.time(),
+            "nodes": nodes_data(s),
+            "pools": pools_data(s),
+            "jobs_in_flight": jobs,
+            "recent_jobs": recent[::-1],
+            "failures": list(s.failures)[::-1],
+            "counters": counters,
+            "sessions": len(s.sessions),
+            "queue_depth": len(s.waiting),
+        }
+    )
+
+
+def _page(name: str) -> Any:
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB_DIR / name, media_type="text/html")
+
+    return page
+
+
+routes = [
+    Route("/", _page("index.html")),
+    Route("/view/{session_id}", _page("view.html")),
+    Route("/admin", _page("admin.html")),
+    Route("/api/v1/sessions/{session_id}/events", history),
+    Route("/api/v1/sessions/{session_id}/events/stream", stream),
+    Route("/api/v1/admin/overview", admin_overview),
+    Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
+]

@@ -1,0 +1,63 @@
+// Operator page: polls /api/v1/admin/overview every second.
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token") || "";
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text ?? "";
+  return td;
+}
+
+function fill(id, rows) {
+  const body = $(id).querySelector("tbody");
+  body.replaceChildren(
+    ...rows.map((cols) => {
+      const tr = document.createElement("tr");
+      tr.append(...cols.map(cell));
+      return tr;
+    }),
+  );
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = cell("none");
+    td.colSpan = $(id).querySelectorAll("th").length;
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+async function refresh() {
+  try {
+    const res = await fetch(`/api/v1/admin/overview${token ? `?token=${encodeURIComponent(token)}` : ""}`);
+    const data = await res.json();
+    if (!res.ok) throw new Error(data.error ? data.error.message : res.statusText);
+    $("notice").hidden = true;
+    const conn = $("conn");
+    conn.dataset.state = "connected";
+    conn.querySelector(".label").textContent = `instance ${data.instance_id} · ${data.sessions} sessions · queue ${data.queue_depth}`;
+    fill("nodes", data.nodes.map((n) => [
+      n.node_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
+      `ASR ${n.capabilities.asr_languages.join(" ")} · TTS ${n.capabilities.tts_languages.length} langs`,
+      n.capabilities.nmt_pairs.map((p) => p.join("→")).join(" "), `${n.last_heartbeat_s_ago.toFixed(1)} s ago`, n.version,
+    ]));
+    fill("pools", data.pools.map((p) => [p.name, p.nodes.join(", "), `${p.free_slots} / ${p.slots}`]));
+    fill("jobs", data.jobs_in_flight.map((j) => [j.job_id, j.state, j.attempt_id, j.node_id, j.pair, `${j.age_s.toFixed(1)} s`, j.trace_id]));
+    fill("recent", data.recent_jobs.map((j) => [j.job_id, j.state, j.node_id, j.pair, `${j.ms} ms`, j.trace_id]));
+    fill("failures", data.failures.map((f) => [
+      new Date(f.at * 1000).toLocaleTimeString(), f.job_id, f.code, f.reason, f.attempts, f.trace_id,
+    ]));
+    $("counters").replaceChildren(...Object.entries(data.counters).sort().map(([k, v]) => {
+      const d = document.createElement("div");
+      d.textContent = `${k}: ${v}`;
+      return d;
+    }));
+  } catch (e) {
+    const el = $("notice");
+    el.hidden = false;
+    el.textContent = `Cannot load the overview: ${e.message}`;
+    $("conn").dataset.state = "offline";
+  }
+}
+
+refresh();
+setInterval(refresh, 1000);

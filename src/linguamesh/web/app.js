@@ -1,0 +1,420 @@
+// LinguaMesh speaker page: pick languages, talk (push-to-talk or hands-free) or send a file,
+// see each utterance's status, draft and final transcript, translation and speech.
+// Speaks protocol v1 over /ws/session; reconnects with `resume` and drops repeated events by seq.
+import { RATE, Resampler, EnergyVad, resampleAll, toPcm16, b64, unb64 } from "./audio.js";
+
+const $ = (id) => document.getElementById(id);
+const CHUNK_SAMPLES = 1600; // 100 ms per audio_chunk
+const PREROLL_BLOCKS = 3;
+
+const state = {
+  ws: null,
+  ack: null,            // session_init_ack
+  src: null, tgt: null,
+  lastSeq: 0,
+  chunkSeq: 0,
+  closes: 0,            // utterances closed by this page (the server numbers them in order)
+  closeTimes: new Map(),
+  rows: new Map(),
+  outbox: [],           // messages waiting for a connection
+  userClosed: false,
+  retryMs: 500,
+  connState: "offline",
+  results: [],          // every translation_result shown, for tests and debugging
+};
+window.lm = state;
+
+// ------------------------------------------------------------------ languages
+
+let pairs = [];
+async function loadLanguages() {
+  try {
+    const res = await fetch("/api/v1/languages");
+    pairs = (await res.json()).pairs;
+  } catch (e) {
+    pairs = [];
+  }
+  const srcSel = $("src");
+  const keep = srcSel.value;
+  const srcs = [...new Set(pairs.map((p) => p.src))].sort();
+  srcSel.replaceChildren(...srcs.map((s) => new Option(langName(s), s)));
+  if (srcs.includes(keep)) srcSel.value = keep;
+  else if (srcs.includes("en")) srcSel.value = "en";
+  fillTargets();
+  if (!pairs.length) {
+    notice("No language pair can be served right now: no translation node is connected. This page checks again every few seconds.");
+    $("start").disabled = true;
+    setTimeout(loadLanguages, 3000);
+  } else {
+    notice(null);
+    $("start").disabled = false;
+  }
+}
+
+function fillTargets() {
+  const src = $("src").value;
+  const tgtSel = $("tgt");
+  const keep = tgtSel.value;
+  const tgts = pairs.filter((p) => p.src === src && p.tgt !== src).map((p) => p.tgt).sort();
+  const all = tgts.length ? tgts : pairs.filter((p) => p.src === src).map((p) => p.tgt);
+  tgtSel.replaceChildren(...all.map((t) => new Option(langName(t), t)));
+  if (all.includes(keep)) tgtSel.value = keep;
+}
+
+function langName(code) {
+  try {
+    return `${new Intl.DisplayNames([navigator.language || "en"], { type: "language" }).of(code)} (${code})`;
+  } catch (e) {
+    return code;
+  }
+}
+
+// ------------------------------------------------------------------ connection
+
+function notice(text, error = false) {
+  const el = $("notice");
+  el.hidden = !text;
+  el.textContent = text || "";
+  el.classList.toggle("error", error);
+}
+
+function setConn(s, label) {
+  state.connState = s;
+  const el = $("conn");
+  el.dataset.state = s;
+  el.querySelector(".label").textContent = label || {
+    connected: "connected", connecting: "connecting…", reconnecting: "connection lost — reconnecting…", offline: "not connected",
+  }[s];
+}
+
+function wsUrl() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/session`;
+}
+
+function connect() {
+  const resume = state.ack !== null;
+  setConn(resume ? "reconnecting" : "connecting");
+  const ws = new WebSocket(wsUrl());
+  state.ws = ws;
+  ws.onopen = () => {
+    const init = {
+      type: "session_init", protocol_version: 1, src_lang: state.src, tgt_lang: state.tgt,
+      tts: true, partials: true, audio_format: "pcm16", sample_rate: RATE,
+    };
+    if (resume) {
+      init.resume = { session_id: state.ack.session_id, resume_token: state.ack.resume_token, last_seq: state.lastSeq };
+    }
+    ws.send(JSON.stringify(init));
+  };
+  ws.onmessage = (m) => handle(JSON.parse(m.data));
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    if (state.userClosed) { setConn("offline"); return; }
+    setConn("reconnecting");
+    const wait = state.retryMs;
+    state.retryMs = Math.min(5000, state.retryMs * 2);
+    setTimeout(connect, wait);
+  };
+}
+
+function send(msg) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN && state.connState === "connected") {
+    state.ws.send(JSON.stringify(msg));
+  } else {
+    state.outbox.push(msg); // sent after the session is back
+  }
+}
+
+function handle(ev) {
+  if (ev.seq) {
+    if (ev.seq <= state.lastSeq) return; // already seen (replayed after a resume)
+    state.lastSeq = ev.seq;
+  }
+  switch (ev.type) {
+    case "session_init_ack": {
+      const first = state.ack === null;
+      state.ack = ev;
+      state.retryMs = 500;
+      setConn("connected");
+      notice(null);
+      if (first) onSessionStarted();
+      const queued = state.outbox.splice(0);
+      for (const msg of queued) state.ws.send(JSON.stringify(msg));
+      break;
+    }
+    case "job_status": {
+      const row = rowFor(ev.utterance_index);
+      if (row.status === "ok" || row.status === "failed") break;
+      let text = ev.status;
+      if (ev.status === "queued" && ev.queue_position) text += ` (position ${ev.queue_position})`;
+      if (ev.status === "retrying" && ev.reason) text += ` (${ev.reason})`;
+      setStatus(row, ev.status, text);
+      break;
+    }
+    case "asr_partial": {
+      const row = rowFor(ev.utterance_index);
+      if (row.final) break;
+      row.asr.textContent = ev.text;
+      row.asr.classList.add("draft");
+      break;
+    }
+    case "translation_result":
+      showResult(ev);
+      break;
+    case "error":
+      if (ev.code === "session_not_found" || ev.code === "unauthorized") {
+        notice(`The session could not be resumed (${ev.message}). Start a new one.`, true);
+        state.userClosed = true;
+        state.ack = null;
+        $("setup").hidden = false;
+        $("controls").hidden = true;
+      } else {
+        notice(`${ev.code}: ${ev.message}`, true);
+      }
+      break;
+    case "session_closed":
+      state.userClosed = true;
+      break;
+  }
+}
+
+function onSessionStarted() {
+  $("setup").hidden = true;
+  $("controls").hidden = false;
+  const link = `${location.origin}/view/${state.ack.session_id}?token=${encodeURIComponent(state.ack.view_token || "")}&lang=${state.tgt}`;
+  $("share-link").href = link;
+  $("share-link").textContent = link;
+  $("share").hidden = false;
+}
+
+// ------------------------------------------------------------------ utterance rows
+
+function rowFor(index) {
+  let row = state.rows.get(index);
+  if (row) return row;
+  const li = document.createElement("li");
+  li.className = "utt";
+  li.dataset.index = index;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  const num = document.createElement("span");
+  num.textContent = `#${index}`;
+  const latency = document.createElement("span");
+  latency.className = "latency";
+  meta.append(badge, num, latency);
+  const asr = document.createElement("p");
+  asr.className = "asr draft";
+  const mt = document.createElement("p");
+  mt.className = "mt";
+  mt.lang = state.tgt;
+  li.append(meta, asr, mt);
+  row = { li, badge, asr, mt, latency, status: "", final: false };
+  state.rows.set(index, row);
+  // keep rows in utterance order
+  const after = [...$("utterances").children].find((c) => Number(c.dataset.index) > index);
+  $("utterances").insertBefore(li, after || null);
+  return row;
+}
+
+function setStatus(row, status, text) {
+  row.status = status;
+  row.li.dataset.status = status;
+  row.badge.textContent = text || status;
+}
+
+function showResult(ev) {
+  state.results.push(ev);
+  const row = rowFor(ev.utterance_index);
+  row.final = true;
+  if (ev.status === "ok") {
+    setStatus(row, "ok", "done");
+    row.asr.textContent = ev.text_asr || "(no speech)";
+    row.asr.classList.remove("draft");
+    row.mt.textContent = ev.text_translated;
+    if (ev.tts_audio) {
+      const blob = new Blob([unb64(ev.tts_audio)], { type: ev.tts_format === "wav" ? "audio/wav" : "audio/*" });
+      const audio = document.createElement("audio");
+      audio.controls = true;
+      audio.src = URL.createObjectURL(blob);
+      audio.setAttribute("aria-label", `Translated speech for utterance ${ev.utterance_index}`);
+      row.li.append(audio);
+      if ($("autoplay").checked) audio.play().catch(() => {});
+    }
+  } else {
+    const err = ev.error || {};
+    setStatus(row, "failed", `failed: ${err.code || "error"}`);
+    row.mt.textContent = err.message || "";
+  }
+  const t0 = state.closeTimes.get(ev.utterance_index);
+  const parts = [];
+  if (t0 !== undefined) parts.push(`${Math.round(performance.now() - t0)} ms after you stopped`);
+  if (ev.timings && ev.timings.total_ms) parts.push(`server ${Math.round(ev.timings.total_ms)} ms`);
+  row.latency.textContent = parts.join(" · ");
+}
+
+// ------------------------------------------------------------------ audio out (chunks)
+
+let pending = new Float32Array(0);
+
+function queueSamples(samples) {
+  const merged = new Float32Array(pending.length + samples.length);
+  merged.set(pending);
+  merged.set(samples, pending.length);
+  pending = merged;
+  while (pending.length >= CHUNK_SAMPLES) {
+    sendChunk(pending.subarray(0, CHUNK_SAMPLES), false);
+    pending = pending.slice(CHUNK_SAMPLES);
+  }
+}
+
+function finishUtterance() {
+  sendChunk(pending, true);
+  pending = new Float32Array(0);
+  state.closeTimes.set(state.closes, performance.now());
+  rowFor(state.closes);
+  setStatus(state.rows.get(state.closes), "sent", "sent");
+  state.closes += 1;
+}
+
+function sendChunk(samples, final) {
+  send({ type: "audio_chunk", seq: state.chunkSeq++, audio: b64(toPcm16(samples)), is_final: final });
+}
+
+// ------------------------------------------------------------------ microphone
+
+const mic = { ctx: null, node: null, stream: null, resampler: null, recording: false, mode: "ptt", vad: null, preroll: [] };
+
+async function ensureMic() {
+  if (mic.ctx) return;
+  mic.stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+  });
+  mic.ctx = new AudioContext();
+  await mic.ctx.audioWorklet.addModule("/static/capture-worklet.js");
+  const source = mic.ctx.createMediaStreamSource(mic.stream);
+  mic.node = new AudioWorkletNode(mic.ctx, "lm-capture");
+  mic.resampler = new Resampler(mic.ctx.sampleRate);
+  mic.node.port.onmessage = (e) => onMicBlock(mic.resampler.push(e.data));
+  source.connect(mic.node);
+}
+
+function onMicBlock(block) {
+  if (mic.mode === "ptt") {
+    if (mic.recording) queueSamples(block);
+    return;
+  }
+  if (!mic.recording) return; // hands-free but not listening
+  const edge = mic.vad.push(block);
+  if (edge === "start") {
+    for (const b of mic.preroll) queueSamples(b);
+    mic.preroll = [];
+    queueSamples(block);
+  } else if (mic.vad.speaking) {
+    queueSamples(block);
+  } else if (edge === "end") {
+    queueSamples(block);
+    finishUtterance();
+  } else {
+    mic.preroll.push(block);
+    if (mic.preroll.length > PREROLL_BLOCKS * 10) mic.preroll.shift();
+  }
+}
+
+async function talkStart() {
+  try {
+    await ensureMic();
+  } catch (e) {
+    notice(`The microphone is not available: ${e.message}`, true);
+    return;
+  }
+  await mic.ctx.resume();
+  mic.recording = true;
+  $("talk").setAttribute("aria-pressed", "true");
+  $("talk").textContent = "Release to send";
+}
+
+function talkStop() {
+  if (!mic.recording) return;
+  mic.recording = false;
+  $("talk").setAttribute("aria-pressed", "false");
+  $("talk").textContent = "Hold to talk";
+  finishUtterance();
+}
+
+async function toggleListen() {
+  if (mic.recording) {
+    mic.recording = false;
+    if (mic.vad && mic.vad.speaking) finishUtterance();
+    $("listen").setAttribute("aria-pressed", "false");
+    $("listen").textContent = "Start listening";
+    return;
+  }
+  try {
+    await ensureMic();
+  } catch (e) {
+    notice(`The microphone is not available: ${e.message}`, true);
+    return;
+  }
+  await mic.ctx.resume();
+  mic.vad = new EnergyVad();
+  mic.preroll = [];
+  mic.recording = true;
+  $("listen").setAttribute("aria-pressed", "true");
+  $("listen").textContent = "Stop listening";
+}
+
+// ------------------------------------------------------------------ file upload
+
+async function sendFile(file) {
+  try {
+    const ctx = new AudioContext();
+    const buf = await ctx.decodeAudioData(await file.arrayBuffer());
+    const mono = new Float32Array(buf.length);
+    for (let c = 0; c < buf.numberOfChannels; c++) {
+      const data = buf.getChannelData(c);
+      for (let i = 0; i < data.length; i++) mono[i] += data[i] / buf.numberOfChannels;
+    }
+    ctx.close();
+    queueSamples(resampleAll(mono, buf.sampleRate));
+    finishUtterance();
+  } catch (e) {
+    notice(`That file could not be read as audio: ${e.message || e}`, true);
+  }
+}
+
+// ------------------------------------------------------------------ wiring
+
+$("src").addEventListener("change", fillTargets);
+$("setup").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.src = $("src").value;
+  state.tgt = $("tgt").value;
+  state.userClosed = false;
+  connect();
+});
+$("mode").addEventListener("change", () => {
+  mic.mode = $("mode").value;
+  $("talk").hidden = mic.mode !== "ptt";
+  $("listen").hidden = mic.mode !== "free";
+});
+const talk = $("talk");
+talk.addEventListener("pointerdown", (e) => { e.preventDefault(); talkStart(); });
+talk.addEventListener("pointerup", talkStop);
+talk.addEventListener("pointerleave", talkStop);
+talk.addEventListener("keydown", (e) => { if ((e.key === " " || e.key === "Enter") && !e.repeat) { e.preventDefault(); talkStart(); } });
+talk.addEventListener("keyup", (e) => { if (e.key === " " || e.key === "Enter") talkStop(); });
+$("listen").addEventListener("click", toggleListen);
+$("file").addEventListener("change", (e) => {
+  if (e.target.files && e.target.files[0]) sendFile(e.target.files[0]);
+  e.target.value = "";
+});
+
+// test and automation hooks
+state.talkStart = talkStart;
+state.talkStop = talkStop;
+state.toggleListen = toggleListen;
+
+loadLanguages();

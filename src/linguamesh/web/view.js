@@ -1,0 +1,73 @@
+// Viewer page: live subtitles of a session over Server-Sent Events. EventSource reconnects by
+// itself and sends Last-Event-ID, so the server replays what was missed; earlier subtitles come
+// from the same replay when the page opens mid-session.
+const $ = (id) => document.getElementById(id);
+const sessionId = decodeURIComponent(location.pathname.split("/").pop());
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || "";
+const state = { results: new Map(), langs: new Set(), lang: params.get("lang") || "", drafts: new Map() };
+window.lmView = state;
+
+function setConn(s, label) {
+  const el = $("conn");
+  el.dataset.state = s;
+  el.querySelector(".label").textContent = label;
+}
+
+function render() {
+  const box = $("subtitles");
+  const items = [...state.results.values()]
+    .filter((r) => r.tgt_lang === state.lang && r.status === "ok")
+    .sort((a, b) => a.utterance_index - b.utterance_index);
+  const showOriginal = $("original").checked;
+  box.replaceChildren(
+    ...items.map((r, i) => {
+      const p = document.createElement("p");
+      p.dataset.index = r.utterance_index;
+      p.lang = r.tgt_lang;
+      p.className = i < items.length - 3 ? "old" : "";
+      p.textContent = r.text_translated;
+      if (showOriginal && r.text_asr) {
+        const small = document.createElement("small");
+        small.textContent = ` — ${r.text_asr}`;
+        p.append(small);
+      }
+      return p;
+    }),
+  );
+  box.lastElementChild?.scrollIntoView({ block: "end" });
+}
+
+function fillLangs() {
+  const sel = $("lang");
+  if (!state.lang && state.langs.size) state.lang = [...state.langs][0];
+  const all = [...new Set([...state.langs, state.lang].filter(Boolean))].sort();
+  sel.replaceChildren(...all.map((l) => new Option(l, l)));
+  sel.value = state.lang;
+}
+
+$("lang").addEventListener("change", () => { state.lang = $("lang").value; render(); });
+$("original").addEventListener("change", render);
+
+const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,session_closed`;
+const es = new EventSource(url);
+es.onopen = () => setConn("connected", "live");
+es.onerror = () => {
+  if (es.readyState === EventSource.CLOSED) {
+    setConn("offline", "closed");
+    const el = $("notice");
+    el.hidden = false;
+    el.classList.add("error");
+    el.textContent = "This session cannot be followed: the link is wrong or the session has ended.";
+  } else {
+    setConn("reconnecting", "reconnecting…");
+  }
+};
+es.addEventListener("translation_result", (m) => {
+  const r = JSON.parse(m.data);
+  state.results.set(`${r.tgt_lang}:${r.utterance_index}`, r);
+  if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs(); }
+  render();
+});
+es.addEventListener("session_closed", () => { setConn("offline", "the session has ended"); es.close(); });
+fillLangs();
