@@ -85,6 +85,9 @@ def scheduler(
     heartbeat_interval: Annotated[float | None, typer.Option(help="Node heartbeat interval [5]")] = None,
     selector: Annotated[str | None, typer.Option(help="pooled (default) or flat")] = None,
     node_token: Annotated[str | None, typer.Option(help="Token nodes must present")] = None,
+    operator_token: Annotated[
+        str | None, typer.Option(help="Token for /admin (required when not bound to loopback)")
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -105,6 +108,7 @@ def scheduler(
         heartbeat_interval=heartbeat_interval,
         selector=selector,
         node_token=node_token,
+        operator_token=operator_token,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")

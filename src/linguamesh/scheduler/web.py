@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,6 @@ from .service import Scheduler
 from .sessions import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 KEEPALIVE_S = 15.0
 
 
@@ -96,9 +96,7 @@ async def history(request: Request) -> Response:
         events = await _sched(request).store.events_since(session.session_id, since)
     except ReplayGap as exc:
         return _error(410, "session_not_found", f"cannot replay: {exc}")
-    out = [
-        json.loads(data) for _, data in events if types is None or _event_type(data) in types
-    ]
+    out = [json.loads(data) for _, data in events if types is None or _event_type(data) in types]
     return JSONResponse({"session_id": session.session_id, "last_seq": session.seq, "events": out})
 
 
@@ -149,17 +147,31 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def operator_access(bind_host: str, configured: str | None, given: str | None) -> tuple[int, str] | None:
+    """None when allowed, else (HTTP status, message). Open on loopback unless a token is set."""
+    if configured is None:
+        if is_loopback(bind_host):
+            return None
+        return 403, "the operator page is off: start the scheduler with --operator-token"
+    if not hmac.compare_digest((given or "").encode(), configured.encode()):
+        return 401, "operator token missing or wrong"
+    return None
+
+
 def _operator_ok(request: Request) -> JSONResponse | None:
     s = _sched(request)
-    token = s.config.operator_token
-    if token is None:
-        if s.config.host in LOOPBACK:
-            return None
-        return _error(403, "unauthorized", "the operator page is off: start the scheduler with --operator-token")
-    given = request.query_params.get("token") or _bearer(request) or ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return _error(401, "unauthorized", "operator token missing or wrong")
-    return None
+    given = request.query_params.get("token") or _bearer(request)
+    denied = operator_access(s.config.host, s.config.operator_token, given)
+    return None if denied is None else _error(denied[0], "unauthorized", denied[1])
 
 
 async def admin_overview(request: Request) -> Response:

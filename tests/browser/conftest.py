@@ -1,0 +1,73 @@
+"""Real headless Chromium (Debian's /usr/bin/chromium) driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SPOKEN = "Good morning. I would like to buy two tickets to the museum, please."
+
+
+@pytest.fixture(scope="session")
+def spoken_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A spoken sentence with silence around it, as Chromium's fake microphone input."""
+    import numpy as np
+    import soundfile as sf
+
+    from linguamesh.audio import to_float32
+
+    raw = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "165", "--stdout", SPOKEN], capture_output=True, check=True
+    ).stdout
+    speech = to_float32(raw, "wav", 16000)
+    silence = np.zeros(int(0.4 * 16000), np.float32)
+    tail = np.zeros(int(2.5 * 16000), np.float32)
+    path = tmp_path_factory.mktemp("audio") / "spoken.wav"
+    sf.write(path, np.concatenate([silence, speech, tail]), 16000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+async def browser(spoken_wav: Path) -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run scripts/setup.sh test (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={spoken_wav}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def new_page(browser: object, base: str) -> object:
+    ctx = await browser.new_context(permissions=["microphone"], base_url=base)  # type: ignore[attr-defined]
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.js_errors = errors
+    return page

@@ -1,0 +1,157 @@
+"""The web pages in a real headless Chromium against a real scheduler and node on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linguamesh.audio import to_wav
+from linguamesh.node.defaults import default_engines
+from linguamesh.quality import wer
+
+from ..conftest import Cluster, eventually, test_engines
+from .conftest import ARTIFACTS, SPOKEN, new_page
+
+
+async def _start_session(page: Any, src: str = "en", tgt: str = "es") -> str:
+    await page.goto("/")
+    await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
+    await page.select_option("#src", src)
+    await page.select_option("#tgt", tgt)
+    await page.click("#start")
+    await page.wait_for_selector("#conn[data-state=connected]")
+    return str(await page.evaluate("window.lm.ack.session_id"))
+
+
+async def _results(page: Any) -> list[dict[str, Any]]:
+    return await page.evaluate(
+        "window.lm.results.map(r => ({i: r.utterance_index, s: r.status, asr: r.text_asr, mt: r.text_translated}))"
+    )
+
+
+async def test_microphone_speech_is_transcribed_translated_and_spoken(cluster: Cluster, browser: Any) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "mic-node", engines=default_engines(), max_concurrent_jobs=1)
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.evaluate("window.lm.talkStart()")  # push-to-talk: hold while the sentence plays
+    await asyncio.sleep(4.6)
+    await page.evaluate("window.lm.talkStop()")
+    row = page.locator("li.utt[data-status=ok]").first
+    await row.wait_for(timeout=60_000)
+    asr = await row.locator(".asr").inner_text()
+    mt = await row.locator(".mt").inner_text()
+    assert wer(SPOKEN, asr) <= 0.3, asr
+    assert "museo" in mt.lower(), mt
+    src = await row.locator("audio").get_attribute("src")
+    assert src and src.startswith("blob:")
+    duration = await row.locator("audio").evaluate(
+        "a => new Promise(ok => a.readyState >= 1 ? ok(a.duration) : a.addEventListener('loadedmetadata', () => ok(a.duration)))"
+    )
+    assert duration > 0.5
+    latency = await row.locator(".latency").inner_text()
+    assert "ms" in latency
+    assert not page.js_errors
+    await page.screenshot(path=ARTIFACTS / "speaker-microphone.png", full_page=True)
+
+
+async def test_file_upload_gives_transcript_translation_and_speech(
+    cluster: Cluster, browser: Any, spoken_wav: Path
+) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "file-node", engines=default_engines(), max_concurrent_jobs=1)
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.set_input_files("#file", str(spoken_wav))
+    row = page.locator("li.utt[data-status=ok]").first
+    await row.wait_for(timeout=60_000)
+    assert wer(SPOKEN, await row.locator(".asr").inner_text()) <= 0.3
+    assert "museo" in (await row.locator(".mt").inner_text()).lower()
+    assert (await row.locator("audio").get_attribute("src") or "").startswith("blob:")
+    assert not page.js_errors
+    await page.screenshot(path=ARTIFACTS / "speaker-upload.png", full_page=True)
+
+
+def _tone_wav(tmp: Path, name: str, seconds: float) -> Path:
+    t = np.arange(int(seconds * 16000), dtype=np.float32) / 16000
+    path = tmp / name
+    path.write_bytes(to_wav(0.2 * np.sin(2 * np.pi * 330 * t), 16000))
+    return path
+
+
+async def test_cut_connection_resumes_and_shows_every_result_once(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "slow-node", engines=test_engines(delay_ms=150), max_concurrent_jobs=1)
+    page = await new_page(browser, s.http)
+    sid = await _start_session(page)
+    for i in range(3):
+        await page.set_input_files("#file", str(_tone_wav(tmp_path, f"t{i}.wav", 0.3 + 0.1 * i)))
+        await page.wait_for_function(f"window.lm.closes === {i + 1}")
+    await eventually(lambda: len(s.sched.jobs) >= 1, 5, "jobs to be running")
+    session = s.sched.sessions[sid]  # type: ignore[index]
+    assert session.conn is not None
+    await session.conn.close(4003)  # cut the connection from the server side while jobs run
+    await page.wait_for_selector("#conn[data-state=reconnecting]", timeout=5000)
+    await page.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
+    await page.wait_for_function("window.lm.results.length >= 3", timeout=20_000)
+    await asyncio.sleep(0.5)  # anything duplicated would arrive now
+    results = await _results(page)
+    assert sorted(r["i"] for r in results) == [0, 1, 2]
+    assert all(r["s"] == "ok" for r in results)
+    assert await page.locator("li.utt").count() == 3
+    assert await page.locator("li.utt[data-status=ok]").count() == 3
+    assert s.sched.metrics.value("sessions_resumed") == 1
+    assert not page.js_errors
+    await page.screenshot(path=ARTIFACTS / "speaker-resumed.png", full_page=True)
+
+
+async def test_viewer_opened_mid_session_replays_then_follows_live(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-v", engines=test_engines(text="line {n}"))
+    speaker = await new_page(browser, s.http)
+    await _start_session(speaker)
+    for i in range(2):
+        await speaker.set_input_files("#file", str(_tone_wav(tmp_path, f"v{i}.wav", 0.3)))
+        await speaker.wait_for_function(f"window.lm.results.length === {i + 1}")
+    link = await speaker.get_attribute("#share-link", "href")
+    assert link and "/view/" in link and "token=" in link
+    viewer = await new_page(browser, s.http)
+    await viewer.goto(link)
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
+    earlier = await viewer.locator("#subtitles p").all_inner_texts()
+    assert all(t.startswith("[es] Line") for t in earlier)
+    await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "v2.wav", 0.3)))
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 3", timeout=10_000)
+    assert (await viewer.locator("#conn").get_attribute("data-state")) == "connected"
+    await viewer.screenshot(path=ARTIFACTS / "viewer.png", full_page=True)
+    # a wrong token is refused
+    bad = await new_page(browser, s.http)
+    await bad.goto(link.split("?")[0] + "?token=nope")
+    await bad.wait_for_selector("#notice:not([hidden])", timeout=10_000)
+    assert not viewer.js_errors and not speaker.js_errors
+
+
+async def test_operator_page_lists_nodes_and_finished_jobs(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler(pending_timeout=0.3)
+    await cluster.node(s.url, "op-node")
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "a.wav", 0.3)))
+    await page.wait_for_function("window.lm.results.length === 1")
+    job_id = await page.evaluate("window.lm.results[0].job_id")
+    admin = await new_page(browser, s.http)
+    await admin.goto("/admin")
+    await admin.wait_for_selector("#nodes td:text('op-node')")
+    await admin.wait_for_selector(f"#recent td:text('{job_id}')")
+    assert await admin.locator("#counters div").count() > 3
+    await admin.screenshot(path=ARTIFACTS / "operator.png", full_page=True)
+    assert not admin.js_errors

@@ -1,0 +1,85 @@
+"""History, SSE replay and operator access over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from linguamesh.client import SessionClient
+from linguamesh.scheduler.web import operator_access
+
+from ..conftest import Cluster, pcm
+
+
+async def _sse_events(url: str, n: int, headers: dict[str, str] | None = None) -> list[tuple[int, str, dict]]:  # type: ignore[type-arg]
+    out = []
+    async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", url, headers=headers or {}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        ev: dict[str, str] = {}
+        async for line in r.aiter_lines():
+            if line.startswith(("id:", "event:", "data:")):
+                k, _, v = line.partition(":")
+                ev[k] = v.strip()
+            elif line == "" and "data" in ev:
+                out.append((int(ev["id"]), ev["event"], json.loads(ev["data"])))
+                ev = {}
+                if len(out) == n:
+                    return out
+    return out
+
+
+async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url)
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        for i in range(3):
+            await c.send_utterance(i, pcm(0.1))
+        await c.results(3, timeout=10)
+        assert c.ack is not None
+        sid, token = c.ack.session_id, c.ack.view_token
+        base = f"{s.http}/api/v1/sessions/{sid}"
+        async with httpx.AsyncClient() as http:
+            hist = (
+                await http.get(f"{base}/events", params={"token": token, "types": "translation_result"})
+            ).json()
+            since = (await http.get(f"{base}/events", params={"token": token, "since": 3})).json()
+            denied = await http.get(f"{base}/events", params={"token": c.ack.resume_token})
+            missing = await http.get(f"{s.http}/api/v1/sessions/s-NOPE/events", params={"token": "x"})
+            bad = await http.get(f"{base}/events", params={"token": token, "since": "x"})
+        assert [e["utterance_index"] for e in hist["events"]] == [0, 1, 2]
+        assert all(e["seq"] > 3 for e in since["events"])
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        assert missing.status_code == 404 and bad.status_code == 400
+        # SSE: replay everything after Last-Event-ID, then live events
+        stream_url = f"{base}/events/stream?token={token}&types=translation_result"
+        last = hist["events"][0]["seq"]
+        replay = asyncio.create_task(_sse_events(stream_url, 3, {"Last-Event-ID": str(last)}))
+        await asyncio.sleep(0.3)
+        await c.send_utterance(3, pcm(0.1))
+        events = await asyncio.wait_for(replay, 10)
+    assert [e[2]["utterance_index"] for e in events] == [1, 2, 3]
+    assert all(e[1] == "translation_result" for e in events)
+    assert [e[0] for e in events] == sorted(e[0] for e in events) and events[0][0] > last
+
+
+async def test_operator_api_needs_the_token_when_one_is_set(cluster: Cluster) -> None:
+    s = await cluster.scheduler(operator_token="op-secret")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{s.http}/api/v1/admin/overview")).status_code == 401
+        ok = await http.get(f"{s.http}/api/v1/admin/overview", headers={"Authorization": "Bearer op-secret"})
+        page = await http.get(f"{s.http}/admin")
+    assert ok.status_code == 200 and ok.json()["instance_id"] == "local"
+    assert page.status_code == 200 and "operator" in page.text
+
+
+def test_operator_access_rules() -> None:
+    assert operator_access("127.0.0.1", None, None) is None
+    assert operator_access("::1", None, None) is None
+    assert operator_access("0.0.0.0", None, None) == (
+        403,
+        "the operator page is off: start the scheduler with --operator-token",
+    )
+    assert operator_access("10.0.0.5", "t", "t") is None
+    assert operator_access("10.0.0.5", "t", "x")[0] == 401  # type: ignore[index]
