@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "linguamesh"
 ALLOWED = {
     "protocol": {"protocol"},
     "core": {"core"},
-    "state": {"core", "state", "observability"},
+    "state": {"core", "state", "observability", "protocol"},
 }
 
 

@@ -9,6 +9,8 @@ from .codec import (
     decode_to_node,
     encode,
     encode_str,
+    event_type,
+    with_seq,
 )
 from .errors import FATAL_CODES, ErrorCode, ProtocolError
 from .messages import *  # noqa: F403
@@ -27,4 +29,6 @@ __all__ = [
     "decode_to_node",
     "encode",
     "encode_str",
+    "event_type",
+    "with_seq",
 ]

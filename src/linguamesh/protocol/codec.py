@@ -108,6 +108,21 @@ def decode_to_node(frame: str | bytes, max_bytes: int = 64 * 1024 * 1024) -> Sch
     return _decode(_to_node_decoder, frame, max_bytes)
 
 
+def with_seq(payload: bytes, seq: int) -> bytes:
+    """Number an encoded event: ``{"type":"x",...}`` -> ``{"type":"x","seq":N,...}``.
+
+    Events are encoded with ``seq`` 0 (omitted) and numbered by the state store when
+    they enter the session's history; the Redis store does the same splice in Lua.
+    """
+    end = payload.index(b'"', 9)  # closing quote of the type value after {"type":"
+    return b'%s,"seq":%d%s' % (payload[: end + 1], seq, payload[end + 1 :])
+
+
+def event_type(payload: bytes) -> str:
+    end = payload.index(b'"', 9)
+    return payload[9:end].decode()
+
+
 def check_version(version: int) -> None:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(

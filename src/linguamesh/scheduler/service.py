@@ -41,13 +41,12 @@ from ..core.lifecycle import (
     Status,
 )
 from ..core.nodes import NodeCapabilities, NodeView
-from ..core.ordering import OrderedStream
 from ..core.selection import SELECTORS, Request
 from ..core.stages import expand_stages, requirements
 from ..observability.logging import bound, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import StateStore
+from ..state.base import SessionRecord, StateStore
 from .config import SchedulerConfig
 from .sessions import Session, SessionSettings, Transport
 
@@ -235,8 +234,7 @@ class Scheduler:
             on_detached=self._session_detached,
             on_delivered=lambda: self.count("results_delivered"),
         )
-        for tgt in tgts:
-            session.streams[tgt] = OrderedStream()
+        await self.store.create_session(self._record(session), self.config.session_linger * 2)
         self.sessions[session.session_id] = session
         session.start()
         session.conn = conn
@@ -250,6 +248,26 @@ class Scheduler:
             extra_tgt_langs=tgts[1:],
         )
         return session
+
+    def _record(self, session: Session) -> SessionRecord:
+        st = session.settings
+        return SessionRecord(
+            session_id=session.session_id,
+            trace_id=session.trace_id,
+            resume_token=session.resume_token,
+            view_token=session.view_token,
+            settings={
+                "src_lang": st.src_lang,
+                "tgt_langs": st.tgt_langs,
+                "tts": st.tts,
+                "partials": st.partials,
+                "audio_format": st.audio_format,
+                "sample_rate": st.sample_rate,
+                "preferred_node_id": st.preferred_node_id,
+            },
+            owner=self.config.instance_id,
+            max_index=session.max_index,
+        )
 
     def init_ack(self, session: Session, replayed: int) -> bytes:
         return p.encode(
@@ -340,7 +358,7 @@ class Scheduler:
         log.info("session.closed", trace_id=session.trace_id, session_id=session.session_id)
 
     async def ack_events(self, session: Session, seq: int) -> None:
-        if 0 < seq <= session.seq:
+        if seq > 0:
             await self.store.ack_events(session.session_id, seq)
 
     # ------------------------------------------------------------------ utterances
@@ -363,7 +381,7 @@ class Scheduler:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
         if index < 0:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
-        if index in session.seen_indices:
+        if index <= session.max_index and await self.store.lookup_request(session.session_id, f"u:{index}"):
             log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
             self.count("utterances_duplicate")
             return
@@ -394,8 +412,12 @@ class Scheduler:
                 )
                 self.count("utterances_duplicate")
                 return
-        session.seen_indices.add(index)
+        if await self.store.bind_request(session.session_id, f"u:{index}", JobId(f"u:{index}")):
+            log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
+            self.count("utterances_duplicate")
+            return
         session.max_index = max(session.max_index, index)
+        await self.store.set_max_index(session.session_id, session.max_index)
         st = session.settings
         log.info(
             "utterance.received",
@@ -436,7 +458,7 @@ class Scheduler:
             self.extra[job.job_id] = JobExtra(st.tts, st.partials, asyncio.Lock(), [])
             session.active_jobs.add(job.job_id)
             session.job_ids.append(job.job_id)
-            session.streams[tgt].expect(index)
+            await self.store.expect_result(session.session_id, tgt, index)
             self.count("jobs_created")
             log.info(
                 "job.created",
@@ -958,28 +980,8 @@ class Scheduler:
             log.warning("result.dropped_session_gone", **job_fields(job))
             return
         session.active_jobs.discard(job.job_id)
-        stream = session.streams[job.tgt_lang]
-        ready = stream.complete(job.utterance_index, result)
-        if ready:
-            log.info(
-                "result.ready",
-                trace_id=job.trace_id,
-                session_id=job.session_id,
-                ready_results_count=len(ready),
-            )
-        for r in ready:
-            session.emit(
-                r,
-                {
-                    "trace_id": job.trace_id,
-                    "session_id": job.session_id,
-                    "job_id": r.job_id,
-                    "node_id": r.node_id,
-                    "utterance_index": r.utterance_index,
-                    "tgt_lang": r.tgt_lang,
-                },
-            )
-            self.count("results_emitted")
+        session.emit_result(job.tgt_lang, job.utterance_index, result)
+        self.count("results_emitted")
         if session.closing and not session.active_jobs:
             self._spawn(self._maybe_finish_close(session), "finish-close")
 

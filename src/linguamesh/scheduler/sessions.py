@@ -1,40 +1,81 @@
-"""Client sessions: event numbering, history, and delivery to the socket (DESIGN §6).
+"""Client sessions: delivery of the session's events to its socket (DESIGN §6).
 
-Every event gets the session's next ``seq`` and goes through one per-session
-pump, in order: first into the history (the store), then — if a connection
-is attached — to the socket. An event counts as delivered only when the
-socket write finished. A failed or timed-out write detaches the connection at
-once (seed 002: never "send" into a dead socket); the session lingers and
-keeps collecting events, and a client that resumes gets every event after
-its ``last_seq`` from the history, then live ones, in one ordered stream.
+The state store numbers every event (``seq``) as it enters the session's
+history and releases translation results in order; the history is the one
+ordered channel of a session's events, whichever instance produced them.
+
+Each session has one pump that, in order: appends what this instance emits,
+learns of events other instances appended (``notify``), and writes every
+event after the last one written to the socket, filling any gap from the
+history first. An event counts as delivered only when the socket write
+finished. A failed or timed-out write detaches the connection at once (seed
+002: never "send" into a dead socket); the session lingers, keeps collecting
+events, and a client that resumes gets every event after its ``last_seq``
+from the history, then live ones, in one ordered stream.
+
+When the store cannot be reached the pump keeps what it has to append and
+retries until the store is back: nothing accepted is lost while the process
+lives.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from ..core.ids import JobId, SessionId, TraceId
-from ..core.ordering import OrderedStream
 from ..observability.logging import get_logger
-from ..protocol import TranslationResult, encode
-from ..state.base import StateStore
+from ..protocol import encode
+from ..state.base import DependencyDown, StateStore
 
 log = get_logger("linguamesh.scheduler.delivery")
 
 WRITE_TIMEOUT = 10.0
 #: Events buffered per viewer before a slow viewer is dropped (it can reconnect and replay).
 VIEWER_QUEUE = 1000
+RETRY_MAX = 2.0
+T = TypeVar("T")
 
 
 class Transport(Protocol):
     async def send_text(self, data: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class _ResultHead(msgspec.Struct):
+    """The fields of a translation_result needed for log records (the rest is skipped)."""
+
+    job_id: str = ""
+    utterance_index: int = -1
+    tgt_lang: str = ""
+    node_id: str | None = None
+    trace_id: str | None = None
+
+
+_head = msgspec.json.Decoder(_ResultHead)
+_RESULT_PREFIX = b'{"type":"translation_result"'
+
+
+@dataclass(slots=True)
+class _Append:
+    payloads: list[bytes]
+
+
+@dataclass(slots=True)
+class _Result:
+    tgt_lang: str
+    index: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Fetch:
+    seq: int
 
 
 @dataclass(slots=True)
@@ -46,10 +87,8 @@ class _Attach:
 
 
 @dataclass(slots=True)
-class _Event:
-    seq: int
-    data: bytes
-    fields: dict[str, Any] | None  # log fields for results, None for other events
+class _Marker:
+    done: asyncio.Future[int]
 
 
 @dataclass(slots=True)
@@ -73,13 +112,13 @@ class Session:
     store: StateStore
     on_detached: Callable[[Session], None]
     on_delivered: Callable[[], None] = lambda: None
-    seq: int = 0
     conn: Transport | None = None
+    #: last seq written to ``conn`` (or, with no connection, the last seq seen)
+    written: int = 0
+    published: int = 0
     closing: bool = False
     closed: bool = False
-    streams: dict[str, OrderedStream[TranslationResult]] = field(default_factory=dict)
     max_index: int = -1
-    seen_indices: set[int] = field(default_factory=set)
     active_jobs: set[JobId] = field(default_factory=set)
     job_ids: list[JobId] = field(default_factory=list)
     # streaming (audio_chunk)
@@ -87,31 +126,40 @@ class Session:
     chunk_seq: int = -1
     chunk_timer: asyncio.TimerHandle | None = None
     linger_timer: asyncio.TimerHandle | None = None
-    _outbox: asyncio.Queue[_Event | _Attach] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[_Append | _Result | _Fetch | _Attach | _Marker] = field(
+        default_factory=asyncio.Queue
+    )
+    _pump: asyncio.Task[None] | None = None
     #: viewers (SSE): each gets every event after it is in the history
     subscribers: set[asyncio.Queue[tuple[int, bytes]]] = field(default_factory=set)
-    _pump: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._pump = asyncio.get_running_loop().create_task(
             self._run(), name=f"session-pump-{self.session_id}"
         )
 
-    def emit(self, msg: msgspec.Struct, fields: dict[str, Any] | None = None) -> int:
-        """Number ``msg`` with the next seq and queue it for history and delivery."""
-        self.seq += 1
-        msg.seq = self.seq  # type: ignore[attr-defined]
-        self._outbox.put_nowait(_Event(self.seq, encode(msg), fields))
-        return self.seq
+    # ------------------------------------------------------------------ producers
 
-    async def attach(self, conn: Transport, last_seq: int, greeting: Callable[[int], bytes]) -> int:
+    def emit(self, msg: msgspec.Struct) -> None:
+        """Queue an event (numbered by the store when it enters the history)."""
+        self._queue.put_nowait(_Append([encode(msg)]))
+
+    def emit_result(self, tgt_lang: str, index: int, msg: msgspec.Struct) -> None:
+        """Queue a finished result; the store releases results in utterance order."""
+        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg)))
+
+    def notify(self, seq: int) -> None:
+        """Another instance appended events up to ``seq``."""
+        self._queue.put_nowait(_Fetch(seq))
+
+    async def attach(self, conn: Transport, last_seq: int, greeting: Callable[[int], bytes] | None) -> int:
         """Attach a connection: write ``greeting(n)``, replay the n events after
         ``last_seq``, then go live — all in the pump, so nothing interleaves.
 
         Returns n. Raises ReplayGap when some of those events are no longer kept.
         """
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._outbox.put_nowait(_Attach(conn, last_seq, done, greeting))
+        self._queue.put_nowait(_Attach(conn, last_seq, done, greeting))
         return await done
 
     def detach(self, conn: Transport) -> bool:
@@ -122,10 +170,10 @@ class Session:
         return False
 
     async def drain(self) -> None:
-        """Wait until every queued event went through the pump."""
-        marker: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._outbox.put_nowait(_Attach(_NoTransport(), -1, marker))
-        await marker
+        """Wait until everything queued before this call went through the pump."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Marker(done))
+        await done
 
     async def stop(self) -> None:
         if self._pump is not None:
@@ -135,53 +183,129 @@ class Session:
             except asyncio.CancelledError:
                 pass
 
+    # ------------------------------------------------------------------ the pump
+
     async def _run(self) -> None:
         while True:
-            item = await self._outbox.get()
-            if isinstance(item, _Attach):
-                await self._replay(item)
-                continue
-            try:
-                await self.store.append_event(self.session_id, item.seq, item.data)
-            except Exception as exc:  # the event is still delivered live if possible
-                log.error("history.append_failed", session_id=self.session_id, error=str(exc))
-            for q in list(self.subscribers):
-                if q.qsize() < VIEWER_QUEUE:
-                    q.put_nowait((item.seq, item.data))
-                else:  # a viewer that does not read: drop it, it reconnects with Last-Event-ID
-                    self.subscribers.discard(q)
-                    q.put_nowait((-1, b""))
-            conn = self.conn
-            if item.fields is not None:
-                log.info("result.sending", seq=item.seq, live=conn is not None, **item.fields)
-            if conn is None:
-                continue
-            if await self._write(conn, item.data) and item.fields is not None:
-                log.info("result.sent", seq=item.seq, **item.fields)
-                self.on_delivered()
-            elif item.fields is not None:
-                log.warning("result.send_failed", seq=item.seq, **item.fields)
+            item = await self._queue.get()
+            if isinstance(item, _Marker):
+                item.done.set_result(0)
+            elif isinstance(item, _Attach):
+                await self._attach(item)
+            elif isinstance(item, _Append):
+                events = await self._store(lambda: self.store.append_events(self.session_id, item.payloads))
+                await self._deliver(events)
+            elif isinstance(item, _Result):
+                events = await self._store(
+                    lambda: self.store.push_result(self.session_id, item.tgt_lang, item.index, item.payload)
+                )
+                if events:
+                    log.info(
+                        "result.ready",
+                        trace_id=self.trace_id,
+                        session_id=self.session_id,
+                        ready_results_count=len(events),
+                    )
+                await self._deliver(events)
+            elif item.seq > self.written or item.seq > self.published:
+                await self._deliver([])
 
-    async def _replay(self, item: _Attach) -> None:
-        if item.last_seq < 0:  # drain marker
-            item.done.set_result(0)
-            return
+    async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A store call that is retried until the store answers (nothing is dropped)."""
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except DependencyDown as exc:
+                log.warning("history.store_unavailable", session_id=self.session_id, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+
+    async def _deliver(self, events: list[tuple[int, bytes]]) -> None:
+        """Publish and write ``events`` (and any gap before them) in seq order."""
+        if events:
+            first = events[0][0]
+            floor = min(self.written, self.published)
+            if first > floor + 1:
+                events = await self._fill_gap(floor, events)
+        elif self.conn is not None or self.subscribers:
+            events = await self._store(
+                lambda: self.store.events_since(self.session_id, min(self.written, self.published))
+            )
+        for seq, data in events:
+            if seq > self.published:
+                self.published = seq
+                self._publish(seq, data)
+            if seq <= self.written:
+                continue
+            conn = self.conn
+            if conn is None:
+                self.written = seq
+                if data.startswith(_RESULT_PREFIX):  # kept in the history for a resume
+                    log.info("result.sending", seq=seq, live=False, **self._fields(data))
+                continue
+            is_result = data.startswith(_RESULT_PREFIX)
+            fields = self._fields(data) if is_result else None
+            if fields is not None:
+                log.info("result.sending", seq=seq, live=True, **fields)
+            if await self._write(conn, data):
+                self.written = seq
+                if fields is not None:
+                    log.info("result.sent", seq=seq, **fields)
+                    self.on_delivered()
+            else:
+                if fields is not None:
+                    log.warning("result.send_failed", seq=seq, **fields)
+                self.written = seq  # it stays in the history for the resume
+
+    async def _fill_gap(self, floor: int, events: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         try:
-            events = await self.store.events_since(self.session_id, item.last_seq)
-        except Exception as exc:
+            earlier = await self._store(lambda: self.store.events_since(self.session_id, floor))
+        except Exception as exc:  # ReplayGap: the missing events are gone; go on with what we have
+            log.warning("history.gap", session_id=self.session_id, error=str(exc))
+            return events
+        merged = {seq: data for seq, data in earlier}
+        merged.update(events)
+        return sorted(merged.items())
+
+    def _publish(self, seq: int, data: bytes) -> None:
+        for q in list(self.subscribers):
+            if q.qsize() < VIEWER_QUEUE:
+                q.put_nowait((seq, data))
+            else:  # a viewer that does not read: drop it, it reconnects with Last-Event-ID
+                self.subscribers.discard(q)
+                q.put_nowait((-1, b""))
+
+    def _fields(self, data: bytes) -> dict[str, Any]:
+        try:
+            head = _head.decode(data)
+        except msgspec.DecodeError:
+            return {"session_id": self.session_id}
+        return {
+            "trace_id": head.trace_id or self.trace_id,
+            "session_id": self.session_id,
+            "job_id": head.job_id,
+            "node_id": head.node_id,
+            "utterance_index": head.utterance_index,
+            "tgt_lang": head.tgt_lang,
+        }
+
+    async def _attach(self, item: _Attach) -> None:
+        try:
+            events = await self._store(lambda: self.store.events_since(self.session_id, item.last_seq))
+        except Exception as exc:  # ReplayGap
             item.done.set_exception(exc)
             return
         if item.greeting is not None and not await self._write(item.conn, item.greeting(len(events))):
             item.done.set_result(len(events))
             return
         item.done.set_result(len(events))
-        for _, data in events:
-            if not await self._write(item.conn, data):
-                return
         self.conn = item.conn
+        self.written = item.last_seq
         if self.linger_timer is not None:
             self.linger_timer.cancel()
             self.linger_timer = None
+        await self._deliver(events)
 
     async def _write(self, conn: Transport, data: bytes) -> bool:
         try:
@@ -192,11 +316,3 @@ class Session:
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
             self.detach(conn)
             return False
-
-
-class _NoTransport:
-    async def send_text(self, data: str) -> None:
-        pass
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        pass

@@ -97,7 +97,8 @@ async def history(request: Request) -> Response:
     except ReplayGap as exc:
         return _error(410, "session_not_found", f"cannot replay: {exc}")
     out = [json.loads(data) for _, data in events if types is None or _event_type(data) in types]
-    return JSONResponse({"session_id": session.session_id, "last_seq": session.seq, "events": out})
+    last_seq = await _sched(request).store.last_seq(session.session_id)
+    return JSONResponse({"session_id": session.session_id, "last_seq": last_seq, "events": out})
 
 
 async def stream(request: Request) -> Response:

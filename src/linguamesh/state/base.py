@@ -1,15 +1,29 @@
 """The ``StateStore`` contract shared by the memory and Redis stores (DESIGN §5).
 
 All methods are async so a networked store fits; the memory store answers at
-once. ``reserve`` is atomic: check capacity and take a slot in one step.
-Selection reads nodes through :meth:`StateStore.nodes` — a synchronous
-:class:`~linguamesh.core.selection.NodeSource` view that the store keeps
-current — so selection itself stays pure and cheap.
+once. One contract test suite (``tests/contract``) runs against both.
+
+* Nodes: registry and pool membership. Selection reads nodes through
+  :meth:`StateStore.nodes` — a synchronous
+  :class:`~linguamesh.core.selection.NodeSource` view the store keeps current
+  (the Redis store mirrors the shared registry locally) — so selection stays
+  pure and cheap. Capacity is decided by :meth:`reserve`, atomically.
+* Sessions: the record needed to resume a session on any instance, and its
+  owner (the instance holding the client's socket).
+* Events: a session's history is the single ordered channel of its events.
+  The store numbers events (``seq``) as they enter it, and
+  :meth:`push_result` releases translation results in ``utterance_index``
+  order per ``(session, tgt_lang)`` — atomically, whichever instance calls.
+* Jobs: records with owner, state and attempt, so a live instance can take
+  over the jobs of a dead one; only the owner may change a job.
+* Instances: liveness and inboxes for cross-instance routing (Redis only; the
+  memory store is one instance and needs none).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
@@ -18,6 +32,30 @@ from ..core.selection import NodeSource
 
 class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
+
+
+@dataclass
+class SessionRecord:
+    session_id: str
+    trace_id: str
+    resume_token: str
+    view_token: str
+    settings: dict[str, Any]
+    owner: str
+    max_index: int = -1
+
+
+@dataclass
+class JobRecord:
+    """What another instance needs to take a job over."""
+
+    job_id: str
+    owner: str
+    state: str
+    attempt_id: int
+    node_id: str | None
+    deadline: float  # wall-clock seconds; the sweeper claims jobs past it whose owner is dead
+    data: dict[str, Any] = field(default_factory=dict)  # the job itself (audio included)
 
 
 class StateStore(Protocol):
@@ -29,6 +67,8 @@ class StateStore(Protocol):
     async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None: ...
 
     def nodes(self) -> NodeSource: ...
+
+    def node_owner(self, node_id: NodeId) -> str | None: ...
 
     # reservations --------------------------------------------------------
     async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
@@ -42,18 +82,65 @@ class StateStore(Protocol):
         """Bind ``key`` to ``job_id`` unless bound already; return the earlier job id if so."""
         ...
 
-    # session history -----------------------------------------------------
-    async def append_event(self, session_id: SessionId, seq: int, event: bytes) -> None:
-        """Keep ``event`` (already encoded with its ``seq``) in the session's history."""
+    async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None: ...
+
+    # sessions ------------------------------------------------------------
+    async def create_session(self, record: SessionRecord, ttl: float) -> None: ...
+
+    async def load_session(self, session_id: SessionId) -> SessionRecord | None: ...
+
+    async def claim_session(self, session_id: SessionId, owner: str, ttl: float) -> str | None:
+        """Make ``owner`` the session's owner; return the previous owner."""
+        ...
+
+    async def session_owner(self, session_id: SessionId) -> str | None: ...
+
+    async def set_max_index(self, session_id: SessionId, index: int) -> None: ...
+
+    # session events ------------------------------------------------------
+    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+        """Number the encoded events (seq 0 / absent) and keep them; return (seq, bytes)."""
+        ...
+
+    async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
+        """A job for ``index`` exists: results after it wait for it."""
+        ...
+
+    async def push_result(
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+    ) -> list[tuple[int, bytes]]:
+        """Record a finished result; append and return every result now deliverable, in order."""
         ...
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         """Every kept event after ``last_seq``; raises ReplayGap when some are gone."""
         ...
 
+    async def last_seq(self, session_id: SessionId) -> int: ...
+
     async def ack_events(self, session_id: SessionId, seq: int) -> None: ...
 
     async def drop_session(self, session_id: SessionId) -> None: ...
+
+    # jobs ----------------------------------------------------------------
+    async def save_job(self, record: JobRecord) -> bool:
+        """Write the record if ``record.owner`` owns the job (or it is new); False otherwise."""
+        ...
+
+    async def load_job(self, job_id: JobId) -> JobRecord | None: ...
+
+    async def finish_job(self, job_id: JobId, owner: str) -> None:
+        """The job ended: it leaves the takeover index (its record stays a while)."""
+        ...
+
+    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
+        """Atomically take over jobs past their deadline whose owner is not in ``live``."""
+        ...
+
+    # instances -----------------------------------------------------------
+    async def instance_alive(self, instance_id: str, ttl: float) -> None: ...
+
+    async def live_instances(self) -> set[str]: ...
 
     async def ping(self) -> None:
         """Raise DependencyDown when the store cannot be reached."""

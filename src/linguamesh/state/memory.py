@@ -9,7 +9,10 @@ from collections.abc import Callable, Iterable, Sequence
 from ..core.history import EventHistory
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
+from ..core.ordering import OrderedStream
 from ..core.reservation import NodeSlots
+from ..protocol import with_seq
+from .base import JobRecord, SessionRecord
 
 
 class _Members:
@@ -118,6 +121,9 @@ class MemoryStateStore:
         self.owners: dict[NodeId, str] = {}
         self.requests: dict[SessionId, dict[str, JobId]] = {}
         self.histories: dict[SessionId, EventHistory[bytes]] = {}
+        self.streams: dict[tuple[SessionId, str], OrderedStream[bytes]] = {}
+        self.sessions: dict[SessionId, SessionRecord] = {}
+        self.jobs: dict[str, JobRecord] = {}
         self.history_size = history_size
         self.clock = clock
 
@@ -150,6 +156,9 @@ class MemoryStateStore:
     def nodes(self) -> MemoryNodeIndex:
         return self.index
 
+    def node_owner(self, node_id: NodeId) -> str | None:
+        return self.owners.get(node_id)
+
     # reservations
     async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
         node = self.index.get(node_id)
@@ -181,6 +190,9 @@ class MemoryStateStore:
         bound[key] = job_id
         return None
 
+    async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None:
+        return self.requests.get(session_id, {}).get(key)
+
     # history
     def _history(self, session_id: SessionId) -> EventHistory[bytes]:
         h = self.histories.get(session_id)
@@ -188,8 +200,83 @@ class MemoryStateStore:
             h = self.histories[session_id] = EventHistory(self.history_size)
         return h
 
-    async def append_event(self, session_id: SessionId, seq: int, event: bytes) -> None:
-        self._history(session_id).append(seq, event)
+    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+        h = self._history(session_id)
+        out = []
+        for payload in payloads:
+            seq = h.last_seq + 1
+            data = with_seq(payload, seq)
+            h.append(seq, data)
+            out.append((seq, data))
+        return out
+
+    async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
+        self.streams.setdefault((session_id, tgt_lang), OrderedStream()).expect(index)
+
+    async def push_result(
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+    ) -> list[tuple[int, bytes]]:
+        ready = self.streams[(session_id, tgt_lang)].complete(index, payload)
+        return await self.append_events(session_id, ready)
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        return self._history(session_id).last_seq
+
+    # sessions
+    async def create_session(self, record: SessionRecord, ttl: float) -> None:
+        self.sessions[SessionId(record.session_id)] = record
+
+    async def load_session(self, session_id: SessionId) -> SessionRecord | None:
+        return self.sessions.get(session_id)
+
+    async def claim_session(self, session_id: SessionId, owner: str, ttl: float) -> str | None:
+        rec = self.sessions.get(session_id)
+        if rec is None:
+            return None
+        previous, rec.owner = rec.owner, owner
+        return previous
+
+    async def session_owner(self, session_id: SessionId) -> str | None:
+        rec = self.sessions.get(session_id)
+        return rec.owner if rec else None
+
+    async def set_max_index(self, session_id: SessionId, index: int) -> None:
+        rec = self.sessions.get(session_id)
+        if rec is not None:
+            rec.max_index = max(rec.max_index, index)
+
+    # jobs
+    async def save_job(self, record: JobRecord) -> bool:
+        old = self.jobs.get(record.job_id)
+        if old is not None and old.owner != record.owner:
+            return False
+        self.jobs[record.job_id] = record
+        return True
+
+    async def load_job(self, job_id: JobId) -> JobRecord | None:
+        return self.jobs.get(job_id)
+
+    async def finish_job(self, job_id: JobId, owner: str) -> None:
+        rec = self.jobs.get(job_id)
+        if rec is not None and rec.owner == owner:
+            del self.jobs[job_id]
+
+    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        for rec in list(self.jobs.values()):
+            if len(claimed) >= limit:
+                break
+            if rec.deadline <= now and rec.owner not in live:
+                rec.owner = owner
+                claimed.append(rec)
+        return claimed
+
+    # instances
+    async def instance_alive(self, instance_id: str, ttl: float) -> None:
+        self._live = {instance_id}
+
+    async def live_instances(self) -> set[str]:
+        return set(getattr(self, "_live", set()))
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         return self._history(session_id).since(last_seq)
@@ -200,6 +287,9 @@ class MemoryStateStore:
     async def drop_session(self, session_id: SessionId) -> None:
         self.histories.pop(session_id, None)
         self.requests.pop(session_id, None)
+        self.sessions.pop(session_id, None)
+        for key in [k for k in self.streams if k[0] == session_id]:
+            del self.streams[key]
 
     async def ping(self) -> None:
         pass
