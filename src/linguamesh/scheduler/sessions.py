@@ -193,11 +193,11 @@ class Session:
             elif isinstance(item, _Attach):
                 await self._attach(item)
             elif isinstance(item, _Append):
-                events = await self._store(lambda: self.store.append_events(self.session_id, item.payloads))
+                events = await self._store(self.store.append_events, self.session_id, item.payloads)
                 await self._deliver(events)
             elif isinstance(item, _Result):
                 events = await self._store(
-                    lambda: self.store.push_result(self.session_id, item.tgt_lang, item.index, item.payload)
+                    self.store.push_result, self.session_id, item.tgt_lang, item.index, item.payload
                 )
                 if events:
                     log.info(
@@ -210,12 +210,12 @@ class Session:
             elif item.seq > self.written or item.seq > self.published:
                 await self._deliver([])
 
-    async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A store call that is retried until the store answers (nothing is dropped)."""
         delay = 0.05
         while True:
             try:
-                return await call()
+                return await fn(*args)
             except DependencyDown as exc:
                 log.warning("history.store_unavailable", session_id=self.session_id, error=str(exc))
                 await asyncio.sleep(delay)
@@ -260,7 +260,7 @@ class Session:
 
     async def _fill_gap(self, floor: int, events: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         try:
-            earlier = await self._store(lambda: self.store.events_since(self.session_id, floor))
+            earlier = await self._store(self.store.events_since, self.session_id, floor)
         except Exception as exc:  # ReplayGap: the missing events are gone; go on with what we have
             log.warning("history.gap", session_id=self.session_id, error=str(exc))
             return events
@@ -292,7 +292,7 @@ class Session:
 
     async def _attach(self, item: _Attach) -> None:
         try:
-            events = await self._store(lambda: self.store.events_since(self.session_id, item.last_seq))
+            events = await self._store(self.store.events_since, self.session_id, item.last_seq)
         except Exception as exc:  # ReplayGap
             item.done.set_exception(exc)
             return
