@@ -230,7 +230,7 @@ class Session:
                 events = await self._fill_gap(floor, events)
         elif self.conn is not None or self.subscribers:
             events = await self._store(
-                lambda: self.store.events_since(self.session_id, min(self.written, self.published))
+                self.store.events_since, self.session_id, min(self.written, self.published)
             )
         for seq, data in events:
             if seq > self.published:

@@ -1,0 +1,580 @@
+"""``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5), on redis-py asyncio.
+
+Multi-key changes are one Lua script each (run by SHA, reloaded on NOSCRIPT by
+redis-py): slot reservation, event append (numbering), ordered result
+release, owner-guarded job writes, takeover claims. Key names are in
+``redis_keys``. Selection reads a local mirror of the node registry (kept
+current on every local change, on notices from other instances and by a
+periodic sync), so sampling candidates costs no round trip; the reserve
+script has the final word on capacity.
+
+Any connection problem becomes :class:`DependencyDown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..core.history import ReplayGap
+from ..core.ids import JobId, NodeId, SessionId
+from ..core.nodes import NodeCapabilities, NodeView
+from . import redis_keys as K
+from .base import DependencyDown, JobRecord, SessionRecord
+from .memory import MemoryNodeIndex
+
+T = TypeVar("T")
+
+RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
+if not max then return {0, -1} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  return {1, redis.call('ZCARD', KEYS[1])}
+end
+local used = redis.call('ZCARD', KEYS[1])
+if used >= max then return {0, used} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return {1, used + 1}
+"""
+
+RELEASE = """
+local n = redis.call('ZREM', KEYS[1], ARGV[1])
+return {n, redis.call('ZCARD', KEYS[1])}
+"""
+
+# shared by APPEND and PUSH_RESULT: number one event and add it to the history
+_APPEND_ONE = """
+local function append(hist, seqkey, maxlen, p, out)
+  local seq = redis.call('INCR', seqkey)
+  local e = string.find(p, '"', 10, true)
+  local data = string.sub(p, 1, e) .. ',"seq":' .. seq .. string.sub(p, e + 1)
+  redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
+  out[#out + 1] = seq
+  out[#out + 1] = data
+end
+"""
+
+APPEND = (
+    _APPEND_ONE
+    + """
+local out = {}
+for i = 3, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return out
+"""
+)
+
+PUSH_RESULT = (
+    _APPEND_ONE
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return redis.error_reply('index ' .. ARGV[3] .. ' was not expected or already completed')
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+local out = {}
+while true do
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  if not first then break end
+  local p = redis.call('HGET', KEYS[2], first)
+  if not p then break end
+  redis.call('ZREM', KEYS[1], first)
+  redis.call('HDEL', KEYS[2], first)
+  append(KEYS[3], KEYS[4], ARGV[1], p, out)
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return out
+"""
+)
+
+SAVE_JOB = """
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', ARGV[2], 'attempt', ARGV[3], 'node', ARGV[4], 'deadline', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[6]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return 1
+"""
+
+FINISH_JOB = """
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur ~= ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'ended')
+redis.call('HDEL', KEYS[1], 'data')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local live = {}
+for i = 5, #ARGV do live[ARGV[i]] = true end
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[4] .. id
+  local owner = redis.call('HGET', key, 'owner')
+  if not owner then
+    redis.call('ZREM', KEYS[1], id)
+  elseif not live[owner] then
+    redis.call('HSET', key, 'owner', ARGV[1])
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+CLAIM_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local prev = redis.call('HGET', KEYS[1], 'owner')
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return prev
+"""
+
+
+def _caps_json(c: NodeCapabilities) -> str:
+    return json.dumps(
+        {"asr": sorted(c.asr), "repair": sorted(c.repair), "nmt": sorted(c.nmt), "tts": sorted(c.tts)}
+    )
+
+
+def _caps_from(raw: str) -> NodeCapabilities:
+    d = json.loads(raw)
+    return NodeCapabilities(
+        asr=frozenset(d["asr"]),
+        repair=frozenset(d["repair"]),
+        nmt=frozenset((a, b) for a, b in d["nmt"]),
+        tts=frozenset(d["tts"]),
+    )
+
+
+class RedisStateStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        node_stale_after: float = 15.0,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        self.url = url
+        # redis-py's own annotations are too loose to help here (bytes|str|Any unions)
+        self.r: Any = client or aioredis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
+        )
+        self.history_size = history_size
+        self.node_stale_after = node_stale_after
+        self.index = MemoryNodeIndex()
+        self.owners: dict[NodeId, str] = {}
+        self._reserve = self.r.register_script(RESERVE)
+        self._release = self.r.register_script(RELEASE)
+        self._append = self.r.register_script(APPEND)
+        self._push = self.r.register_script(PUSH_RESULT)
+        self._save_job = self.r.register_script(SAVE_JOB)
+        self._finish_job = self.r.register_script(FINISH_JOB)
+        self._claim = self.r.register_script(CLAIM)
+        self._claim_session = self.r.register_script(CLAIM_SESSION)
+        self.groups_made: set[str] = set()
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        try:
+            return await fn(*args, **kw)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise DependencyDown(f"redis unreachable: {exc}") from None
+
+    # ------------------------------------------------------------------ nodes
+
+    async def register_node(self, node: NodeView, owner: str) -> None:
+        now_ms = int(time.time() * 1000)
+        pipe = self.r.pipeline(transaction=True)
+        old = self.index.get(node.node_id)
+        if old is not None and old.pool != node.pool:
+            pipe.srem(K.pool_members(old.pool), node.node_id)
+        pipe.hset(
+            K.node(node.node_id),
+            mapping={
+                "caps": _caps_json(node.capabilities),
+                "max": node.max_concurrent_jobs,
+                "owner": owner,
+                "pool": node.pool,
+                "hb": now_ms,
+                "running": node.running_jobs,
+            },
+        )
+        pipe.sadd(K.NODES, node.node_id)
+        pipe.sadd(K.pool_members(node.pool), node.node_id)
+        pipe.zcard(K.slots(node.node_id))
+        res = await self._call(pipe.execute)
+        node.reserved = int(res[-1])
+        self.owners[node.node_id] = owner
+        self.index.put(node)
+
+    async def remove_node(self, node_id: NodeId) -> None:
+        view = self.index.drop(node_id)
+        self.owners.pop(node_id, None)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.srem(K.NODES, node_id)
+        if view is not None:
+            pipe.srem(K.pool_members(view.pool), node_id)
+        pipe.delete(K.node(node_id))
+        await self._call(pipe.execute)
+
+    async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None:
+        await self._call(
+            self.r.hset, K.node(node_id), mapping={"hb": int(time.time() * 1000), "running": running_jobs}
+        )
+        view = self.index.get(node_id)
+        if view is not None:
+            view.running_jobs = running_jobs
+
+    def nodes(self) -> MemoryNodeIndex:
+        return self.index
+
+    def node_owner(self, node_id: NodeId) -> str | None:
+        return self.owners.get(node_id)
+
+    async def refresh_node(self, node_id: NodeId, live: set[str] | None = None) -> None:
+        """Re-read one node from Redis into the local mirror (after a notice from another instance)."""
+        raw = await self._call(self.r.hgetall, K.node(node_id))
+        self._mirror(node_id, raw, live)
+
+    async def sync_nodes(self, live: set[str]) -> None:
+        """Re-read the whole registry into the local mirror; nodes of dead instances go offline."""
+        ids = [x.decode() for x in await self._call(self.r.smembers, K.NODES)]
+        pipe = self.r.pipeline(transaction=False)
+        for nid in ids:
+            pipe.hgetall(K.node(nid))
+            pipe.zcard(K.slots(nid))
+        res = await self._call(pipe.execute)
+        seen = set()
+        for i, nid in enumerate(ids):
+            raw, used = res[2 * i], res[2 * i + 1]
+            seen.add(nid)
+            self._mirror(NodeId(nid), raw, live, used)
+        for nid in [n for n in self.index.views if n not in seen]:
+            self.index.drop(nid)
+            self.owners.pop(nid, None)
+
+    def _mirror(
+        self, node_id: NodeId, raw: dict[bytes, bytes], live: set[str] | None, used: int | None = None
+    ) -> None:
+        if not raw:
+            self.index.drop(node_id)
+            self.owners.pop(node_id, None)
+            return
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        owner = d["owner"]
+        stale = time.time() * 1000 - int(d.get("hb", "0")) > self.node_stale_after * 1000
+        online = not stale and (live is None or owner in live)
+        old = self.index.get(node_id)
+        caps = _caps_from(d["caps"])
+        if old is not None and old.capabilities == caps and old.max_concurrent_jobs == int(d["max"]):
+            old.online = online
+            old.running_jobs = int(d.get("running", "0"))
+            if used is not None:
+                old.reserved = used
+            self.owners[node_id] = owner
+            self.index.refresh(node_id)
+            return
+        view = NodeView(node_id, caps, int(d["max"]), reserved=used or 0, online=online)
+        view.running_jobs = int(d.get("running", "0"))
+        self.owners[node_id] = owner
+        self.index.put(view)
+
+    # ------------------------------------------------------------------ reservations
+
+    async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
+        ok, used = await self._call(
+            self._reserve,
+            keys=[K.slots(node_id), K.node(node_id)],
+            args=[f"{job_id}:{attempt_id}", int(ttl * 1000)],
+        )
+        view = self.index.get(node_id)
+        if view is not None and int(used) >= 0:
+            view.reserved = int(used)
+            self.index.refresh(node_id)
+        return bool(ok)
+
+    async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
+        n, used = await self._call(self._release, keys=[K.slots(node_id)], args=[f"{job_id}:{attempt_id}"])
+        view = self.index.get(node_id)
+        if view is not None:
+            view.reserved = int(used)
+            self.index.refresh(node_id)
+        return bool(n)
+
+    # ------------------------------------------------------------------ idempotency
+
+    async def bind_request(self, session_id: SessionId, key: str, job_id: JobId) -> JobId | None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hsetnx(K.requests(session_id), key, job_id)
+        pipe.hget(K.requests(session_id), key)
+        pipe.expire(K.requests(session_id), 86400)
+        created, value, _ = await self._call(pipe.execute)
+        return None if created else JobId(value.decode())
+
+    async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None:
+        v = await self._call(self.r.hget, K.requests(session_id), key)
+        return JobId(v.decode()) if v is not None else None
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(self, record: SessionRecord, ttl: float) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        key = K.session(record.session_id)
+        pipe.hset(
+            key,
+            mapping={
+                "trace_id": record.trace_id,
+                "resume_token": record.resume_token,
+                "view_token": record.view_token,
+                "settings": json.dumps(record.settings),
+                "owner": record.owner,
+                "max_index": record.max_index,
+            },
+        )
+        pipe.expire(key, int(ttl))
+        await self._call(pipe.execute)
+
+    async def load_session(self, session_id: SessionId) -> SessionRecord | None:
+        raw = await self._call(self.r.hgetall, K.session(session_id))
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return SessionRecord(
+            session_id=session_id,
+            trace_id=d["trace_id"],
+            resume_token=d["resume_token"],
+            view_token=d["view_token"],
+            settings=json.loads(d["settings"]),
+            owner=d["owner"],
+            max_index=int(d.get("max_index", "-1")),
+        )
+
+    async def claim_session(self, session_id: SessionId, owner: str, ttl: float) -> str | None:
+        prev = await self._call(self._claim_session, keys=[K.session(session_id)], args=[owner, int(ttl)])
+        return prev.decode() if prev else None
+
+    async def session_owner(self, session_id: SessionId) -> str | None:
+        v = await self._call(self.r.hget, K.session(session_id), "owner")
+        return v.decode() if v is not None else None
+
+    async def touch_session(self, session_id: SessionId, ttl: float) -> None:
+        await self._call(self.r.expire, K.session(session_id), int(ttl))
+
+    async def set_max_index(self, session_id: SessionId, index: int) -> None:
+        await self._call(self.r.hset, K.session(session_id), "max_index", index)
+
+    # ------------------------------------------------------------------ session events
+
+    def _ttl(self) -> int:
+        return 3600
+
+    @staticmethod
+    def _pairs(flat: list[Any]) -> list[tuple[int, bytes]]:
+        return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+        flat = await self._call(
+            self._append,
+            keys=[K.history(session_id), K.seqno(session_id)],
+            args=[self.history_size, self._ttl(), *payloads],
+        )
+        return self._pairs(flat)
+
+    async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
+        key = K.pending(session_id, tgt_lang)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(key, {str(index): index})
+        pipe.expire(key, self._ttl())
+        await self._call(pipe.execute)
+
+    async def push_result(
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+    ) -> list[tuple[int, bytes]]:
+        try:
+            flat = await self._call(
+                self._push,
+                keys=[
+                    K.pending(session_id, tgt_lang),
+                    K.done(session_id, tgt_lang),
+                    K.history(session_id),
+                    K.seqno(session_id),
+                ],
+                args=[self.history_size, self._ttl(), index, payload],
+            )
+        except ResponseError as exc:
+            raise KeyError(str(exc)) from None
+        return self._pairs(flat)
+
+    async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(K.seqno(session_id))
+        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
+        pipe.xrange(K.history(session_id), min="-", max="+", count=1)
+        cur, entries, first = await self._call(pipe.execute)
+        current = int(cur) if cur else 0
+        if last_seq > current:
+            raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({current})")
+        out = [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in entries]
+        oldest = int(first[0][0].split(b"-")[0]) if first else current + 1
+        if last_seq + 1 < oldest:
+            raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept")
+        return out
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        v = await self._call(self.r.get, K.seqno(session_id))
+        return int(v) if v else 0
+
+    async def ack_events(self, session_id: SessionId, seq: int) -> None:
+        await self._call(self.r.xtrim, K.history(session_id), minid=f"{seq + 1}-0", approximate=False)
+
+    async def drop_session(self, session_id: SessionId) -> None:
+        rec = await self.load_session(session_id)
+        keys = [K.session(session_id), K.seqno(session_id), K.history(session_id), K.requests(session_id)]
+        if rec is not None:
+            for tgt in rec.settings.get("tgt_langs", []):
+                keys += [K.pending(session_id, tgt), K.done(session_id, tgt)]
+        await self._call(self.r.delete, *keys)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def save_job(self, record: JobRecord) -> bool:
+        data = json.dumps(record.data) if record.data else ""
+        ok = await self._call(
+            self._save_job,
+            keys=[K.job(record.job_id), K.JOBS_ACTIVE],
+            args=[
+                record.owner,
+                record.state,
+                record.attempt_id,
+                record.node_id or "",
+                int(record.deadline * 1000),
+                data,
+                3600,
+                record.job_id,
+            ],
+        )
+        return bool(ok)
+
+    async def load_job(self, job_id: JobId) -> JobRecord | None:
+        raw = await self._call(self.r.hgetall, K.job(job_id))
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return JobRecord(
+            job_id=job_id,
+            owner=d["owner"],
+            state=d.get("state", ""),
+            attempt_id=int(d.get("attempt", "1")),
+            node_id=d.get("node") or None,
+            deadline=int(d.get("deadline", "0")) / 1000,
+            data=json.loads(d["data"]) if d.get("data") else {},
+        )
+
+    async def job_owner(self, job_id: str) -> str | None:
+        v = await self._call(self.r.hget, K.job(job_id), "owner")
+        return v.decode() if v is not None else None
+
+    async def finish_job(self, job_id: JobId, owner: str) -> None:
+        await self._call(self._finish_job, keys=[K.job(job_id), K.JOBS_ACTIVE], args=[owner, job_id, 600])
+
+    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
+        ids = await self._call(
+            self._claim,
+            keys=[K.JOBS_ACTIVE],
+            args=[owner, int(now * 1000), limit, K.PREFIX + "job:", *sorted(live)],
+        )
+        out = []
+        for raw in ids:
+            rec = await self.load_job(JobId(raw.decode()))
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    # ------------------------------------------------------------------ instances and inboxes
+
+    async def instance_alive(self, instance_id: str, ttl: float) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(K.instance(instance_id), str(time.time()), px=int(ttl * 1000))
+        pipe.sadd(K.INSTANCES, instance_id)
+        await self._call(pipe.execute)
+
+    async def live_instances(self) -> set[str]:
+        ids = [x.decode() for x in await self._call(self.r.smembers, K.INSTANCES)]
+        if not ids:
+            return set()
+        alive = await self._call(self.r.mget, [K.instance(i) for i in ids])
+        return {i for i, v in zip(ids, alive, strict=True) if v is not None}
+
+    async def send_to_instance(self, instance_id: str, message: bytes) -> None:
+        await self._call(self.r.xadd, K.inbox(instance_id), {"m": message}, maxlen=100_000, approximate=True)
+
+    async def read_inbox(
+        self, instance_id: str, block_ms: int, count: int = 500
+    ) -> list[tuple[bytes, bytes]]:
+        key = K.inbox(instance_id)
+        if key not in self.groups_made:
+            try:
+                await self._call(self.r.xgroup_create, key, K.INBOX_GROUP, id="$", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.groups_made.add(key)
+            # messages delivered before a restart but never acked come first (at-least-once)
+            pending = await self._call(self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: "0"}, count=count)
+            got = [(eid, f[b"m"]) for _, entries in pending for eid, f in entries if f]
+            if got:
+                return got
+        res = await self._call(
+            self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: ">"}, count=count, block=block_ms
+        )
+        return [(eid, f[b"m"]) for _, entries in res for eid, f in entries]
+
+    async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
+        if ids:
+            await self._call(self.r.xack, K.inbox(instance_id), K.INBOX_GROUP, *ids)
+
+    async def command_count(self) -> int:
+        """Commands processed by the server so far (for round-trip accounting in the benchmark)."""
+        info = await self._call(self.r.info, "stats")
+        return int(info["total_commands_processed"])
+
+    async def ping(self) -> None:
+        try:
+            await self._call(self.r.ping)
+        except RedisError as exc:
+            raise DependencyDown(str(exc)) from None
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+
+async def wait_for_redis(url: str, timeout: float = 10.0) -> None:
+    r = aioredis.Redis.from_url(url)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                await r.ping()
+                return
+            except (RedisConnectionError, OSError):
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()

@@ -1,0 +1,76 @@
+"""Every Redis key LinguaMesh uses, in one place. Versioned: ``sched:v1:`` (as in the seeds).
+
+| key | type | holds |
+|---|---|---|
+| ``sched:v1:nodes`` | set | ids of registered nodes |
+| ``sched:v1:node:{node_id}`` | hash | caps (JSON), max, owner (instance), pool, hb (ms), running |
+| ``sched:v1:pool:{name}:members`` | set | node ids of a pool (pool = sorted language set) |
+| ``sched:v1:slots:{node_id}`` | zset | reserved slots: member ``job_id:attempt``, score = expiry (ms) |
+| ``sched:v1:req:{session_id}`` | hash | request key (``r:<request_id>``, ``u:<index>``) -> job id |
+| ``sched:v1:session:{session_id}`` | hash | trace_id, tokens, settings (JSON), owner, max_index |
+| ``sched:v1:seqno:{session_id}`` | string | last event seq of the session |
+| ``sched:v1:history:{session_id}`` | stream | events, entry id ``<seq>-0``, field ``d`` = event JSON; MAXLEN ~ |
+| ``sched:v1:pending:{session_id}:{tgt}`` | zset | utterance indices whose result is not released yet |
+| ``sched:v1:done:{session_id}:{tgt}`` | hash | index -> finished result waiting for earlier ones |
+| ``sched:v1:job:{job_id}`` | hash | owner, state, attempt, node, deadline (ms), data (JSON) |
+| ``sched:v1:jobs:active`` | zset | job ids by deadline (ms): the sweeper's index |
+| ``sched:v1:instance:{id}`` | string | liveness of a scheduler instance (PX TTL) |
+| ``sched:v1:instances`` | set | instance ids seen |
+| ``sched:v1:inbox:{id}`` | stream | messages for instance ``id`` (consumer group ``g``) |
+"""
+
+from __future__ import annotations
+
+PREFIX = "sched:v1:"
+NODES = PREFIX + "nodes"
+JOBS_ACTIVE = PREFIX + "jobs:active"
+INSTANCES = PREFIX + "instances"
+INBOX_GROUP = "g"
+
+
+def node(node_id: str) -> str:
+    return f"{PREFIX}node:{node_id}"
+
+
+def pool_members(pool: str) -> str:
+    return f"{PREFIX}pool:{pool}:members"
+
+
+def slots(node_id: str) -> str:
+    return f"{PREFIX}slots:{node_id}"
+
+
+def requests(session_id: str) -> str:
+    return f"{PREFIX}req:{session_id}"
+
+
+def session(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def seqno(session_id: str) -> str:
+    return f"{PREFIX}seqno:{session_id}"
+
+
+def history(session_id: str) -> str:
+    return f"{PREFIX}history:{session_id}"
+
+
+def pending(session_id: str, tgt: str) -> str:
+    return f"{PREFIX}pending:{session_id}:{tgt}"
+
+
+def done(session_id: str, tgt: str) -> str:
+    return f"{PREFIX}done:{session_id}:{tgt}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def instance(instance_id: str) -> str:
+    return f"{PREFIX}instance:{instance_id}"
+
+
+def inbox(instance_id: str) -> str:
+    return f"{PREFIX}inbox:{instance_id}"

