@@ -88,6 +88,9 @@ def scheduler(
     operator_token: Annotated[
         str | None, typer.Option(help="Token for /admin (required when not bound to loopback)")
     ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -109,6 +112,7 @@ def scheduler(
         selector=selector,
         node_token=node_token,
         operator_token=operator_token,
+        redis_url=redis_url,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")

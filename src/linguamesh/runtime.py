@@ -29,8 +29,8 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         return runner.run(coro)
 
 
-def make_server(config: SchedulerConfig) -> uvicorn.Server:
-    app = create_app(config)
+def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
+    app = create_app(config, store)
     uv = uvicorn.Config(
         app,
         host=config.host,

@@ -20,7 +20,15 @@ from .ws_session import session_endpoint
 def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        sched = Scheduler(config, store or MemoryStateStore(history_size=config.history_size))
+        if store is not None:
+            state: StateStore = store
+        elif config.redis_url:
+            from ..state.redis import RedisStateStore
+
+            state = RedisStateStore(config.redis_url, history_size=config.history_size)
+        else:
+            state = MemoryStateStore(history_size=config.history_size)
+        sched = Scheduler(config, state)
         app.state.scheduler = sched
         await sched.start()
         try:

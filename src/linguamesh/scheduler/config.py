@@ -29,6 +29,8 @@ class SchedulerConfig:
     selector: str = "pooled"
     node_token: str | None = None
     operator_token: str | None = None
+    #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
+    redis_url: str | None = None
 
     def lifecycle(self) -> LifecycleConfig:
         return LifecycleConfig(

@@ -10,6 +10,7 @@ write that it answers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import random
 import time
@@ -23,7 +24,7 @@ import msgspec
 from .. import protocol as p
 from ..audio import BadAudio, duration_seconds
 from ..core.history import ReplayGap
-from ..core.ids import JobId, NodeId, SessionId, new_job_id, new_session_id, new_token, new_trace_id
+from ..core.ids import JobId, NodeId, SessionId, TraceId, new_job_id, new_session_id, new_token, new_trace_id
 from ..core.jobs import Job, JobState
 from ..core.languages import pair_problem
 from ..core.lifecycle import (
@@ -39,6 +40,7 @@ from ..core.lifecycle import (
     Release,
     Select,
     Status,
+    TimerKind,
 )
 from ..core.nodes import NodeCapabilities, NodeView
 from ..core.selection import SELECTORS, Request
@@ -46,7 +48,9 @@ from ..core.stages import expand_stages, requirements
 from ..observability.logging import bound, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import SessionRecord, StateStore
+from ..state.base import DependencyDown, JobRecord, SessionRecord, StateStore
+from ..state.redis import RedisStateStore
+from .cluster import Cluster
 from .config import SchedulerConfig
 from .sessions import Session, SessionSettings, Transport
 
@@ -104,6 +108,8 @@ class JobExtra:
     lock: asyncio.Lock
     timers: list[asyncio.TimerHandle]
     first_selection: bool = True
+    #: partial transcripts are sent once per utterance: by the job of the first target language
+    first_tgt: bool = True
 
 
 class Scheduler:
@@ -128,6 +134,9 @@ class Scheduler:
         self._register_gauges()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.cluster: Cluster | None = None
+        if isinstance(store, RedisStateStore):
+            self.cluster = Cluster(self, store)
 
     def _register_gauges(self) -> None:
         m = self.metrics
@@ -169,9 +178,13 @@ class Scheduler:
 
     async def start(self) -> None:
         self._sweeper = self._spawn(self._sweep(), "node-sweeper")
+        if self.cluster is not None:
+            await self.cluster.start()
 
     async def stop(self) -> None:
         """Stop timers and tasks. Idempotent."""
+        if self.cluster is not None:
+            await self.cluster.stop()
         for extra in self.extra.values():
             for t in extra.timers:
                 t.cancel()
@@ -249,6 +262,22 @@ class Scheduler:
         )
         return session
 
+    def _job_record(
+        self, job: Job, tts: bool, partials: bool, deadline: float, *, with_data: bool = False
+    ) -> JobRecord:
+        data = job_data(job, tts, partials) if with_data else {}
+        if with_data:
+            data["excluded"] = sorted(job.excluded)
+        return JobRecord(
+            job_id=job.job_id,
+            owner=self.config.instance_id,
+            state=job.state.value,
+            attempt_id=job.attempt_id,
+            node_id=job.node_id,
+            deadline=deadline,
+            data=data,
+        )
+
     def _record(self, session: Session) -> SessionRecord:
         st = session.settings
         return SessionRecord(
@@ -283,6 +312,8 @@ class Scheduler:
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
         session = self.sessions.get(SessionId(info.session_id))
+        if (session is None or session.closed) and self.cluster is not None:
+            session = await self._take_session(SessionId(info.session_id), info.resume_token)
         if session is None or session.closed:
             raise ProtocolError(
                 ErrorCode.SESSION_NOT_FOUND,
@@ -311,6 +342,44 @@ class Scheduler:
             replayed=replayed,
         )
         return session, replayed
+
+    async def _take_session(self, session_id: SessionId, token: str) -> Session | None:
+        """Resume here a session another instance held (it moved, or that instance died)."""
+        assert self.cluster is not None
+        rec = await self.store.load_session(session_id)
+        if rec is None:
+            return None
+        if not _same_token(rec.resume_token, token):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "resume_token does not match")
+        prev = await self.store.claim_session(
+            session_id, self.config.instance_id, self.config.session_linger * 2
+        )
+        st = rec.settings
+        session = Session(
+            session_id=session_id,
+            trace_id=TraceId(rec.trace_id),
+            resume_token=rec.resume_token,
+            view_token=rec.view_token,
+            settings=SessionSettings(
+                src_lang=st["src_lang"],
+                tgt_langs=list(st["tgt_langs"]),
+                tts=bool(st["tts"]),
+                partials=bool(st["partials"]),
+                audio_format=st["audio_format"],
+                sample_rate=int(st["sample_rate"]),
+                preferred_node_id=st.get("preferred_node_id"),
+            ),
+            store=self.store,
+            on_detached=self._session_detached,
+            on_delivered=lambda: self.count("results_delivered"),
+            max_index=rec.max_index,
+        )
+        self.sessions[session_id] = session
+        session.start()
+        if prev is not None and prev != self.config.instance_id and prev in self.cluster.live:
+            await self.cluster.session_moved(prev, session_id)
+        log.info("session.taken_over", session_id=session_id, trace_id=session.trace_id, from_instance=prev)
+        return session
 
     def _session_detached(self, session: Session) -> None:
         log.info("session.detached", trace_id=session.trace_id, session_id=session.session_id)
@@ -399,26 +468,50 @@ class Scheduler:
                 ErrorCode.AUDIO_TOO_LARGE,
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
-        if request_id is not None:
-            earlier = await self.store.bind_request(
-                session.session_id, "r:" + request_id, JobId(f"u:{index}")
+        st = session.settings
+        now = self.clock()
+        jobs = []
+        for tgt in st.tgt_langs:
+            stages = expand_stages(
+                st.src_lang,
+                tgt,
+                tts=st.tts,
+                repair_available=self.repair_langs.get(st.src_lang, 0) > 0,
             )
-            if earlier is not None:
-                log.info(
-                    "utterance.duplicate",
+            jobs.append(
+                Job(
+                    job_id=new_job_id(),
+                    trace_id=session.trace_id,
                     session_id=session.session_id,
                     utterance_index=index,
+                    src_lang=st.src_lang,
+                    tgt_lang=tgt,
+                    stages=stages,
+                    audio=audio,
+                    audio_format=fmt,
+                    sample_rate=rate,
+                    audio_seconds=seconds,
+                    created_at=now,
                     request_id=request_id,
+                    preferred_node_id=NodeId(st.preferred_node_id) if st.preferred_node_id else None,
                 )
-                self.count("utterances_duplicate")
-                return
-        if await self.store.bind_request(session.session_id, f"u:{index}", JobId(f"u:{index}")):
-            log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
+            )
+        deadline = time.time() + self.config.pending_timeout
+        records = [self._job_record(j, st.tts, st.partials, deadline, with_data=True) for j in jobs]
+        refused = await self.store.accept_utterance(
+            session.session_id, index, request_id, records, st.tgt_langs
+        )
+        if refused is not None:
+            log.info(
+                "utterance.duplicate",
+                session_id=session.session_id,
+                utterance_index=index,
+                request_id=request_id,
+                by=refused,
+            )
             self.count("utterances_duplicate")
             return
         session.max_index = max(session.max_index, index)
-        await self.store.set_max_index(session.session_id, session.max_index)
-        st = session.settings
         log.info(
             "utterance.received",
             trace_id=session.trace_id,
@@ -430,35 +523,15 @@ class Scheduler:
             audio_seconds=round(seconds, 3),
         )
         self.count("utterances_received")
-        now = self.clock()
-        for tgt in st.tgt_langs:
-            stages = expand_stages(
-                st.src_lang,
-                tgt,
-                tts=st.tts,
-                repair_available=self.repair_langs.get(st.src_lang, 0) > 0,
-            )
-            job = Job(
-                job_id=new_job_id(),
-                trace_id=session.trace_id,
-                session_id=session.session_id,
-                utterance_index=index,
-                src_lang=st.src_lang,
-                tgt_lang=tgt,
-                stages=stages,
-                audio=audio,
-                audio_format=fmt,
-                sample_rate=rate,
-                audio_seconds=seconds,
-                created_at=now,
-                request_id=request_id,
-                preferred_node_id=NodeId(st.preferred_node_id) if st.preferred_node_id else None,
-            )
+        for job in jobs:
+            tgt = job.tgt_lang
+            stages = job.stages
             self.jobs[job.job_id] = job
-            self.extra[job.job_id] = JobExtra(st.tts, st.partials, asyncio.Lock(), [])
+            self.extra[job.job_id] = JobExtra(
+                st.tts, st.partials, asyncio.Lock(), [], first_tgt=job.tgt_lang == st.tgt_langs[0]
+            )
             session.active_jobs.add(job.job_id)
             session.job_ids.append(job.job_id)
-            await self.store.expect_result(session.session_id, tgt, index)
             self.count("jobs_created")
             log.info(
                 "job.created",
@@ -550,6 +623,8 @@ class Scheduler:
             )
         )
         self._spawn(self._drain_waiting(), "drain-waiting")
+        if self.cluster is not None:
+            self._spawn(self.cluster.broadcast("node", node_id), "broadcast-node")
         return nc
 
     async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
@@ -570,6 +645,88 @@ class Scheduler:
         if self.waiting:
             await self._drain_waiting()
 
+    async def send_to_node(self, node_id: NodeId, msg: Any, job_id: str = "") -> bool:
+        """Write to a node held here, or route through its holder's inbox.
+
+        True when the local write finished or the message is in the holder's inbox
+        (then the ack timeout covers a loss)."""
+        nc = self.nodes.get(node_id)
+        if nc is not None:
+            return await nc.send(msg)
+        if self.cluster is None:
+            return False
+        owner = self.store.node_owner(node_id)
+        if owner is None or owner == self.config.instance_id:
+            return False
+        return await self.cluster.to_node(owner, node_id, p.encode_str(msg), job_id)
+
+    async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
+        nc = self.nodes.get(node_id)
+        if nc is None or nc.closed:
+            log.warning(
+                "send.routed_target_missing", node_id=node_id, job_id=job_id, from_instance=from_instance
+            )
+            return
+        try:
+            async with nc.lock, asyncio.timeout(SEND_TIMEOUT):
+                await nc.transport.send_text(frame)
+            log.debug("send.local", node_id=node_id, job_id=job_id, from_instance=from_instance)
+        except Exception as exc:
+            log.warning("send.local_failed", node_id=node_id, job_id=job_id, error=repr(exc))
+
+    async def session_moved_away(self, session_id: SessionId) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        log.info("session.moved_away", session_id=session_id, trace_id=session.trace_id)
+        conn = session.conn
+        session.closed = True
+        if session.linger_timer is not None:
+            session.linger_timer.cancel()
+        await session.stop()
+        if conn is not None:
+            await _close_quietly(conn, 4004, "session moved to another instance")
+
+    async def capacity_changed(self) -> None:
+        if self.waiting:
+            await self._drain_waiting()
+
+    async def redis_recovered(self) -> None:
+        await self.capacity_changed()
+
+    async def remote_node_gone(self, node_id: NodeId) -> None:
+        now = self.clock()
+        for job in list(self.jobs.values()):
+            if job.node_id == node_id:
+                await self._apply_locked(job, lambda j: self.lifecycle.node_gone(j, node_id, now))
+
+    async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
+        """Take over a job of a dead instance and carry on with it here."""
+        if JobId(rec.job_id) in self.jobs or not rec.data:
+            return
+        now = self.clock()
+        job, tts, partials = job_from_record(rec, now)
+        self.jobs[job.job_id] = job
+        settings = self.sessions.get(job.session_id)
+        first = True if settings is None else job.tgt_lang == settings.settings.tgt_langs[0]
+        self.extra[job.job_id] = JobExtra(tts, partials, asyncio.Lock(), [], first_tgt=first)
+        if settings is not None:
+            settings.active_jobs.add(job.job_id)
+        log.warning("job.adopted", **job_fields(job), state=job.state.value, expired=expired)
+        if not expired:
+            return
+        state = job.state
+        if state is JobState.CREATED:
+            await self._apply_locked(job, lambda j: [*self.lifecycle.created(j, now)])
+        elif state is JobState.ASSIGNED:
+            await self._apply_locked(job, lambda j: self.lifecycle.dispatched(j, j.attempt_id, False, now))
+        elif state is JobState.DISPATCHED:
+            await self._apply_locked(job, lambda j: self.lifecycle.timer(j, TimerKind.ACK, j.attempt_id, now))
+        else:
+            await self._apply_locked(
+                job, lambda j: self.lifecycle.timer(j, TimerKind.RESULT, j.attempt_id, now)
+            )
+
     def _count_repair(self, caps: NodeCapabilities, delta: int) -> None:
         for lang in caps.repair:
             self.repair_langs[lang] = self.repair_langs.get(lang, 0) + delta
@@ -583,8 +740,10 @@ class Scheduler:
             view = self.store.nodes().get(nc.node_id)
             if view is not None:
                 self._count_repair(view.capabilities, -1)
-            await self.store.remove_node(nc.node_id)
+            await self.store.remove_node(nc.node_id, self.config.instance_id)
         log.info("node.gone", node_id=nc.node_id, why=why, jobs=len(nc.jobs))
+        if self.cluster is not None:
+            self._spawn(self.cluster.broadcast("gone", nc.node_id), "broadcast-gone")
         now = self.clock()
         node_id = nc.node_id
         for job_id in list(nc.jobs):
@@ -592,7 +751,7 @@ class Scheduler:
             if job is not None:
                 await self._apply_locked(job, lambda j: self.lifecycle.node_gone(j, node_id, now))
 
-    async def node_message(self, nc: NodeConn, msg: p.NodeMessage) -> None:
+    async def node_message(self, nc: NodeConn, msg: p.NodeMessage, frame: str = "") -> None:
         nc.last_seen = self.clock()
         if isinstance(msg, p.NodeHeartbeat):
             await self.heartbeat(nc, msg)
@@ -600,6 +759,25 @@ class Scheduler:
         if isinstance(msg, p.NodeRegister):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "node is already registered")
         job = self.jobs.get(JobId(msg.job_id))
+        if job is None and self.cluster is not None:
+            # a job of another instance: hand the message to its owner
+            owner = await self.cluster.owner_of(msg.job_id)
+            if owner is not None and owner != self.config.instance_id:
+                if owner in self.cluster.live:
+                    await self.cluster.node_msg(owner, nc.node_id, msg.job_id, frame or p.encode_str(msg))
+                    return
+                if isinstance(msg, p.JobResult) and await self.cluster.claim(msg.job_id):
+                    job = self.jobs.get(JobId(msg.job_id))
+        await self._job_message(nc.node_id, msg, job)
+
+    async def routed_node_message(self, node_id: NodeId, frame: str) -> None:
+        """A node message that arrived at another instance, for a job owned here."""
+        msg = p.decode_node(frame)
+        if isinstance(msg, (p.NodeHeartbeat, p.NodeRegister)):
+            return
+        await self._job_message(node_id, msg, self.jobs.get(JobId(msg.job_id)))
+
+    async def _job_message(self, node_id: NodeId, msg: Any, job: Job | None) -> None:
         if job is None:
             job = self.finished.get(JobId(msg.job_id))
             if isinstance(msg, p.JobResult):
@@ -607,18 +785,17 @@ class Scheduler:
                 log.info(
                     "job_result.duplicate",
                     job_id=msg.job_id,
-                    node_id=nc.node_id,
+                    node_id=node_id,
                     attempt_id=msg.attempt_id,
                     known=job is not None,
                     trace_id=job.trace_id if job else None,
                 )
                 self.count("results_duplicate")
-                await nc.send(p.JobResultAck(job_id=msg.job_id, attempt_id=msg.attempt_id))
+                await self.send_to_node(node_id, p.JobResultAck(job_id=msg.job_id, attempt_id=msg.attempt_id))
                 return
-            log.info("node.message_for_unknown_job", node_id=nc.node_id, job_id=msg.job_id)
+            log.info("node.message_for_unknown_job", node_id=node_id, job_id=msg.job_id)
             return
         now = self.clock()
-        node_id = nc.node_id
         if isinstance(msg, p.JobAck):
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
             await self._apply_locked(job, lambda j: self.lifecycle.acked(j, msg.attempt_id, now))
@@ -631,17 +808,17 @@ class Scheduler:
                 job, lambda j: self.lifecycle.rejected(j, msg.attempt_id, msg.reason, now)
             )
         elif isinstance(msg, p.JobPartial):
-            session = self.sessions.get(job.session_id)
             extra = self.extra.get(job.job_id)
             if (
-                session is not None
-                and extra is not None
+                extra is not None
                 and extra.partials
                 and msg.attempt_id == job.attempt_id
                 and not job.state.terminal
-                and job.tgt_lang == session.settings.tgt_langs[0]
+                and extra.first_tgt
             ):
-                session.emit(p.AsrPartial(utterance_index=job.utterance_index, text=msg.text))
+                await self._emit(
+                    job.session_id, p.AsrPartial(utterance_index=job.utterance_index, text=msg.text)
+                )
         elif isinstance(msg, p.JobResult):
             log.info(
                 "job_result.received",
@@ -672,7 +849,10 @@ class Scheduler:
             return
         async with extra.lock:
             with bound(**job_fields(job)):
+                before = (job.state, job.attempt_id)
                 await self._apply(job, step(job))
+                if (job.state, job.attempt_id) != before and not job.state.terminal:
+                    await self._persist(job, extra)
 
     async def _apply(self, job: Job, cmds: Iterable[Command]) -> None:
         queue = deque(cmds)
@@ -696,7 +876,10 @@ class Scheduler:
                     t.cancel()
                 extra.timers.clear()
         elif isinstance(cmd, Release):
-            ok = await self.store.release(cmd.node_id, cmd.job_id, cmd.attempt_id)
+            try:
+                ok = await self.store.release(cmd.node_id, cmd.job_id, cmd.attempt_id)
+            except DependencyDown:
+                ok = False  # the slot's TTL frees it
             nc = self.nodes.get(cmd.node_id)
             if nc is not None:
                 nc.jobs.discard(cmd.job_id)
@@ -704,16 +887,14 @@ class Scheduler:
             if self.waiting:
                 self._spawn(self._drain_waiting(), "drain-waiting")
         elif isinstance(cmd, Cancel):
-            nc = self.nodes.get(cmd.node_id)
             log.info("job.cancel_sent", **job_fields(job), to_node=cmd.node_id, reason=cmd.reason)
-            if nc is not None:
-                await nc.send(p.JobCancel(job_id=cmd.job_id, attempt_id=cmd.attempt_id, reason=cmd.reason))
+            await self.send_to_node(
+                cmd.node_id, p.JobCancel(job_id=cmd.job_id, attempt_id=cmd.attempt_id, reason=cmd.reason)
+            )
         elif isinstance(cmd, AckResult):
-            nc = self.nodes.get(cmd.node_id)
-            if nc is not None:
-                await nc.send(p.JobResultAck(job_id=cmd.job_id, attempt_id=cmd.attempt_id))
+            await self.send_to_node(cmd.node_id, p.JobResultAck(job_id=cmd.job_id, attempt_id=cmd.attempt_id))
         elif isinstance(cmd, Status):
-            self._status(job, cmd)
+            await self._status(job, cmd)
         elif isinstance(cmd, Note):
             self._note(job, cmd)
         elif isinstance(cmd, Finish):
@@ -784,7 +965,13 @@ class Scheduler:
         ttl = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds) + 30.0
         for node_id in out.candidates:
             self.count("reservations_attempted")
-            if await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl):
+            try:
+                reserved = await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl)
+            except DependencyDown:
+                self.waiting[job.job_id] = None
+                log.warning("selection.failed", **job_fields(job), reason="dependency_down")
+                return self.lifecycle.selection_failed(job, "dependency_down", first)
+            if reserved:
                 self.count("reservations_succeeded")
                 self.count(
                     "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
@@ -847,10 +1034,8 @@ class Scheduler:
         return [Select(job.job_id)]
 
     async def _dispatch(self, job: Job, cmd: Assign) -> list[Command]:
-        nc = self.nodes.get(cmd.node_id)
         deadline = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds)
-        ok = False
-        if nc is not None:
+        if True:
             msg = p.JobAssign(
                 job_id=job.job_id,
                 attempt_id=cmd.attempt_id,
@@ -865,7 +1050,7 @@ class Scheduler:
                 stages=list(job.stages),  # type: ignore[arg-type]
                 deadline_ms=int(deadline * 1000),
             )
-            ok = await nc.send(msg)
+            ok = await self.send_to_node(cmd.node_id, msg, job_id=job.job_id)
         now = self.clock()
         if ok:
             latency = now - job.created_at
@@ -878,14 +1063,12 @@ class Scheduler:
             self.metrics.dispatch_latency.observe(latency)
         return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
 
-    def _status(self, job: Job, cmd: Status) -> None:
-        session = self.sessions.get(job.session_id)
-        if session is None:
-            return
+    async def _status(self, job: Job, cmd: Status) -> None:
         position = None
         if cmd.status == "queued":
             position = list(self.waiting).index(job.job_id) + 1 if job.job_id in self.waiting else None
-        session.emit(
+        await self._emit(
+            job.session_id,
             p.JobStatus(
                 utterance_index=job.utterance_index,
                 tgt_lang=job.tgt_lang,
@@ -893,8 +1076,30 @@ class Scheduler:
                 node_id=cmd.node_id,
                 reason=cmd.reason,
                 queue_position=position,
-            )
+            ),
         )
+
+    async def _emit(self, session_id: SessionId, msg: Any) -> None:
+        """An event for a session held here (queued to its pump) or elsewhere (via the store)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.emit(msg)
+            return
+        if self.cluster is None:
+            return
+        try:
+            events = await self.store.append_events(session_id, [p.encode(msg)])
+        except DependencyDown as exc:
+            log.warning("session.event_lost", session_id=session_id, error=str(exc))
+            return
+        await self._notify_owner(session_id, events)
+
+    async def _notify_owner(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
+        if not events or self.cluster is None:
+            return
+        owner = await self.store.session_owner(session_id)
+        if owner is not None and owner != self.config.instance_id and owner in self.cluster.live:
+            await self.cluster.notify_session(owner, session_id, events[-1][0])
 
     async def _finish(self, job: Job, cmd: Finish) -> None:
         self.waiting.pop(job.job_id, None)
@@ -975,15 +1180,56 @@ class Scheduler:
             tts_audio_len=len(result.tts_audio or b""),
             elapsed_ms=round(total_ms, 3),
         )
+        self.count("results_emitted")
+        await self._finish_record(job)
         session = self.sessions.get(job.session_id)
         if session is None:
-            log.warning("result.dropped_session_gone", **job_fields(job))
+            if self.cluster is None:
+                log.warning("result.dropped_session_gone", **job_fields(job))
+                return
+            # the session is held by another instance (or by none right now): the result goes
+            # into its history in order, and its holder is told
+            events = await self._retry_store(
+                self.store.push_result, job.session_id, job.tgt_lang, job.utterance_index, p.encode(result)
+            )
+            log.info("result.sending", **job_fields(job), live=False, routed=True, released=len(events))
+            await self._notify_owner(job.session_id, events)
             return
         session.active_jobs.discard(job.job_id)
         session.emit_result(job.tgt_lang, job.utterance_index, result)
-        self.count("results_emitted")
         if session.closing and not session.active_jobs:
             self._spawn(self._maybe_finish_close(session), "finish-close")
+
+    async def _retry_store(self, fn: Any, *args: Any) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return await fn(*args)
+            except DependencyDown:
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _persist(self, job: Job, extra: JobExtra) -> None:
+        """Record the job's state and next deadline, so another instance can take it over."""
+        if self.cluster is None or job.state in (JobState.ASSIGNED, JobState.RUNNING):
+            return  # assigned is always followed by dispatched; running keeps accepted's deadline
+        cfg = self.lifecycle.config
+        wait = {
+            JobState.CREATED: cfg.pending_timeout,
+            JobState.DISPATCHED: cfg.ack_timeout + cfg.result_deadline(job.audio_seconds),
+            JobState.ACCEPTED: cfg.result_deadline(job.audio_seconds),
+        }.get(job.state, cfg.pending_timeout)
+        rec = self._job_record(job, extra.tts, extra.partials, time.time() + wait)
+        try:
+            await self.store.save_job(rec)
+        except DependencyDown as exc:
+            log.warning("job.persist_failed", **job_fields(job), error=str(exc))
+
+    async def _finish_record(self, job: Job) -> None:
+        try:
+            await self.store.finish_job(job.job_id, self.config.instance_id)
+        except DependencyDown:
+            pass  # the record expires by itself; the sweeper skips finished jobs it cannot find
 
     # ------------------------------------------------------------------ liveness
 
@@ -992,6 +1238,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(min(interval, 1.0))
             now = self.clock()
+            if self.waiting:
+                await self._drain_waiting()  # e.g. after the state store came back
             limit = interval * self.config.heartbeat_misses
             for nc in list(self.nodes.values()):
                 if now - nc.last_seen > limit:
@@ -1044,6 +1292,51 @@ class Scheduler:
             if view.online:
                 pairs |= view.capabilities.servable_pairs()
         return sorted(pairs)
+
+
+def job_data(job: Job, tts: bool, partials: bool) -> dict[str, Any]:
+    """What another instance needs to rebuild the job (audio included, base64)."""
+    return {
+        "trace_id": job.trace_id,
+        "session_id": job.session_id,
+        "utterance_index": job.utterance_index,
+        "src_lang": job.src_lang,
+        "tgt_lang": job.tgt_lang,
+        "stages": list(job.stages),
+        "audio": base64.b64encode(job.audio).decode(),
+        "audio_format": job.audio_format,
+        "sample_rate": job.sample_rate,
+        "audio_seconds": job.audio_seconds,
+        "request_id": job.request_id,
+        "preferred_node_id": job.preferred_node_id,
+        "tts": tts,
+        "partials": partials,
+    }
+
+
+def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
+    d = rec.data
+    job = Job(
+        job_id=JobId(rec.job_id),
+        trace_id=TraceId(d["trace_id"]),
+        session_id=SessionId(d["session_id"]),
+        utterance_index=int(d["utterance_index"]),
+        src_lang=d["src_lang"],
+        tgt_lang=d["tgt_lang"],
+        stages=tuple(d["stages"]),
+        audio=base64.b64decode(d["audio"]),
+        audio_format=d["audio_format"],
+        sample_rate=int(d["sample_rate"]),
+        audio_seconds=float(d["audio_seconds"]),
+        created_at=now,
+        request_id=d.get("request_id"),
+        preferred_node_id=d.get("preferred_node_id"),
+    )
+    job.state = JobState(rec.state) if rec.state in JobState.__members__.values() else JobState.CREATED
+    job.attempt_id = rec.attempt_id
+    job.node_id = NodeId(rec.node_id) if rec.node_id else None
+    job.excluded = {NodeId(n) for n in d.get("excluded", [])}
+    return job, bool(d.get("tts", True)), bool(d.get("partials", True))
 
 
 def _caps(c: p.Capabilities) -> NodeCapabilities:

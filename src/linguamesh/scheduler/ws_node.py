@@ -7,6 +7,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import protocol as p
 from ..observability.logging import bind, get_logger
 from ..protocol import ErrorCode, ProtocolError
+from ..state.base import DependencyDown
 from .service import NodeConn, Scheduler
 
 log = get_logger("linguamesh.scheduler.node")
@@ -32,6 +33,13 @@ async def node_endpoint(ws: WebSocket) -> None:
                     bind(node_id=nc.node_id)
                     continue
                 await sched.node_message(nc, msg)
+            except DependencyDown as exc:
+                log.warning("node.dependency_down", error=str(exc))
+                err = p.Error(code="dependency_down", message=f"shared state unavailable: {exc}")
+                await ws.send_text(p.encode_str(err))
+                if nc is None:
+                    await ws.close(1013, "dependency_down")  # try again later
+                    return
             except ProtocolError as exc:
                 log.info("node.bad_input", code=exc.code.value, message=exc.message)
                 sched.count("protocol_errors", code=exc.code.value)

@@ -7,6 +7,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import protocol as p
 from ..observability.logging import bound, get_logger
 from ..protocol import ErrorCode, ProtocolError
+from ..state.base import DependencyDown
 from .service import Scheduler
 from .sessions import Session
 
@@ -47,6 +48,12 @@ async def session_endpoint(ws: WebSocket) -> None:
                         await sched.ack_events(session, msg.seq)
                     elif isinstance(msg, p.SessionClose):
                         await sched.close_session(session, ws)
+            except DependencyDown as exc:
+                # fail closed: nothing of this message was accepted; the connection stays
+                log.warning("session.dependency_down", error=str(exc))
+                sched.count("protocol_errors", code="dependency_down")
+                err = p.Error(code="dependency_down", message=f"shared state unavailable, try again: {exc}")
+                await ws.send_text(p.encode_str(err))
             except ProtocolError as exc:
                 log.info(
                     "session.bad_input",

@@ -62,7 +62,9 @@ class StateStore(Protocol):
     # nodes ---------------------------------------------------------------
     async def register_node(self, node: NodeView, owner: str) -> None: ...
 
-    async def remove_node(self, node_id: NodeId) -> None: ...
+    async def remove_node(self, node_id: NodeId, owner: str | None = None) -> None:
+        """Forget the node (only if ``owner`` still holds it, when given)."""
+        ...
 
     async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None: ...
 
@@ -83,6 +85,19 @@ class StateStore(Protocol):
         ...
 
     async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None: ...
+
+    async def accept_utterance(
+        self,
+        session_id: SessionId,
+        index: int,
+        request_id: str | None,
+        jobs: list[JobRecord],
+        tgt_langs: list[str],
+    ) -> str | None:
+        """All or nothing, in one step: refuse a repeated index (``"index"``) or request id
+        (``"request"``); otherwise bind both, raise the session's max index, expect a result
+        per target language and save the job records. None when accepted."""
+        ...
 
     # sessions ------------------------------------------------------------
     async def create_session(self, record: SessionRecord, ttl: float) -> None: ...

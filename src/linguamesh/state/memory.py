@@ -138,7 +138,9 @@ class MemoryStateStore:
         self.owners[node.node_id] = owner
         self.index.put(node)
 
-    async def remove_node(self, node_id: NodeId) -> None:
+    async def remove_node(self, node_id: NodeId, owner: str | None = None) -> None:
+        if owner is not None and self.owners.get(node_id) not in (None, owner):
+            return
         self.index.drop(node_id)
         self.slots.pop(node_id, None)
         self.owners.pop(node_id, None)
@@ -188,6 +190,30 @@ class MemoryStateStore:
         if existing is not None:
             return existing
         bound[key] = job_id
+        return None
+
+    async def accept_utterance(
+        self,
+        session_id: SessionId,
+        index: int,
+        request_id: str | None,
+        jobs: list[JobRecord],
+        tgt_langs: list[str],
+    ) -> str | None:
+        bound = self.requests.setdefault(session_id, {})
+        if f"u:{index}" in bound:
+            return "index"
+        if request_id is not None and f"r:{request_id}" in bound:
+            return "request"
+        first = JobId(jobs[0].job_id) if jobs else JobId("")
+        bound[f"u:{index}"] = first
+        if request_id is not None:
+            bound[f"r:{request_id}"] = first
+        await self.set_max_index(session_id, index)
+        for tgt in tgt_langs:
+            await self.expect_result(session_id, tgt, index)
+        for rec in jobs:
+            self.jobs[rec.job_id] = rec
         return None
 
     async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None:

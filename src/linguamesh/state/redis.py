@@ -137,6 +137,40 @@ end
 return out
 """
 
+ACCEPT = """
+local idx, rid, n, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('HEXISTS', KEYS[1], 'u:' .. idx) == 1 then return 'index' end
+if rid ~= '' and redis.call('HEXISTS', KEYS[1], 'r:' .. rid) == 1 then return 'request' end
+local first = ARGV[5] or ''
+redis.call('HSET', KEYS[1], 'u:' .. idx, first)
+if rid ~= '' then redis.call('HSET', KEYS[1], 'r:' .. rid, first) end
+redis.call('EXPIRE', KEYS[1], 86400)
+local cur = tonumber(redis.call('HGET', KEYS[2], 'max_index') or '-1')
+if tonumber(idx) > cur then redis.call('HSET', KEYS[2], 'max_index', idx) end
+local ntgt = #KEYS - 3 - n
+for i = 1, ntgt do
+  redis.call('ZADD', KEYS[3 + i], idx, idx)
+  redis.call('EXPIRE', KEYS[3 + i], 3600)
+end
+for j = 0, n - 1 do
+  local a = 5 + j * 6
+  local key = KEYS[3 + ntgt + 1 + j]
+  redis.call('HSET', key, 'owner', ARGV[a + 1], 'state', ARGV[a + 2], 'attempt', ARGV[a + 3], 'node', '',
+             'deadline', ARGV[a + 4], 'data', ARGV[a + 5])
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[3], ARGV[a + 4], ARGV[a])
+end
+return false
+"""
+
+CLAIM_ONE = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then return false end
+for i = 2, #ARGV do if owner == ARGV[i] then return false end end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
 CLAIM_SESSION = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local prev = redis.call('HGET', KEYS[1], 'owner')
@@ -188,6 +222,8 @@ class RedisStateStore:
         self._finish_job = self.r.register_script(FINISH_JOB)
         self._claim = self.r.register_script(CLAIM)
         self._claim_session = self.r.register_script(CLAIM_SESSION)
+        self._accept = self.r.register_script(ACCEPT)
+        self._claim_one = self.r.register_script(CLAIM_ONE)
         self.groups_made: set[str] = set()
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
@@ -223,7 +259,11 @@ class RedisStateStore:
         self.owners[node.node_id] = owner
         self.index.put(node)
 
-    async def remove_node(self, node_id: NodeId) -> None:
+    async def remove_node(self, node_id: NodeId, owner: str | None = None) -> None:
+        if owner is not None:
+            current = await self._call(self.r.hget, K.node(node_id), "owner")
+            if current is not None and current.decode() != owner:
+                return  # the node already re-registered with another instance
         view = self.index.drop(node_id)
         self.owners.pop(node_id, None)
         pipe = self.r.pipeline(transaction=True)
@@ -326,6 +366,27 @@ class RedisStateStore:
         pipe.expire(K.requests(session_id), 86400)
         created, value, _ = await self._call(pipe.execute)
         return None if created else JobId(value.decode())
+
+    async def accept_utterance(
+        self,
+        session_id: SessionId,
+        index: int,
+        request_id: str | None,
+        jobs: list[JobRecord],
+        tgt_langs: list[str],
+    ) -> str | None:
+        keys = [K.requests(session_id), K.session(session_id), K.JOBS_ACTIVE]
+        keys += [K.pending(session_id, t) for t in tgt_langs]
+        keys += [K.job(r.job_id) for r in jobs]
+        args: list[Any] = [index, request_id or "", len(jobs), 3600]
+        for r in jobs:
+            args += [r.job_id, r.owner, r.state, r.attempt_id, int(r.deadline * 1000), json.dumps(r.data)]
+        res = await self._call(self._accept, keys=keys, args=args)
+        return res.decode() if res else None
+
+    async def claim_job(self, job_id: str, owner: str, live: set[str]) -> bool:
+        """Take over one job whose owner is not live (a result for it arrived here)."""
+        return bool(await self._call(self._claim_one, keys=[K.job(job_id)], args=[owner, *sorted(live)]))
 
     async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None:
         v = await self._call(self.r.hget, K.requests(session_id), key)

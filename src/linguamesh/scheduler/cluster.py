@@ -1,0 +1,246 @@
+"""Many scheduler instances on one Redis (DESIGN §5): liveness, inboxes, takeover.
+
+Each instance owns the sockets it holds: its nodes and its sessions. A job is
+owned by the instance that created it (the session's owner at the time) until
+another instance takes it over. When an instance must reach a socket it does
+not hold, it appends a message to the owner's inbox (a Redis Stream read with
+a consumer group and acked after handling): delivery between instances is
+at-least-once, and each message carries an id that the receiver remembers, so
+a redelivered message is dropped at the edge.
+
+Messages (msgspec JSON, field ``k``):
+
+* ``to_node`` — write this frame to node ``n``; ``o`` is the job owner, remembered so
+  the node's answers go straight back to it;
+* ``node_msg`` — a frame node ``n`` sent about a job this instance owns;
+* ``session`` — session ``s`` has events up to ``q`` in its history (another instance
+  appended them): write them to the client socket;
+* ``moved`` — session ``s`` is now held by another instance: forget it here;
+* ``node`` — node ``n`` registered or changed; ``gone`` — node ``n`` disconnected.
+
+Background loops: instance heartbeat (a key with a TTL), the live-instance
+set, node registry sync into the local mirror, the inbox reader, and the
+sweeper that claims jobs past their deadline whose owner is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..core.ids import JobId, NodeId, SessionId
+from ..observability.logging import get_logger
+from ..state.base import DependencyDown
+from ..state.redis import RedisStateStore
+
+if TYPE_CHECKING:
+    from .service import Scheduler
+
+log = get_logger("linguamesh.scheduler.cluster")
+
+INSTANCE_TTL = 3.0
+SEEN_IDS = 20_000
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    k: str
+    i: str = ""  # message id, for de-duplication at the edge
+    n: str = ""  # node id
+    s: str = ""  # session id
+    j: str = ""  # job id
+    o: str = ""  # owner / sender instance
+    q: int = 0  # seq
+    f: str = ""  # a protocol frame
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(Message)
+
+
+class Cluster:
+    def __init__(self, sched: Scheduler, store: RedisStateStore) -> None:
+        self.sched = sched
+        self.store = store
+        self.me = sched.config.instance_id
+        self.live: set[str] = {self.me}
+        self.job_owner: OrderedDict[str, str] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.healthy = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        try:
+            await self.store.instance_alive(self.me, INSTANCE_TTL)
+            self.live = await self.store.live_instances() | {self.me}
+            await self.store.sync_nodes(self.live)
+        except DependencyDown as exc:
+            self.healthy = False
+            log.error("cluster.start_degraded", error=str(exc))
+        loop = asyncio.get_running_loop()
+        for coro, name in (
+            (self._heartbeat(), "cluster-heartbeat"),
+            (self._inbox(), "cluster-inbox"),
+            (self._sweeper(), "cluster-sweeper"),
+        ):
+            self._tasks.append(loop.create_task(coro, name=name))
+        log.info("cluster.joined", instance_id=self.me, live=sorted(self.live))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(self, instance: str, msg: Message) -> bool:
+        msg.i = msg.i or uuid.uuid4().hex
+        msg.o = msg.o or self.me
+        try:
+            await self.store.send_to_instance(instance, _enc.encode(msg))
+            return True
+        except DependencyDown as exc:
+            log.warning("send.routed_failed", to_instance=instance, kind=msg.k, error=str(exc))
+            return False
+
+    async def to_node(self, owner: str, node_id: str, frame: str, job_id: str = "") -> bool:
+        log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id or None)
+        return await self._send(owner, Message(k="to_node", n=node_id, f=frame, j=job_id))
+
+    async def node_msg(self, owner: str, node_id: str, job_id: str, frame: str) -> bool:
+        log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id, kind="node_msg")
+        return await self._send(owner, Message(k="node_msg", n=node_id, j=job_id, f=frame))
+
+    async def notify_session(self, owner: str, session_id: str, seq: int) -> None:
+        await self._send(owner, Message(k="session", s=session_id, q=seq))
+
+    async def session_moved(self, old_owner: str, session_id: str) -> None:
+        await self._send(old_owner, Message(k="moved", s=session_id))
+
+    async def broadcast(self, kind: str, node_id: str) -> None:
+        for inst in self.live - {self.me}:
+            await self._send(inst, Message(k=kind, n=node_id))
+
+    def remember_owner(self, job_id: str, owner: str) -> None:
+        self.job_owner[job_id] = owner
+        self.job_owner.move_to_end(job_id)
+        while len(self.job_owner) > 50_000:
+            self.job_owner.popitem(last=False)
+
+    async def owner_of(self, job_id: str) -> str | None:
+        owner = self.job_owner.get(job_id)
+        if owner is not None and owner in self.live:
+            return owner
+        owner = await self.store.job_owner(job_id)
+        if owner is not None:
+            self.remember_owner(job_id, owner)
+        return owner
+
+    # ------------------------------------------------------------------ loops
+
+    async def _heartbeat(self) -> None:
+        tick = 0
+        while True:
+            try:
+                await self.store.instance_alive(self.me, INSTANCE_TTL)
+                self.live = await self.store.live_instances() | {self.me}
+                if tick % 2 == 0:
+                    await self.store.sync_nodes(self.live)
+                if not self.healthy:
+                    log.info("cluster.redis_back", instance_id=self.me)
+                    self.healthy = True
+                    await self.sched.redis_recovered()
+            except DependencyDown as exc:
+                if self.healthy:
+                    log.error("cluster.redis_down", instance_id=self.me, error=str(exc))
+                self.healthy = False
+            tick += 1
+            await asyncio.sleep(0.5)
+
+    async def _inbox(self) -> None:
+        while True:
+            try:
+                batch = await self.store.read_inbox(self.me, block_ms=500)
+            except DependencyDown:
+                await asyncio.sleep(0.5)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep reading whatever one bad message did
+                log.error("cluster.inbox_failed", error=repr(exc))
+                await asyncio.sleep(0.2)
+                continue
+            ids = []
+            for entry_id, raw in batch:
+                ids.append(entry_id)
+                try:
+                    msg = _dec.decode(raw)
+                except msgspec.DecodeError:
+                    log.warning("cluster.bad_message", raw=raw[:200])
+                    continue
+                if msg.i in self._seen:
+                    log.debug("cluster.duplicate_message", kind=msg.k, message_id=msg.i)
+                    continue
+                self._seen[msg.i] = None
+                while len(self._seen) > SEEN_IDS:
+                    self._seen.popitem(last=False)
+                try:
+                    await self._handle(msg)
+                except DependencyDown:
+                    pass
+                except Exception as exc:
+                    log.error("cluster.handle_failed", kind=msg.k, error=repr(exc))
+            try:
+                await self.store.ack_inbox(self.me, ids)
+            except DependencyDown:
+                pass
+
+    async def _handle(self, msg: Message) -> None:
+        s = self.sched
+        if msg.k == "to_node":
+            if msg.j:
+                self.remember_owner(msg.j, msg.o)
+            await s.write_local_node(NodeId(msg.n), msg.f, from_instance=msg.o, job_id=msg.j)
+        elif msg.k == "node_msg":
+            await s.routed_node_message(NodeId(msg.n), msg.f)
+        elif msg.k == "session":
+            session = s.sessions.get(SessionId(msg.s))
+            if session is not None:
+                session.notify(msg.q)
+        elif msg.k == "moved":
+            await s.session_moved_away(SessionId(msg.s))
+        elif msg.k == "node":
+            await self.store.refresh_node(NodeId(msg.n), self.live)
+            await s.capacity_changed()
+        elif msg.k == "gone":
+            await self.store.refresh_node(NodeId(msg.n), self.live)
+            await s.remote_node_gone(NodeId(msg.n))
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.healthy:
+                continue
+            try:
+                claimed = await self.store.claim_expired_jobs(self.me, time.time(), self.live, 100)
+            except DependencyDown:
+                continue
+            for rec in claimed:
+                log.warning("job.taken_over", job_id=rec.job_id, from_instance="dead", state=rec.state)
+                await self.sched.adopt_job(rec, expired=True)
+
+    async def claim(self, job_id: str) -> bool:
+        """Take over one job whose owner is dead (its result arrived here)."""
+        ok = await self.store.claim_job(job_id, self.me, self.live)
+        if ok:
+            rec = await self.store.load_job(JobId(job_id))
+            if rec is not None:
+                log.warning("job.taken_over", job_id=job_id, reason="result arrived for a dead owner's job")
+                await self.sched.adopt_job(rec, expired=False)
+        return ok
