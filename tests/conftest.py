@@ -70,11 +70,11 @@ class NodeHandle:
         self.agent.engines.close()
 
 
-async def start_scheduler(port: int | None = None, **cfg: Any) -> SchedulerHandle:
+async def start_scheduler(port: int | None = None, store: Any = None, **cfg: Any) -> SchedulerHandle:
     config = SchedulerConfig(
         port=port or free_port(), heartbeat_interval=cfg.pop("heartbeat_interval", 0.5), **cfg
     )
-    server = make_server(config)
+    server = make_server(config, store)
     server.config.setup_event_loop = lambda: None
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

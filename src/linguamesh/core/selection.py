@@ -111,6 +111,10 @@ class NodeSource(Protocol):
 
     def pool_count(self) -> int: ...
 
+    def repair_available(self, lang: str) -> bool:
+        """Whether any node offers repair for ``lang`` (then jobs include the repair stage)."""
+        ...
+
     def sample_free(self, pool: str, k: int, rng: random.Random) -> Sequence[NodeView]:
         """Up to ``k`` distinct random members of ``pool`` that have a free slot."""
         ...

@@ -214,7 +214,7 @@ class Cluster:
             if session is not None:
                 session.notify(msg.q)
         elif msg.k == "moved":
-            await s.session_moved_away(SessionId(msg.s))
+            await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
         elif msg.k == "node":
             await self.store.refresh_node(NodeId(msg.n), self.live)
             await s.capacity_changed()

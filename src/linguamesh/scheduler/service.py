@@ -129,7 +129,6 @@ class Scheduler:
         #: the last failed jobs, newest last, for the operator page
         self.failures: deque[dict[str, Any]] = deque(maxlen=200)
         self.waiting: OrderedDict[JobId, None] = OrderedDict()
-        self.repair_langs: dict[str, int] = {}
         self.metrics = Metrics()
         self._register_gauges()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -476,7 +475,7 @@ class Scheduler:
                 st.src_lang,
                 tgt,
                 tts=st.tts,
-                repair_available=self.repair_langs.get(st.src_lang, 0) > 0,
+                repair_available=self.store.nodes().repair_available(st.src_lang),
             )
             jobs.append(
                 Job(
@@ -603,8 +602,6 @@ class Scheduler:
         await self.store.register_node(view, self.config.instance_id)
         nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
         self.nodes[node_id] = nc
-        for lang in caps.repair:
-            self.repair_langs[lang] = self.repair_langs.get(lang, 0) + 1
         self.count("nodes_registered")
         log.info(
             "node.registered",
@@ -636,8 +633,6 @@ class Scheduler:
             if view is not None:
                 new_caps = _caps(msg.capabilities)
                 if new_caps != view.capabilities:
-                    self._count_repair(view.capabilities, -1)
-                    self._count_repair(new_caps, +1)
                     nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs)
                     await self.store.register_node(nv, self.config.instance_id)
                     log.info("node.capabilities_changed", node_id=nc.node_id, pool=nv.pool)
@@ -674,18 +669,26 @@ class Scheduler:
         except Exception as exc:
             log.warning("send.local_failed", node_id=node_id, job_id=job_id, error=repr(exc))
 
-    async def session_moved_away(self, session_id: SessionId) -> None:
+    async def session_moved_away(self, session_id: SessionId, new_owner: str) -> None:
+        """Another instance holds the session now: flush what we queued for it, tell the new
+        holder how far the history goes, and forget it here (its jobs here carry on)."""
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
-        log.info("session.moved_away", session_id=session_id, trace_id=session.trace_id)
-        conn = session.conn
-        session.closed = True
+        log.info(
+            "session.moved_away", session_id=session_id, trace_id=session.trace_id, to_instance=new_owner
+        )
+        conn, session.conn = session.conn, None
         if session.linger_timer is not None:
             session.linger_timer.cancel()
-        await session.stop()
         if conn is not None:
             await _close_quietly(conn, 4004, "session moved to another instance")
+        await session.drain()  # everything queued reaches the history: nothing is lost
+        session.closed = True
+        await session.stop()
+        if self.cluster is not None:
+            last = await self._retry_store(self.store.last_seq, session_id)
+            await self.cluster.notify_session(new_owner, session_id, last)
 
     async def capacity_changed(self) -> None:
         if self.waiting:
@@ -727,19 +730,12 @@ class Scheduler:
                 job, lambda j: self.lifecycle.timer(j, TimerKind.RESULT, j.attempt_id, now)
             )
 
-    def _count_repair(self, caps: NodeCapabilities, delta: int) -> None:
-        for lang in caps.repair:
-            self.repair_langs[lang] = self.repair_langs.get(lang, 0) + delta
-
     async def node_gone(self, nc: NodeConn, why: str) -> None:
         if nc.closed:
             return
         nc.closed = True
         if self.nodes.get(nc.node_id) is nc:
             del self.nodes[nc.node_id]
-            view = self.store.nodes().get(nc.node_id)
-            if view is not None:
-                self._count_repair(view.capabilities, -1)
             await self.store.remove_node(nc.node_id, self.config.instance_id)
         log.info("node.gone", node_id=nc.node_id, why=why, jobs=len(nc.jobs))
         if self.cluster is not None:

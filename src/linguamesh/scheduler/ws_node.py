@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from .. import protocol as p
 from ..observability.logging import bind, get_logger
@@ -47,8 +47,8 @@ async def node_endpoint(ws: WebSocket) -> None:
                 if exc.fatal:
                     await ws.close(1008, exc.code.value)
                     return
-    except WebSocketDisconnect:
-        pass
+    except (WebSocketDisconnect, WebSocketDisconnected):
+        pass  # the client left, or we closed the socket (session moved, node replaced)
     finally:
         if nc is not None:
             await sched.node_gone(nc, "connection closed")

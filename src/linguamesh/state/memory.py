@@ -57,6 +57,8 @@ class MemoryNodeIndex:
         self.pools: dict[str, _Members] = {}
         self.free: dict[str, _Members] = {}
         self.by_lang: dict[str, set[str]] = {}
+        #: how many registered nodes offer repair per language (repair is a stage only if some do)
+        self.repair: dict[str, int] = {}
 
     def put(self, node: NodeView) -> None:
         self.drop(node.node_id)
@@ -65,12 +67,18 @@ class MemoryNodeIndex:
         self.free.setdefault(node.pool, _Members())
         for lang in node.capabilities.languages():
             self.by_lang.setdefault(lang, set()).add(node.pool)
+        for lang in node.capabilities.repair:
+            self.repair[lang] = self.repair.get(lang, 0) + 1
         self.refresh(node.node_id)
 
     def drop(self, node_id: NodeId) -> NodeView | None:
         node = self.views.pop(node_id, None)
         if node is None:
             return None
+        for lang in node.capabilities.repair:
+            self.repair[lang] -= 1
+            if not self.repair[lang]:
+                del self.repair[lang]
         members = self.pools[node.pool]
         members.discard(node_id)
         self.free[node.pool].discard(node_id)
@@ -97,6 +105,9 @@ class MemoryNodeIndex:
     # NodeSource
     def get(self, node_id: NodeId) -> NodeView | None:
         return self.views.get(node_id)
+
+    def repair_available(self, lang: str) -> bool:
+        return self.repair.get(lang, 0) > 0
 
     def pools_with(self, lang: str) -> Iterable[str]:
         return self.by_lang.get(lang, ())

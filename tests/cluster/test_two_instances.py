@@ -1,0 +1,108 @@
+"""Many scheduler instances on one real redis-server, with real sockets (DESIGN §5, seed 003)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from linguamesh import protocol as p
+from linguamesh.client import SessionClient
+from linguamesh.state.redis import RedisStateStore
+
+from ..conftest import Cluster, eventually, pcm, test_engines
+
+
+async def two(cluster: Cluster, redis_url: str, **cfg: Any) -> tuple[Any, Any]:
+    a = await cluster.scheduler(instance_id="A", store=RedisStateStore(redis_url), **cfg)
+    b = await cluster.scheduler(instance_id="B", store=RedisStateStore(redis_url), **cfg)
+    return a, b
+
+
+async def test_node_on_a_session_on_b_results_in_order(cluster: Cluster, redis_url: str) -> None:
+    """Seed 003's test, automated: node connected to instance A, session to instance B."""
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=5))
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    async with SessionClient(b.url, src="en", tgt="es") as c:
+        for i, secs in enumerate((0.6, 0.3, 0.1)):
+            await c.send_utterance(i, pcm(secs))
+        results = await c.results(3, timeout=15)
+    assert [r.utterance_index for r in results] == [0, 1, 2]
+    assert all(r.status == "ok" and r.node_id == "node-on-a" for r in results)
+    assert [r.text_asr for r in results] == [
+        "Test utterance 0.60.",
+        "Test utterance 0.30.",
+        "Test utterance 0.10.",
+    ]
+
+
+async def test_many_nodes_and_sessions_every_utterance_exactly_once(cluster: Cluster, redis_url: str) -> None:
+    a, b = await two(cluster, redis_url)
+    rng = random.Random(7)
+    for i in range(4):
+        target = a if i % 2 == 0 else b
+        await cluster.node(
+            target.url, f"n{i}", engines=test_engines(delay_ms=rng.randint(1, 20)), max_concurrent_jobs=2
+        )
+    await eventually(
+        lambda: all(len(list(s.sched.store.nodes().all_nodes())) == 4 for s in (a, b)), 5, "mirrors"
+    )
+
+    async def session(k: int) -> list[p.TranslationResult]:
+        target = a if k % 2 else b
+        n = rng.randint(3, 8)
+        async with SessionClient(
+            target.url, src="en", tgt="es", extra_tgt_langs=["fr"] if k % 3 == 0 else []
+        ) as c:
+            for i in range(n):
+                await c.send_utterance(i, pcm(0.05 + rng.random() * 0.2))
+                await asyncio.sleep(rng.random() * 0.02)
+            want = n * (2 if k % 3 == 0 else 1)
+            results = await c.results(want, timeout=30)
+            await asyncio.sleep(0.3)
+            extra = []
+            try:
+                while True:
+                    extra.append(await c.recv(0.2))
+            except TimeoutError:
+                pass
+            assert not [e for e in extra if isinstance(e, p.TranslationResult)]
+            assert c.duplicates_dropped == 0
+            return results
+
+    all_results = await asyncio.gather(*(session(k) for k in range(6)))
+    for results in all_results:
+        by_lang: dict[str, list[int]] = {}
+        for r in results:
+            assert r.status == "ok", r.error
+            by_lang.setdefault(r.tgt_lang, []).append(r.utterance_index)
+        for indices in by_lang.values():
+            assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    used = {r.node_id for rs in all_results for r in rs}
+    assert len(used) >= 3  # work spread over nodes of both instances
+
+
+async def test_resume_on_the_other_instance_gets_missed_results(cluster: Cluster, redis_url: str) -> None:
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "n1", engines=test_engines(delay_ms=100))
+    await eventually(lambda: b.sched.store.nodes().get("n1") is not None, 5, "B to see the node")
+    c = SessionClient(a.url, src="en", tgt="es")
+    await c.connect()
+    for i in range(3):
+        await c.send_utterance(i, pcm(0.1))
+    seen: set[int] = set()
+    while len(seen) < 3:  # A accepted all three (a job_status each), then the client drops
+        ev = await c.recv(5)
+        if isinstance(ev, p.JobStatus):
+            seen.add(ev.utterance_index)
+    await c.disconnect()
+    c.url = b.url + "/ws/session"  # the load balancer sends the reconnect to B
+    await c.resume()
+    results = [r for r in await c.results(3, timeout=15)]
+    await c.send_utterance(3, pcm(0.1))  # and B serves new work of the session
+    results.append(await c.next_result(15))
+    await c.disconnect()
+    assert [r.utterance_index for r in results] == [0, 1, 2, 3]
+    assert c.duplicates_dropped == 0
+    assert c.session_id not in a.sched.sessions  # A was told the session moved
