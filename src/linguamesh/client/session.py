@@ -70,6 +70,9 @@ class SessionClient:
         self.ack: p.SessionInitAck | None = None
         self.last_seq = 0
         self.duplicates_dropped = 0
+        #: utterances sent but not yet confirmed by any event; re-sent after a resume
+        #: (the server drops repeats by utterance_index, so re-sending is always safe)
+        self.unconfirmed: dict[int, p.Utterance] = {}
 
     async def __aenter__(self) -> SessionClient:
         await self.connect()
@@ -117,6 +120,8 @@ class SessionClient:
             ),
         )
         ack = await self._open(init)
+        for msg in list(self.unconfirmed.values()):
+            await self.send(msg)
         return ack.replayed
 
     async def disconnect(self) -> None:
@@ -143,15 +148,15 @@ class SessionClient:
         sample_rate: int | None = None,
         request_id: str | None = None,
     ) -> None:
-        await self.send(
-            p.Utterance(
-                utterance_index=index,
-                audio=audio,
-                audio_format=audio_format,  # type: ignore[arg-type]
-                sample_rate=sample_rate,
-                request_id=request_id,
-            )
+        msg = p.Utterance(
+            utterance_index=index,
+            audio=audio,
+            audio_format=audio_format,  # type: ignore[arg-type]
+            sample_rate=sample_rate,
+            request_id=request_id,
         )
+        self.unconfirmed[index] = msg
+        await self.send(msg)
 
     async def send_chunk(self, seq: int, audio: bytes, *, is_final: bool = False) -> None:
         await self.send(p.AudioChunk(seq=seq, audio=audio, is_final=is_final))
@@ -166,6 +171,9 @@ class SessionClient:
         while True:
             frame = await asyncio.wait_for(self.ws.recv(), timeout)
             event = p.decode_event(frame)
+            index = getattr(event, "utterance_index", None)
+            if index is not None:
+                self.unconfirmed.pop(index, None)
             seq = getattr(event, "seq", 0)
             if seq:
                 if seq <= self.last_seq:

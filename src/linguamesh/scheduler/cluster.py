@@ -72,6 +72,7 @@ class Cluster:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[Any]] = []
         self.healthy = True
+        self.run_id: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -80,6 +81,7 @@ class Cluster:
             await self.store.instance_alive(self.me, INSTANCE_TTL)
             self.live = await self.store.live_instances() | {self.me}
             await self.store.sync_nodes(self.live)
+            self.run_id = await self.store.server_run_id()
         except DependencyDown as exc:
             self.healthy = False
             log.error("cluster.start_degraded", error=str(exc))
@@ -148,9 +150,15 @@ class Cluster:
         tick = 0
         while True:
             try:
+                run_id = await self.store.server_run_id()
+                restarted = self.run_id is not None and run_id != self.run_id
+                self.run_id = run_id
                 await self.store.instance_alive(self.me, INSTANCE_TTL)
                 self.live = await self.store.live_instances() | {self.me}
-                if tick % 2 == 0:
+                if restarted:
+                    log.warning("cluster.redis_restarted", instance_id=self.me)
+                    await self.sched.restore_shared_state()
+                if tick % 2 == 0 or restarted:
                     await self.store.sync_nodes(self.live)
                 if not self.healthy:
                     log.info("cluster.redis_back", instance_id=self.me)

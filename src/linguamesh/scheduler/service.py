@@ -697,6 +697,29 @@ class Scheduler:
     async def redis_recovered(self) -> None:
         await self.capacity_changed()
 
+    async def restore_shared_state(self) -> None:
+        """Redis came back empty: write back what this instance holds (its nodes, its
+        sessions with their event numbering, its jobs' records)."""
+        store = self.store
+        assert isinstance(store, RedisStateStore)
+        for nc in list(self.nodes.values()):
+            view = store.nodes().get(nc.node_id)
+            if view is not None:
+                await store.register_node(view, self.config.instance_id)
+        for session in list(self.sessions.values()):
+            last = max(session.written, session.published)
+            await store.restore_session(self._record(session), last, self.config.session_linger * 2)
+        for job in list(self.jobs.values()):
+            extra = self.extra.get(job.job_id)
+            if extra is not None:
+                await store.save_job(
+                    self._job_record(job, extra.tts, extra.partials, time.time() + 30, with_data=True)
+                )
+                await store.expect_result(job.session_id, job.tgt_lang, job.utterance_index)
+        log.warning(
+            "cluster.state_restored", nodes=len(self.nodes), sessions=len(self.sessions), jobs=len(self.jobs)
+        )
+
     async def remote_node_gone(self, node_id: NodeId) -> None:
         now = self.clock()
         for job in list(self.jobs.values()):

@@ -196,9 +196,13 @@ class Session:
                 events = await self._store(self.store.append_events, self.session_id, item.payloads)
                 await self._deliver(events)
             elif isinstance(item, _Result):
-                events = await self._store(
-                    self.store.push_result, self.session_id, item.tgt_lang, item.index, item.payload
-                )
+                try:
+                    events = await self._store(
+                        self.store.push_result, self.session_id, item.tgt_lang, item.index, item.payload
+                    )
+                except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
+                    log.warning("result.order_lost", session_id=self.session_id, error=str(exc))
+                    events = await self._store(self.store.append_events, self.session_id, [item.payload])
                 if events:
                     log.info(
                         "result.ready",

@@ -601,14 +601,30 @@ class RedisStateStore:
             got = [(eid, f[b"m"]) for _, entries in pending for eid, f in entries if f]
             if got:
                 return got
-        res = await self._call(
-            self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: ">"}, count=count, block=block_ms
-        )
+        try:
+            res = await self._call(
+                self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
+                self.groups_made.discard(key)
+                return []
+            raise
         return [(eid, f[b"m"]) for _, entries in res for eid, f in entries]
 
     async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
         if ids:
             await self._call(self.r.xack, K.inbox(instance_id), K.INBOX_GROUP, *ids)
+
+    async def server_run_id(self) -> str:
+        """Changes when the Redis server restarts (then its content may be gone)."""
+        info = await self._call(self.r.info, "server")
+        return str(info["run_id"])
+
+    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
+        """After Redis lost its data: write the session back, keeping its numbering."""
+        await self.create_session(record, ttl)
+        await self._call(self.r.set, K.seqno(record.session_id), last_seq, nx=True)
 
     async def command_count(self) -> int:
         """Commands processed by the server so far (for round-trip accounting in the benchmark)."""
