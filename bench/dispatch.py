@@ -2,6 +2,7 @@
 over real WebSockets on loopback. Prints figures; asserts nothing about time.
 
     python bench/dispatch.py [--jobs 3000] [--c1-jobs 1000] [--nodes 4] [--sessions 8]
+    python bench/dispatch.py --redis-url redis://127.0.0.1:6379/0 --instances 2
 
 Figures:
   c1   round trip (client sends utterance -> client receives its translation_result)
@@ -11,6 +12,11 @@ Figures:
        node sends job_result -> client receives the result, p50/p99
   selection cost per job with 10, 1,000 and 10,000 registered nodes (pooled and flat)
   lost / duplicated results (must both be 0)
+With --redis-url the schedulers share state in Redis; with --instances 2 the nodes
+connect to one instance and the sessions to the other. Then also:
+  scheduler CPU seconds per 1,000 jobs (all scheduler processes, c64 phase)
+  Redis round trips per job (requests each instance sent, from its /metrics) and
+  Redis commands per job (INFO commandstats, scripts' inner calls included)
 
 The simulated node answers like the real agent (job_ack, job_started, job_result)
 but does no work. Bounded: every phase has a job count and a time limit.
@@ -201,7 +207,7 @@ def start_scheduler(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
         "--port",
         str(port),
         "--log",
-        "warning",
+        "error",
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")}
@@ -219,6 +225,36 @@ async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             await asyncio.sleep(0.05)
     raise SystemExit("scheduler did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def round_trips(ws_url: str) -> dict[str, float]:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(ws_url.replace("ws://", "http://") + "/metrics")).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("linguamesh_redis_round_trips{"):
+            op = line.split('op="')[1].split('"')[0]
+            out[op] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def redis_commands(url: str) -> int:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    try:
+        stats = await r.info("commandstats")
+        return sum(int(v["calls"]) for v in stats.values())
+    finally:
+        await r.aclose()
 
 
 def ms(v: float) -> str:
@@ -261,26 +297,39 @@ async def main() -> None:
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase at most")
     ap.add_argument("--url", help="use a running scheduler instead of starting one")
     ap.add_argument("--scheduler-arg", action="append", default=[], help="extra scheduler flag")
+    ap.add_argument("--redis-url", help="share state in this Redis")
+    ap.add_argument("--instances", type=int, choices=(1, 2), default=1)
     args = ap.parse_args()
+    if args.instances == 2 and not args.redis_url:
+        ap.error("--instances 2 needs --redis-url")
 
-    proc = None
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
     if args.url:
-        url = args.url
+        urls = [args.url]
     else:
-        port = free_port()
-        proc = start_scheduler(port, args.scheduler_arg)
-        await wait_port(port, proc)
-        url = f"ws://127.0.0.1:{port}"
+        for i in range(args.instances):
+            port = free_port()
+            extra = list(args.scheduler_arg)
+            if args.redis_url:
+                extra += ["--redis-url", args.redis_url, "--instance-id", f"bench-{i}"]
+            proc = start_scheduler(port, extra)
+            procs.append(proc)
+            await wait_port(port, proc)
+            urls.append(f"ws://127.0.0.1:{port}")
+    node_url, session_url = urls[0], urls[-1]
     stats = Stats()
     stop = asyncio.Event()
     node_tasks = []
     slots = max(16, args.concurrency // args.nodes * 2)
     for i in range(args.nodes):
         ready = asyncio.Event()
-        node_tasks.append(asyncio.create_task(SimNode(url, f"bench-{i}", slots, stats).run(ready, stop)))
+        node_tasks.append(asyncio.create_task(SimNode(node_url, f"bench-{i}", slots, stats).run(ready, stop)))
         await asyncio.wait_for(ready.wait(), 10)
+    if len(urls) > 1:
+        await asyncio.sleep(1.5)  # the other instance's node mirror catches up
     try:
-        sessions = [SimSession(url, stats) for _ in range(args.sessions)]
+        sessions = [SimSession(session_url, stats) for _ in range(args.sessions)]
         for s in sessions:
             await s.open()
         # warm-up
@@ -296,9 +345,15 @@ async def main() -> None:
         stats.to_node.clear()
         stats.to_client.clear()
 
+        cpu0 = sum(cpu_seconds(pr.pid) for pr in procs)
+        rt0 = [await round_trips(u) for u in urls] if args.redis_url else []
+        cmd0 = await redis_commands(args.redis_url) if args.redis_url else 0
         elapsed = await run_phase(sessions, args.jobs, args.concurrency, args.time_limit)
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
+        cpu1 = sum(cpu_seconds(pr.pid) for pr in procs)
+        rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
+        cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         sent = len(stats.sent_at)
         got = len(stats.results)
         dup = sum(n - 1 for n in stats.results.values() if n > 1)
@@ -309,14 +364,15 @@ async def main() -> None:
         for t in node_tasks:
             t.cancel()
         await asyncio.gather(*node_tasks, return_exceptions=True)
-        if proc is not None:
+        for proc in procs:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print("LinguaMesh dispatch benchmark (loopback, zero-work nodes)")
+    mode = f"Redis, {args.instances} instance(s)" if args.redis_url else "in-memory state"
+    print(f"LinguaMesh dispatch benchmark (loopback, zero-work nodes, {mode})")
     print(
         f"  c1  round trip over {len(c1)} jobs: p50 {ms(pct(c1, 50))}  p90 {ms(pct(c1, 90))}  p99 {ms(pct(c1, 99))}"
     )
@@ -328,6 +384,19 @@ async def main() -> None:
         f"  scheduler overhead (c1): client->node p50 {ms(pct(c1_node, 50))} p99 {ms(pct(c1_node, 99))};"
         f" node->client p50 {ms(pct(c1_client, 50))} p99 {ms(pct(c1_client, 99))}"
     )
+    n = max(len(c64), 1)
+    if procs:
+        cpu = (cpu1 - cpu0) / n * 1000
+        print(f"  scheduler CPU (c{args.concurrency} phase, all instances): {cpu:.2f} s per 1,000 jobs")
+    if args.redis_url:
+        per_op: dict[str, float] = {}
+        for before, after in zip(rt0, rt1, strict=True):
+            for op, v in after.items():
+                per_op[op] = per_op.get(op, 0) + v - before.get(op, 0)
+        total = sum(per_op.values())
+        detail = ", ".join(f"{op} {v / n:.2f}" for op, v in sorted(per_op.items(), key=lambda x: -x[1]) if v)
+        print(f"  Redis round trips per job: {total / n:.2f} ({detail})")
+        print(f"  Redis commands per job (INFO commandstats): {(cmd1 - cmd0) / n:.1f}")
     for line in selection_cost():
         print(line)
     print(f"  sent {sent}  results {got}  lost {sent - got}  duplicated {dup}  failed {stats.failed}")

@@ -110,6 +110,8 @@ class JobExtra:
     first_selection: bool = True
     #: partial transcripts are sent once per utterance: by the job of the first target language
     first_tgt: bool = True
+    #: a slot to release together with the job's final record (cluster mode)
+    pending_release: tuple[NodeId, int] | None = None
 
 
 class Scheduler:
@@ -161,6 +163,11 @@ class Scheduler:
                     ({"node": v.node_id, "use": "total"}, float(v.max_concurrent_jobs)),
                 )
             ],
+        )
+        m.gauge(
+            "redis_round_trips",
+            "Requests sent to Redis by this instance (a pipeline or a script counts once), by operation",
+            lambda: [({"op": op}, float(n)) for op, n in getattr(self.store, "round_trips", {}).items()],
         )
         for stat in MODEL_STATS:
             m.gauge(
@@ -894,6 +901,11 @@ class Scheduler:
                 for t in extra.timers:
                     t.cancel()
                 extra.timers.clear()
+        elif isinstance(cmd, Release) and job.state.terminal and self.cluster is not None:
+            # the job ended: the slot is released together with the job record (one round trip)
+            extra = self.extra.get(job.job_id)
+            if extra is not None:
+                extra.pending_release = (cmd.node_id, cmd.attempt_id)
         elif isinstance(cmd, Release):
             try:
                 ok = await self.store.release(cmd.node_id, cmd.job_id, cmd.attempt_id)
@@ -985,7 +997,19 @@ class Scheduler:
         for node_id in out.candidates:
             self.count("reservations_attempted")
             try:
-                reserved = await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl)
+                record = None
+                if self.cluster is not None:  # the job's record rides along with the reservation
+                    record = JobRecord(
+                        job.job_id,
+                        self.config.instance_id,
+                        JobState.DISPATCHED.value,
+                        job.attempt_id,
+                        node_id,
+                        time.time()
+                        + self.config.ack_timeout
+                        + self.lifecycle.config.result_deadline(job.audio_seconds),
+                    )
+                reserved = await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl, record)
             except DependencyDown:
                 self.waiting[job.job_id] = None
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
@@ -1200,7 +1224,7 @@ class Scheduler:
             elapsed_ms=round(total_ms, 3),
         )
         self.count("results_emitted")
-        await self._finish_record(job)
+        await self._finish_record(job, extra.pending_release if extra is not None else None)
         session = self.sessions.get(job.session_id)
         if session is None:
             if self.cluster is None:
@@ -1230,8 +1254,10 @@ class Scheduler:
 
     async def _persist(self, job: Job, extra: JobExtra) -> None:
         """Record the job's state and next deadline, so another instance can take it over."""
-        if self.cluster is None or job.state in (JobState.ASSIGNED, JobState.RUNNING):
-            return  # assigned is always followed by dispatched; running keeps accepted's deadline
+        if self.cluster is None or job.state is not JobState.CREATED:
+            # the reservation wrote the record with the whole ack + result budget as deadline;
+            # only a retry (back to created) needs a new record
+            return
         cfg = self.lifecycle.config
         wait = {
             JobState.CREATED: cfg.pending_timeout,
@@ -1244,11 +1270,17 @@ class Scheduler:
         except DependencyDown as exc:
             log.warning("job.persist_failed", **job_fields(job), error=str(exc))
 
-    async def _finish_record(self, job: Job) -> None:
+    async def _finish_record(self, job: Job, release: tuple[NodeId, int] | None) -> None:
         try:
-            await self.store.finish_job(job.job_id, self.config.instance_id)
+            await self.store.finish_job(job.job_id, self.config.instance_id, release)
         except DependencyDown:
-            pass  # the record expires by itself; the sweeper skips finished jobs it cannot find
+            pass  # the record and the slot expire by themselves
+        if release is not None:
+            nc = self.nodes.get(release[0])
+            if nc is not None:
+                nc.jobs.discard(job.job_id)
+            if self.waiting:
+                self._spawn(self._drain_waiting(), "drain-waiting")
 
     # ------------------------------------------------------------------ liveness
 

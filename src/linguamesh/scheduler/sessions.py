@@ -193,7 +193,11 @@ class Session:
             elif isinstance(item, _Attach):
                 await self._attach(item)
             elif isinstance(item, _Append):
-                events = await self._store(self.store.append_events, self.session_id, item.payloads)
+                payloads = list(item.payloads)
+                # one round trip for every event queued right behind this one
+                while not self._queue.empty() and isinstance(self._queue._queue[0], _Append):  # type: ignore[attr-defined]
+                    payloads += self._queue.get_nowait().payloads  # type: ignore[union-attr]
+                events = await self._store(self.store.append_events, self.session_id, payloads)
                 await self._deliver(events)
             elif isinstance(item, _Result):
                 try:

@@ -73,8 +73,12 @@ class StateStore(Protocol):
     def node_owner(self, node_id: NodeId) -> str | None: ...
 
     # reservations --------------------------------------------------------
-    async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
-        """Atomically take a slot on ``node_id``; False when full or unknown."""
+    async def reserve(
+        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+    ) -> bool:
+        """Atomically take a slot on ``node_id``; False when full or unknown.
+
+        With ``record``, the job record is saved in the same step when the slot is taken."""
         ...
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool: ...
@@ -144,8 +148,9 @@ class StateStore(Protocol):
 
     async def load_job(self, job_id: JobId) -> JobRecord | None: ...
 
-    async def finish_job(self, job_id: JobId, owner: str) -> None:
-        """The job ended: it leaves the takeover index (its record stays a while)."""
+    async def finish_job(self, job_id: JobId, owner: str, release: tuple[NodeId, int] | None = None) -> None:
+        """The job ended: it leaves the takeover index (its record stays a while); with
+        ``release``, the slot of (node, attempt) is released in the same step."""
         ...
 
     async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:

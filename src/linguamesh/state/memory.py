@@ -173,7 +173,9 @@ class MemoryStateStore:
         return self.owners.get(node_id)
 
     # reservations
-    async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
+    async def reserve(
+        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+    ) -> bool:
         node = self.index.get(node_id)
         slots = self.slots.get(node_id)
         if node is None or slots is None or not node.online:
@@ -181,6 +183,8 @@ class MemoryStateStore:
         ok = slots.reserve((job_id, attempt_id), self.clock(), ttl)
         node.reserved = slots.used
         self.index.refresh(node_id)
+        if ok and record is not None:
+            await self.save_job(record)
         return ok
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
@@ -293,7 +297,9 @@ class MemoryStateStore:
     async def load_job(self, job_id: JobId) -> JobRecord | None:
         return self.jobs.get(job_id)
 
-    async def finish_job(self, job_id: JobId, owner: str) -> None:
+    async def finish_job(self, job_id: JobId, owner: str, release: tuple[NodeId, int] | None = None) -> None:
+        if release is not None:
+            await self.release(release[0], job_id, release[1])
         rec = self.jobs.get(job_id)
         if rec is not None and rec.owner == owner:
             del self.jobs[job_id]

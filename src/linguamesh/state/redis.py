@@ -34,6 +34,7 @@ from .memory import MemoryNodeIndex
 T = TypeVar("T")
 
 RESERVE = """
+-- KEYS: slots, node[, job, jobs:active]  ARGV: member, ttl_ms[, owner, state, attempt, node, deadline_ms, job_id]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
@@ -46,6 +47,14 @@ end
 local used = redis.call('ZCARD', KEYS[1])
 if used >= max then return {0, used} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if KEYS[3] then
+  local cur = redis.call('HGET', KEYS[3], 'owner')
+  if (not cur) or cur == ARGV[3] then
+    redis.call('HSET', KEYS[3], 'owner', ARGV[3], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
+               'deadline', ARGV[7])
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+  end
+end
 return {1, used + 1}
 """
 
@@ -110,13 +119,19 @@ return 1
 """
 
 FINISH_JOB = """
+-- KEYS: job, jobs:active[, slots]  ARGV: owner, job_id, ttl[, slot member]
+local used = -1
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  used = redis.call('ZCARD', KEYS[3])
+end
 local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur ~= ARGV[1] then return 0 end
+if cur ~= ARGV[1] then return used end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'ended')
 redis.call('HDEL', KEYS[1], 'data')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+return used
 """
 
 CLAIM = """
@@ -225,8 +240,27 @@ class RedisStateStore:
         self._accept = self.r.register_script(ACCEPT)
         self._claim_one = self.r.register_script(CLAIM_ONE)
         self.groups_made: set[str] = set()
+        #: one entry per request sent to Redis (a pipeline or a script is one round trip)
+        self.round_trips: dict[str, int] = {}
+        self._script_names = {
+            id(script): name
+            for name, script in (
+                ("reserve", self._reserve),
+                ("release", self._release),
+                ("append", self._append),
+                ("push_result", self._push),
+                ("save_job", self._save_job),
+                ("finish_job", self._finish_job),
+                ("claim", self._claim),
+                ("claim_session", self._claim_session),
+                ("accept_utterance", self._accept),
+                ("claim_job", self._claim_one),
+            )
+        }
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        op: str = self._script_names.get(id(fn)) or str(getattr(fn, "__name__", "call"))
+        self.round_trips[op] = self.round_trips.get(op, 0) + 1
         try:
             return await fn(*args, **kw)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -337,12 +371,16 @@ class RedisStateStore:
 
     # ------------------------------------------------------------------ reservations
 
-    async def reserve(self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float) -> bool:
-        ok, used = await self._call(
-            self._reserve,
-            keys=[K.slots(node_id), K.node(node_id)],
-            args=[f"{job_id}:{attempt_id}", int(ttl * 1000)],
-        )
+    async def reserve(
+        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+    ) -> bool:
+        keys = [K.slots(node_id), K.node(node_id)]
+        args: list[Any] = [f"{job_id}:{attempt_id}", int(ttl * 1000)]
+        if record is not None:
+            keys += [K.job(job_id), K.JOBS_ACTIVE]
+            args += [record.owner, record.state, record.attempt_id, record.node_id or "",
+                     int(record.deadline * 1000), job_id]  # fmt: skip
+        ok, used = await self._call(self._reserve, keys=keys, args=args)
         view = self.index.get(node_id)
         if view is not None and int(used) >= 0:
             view.reserved = int(used)
@@ -551,8 +589,17 @@ class RedisStateStore:
         v = await self._call(self.r.hget, K.job(job_id), "owner")
         return v.decode() if v is not None else None
 
-    async def finish_job(self, job_id: JobId, owner: str) -> None:
-        await self._call(self._finish_job, keys=[K.job(job_id), K.JOBS_ACTIVE], args=[owner, job_id, 600])
+    async def finish_job(self, job_id: JobId, owner: str, release: tuple[NodeId, int] | None = None) -> None:
+        keys = [K.job(job_id), K.JOBS_ACTIVE]
+        args: list[Any] = [owner, job_id, 600]
+        if release is not None:
+            keys.append(K.slots(release[0]))
+            args.append(f"{job_id}:{release[1]}")
+        used = await self._call(self._finish_job, keys=keys, args=args)
+        view = self.index.get(release[0]) if release is not None else None
+        if view is not None and int(used) >= 0:
+            view.reserved = int(used)
+            self.index.refresh(view.node_id)
 
     async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
         ids = await self._call(
