@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -193,6 +194,13 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return prev
 """
+
+
+_encode = msgspec.json.Encoder()
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return _encode.encode(data)
 
 
 def _caps_json(c: NodeCapabilities) -> str:
@@ -418,7 +426,7 @@ class RedisStateStore:
         keys += [K.job(r.job_id) for r in jobs]
         args: list[Any] = [index, request_id or "", len(jobs), 3600]
         for r in jobs:
-            args += [r.job_id, r.owner, r.state, r.attempt_id, int(r.deadline * 1000), json.dumps(r.data)]
+            args += [r.job_id, r.owner, r.state, r.attempt_id, int(r.deadline * 1000), _json(r.data)]
         res = await self._call(self._accept, keys=keys, args=args)
         return res.decode() if res else None
 
@@ -553,7 +561,7 @@ class RedisStateStore:
     # ------------------------------------------------------------------ jobs
 
     async def save_job(self, record: JobRecord) -> bool:
-        data = json.dumps(record.data) if record.data else ""
+        data = _json(record.data) if record.data else ""
         ok = await self._call(
             self._save_job,
             keys=[K.job(record.job_id), K.JOBS_ACTIVE],
