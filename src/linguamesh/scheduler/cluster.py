@@ -56,6 +56,8 @@ class Message(msgspec.Struct, omit_defaults=True):
     o: str = ""  # owner / sender instance
     q: int = 0  # seq
     f: str = ""  # a protocol frame
+    e: list[tuple[int, str]] = []  # session events (seq, JSON) carried along
+    d: dict[str, Any] = {}  # a handed-over job
 
 
 _enc = msgspec.json.Encoder()
@@ -73,6 +75,7 @@ class Cluster:
         self._tasks: list[asyncio.Task[Any]] = []
         self.healthy = True
         self.run_id: str | None = None
+        self._holders: dict[str, tuple[str, float]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,8 +122,30 @@ class Cluster:
         log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id, kind="node_msg")
         return await self._send(owner, Message(k="node_msg", n=node_id, j=job_id, f=frame))
 
-    async def notify_session(self, owner: str, session_id: str, seq: int) -> None:
-        await self._send(owner, Message(k="session", s=session_id, q=seq))
+    async def notify_session(
+        self, owner: str, session_id: str, events: list[tuple[int, bytes]], up_to: int | None = None
+    ) -> None:
+        """Tell the session's holder about new events, carrying them (no extra read needed);
+        with only ``up_to``, the holder reads them from the history."""
+        carried = [(seq, data.decode()) for seq, data in events]
+        last = events[-1][0] if events else (up_to or 0)
+        await self._send(owner, Message(k="session", s=session_id, q=last, e=carried))
+
+    async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
+        return await self._send(holder, Message(k="adopt", j=job_id, d=data))
+
+    async def session_holder(self, session_id: str) -> str | None:
+        """The instance holding a session (cached briefly; a move is announced anyway)."""
+        now = time.monotonic()
+        hit = self._holders.get(session_id)
+        if hit is not None and hit[1] > now and hit[0] in self.live:
+            return hit[0]
+        owner = await self.store.session_owner(SessionId(session_id))
+        if owner is not None:
+            self._holders[session_id] = (owner, now + 2.0)
+            while len(self._holders) > 50_000:
+                self._holders.pop(next(iter(self._holders)))
+        return owner
 
     async def session_moved(self, old_owner: str, session_id: str) -> None:
         await self._send(old_owner, Message(k="moved", s=session_id))
@@ -220,7 +245,9 @@ class Cluster:
         elif msg.k == "session":
             session = s.sessions.get(SessionId(msg.s))
             if session is not None:
-                session.notify(msg.q)
+                session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
+        elif msg.k == "adopt":
+            await s.adopt_handed_over(msg.j, msg.d)
         elif msg.k == "moved":
             await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
         elif msg.k == "node":

@@ -695,7 +695,7 @@ class Scheduler:
         await session.stop()
         if self.cluster is not None:
             last = await self._retry_store(self.store.last_seq, session_id)
-            await self.cluster.notify_session(new_owner, session_id, last)
+            await self.cluster.notify_session(new_owner, session_id, [], up_to=int(last))
 
     async def capacity_changed(self) -> None:
         if self.waiting:
@@ -999,6 +999,7 @@ class Scheduler:
             try:
                 record = None
                 if self.cluster is not None:  # the job's record rides along with the reservation
+                    holder = self.store.node_owner(node_id) or self.config.instance_id
                     record = JobRecord(
                         job.job_id,
                         self.config.instance_id,
@@ -1008,6 +1009,7 @@ class Scheduler:
                         time.time()
                         + self.config.ack_timeout
                         + self.lifecycle.config.result_deadline(job.audio_seconds),
+                        data={"new_owner": holder},
                     )
                 reserved = await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl, record)
             except DependencyDown:
@@ -1077,6 +1079,10 @@ class Scheduler:
         return [Select(job.job_id)]
 
     async def _dispatch(self, job: Job, cmd: Assign) -> list[Command]:
+        if self.cluster is not None and cmd.node_id not in self.nodes:
+            holder = self.store.node_owner(cmd.node_id)
+            if holder is not None and holder != self.config.instance_id:
+                return await self._hand_over(job, cmd, holder)
         deadline = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds)
         if True:
             msg = p.JobAssign(
@@ -1105,6 +1111,50 @@ class Scheduler:
             self.count("jobs_dispatched")
             self.metrics.dispatch_latency.observe(latency)
         return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
+
+    async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
+        """The node is held by another instance: that instance owns and runs the job from
+        here on (the reservation already recorded it as owner), so the node's answers are
+        handled where they arrive and only the session's events cross back."""
+        assert self.cluster is not None
+        extra = self.extra.get(job.job_id)
+        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True)
+        data.update(
+            attempt_id=cmd.attempt_id,
+            node_id=cmd.node_id,
+            excluded=sorted(job.excluded),
+            first_tgt=extra.first_tgt if extra else True,
+        )
+        sent = await self.cluster.adopt(holder, job.job_id, data)
+        if not sent:
+            return self.lifecycle.dispatched(job, cmd.attempt_id, False, self.clock())
+        log.info("job.handed_over", **job_fields(job), to_instance=holder)
+        self.jobs.pop(job.job_id, None)
+        extra = self.extra.pop(job.job_id, None)
+        if extra is not None:
+            for t in extra.timers:
+                t.cancel()
+        self.waiting.pop(job.job_id, None)
+        session = self.sessions.get(job.session_id)
+        if session is not None:
+            session.active_jobs.discard(job.job_id)
+        return []
+
+    async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
+        """Another instance handed us a job for a node we hold: dispatch and run it here."""
+        if JobId(job_id) in self.jobs:
+            return
+        rec = JobRecord(job_id, self.config.instance_id, JobState.ASSIGNED.value, int(data["attempt_id"]),
+                        data["node_id"], 0.0, data)  # fmt: skip
+        job, tts, partials = job_from_record(rec, self.clock())
+        self.jobs[job.job_id] = job
+        self.extra[job.job_id] = JobExtra(tts, partials, asyncio.Lock(), [], first_selection=False,
+                                          first_tgt=bool(data.get("first_tgt", True)))  # fmt: skip
+        nc = self.nodes.get(NodeId(data["node_id"]))
+        if nc is not None:
+            nc.jobs.add(job.job_id)
+        log.info("job.adopted", **job_fields(job), reason="handed over")
+        await self._apply_locked(job, lambda j: [Assign(j.job_id, NodeId(data["node_id"]), j.attempt_id)])
 
     async def _status(self, job: Job, cmd: Status) -> None:
         position = None
@@ -1140,9 +1190,9 @@ class Scheduler:
     async def _notify_owner(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
         if not events or self.cluster is None:
             return
-        owner = await self.store.session_owner(session_id)
+        owner = await self.cluster.session_holder(session_id)
         if owner is not None and owner != self.config.instance_id and owner in self.cluster.live:
-            await self.cluster.notify_session(owner, session_id, events[-1][0])
+            await self.cluster.notify_session(owner, session_id, events)
 
     async def _finish(self, job: Job, cmd: Finish) -> None:
         self.waiting.pop(job.job_id, None)

@@ -76,6 +76,7 @@ class _Result:
 @dataclass(slots=True)
 class _Fetch:
     seq: int
+    events: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -152,6 +153,10 @@ class Session:
         """Another instance appended events up to ``seq``."""
         self._queue.put_nowait(_Fetch(seq))
 
+    def deliver(self, events: list[tuple[int, bytes]], seq: int) -> None:
+        """Another instance appended these events (up to ``seq``): write them in order."""
+        self._queue.put_nowait(_Fetch(seq, events))
+
     async def attach(self, conn: Transport, last_seq: int, greeting: Callable[[int], bytes] | None) -> int:
         """Attach a connection: write ``greeting(n)``, replay the n events after
         ``last_seq``, then go live — all in the pump, so nothing interleaves.
@@ -216,7 +221,7 @@ class Session:
                     )
                 await self._deliver(events)
             elif item.seq > self.written or item.seq > self.published:
-                await self._deliver([])
+                await self._deliver(item.events)
 
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A store call that is retried until the store answers (nothing is dropped)."""

@@ -78,7 +78,9 @@ class StateStore(Protocol):
     ) -> bool:
         """Atomically take a slot on ``node_id``; False when full or unknown.
 
-        With ``record``, the job record is saved in the same step when the slot is taken."""
+        With ``record``, the job record is saved in the same step when the slot is taken
+        (if ``record.owner`` owns the job); ``record.data["new_owner"]`` hands the job to
+        another instance at the same time."""
         ...
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool: ...

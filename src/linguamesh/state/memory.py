@@ -184,7 +184,19 @@ class MemoryStateStore:
         node.reserved = slots.used
         self.index.refresh(node_id)
         if ok and record is not None:
-            await self.save_job(record)
+            old = self.jobs.get(record.job_id)
+            if old is None or old.owner == record.owner:
+                new_owner = record.data.get("new_owner", record.owner) if record.data else record.owner
+                keep = old.data if old is not None else {}
+                self.jobs[record.job_id] = JobRecord(
+                    record.job_id,
+                    new_owner,
+                    record.state,
+                    record.attempt_id,
+                    record.node_id,
+                    record.deadline,
+                    keep,
+                )
         return ok
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:

@@ -35,7 +35,8 @@ from .memory import MemoryNodeIndex
 T = TypeVar("T")
 
 RESERVE = """
--- KEYS: slots, node[, job, jobs:active]  ARGV: member, ttl_ms[, owner, state, attempt, node, deadline_ms, job_id]
+-- KEYS: slots, node[, job, jobs:active]
+-- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
@@ -51,7 +52,7 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 if KEYS[3] then
   local cur = redis.call('HGET', KEYS[3], 'owner')
   if (not cur) or cur == ARGV[3] then
-    redis.call('HSET', KEYS[3], 'owner', ARGV[3], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
+    redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
                'deadline', ARGV[7])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
   end
@@ -386,8 +387,9 @@ class RedisStateStore:
         args: list[Any] = [f"{job_id}:{attempt_id}", int(ttl * 1000)]
         if record is not None:
             keys += [K.job(job_id), K.JOBS_ACTIVE]
+            new_owner = record.data.get("new_owner", record.owner) if record.data else record.owner
             args += [record.owner, record.state, record.attempt_id, record.node_id or "",
-                     int(record.deadline * 1000), job_id]  # fmt: skip
+                     int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
         ok, used = await self._call(self._reserve, keys=keys, args=args)
         view = self.index.get(node_id)
         if view is not None and int(used) >= 0:
