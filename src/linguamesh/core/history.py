@@ -7,6 +7,7 @@ that reconnects with ``last_seq`` gets everything after it.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -24,8 +25,8 @@ class EventHistory(Generic[T]):
         self._events: deque[tuple[int, T]] = deque()
 
     def append(self, seq: int, event: T) -> None:
-        """Keep ``event`` under ``seq``; seqs must increase."""
-        if seq <= self.last_seq:
+        """Keep ``event`` under ``seq``; seqs are contiguous (the next one is last_seq + 1)."""
+        if seq != self.last_seq + 1:
             raise ValueError(f"seq {seq} is not after {self.last_seq}")
         self.last_seq = seq
         self._events.append((seq, event))
@@ -38,7 +39,8 @@ class EventHistory(Generic[T]):
         first = self._events[0][0] if self._events else self.last_seq + 1
         if last_seq + 1 < first:
             raise ReplayGap(f"events {last_seq + 1}..{first - 1} are no longer kept")
-        return [(s, e) for s, e in self._events if s > last_seq]
+        # seqs are contiguous: start at the right offset instead of scanning
+        return list(itertools.islice(self._events, max(0, last_seq + 1 - first), None))
 
     def ack(self, seq: int) -> None:
         while self._events and self._events[0][0] <= seq:

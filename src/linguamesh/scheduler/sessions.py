@@ -212,14 +212,14 @@ class Session:
                 except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
                     log.warning("result.order_lost", session_id=self.session_id, error=str(exc))
                     events = await self._store(self.store.append_events, self.session_id, [item.payload])
-                if events:
+                if events:  # none when earlier results are still missing
                     log.info(
                         "result.ready",
                         trace_id=self.trace_id,
                         session_id=self.session_id,
                         ready_results_count=len(events),
                     )
-                await self._deliver(events)
+                    await self._deliver(events)
             elif item.seq > self.written or item.seq > self.published:
                 await self._deliver(item.events)
 
