@@ -146,6 +146,18 @@ async def cluster() -> AsyncIterator[Cluster]:
             await s.stop()
 
 
+async def late_events(client: Any, wait: float = 0.3, quiet: float = 0.2) -> list[Any]:
+    """Every event that still arrives after ``wait`` s, until ``quiet`` s pass without one
+    (anything duplicated or late would show up here)."""
+    await asyncio.sleep(wait)
+    out = []
+    try:
+        while True:
+            out.append(await client.recv(quiet))
+    except TimeoutError:
+        return out
+
+
 async def eventually(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout * SCALE

@@ -17,7 +17,7 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.state.redis import RedisStateStore
 
-from ..conftest import SCALE, Cluster, eventually, free_port, pcm, test_engines
+from ..conftest import SCALE, Cluster, eventually, free_port, late_events, pcm, test_engines
 from ..redis_server import RedisServer
 
 
@@ -90,13 +90,8 @@ async def test_killing_an_instance_moves_nodes_and_session_and_loses_nothing(
         for i in range(6, total):
             await c.send_utterance(i, pcm(0.1), request_id=f"r{i}")
         await collect(total, 40)
-        await asyncio.sleep(0.5)
-        try:
-            while True:
-                ev = await c.recv(0.3)
-                assert not isinstance(ev, p.TranslationResult) or ev.utterance_index not in results
-        except TimeoutError:
-            pass
+        for ev in await late_events(c, wait=0.5, quiet=0.3):
+            assert not isinstance(ev, p.TranslationResult), f"late or repeated result {ev.utterance_index}"
         await c.disconnect()
     finally:
         proc_a.kill()

@@ -10,7 +10,7 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.state.redis import RedisStateStore
 
-from ..conftest import Cluster, eventually, pcm, test_engines
+from ..conftest import Cluster, eventually, late_events, pcm, test_engines
 
 
 async def two(cluster: Cluster, redis_url: str, **cfg: Any) -> tuple[Any, Any]:
@@ -60,13 +60,7 @@ async def test_many_nodes_and_sessions_every_utterance_exactly_once(cluster: Clu
                 await asyncio.sleep(rng.random() * 0.02)
             want = n * (2 if k % 3 == 0 else 1)
             results = await c.results(want, timeout=30)
-            await asyncio.sleep(0.3)
-            extra = []
-            try:
-                while True:
-                    extra.append(await c.recv(0.2))
-            except TimeoutError:
-                pass
+            extra = await late_events(c)
             assert not [e for e in extra if isinstance(e, p.TranslationResult)]
             assert c.duplicates_dropped == 0
             return results

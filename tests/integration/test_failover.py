@@ -12,7 +12,7 @@ from pathlib import Path
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, eventually, pcm, test_engines
+from ..conftest import Cluster, eventually, late_events, pcm, test_engines
 from ..scripted_node import ScriptedNode
 
 
@@ -128,13 +128,7 @@ async def test_late_result_after_failover_and_duplicate_result_give_one_translat
             await slow.send(slow.result_for(assign, "late"))  # and a duplicate
             r = await c.next_result(5)
             # backup's own result comes later and must not produce a second translation
-            await asyncio.sleep(0.5)
-            extra = []
-            try:
-                while True:
-                    extra.append(await c.recv(0.2))
-            except TimeoutError:
-                pass
+            extra = await late_events(c, wait=0.5)
         acks = [m for m in slow.received if isinstance(m, p.JobResultAck)]
     finally:
         await slow.close()

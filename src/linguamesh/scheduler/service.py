@@ -1084,22 +1084,21 @@ class Scheduler:
             if holder is not None and holder != self.config.instance_id:
                 return await self._hand_over(job, cmd, holder)
         deadline = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds)
-        if True:
-            msg = p.JobAssign(
-                job_id=job.job_id,
-                attempt_id=cmd.attempt_id,
-                trace_id=job.trace_id,
-                session_id=job.session_id,
-                utterance_index=job.utterance_index,
-                src_lang=job.src_lang,
-                tgt_lang=job.tgt_lang,
-                audio=job.audio,
-                audio_format=job.audio_format,  # type: ignore[arg-type]
-                sample_rate=job.sample_rate,
-                stages=list(job.stages),  # type: ignore[arg-type]
-                deadline_ms=int(deadline * 1000),
-            )
-            ok = await self.send_to_node(cmd.node_id, msg, job_id=job.job_id)
+        msg = p.JobAssign(
+            job_id=job.job_id,
+            attempt_id=cmd.attempt_id,
+            trace_id=job.trace_id,
+            session_id=job.session_id,
+            utterance_index=job.utterance_index,
+            src_lang=job.src_lang,
+            tgt_lang=job.tgt_lang,
+            audio=job.audio,
+            audio_format=job.audio_format,  # type: ignore[arg-type]
+            sample_rate=job.sample_rate,
+            stages=list(job.stages),  # type: ignore[arg-type]
+            deadline_ms=int(deadline * 1000),
+        )
+        ok = await self.send_to_node(cmd.node_id, msg, job_id=job.job_id)
         now = self.clock()
         if ok:
             latency = now - job.created_at

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from starlette.websockets import WebSocket
 
 from .. import protocol as p
 from ..observability.logging import bind, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
+from .frames import text_frames
 from .service import NodeConn, Scheduler
 
 log = get_logger("linguamesh.scheduler.node")
@@ -18,12 +19,7 @@ async def node_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     nc: NodeConn | None = None
     try:
-        while True:
-            try:
-                frame = await ws.receive_text()
-            except KeyError:
-                await _error(ws, ProtocolError(ErrorCode.BAD_MESSAGE, "frames must be text (JSON)"))
-                continue
+        async for frame in text_frames(ws):
             try:
                 msg = p.decode_node(frame, sched.config.max_message_bytes)
                 if nc is None:
@@ -47,8 +43,6 @@ async def node_endpoint(ws: WebSocket) -> None:
                 if exc.fatal:
                     await ws.close(1008, exc.code.value)
                     return
-    except (WebSocketDisconnect, WebSocketDisconnected):
-        pass  # the client left, or we closed the socket (session moved, node replaced)
     finally:
         if nc is not None:
             await sched.node_gone(nc, "connection closed")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from starlette.websockets import WebSocket
 
 from .. import protocol as p
 from ..observability.logging import bound, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
+from .frames import text_frames
 from .service import Scheduler
 from .sessions import Session
 
@@ -19,14 +20,7 @@ async def session_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     session: Session | None = None
     try:
-        while True:
-            try:
-                frame = await ws.receive_text()
-            except KeyError:  # a binary frame
-                await _send_error(
-                    ws, session, ProtocolError(ErrorCode.BAD_MESSAGE, "frames must be text (JSON)")
-                )
-                continue
+        async for frame in text_frames(ws):
             try:
                 msg = p.decode_client(frame, sched.config.max_message_bytes)
                 if isinstance(msg, p.SessionInit):
@@ -66,8 +60,6 @@ async def session_endpoint(ws: WebSocket) -> None:
                 if exc.fatal:
                     await ws.close(1008, exc.code.value)
                     return
-    except (WebSocketDisconnect, WebSocketDisconnected):
-        pass  # the client left, or we closed the socket (session moved, node replaced)
     finally:
         if session is not None:
             sched.connection_closed(session, ws)

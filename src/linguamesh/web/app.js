@@ -323,14 +323,20 @@ function onMicBlock(block) {
   }
 }
 
-async function talkStart() {
+// open the microphone (once) and resume capture; false (with a notice) when it is not available
+async function micReady() {
   try {
     await ensureMic();
   } catch (e) {
     notice(`The microphone is not available: ${e.message}`, true);
-    return;
+    return false;
   }
   await mic.ctx.resume();
+  return true;
+}
+
+async function talkStart() {
+  if (!(await micReady())) return;
   mic.recording = true;
   $("talk").setAttribute("aria-pressed", "true");
   $("talk").textContent = "Release to send";
@@ -352,13 +358,7 @@ async function toggleListen() {
     $("listen").textContent = "Start listening";
     return;
   }
-  try {
-    await ensureMic();
-  } catch (e) {
-    notice(`The microphone is not available: ${e.message}`, true);
-    return;
-  }
-  await mic.ctx.resume();
+  if (!(await micReady())) return;
   mic.vad = new EnergyVad();
   mic.preroll = [];
   mic.recording = true;
