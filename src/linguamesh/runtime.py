@@ -60,8 +60,12 @@ def model_manager(config: NodeConfig) -> ModelManager:
 
 
 async def serve_node(config: NodeConfig) -> None:
+    preload = config.models.get("preload", False)  # true, or a list of engine kinds
     engines = await asyncio.to_thread(
-        build, config.engines, model_manager(config), preload=bool(config.models.get("preload", False))
+        build,
+        config.engines,
+        model_manager(config),
+        preload=preload if isinstance(preload, list) else bool(preload),
     )
     try:
         caps = engines.capabilities()

@@ -219,3 +219,16 @@ def test_stop_flag_raises_cancelled_inside_whisper(default_set: EngineSet) -> No
     stop.set()
     with pytest.raises(Cancelled):
         asr._transcribe(speech(espeak_wav("One two three.")), "en", None, stop)
+
+
+def test_preload_list_loads_only_the_listed_kinds() -> None:
+    configs = [
+        {"kind": "piper", "voice": "bundled:joe"},
+        {"kind": "faster-whisper", "model": "bundled:whisper-base", "languages": ["en"]},
+    ]
+    es = build(configs, preload=["piper"])
+    try:
+        loaded = es.models_manager.loaded()
+        assert len(loaded) == 1 and loaded[0].startswith("piper:")
+    finally:
+        es.close()

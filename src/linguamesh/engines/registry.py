@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +176,7 @@ def build(
     configs: list[dict[str, Any]],
     models: ModelManager | None = None,
     *,
-    preload: bool = False,
+    preload: bool | Iterable[str] = False,
     strict: bool = False,
 ) -> EngineSet:
     """Create the configured engines.
@@ -184,9 +184,11 @@ def build(
     An engine whose model is missing or broken is left out and recorded in
     ``failures`` (the node then registers without what it would have given);
     with ``strict`` the first failure raises instead. An unknown ``kind`` is a
-    configuration error and always raises. With ``preload`` every engine's
-    model is loaded now, so a corrupt file is found at start-up.
+    configuration error and always raises. With ``preload`` (True, or a list of
+    engine kinds) those engines' models are loaded now, so a corrupt file is found
+    at start-up; an engine config can also say ``preload = true`` itself.
     """
+    preload_kinds = None if isinstance(preload, bool) else set(preload)
     es = EngineSet(models_manager=models or ModelManager())
     for i, cfg in enumerate(configs):
         kind = cfg.get("kind")
@@ -196,7 +198,8 @@ def build(
             )
         try:
             engines = _FACTORIES[kind](cfg, es.models_manager)
-            if preload or cfg.get("preload", False):
+            wanted = preload is True or (preload_kinds is not None and kind in preload_kinds)
+            if wanted or cfg.get("preload", False):
                 for engine in engines:
                     load = getattr(engine, "load", None)
                     if load is not None:

@@ -152,8 +152,9 @@ def configure(
         root.addHandler(fh)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(logging.WARNING, root_level))
-    # uvicorn's frame-level debug output would carry job context into our logs
-    logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, root_level))
+    # uvicorn logs every connection at info (and frames at debug, with our job context):
+    # our own records say what matters
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root_level))
     for name, level in per.items():
         logging.getLogger(name).setLevel(level)
 
