@@ -155,3 +155,21 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     assert await admin.locator("#counters div").count() > 3
     await admin.screenshot(path=ARTIFACTS / "operator.png", full_page=True)
     assert not admin.js_errors
+
+
+async def test_hands_free_mode_cuts_utterances_on_silence(cluster: Cluster, browser: Any) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "vad-node", engines=default_engines(), max_concurrent_jobs=1)
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.select_option("#mode", "free")
+    await page.click("#listen")  # the fake microphone plays: speech, then 2.5 s of silence
+    await page.wait_for_function("window.lm.closes >= 1", timeout=15_000)  # the page's VAD closed it
+    row = page.locator("li.utt[data-status=ok]").first
+    await row.wait_for(timeout=60_000)
+    await page.click("#listen")
+    asr = await row.locator(".asr").inner_text()
+    assert wer(SPOKEN, asr) <= 0.35, asr
+    assert "museo" in (await row.locator(".mt").inner_text()).lower()
+    assert not page.js_errors
+    await page.screenshot(path=ARTIFACTS / "speaker-hands-free.png", full_page=True)
