@@ -1273,8 +1273,17 @@ class Scheduler:
             elapsed_ms=round(total_ms, 3),
         )
         self.count("results_emitted")
-        await self._finish_record(job, extra.pending_release if extra is not None else None)
+        release = extra.pending_release if extra is not None else None
         session = self.sessions.get(job.session_id)
+        if session is not None:
+            # queue the result for delivery first: the record and slot update is off the critical path
+            session.active_jobs.discard(job.job_id)
+            session.emit_result(job.tgt_lang, job.utterance_index, result)
+            await self._finish_record(job, release)
+            if session.closing and not session.active_jobs:
+                self._spawn(self._maybe_finish_close(session), "finish-close")
+            return
+        await self._finish_record(job, release)
         if session is None:
             if self.cluster is None:
                 log.warning("result.dropped_session_gone", **job_fields(job))
@@ -1286,11 +1295,6 @@ class Scheduler:
             )
             log.info("result.sending", **job_fields(job), live=False, routed=True, released=len(events))
             await self._notify_owner(job.session_id, events)
-            return
-        session.active_jobs.discard(job.job_id)
-        session.emit_result(job.tgt_lang, job.utterance_index, result)
-        if session.closing and not session.active_jobs:
-            self._spawn(self._maybe_finish_close(session), "finish-close")
 
     async def _retry_store(self, fn: Any, *args: Any) -> Any:
         delay = 0.05

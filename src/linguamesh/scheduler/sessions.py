@@ -199,10 +199,24 @@ class Session:
                 await self._attach(item)
             elif isinstance(item, _Append):
                 payloads = list(item.payloads)
-                # one round trip for every event queued right behind this one
-                while not self._queue.empty() and isinstance(self._queue._queue[0], _Append):  # type: ignore[attr-defined]
+                # one round trip for every event queued right behind this one, and for a
+                # result queued after them
+                queued = self._queue._queue  # type: ignore[attr-defined]
+                while queued and isinstance(queued[0], _Append):
                     payloads += self._queue.get_nowait().payloads  # type: ignore[union-attr]
-                events = await self._store(self.store.append_events, self.session_id, payloads)
+                if queued and isinstance(queued[0], _Result):
+                    res = self._queue.get_nowait()
+                    assert isinstance(res, _Result)
+                    try:
+                        events = await self._store(
+                            self.store.append_and_push, self.session_id, payloads, res.tgt_lang, res.index,
+                            res.payload,
+                        )  # fmt: skip
+                    except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
+                        log.warning("result.order_lost", session_id=self.session_id, error=str(exc))
+                        events = await self._store(self.store.append_events, self.session_id, [res.payload])
+                else:
+                    events = await self._store(self.store.append_events, self.session_id, payloads)
                 await self._deliver(events)
             elif isinstance(item, _Result):
                 try:

@@ -133,6 +133,13 @@ class StateStore(Protocol):
         """Record a finished result; append and return every result now deliverable, in order."""
         ...
 
+    async def append_and_push(
+        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+    ) -> list[tuple[int, bytes]]:
+        """:meth:`append_events` then :meth:`push_result`, in one round trip; returns both
+        lists of events together, in seq order."""
+        ...
+
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         """Every kept event after ``last_seq``; raises ReplayGap when some are gone."""
         ...

@@ -272,6 +272,12 @@ class MemoryStateStore:
         ready = self.streams[(session_id, tgt_lang)].complete(index, payload)
         return await self.append_events(session_id, ready)
 
+    async def append_and_push(
+        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+    ) -> list[tuple[int, bytes]]:
+        events = await self.append_events(session_id, payloads)
+        return events + await self.push_result(session_id, tgt_lang, index, result)
+
     async def last_seq(self, session_id: SessionId) -> int:
         return self._history(session_id).last_seq
 

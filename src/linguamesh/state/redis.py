@@ -530,6 +530,25 @@ class RedisStateStore:
             raise KeyError(str(exc)) from None
         return self._pairs(flat)
 
+    async def append_and_push(
+        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+    ) -> list[tuple[int, bytes]]:
+        pipe = self.r.pipeline(transaction=False)
+        hist, seq = K.history(session_id), K.seqno(session_id)
+        await self._append(keys=[hist, seq], args=[self.history_size, self._ttl(), *payloads], client=pipe)
+        await self._push(
+            keys=[K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), hist, seq],
+            args=[self.history_size, self._ttl(), index, result],
+            client=pipe,
+        )
+        appended, released = await self._call(pipe.execute, raise_on_error=False)
+        if isinstance(appended, Exception):
+            raise appended
+        events = self._pairs(appended)
+        if isinstance(released, ResponseError):
+            raise KeyError(str(released))  # the appended events stand; the caller re-sends the result
+        return events + self._pairs(released)
+
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
         pipe.get(K.seqno(session_id))
