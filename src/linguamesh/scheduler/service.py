@@ -52,7 +52,7 @@ from ..state.base import DependencyDown, JobRecord, SessionRecord, StateStore
 from ..state.redis import RedisStateStore
 from .cluster import Cluster
 from .config import SchedulerConfig
-from .sessions import Session, SessionSettings, Transport
+from .sessions import Session, SessionSettings, Transport, until_available
 
 log = get_logger("linguamesh.scheduler")
 
@@ -694,7 +694,7 @@ class Scheduler:
         session.closed = True
         await session.stop()
         if self.cluster is not None:
-            last = await self._retry_store(self.store.last_seq, session_id)
+            last = await until_available(self.store.last_seq, session_id)
             await self.cluster.notify_session(new_owner, session_id, [], up_to=int(last))
 
     async def capacity_changed(self) -> None:
@@ -1284,26 +1284,16 @@ class Scheduler:
                 self._spawn(self._maybe_finish_close(session), "finish-close")
             return
         await self._finish_record(job, release)
-        if session is None:
-            if self.cluster is None:
-                log.warning("result.dropped_session_gone", **job_fields(job))
-                return
-            # the session is held by another instance (or by none right now): the result goes
-            # into its history in order, and its holder is told
-            events = await self._retry_store(
-                self.store.push_result, job.session_id, job.tgt_lang, job.utterance_index, p.encode(result)
-            )
-            log.info("result.sending", **job_fields(job), live=False, routed=True, released=len(events))
-            await self._notify_owner(job.session_id, events)
-
-    async def _retry_store(self, fn: Any, *args: Any) -> Any:
-        delay = 0.05
-        while True:
-            try:
-                return await fn(*args)
-            except DependencyDown:
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        if self.cluster is None:
+            log.warning("result.dropped_session_gone", **job_fields(job))
+            return
+        # the session is held by another instance (or by none right now): the result goes
+        # into its history in order, and its holder is told
+        events = await until_available(
+            self.store.push_result, job.session_id, job.tgt_lang, job.utterance_index, p.encode(result)
+        )
+        log.info("result.sending", **job_fields(job), live=False, routed=True, released=len(events))
+        await self._notify_owner(job.session_id, events)
 
     async def _persist(self, job: Job, extra: JobExtra) -> None:
         """Record the job's state and next deadline, so another instance can take it over."""

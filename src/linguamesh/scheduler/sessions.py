@@ -41,6 +41,18 @@ RETRY_MAX = 2.0
 T = TypeVar("T")
 
 
+async def until_available(fn: Callable[..., Awaitable[T]], *args: Any, **log_fields: Any) -> T:
+    """Call the store until it answers: what was accepted is never dropped for an outage."""
+    delay = 0.05
+    while True:
+        try:
+            return await fn(*args)
+        except DependencyDown as exc:
+            log.warning("store.unavailable_retrying", error=str(exc), **log_fields)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+
+
 class Transport(Protocol):
     async def send_text(self, data: str) -> None: ...
 
@@ -238,15 +250,7 @@ class Session:
                 await self._deliver(item.events)
 
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """A store call that is retried until the store answers (nothing is dropped)."""
-        delay = 0.05
-        while True:
-            try:
-                return await fn(*args)
-            except DependencyDown as exc:
-                log.warning("history.store_unavailable", session_id=self.session_id, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX, delay * 2)
+        return await until_available(fn, *args, session_id=self.session_id)
 
     async def _deliver(self, events: list[tuple[int, bytes]]) -> None:
         """Publish and write ``events`` (and any gap before them) in seq order."""

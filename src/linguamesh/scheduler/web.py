@@ -28,6 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import protocol as p
 from ..core.history import ReplayGap
 from ..core.ids import SessionId
 from .api import nodes_data, pools_data
@@ -78,12 +79,6 @@ def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
     return value if value >= 0 else _error(400, "bad_message", f"{name} must not be negative")
 
 
-def _event_type(data: bytes) -> str:
-    # the type tag is the first field msgspec writes: {"type":"...",
-    start = data.find(b'"type":"') + 8
-    return data[start : data.find(b'"', start)].decode()
-
-
 async def history(request: Request) -> Response:
     session = _viewer_session(request)
     if isinstance(session, Response):
@@ -96,7 +91,7 @@ async def history(request: Request) -> Response:
         events = await _sched(request).store.events_since(session.session_id, since)
     except ReplayGap as exc:
         return _error(410, "session_not_found", f"cannot replay: {exc}")
-    out = [json.loads(data) for _, data in events if types is None or _event_type(data) in types]
+    out = [json.loads(data) for _, data in events if types is None or p.event_type(data) in types]
     last_seq = await _sched(request).store.last_seq(session.session_id)
     return JSONResponse({"session_id": session.session_id, "last_seq": last_seq, "events": out})
 
@@ -118,14 +113,14 @@ async def stream(request: Request) -> Response:
         replay = await store.events_since(session.session_id, 0) if last == 0 else []
 
     def frame(seq: int, data: bytes) -> bytes:
-        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, _event_type(data).encode(), data)
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, p.event_type(data).encode(), data)
 
     async def body() -> AsyncIterator[bytes]:
         sent = last
         try:
             yield b"retry: 1000\n\n"
             for seq, data in replay:
-                if types is None or _event_type(data) in types:
+                if types is None or p.event_type(data) in types:
                     yield frame(seq, data)
                 sent = max(sent, seq)
             while True:
@@ -139,7 +134,7 @@ async def stream(request: Request) -> Response:
                 if seq <= sent:
                     continue
                 sent = seq
-                if types is None or _event_type(data) in types:
+                if types is None or p.event_type(data) in types:
                     yield frame(seq, data)
         finally:
             session.subscribers.discard(queue)
