@@ -1,7 +1,7 @@
 """``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5), on redis-py asyncio.
 
-Multi-key changes are one Lua script each (run by SHA, reloaded on NOSCRIPT by
-redis-py): slot reservation, event append (numbering), ordered result
+Multi-key changes are one Lua script each (loaded on connect, run by SHA over
+the pipelined ``RedisWire``; cold paths use redis-py): slot reservation, event append (numbering), ordered result
 release, owner-guarded job writes, takeover claims. Key names are in
 ``redis_keys``. Selection reads a local mirror of the node registry (kept
 current on every local change, on notices from other instances and by a
@@ -31,6 +31,7 @@ from ..core.nodes import NodeCapabilities, NodeView
 from . import redis_keys as K
 from .base import DependencyDown, JobRecord, SessionRecord
 from .memory import MemoryNodeIndex
+from .redis_wire import RedisWire, Script
 
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ local n = redis.call('ZREM', KEYS[1], ARGV[1])
 return {n, redis.call('ZCARD', KEYS[1])}
 """
 
-# shared by APPEND and PUSH_RESULT: number one event and add it to the history
+# shared by APPEND and APPEND_PUSH: number one event and add it to the history
 _APPEND_ONE = """
 local function append(hist, seqkey, maxlen, p, out)
   local seq = redis.call('INCR', seqkey)
@@ -88,22 +89,26 @@ return out
 """
 )
 
-PUSH_RESULT = (
+APPEND_PUSH = (
     _APPEND_ONE
     + """
+-- KEYS: pending, done, history, seqno  ARGV: maxlen, ttl, index, result, event payloads...
+-- the events first, then the result through the ordering buffer; {1|0, seq, data, ...}
+local out = {1}
+for i = 5, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  return redis.error_reply('index ' .. ARGV[3] .. ' was not expected or already completed')
-end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-local out = {}
-while true do
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-  if not first then break end
-  local p = redis.call('HGET', KEYS[2], first)
-  if not p then break end
-  redis.call('ZREM', KEYS[1], first)
-  redis.call('HDEL', KEYS[2], first)
-  append(KEYS[3], KEYS[4], ARGV[1], p, out)
+  out[1] = 0
+else
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  while true do
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+    if not first then break end
+    local p = redis.call('HGET', KEYS[2], first)
+    if not p then break end
+    redis.call('ZREM', KEYS[1], first)
+    redis.call('HDEL', KEYS[2], first)
+    append(KEYS[3], KEYS[4], ARGV[1], p, out)
+  end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return out
@@ -238,41 +243,47 @@ class RedisStateStore:
         self.node_stale_after = node_stale_after
         self.index = MemoryNodeIndex()
         self.owners: dict[NodeId, str] = {}
-        self._reserve = self.r.register_script(RESERVE)
-        self._release = self.r.register_script(RELEASE)
-        self._append = self.r.register_script(APPEND)
-        self._push = self.r.register_script(PUSH_RESULT)
-        self._save_job = self.r.register_script(SAVE_JOB)
-        self._finish_job = self.r.register_script(FINISH_JOB)
-        self._claim = self.r.register_script(CLAIM)
-        self._claim_session = self.r.register_script(CLAIM_SESSION)
-        self._accept = self.r.register_script(ACCEPT)
-        self._claim_one = self.r.register_script(CLAIM_ONE)
+        self._reserve = Script("reserve", RESERVE)
+        self._release = Script("release", RELEASE)
+        self._append = Script("append", APPEND)
+        self._append_push = Script("push_result", APPEND_PUSH)
+        self._save_job = Script("save_job", SAVE_JOB)
+        self._finish_job = Script("finish_job", FINISH_JOB)
+        self._claim = Script("claim", CLAIM)
+        self._claim_session = Script("claim_session", CLAIM_SESSION)
+        self._accept = Script("accept_utterance", ACCEPT)
+        self._claim_one = Script("claim_job", CLAIM_ONE)
+        scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
+                   self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
+        #: the hot path: scripts and inbox writes, pipelined over one connection
+        self.wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh", scripts=scripts)
+        #: blocking inbox reads, on a connection of their own
+        self._inbox_wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh-inbox")
         self.groups_made: set[str] = set()
         #: one entry per request sent to Redis (a pipeline or a script is one round trip)
         self.round_trips: dict[str, int] = {}
-        self._script_names = {
-            id(script): name
-            for name, script in (
-                ("reserve", self._reserve),
-                ("release", self._release),
-                ("append", self._append),
-                ("push_result", self._push),
-                ("save_job", self._save_job),
-                ("finish_job", self._finish_job),
-                ("claim", self._claim),
-                ("claim_session", self._claim_session),
-                ("accept_utterance", self._accept),
-                ("claim_job", self._claim_one),
-            )
-        }
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        op: str = self._script_names.get(id(fn)) or str(getattr(fn, "__name__", "call"))
+        op = str(getattr(fn, "__name__", "call"))
         self.round_trips[op] = self.round_trips.get(op, 0) + 1
         try:
             return await fn(*args, **kw)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise DependencyDown(f"redis unreachable: {exc}") from None
+
+    async def _run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        self.round_trips[script.name] = self.round_trips.get(script.name, 0) + 1
+        try:
+            return await self.wire.run(script, keys, args)
+        except (RedisConnectionError, OSError) as exc:
+            raise DependencyDown(f"redis unreachable: {exc}") from None
+
+    async def _wire_call(self, wire: RedisWire, *args: Any) -> Any:
+        op = str(args[0]).lower()
+        self.round_trips[op] = self.round_trips.get(op, 0) + 1
+        try:
+            return await wire.call(*args)
+        except (RedisConnectionError, OSError) as exc:
             raise DependencyDown(f"redis unreachable: {exc}") from None
 
     # ------------------------------------------------------------------ nodes
@@ -390,7 +401,7 @@ class RedisStateStore:
             new_owner = record.data.get("new_owner", record.owner) if record.data else record.owner
             args += [record.owner, record.state, record.attempt_id, record.node_id or "",
                      int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
-        ok, used = await self._call(self._reserve, keys=keys, args=args)
+        ok, used = await self._run(self._reserve, keys=keys, args=args)
         view = self.index.get(node_id)
         if view is not None and int(used) >= 0:
             view.reserved = int(used)
@@ -398,7 +409,7 @@ class RedisStateStore:
         return bool(ok)
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
-        n, used = await self._call(self._release, keys=[K.slots(node_id)], args=[f"{job_id}:{attempt_id}"])
+        n, used = await self._run(self._release, keys=[K.slots(node_id)], args=[f"{job_id}:{attempt_id}"])
         view = self.index.get(node_id)
         if view is not None:
             view.reserved = int(used)
@@ -429,12 +440,12 @@ class RedisStateStore:
         args: list[Any] = [index, request_id or "", len(jobs), 3600]
         for r in jobs:
             args += [r.job_id, r.owner, r.state, r.attempt_id, int(r.deadline * 1000), _json(r.data)]
-        res = await self._call(self._accept, keys=keys, args=args)
+        res = await self._run(self._accept, keys=keys, args=args)
         return res.decode() if res else None
 
     async def claim_job(self, job_id: str, owner: str, live: set[str]) -> bool:
         """Take over one job whose owner is not live (a result for it arrived here)."""
-        return bool(await self._call(self._claim_one, keys=[K.job(job_id)], args=[owner, *sorted(live)]))
+        return bool(await self._run(self._claim_one, keys=[K.job(job_id)], args=[owner, *sorted(live)]))
 
     async def lookup_request(self, session_id: SessionId, key: str) -> JobId | None:
         v = await self._call(self.r.hget, K.requests(session_id), key)
@@ -475,7 +486,7 @@ class RedisStateStore:
         )
 
     async def claim_session(self, session_id: SessionId, owner: str, ttl: float) -> str | None:
-        prev = await self._call(self._claim_session, keys=[K.session(session_id)], args=[owner, int(ttl)])
+        prev = await self._run(self._claim_session, keys=[K.session(session_id)], args=[owner, int(ttl)])
         return prev.decode() if prev else None
 
     async def session_owner(self, session_id: SessionId) -> str | None:
@@ -498,7 +509,7 @@ class RedisStateStore:
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
-        flat = await self._call(
+        flat = await self._run(
             self._append,
             keys=[K.history(session_id), K.seqno(session_id)],
             args=[self.history_size, self._ttl(), *payloads],
@@ -515,39 +526,20 @@ class RedisStateStore:
     async def push_result(
         self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
     ) -> list[tuple[int, bytes]]:
-        try:
-            flat = await self._call(
-                self._push,
-                keys=[
-                    K.pending(session_id, tgt_lang),
-                    K.done(session_id, tgt_lang),
-                    K.history(session_id),
-                    K.seqno(session_id),
-                ],
-                args=[self.history_size, self._ttl(), index, payload],
-            )
-        except ResponseError as exc:
-            raise KeyError(str(exc)) from None
-        return self._pairs(flat)
+        return await self.append_and_push(session_id, [], tgt_lang, index, payload)
 
     async def append_and_push(
         self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
     ) -> list[tuple[int, bytes]]:
-        pipe = self.r.pipeline(transaction=False)
-        hist, seq = K.history(session_id), K.seqno(session_id)
-        await self._append(keys=[hist, seq], args=[self.history_size, self._ttl(), *payloads], client=pipe)
-        await self._push(
-            keys=[K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), hist, seq],
-            args=[self.history_size, self._ttl(), index, result],
-            client=pipe,
-        )
-        appended, released = await self._call(pipe.execute, raise_on_error=False)
-        if isinstance(appended, Exception):
-            raise appended
-        events = self._pairs(appended)
-        if isinstance(released, ResponseError):
-            raise KeyError(str(released))  # the appended events stand; the caller re-sends the result
-        return events + self._pairs(released)
+        flat = await self._run(
+            self._append_push,
+            keys=[K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
+                  K.seqno(session_id)],
+            args=[self.history_size, self._ttl(), index, result, *payloads],
+        )  # fmt: skip
+        if not flat[0]:  # the appended events stand; the caller re-sends the result
+            raise KeyError(f"index {index} was not expected or already completed")
+        return self._pairs(flat[1:])
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
@@ -583,7 +575,7 @@ class RedisStateStore:
 
     async def save_job(self, record: JobRecord) -> bool:
         data = _json(record.data) if record.data else ""
-        ok = await self._call(
+        ok = await self._run(
             self._save_job,
             keys=[K.job(record.job_id), K.JOBS_ACTIVE],
             args=[
@@ -624,14 +616,14 @@ class RedisStateStore:
         if release is not None:
             keys.append(K.slots(release[0]))
             args.append(f"{job_id}:{release[1]}")
-        used = await self._call(self._finish_job, keys=keys, args=args)
+        used = await self._run(self._finish_job, keys=keys, args=args)
         view = self.index.get(release[0]) if release is not None else None
         if view is not None and int(used) >= 0:
             view.reserved = int(used)
             self.index.refresh(view.node_id)
 
     async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
-        ids = await self._call(
+        ids = await self._run(
             self._claim,
             keys=[K.JOBS_ACTIVE],
             args=[owner, int(now * 1000), limit, K.PREFIX + "job:", *sorted(live)],
@@ -659,38 +651,55 @@ class RedisStateStore:
         return {i for i, v in zip(ids, alive, strict=True) if v is not None}
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> None:
-        await self._call(self.r.xadd, K.inbox(instance_id), {"m": message}, maxlen=100_000, approximate=True)
+        await self._wire_call(
+            self.wire, "XADD", K.inbox(instance_id), "MAXLEN", "~", 100_000, "*", "m", message
+        )
 
     async def read_inbox(
         self, instance_id: str, block_ms: int, count: int = 500
     ) -> list[tuple[bytes, bytes]]:
         key = K.inbox(instance_id)
+        wire = self._inbox_wire
+        wire.timeout = block_ms / 1000 + 2.0
         if key not in self.groups_made:
             try:
-                await self._call(self.r.xgroup_create, key, K.INBOX_GROUP, id="$", mkstream=True)
+                await self._wire_call(wire, "XGROUP", "CREATE", key, K.INBOX_GROUP, "$", "MKSTREAM")
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self.groups_made.add(key)
             # messages delivered before a restart but never acked come first (at-least-once)
-            pending = await self._call(self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: "0"}, count=count)
-            got = [(eid, f[b"m"]) for _, entries in pending for eid, f in entries if f]
+            pending = await self._wire_call(
+                wire, "XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "STREAMS", key, "0"
+            )
+            got = self._entries(pending)
             if got:
                 return got
         try:
-            res = await self._call(
-                self.r.xreadgroup, K.INBOX_GROUP, instance_id, {key: ">"}, count=count, block=block_ms
-            )
+            res = await self._wire_call(
+                wire, "XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", key, ">",
+            )  # fmt: skip
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
                 self.groups_made.discard(key)
                 return []
             raise
-        return [(eid, f[b"m"]) for _, entries in res for eid, f in entries]
+        return self._entries(res)
+
+    @staticmethod
+    def _entries(reply: Any) -> list[tuple[bytes, bytes]]:
+        """``[(entry id, message)]`` from an XREADGROUP reply (entries already acked have no fields)."""
+        out = []
+        for _, entries in reply or []:
+            for eid, fields in entries:
+                if fields:
+                    out.append((eid, fields[fields.index(b"m") + 1]))
+        return out
 
     async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
         if ids:
-            await self._call(self.r.xack, K.inbox(instance_id), K.INBOX_GROUP, *ids)
+            await self._wire_call(self.wire, "XACK", K.inbox(instance_id), K.INBOX_GROUP, *ids)
 
     async def server_run_id(self) -> str:
         """Changes when the Redis server restarts (then its content may be gone)."""
@@ -714,6 +723,8 @@ class RedisStateStore:
             raise DependencyDown(str(exc)) from None
 
     async def close(self) -> None:
+        await self.wire.close()
+        await self._inbox_wire.close()
         await self.r.aclose()
 
 
