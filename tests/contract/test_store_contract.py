@@ -13,7 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
-from linguamesh.state.base import JobRecord, SessionRecord
+from linguamesh.state.base import JobEnd, JobRecord, SessionRecord
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
@@ -113,6 +113,30 @@ async def test_results_are_released_in_order(store: Any) -> None:
         await store.push_result(SID, "es", 3, res(3))
 
 
+async def test_a_result_push_ends_its_job_and_releases_its_slot(store: Any) -> None:
+    await store.register_node(node("n1", 1), "A")
+    n1 = NodeId("n1")
+    for i in (0, 1):
+        j = JobId(f"j{i}")
+        await store.save_job(JobRecord(j, "A", "running", 1, "n1", deadline=time.time() - 1))
+        await store.expect_result(SID, "es", i)
+    assert await store.reserve(n1, JobId("j0"), 1, 30)
+    assert not await store.reserve(n1, JobId("j1"), 1, 30)
+    got = await store.append_and_push(SID, [ev(0)], "es", 0, res(0), JobEnd(JobId("j0"), "A", (n1, 1)))
+    assert [s for s, _ in got] == [1, 2]
+    assert store.nodes().get("n1").reserved == 0  # the mirror learned it from the same step
+    assert await store.reserve(n1, JobId("j1"), 1, 30)  # the slot is free again
+    claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10)
+    assert [c.job_id for c in claimed] == ["j1"]  # j0 ended: nothing to take over
+    # an index nobody expects: KeyError, yet the job ends and the events stay
+    await store.save_job(JobRecord(JobId("j9"), "A", "running", 1, "n1", deadline=time.time() - 1))
+    with pytest.raises(KeyError):
+        await store.append_and_push(SID, [ev(9)], "es", 9, res(9), JobEnd(JobId("j9"), "A"))
+    assert [s for s, _ in await store.events_since(SID, 2)] == [3]
+    left = await store.claim_expired_jobs("C", time.time(), live={"C"}, limit=10)
+    assert [c.job_id for c in left] == ["j1"]  # j9 ended too
+
+
 async def test_session_record_and_ownership(store: Any) -> None:
     rec = SessionRecord("s-2", "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A")
     await store.create_session(rec, 60)
@@ -136,9 +160,14 @@ async def test_only_the_owner_moves_a_job_and_dead_owners_jobs_are_claimed(store
     assert await store.claim_expired_jobs("B", time.time(), live={"A", "B"}, limit=10) == []
     claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10)
     assert [c.job_id for c in claimed] == ["j1"] and claimed[0].owner == "B"
-    assert await store.claim_expired_jobs("C", time.time(), live={"C"}, limit=10) == [] or True
-    await store.finish_job(JobId("j1"), "B")
-    assert await store.claim_expired_jobs("C", time.time() + 100, live={"C"}, limit=10) == []
+    again = await store.claim_expired_jobs("C", time.time(), live={"C"}, limit=10)
+    assert [c.job_id for c in again] == ["j1"]  # B is not live for C: C takes it over
+    await store.finish_job(JobId("j1"), "B")  # B no longer owns it: nothing changes
+    assert [c.job_id for c in await store.claim_expired_jobs("D", time.time(), live={"D"}, limit=10)] == [
+        "j1"
+    ]
+    await store.finish_job(JobId("j1"), "D")
+    assert await store.claim_expired_jobs("E", time.time() + 100, live={"E"}, limit=10) == []
 
 
 async def test_racing_instances_reserve_the_last_slot_once(redis_url: str) -> None:

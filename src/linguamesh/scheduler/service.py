@@ -48,11 +48,11 @@ from ..core.stages import expand_stages, requirements
 from ..observability.logging import bound, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown, JobRecord, SessionRecord, StateStore
+from ..state.base import DependencyDown, JobEnd, JobRecord, SessionRecord, StateStore
 from ..state.redis import RedisStateStore
 from .cluster import Cluster
 from .config import SchedulerConfig
-from .sessions import Session, SessionSettings, Transport, until_available
+from .sessions import Session, SessionRelay, SessionSettings, Transport, until_available
 
 log = get_logger("linguamesh.scheduler")
 
@@ -124,6 +124,8 @@ class Scheduler:
         self.clock = time.monotonic
         self.started_at = time.time()
         self.sessions: dict[SessionId, Session] = {}
+        #: events for sessions held by other instances, produced by jobs handed over to us
+        self.relays: dict[SessionId, SessionRelay] = {}
         self.nodes: dict[NodeId, NodeConn] = {}
         self.jobs: dict[JobId, Job] = {}
         self.extra: dict[JobId, JobExtra] = {}
@@ -924,7 +926,7 @@ class Scheduler:
             )
         elif isinstance(cmd, AckResult):
             await self.send_to_node(cmd.node_id, p.JobResultAck(job_id=cmd.job_id, attempt_id=cmd.attempt_id))
-        elif isinstance(cmd, Status):
+        elif isinstance(cmd, Status) and job.job_id in self.jobs:  # else handed over: its new owner reports
             await self._status(job, cmd)
         elif isinstance(cmd, Note):
             self._note(job, cmd)
@@ -1153,7 +1155,10 @@ class Scheduler:
         if nc is not None:
             nc.jobs.add(job.job_id)
         log.info("job.adopted", **job_fields(job), reason="handed over")
-        await self._apply_locked(job, lambda j: [Assign(j.job_id, NodeId(data["node_id"]), j.attempt_id)])
+        node_id = NodeId(data["node_id"])
+        await self._apply_locked(
+            job, lambda j: [Assign(j.job_id, node_id, j.attempt_id), Status(j.job_id, "assigned", node_id)]
+        )
 
     async def _status(self, job: Job, cmd: Status) -> None:
         position = None
@@ -1177,12 +1182,25 @@ class Scheduler:
         if session is not None:
             session.emit(msg)
             return
-        if self.cluster is None:
-            return
-        try:
-            events = await self.store.append_events(session_id, [p.encode(msg)])
-        except DependencyDown as exc:
-            log.warning("session.event_lost", session_id=session_id, error=str(exc))
+        if self.cluster is not None:
+            self._relay(session_id).emit(msg)
+
+    def _relay(self, session_id: SessionId) -> SessionRelay:
+        relay = self.relays.get(session_id)
+        if relay is None:
+            relay = SessionRelay(session_id, self.store, self._relayed, self._relay_idle)
+            self.relays[session_id] = relay
+        return relay
+
+    def _relay_idle(self, relay: SessionRelay) -> None:
+        if self.relays.get(relay.session_id) is relay:
+            del self.relays[relay.session_id]
+
+    async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
+        """A relay put events into a session's history: tell whoever holds the session now."""
+        session = self.sessions.get(session_id)
+        if session is not None:  # it moved here meanwhile
+            session.deliver(events, events[-1][0])
             return
         await self._notify_owner(session_id, events)
 
@@ -1274,26 +1292,28 @@ class Scheduler:
         )
         self.count("results_emitted")
         release = extra.pending_release if extra is not None else None
+        end = JobEnd(job.job_id, self.config.instance_id, release)
         session = self.sessions.get(job.session_id)
         if session is not None:
-            # queue the result for delivery first: the record and slot update is off the critical path
+            # the job ends (record, slot) in the same store step that puts the result into
+            # the history: no round trip of its own, none before the client gets the result
             session.active_jobs.discard(job.job_id)
-            session.emit_result(job.tgt_lang, job.utterance_index, result)
-            await self._finish_record(job, release)
+            session.emit_result(
+                job.tgt_lang, job.utterance_index, result, end, lambda: self._job_ended(job, release)
+            )
             if session.closing and not session.active_jobs:
                 self._spawn(self._maybe_finish_close(session), "finish-close")
             return
-        await self._finish_record(job, release)
         if self.cluster is None:
+            await self._finish_record(job, release)
             log.warning("result.dropped_session_gone", **job_fields(job))
             return
         # the session is held by another instance (or by none right now): the result goes
         # into its history in order, and its holder is told
-        events = await until_available(
-            self.store.push_result, job.session_id, job.tgt_lang, job.utterance_index, p.encode(result)
+        log.info("result.sending", **job_fields(job), live=False, routed=True)
+        self._relay(job.session_id).emit_result(
+            job.tgt_lang, job.utterance_index, result, end, lambda: self._job_ended(job, release)
         )
-        log.info("result.sending", **job_fields(job), live=False, routed=True, released=len(events))
-        await self._notify_owner(job.session_id, events)
 
     async def _persist(self, job: Job, extra: JobExtra) -> None:
         """Record the job's state and next deadline, so another instance can take it over."""
@@ -1318,6 +1338,10 @@ class Scheduler:
             await self.store.finish_job(job.job_id, self.config.instance_id, release)
         except DependencyDown:
             pass  # the record and the slot expire by themselves
+        self._job_ended(job, release)
+
+    def _job_ended(self, job: Job, release: tuple[NodeId, int] | None) -> None:
+        """The job's record is finished and its slot released in the store."""
         if release is not None:
             nc = self.nodes.get(release[0])
             if nc is not None:

@@ -30,7 +30,7 @@ import msgspec
 from ..core.ids import JobId, SessionId, TraceId
 from ..observability.logging import get_logger
 from ..protocol import encode
-from ..state.base import DependencyDown, StateStore
+from ..state.base import DependencyDown, JobEnd, StateStore
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -83,6 +83,54 @@ class _Result:
     tgt_lang: str
     index: int
     payload: bytes
+    end: JobEnd | None = None
+    on_end: Callable[[], None] | None = None
+
+
+async def store_batch(
+    store: StateStore,
+    session_id: SessionId,
+    item: _Append | _Result,
+    queue: asyncio.Queue[Any],
+    trace_id: str | None = None,
+) -> list[tuple[int, bytes]]:
+    """Put ``item`` into the session's history — with every event queued right behind
+    it and a result queued after them, in one round trip — and return the events now
+    numbered. A result's job ends in the same step (``_Result.end``)."""
+    payloads: list[bytes] = []
+    result: _Result | None = None
+    if isinstance(item, _Append):
+        payloads += item.payloads
+        queued = queue._queue  # type: ignore[attr-defined]
+        while queued and isinstance(queued[0], _Append):
+            payloads += queue.get_nowait().payloads
+        if queued and isinstance(queued[0], _Result):
+            result = queue.get_nowait()
+    else:
+        result = item
+    if result is None:
+        return await until_available(store.append_events, session_id, payloads, session_id=session_id)
+    try:
+        if payloads:
+            events = await until_available(
+                store.append_and_push, session_id, payloads, result.tgt_lang, result.index, result.payload,
+                result.end, session_id=session_id,
+            )  # fmt: skip
+        else:
+            events = await until_available(
+                store.push_result, session_id, result.tgt_lang, result.index, result.payload, result.end,
+                session_id=session_id,
+            )  # fmt: skip
+    except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
+        log.warning("result.order_lost", session_id=session_id, error=str(exc))
+        events = await until_available(
+            store.append_events, session_id, [result.payload], session_id=session_id
+        )
+    if result.on_end is not None:
+        result.on_end()
+    if events:  # none when earlier results are still missing
+        log.info("result.ready", trace_id=trace_id, session_id=session_id, ready_results_count=len(events))
+    return events
 
 
 @dataclass(slots=True)
@@ -157,9 +205,17 @@ class Session:
         """Queue an event (numbered by the store when it enters the history)."""
         self._queue.put_nowait(_Append([encode(msg)]))
 
-    def emit_result(self, tgt_lang: str, index: int, msg: msgspec.Struct) -> None:
-        """Queue a finished result; the store releases results in utterance order."""
-        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg)))
+    def emit_result(
+        self,
+        tgt_lang: str,
+        index: int,
+        msg: msgspec.Struct,
+        end: JobEnd | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a finished result; the store releases results in utterance order. With
+        ``end``, its job ends in the same step; ``on_end`` runs after it."""
+        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
 
     def notify(self, seq: int) -> None:
         """Another instance appended events up to ``seq``."""
@@ -209,43 +265,10 @@ class Session:
                 item.done.set_result(0)
             elif isinstance(item, _Attach):
                 await self._attach(item)
-            elif isinstance(item, _Append):
-                payloads = list(item.payloads)
-                # one round trip for every event queued right behind this one, and for a
-                # result queued after them
-                queued = self._queue._queue  # type: ignore[attr-defined]
-                while queued and isinstance(queued[0], _Append):
-                    payloads += self._queue.get_nowait().payloads  # type: ignore[union-attr]
-                if queued and isinstance(queued[0], _Result):
-                    res = self._queue.get_nowait()
-                    assert isinstance(res, _Result)
-                    try:
-                        events = await self._store(
-                            self.store.append_and_push, self.session_id, payloads, res.tgt_lang, res.index,
-                            res.payload,
-                        )  # fmt: skip
-                    except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
-                        log.warning("result.order_lost", session_id=self.session_id, error=str(exc))
-                        events = await self._store(self.store.append_events, self.session_id, [res.payload])
-                else:
-                    events = await self._store(self.store.append_events, self.session_id, payloads)
-                await self._deliver(events)
-            elif isinstance(item, _Result):
-                try:
-                    events = await self._store(
-                        self.store.push_result, self.session_id, item.tgt_lang, item.index, item.payload
-                    )
-                except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
-                    log.warning("result.order_lost", session_id=self.session_id, error=str(exc))
-                    events = await self._store(self.store.append_events, self.session_id, [item.payload])
-                if events:  # none when earlier results are still missing
-                    log.info(
-                        "result.ready",
-                        trace_id=self.trace_id,
-                        session_id=self.session_id,
-                        ready_results_count=len(events),
-                    )
-                    await self._deliver(events)
+            elif isinstance(item, (_Append, _Result)):
+                await self._deliver(
+                    await store_batch(self.store, self.session_id, item, self._queue, self.trace_id)
+                )
             elif item.seq > self.written or item.seq > self.published:
                 await self._deliver(item.events)
 
@@ -347,3 +370,64 @@ class Session:
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
             self.detach(conn)
             return False
+
+
+class SessionRelay:
+    """Events produced on this instance for a session another instance holds (the job
+    was handed over to the instance of its node): appended to the session's history in
+    order — batched like a session's pump, a result with the events before it — and
+    then ``notify(session_id, events)`` carries them to the holder. The history is
+    written first, so a holder that dies loses nothing: the client resumes from it.
+
+    Runs only while it has work; ``on_idle`` is called when its queue is empty.
+    """
+
+    def __init__(
+        self,
+        session_id: SessionId,
+        store: StateStore,
+        notify: Callable[[SessionId, list[tuple[int, bytes]]], Awaitable[None]],
+        on_idle: Callable[[SessionRelay], None],
+    ) -> None:
+        self.session_id = session_id
+        self.store = store
+        self._notify = notify
+        self._on_idle = on_idle
+        self._queue: asyncio.Queue[_Append | _Result] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, msg: msgspec.Struct) -> None:
+        self._queue.put_nowait(_Append([encode(msg)]))
+        self._wake()
+
+    def emit_result(
+        self,
+        tgt_lang: str,
+        index: int,
+        msg: msgspec.Struct,
+        end: JobEnd | None,
+        on_end: Callable[[], None] | None,
+    ) -> None:
+        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
+        self._wake()
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None and self._queue.empty()
+
+    def _wake(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"session-relay-{self.session_id}"
+            )
+
+    async def _run(self) -> None:
+        try:
+            while not self._queue.empty():
+                events = await store_batch(self.store, self.session_id, self._queue.get_nowait(), self._queue)
+                if events:
+                    await self._notify(self.session_id, events)
+        finally:
+            self._task = None
+            if self._queue.empty():
+                self._on_idle(self)

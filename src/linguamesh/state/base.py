@@ -30,6 +30,16 @@ from ..core.nodes import NodeView
 from ..core.selection import NodeSource
 
 
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """A job that ended with the result being pushed: its record is finished and, with
+    ``release``, its slot (node, attempt) released in the same step as the push."""
+
+    job_id: JobId
+    owner: str
+    release: tuple[NodeId, int] | None = None
+
+
 class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
 
@@ -128,16 +138,24 @@ class StateStore(Protocol):
         ...
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
     ) -> list[tuple[int, bytes]]:
-        """Record a finished result; append and return every result now deliverable, in order."""
+        """Record a finished result; append and return every result now deliverable, in order.
+        With ``end``, :meth:`finish_job` first, in the same step. Raises KeyError when
+        ``index`` is not expected (the ordering state was lost); ``end`` still applies."""
         ...
 
     async def append_and_push(
-        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+        self,
+        session_id: SessionId,
+        payloads: list[bytes],
+        tgt_lang: str,
+        index: int,
+        result: bytes,
+        end: JobEnd | None = None,
     ) -> list[tuple[int, bytes]]:
         """:meth:`append_events` then :meth:`push_result`, in one round trip; returns both
-        lists of events together, in seq order."""
+        lists of events together, in seq order. On KeyError the events stay appended."""
         ...
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:

@@ -12,7 +12,7 @@ from ..core.nodes import NodeView
 from ..core.ordering import OrderedStream
 from ..core.reservation import NodeSlots
 from ..protocol import with_seq
-from .base import JobRecord, SessionRecord
+from .base import JobEnd, JobRecord, SessionRecord
 
 
 class _Members:
@@ -267,16 +267,27 @@ class MemoryStateStore:
         self.streams.setdefault((session_id, tgt_lang), OrderedStream()).expect(index)
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
     ) -> list[tuple[int, bytes]]:
-        ready = self.streams[(session_id, tgt_lang)].complete(index, payload)
+        if end is not None:
+            await self.finish_job(end.job_id, end.owner, end.release)
+        stream = self.streams.get((session_id, tgt_lang))
+        if stream is None:
+            raise KeyError(f"index {index} was not expected or already completed")
+        ready = stream.complete(index, payload)
         return await self.append_events(session_id, ready)
 
     async def append_and_push(
-        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+        self,
+        session_id: SessionId,
+        payloads: list[bytes],
+        tgt_lang: str,
+        index: int,
+        result: bytes,
+        end: JobEnd | None = None,
     ) -> list[tuple[int, bytes]]:
         events = await self.append_events(session_id, payloads)
-        return events + await self.push_result(session_id, tgt_lang, index, result)
+        return events + await self.push_result(session_id, tgt_lang, index, result, end)
 
     async def last_seq(self, session_id: SessionId) -> int:
         return self._history(session_id).last_seq

@@ -29,7 +29,7 @@ from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from . import redis_keys as K
-from .base import DependencyDown, JobRecord, SessionRecord
+from .base import DependencyDown, JobEnd, JobRecord, SessionRecord
 from .memory import MemoryNodeIndex
 from .redis_wire import RedisWire, Script
 
@@ -89,13 +89,36 @@ return out
 """
 )
 
+# shared by FINISH_JOB and APPEND_PUSH: end a job record (if ``owner`` owns it) and
+# release its slot; returns the node's slots in use after it (-1: no slot released)
+_FINISH_ONE = """
+local function finish(job, active, slots, owner, job_id, ttl, member)
+  local used = -1
+  if slots and member ~= '' then
+    redis.call('ZREM', slots, member)
+    used = redis.call('ZCARD', slots)
+  end
+  if redis.call('HGET', job, 'owner') == owner then
+    redis.call('ZREM', active, job_id)
+    redis.call('HSET', job, 'state', 'ended')
+    redis.call('HDEL', job, 'data')
+    redis.call('EXPIRE', job, ttl)
+  end
+  return used
+end
+"""
+
 APPEND_PUSH = (
     _APPEND_ONE
+    + _FINISH_ONE
     + """
--- KEYS: pending, done, history, seqno  ARGV: maxlen, ttl, index, result, event payloads...
--- the events first, then the result through the ordering buffer; {1|0, seq, data, ...}
-local out = {1}
-for i = 5, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+-- KEYS: pending, done, history, seqno[, job, jobs:active, slots]
+-- ARGV: maxlen, ttl, index, result, owner, job_id, job ttl, slot member, event payloads...
+-- the job ends first (with KEYS[5..]), then the events are appended, then the result goes
+-- through the ordering buffer; returns {expected (1|0), slots in use, seq, data, seq, data...}
+local out = {1, -1}
+if KEYS[5] then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
+for i = 9, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   out[1] = 0
 else
@@ -125,21 +148,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 return 1
 """
 
-FINISH_JOB = """
--- KEYS: job, jobs:active[, slots]  ARGV: owner, job_id, ttl[, slot member]
-local used = -1
-if KEYS[3] then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  used = redis.call('ZCARD', KEYS[3])
-end
-local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur ~= ARGV[1] then return used end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[1], 'state', 'ended')
-redis.call('HDEL', KEYS[1], 'data')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return used
+FINISH_JOB = (
+    _FINISH_ONE
+    + """
+-- KEYS: job, jobs:active[, slots]  ARGV: owner, job_id, ttl, slot member ('' = none)
+return finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
+)
 
 CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -402,18 +417,12 @@ class RedisStateStore:
             args += [record.owner, record.state, record.attempt_id, record.node_id or "",
                      int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
         ok, used = await self._run(self._reserve, keys=keys, args=args)
-        view = self.index.get(node_id)
-        if view is not None and int(used) >= 0:
-            view.reserved = int(used)
-            self.index.refresh(node_id)
+        self._reserved(node_id, int(used))
         return bool(ok)
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
         n, used = await self._run(self._release, keys=[K.slots(node_id)], args=[f"{job_id}:{attempt_id}"])
-        view = self.index.get(node_id)
-        if view is not None:
-            view.reserved = int(used)
-            self.index.refresh(node_id)
+        self._reserved(node_id, int(used))
         return bool(n)
 
     # ------------------------------------------------------------------ idempotency
@@ -524,22 +533,34 @@ class RedisStateStore:
         await self._call(pipe.execute)
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes
+        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
     ) -> list[tuple[int, bytes]]:
-        return await self.append_and_push(session_id, [], tgt_lang, index, payload)
+        return await self.append_and_push(session_id, [], tgt_lang, index, payload, end)
 
     async def append_and_push(
-        self, session_id: SessionId, payloads: list[bytes], tgt_lang: str, index: int, result: bytes
+        self,
+        session_id: SessionId,
+        payloads: list[bytes],
+        tgt_lang: str,
+        index: int,
+        result: bytes,
+        end: JobEnd | None = None,
     ) -> list[tuple[int, bytes]]:
-        flat = await self._run(
-            self._append_push,
-            keys=[K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
-                  K.seqno(session_id)],
-            args=[self.history_size, self._ttl(), index, result, *payloads],
-        )  # fmt: skip
+        keys = [K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
+                K.seqno(session_id)]  # fmt: skip
+        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, ""]
+        if end is not None:
+            keys += [K.job(end.job_id), K.JOBS_ACTIVE]
+            args[4:8] = [end.owner, end.job_id, 600, ""]
+            if end.release is not None:
+                keys.append(K.slots(end.release[0]))
+                args[7] = f"{end.job_id}:{end.release[1]}"
+        flat = await self._run(self._append_push, keys=keys, args=[*args, *payloads])
+        if end is not None and end.release is not None:
+            self._reserved(end.release[0], int(flat[1]))
         if not flat[0]:  # the appended events stand; the caller re-sends the result
             raise KeyError(f"index {index} was not expected or already completed")
-        return self._pairs(flat[1:])
+        return self._pairs(flat[2:])
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
@@ -612,15 +633,20 @@ class RedisStateStore:
 
     async def finish_job(self, job_id: JobId, owner: str, release: tuple[NodeId, int] | None = None) -> None:
         keys = [K.job(job_id), K.JOBS_ACTIVE]
-        args: list[Any] = [owner, job_id, 600]
+        args: list[Any] = [owner, job_id, 600, ""]
         if release is not None:
             keys.append(K.slots(release[0]))
-            args.append(f"{job_id}:{release[1]}")
+            args[3] = f"{job_id}:{release[1]}"
         used = await self._run(self._finish_job, keys=keys, args=args)
-        view = self.index.get(release[0]) if release is not None else None
-        if view is not None and int(used) >= 0:
-            view.reserved = int(used)
-            self.index.refresh(view.node_id)
+        if release is not None:
+            self._reserved(release[0], int(used))
+
+    def _reserved(self, node_id: NodeId, used: int) -> None:
+        """Mirror a node's slots in use as a script reported them (-1: not reported)."""
+        view = self.index.get(node_id)
+        if view is not None and used >= 0:
+            view.reserved = used
+            self.index.refresh(node_id)
 
     async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
         ids = await self._run(
