@@ -345,13 +345,13 @@ async def main() -> None:
         stats.to_node.clear()
         stats.to_client.clear()
 
-        cpu0 = sum(cpu_seconds(pr.pid) for pr in procs)
+        cpu0s = [cpu_seconds(pr.pid) for pr in procs]
         rt0 = [await round_trips(u) for u in urls] if args.redis_url else []
         cmd0 = await redis_commands(args.redis_url) if args.redis_url else 0
         elapsed = await run_phase(sessions, args.jobs, args.concurrency, args.time_limit)
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
-        cpu1 = sum(cpu_seconds(pr.pid) for pr in procs)
+        cpu1s = [cpu_seconds(pr.pid) for pr in procs]
         rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
         cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         sent = len(stats.sent_at)
@@ -386,8 +386,9 @@ async def main() -> None:
     )
     n = max(len(c64), 1)
     if procs:
-        cpu = (cpu1 - cpu0) / n * 1000
-        print(f"  scheduler CPU (c{args.concurrency} phase, all instances): {cpu:.2f} s per 1,000 jobs")
+        each = [(b - a) / n * 1000 for a, b in zip(cpu0s, cpu1s, strict=True)]
+        split = f" (nodes' instance {each[0]:.2f}, sessions' instance {each[1]:.2f})" if len(each) > 1 else ""
+        print(f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.2f} s per 1,000 jobs{split}")
     if args.redis_url:
         per_op: dict[str, float] = {}
         for before, after in zip(rt0, rt1, strict=True):

@@ -56,7 +56,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     o: str = ""  # owner / sender instance
     q: int = 0  # seq
     f: str = ""  # a protocol frame
-    e: list[tuple[int, str]] = []  # session events (seq, JSON) carried along
+    e: list[tuple[int, msgspec.Raw]] = []  # session events (seq, event JSON) carried along, unescaped
     d: dict[str, Any] = {}  # a handed-over job
 
 
@@ -76,6 +76,10 @@ class Cluster:
         self.healthy = True
         self.run_id: str | None = None
         self._holders: dict[str, tuple[str, float]] = {}
+        # message ids: unique per process start, cheap to make
+        self._boot = f"{self.me}.{uuid.uuid4().hex[:12]}"
+        self._sent = 0
+        self._unacked: list[bytes] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,11 +105,18 @@ class Cluster:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._unacked:  # handled, not yet acked: a restart under this id must not see them again
+            try:
+                await self.store.ack_inbox(self.me, self._unacked)
+            except DependencyDown:
+                pass
 
     # ------------------------------------------------------------------ sending
 
     async def _send(self, instance: str, msg: Message) -> bool:
-        msg.i = msg.i or uuid.uuid4().hex
+        if not msg.i:
+            self._sent += 1
+            msg.i = f"{self._boot}.{self._sent}"
         msg.o = msg.o or self.me
         try:
             await self.store.send_to_instance(instance, _enc.encode(msg))
@@ -127,7 +138,7 @@ class Cluster:
     ) -> None:
         """Tell the session's holder about new events, carrying them (no extra read needed);
         with only ``up_to``, the holder reads them from the history."""
-        carried = [(seq, data.decode()) for seq, data in events]
+        carried = [(seq, msgspec.Raw(data)) for seq, data in events]
         last = events[-1][0] if events else (up_to or 0)
         await self._send(owner, Message(k="session", s=session_id, q=last, e=carried))
 
@@ -199,7 +210,9 @@ class Cluster:
     async def _inbox(self) -> None:
         while True:
             try:
-                batch = await self.store.read_inbox(self.me, block_ms=500)
+                # the previous batch is acked in the same request that reads the next one
+                batch = await self.store.read_inbox(self.me, block_ms=500, ack=self._unacked)
+                self._unacked = []
             except DependencyDown:
                 await asyncio.sleep(0.5)
                 continue
@@ -229,10 +242,7 @@ class Cluster:
                     pass
                 except Exception as exc:
                     log.error("cluster.handle_failed", kind=msg.k, error=repr(exc))
-            try:
-                await self.store.ack_inbox(self.me, ids)
-            except DependencyDown:
-                pass
+            self._unacked = ids
 
     async def _handle(self, msg: Message) -> None:
         s = self.sched
@@ -245,7 +255,7 @@ class Cluster:
         elif msg.k == "session":
             session = s.sessions.get(SessionId(msg.s))
             if session is not None:
-                session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
+                session.deliver([(seq, bytes(data)) for seq, data in msg.e], msg.q)
         elif msg.k == "adopt":
             await s.adopt_handed_over(msg.j, msg.d)
         elif msg.k == "moved":

@@ -682,8 +682,10 @@ class RedisStateStore:
         )
 
     async def read_inbox(
-        self, instance_id: str, block_ms: int, count: int = 500
+        self, instance_id: str, block_ms: int, count: int = 500, ack: list[bytes] | None = None
     ) -> list[tuple[bytes, bytes]]:
+        """The next messages for ``instance_id`` (waiting up to ``block_ms``); ``ack``
+        (ids of messages handled) is acknowledged in the same request."""
         key = K.inbox(instance_id)
         wire = self._inbox_wire
         wire.timeout = block_ms / 1000 + 2.0
@@ -701,16 +703,23 @@ class RedisStateStore:
             got = self._entries(pending)
             if got:
                 return got
+        read = ("XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", key, ">")  # fmt: skip
+        self.round_trips["xreadgroup"] = self.round_trips.get("xreadgroup", 0) + 1
         try:
-            res = await self._wire_call(
-                wire, "XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", key, ">",
-            )  # fmt: skip
+            if ack:
+                res = (await wire.call_many(("XACK", key, K.INBOX_GROUP, *ack), read))[-1]
+            else:
+                res = await wire.call(*read)
+        except (RedisConnectionError, OSError) as exc:
+            raise DependencyDown(f"redis unreachable: {exc}") from None
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
+            res = exc
+        if isinstance(res, ResponseError):
+            if "NOGROUP" in str(res):  # Redis restarted empty: make the group again
                 self.groups_made.discard(key)
                 return []
-            raise
+            raise res
         return self._entries(res)
 
     @staticmethod

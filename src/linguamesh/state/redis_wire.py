@@ -89,8 +89,9 @@ class RedisWire:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self._generation = 0
-        #: one entry per command sent
+        #: commands sent, and writes they took (several commands share a write under load)
         self.commands = 0
+        self.writes = 0
 
     # ------------------------------------------------------------------ calls
 
@@ -150,6 +151,7 @@ class RedisWire:
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._transport is not None and self._out:
+            self.writes += 1
             self._transport.write(b"".join(self._out))
         self._out.clear()
 
