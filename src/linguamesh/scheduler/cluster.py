@@ -8,7 +8,10 @@ a consumer group and acked after handling): delivery between instances is
 at-least-once, and each message carries an id that the receiver remembers, so
 a redelivered message is dropped at the edge.
 
-Messages (msgspec JSON, field ``k``):
+An inbox entry is a MessagePack array of messages: what one instance queued for another
+within one turn of its event loop goes out in one entry (one XADD).
+
+Messages (msgspec structs, field ``k``):
 
 * ``to_node`` — write this frame to node ``n``; ``o`` is the job owner, remembered so
   the node's answers go straight back to it;
@@ -56,12 +59,13 @@ class Message(msgspec.Struct, omit_defaults=True):
     o: str = ""  # owner / sender instance
     q: int = 0  # seq
     f: str = ""  # a protocol frame
-    e: list[tuple[int, msgspec.Raw]] = []  # session events (seq, event JSON) carried along, unescaped
+    e: list[tuple[int, bytes]] = []  # session events (seq, event JSON) carried along
     d: dict[str, Any] = {}  # a handed-over job
 
 
-_enc = msgspec.json.Encoder()
-_dec = msgspec.json.Decoder(Message)
+# MessagePack: events and audio travel as bytes, with no escaping or base64
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(list[Message])
 
 
 class Cluster:
@@ -80,6 +84,8 @@ class Cluster:
         self._boot = f"{self.me}.{uuid.uuid4().hex[:12]}"
         self._sent = 0
         self._unacked: list[bytes] = []
+        self._outbox: dict[str, tuple[list[Message], list[asyncio.Future[bool]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +108,8 @@ class Cluster:
         log.info("cluster.joined", instance_id=self.me, live=sorted(self.live))
 
     async def stop(self) -> None:
+        if self._sending:  # messages already handed to us go out before we leave
+            await asyncio.wait(list(self._sending), timeout=2.0)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -114,16 +122,44 @@ class Cluster:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, instance: str, msg: Message) -> bool:
+        """Send ``msg`` to ``instance``'s inbox; True when it was written."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._post(instance, msg, done)
+        return await done
+
+    def _post(self, instance: str, msg: Message, done: asyncio.Future[bool] | None = None) -> None:
+        """Queue ``msg`` for ``instance``: every message queued for it in this turn of the
+        event loop goes out as one inbox entry (one XADD). ``done`` learns whether it did."""
         if not msg.i:
             self._sent += 1
             msg.i = f"{self._boot}.{self._sent}"
         msg.o = msg.o or self.me
-        try:
-            await self.store.send_to_instance(instance, _enc.encode(msg))
-            return True
-        except DependencyDown as exc:
-            log.warning("send.routed_failed", to_instance=instance, kind=msg.k, error=str(exc))
-            return False
+        box = self._outbox.get(instance)
+        if box is None:
+            box = self._outbox[instance] = ([], [])
+            asyncio.get_running_loop().call_soon(self._flush, instance)
+        box[0].append(msg)
+        if done is not None:
+            box[1].append(done)
+
+    def _flush(self, instance: str) -> None:
+        messages, waiters = self._outbox.pop(instance)
+
+        async def send() -> None:
+            try:
+                await self.store.send_to_instance(instance, _enc.encode(messages))
+                ok = True
+            except DependencyDown as exc:
+                kinds = sorted({m.k for m in messages})
+                log.warning("send.routed_failed", to_instance=instance, kinds=kinds, error=str(exc))
+                ok = False
+            for w in waiters:
+                if not w.done():
+                    w.set_result(ok)
+
+        task = asyncio.get_running_loop().create_task(send(), name=f"cluster-send-{instance}")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def to_node(self, owner: str, node_id: str, frame: str, job_id: str = "") -> bool:
         log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id or None)
@@ -133,14 +169,13 @@ class Cluster:
         log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id, kind="node_msg")
         return await self._send(owner, Message(k="node_msg", n=node_id, j=job_id, f=frame))
 
-    async def notify_session(
+    def notify_session(
         self, owner: str, session_id: str, events: list[tuple[int, bytes]], up_to: int | None = None
     ) -> None:
         """Tell the session's holder about new events, carrying them (no extra read needed);
         with only ``up_to``, the holder reads them from the history."""
-        carried = [(seq, msgspec.Raw(data)) for seq, data in events]
         last = events[-1][0] if events else (up_to or 0)
-        await self._send(owner, Message(k="session", s=session_id, q=last, e=carried))
+        self._post(owner, Message(k="session", s=session_id, q=last, e=events))
 
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
         return await self._send(holder, Message(k="adopt", j=job_id, d=data))
@@ -226,23 +261,27 @@ class Cluster:
             for entry_id, raw in batch:
                 ids.append(entry_id)
                 try:
-                    msg = _dec.decode(raw)
+                    messages = _dec.decode(raw)
                 except msgspec.DecodeError:
                     log.warning("cluster.bad_message", raw=raw[:200])
                     continue
-                if msg.i in self._seen:
-                    log.debug("cluster.duplicate_message", kind=msg.k, message_id=msg.i)
-                    continue
-                self._seen[msg.i] = None
-                while len(self._seen) > SEEN_IDS:
-                    self._seen.popitem(last=False)
-                try:
-                    await self._handle(msg)
-                except DependencyDown:
-                    pass
-                except Exception as exc:
-                    log.error("cluster.handle_failed", kind=msg.k, error=repr(exc))
+                for msg in messages:
+                    await self._receive(msg)
             self._unacked = ids
+
+    async def _receive(self, msg: Message) -> None:
+        if msg.i in self._seen:
+            log.debug("cluster.duplicate_message", kind=msg.k, message_id=msg.i)
+            return
+        self._seen[msg.i] = None
+        while len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        try:
+            await self._handle(msg)
+        except DependencyDown:
+            pass
+        except Exception as exc:
+            log.error("cluster.handle_failed", kind=msg.k, error=repr(exc))
 
     async def _handle(self, msg: Message) -> None:
         s = self.sched
@@ -255,7 +294,7 @@ class Cluster:
         elif msg.k == "session":
             session = s.sessions.get(SessionId(msg.s))
             if session is not None:
-                session.deliver([(seq, bytes(data)) for seq, data in msg.e], msg.q)
+                session.deliver(msg.e, msg.q)
         elif msg.k == "adopt":
             await s.adopt_handed_over(msg.j, msg.d)
         elif msg.k == "moved":

@@ -697,7 +697,7 @@ class Scheduler:
         await session.stop()
         if self.cluster is not None:
             last = await until_available(self.store.last_seq, session_id)
-            await self.cluster.notify_session(new_owner, session_id, [], up_to=int(last))
+            self.cluster.notify_session(new_owner, session_id, [], up_to=int(last))
 
     async def capacity_changed(self) -> None:
         if self.waiting:
@@ -1119,7 +1119,7 @@ class Scheduler:
         handled where they arrive and only the session's events cross back."""
         assert self.cluster is not None
         extra = self.extra.get(job.job_id)
-        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True)
+        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True)
         data.update(
             attempt_id=cmd.attempt_id,
             node_id=cmd.node_id,
@@ -1209,7 +1209,7 @@ class Scheduler:
             return
         owner = await self.cluster.session_holder(session_id)
         if owner is not None and owner != self.config.instance_id and owner in self.cluster.live:
-            await self.cluster.notify_session(owner, session_id, events)
+            self.cluster.notify_session(owner, session_id, events)
 
     async def _finish(self, job: Job, cmd: Finish) -> None:
         self.waiting.pop(job.job_id, None)
@@ -1412,8 +1412,9 @@ class Scheduler:
         return sorted(pairs)
 
 
-def job_data(job: Job, tts: bool, partials: bool) -> dict[str, Any]:
-    """What another instance needs to rebuild the job (audio included, base64)."""
+def job_data(job: Job, tts: bool, partials: bool, raw_audio: bool = False) -> dict[str, Any]:
+    """What another instance needs to rebuild the job (audio included: base64 for JSON
+    records, bytes with ``raw_audio`` for binary messages)."""
     return {
         "trace_id": job.trace_id,
         "session_id": job.session_id,
@@ -1421,7 +1422,7 @@ def job_data(job: Job, tts: bool, partials: bool) -> dict[str, Any]:
         "src_lang": job.src_lang,
         "tgt_lang": job.tgt_lang,
         "stages": list(job.stages),
-        "audio": base64.b64encode(job.audio).decode(),
+        "audio": job.audio if raw_audio else base64.b64encode(job.audio).decode(),
         "audio_format": job.audio_format,
         "sample_rate": job.sample_rate,
         "audio_seconds": job.audio_seconds,
@@ -1442,7 +1443,7 @@ def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
         src_lang=d["src_lang"],
         tgt_lang=d["tgt_lang"],
         stages=tuple(d["stages"]),
-        audio=base64.b64decode(d["audio"]),
+        audio=d["audio"] if isinstance(d["audio"], bytes) else base64.b64decode(d["audio"]),
         audio_format=d["audio_format"],
         sample_rate=int(d["sample_rate"]),
         audio_seconds=float(d["audio_seconds"]),
