@@ -198,6 +198,22 @@ async def run_phase(sessions: list[SimSession], jobs: int, concurrency: int, lim
     return time.perf_counter() - start
 
 
+async def run_paced(sessions: list[SimSession], jobs: int, rate: float, limit_s: float) -> float:
+    """Open loop: start one job every 1/rate seconds (round robin over the sessions),
+    whatever is still in flight; return when every started job has its result."""
+    start = time.perf_counter()
+    pending: list[asyncio.Task[None]] = []
+    for i in range(jobs):
+        due = start + i / rate
+        if due - time.perf_counter() > 0:
+            await asyncio.sleep(due - time.perf_counter())
+        if time.perf_counter() - start > limit_s:
+            break
+        pending.append(asyncio.create_task(sessions[i % len(sessions)].one()))
+    await asyncio.gather(*pending, return_exceptions=True)
+    return time.perf_counter() - start
+
+
 def start_scheduler(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -299,6 +315,8 @@ async def main() -> None:
     ap.add_argument("--scheduler-arg", action="append", default=[], help="extra scheduler flag")
     ap.add_argument("--redis-url", help="share state in this Redis")
     ap.add_argument("--instances", type=int, choices=(1, 2), default=1)
+    ap.add_argument("--rate", type=float, default=1000.0, help="offered jobs/s in the paced phase")
+    ap.add_argument("--paced-seconds", type=float, default=4.0, help="length of the paced phase (0: skip)")
     args = ap.parse_args()
     if args.instances == 2 and not args.redis_url:
         ap.error("--instances 2 needs --redis-url")
@@ -352,6 +370,16 @@ async def main() -> None:
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
         cpu1s = [cpu_seconds(pr.pid) for pr in procs]
+        paced_cpu: list[float] = []
+        paced_jobs = int(args.rate * args.paced_seconds)
+        if procs and paced_jobs:
+            stats.rtt.clear()
+            p0 = [cpu_seconds(pr.pid) for pr in procs]
+            paced_elapsed = await run_paced(sessions, paced_jobs, args.rate, args.time_limit)
+            paced = list(stats.rtt)
+            paced_cpu = [
+                (cpu_seconds(pr.pid) - a) / max(len(paced), 1) * 1000 for pr, a in zip(procs, p0, strict=True)
+            ]
         rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
         cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         sent = len(stats.sent_at)
@@ -388,7 +416,19 @@ async def main() -> None:
     if procs:
         each = [(b - a) / n * 1000 for a, b in zip(cpu0s, cpu1s, strict=True)]
         split = f" (nodes' instance {each[0]:.2f}, sessions' instance {each[1]:.2f})" if len(each) > 1 else ""
-        print(f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.2f} s per 1,000 jobs{split}")
+        print(
+            f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.2f} s per 1,000 jobs{split}"
+        )
+        if paced_cpu:
+            split = (
+                f" (nodes' instance {paced_cpu[0]:.2f}, sessions' instance {paced_cpu[1]:.2f})"
+                if len(paced_cpu) > 1
+                else ""
+            )
+            print(
+                f"  scheduler CPU at a paced {args.rate:,.0f} jobs/s ({len(paced)} jobs in {paced_elapsed:.2f} s,"
+                f" p50 {ms(pct(paced, 50))}): {sum(paced_cpu):.2f} s per 1,000 jobs{split}"
+            )
     if args.redis_url:
         per_op: dict[str, float] = {}
         for before, after in zip(rt0, rt1, strict=True):
