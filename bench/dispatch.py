@@ -370,6 +370,8 @@ async def main() -> None:
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
         cpu1s = [cpu_seconds(pr.pid) for pr in procs]
+        rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
+        cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         paced_cpu: list[float] = []
         paced_jobs = int(args.rate * args.paced_seconds)
         if procs and paced_jobs:
@@ -380,8 +382,6 @@ async def main() -> None:
             paced_cpu = [
                 (cpu_seconds(pr.pid) - a) / max(len(paced), 1) * 1000 for pr, a in zip(procs, p0, strict=True)
             ]
-        rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
-        cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         sent = len(stats.sent_at)
         got = len(stats.results)
         dup = sum(n - 1 for n in stats.results.values() if n > 1)

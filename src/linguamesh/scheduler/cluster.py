@@ -29,6 +29,7 @@ sweeper that claims jobs past their deadline whose owner is dead.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import OrderedDict
@@ -61,6 +62,8 @@ class Message(msgspec.Struct, omit_defaults=True):
     f: str = ""  # a protocol frame
     e: list[tuple[int, bytes]] = []  # session events (seq, event JSON) carried along
     d: dict[str, Any] = {}  # a handed-over job
+    r: str = ""  # a handed-over job as its record holds it (JSON), written by the reserve script
+    x: str = ""  # hand-over details (JSON) added to ``r``
 
 
 # MessagePack: events and audio travel as bytes, with no escaping or base64
@@ -121,6 +124,10 @@ class Cluster:
 
     # ------------------------------------------------------------------ sending
 
+    def next_message_id(self) -> str:
+        self._sent += 1
+        return f"{self._boot}.{self._sent}"
+
     async def _send(self, instance: str, msg: Message) -> bool:
         """Send ``msg`` to ``instance``'s inbox; True when it was written."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -130,9 +137,7 @@ class Cluster:
     def _post(self, instance: str, msg: Message, done: asyncio.Future[bool] | None = None) -> None:
         """Queue ``msg`` for ``instance``: every message queued for it in this turn of the
         event loop goes out as one inbox entry (one XADD). ``done`` learns whether it did."""
-        if not msg.i:
-            self._sent += 1
-            msg.i = f"{self._boot}.{self._sent}"
+        msg.i = msg.i or self.next_message_id()
         msg.o = msg.o or self.me
         box = self._outbox.get(instance)
         if box is None:
@@ -296,7 +301,8 @@ class Cluster:
             if session is not None:
                 session.deliver(msg.e, msg.q)
         elif msg.k == "adopt":
-            await s.adopt_handed_over(msg.j, msg.d)
+            data = msg.d or {**json.loads(msg.r), **json.loads(msg.x or "{}")}
+            await s.adopt_handed_over(msg.j, data)
         elif msg.k == "moved":
             await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
         elif msg.k == "node":

@@ -48,7 +48,7 @@ from ..core.stages import expand_stages, requirements
 from ..observability.logging import bound, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown, JobEnd, JobRecord, SessionRecord, StateStore
+from ..state.base import DependencyDown, Handover, JobEnd, JobRecord, SessionRecord, StateStore
 from ..state.redis import RedisStateStore
 from .cluster import Cluster
 from .config import SchedulerConfig
@@ -112,6 +112,8 @@ class JobExtra:
     first_tgt: bool = True
     #: a slot to release together with the job's final record (cluster mode)
     pending_release: tuple[NodeId, int] | None = None
+    #: the attempt the reservation already handed to the node's instance (cluster mode)
+    handed_over: int = 0
 
 
 class Scheduler:
@@ -999,9 +1001,8 @@ class Scheduler:
         for node_id in out.candidates:
             self.count("reservations_attempted")
             try:
-                record = None
+                record = handover = None
                 if self.cluster is not None:  # the job's record rides along with the reservation
-                    holder = self.store.node_owner(node_id) or self.config.instance_id
                     record = JobRecord(
                         job.job_id,
                         self.config.instance_id,
@@ -1011,9 +1012,15 @@ class Scheduler:
                         time.time()
                         + self.config.ack_timeout
                         + self.lifecycle.config.result_deadline(job.audio_seconds),
-                        data={"new_owner": holder},
                     )
-                reserved = await self.store.reserve(node_id, job.job_id, job.attempt_id, ttl, record)
+                    holder = self.store.node_owner(node_id) or self.config.instance_id
+                    if holder != self.config.instance_id:  # and the job goes to the node's instance
+                        handover = self._handover(job, node_id, holder)
+                reserved = await self.store.reserve(
+                    node_id, job.job_id, job.attempt_id, ttl, record, handover
+                )
+                if reserved and handover is not None and handover.sent:
+                    extra.handed_over = job.attempt_id
             except DependencyDown:
                 self.waiting[job.job_id] = None
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
@@ -1113,20 +1120,36 @@ class Scheduler:
             self.metrics.dispatch_latency.observe(latency)
         return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
 
-    async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
-        """The node is held by another instance: that instance owns and runs the job from
-        here on (the reservation already recorded it as owner), so the node's answers are
-        handled where they arrive and only the session's events cross back."""
+    def _handover(self, job: Job, node_id: NodeId, holder: str) -> Handover:
+        """What the node's instance needs, besides the job's record, to run the job."""
         assert self.cluster is not None
         extra = self.extra.get(job.job_id)
-        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True)
-        data.update(
-            attempt_id=cmd.attempt_id,
-            node_id=cmd.node_id,
-            excluded=sorted(job.excluded),
-            first_tgt=extra.first_tgt if extra else True,
+        return Handover(
+            holder,
+            self.cluster.next_message_id(),
+            {
+                "attempt_id": job.attempt_id,
+                "node_id": node_id,
+                "excluded": sorted(job.excluded),
+                "first_tgt": extra.first_tgt if extra else True,
+            },
         )
-        sent = await self.cluster.adopt(holder, job.job_id, data)
+
+    async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
+        """The node is held by another instance: that instance owns and runs the job from
+        here on (the reservation already recorded it as owner, and usually already put the
+        job into its inbox), so the node's answers are handled where they arrive and only
+        the session's events cross back."""
+        assert self.cluster is not None
+        extra = self.extra.get(job.job_id)
+        if extra is not None and extra.handed_over == cmd.attempt_id:
+            sent = True
+        else:  # the store could not (its copy of the job was lost): send the whole job
+            data = job_data(
+                job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True
+            )
+            data.update(self._handover(job, cmd.node_id, holder).extra)
+            sent = await self.cluster.adopt(holder, job.job_id, data)
         if not sent:
             return self.lifecycle.dispatched(job, cmd.attempt_id, False, self.clock())
         log.info("job.handed_over", **job_fields(job), to_instance=holder)

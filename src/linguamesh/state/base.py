@@ -40,6 +40,19 @@ class JobEnd:
     release: tuple[NodeId, int] | None = None
 
 
+@dataclass(slots=True)
+class Handover:
+    """A reservation that hands its job to the instance holding the node: the record's
+    owner becomes ``to_instance`` and, where the store routes between instances, the job
+    goes to that instance's inbox in the same step (``sent`` is then set). Atomic, so no
+    crash can leave a job owned by an instance that never heard of it."""
+
+    to_instance: str
+    message_id: str
+    extra: dict[str, Any]
+    sent: bool = False
+
+
 class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
 
@@ -84,13 +97,19 @@ class StateStore(Protocol):
 
     # reservations --------------------------------------------------------
     async def reserve(
-        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+        self,
+        node_id: NodeId,
+        job_id: JobId,
+        attempt_id: int,
+        ttl: float,
+        record: JobRecord | None = None,
+        handover: Handover | None = None,
     ) -> bool:
         """Atomically take a slot on ``node_id``; False when full or unknown.
 
         With ``record``, the job record is saved in the same step when the slot is taken
-        (if ``record.owner`` owns the job); ``record.data["new_owner"]`` hands the job to
-        another instance at the same time."""
+        (if ``record.owner`` owns the job); with ``handover`` too, the job passes to
+        another instance at the same time (see :class:`Handover`)."""
         ...
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool: ...

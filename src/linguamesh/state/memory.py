@@ -12,7 +12,7 @@ from ..core.nodes import NodeView
 from ..core.ordering import OrderedStream
 from ..core.reservation import NodeSlots
 from ..protocol import with_seq
-from .base import JobEnd, JobRecord, SessionRecord
+from .base import Handover, JobEnd, JobRecord, SessionRecord
 
 
 class _Members:
@@ -174,8 +174,15 @@ class MemoryStateStore:
 
     # reservations
     async def reserve(
-        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+        self,
+        node_id: NodeId,
+        job_id: JobId,
+        attempt_id: int,
+        ttl: float,
+        record: JobRecord | None = None,
+        handover: Handover | None = None,
     ) -> bool:
+        """One process: a hand-over changes the record's owner; there is no inbox to use."""
         node = self.index.get(node_id)
         slots = self.slots.get(node_id)
         if node is None or slots is None or not node.online:
@@ -186,7 +193,7 @@ class MemoryStateStore:
         if ok and record is not None:
             old = self.jobs.get(record.job_id)
             if old is None or old.owner == record.owner:
-                new_owner = record.data.get("new_owner", record.owner) if record.data else record.owner
+                new_owner = handover.to_instance if handover is not None else record.owner
                 keep = old.data if old is not None else {}
                 self.jobs[record.job_id] = JobRecord(
                     record.job_id,

@@ -29,36 +29,46 @@ from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from . import redis_keys as K
-from .base import DependencyDown, JobEnd, JobRecord, SessionRecord
+from .base import DependencyDown, Handover, JobEnd, JobRecord, SessionRecord
 from .memory import MemoryNodeIndex
 from .redis_wire import RedisWire, Script
 
 T = TypeVar("T")
 
 RESERVE = """
--- KEYS: slots, node[, job, jobs:active]
--- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner]
+-- KEYS: slots, node[, job, jobs:active[, new owner's inbox]]
+-- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner
+--       [, message id, hand-over extra (JSON)]]
+-- returns {reserved, slots in use, handed over (the adopt message was written)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
-if not max then return {0, -1} end
+if not max then return {0, -1, 0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  return {1, redis.call('ZCARD', KEYS[1])}
+  return {1, redis.call('ZCARD', KEYS[1]), 0}
 end
 local used = redis.call('ZCARD', KEYS[1])
-if used >= max then return {0, used} end
+if used >= max then return {0, used, 0} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local handed = 0
 if KEYS[3] then
   local cur = redis.call('HGET', KEYS[3], 'owner')
   if (not cur) or cur == ARGV[3] then
     redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
                'deadline', ARGV[7])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+    local data = KEYS[5] and redis.call('HGET', KEYS[3], 'data')
+    if data then
+      -- an inbox entry as cluster.py writes them: a MessagePack array of messages
+      local m = cmsgpack.pack({{k = 'adopt', i = ARGV[10], o = ARGV[3], j = ARGV[8], r = data, x = ARGV[11]}})
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', m)
+      handed = 1
+    end
   end
 end
-return {1, used + 1}
+return {1, used + 1, handed}
 """
 
 RELEASE = """
@@ -407,17 +417,28 @@ class RedisStateStore:
     # ------------------------------------------------------------------ reservations
 
     async def reserve(
-        self, node_id: NodeId, job_id: JobId, attempt_id: int, ttl: float, record: JobRecord | None = None
+        self,
+        node_id: NodeId,
+        job_id: JobId,
+        attempt_id: int,
+        ttl: float,
+        record: JobRecord | None = None,
+        handover: Handover | None = None,
     ) -> bool:
         keys = [K.slots(node_id), K.node(node_id)]
         args: list[Any] = [f"{job_id}:{attempt_id}", int(ttl * 1000)]
         if record is not None:
             keys += [K.job(job_id), K.JOBS_ACTIVE]
-            new_owner = record.data.get("new_owner", record.owner) if record.data else record.owner
+            new_owner = handover.to_instance if handover is not None else record.owner
             args += [record.owner, record.state, record.attempt_id, record.node_id or "",
                      int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
-        ok, used = await self._run(self._reserve, keys=keys, args=args)
+            if handover is not None:
+                keys.append(K.inbox(handover.to_instance))
+                args += [handover.message_id, _json(handover.extra)]
+        ok, used, handed = await self._run(self._reserve, keys=keys, args=args)
         self._reserved(node_id, int(used))
+        if handover is not None:
+            handover.sent = bool(handed)
         return bool(ok)
 
     async def release(self, node_id: NodeId, job_id: JobId, attempt_id: int) -> bool:
