@@ -29,7 +29,6 @@ sweeper that claims jobs past their deadline whose owner is dead.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -69,6 +68,7 @@ class Message(msgspec.Struct, omit_defaults=True):
 # MessagePack: events and audio travel as bytes, with no escaping or base64
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[Message])
+_json_dec = msgspec.json.Decoder(dict[str, Any])
 
 
 class Cluster:
@@ -301,7 +301,7 @@ class Cluster:
             if session is not None:
                 session.deliver(msg.e, msg.q)
         elif msg.k == "adopt":
-            data = msg.d or {**json.loads(msg.r), **json.loads(msg.x or "{}")}
+            data = msg.d or {**_json_dec.decode(msg.r), **(_json_dec.decode(msg.x) if msg.x else {})}
             await s.adopt_handed_over(msg.j, data)
         elif msg.k == "moved":
             await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)

@@ -1456,6 +1456,9 @@ def job_data(job: Job, tts: bool, partials: bool, raw_audio: bool = False) -> di
     }
 
 
+_STATES = {s.value: s for s in JobState}
+
+
 def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
     d = rec.data
     job = Job(
@@ -1474,7 +1477,7 @@ def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
         request_id=d.get("request_id"),
         preferred_node_id=d.get("preferred_node_id"),
     )
-    job.state = JobState(rec.state) if rec.state in JobState.__members__.values() else JobState.CREATED
+    job.state = _STATES.get(rec.state, JobState.CREATED)
     job.attempt_id = rec.attempt_id
     job.node_id = NodeId(rec.node_id) if rec.node_id else None
     job.excluded = {NodeId(n) for n in d.get("excluded", [])}
