@@ -84,7 +84,7 @@ class RedisWire:
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._progress = 0.0  # monotonic time of the last reply (or of the first outstanding call)
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
@@ -201,42 +201,43 @@ class RedisWire:
         return self.path or f"{self.host}:{self.port}"
 
     async def _connect(self) -> None:
+        """Connect once for every caller waiting (they all go on in the same loop turn)."""
         if self._closed:
             raise RedisConnectionError("wire closed")
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._transport is not None:
-                return
-            loop = asyncio.get_running_loop()
-            gen = self._generation
-            try:
-                if self.path:
-                    coro = loop.create_unix_connection(lambda: _Protocol(self, gen), self.path)
-                else:
-                    ctx = ssl.create_default_context() if self.ssl else None
-                    coro = loop.create_connection(lambda: _Protocol(self, gen), self.host, self.port, ssl=ctx)
-                transport, _ = await asyncio.wait_for(coro, self.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to {self._where()}: {exc}") from None
-            self._reader = hiredis.Reader()
-            self._transport = transport
-            self._watchdog = loop.call_later(max(self.timeout / 4, 0.05), self._watch)
-            hello: list[tuple[Any, ...]] = []
-            if self.password is not None:
-                auth = (self.username, self.password) if self.username else (self.password,)
-                hello.append(("AUTH", *auth))
-            if self.db:
-                hello.append(("SELECT", self.db))
-            hello.append(("CLIENT", "SETNAME", self.name))
-            # loaded on every connect: a new connection may be to a restarted server
-            hello += [("SCRIPT", "LOAD", s.source) for s in self.scripts]
-            futs = [self._queue(hiredis.pack_command(c)) for c in hello]
-            for f in futs:
-                reply = await f
-                if isinstance(reply, hiredis.ReplyError):
-                    self._abort(str(reply))
-                    raise RedisConnectionError(f"{self._where()} refused the connection: {reply}")
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open())
+        await asyncio.shield(self._connecting)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        gen = self._generation
+        try:
+            if self.path:
+                coro = loop.create_unix_connection(lambda: _Protocol(self, gen), self.path)
+            else:
+                ctx = ssl.create_default_context() if self.ssl else None
+                coro = loop.create_connection(lambda: _Protocol(self, gen), self.host, self.port, ssl=ctx)
+            transport, _ = await asyncio.wait_for(coro, self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to {self._where()}: {exc}") from None
+        self._reader = hiredis.Reader()
+        self._transport = transport
+        self._watchdog = loop.call_later(max(self.timeout / 4, 0.05), self._watch)
+        hello: list[tuple[Any, ...]] = []
+        if self.password is not None:
+            auth = (self.username, self.password) if self.username else (self.password,)
+            hello.append(("AUTH", *auth))
+        if self.db:
+            hello.append(("SELECT", self.db))
+        hello.append(("CLIENT", "SETNAME", self.name))
+        # loaded on every connect: a new connection may be to a restarted server
+        hello += [("SCRIPT", "LOAD", s.source) for s in self.scripts]
+        futs = [self._queue(hiredis.pack_command(c)) for c in hello]
+        for f in futs:
+            reply = await f
+            if isinstance(reply, hiredis.ReplyError):
+                self._abort(str(reply))
+                raise RedisConnectionError(f"{self._where()} refused the connection: {reply}")
 
     async def close(self) -> None:
         self._closed = True
