@@ -14,7 +14,7 @@ from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
-from linguamesh.state.base import Handover, JobEnd, JobRecord, SessionRecord
+from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
@@ -218,3 +218,34 @@ async def test_a_reservation_hands_its_job_to_the_nodes_instance_in_one_step(red
         assert not other.sent and await b.read_inbox("A", block_ms=1) == []
     finally:
         await b.close()
+
+
+async def test_appends_can_tell_the_sessions_holder_in_the_same_step(store: Any) -> None:
+    """Redis: the append scripts write the `session` message (events carried) into the
+    holder's inbox; the memory store has no inboxes and leaves ``sent`` unset."""
+    from linguamesh.scheduler.cluster import _dec
+
+    if isinstance(store, RedisStateStore):
+        await store.read_inbox("B", block_ms=1)  # makes B's consumer group
+    first = Notify("B", "A.1", "A")
+    got = await store.append_events(SID, [ev(0)], first)
+    await store.expect_result(SID, "es", 0)
+    second = Notify("B", "A.2", "A")
+    got += await store.append_and_push(SID, [ev(0)], "es", 0, res(0), None, second)
+    assert [s for s, _ in got] == [1, 2, 3]
+    if not isinstance(store, RedisStateStore):
+        assert not first.sent and not second.sent
+        return
+    assert first.sent and second.sent
+    entries = await store.read_inbox("B", block_ms=100)
+    messages = [m for _, raw in entries for m in _dec.decode(raw)]
+    assert [(m.k, m.i, m.o, m.s, m.q) for m in messages] == [
+        ("session", "A.1", "A", SID, 1),
+        ("session", "A.2", "A", SID, 3),
+    ]
+    assert [(seq, data.encode()) for m in messages for seq, data in m.e] == got
+    quiet = Notify("B", "A.3", "A")
+    await store.expect_result(SID, "es", 2)
+    await store.expect_result(SID, "es", 1)
+    assert await store.push_result(SID, "es", 2, res(2), None, quiet) == []  # waits for 1: nothing to tell
+    assert not quiet.sent and await store.read_inbox("B", block_ms=1) == []

@@ -59,7 +59,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     o: str = ""  # owner / sender instance
     q: int = 0  # seq
     f: str = ""  # a protocol frame
-    e: list[tuple[int, bytes]] = []  # session events (seq, event JSON) carried along
+    e: list[tuple[int, str]] = []  # session events (seq, event JSON) carried along
     d: dict[str, Any] = {}  # a handed-over job
     r: str = ""  # a handed-over job as its record holds it (JSON), written by the reserve script
     x: str = ""  # hand-over details (JSON) added to ``r``
@@ -180,7 +180,8 @@ class Cluster:
         """Tell the session's holder about new events, carrying them (no extra read needed);
         with only ``up_to``, the holder reads them from the history."""
         last = events[-1][0] if events else (up_to or 0)
-        self._post(owner, Message(k="session", s=session_id, q=last, e=events))
+        carried = [(seq, data.decode()) for seq, data in events]
+        self._post(owner, Message(k="session", s=session_id, q=last, e=carried))
 
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
         return await self._send(holder, Message(k="adopt", j=job_id, d=data))
@@ -299,7 +300,7 @@ class Cluster:
         elif msg.k == "session":
             session = s.sessions.get(SessionId(msg.s))
             if session is not None:
-                session.deliver(msg.e, msg.q)
+                session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
         elif msg.k == "adopt":
             data = msg.d or {**_json_dec.decode(msg.r), **(_json_dec.decode(msg.x) if msg.x else {})}
             await s.adopt_handed_over(msg.j, data)

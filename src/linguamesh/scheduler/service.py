@@ -48,7 +48,7 @@ from ..core.stages import expand_stages, requirements
 from ..observability.logging import bound, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown, Handover, JobEnd, JobRecord, SessionRecord, StateStore
+from ..state.base import DependencyDown, Handover, JobEnd, JobRecord, Notify, SessionRecord, StateStore
 from ..state.redis import RedisStateStore
 from .cluster import Cluster
 from .config import SchedulerConfig
@@ -1211,13 +1211,23 @@ class Scheduler:
     def _relay(self, session_id: SessionId) -> SessionRelay:
         relay = self.relays.get(session_id)
         if relay is None:
-            relay = SessionRelay(session_id, self.store, self._relayed, self._relay_idle)
+            relay = SessionRelay(session_id, self.store, self._relayed, self._relay_idle, self._relay_notice)
             self.relays[session_id] = relay
         return relay
 
     def _relay_idle(self, relay: SessionRelay) -> None:
         if self.relays.get(relay.session_id) is relay:
             del self.relays[relay.session_id]
+
+    async def _relay_notice(self, session_id: SessionId) -> Notify | None:
+        """Where a relay's store step should announce the events: the session's holder,
+        when that is another live instance (else the relay delivers or notifies itself)."""
+        if self.cluster is None or session_id in self.sessions:
+            return None
+        owner = await self.cluster.session_holder(session_id)
+        if owner is None or owner == self.config.instance_id or owner not in self.cluster.live:
+            return None
+        return Notify(owner, self.cluster.next_message_id(), self.config.instance_id)
 
     async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
         """A relay put events into a session's history: tell whoever holds the session now."""

@@ -30,7 +30,7 @@ import msgspec
 from ..core.ids import JobId, SessionId, TraceId
 from ..observability.logging import get_logger
 from ..protocol import encode
-from ..state.base import DependencyDown, JobEnd, StateStore
+from ..state.base import DependencyDown, JobEnd, Notify, StateStore
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -93,10 +93,12 @@ async def store_batch(
     item: _Append | _Result,
     queue: asyncio.Queue[Any],
     trace_id: str | None = None,
+    notify: Notify | None = None,
 ) -> list[tuple[int, bytes]]:
     """Put ``item`` into the session's history — with every event queued right behind
     it and a result queued after them, in one round trip — and return the events now
-    numbered. A result's job ends in the same step (``_Result.end``)."""
+    numbered. A result's job ends in the same step (``_Result.end``); with ``notify``,
+    the session's holder is told in it too."""
     payloads: list[bytes] = []
     result: _Result | None = None
     if isinstance(item, _Append):
@@ -109,17 +111,17 @@ async def store_batch(
     else:
         result = item
     if result is None:
-        return await until_available(store.append_events, session_id, payloads, session_id=session_id)
+        return await until_available(store.append_events, session_id, payloads, notify, session_id=session_id)
     try:
         if payloads:
             events = await until_available(
                 store.append_and_push, session_id, payloads, result.tgt_lang, result.index, result.payload,
-                result.end, session_id=session_id,
+                result.end, notify, session_id=session_id,
             )  # fmt: skip
         else:
             events = await until_available(
                 store.push_result, session_id, result.tgt_lang, result.index, result.payload, result.end,
-                session_id=session_id,
+                notify, session_id=session_id,
             )  # fmt: skip
     except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
@@ -376,8 +378,9 @@ class SessionRelay:
     """Events produced on this instance for a session another instance holds (the job
     was handed over to the instance of its node): appended to the session's history in
     order — batched like a session's pump, a result with the events before it — and
-    then ``notify(session_id, events)`` carries them to the holder. The history is
-    written first, so a holder that dies loses nothing: the client resumes from it.
+    the holder is told, carrying them: by the store in the same step when
+    ``notice()`` names the holder, else by ``notify(session_id, events)``. The history
+    is written first, so a holder that dies loses nothing: the client resumes from it.
 
     Runs only while it has work; ``on_idle`` is called when its queue is empty.
     """
@@ -388,10 +391,12 @@ class SessionRelay:
         store: StateStore,
         notify: Callable[[SessionId, list[tuple[int, bytes]]], Awaitable[None]],
         on_idle: Callable[[SessionRelay], None],
+        notice: Callable[[SessionId], Awaitable[Notify | None]] | None = None,
     ) -> None:
         self.session_id = session_id
         self.store = store
         self._notify = notify
+        self._notice = notice
         self._on_idle = on_idle
         self._queue: asyncio.Queue[_Append | _Result] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -424,8 +429,10 @@ class SessionRelay:
     async def _run(self) -> None:
         try:
             while not self._queue.empty():
-                events = await store_batch(self.store, self.session_id, self._queue.get_nowait(), self._queue)
-                if events:
+                notice = await self._notice(self.session_id) if self._notice is not None else None
+                item = self._queue.get_nowait()
+                events = await store_batch(self.store, self.session_id, item, self._queue, notify=notice)
+                if events and not (notice is not None and notice.sent):
                     await self._notify(self.session_id, events)
         finally:
             self._task = None

@@ -53,6 +53,18 @@ class Handover:
     sent: bool = False
 
 
+@dataclass(slots=True)
+class Notify:
+    """Tell ``to_instance`` (the session's holder) about the events an append numbers, in
+    the same step, carrying them; ``sent`` is set when the store did (a store with no
+    inboxes leaves it unset, and the caller tells the holder itself)."""
+
+    to_instance: str
+    message_id: str
+    sender: str
+    sent: bool = False
+
+
 class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
 
@@ -148,7 +160,9 @@ class StateStore(Protocol):
     async def set_max_index(self, session_id: SessionId, index: int) -> None: ...
 
     # session events ------------------------------------------------------
-    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+    async def append_events(
+        self, session_id: SessionId, payloads: list[bytes], notify: Notify | None = None
+    ) -> list[tuple[int, bytes]]:
         """Number the encoded events (seq 0 / absent) and keep them; return (seq, bytes)."""
         ...
 
@@ -157,7 +171,13 @@ class StateStore(Protocol):
         ...
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
+        self,
+        session_id: SessionId,
+        tgt_lang: str,
+        index: int,
+        payload: bytes,
+        end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
         """Record a finished result; append and return every result now deliverable, in order.
         With ``end``, :meth:`finish_job` first, in the same step. Raises KeyError when
@@ -172,6 +192,7 @@ class StateStore(Protocol):
         index: int,
         result: bytes,
         end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
         """:meth:`append_events` then :meth:`push_result`, in one round trip; returns both
         lists of events together, in seq order. On KeyError the events stay appended."""

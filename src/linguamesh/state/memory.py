@@ -12,7 +12,7 @@ from ..core.nodes import NodeView
 from ..core.ordering import OrderedStream
 from ..core.reservation import NodeSlots
 from ..protocol import with_seq
-from .base import Handover, JobEnd, JobRecord, SessionRecord
+from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
 
 
 class _Members:
@@ -260,7 +260,9 @@ class MemoryStateStore:
             h = self.histories[session_id] = EventHistory(self.history_size)
         return h
 
-    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+    async def append_events(
+        self, session_id: SessionId, payloads: list[bytes], notify: Notify | None = None
+    ) -> list[tuple[int, bytes]]:
         h = self._history(session_id)
         out = []
         for payload in payloads:
@@ -274,7 +276,13 @@ class MemoryStateStore:
         self.streams.setdefault((session_id, tgt_lang), OrderedStream()).expect(index)
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
+        self,
+        session_id: SessionId,
+        tgt_lang: str,
+        index: int,
+        payload: bytes,
+        end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
         if end is not None:
             await self.finish_job(end.job_id, end.owner, end.release)
@@ -292,7 +300,9 @@ class MemoryStateStore:
         index: int,
         result: bytes,
         end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
+        """One process: there is no other holder to notify (``notify`` stays unsent)."""
         events = await self.append_events(session_id, payloads)
         return events + await self.push_result(session_id, tgt_lang, index, result, end)
 

@@ -29,7 +29,7 @@ from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from . import redis_keys as K
-from .base import DependencyDown, Handover, JobEnd, JobRecord, SessionRecord
+from .base import DependencyDown, Handover, JobEnd, JobRecord, Notify, SessionRecord
 from .memory import MemoryNodeIndex
 from .redis_wire import RedisWire, Script
 
@@ -88,13 +88,32 @@ local function append(hist, seqkey, maxlen, p, out)
 end
 """
 
+# shared by APPEND and APPEND_PUSH: tell the session's holder about the events just
+# appended (out[first..]: seq, data, ...), carrying them; an inbox entry as cluster.py
+# writes them (a MessagePack array of messages). Returns 1 when a message was written.
+_NOTIFY = """
+local function notify(inbox, id, sender, sid, out, first)
+  if id == '' or #out < first then return 0 end
+  local e = {}
+  for i = first, #out, 2 do e[#e + 1] = {out[i], out[i + 1]} end
+  local m = cmsgpack.pack({{k = 'session', i = id, o = sender, s = sid, q = out[#out - 1], e = e}})
+  redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 'm', m)
+  return 1
+end
+"""
+
 APPEND = (
     _APPEND_ONE
+    + _NOTIFY
     + """
-local out = {}
-for i = 3, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
+-- KEYS: history, seqno, holder's inbox ('' = none)
+-- ARGV: maxlen, ttl, message id ('' = no notice), sender, session id, event payloads...
+-- returns {notified (1|0), seq, data, seq, data...}
+local out = {0}
+for i = 6, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+out[1] = notify(KEYS[3], ARGV[3], ARGV[4], ARGV[5], out, 2)
 return out
 """
 )
@@ -104,7 +123,7 @@ return out
 _FINISH_ONE = """
 local function finish(job, active, slots, owner, job_id, ttl, member)
   local used = -1
-  if slots and member ~= '' then
+  if member ~= '' then
     redis.call('ZREM', slots, member)
     used = redis.call('ZCARD', slots)
   end
@@ -121,14 +140,18 @@ end
 APPEND_PUSH = (
     _APPEND_ONE
     + _FINISH_ONE
+    + _NOTIFY
     + """
--- KEYS: pending, done, history, seqno[, job, jobs:active, slots]
--- ARGV: maxlen, ttl, index, result, owner, job_id, job ttl, slot member, event payloads...
--- the job ends first (with KEYS[5..]), then the events are appended, then the result goes
--- through the ordering buffer; returns {expected (1|0), slots in use, seq, data, seq, data...}
-local out = {1, -1}
-if KEYS[5] then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
-for i = 9, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+-- KEYS: pending, done, history, seqno, job, jobs:active, slots, holder's inbox ('' = unused)
+-- ARGV: maxlen, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
+--       slot member ('' = none), message id ('' = no notice), sender, session id,
+--       event payloads...
+-- the job ends first, then the events are appended, then the result goes through the
+-- ordering buffer, then the holder is told;
+-- returns {expected (1|0), slots in use, notified (1|0), seq, data, seq, data...}
+local out = {1, -1, 0}
+if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
+for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   out[1] = 0
 else
@@ -144,6 +167,7 @@ else
   end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4)
 return out
 """
 )
@@ -538,13 +562,24 @@ class RedisStateStore:
     def _pairs(flat: list[Any]) -> list[tuple[int, bytes]]:
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def append_events(self, session_id: SessionId, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+    async def append_events(
+        self, session_id: SessionId, payloads: list[bytes], notify: Notify | None = None
+    ) -> list[tuple[int, bytes]]:
+        inbox, note = self._notice(session_id, notify)
         flat = await self._run(
             self._append,
-            keys=[K.history(session_id), K.seqno(session_id)],
-            args=[self.history_size, self._ttl(), *payloads],
+            keys=[K.history(session_id), K.seqno(session_id), inbox],
+            args=[self.history_size, self._ttl(), *note, *payloads],
         )
-        return self._pairs(flat)
+        if notify is not None:
+            notify.sent = bool(flat[0])
+        return self._pairs(flat[1:])
+
+    @staticmethod
+    def _notice(session_id: SessionId, notify: Notify | None) -> tuple[str, list[str]]:
+        if notify is None:
+            return "", ["", "", ""]
+        return K.inbox(notify.to_instance), [notify.message_id, notify.sender, session_id]
 
     async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
         key = K.pending(session_id, tgt_lang)
@@ -554,9 +589,15 @@ class RedisStateStore:
         await self._call(pipe.execute)
 
     async def push_result(
-        self, session_id: SessionId, tgt_lang: str, index: int, payload: bytes, end: JobEnd | None = None
+        self,
+        session_id: SessionId,
+        tgt_lang: str,
+        index: int,
+        payload: bytes,
+        end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
-        return await self.append_and_push(session_id, [], tgt_lang, index, payload, end)
+        return await self.append_and_push(session_id, [], tgt_lang, index, payload, end, notify)
 
     async def append_and_push(
         self,
@@ -566,22 +607,26 @@ class RedisStateStore:
         index: int,
         result: bytes,
         end: JobEnd | None = None,
+        notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
+        inbox, note = self._notice(session_id, notify)
         keys = [K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
-                K.seqno(session_id)]  # fmt: skip
-        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, ""]
+                K.seqno(session_id), "", "", "", inbox]  # fmt: skip
+        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, "", *note]
         if end is not None:
-            keys += [K.job(end.job_id), K.JOBS_ACTIVE]
-            args[4:8] = [end.owner, end.job_id, 600, ""]
+            keys[4:6] = [K.job(end.job_id), K.JOBS_ACTIVE]
+            args[4:7] = [end.owner, end.job_id, 600]
             if end.release is not None:
-                keys.append(K.slots(end.release[0]))
+                keys[6] = K.slots(end.release[0])
                 args[7] = f"{end.job_id}:{end.release[1]}"
         flat = await self._run(self._append_push, keys=keys, args=[*args, *payloads])
         if end is not None and end.release is not None:
             self._reserved(end.release[0], int(flat[1]))
+        if notify is not None:
+            notify.sent = bool(flat[2])
         if not flat[0]:  # the appended events stand; the caller re-sends the result
             raise KeyError(f"index {index} was not expected or already completed")
-        return self._pairs(flat[2:])
+        return self._pairs(flat[3:])
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
