@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,28 +193,29 @@ async def test_racing_instances_reserve_the_last_slot_once(redis_url: str) -> No
 
 async def test_a_reservation_hands_its_job_to_the_nodes_instance_in_one_step(redis_url: str) -> None:
     """The reserve script makes A the owner and puts the job into A's inbox at once."""
-    from linguamesh.scheduler.cluster import _dec
-
     b = RedisStateStore(redis_url)
     try:
         await b.register_node(node("n7", 1), "A")
         await b.read_inbox("A", block_ms=1)  # makes A's consumer group
-        recs = [JobRecord("h1", "B", "created", 1, None, time.time() + 30, {"audio": "AAA=", "tts": False})]
-        assert await b.accept_utterance(SID, 0, None, recs, ["es"]) is None
         record = JobRecord("h1", "B", "dispatched", 1, "n7", time.time() + 30)
-        handover = Handover("A", "B.1", {"attempt_id": 1, "node_id": "n7", "excluded": [], "first_tgt": True})
+        handover = Handover("A", b"the job")
         assert await b.reserve(NodeId("n7"), JobId("h1"), 1, 30, record, handover)
         assert handover.sent
         loaded = await b.load_job(JobId("h1"))
         assert loaded is not None and loaded.owner == "A" and loaded.node_id == "n7"
-        [(_, raw)] = await b.read_inbox("A", block_ms=100)
-        [msg] = _dec.decode(raw)
-        assert (msg.k, msg.i, msg.o, msg.j) == ("adopt", "B.1", "B", "h1")
-        assert json.loads(msg.r)["audio"] == "AAA=" and json.loads(msg.x)["node_id"] == "n7"
+        assert [m for _, m in await b.read_inbox("A", block_ms=100)] == [b"the job"]
         # a full node: nothing is reserved, nothing handed over
-        other = Handover("A", "B.2", {})
+        other = Handover("A", b"another job")
         assert not await b.reserve(NodeId("n7"), JobId("h2"), 1, 30, record, other)
         assert not other.sent and await b.read_inbox("A", block_ms=1) == []
+        # a job another instance owns now: the slot is taken, the job is not handed over
+        await b.save_job(JobRecord("h3", "C", "created", 1, None, time.time() + 30))
+        await b.release(NodeId("n7"), JobId("h1"), 1)
+        third = Handover("A", b"not ours")
+        assert await b.reserve(
+            NodeId("n7"), JobId("h3"), 1, 30, JobRecord("h3", "B", "dispatched", 1, "n7", 0), third
+        )
+        assert not third.sent and (await b.load_job(JobId("h3"))).owner == "C"  # type: ignore[union-attr]
     finally:
         await b.close()
 

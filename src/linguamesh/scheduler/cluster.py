@@ -61,14 +61,11 @@ class Message(msgspec.Struct, omit_defaults=True):
     f: str = ""  # a protocol frame
     e: list[tuple[int, str]] = []  # session events (seq, event JSON) carried along
     d: dict[str, Any] = {}  # a handed-over job
-    r: str = ""  # a handed-over job as its record holds it (JSON), written by the reserve script
-    x: str = ""  # hand-over details (JSON) added to ``r``
 
 
 # MessagePack: events and audio travel as bytes, with no escaping or base64
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[Message])
-_json_dec = msgspec.json.Decoder(dict[str, Any])
 
 
 class Cluster:
@@ -186,6 +183,11 @@ class Cluster:
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
         return await self._send(holder, Message(k="adopt", j=job_id, d=data))
 
+    def adopt_entry(self, job_id: str, data: dict[str, Any]) -> bytes:
+        """An inbox entry handing a job over, for the reservation to write (see Handover)."""
+        msg = Message(k="adopt", i=self.next_message_id(), o=self.me, j=job_id, d=data)
+        return _enc.encode([msg])
+
     async def session_holder(self, session_id: str) -> str | None:
         """The instance holding a session (cached briefly; a move is announced anyway)."""
         now = time.monotonic()
@@ -302,8 +304,7 @@ class Cluster:
             if session is not None:
                 session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
         elif msg.k == "adopt":
-            data = msg.d or {**_json_dec.decode(msg.r), **(_json_dec.decode(msg.x) if msg.x else {})}
-            await s.adopt_handed_over(msg.j, data)
+            await s.adopt_handed_over(msg.j, msg.d)
         elif msg.k == "moved":
             await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
         elif msg.k == "node":

@@ -1015,7 +1015,8 @@ class Scheduler:
                     )
                     holder = self.store.node_owner(node_id) or self.config.instance_id
                     if holder != self.config.instance_id:  # and the job goes to the node's instance
-                        handover = self._handover(job, node_id, holder)
+                        entry = self.cluster.adopt_entry(job.job_id, self._handover_data(job, node_id))
+                        handover = Handover(holder, entry)
                 reserved = await self.store.reserve(
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
@@ -1120,20 +1121,17 @@ class Scheduler:
             self.metrics.dispatch_latency.observe(latency)
         return self.lifecycle.dispatched(job, cmd.attempt_id, ok, now)
 
-    def _handover(self, job: Job, node_id: NodeId, holder: str) -> Handover:
-        """What the node's instance needs, besides the job's record, to run the job."""
-        assert self.cluster is not None
+    def _handover_data(self, job: Job, node_id: NodeId) -> dict[str, Any]:
+        """What the node's instance needs to run the job (audio as bytes)."""
         extra = self.extra.get(job.job_id)
-        return Handover(
-            holder,
-            self.cluster.next_message_id(),
-            {
-                "attempt_id": job.attempt_id,
-                "node_id": node_id,
-                "excluded": sorted(job.excluded),
-                "first_tgt": extra.first_tgt if extra else True,
-            },
+        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True)
+        data.update(
+            attempt_id=job.attempt_id,
+            node_id=node_id,
+            excluded=sorted(job.excluded),
+            first_tgt=extra.first_tgt if extra else True,
         )
+        return data
 
     async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
         """The node is held by another instance: that instance owns and runs the job from
@@ -1144,12 +1142,8 @@ class Scheduler:
         extra = self.extra.get(job.job_id)
         if extra is not None and extra.handed_over == cmd.attempt_id:
             sent = True
-        else:  # the store could not (its copy of the job was lost): send the whole job
-            data = job_data(
-                job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True
-            )
-            data.update(self._handover(job, cmd.node_id, holder).extra)
-            sent = await self.cluster.adopt(holder, job.job_id, data)
+        else:  # a store that does not route between instances: send it ourselves
+            sent = await self.cluster.adopt(holder, job.job_id, self._handover_data(job, cmd.node_id))
         if not sent:
             return self.lifecycle.dispatched(job, cmd.attempt_id, False, self.clock())
         log.info("job.handed_over", **job_fields(job), to_instance=holder)

@@ -43,13 +43,13 @@ class JobEnd:
 @dataclass(slots=True)
 class Handover:
     """A reservation that hands its job to the instance holding the node: the record's
-    owner becomes ``to_instance`` and, where the store routes between instances, the job
-    goes to that instance's inbox in the same step (``sent`` is then set). Atomic, so no
-    crash can leave a job owned by an instance that never heard of it."""
+    owner becomes ``to_instance`` and, where the store routes between instances,
+    ``message`` (an inbox entry carrying the job) goes to that instance's inbox in the
+    same step (``sent`` is then set). Atomic, so no crash can leave a job owned by an
+    instance that never heard of it."""
 
     to_instance: str
-    message_id: str
-    extra: dict[str, Any]
+    message: bytes
     sent: bool = False
 
 

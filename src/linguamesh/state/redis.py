@@ -38,8 +38,8 @@ T = TypeVar("T")
 RESERVE = """
 -- KEYS: slots, node[, job, jobs:active[, new owner's inbox]]
 -- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner
---       [, message id, hand-over extra (JSON)]]
--- returns {reserved, slots in use, handed over (the adopt message was written)}
+--       [, hand-over message (an inbox entry, written as given)]]
+-- returns {reserved, slots in use, handed over (the message was written)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
@@ -59,11 +59,8 @@ if KEYS[3] then
     redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
                'deadline', ARGV[7])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-    local data = KEYS[5] and redis.call('HGET', KEYS[3], 'data')
-    if data then
-      -- an inbox entry as cluster.py writes them: a MessagePack array of messages
-      local m = cmsgpack.pack({{k = 'adopt', i = ARGV[10], o = ARGV[3], j = ARGV[8], r = data, x = ARGV[11]}})
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', m)
+    if KEYS[5] then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', ARGV[10])
       handed = 1
     end
   end
@@ -458,7 +455,7 @@ class RedisStateStore:
                      int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
             if handover is not None:
                 keys.append(K.inbox(handover.to_instance))
-                args += [handover.message_id, _json(handover.extra)]
+                args.append(handover.message)
         ok, used, handed = await self._run(self._reserve, keys=keys, args=args)
         self._reserved(node_id, int(used))
         if handover is not None:
