@@ -9,15 +9,20 @@ at-least-once, and each message carries an id that the receiver remembers, so
 a redelivered message is dropped at the edge.
 
 An inbox entry is a MessagePack array of messages: what one instance queued for another
-within one turn of its event loop goes out in one entry (one XADD).
+within one turn of its event loop goes out in one entry (one XADD). Two kinds are
+also written by the store's Lua scripts, in the same step as the change they report
+(see ``state/redis.py``): ``adopt`` by the reservation (the entry built here by
+:meth:`Cluster.adopt_entry`) and ``session`` by the history appends (cmsgpack).
 
 Messages (msgspec structs, field ``k``):
 
+* ``adopt`` — run job ``j`` (``d``: the job, audio as bytes): it was handed over
+  because its node is held here;
 * ``to_node`` — write this frame to node ``n``; ``o`` is the job owner, remembered so
   the node's answers go straight back to it;
 * ``node_msg`` — a frame node ``n`` sent about a job this instance owns;
 * ``session`` — session ``s`` has events up to ``q`` in its history (another instance
-  appended them): write them to the client socket;
+  appended them; ``e`` carries them, as text): write them to the client socket;
 * ``moved`` — session ``s`` is now held by another instance: forget it here;
 * ``node`` — node ``n`` registered or changed; ``gone`` — node ``n`` disconnected.
 
@@ -29,6 +34,7 @@ sweeper that claims jobs past their deadline whose owner is dead.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections import OrderedDict
@@ -63,7 +69,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     d: dict[str, Any] = {}  # a handed-over job
 
 
-# MessagePack: events and audio travel as bytes, with no escaping or base64
+# MessagePack: audio travels as bytes, events as their JSON text (no base64, no escaping)
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[Message])
 
@@ -159,7 +165,10 @@ class Cluster:
                 if not w.done():
                     w.set_result(ok)
 
-        task = asyncio.get_running_loop().create_task(send(), name=f"cluster-send-{instance}")
+        # a fresh context: not the log context of whichever job queued the first message
+        task = asyncio.get_running_loop().create_task(
+            send(), name=f"cluster-send-{instance}", context=contextvars.Context()
+        )
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 

@@ -112,8 +112,8 @@ class JobExtra:
     first_tgt: bool = True
     #: a slot to release together with the job's final record (cluster mode)
     pending_release: tuple[NodeId, int] | None = None
-    #: the attempt the reservation already handed to the node's instance (cluster mode)
-    handed_over: int = 0
+    #: (attempt, instance): the reservation already handed the job to the node's instance
+    handed_over: tuple[int, str] | None = None
 
 
 class Scheduler:
@@ -193,6 +193,8 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop timers and tasks. Idempotent."""
+        for relay in list(self.relays.values()):  # finished results go into their histories first
+            await relay.drained(timeout=2.0)
         if self.cluster is not None:
             await self.cluster.stop()
         for extra in self.extra.values():
@@ -1021,7 +1023,7 @@ class Scheduler:
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
                 if reserved and handover is not None and handover.sent:
-                    extra.handed_over = job.attempt_id
+                    extra.handed_over = (job.attempt_id, handover.to_instance)
             except DependencyDown:
                 self.waiting[job.job_id] = None
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
@@ -1089,6 +1091,9 @@ class Scheduler:
         return [Select(job.job_id)]
 
     async def _dispatch(self, job: Job, cmd: Assign) -> list[Command]:
+        extra = self.extra.get(job.job_id)
+        if extra is not None and extra.handed_over is not None and extra.handed_over[0] == cmd.attempt_id:
+            return await self._hand_over(job, cmd, extra.handed_over[1])  # it is that instance's job now
         if self.cluster is not None and cmd.node_id not in self.nodes:
             holder = self.store.node_owner(cmd.node_id)
             if holder is not None and holder != self.config.instance_id:
@@ -1140,7 +1145,7 @@ class Scheduler:
         the session's events cross back."""
         assert self.cluster is not None
         extra = self.extra.get(job.job_id)
-        if extra is not None and extra.handed_over == cmd.attempt_id:
+        if extra is not None and extra.handed_over == (cmd.attempt_id, holder):
             sent = True
         else:  # a store that does not route between instances: send it ourselves
             sent = await self.cluster.adopt(holder, job.job_id, self._handover_data(job, cmd.node_id))
@@ -1213,29 +1218,32 @@ class Scheduler:
         if self.relays.get(relay.session_id) is relay:
             del self.relays[relay.session_id]
 
-    async def _relay_notice(self, session_id: SessionId) -> Notify | None:
-        """Where a relay's store step should announce the events: the session's holder,
-        when that is another live instance (else the relay delivers or notifies itself)."""
+    async def _remote_holder(self, session_id: SessionId) -> str | None:
+        """The live instance other than this one that holds the session, if any."""
         if self.cluster is None or session_id in self.sessions:
             return None
         owner = await self.cluster.session_holder(session_id)
         if owner is None or owner == self.config.instance_id or owner not in self.cluster.live:
             return None
+        return owner
+
+    async def _relay_notice(self, session_id: SessionId) -> Notify | None:
+        """Where a relay's store step should announce the events: the session's holder,
+        when that is another live instance (else the relay delivers or notifies itself)."""
+        owner = await self._remote_holder(session_id)
+        if owner is None or self.cluster is None:
+            return None
         return Notify(owner, self.cluster.next_message_id(), self.config.instance_id)
 
     async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
-        """A relay put events into a session's history: tell whoever holds the session now."""
+        """A relay put events into a session's history and the store did not announce
+        them: deliver them here, or tell whoever holds the session now."""
         session = self.sessions.get(session_id)
         if session is not None:  # it moved here meanwhile
             session.deliver(events, events[-1][0])
             return
-        await self._notify_owner(session_id, events)
-
-    async def _notify_owner(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
-        if not events or self.cluster is None:
-            return
-        owner = await self.cluster.session_holder(session_id)
-        if owner is not None and owner != self.config.instance_id and owner in self.cluster.live:
+        owner = await self._remote_holder(session_id)
+        if owner is not None and self.cluster is not None:
             self.cluster.notify_session(owner, session_id, events)
 
     async def _finish(self, job: Job, cmd: Finish) -> None:

@@ -21,6 +21,7 @@ lives.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -126,7 +127,7 @@ async def store_batch(
     except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
         events = await until_available(
-            store.append_events, session_id, [result.payload], session_id=session_id
+            store.append_events, session_id, [result.payload], notify, session_id=session_id
         )
     if result.on_end is not None:
         result.on_end()
@@ -416,14 +417,16 @@ class SessionRelay:
         self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
         self._wake()
 
-    @property
-    def idle(self) -> bool:
-        return self._task is None and self._queue.empty()
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until what was queued is in the history."""
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=timeout)
 
     def _wake(self) -> None:
         if self._task is None:
+            # a fresh context: the relay must not carry the log context of the job that woke it
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"session-relay-{self.session_id}"
+                self._run(), name=f"session-relay-{self.session_id}", context=contextvars.Context()
             )
 
     async def _run(self) -> None:

@@ -1,8 +1,10 @@
-"""``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5), on redis-py asyncio.
+"""``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5).
 
-Multi-key changes are one Lua script each (loaded on connect, run by SHA over
-the pipelined ``RedisWire``; cold paths use redis-py): slot reservation, event append (numbering), ordered result
-release, owner-guarded job writes, takeover claims. Key names are in
+Multi-key changes are one Lua script each, loaded on connect and run by SHA over
+the pipelined :class:`~.redis_wire.RedisWire` (the hot path; redis-py asyncio
+serves the cold paths): slot reservation with the job record and its hand-over,
+event append (numbering) and ordered result release with the job's end and the
+holder's notice, owner-guarded job writes, takeover claims. Key names are in
 ``redis_keys``. Selection reads a local mirror of the node registry (kept
 current on every local change, on notices from other instances and by a
 periodic sync), so sampling candidates costs no round trip; the reserve
