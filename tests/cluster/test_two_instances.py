@@ -100,3 +100,24 @@ async def test_resume_on_the_other_instance_gets_missed_results(cluster: Cluster
     assert [r.utterance_index for r in results] == [0, 1, 2, 3]
     assert c.duplicates_dropped == 0
     assert c.session_id not in a.sched.sessions  # A was told the session moved
+
+
+async def test_closing_a_session_waits_for_jobs_handed_to_another_instance(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """session_close on B while A runs the jobs: every result comes before session_closed."""
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=150))
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    async with SessionClient(b.url, src="en", tgt="es") as c:
+        for i in range(3):
+            await c.send_utterance(i, pcm(0.2))
+        await asyncio.sleep(0.05)  # accepted and handed over, not finished
+        await c.close_session()
+        events: list[Any] = []
+        async with asyncio.timeout(15):
+            while not events or not isinstance(events[-1], p.SessionClosed):
+                events.append(await c.recv())
+    results = [e for e in events if isinstance(e, p.TranslationResult)]
+    assert [r.utterance_index for r in results] == [0, 1, 2]
+    assert all(r.status == "ok" for r in results)

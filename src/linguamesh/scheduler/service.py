@@ -258,6 +258,7 @@ class Scheduler:
             store=self.store,
             on_detached=self._session_detached,
             on_delivered=lambda: self.count("results_delivered"),
+            on_result=self._session_result,
         )
         await self.store.create_session(self._record(session), self.config.session_linger * 2)
         self.sessions[session.session_id] = session
@@ -384,6 +385,7 @@ class Scheduler:
             store=self.store,
             on_detached=self._session_detached,
             on_delivered=lambda: self.count("results_delivered"),
+            on_result=self._session_result,
             max_index=rec.max_index,
         )
         self.sessions[session_id] = session
@@ -426,6 +428,14 @@ class Scheduler:
         """``session_close``: finish running jobs, deliver their results, then close."""
         session.closing = True
         await self._maybe_finish_close(session)
+
+    def _session_result(self, session: Session, job_id: str) -> None:
+        """A result is on its way to the client: its job no longer keeps the session open
+        (this is how a job handed over to another instance counts as done here)."""
+        if JobId(job_id) in session.active_jobs:
+            session.active_jobs.discard(JobId(job_id))
+            if session.closing and not session.active_jobs:
+                self._spawn(self._maybe_finish_close(session), "finish-close")
 
     async def _maybe_finish_close(self, session: Session) -> None:
         if not session.closing or session.active_jobs or session.closed:
@@ -1158,9 +1168,7 @@ class Scheduler:
             for t in extra.timers:
                 t.cancel()
         self.waiting.pop(job.job_id, None)
-        session = self.sessions.get(job.session_id)
-        if session is not None:
-            session.active_jobs.discard(job.job_id)
+        # it stays in its session's active jobs: its result, through the history, ends it there
         return []
 
     async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:

@@ -176,6 +176,9 @@ class Session:
     store: StateStore
     on_detached: Callable[[Session], None]
     on_delivered: Callable[[], None] = lambda: None
+    #: a translation_result entered the stream to the client (``job_id``), whichever
+    #: instance produced it
+    on_result: Callable[[Session, str], None] = lambda session, job_id: None
     conn: Transport | None = None
     #: last seq written to ``conn`` (or, with no connection, the last seq seen)
     written: int = 0
@@ -295,14 +298,15 @@ class Session:
                 self._publish(seq, data)
             if seq <= self.written:
                 continue
+            fields = self._fields(data) if data.startswith(_RESULT_PREFIX) else None
+            if fields is not None:
+                self.on_result(self, fields["job_id"])
             conn = self.conn
             if conn is None:
                 self.written = seq
-                if data.startswith(_RESULT_PREFIX):  # kept in the history for a resume
-                    log.info("result.sending", seq=seq, live=False, **self._fields(data))
+                if fields is not None:  # kept in the history for a resume
+                    log.info("result.sending", seq=seq, live=False, **fields)
                 continue
-            is_result = data.startswith(_RESULT_PREFIX)
-            fields = self._fields(data) if is_result else None
             if fields is not None:
                 log.info("result.sending", seq=seq, live=True, **fields)
             if await self._write(conn, data):
