@@ -197,12 +197,19 @@ class Cluster:
         msg = Message(k="adopt", i=self.next_message_id(), o=self.me, j=job_id, d=data)
         return _enc.encode([msg])
 
+    def cached_holder(self, session_id: str) -> str | None:
+        """The instance holding a session, if it was looked up in the last 2 s."""
+        hit = self._holders.get(session_id)
+        if hit is not None and hit[1] > time.monotonic() and hit[0] in self.live:
+            return hit[0]
+        return None
+
     async def session_holder(self, session_id: str) -> str | None:
         """The instance holding a session (cached briefly; a move is announced anyway)."""
+        hit = self.cached_holder(session_id)
+        if hit is not None:
+            return hit
         now = time.monotonic()
-        hit = self._holders.get(session_id)
-        if hit is not None and hit[1] > now and hit[0] in self.live:
-            return hit[0]
         owner = await self.store.session_owner(SessionId(session_id))
         if owner is not None:
             self._holders[session_id] = (owner, now + 2.0)
@@ -302,24 +309,25 @@ class Cluster:
 
     async def _handle(self, msg: Message) -> None:
         s = self.sched
-        if msg.k == "to_node":
-            if msg.j:
-                self.remember_owner(msg.j, msg.o)
-            await s.write_local_node(NodeId(msg.n), msg.f, from_instance=msg.o, job_id=msg.j)
-        elif msg.k == "node_msg":
-            await s.routed_node_message(NodeId(msg.n), msg.f)
-        elif msg.k == "session":
+        kind = msg.k
+        if kind == "session":  # the most frequent kinds first
             session = s.sessions.get(SessionId(msg.s))
             if session is not None:
                 session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
-        elif msg.k == "adopt":
+        elif kind == "adopt":
             await s.adopt_handed_over(msg.j, msg.d)
-        elif msg.k == "moved":
+        elif kind == "to_node":
+            if msg.j:
+                self.remember_owner(msg.j, msg.o)
+            await s.write_local_node(NodeId(msg.n), msg.f, from_instance=msg.o, job_id=msg.j)
+        elif kind == "node_msg":
+            await s.routed_node_message(NodeId(msg.n), msg.f)
+        elif kind == "moved":
             await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
-        elif msg.k == "node":
+        elif kind == "node":
             await self.store.refresh_node(NodeId(msg.n), self.live)
             await s.capacity_changed()
-        elif msg.k == "gone":
+        elif kind == "gone":
             await self.store.refresh_node(NodeId(msg.n), self.live)
             await s.remote_node_gone(NodeId(msg.n))
 

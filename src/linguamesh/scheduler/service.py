@@ -1175,9 +1175,9 @@ class Scheduler:
         """Another instance handed us a job for a node we hold: dispatch and run it here."""
         if JobId(job_id) in self.jobs:
             return
-        rec = JobRecord(job_id, self.config.instance_id, JobState.ASSIGNED.value, int(data["attempt_id"]),
-                        data["node_id"], 0.0, data)  # fmt: skip
-        job, tts, partials = job_from_record(rec, self.clock())
+        job, tts, partials = job_from_data(
+            job_id, data, JobState.ASSIGNED.value, int(data["attempt_id"]), data["node_id"], self.clock()
+        )
         self.jobs[job.job_id] = job
         self.extra[job.job_id] = JobExtra(tts, partials, asyncio.Lock(), [], first_selection=False,
                                           first_tgt=bool(data.get("first_tgt", True)))  # fmt: skip
@@ -1230,7 +1230,7 @@ class Scheduler:
         """The live instance other than this one that holds the session, if any."""
         if self.cluster is None or session_id in self.sessions:
             return None
-        owner = await self.cluster.session_holder(session_id)
+        owner = self.cluster.cached_holder(session_id) or await self.cluster.session_holder(session_id)
         if owner is None or owner == self.config.instance_id or owner not in self.cluster.live:
             return None
         return owner
@@ -1480,16 +1480,23 @@ _STATES = {s.value: s for s in JobState}
 
 
 def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
-    d = rec.data
+    return job_from_data(rec.job_id, rec.data, rec.state, rec.attempt_id, rec.node_id, now)
+
+
+def job_from_data(
+    job_id: str, d: dict[str, Any], state: str, attempt_id: int, node_id: str | None, now: float
+) -> tuple[Job, bool, bool]:
+    """A job as :func:`job_data` described it; returns it with its tts and partials flags."""
+    audio = d["audio"]
     job = Job(
-        job_id=JobId(rec.job_id),
+        job_id=JobId(job_id),
         trace_id=TraceId(d["trace_id"]),
         session_id=SessionId(d["session_id"]),
         utterance_index=int(d["utterance_index"]),
         src_lang=d["src_lang"],
         tgt_lang=d["tgt_lang"],
         stages=tuple(d["stages"]),
-        audio=d["audio"] if isinstance(d["audio"], bytes) else base64.b64decode(d["audio"]),
+        audio=audio if isinstance(audio, bytes) else base64.b64decode(audio),
         audio_format=d["audio_format"],
         sample_rate=int(d["sample_rate"]),
         audio_seconds=float(d["audio_seconds"]),
@@ -1497,10 +1504,12 @@ def job_from_record(rec: JobRecord, now: float) -> tuple[Job, bool, bool]:
         request_id=d.get("request_id"),
         preferred_node_id=d.get("preferred_node_id"),
     )
-    job.state = _STATES.get(rec.state, JobState.CREATED)
-    job.attempt_id = rec.attempt_id
-    job.node_id = NodeId(rec.node_id) if rec.node_id else None
-    job.excluded = {NodeId(n) for n in d.get("excluded", [])}
+    job.state = _STATES.get(state, JobState.CREATED)
+    job.attempt_id = attempt_id
+    job.node_id = NodeId(node_id) if node_id else None
+    excluded = d.get("excluded")
+    if excluded:
+        job.excluded = {NodeId(n) for n in excluded}
     return job, bool(d.get("tts", True)), bool(d.get("partials", True))
 
 

@@ -793,8 +793,8 @@ class RedisStateStore:
         out = []
         for _, entries in reply or []:
             for eid, fields in entries:
-                if fields:
-                    out.append((eid, fields[fields.index(b"m") + 1]))
+                if fields:  # [b"m", message] as we write them
+                    out.append((eid, fields[1] if fields[0] == b"m" else fields[fields.index(b"m") + 1]))
         return out
 
     async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
