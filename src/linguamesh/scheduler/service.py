@@ -1139,7 +1139,7 @@ class Scheduler:
     def _handover_data(self, job: Job, node_id: NodeId) -> dict[str, Any]:
         """What the node's instance needs to run the job (audio as bytes)."""
         extra = self.extra.get(job.job_id)
-        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True, raw_audio=True)
+        data = job_data(job, extra.tts if extra else True, extra.partials if extra else True)
         data.update(
             attempt_id=job.attempt_id,
             node_id=node_id,
@@ -1455,9 +1455,9 @@ class Scheduler:
         return sorted(pairs)
 
 
-def job_data(job: Job, tts: bool, partials: bool, raw_audio: bool = False) -> dict[str, Any]:
-    """What another instance needs to rebuild the job (audio included: base64 for JSON
-    records, bytes with ``raw_audio`` for binary messages)."""
+def job_data(job: Job, tts: bool, partials: bool) -> dict[str, Any]:
+    """What another instance needs to rebuild the job, audio included (as bytes:
+    MessagePack carries them as they are, msgspec's JSON as base64)."""
     return {
         "trace_id": job.trace_id,
         "session_id": job.session_id,
@@ -1465,7 +1465,7 @@ def job_data(job: Job, tts: bool, partials: bool, raw_audio: bool = False) -> di
         "src_lang": job.src_lang,
         "tgt_lang": job.tgt_lang,
         "stages": list(job.stages),
-        "audio": job.audio if raw_audio else base64.b64encode(job.audio).decode(),
+        "audio": job.audio,
         "audio_format": job.audio_format,
         "sample_rate": job.sample_rate,
         "audio_seconds": job.audio_seconds,
