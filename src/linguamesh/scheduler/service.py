@@ -1230,7 +1230,7 @@ class Scheduler:
         """The live instance other than this one that holds the session, if any."""
         if self.cluster is None or session_id in self.sessions:
             return None
-        owner = self.cluster.cached_holder(session_id) or await self.cluster.session_holder(session_id)
+        owner = await self.cluster.session_holder(session_id)
         if owner is None or owner == self.config.instance_id or owner not in self.cluster.live:
             return None
         return owner
