@@ -223,10 +223,6 @@ class Session:
         ``end``, its job ends in the same step; ``on_end`` runs after it."""
         self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
 
-    def notify(self, seq: int) -> None:
-        """Another instance appended events up to ``seq``."""
-        self._queue.put_nowait(_Fetch(seq))
-
     def deliver(self, events: list[tuple[int, bytes]], seq: int) -> None:
         """Another instance appended these events (up to ``seq``): write them in order."""
         self._queue.put_nowait(_Fetch(seq, events))

@@ -311,28 +311,24 @@ class RedisStateStore:
         #: one entry per request sent to Redis (a pipeline or a script is one round trip)
         self.round_trips: dict[str, int] = {}
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        op = str(getattr(fn, "__name__", "call"))
+    async def _counted(self, op: str, pending: Awaitable[T]) -> T:
+        """Await one request to Redis: counted as a round trip of ``op``, and any connection
+        problem raised as :class:`DependencyDown`."""
         self.round_trips[op] = self.round_trips.get(op, 0) + 1
         try:
-            return await fn(*args, **kw)
+            return await pending
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise DependencyDown(f"redis unreachable: {exc}") from None
 
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        """A redis-py call (the cold paths)."""
+        return await self._counted(str(getattr(fn, "__name__", "call")), fn(*args, **kw))
+
     async def _run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        self.round_trips[script.name] = self.round_trips.get(script.name, 0) + 1
-        try:
-            return await self.wire.run(script, keys, args)
-        except (RedisConnectionError, OSError) as exc:
-            raise DependencyDown(f"redis unreachable: {exc}") from None
+        return await self._counted(script.name, self.wire.run(script, keys, args))
 
     async def _wire_call(self, wire: RedisWire, *args: Any) -> Any:
-        op = str(args[0]).lower()
-        self.round_trips[op] = self.round_trips.get(op, 0) + 1
-        try:
-            return await wire.call(*args)
-        except (RedisConnectionError, OSError) as exc:
-            raise DependencyDown(f"redis unreachable: {exc}") from None
+        return await self._counted(str(args[0]).lower(), wire.call(*args))
 
     # ------------------------------------------------------------------ nodes
 
@@ -770,14 +766,15 @@ class RedisStateStore:
                 return got
         read = ("XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
                 "STREAMS", key, ">")  # fmt: skip
-        self.round_trips["xreadgroup"] = self.round_trips.get("xreadgroup", 0) + 1
         try:
             if ack:
-                res = (await wire.call_many(("XACK", key, K.INBOX_GROUP, *ack), read))[-1]
+                res = (
+                    await self._counted(
+                        "xreadgroup", wire.call_many(("XACK", key, K.INBOX_GROUP, *ack), read)
+                    )
+                )[-1]
             else:
-                res = await wire.call(*read)
-        except (RedisConnectionError, OSError) as exc:
-            raise DependencyDown(f"redis unreachable: {exc}") from None
+                res = await self._counted("xreadgroup", wire.call(*read))
         except ResponseError as exc:
             res = exc
         if isinstance(res, ResponseError):
