@@ -244,9 +244,24 @@ async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def preemptions(pid: int) -> int:
+    """Times the process was taken off a CPU while it could still run (CPU contention)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def round_trips(ws_url: str) -> dict[str, float]:
@@ -260,6 +275,18 @@ async def round_trips(ws_url: str) -> dict[str, float]:
             op = line.split('op="')[1].split('"')[0]
             out[op] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+async def redis_process(url: str) -> int:
+    """The redis-server's pid when it runs on this machine (for its CPU), else 0."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    try:
+        pid = int((await r.info("server"))["process_id"])
+    finally:
+        await r.aclose()
+    return pid if os.path.exists(f"/proc/{pid}/stat") else 0
 
 
 async def redis_commands(url: str) -> int:
@@ -364,12 +391,21 @@ async def main() -> None:
         stats.to_client.clear()
 
         cpu0s = [cpu_seconds(pr.pid) for pr in procs]
+        split0 = [cpu_split(pr.pid) for pr in procs]
+        pre0 = [preemptions(pr.pid) for pr in procs]
+        own0 = time.process_time()
+        redis_pid = await redis_process(args.redis_url) if args.redis_url else 0
+        redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0
         rt0 = [await round_trips(u) for u in urls] if args.redis_url else []
         cmd0 = await redis_commands(args.redis_url) if args.redis_url else 0
         elapsed = await run_phase(sessions, args.jobs, args.concurrency, args.time_limit)
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
         cpu1s = [cpu_seconds(pr.pid) for pr in procs]
+        split1 = [cpu_split(pr.pid) for pr in procs]
+        pre1 = [preemptions(pr.pid) for pr in procs]
+        own1 = time.process_time()
+        redis1 = cpu_seconds(redis_pid) if redis_pid else 0.0
         rt1 = [await round_trips(u) for u in urls] if args.redis_url else []
         cmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
         paced_cpu: list[float] = []
@@ -415,10 +451,21 @@ async def main() -> None:
     n = max(len(c64), 1)
     if procs:
         each = [(b - a) / n * 1000 for a, b in zip(cpu0s, cpu1s, strict=True)]
-        split = f" (nodes' instance {each[0]:.2f}, sessions' instance {each[1]:.2f})" if len(each) > 1 else ""
+        split = f" (nodes' instance {each[0]:.3f}, sessions' instance {each[1]:.3f})" if len(each) > 1 else ""
         print(
-            f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.2f} s per 1,000 jobs{split}"
+            f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.3f} s per 1,000 jobs{split}"
         )
+        user = sum(b[0] - a[0] for a, b in zip(split0, split1, strict=True)) / n * 1000
+        system = sum(b[1] - a[1] for a, b in zip(split0, split1, strict=True)) / n * 1000
+        pre = ", ".join(f"{(b - a) / n:.2f}" for a, b in zip(pre0, pre1, strict=True))
+        print(
+            f"    of which user {user:.2f} s, system {system:.2f} s; preemptions per job per instance: {pre}"
+        )
+    print(
+        f"  load generator CPU (this process: sessions + nodes): {(own1 - own0) / n * 1000:.2f} s per 1,000 jobs"
+    )
+    if redis_pid:
+        print(f"  redis-server CPU: {(redis1 - redis0) / n * 1000:.2f} s per 1,000 jobs")
         if paced_cpu:
             split = (
                 f" (nodes' instance {paced_cpu[0]:.2f}, sessions' instance {paced_cpu[1]:.2f})"

@@ -290,16 +290,30 @@ class Cluster:
                     log.warning("cluster.bad_message", raw=raw[:200])
                     continue
                 for msg in messages:
-                    await self._receive(msg)
+                    if self._fresh(msg):
+                        if msg.k == "session":  # the most frequent kind: no await needed
+                            self._deliver(msg)
+                        else:
+                            await self._receive(msg)
             self._unacked = ids
 
-    async def _receive(self, msg: Message) -> None:
-        if msg.i in self._seen:
+    def _fresh(self, msg: Message) -> bool:
+        """False for a message already handled (at-least-once delivery: de-duplicated here)."""
+        seen = self._seen
+        if msg.i in seen:
             log.debug("cluster.duplicate_message", kind=msg.k, message_id=msg.i)
-            return
-        self._seen[msg.i] = None
-        while len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
+            return False
+        seen[msg.i] = None
+        if len(seen) > SEEN_IDS:
+            seen.popitem(last=False)
+        return True
+
+    def _deliver(self, msg: Message) -> None:
+        session = self.sched.sessions.get(SessionId(msg.s))
+        if session is not None:
+            session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
+
+    async def _receive(self, msg: Message) -> None:
         try:
             await self._handle(msg)
         except DependencyDown:
@@ -310,10 +324,8 @@ class Cluster:
     async def _handle(self, msg: Message) -> None:
         s = self.sched
         kind = msg.k
-        if kind == "session":  # the most frequent kinds first
-            session = s.sessions.get(SessionId(msg.s))
-            if session is not None:
-                session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
+        if kind == "session":
+            self._deliver(msg)
         elif kind == "adopt":
             await s.adopt_handed_over(msg.j, msg.d)
         elif kind == "to_node":
