@@ -14,7 +14,10 @@ Figures:
   lost / duplicated results (must both be 0)
 With --redis-url the schedulers share state in Redis; with --instances 2 the nodes
 connect to one instance and the sessions to the other. Then also:
-  scheduler CPU seconds per 1,000 jobs (all scheduler processes, c64 phase)
+  scheduler CPU seconds per 1,000 jobs (all scheduler processes, c64 phase; user and
+       system time, preemptions per job), and the CPU of this process and of redis-server
+  --contend: the same with a busy process beside the scheduler in the c64 phase, to
+       compare one instance under the CPU contention two instances cause on 2 cores
   Redis round trips per job (requests each instance sent, from its /metrics) and
   Redis commands per job (INFO commandstats, scripts' inner calls included)
 
@@ -344,6 +347,12 @@ async def main() -> None:
     ap.add_argument("--instances", type=int, choices=(1, 2), default=1)
     ap.add_argument("--rate", type=float, default=1000.0, help="offered jobs/s in the paced phase")
     ap.add_argument("--paced-seconds", type=float, default=4.0, help="length of the paced phase (0: skip)")
+    ap.add_argument(
+        "--contend",
+        action="store_true",
+        help="run a busy process beside the scheduler during the c64 phase: one instance under CPU"
+        " contention like two instances cause on a 2-core machine (compare the preemptions per job)",
+    )
     args = ap.parse_args()
     if args.instances == 2 and not args.redis_url:
         ap.error("--instances 2 needs --redis-url")
@@ -390,6 +399,17 @@ async def main() -> None:
         stats.to_node.clear()
         stats.to_client.clear()
 
+        busy = (
+            subprocess.Popen(  # stops by itself after the phase's time limit
+                [
+                    sys.executable,
+                    "-c",
+                    f"import time\nend = time.time() + {args.time_limit + 5}\nwhile time.time() < end: pass",
+                ]
+            )
+            if args.contend
+            else None
+        )
         cpu0s = [cpu_seconds(pr.pid) for pr in procs]
         split0 = [cpu_split(pr.pid) for pr in procs]
         pre0 = [preemptions(pr.pid) for pr in procs]
@@ -401,6 +421,9 @@ async def main() -> None:
         elapsed = await run_phase(sessions, args.jobs, args.concurrency, args.time_limit)
         c64 = list(stats.rtt)
         await asyncio.sleep(0.5)  # let stragglers and duplicates arrive
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         cpu1s = [cpu_seconds(pr.pid) for pr in procs]
         split1 = [cpu_split(pr.pid) for pr in procs]
         pre1 = [preemptions(pr.pid) for pr in procs]
@@ -436,6 +459,8 @@ async def main() -> None:
                 proc.kill()
 
     mode = f"Redis, {args.instances} instance(s)" if args.redis_url else "in-memory state"
+    if args.contend:
+        mode += ", a busy process beside it in the c64 phase"
     print(f"LinguaMesh dispatch benchmark (loopback, zero-work nodes, {mode})")
     print(
         f"  c1  round trip over {len(c1)} jobs: p50 {ms(pct(c1, 50))}  p90 {ms(pct(c1, 90))}  p99 {ms(pct(c1, 99))}"
