@@ -486,11 +486,6 @@ async def main() -> None:
         print(
             f"    of which user {user:.2f} s, system {system:.2f} s; preemptions per job per instance: {pre}"
         )
-    print(
-        f"  load generator CPU (this process: sessions + nodes): {(own1 - own0) / n * 1000:.2f} s per 1,000 jobs"
-    )
-    if redis_pid:
-        print(f"  redis-server CPU: {(redis1 - redis0) / n * 1000:.2f} s per 1,000 jobs")
         if paced_cpu:
             split = (
                 f" (nodes' instance {paced_cpu[0]:.2f}, sessions' instance {paced_cpu[1]:.2f})"
@@ -501,6 +496,11 @@ async def main() -> None:
                 f"  scheduler CPU at a paced {args.rate:,.0f} jobs/s ({len(paced)} jobs in {paced_elapsed:.2f} s,"
                 f" p50 {ms(pct(paced, 50))}): {sum(paced_cpu):.2f} s per 1,000 jobs{split}"
             )
+    print(
+        f"  load generator CPU (c64 phase, this process: sessions + nodes): {(own1 - own0) / n * 1000:.2f} s per 1,000 jobs"
+    )
+    if redis_pid:
+        print(f"  redis-server CPU (c64 phase): {(redis1 - redis0) / n * 1000:.2f} s per 1,000 jobs")
     if args.redis_url:
         per_op: dict[str, float] = {}
         for before, after in zip(rt0, rt1, strict=True):

@@ -324,9 +324,7 @@ class Cluster:
     async def _handle(self, msg: Message) -> None:
         s = self.sched
         kind = msg.k
-        if kind == "session":
-            self._deliver(msg)
-        elif kind == "adopt":
+        if kind == "adopt":
             await s.adopt_handed_over(msg.j, msg.d)
         elif kind == "to_node":
             if msg.j:
