@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.client import connect
 
@@ -280,27 +281,25 @@ async def round_trips(ws_url: str) -> dict[str, float]:
     return out
 
 
-async def redis_process(url: str) -> int:
-    """The redis-server's pid when it runs on this machine (for its CPU), else 0."""
+async def redis_info(url: str, section: str) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(url)
     try:
-        pid = int((await r.info("server"))["process_id"])
+        return dict(await r.info(section))
     finally:
         await r.aclose()
+
+
+async def redis_process(url: str) -> int:
+    """The redis-server's pid when it runs on this machine (for its CPU), else 0."""
+    pid = int((await redis_info(url, "server"))["process_id"])
     return pid if os.path.exists(f"/proc/{pid}/stat") else 0
 
 
 async def redis_commands(url: str) -> int:
-    import redis.asyncio as aioredis
-
-    r = aioredis.Redis.from_url(url)
-    try:
-        stats = await r.info("commandstats")
-        return sum(int(v["calls"]) for v in stats.values())
-    finally:
-        await r.aclose()
+    stats = await redis_info(url, "commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
 
 
 def ms(v: float) -> str:
@@ -410,7 +409,6 @@ async def main() -> None:
             if args.contend
             else None
         )
-        cpu0s = [cpu_seconds(pr.pid) for pr in procs]
         split0 = [cpu_split(pr.pid) for pr in procs]
         pre0 = [preemptions(pr.pid) for pr in procs]
         own0 = time.process_time()
@@ -424,7 +422,6 @@ async def main() -> None:
         if busy is not None:
             busy.kill()
             busy.wait()
-        cpu1s = [cpu_seconds(pr.pid) for pr in procs]
         split1 = [cpu_split(pr.pid) for pr in procs]
         pre1 = [preemptions(pr.pid) for pr in procs]
         own1 = time.process_time()
@@ -475,7 +472,7 @@ async def main() -> None:
     )
     n = max(len(c64), 1)
     if procs:
-        each = [(b - a) / n * 1000 for a, b in zip(cpu0s, cpu1s, strict=True)]
+        each = [(sum(b) - sum(a)) / n * 1000 for a, b in zip(split0, split1, strict=True)]
         split = f" (nodes' instance {each[0]:.3f}, sessions' instance {each[1]:.3f})" if len(each) > 1 else ""
         print(
             f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.3f} s per 1,000 jobs{split}"

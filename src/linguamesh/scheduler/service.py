@@ -1228,11 +1228,10 @@ class Scheduler:
 
     async def _remote_holder(self, session_id: SessionId) -> str | None:
         """The live instance other than this one that holds the session, if any."""
-        cluster = self.cluster
-        if cluster is None or session_id in self.sessions:
+        if self.cluster is None or session_id in self.sessions:
             return None
-        owner = cluster.cached_holder(session_id) or await cluster.session_holder(session_id)
-        if owner is None or owner == self.config.instance_id or owner not in cluster.live:
+        owner = await self.cluster.session_holder(session_id)
+        if owner is None or owner == self.config.instance_id or owner not in self.cluster.live:
             return None
         return owner
 
