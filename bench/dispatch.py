@@ -18,6 +18,14 @@ connect to one instance and the sessions to the other. Then also:
        system time, preemptions per job), and the CPU of this process and of redis-server
   --contend: the same with a busy process beside the scheduler in the c64 phase, to
        compare one instance under the CPU contention two instances cause on 2 cores
+  --separate (with --instances 2): two independent single-instance schedulers, each with
+       half the nodes and sessions: the process count and contention of two instances,
+       but no job crosses between them - the baseline for what crossing costs
+  --instructions: run the schedulers under valgrind's callgrind and count the
+       instructions they execute per job in the c64 phase. Unlike CPU seconds the count
+       does not depend on what else the machine runs (CPU seconds drift by tens of per
+       cent between runs on a shared machine); the schedulers run about 40x slower,
+       so use fewer jobs (e.g. --c1-jobs 50 --jobs 2000 --paced-seconds 0)
   Redis round trips per job (requests each instance sent, from its /metrics) and
   Redis commands per job (INFO commandstats, scripts' inner calls included)
 
@@ -31,10 +39,12 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,8 +228,9 @@ async def run_paced(sessions: list[SimSession], jobs: int, rate: float, limit_s:
     return time.perf_counter() - start
 
 
-def start_scheduler(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+def start_scheduler(port: int, extra: list[str], wrap: list[str]) -> subprocess.Popen[bytes]:
     cmd = [
+        *wrap,
         sys.executable,
         "-m",
         "linguamesh.cli",
@@ -234,8 +245,8 @@ def start_scheduler(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
+async def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    for _ in range(int(timeout / 0.05)):
         if proc.poll() is not None:
             raise SystemExit(f"scheduler exited with {proc.returncode}")
         try:
@@ -245,6 +256,23 @@ async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             await asyncio.sleep(0.05)
     raise SystemExit("scheduler did not start")
+
+
+def callgrind_control(action: str, pid: int) -> str:
+    return subprocess.run(
+        ["callgrind_control", action, str(pid)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
+def instructions(pid: int) -> int:
+    """Instructions a process run under callgrind has executed so far (all threads)."""
+    out = callgrind_control("-e", pid)
+    counts = [
+        int(line.split()[2].replace(",", "")) for line in out.splitlines() if line.strip().startswith("Th ")
+    ]
+    if not counts:
+        raise SystemExit(f"callgrind_control found no counters for pid {pid}:\n{out}")
+    return sum(counts)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -302,6 +330,14 @@ async def redis_commands(url: str) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+def database(url: str, number: int) -> str:
+    """``url`` with its database number replaced (redis://host:port/N)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
 def ms(v: float) -> str:
     return f"{v * 1000:.3f} ms"
 
@@ -352,9 +388,41 @@ async def main() -> None:
         help="run a busy process beside the scheduler during the c64 phase: one instance under CPU"
         " contention like two instances cause on a 2-core machine (compare the preemptions per job)",
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the schedulers' instructions per job under valgrind's callgrind (slow; repeatable)",
+    )
+    ap.add_argument(
+        "--callgrind-dir",
+        help="with --instructions: keep callgrind's output files here (for callgrind_annotate)",
+    )
+    ap.add_argument(
+        "--separate",
+        action="store_true",
+        help="with --instances 2: two independent single-instance schedulers (each its own Redis"
+        " database, half the nodes and sessions) - the process count and CPU contention of two"
+        " instances, but no job crosses between them: the baseline for the cost of crossing",
+    )
     args = ap.parse_args()
     if args.instances == 2 and not args.redis_url:
         ap.error("--instances 2 needs --redis-url")
+    if args.separate and (args.instances != 2 or args.url):
+        ap.error("--separate needs --instances 2 and no --url")
+    wrap: list[str] = []
+    tmp = None
+    if args.instructions:
+        if args.url:
+            ap.error("--instructions starts the schedulers itself: no --url")
+        if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+            ap.error("--instructions needs valgrind (Debian/Ubuntu: apt-get install valgrind)")
+        if args.callgrind_dir:
+            out_dir = args.callgrind_dir
+            os.makedirs(out_dir, exist_ok=True)
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="lm-bench-")
+            out_dir = tmp.name
+        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p"]
 
     procs: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
@@ -365,24 +433,31 @@ async def main() -> None:
             port = free_port()
             extra = list(args.scheduler_arg)
             if args.redis_url:
-                extra += ["--redis-url", args.redis_url, "--instance-id", f"bench-{i}"]
-            proc = start_scheduler(port, extra)
+                url = database(args.redis_url, i) if args.separate else args.redis_url
+                extra += ["--redis-url", url, "--instance-id", f"bench-{i}"]
+            proc = start_scheduler(port, extra, wrap)
             procs.append(proc)
-            await wait_port(port, proc)
+            await wait_port(port, proc, 120.0 if wrap else 15.0)  # valgrind starts slowly
             urls.append(f"ws://127.0.0.1:{port}")
-    node_url, session_url = urls[0], urls[-1]
+    # crossing: nodes on the first instance, sessions on the last; separate: half on each
+    node_urls = urls if args.separate else urls[:1]
+    session_urls = urls if args.separate else urls[-1:]
     stats = Stats()
     stop = asyncio.Event()
     node_tasks = []
     slots = max(16, args.concurrency // args.nodes * 2)
     for i in range(args.nodes):
         ready = asyncio.Event()
-        node_tasks.append(asyncio.create_task(SimNode(node_url, f"bench-{i}", slots, stats).run(ready, stop)))
+        node_tasks.append(
+            asyncio.create_task(
+                SimNode(node_urls[i % len(node_urls)], f"bench-{i}", slots, stats).run(ready, stop)
+            )
+        )
         await asyncio.wait_for(ready.wait(), 10)
-    if len(urls) > 1:
+    if len(urls) > 1 and not args.separate:
         await asyncio.sleep(1.5)  # the other instance's node mirror catches up
     try:
-        sessions = [SimSession(session_url, stats) for _ in range(args.sessions)]
+        sessions = [SimSession(session_urls[i % len(session_urls)], stats) for i in range(args.sessions)]
         for s in sessions:
             await s.open()
         # warm-up
@@ -409,6 +484,10 @@ async def main() -> None:
             if args.contend
             else None
         )
+        if args.callgrind_dir:  # the files then hold the c64 phase alone (callgrind.PID.1)
+            for pr in procs:
+                callgrind_control("--zero", pr.pid)
+        ir0 = [instructions(pr.pid) for pr in procs] if wrap else []
         split0 = [cpu_split(pr.pid) for pr in procs]
         pre0 = [preemptions(pr.pid) for pr in procs]
         own0 = time.process_time()
@@ -422,6 +501,10 @@ async def main() -> None:
         if busy is not None:
             busy.kill()
             busy.wait()
+        ir1 = [instructions(pr.pid) for pr in procs] if wrap else []
+        if args.callgrind_dir:
+            for pr in procs:
+                callgrind_control("--dump=c64", pr.pid)
         split1 = [cpu_split(pr.pid) for pr in procs]
         pre1 = [preemptions(pr.pid) for pr in procs]
         own1 = time.process_time()
@@ -454,10 +537,15 @@ async def main() -> None:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
 
     mode = f"Redis, {args.instances} instance(s)" if args.redis_url else "in-memory state"
+    if args.separate:
+        mode = "Redis, 2 independent single instances (no job crosses)"
     if args.contend:
         mode += ", a busy process beside it in the c64 phase"
+    names = ("instance 0", "instance 1") if args.separate else ("nodes' instance", "sessions' instance")
     print(f"LinguaMesh dispatch benchmark (loopback, zero-work nodes, {mode})")
     print(
         f"  c1  round trip over {len(c1)} jobs: p50 {ms(pct(c1, 50))}  p90 {ms(pct(c1, 90))}  p99 {ms(pct(c1, 99))}"
@@ -473,10 +561,17 @@ async def main() -> None:
     n = max(len(c64), 1)
     if procs:
         each = [(sum(b) - sum(a)) / n * 1000 for a, b in zip(split0, split1, strict=True)]
-        split = f" (nodes' instance {each[0]:.3f}, sessions' instance {each[1]:.3f})" if len(each) > 1 else ""
+        split = f" ({names[0]} {each[0]:.3f}, {names[1]} {each[1]:.3f})" if len(each) > 1 else ""
         print(
             f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.3f} s per 1,000 jobs{split}"
         )
+        if ir0:
+            irs = [(b - a) / n for a, b in zip(ir0, ir1, strict=True)]
+            split = f" ({names[0]} {irs[0]:,.0f}, {names[1]} {irs[1]:,.0f})" if len(irs) > 1 else ""
+            print(
+                f"  scheduler instructions (c{args.concurrency} phase, all instances, under callgrind):"
+                f" {sum(irs):,.0f} per job{split}"
+            )
         user = sum(b[0] - a[0] for a, b in zip(split0, split1, strict=True)) / n * 1000
         system = sum(b[1] - a[1] for a, b in zip(split0, split1, strict=True)) / n * 1000
         pre = ", ".join(f"{(b - a) / n:.2f}" for a, b in zip(pre0, pre1, strict=True))
@@ -485,7 +580,7 @@ async def main() -> None:
         )
         if paced_cpu:
             split = (
-                f" (nodes' instance {paced_cpu[0]:.2f}, sessions' instance {paced_cpu[1]:.2f})"
+                f" ({names[0]} {paced_cpu[0]:.2f}, {names[1]} {paced_cpu[1]:.2f})"
                 if len(paced_cpu) > 1
                 else ""
             )
