@@ -20,7 +20,8 @@ connect to one instance and the sessions to the other. Then also:
        compare one instance under the CPU contention two instances cause on 2 cores
   --separate (with --instances 2): two independent single-instance schedulers, each with
        half the nodes and sessions: the process count and contention of two instances,
-       but no job crosses between them - the baseline for what crossing costs
+       but no job crosses between them - the baseline for what crossing costs (the c1
+       phase then runs on one of them)
   --instructions: run the schedulers under valgrind's callgrind and count the
        instructions they execute per job in the c64 phase. Unlike CPU seconds the count
        does not depend on what else the machine runs (CPU seconds drift by tens of per
@@ -48,6 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import connect
 
@@ -332,10 +334,7 @@ async def redis_commands(url: str) -> int:
 
 def database(url: str, number: int) -> str:
     """``url`` with its database number replaced (redis://host:port/N)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{number}"))
+    return urlunsplit(urlsplit(url)._replace(path=f"/{number}"))
 
 
 def ms(v: float) -> str:
@@ -409,6 +408,8 @@ async def main() -> None:
         ap.error("--instances 2 needs --redis-url")
     if args.separate and (args.instances != 2 or args.url):
         ap.error("--separate needs --instances 2 and no --url")
+    if args.callgrind_dir and not args.instructions:
+        ap.error("--callgrind-dir goes with --instructions")
     wrap: list[str] = []
     tmp = None
     if args.instructions:
@@ -562,8 +563,10 @@ async def main() -> None:
     if procs:
         each = [(sum(b) - sum(a)) / n * 1000 for a, b in zip(split0, split1, strict=True)]
         split = f" ({names[0]} {each[0]:.3f}, {names[1]} {each[1]:.3f})" if len(each) > 1 else ""
+        slowed = " (under callgrind: not comparable)" if wrap else ""
         print(
-            f"  scheduler CPU (c{args.concurrency} phase, all instances): {sum(each):.3f} s per 1,000 jobs{split}"
+            f"  scheduler CPU (c{args.concurrency} phase, all instances){slowed}:"
+            f" {sum(each):.3f} s per 1,000 jobs{split}"
         )
         if ir0:
             irs = [(b - a) / n for a, b in zip(ir0, ir1, strict=True)]
