@@ -112,8 +112,6 @@ class JobExtra:
     first_tgt: bool = True
     #: a slot to release together with the job's final record (cluster mode)
     pending_release: tuple[NodeId, int] | None = None
-    #: (attempt, instance): the reservation already handed the job to the node's instance
-    handed_over: tuple[int, str] | None = None
 
 
 class Scheduler:
@@ -1012,6 +1010,7 @@ class Scheduler:
         ttl = self.config.ack_timeout + self.lifecycle.config.result_deadline(job.audio_seconds) + 30.0
         for node_id in out.candidates:
             self.count("reservations_attempted")
+            handed_to = None
             try:
                 record = handover = None
                 if self.cluster is not None:  # the job's record rides along with the reservation
@@ -1033,7 +1032,7 @@ class Scheduler:
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
                 if reserved and handover is not None and handover.sent:
-                    extra.handed_over = (job.attempt_id, handover.to_instance)
+                    handed_to = handover.to_instance
             except DependencyDown:
                 self.waiting[job.job_id] = None
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
@@ -1060,6 +1059,8 @@ class Scheduler:
                     attempts=out.attempts,
                 )
                 log.info("reservation.succeeded", **{**job_fields(job), "node_id": node_id})
+                if handed_to is not None:  # the node's instance runs it from here on
+                    return self._handed_over(job, handed_to)
                 nc = self.nodes.get(node_id)
                 if nc is not None:
                     nc.jobs.add(job.job_id)
@@ -1101,9 +1102,6 @@ class Scheduler:
         return [Select(job.job_id)]
 
     async def _dispatch(self, job: Job, cmd: Assign) -> list[Command]:
-        extra = self.extra.get(job.job_id)
-        if extra is not None and extra.handed_over is not None and extra.handed_over[0] == cmd.attempt_id:
-            return await self._hand_over(job, cmd, extra.handed_over[1])  # it is that instance's job now
         if self.cluster is not None and cmd.node_id not in self.nodes:
             holder = self.store.node_owner(cmd.node_id)
             if holder is not None and holder != self.config.instance_id:
@@ -1149,18 +1147,20 @@ class Scheduler:
         return data
 
     async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
-        """The node is held by another instance: that instance owns and runs the job from
-        here on (the reservation already recorded it as owner, and usually already put the
-        job into its inbox), so the node's answers are handled where they arrive and only
-        the session's events cross back."""
+        """The node is held by another instance and the reservation did not already put
+        the job into its inbox (a store that does not route between instances): send it
+        there ourselves."""
         assert self.cluster is not None
-        extra = self.extra.get(job.job_id)
-        if extra is not None and extra.handed_over == (cmd.attempt_id, holder):
-            sent = True
-        else:  # a store that does not route between instances: send it ourselves
-            sent = await self.cluster.adopt(holder, job.job_id, self._handover_data(job, cmd.node_id))
+        sent = await self.cluster.adopt(holder, job.job_id, self._handover_data(job, cmd.node_id))
         if not sent:
             return self.lifecycle.dispatched(job, cmd.attempt_id, False, self.clock())
+        return self._handed_over(job, holder)
+
+    def _handed_over(self, job: Job, holder: str) -> list[Command]:
+        """``holder`` owns and runs the job from here on (the reservation recorded it as
+        owner), so the node's answers are handled where they arrive and only the session's
+        events cross back; this instance forgets the job (its assign and status steps
+        belong to the new owner)."""
         log.info("job.handed_over", **job_fields(job), to_instance=holder)
         self.jobs.pop(job.job_id, None)
         extra = self.extra.pop(job.job_id, None)
