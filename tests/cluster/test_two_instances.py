@@ -37,6 +37,32 @@ async def test_node_on_a_session_on_b_results_in_order(cluster: Cluster, redis_u
     ]
 
 
+async def test_handed_over_job_reports_each_status_once_in_order(cluster: Cluster, redis_url: str) -> None:
+    """The session's instance hands the job over at the reservation and reports nothing
+    more itself; the node's instance reports assigned, then processing, then the result:
+    the client sees the same events as from one scheduler, each once."""
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=20))
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    async with SessionClient(b.url, src="en", tgt="es") as c:
+        for i in range(3):
+            await c.send_utterance(i, pcm(0.2))
+        seen: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        results = 0
+        while results < 3:
+            ev = await c.recv(15)
+            if isinstance(ev, p.JobStatus):
+                seen[ev.utterance_index].append(ev.status)
+                assert ev.node_id == "node-on-a"
+            elif isinstance(ev, p.TranslationResult):
+                assert ev.status == "ok"
+                seen[ev.utterance_index].append("result")
+                results += 1
+    assert seen == {i: ["assigned", "processing", "result"] for i in range(3)}
+    assert c.duplicates_dropped == 0
+    assert not b.sched.jobs and not b.sched.extra  # B kept nothing of the handed-over jobs
+
+
 async def test_many_nodes_and_sessions_every_utterance_exactly_once(cluster: Cluster, redis_url: str) -> None:
     a, b = await two(cluster, redis_url)
     rng = random.Random(7)

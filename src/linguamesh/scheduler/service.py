@@ -1148,8 +1148,7 @@ class Scheduler:
 
     async def _hand_over(self, job: Job, cmd: Assign, holder: str) -> list[Command]:
         """The node is held by another instance and the reservation did not already put
-        the job into its inbox (a store that does not route between instances): send it
-        there ourselves."""
+        the job into that instance's inbox: send it there ourselves."""
         assert self.cluster is not None
         sent = await self.cluster.adopt(holder, job.job_id, self._handover_data(job, cmd.node_id))
         if not sent:
