@@ -19,11 +19,17 @@ async def two(cluster: Cluster, redis_url: str, **cfg: Any) -> tuple[Any, Any]:
     return a, b
 
 
+async def node_on_a(cluster: Cluster, redis_url: str, delay_ms: int) -> tuple[Any, Any]:
+    """Instances A and B, node ``node-on-a`` connected to A and known to B."""
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=delay_ms))
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    return a, b
+
+
 async def test_node_on_a_session_on_b_results_in_order(cluster: Cluster, redis_url: str) -> None:
     """Seed 003's test, automated: node connected to instance A, session to instance B."""
-    a, b = await two(cluster, redis_url)
-    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=5))
-    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    _a, b = await node_on_a(cluster, redis_url, delay_ms=5)
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i, secs in enumerate((0.6, 0.3, 0.1)):
             await c.send_utterance(i, pcm(secs))
@@ -41,9 +47,7 @@ async def test_handed_over_job_reports_each_status_once_in_order(cluster: Cluste
     """The session's instance hands the job over at the reservation and reports nothing
     more itself; the node's instance reports assigned, then processing, then the result:
     the client sees the same events as from one scheduler, each once."""
-    a, b = await two(cluster, redis_url)
-    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=20))
-    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    _a, b = await node_on_a(cluster, redis_url, delay_ms=20)
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i in range(3):
             await c.send_utterance(i, pcm(0.2))
@@ -132,9 +136,7 @@ async def test_closing_a_session_waits_for_jobs_handed_to_another_instance(
     cluster: Cluster, redis_url: str
 ) -> None:
     """session_close on B while A runs the jobs: every result comes before session_closed."""
-    a, b = await two(cluster, redis_url)
-    await cluster.node(a.url, "node-on-a", engines=test_engines(delay_ms=150))
-    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    _a, b = await node_on_a(cluster, redis_url, delay_ms=150)
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i in range(3):
             await c.send_utterance(i, pcm(0.2))
