@@ -37,12 +37,16 @@ class Logger:
         self._proxy = structlog.get_logger(name)
 
     def __getattr__(self, attr: str) -> Any:  # only for what is not pinned
+        if attr.startswith("_"):  # e.g. ``_proxy`` itself before __init__ set it (copy, pickle)
+            raise AttributeError(attr)
         return getattr(self._proxy, attr)
 
     def pin(self) -> None:
         bound = structlog.get_logger(self.name).bind()  # built with the configuration now
         for level in self.LEVELS:
-            setattr(self, level, getattr(bound, level))
+            method = getattr(bound, level, None)
+            if method is not None:
+                setattr(self, level, method)
 
     def unpin(self) -> None:
         for level in self.LEVELS:
