@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import weakref
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -53,13 +54,14 @@ class Logger:
             self.__dict__.pop(level, None)
 
 
-_LOGGERS: list[Logger] = []
+#: every logger made, to pin at configure(): weakly, so loggers made on the fly do not pile up
+_LOGGERS: weakref.WeakSet[Logger] = weakref.WeakSet()
 _PINNED = False
 
 
 def get_logger(name: str) -> Any:
     logger = Logger(name)
-    _LOGGERS.append(logger)
+    _LOGGERS.add(logger)
     if _PINNED:
         logger.pin()
     return logger
