@@ -48,7 +48,7 @@ def to_float32(audio: bytes, audio_format: str, sample_rate: int, target_rate: i
 
         try:
             data, rate = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True)
-        except Exception as exc:  # soundfile raises its own LibsndfileError
+        except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, TypeError
             raise BadAudio(f"not a readable WAV file: {exc}") from None
         samples = data.mean(axis=1).astype(np.float32)
     else:

@@ -64,7 +64,9 @@ async def test_handed_over_job_reports_each_status_once_in_order(cluster: Cluste
                 results += 1
     assert seen == {i: ["assigned", "processing", "result"] for i in range(3)}
     assert c.duplicates_dropped == 0
-    assert not b.sched.jobs and not b.sched.extra  # B kept nothing of the handed-over jobs
+    assert (
+        not b.sched.runner.runs and not b.sched.dispatcher.waiting
+    )  # B kept nothing of the handed-over jobs
 
 
 async def test_many_nodes_and_sessions_every_utterance_exactly_once(cluster: Cluster, redis_url: str) -> None:

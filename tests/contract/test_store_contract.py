@@ -223,7 +223,7 @@ async def test_a_reservation_hands_its_job_to_the_nodes_instance_in_one_step(red
 async def test_appends_can_tell_the_sessions_holder_in_the_same_step(store: Any) -> None:
     """Redis: the append scripts write the `session` message (events carried) into the
     holder's inbox; the memory store has no inboxes and leaves ``sent`` unset."""
-    from linguamesh.scheduler.cluster import _dec
+    from linguamesh.protocol.inbox import SessionEvents, decode_entry
 
     if isinstance(store, RedisStateStore):
         await store.read_inbox("B", block_ms=1)  # makes B's consumer group
@@ -238,12 +238,15 @@ async def test_appends_can_tell_the_sessions_holder_in_the_same_step(store: Any)
         return
     assert first.sent and second.sent
     entries = await store.read_inbox("B", block_ms=100)
-    messages = [m for _, raw in entries for m in _dec.decode(raw)]
-    assert [(m.k, m.i, m.o, m.s, m.q) for m in messages] == [
-        ("session", "A.1", "A", SID, 1),
-        ("session", "A.2", "A", SID, 3),
+    messages = [m for _, raw in entries for m in decode_entry(raw)]
+    assert all(isinstance(m, SessionEvents) for m in messages)
+    assert [(m.id, m.sender, m.session_id, m.seq) for m in messages if isinstance(m, SessionEvents)] == [
+        ("A.1", "A", SID, 1),
+        ("A.2", "A", SID, 3),
     ]
-    assert [(seq, data.encode()) for m in messages for seq, data in m.e] == got
+    assert [
+        (seq, data.encode()) for m in messages if isinstance(m, SessionEvents) for seq, data in m.events
+    ] == got
     quiet = Notify("B", "A.3", "A")
     await store.expect_result(SID, "es", 2)
     await store.expect_result(SID, "es", 1)

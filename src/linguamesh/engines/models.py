@@ -138,7 +138,7 @@ class ModelManager:
             if entry.close is not None:
                 try:
                     entry.close(entry.model)
-                except Exception as exc:  # unloading must not break the job that loads
+                except Exception as exc:  # noqa: BLE001 - unloading must not break the job that loads
                     log.warning("model.unload_failed", model=victim, error=repr(exc))
             log.info("model.evicted", model=victim, size_mb=round(entry.size / 2**20, 1))
 

@@ -53,7 +53,7 @@ class PiperTTS(TTSEngine):
 
             try:
                 return PiperVoice.load(str(self.path), config_path=str(self.config_path))
-            except Exception as exc:  # onnxruntime raises its own exception types
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
                 raise ModelLoadError(f"cannot load Piper voice {self.path}: {exc}") from None
 
         return self.models.get(self.key, loader, path_size(self.path))
@@ -74,7 +74,7 @@ class PiperTTS(TTSEngine):
                         raise Cancelled()
             except Cancelled:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors become one EngineError
                 raise EngineError(f"piper failed: {exc}") from None
         rate = int(voice.config.sample_rate)
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

@@ -51,7 +51,7 @@ class VoskASR(ASREngine):
             vosk.SetLogLevel(-1)
             try:
                 return vosk.Model(str(self.path))
-            except Exception as exc:  # vosk raises plain Exception on a bad model
+            except Exception as exc:  # noqa: BLE001 - vosk raises plain Exception on a bad model
                 raise ModelLoadError(f"cannot load Vosk model {self.path}: {exc}") from None
 
         return self.models.get(self.key, loader, path_size(self.path))

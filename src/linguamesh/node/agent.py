@@ -298,7 +298,7 @@ class NodeAgent:
                 log.warning("job.engine_failed", code=exc.code, error=str(exc), **fields)
                 result = _failure(job, exc.code, str(exc))
                 self.metrics.inc("node_jobs_finished", outcome="failed")
-            except Exception as exc:  # an engine bug must not kill the node
+            except Exception as exc:  # an engine bug must not kill the node (logged with its traceback)
                 log.exception("job.crashed", error=repr(exc), **fields)
                 result = _failure(job, "internal", f"engine crashed: {exc!r}")
                 self.metrics.inc("node_jobs_finished", outcome="failed")

@@ -230,6 +230,8 @@ class JobResult(_Msg, tag="job_result", kw_only=True):
 
 
 NodeMessage = NodeRegister | NodeHeartbeat | JobAck | JobReject | JobStarted | JobPartial | JobResult
+#: the node messages about one job (each carries ``job_id`` and ``attempt_id``)
+JobMessage = JobAck | JobReject | JobStarted | JobPartial | JobResult
 
 
 # ---------------------------------------------------------------- scheduler -> node

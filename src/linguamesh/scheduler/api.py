@@ -25,7 +25,7 @@ async def healthz(request: Request) -> Response:
             "uptime_s": round(time.time() - s.started_at, 1),
             "nodes": len(s.nodes),
             "sessions": len(s.sessions),
-            "jobs_in_flight": len(s.jobs),
+            "jobs_in_flight": len(s.runner.runs),
         }
     )
 

@@ -8,23 +8,14 @@ a consumer group and acked after handling): delivery between instances is
 at-least-once, and each message carries an id that the receiver remembers, so
 a redelivered message is dropped at the edge.
 
-An inbox entry is a MessagePack array of messages: what one instance queued for another
-within one turn of its event loop goes out in one entry (one XADD). Two kinds are
-also written by the store's Lua scripts, in the same step as the change they report
-(see ``state/redis.py``): ``adopt`` by the reservation (the entry built here by
-:meth:`Cluster.adopt_entry`) and ``session`` by the history appends (cmsgpack).
+An inbox entry is a MessagePack array of messages (``protocol/inbox.py``): what
+one instance queued for another within one turn of its event loop goes out in one
+entry (one XADD). Two kinds are also written by the store's Lua scripts, in the
+same step as the change they report: ``adopt`` by the reservation (the entry built
+here by :meth:`Cluster.adopt_entry`) and ``session`` by the history appends.
 
-Messages (msgspec structs, field ``k``):
-
-* ``adopt`` — run job ``j`` (``d``: the job, audio as bytes): it was handed over
-  because its node is held here;
-* ``to_node`` — write this frame to node ``n``; ``o`` is the job owner, remembered so
-  the node's answers go straight back to it;
-* ``node_msg`` — a frame node ``n`` sent about a job this instance owns;
-* ``session`` — session ``s`` has events up to ``q`` in its history (another instance
-  appended them; ``e`` carries them, as text): write them to the client socket;
-* ``moved`` — session ``s`` is now held by another instance: forget it here;
-* ``node`` — node ``n`` registered or changed; ``gone`` — node ``n`` disconnected.
+What arrives is handed to an :class:`~linguamesh.scheduler.ports.InboxHandler`
+(the bridge); this module knows nothing else of the scheduler.
 
 Background loops: instance heartbeat (a key with a TTL), the live-instance
 set, node registry sync into the local mirror, the inbox reader, and the
@@ -38,17 +29,16 @@ import contextvars
 import time
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from ..core.ids import JobId, NodeId, SessionId
 from ..observability.logging import get_logger
+from ..protocol import inbox as ib
 from ..state.base import DependencyDown
 from ..state.redis import RedisStateStore
-
-if TYPE_CHECKING:
-    from .service import Scheduler
+from .ports import InboxHandler
 
 log = get_logger("linguamesh.scheduler.cluster")
 
@@ -56,29 +46,11 @@ INSTANCE_TTL = 3.0
 SEEN_IDS = 20_000
 
 
-class Message(msgspec.Struct, omit_defaults=True):
-    k: str
-    i: str = ""  # message id, for de-duplication at the edge
-    n: str = ""  # node id
-    s: str = ""  # session id
-    j: str = ""  # job id
-    o: str = ""  # owner / sender instance
-    q: int = 0  # seq
-    f: str = ""  # a protocol frame
-    e: list[tuple[int, str]] = []  # session events (seq, event JSON) carried along
-    d: dict[str, Any] = {}  # a handed-over job
-
-
-# MessagePack: audio travels as bytes, events as their JSON text (no base64, no escaping)
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(list[Message])
-
-
 class Cluster:
-    def __init__(self, sched: Scheduler, store: RedisStateStore) -> None:
-        self.sched = sched
+    def __init__(self, handler: InboxHandler, store: RedisStateStore, instance_id: str) -> None:
+        self.handler = handler
         self.store = store
-        self.me = sched.config.instance_id
+        self.me = instance_id
         self.live: set[str] = {self.me}
         self.job_owner: OrderedDict[str, str] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -90,7 +62,7 @@ class Cluster:
         self._boot = f"{self.me}.{uuid.uuid4().hex[:12]}"
         self._sent = 0
         self._unacked: list[bytes] = []
-        self._outbox: dict[str, tuple[list[Message], list[asyncio.Future[bool]]]] = {}
+        self._outbox: dict[str, tuple[list[ib.InboxMessage], list[asyncio.Future[bool]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,17 +103,17 @@ class Cluster:
         self._sent += 1
         return f"{self._boot}.{self._sent}"
 
-    async def _send(self, instance: str, msg: Message) -> bool:
+    async def _send(self, instance: str, msg: ib.InboxMessage) -> bool:
         """Send ``msg`` to ``instance``'s inbox; True when it was written."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._post(instance, msg, done)
         return await done
 
-    def _post(self, instance: str, msg: Message, done: asyncio.Future[bool] | None = None) -> None:
+    def _post(self, instance: str, msg: ib.InboxMessage, done: asyncio.Future[bool] | None = None) -> None:
         """Queue ``msg`` for ``instance``: every message queued for it in this turn of the
         event loop goes out as one inbox entry (one XADD). ``done`` learns whether it did."""
-        msg.i = msg.i or self.next_message_id()
-        msg.o = msg.o or self.me
+        msg.id = msg.id or self.next_message_id()
+        msg.sender = msg.sender or self.me
         box = self._outbox.get(instance)
         if box is None:
             box = self._outbox[instance] = ([], [])
@@ -155,10 +127,10 @@ class Cluster:
 
         async def send() -> None:
             try:
-                await self.store.send_to_instance(instance, _enc.encode(messages))
+                await self.store.send_to_instance(instance, ib.encode_entry(messages))
                 ok = True
             except DependencyDown as exc:
-                kinds = sorted({m.k for m in messages})
+                kinds = sorted({type(m).__name__ for m in messages})
                 log.warning("send.routed_failed", to_instance=instance, kinds=kinds, error=str(exc))
                 ok = False
             for w in waiters:
@@ -174,11 +146,11 @@ class Cluster:
 
     async def to_node(self, owner: str, node_id: str, frame: str, job_id: str = "") -> bool:
         log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id or None)
-        return await self._send(owner, Message(k="to_node", n=node_id, f=frame, j=job_id))
+        return await self._send(owner, ib.ToNode(node_id=node_id, frame=frame, job_id=job_id))
 
     async def node_msg(self, owner: str, node_id: str, job_id: str, frame: str) -> bool:
         log.debug("send.routed", to_instance=owner, node_id=node_id, job_id=job_id, kind="node_msg")
-        return await self._send(owner, Message(k="node_msg", n=node_id, j=job_id, f=frame))
+        return await self._send(owner, ib.NodeFrame(node_id=node_id, job_id=job_id, frame=frame))
 
     def notify_session(
         self, owner: str, session_id: str, events: list[tuple[int, bytes]], up_to: int | None = None
@@ -187,15 +159,15 @@ class Cluster:
         with only ``up_to``, the holder reads them from the history."""
         last = events[-1][0] if events else (up_to or 0)
         carried = [(seq, data.decode()) for seq, data in events]
-        self._post(owner, Message(k="session", s=session_id, q=last, e=carried))
+        self._post(owner, ib.SessionEvents(session_id=session_id, seq=last, events=carried))
 
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
-        return await self._send(holder, Message(k="adopt", j=job_id, d=data))
+        return await self._send(holder, ib.Adopt(job_id=job_id, data=data))
 
     def adopt_entry(self, job_id: str, data: dict[str, Any]) -> bytes:
         """An inbox entry handing a job over, for the reservation to write (see Handover)."""
-        msg = Message(k="adopt", i=self.next_message_id(), o=self.me, j=job_id, d=data)
-        return _enc.encode([msg])
+        msg = ib.Adopt(id=self.next_message_id(), sender=self.me, job_id=job_id, data=data)
+        return ib.encode_entry([msg])
 
     def cached_holder(self, session_id: str) -> str | None:
         """The instance holding a session, if it was looked up in the last 2 s."""
@@ -218,11 +190,15 @@ class Cluster:
         return owner
 
     async def session_moved(self, old_owner: str, session_id: str) -> None:
-        await self._send(old_owner, Message(k="moved", s=session_id))
+        await self._send(old_owner, ib.Moved(session_id=session_id))
 
     async def broadcast(self, kind: str, node_id: str) -> None:
+        """Tell every other live instance that a node registered (``node``) or left (``gone``)."""
         for inst in self.live - {self.me}:
-            await self._send(inst, Message(k=kind, n=node_id))
+            msg: ib.InboxMessage = (
+                ib.NodeChanged(node_id=node_id) if kind == "node" else ib.NodeGone(node_id=node_id)
+            )
+            await self._send(inst, msg)
 
     def remember_owner(self, job_id: str, owner: str) -> None:
         self.job_owner[job_id] = owner
@@ -252,13 +228,13 @@ class Cluster:
                 self.live = await self.store.live_instances() | {self.me}
                 if restarted:
                     log.warning("cluster.redis_restarted", instance_id=self.me)
-                    await self.sched.restore_shared_state()
+                    await self.handler.restore_shared_state()
                 if tick % 2 == 0 or restarted:
                     await self.store.sync_nodes(self.live)
                 if not self.healthy:
                     log.info("cluster.redis_back", instance_id=self.me)
                     self.healthy = True
-                    await self.sched.redis_recovered()
+                    await self.handler.redis_recovered()
             except DependencyDown as exc:
                 if self.healthy:
                     log.error("cluster.redis_down", instance_id=self.me, error=str(exc))
@@ -277,7 +253,7 @@ class Cluster:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # keep reading whatever one bad message did
+            except Exception as exc:  # noqa: BLE001 - keep reading whatever one bad message did
                 log.error("cluster.inbox_failed", error=repr(exc))
                 await asyncio.sleep(0.2)
                 continue
@@ -285,61 +261,64 @@ class Cluster:
             for entry_id, raw in batch:
                 ids.append(entry_id)
                 try:
-                    messages = _dec.decode(raw)
+                    messages = ib.decode_entry(raw)
                 except msgspec.DecodeError:
                     log.warning("cluster.bad_message", raw=raw[:200])
                     continue
                 for msg in messages:
                     if self._fresh(msg):
-                        if msg.k == "session":  # the most frequent kind: no await needed
+                        if isinstance(msg, ib.SessionEvents):  # the most frequent kind: no await needed
                             self._deliver(msg)
                         else:
                             await self._receive(msg)
             self._unacked = ids
 
-    def _fresh(self, msg: Message) -> bool:
+    def _fresh(self, msg: ib.InboxMessage) -> bool:
         """False for a message already handled (at-least-once delivery: de-duplicated here)."""
         seen = self._seen
-        if msg.i in seen:
-            log.debug("cluster.duplicate_message", kind=msg.k, message_id=msg.i)
+        if msg.id in seen:
+            log.debug("cluster.duplicate_message", kind=type(msg).__name__, message_id=msg.id)
             return False
-        seen[msg.i] = None
+        seen[msg.id] = None
         if len(seen) > SEEN_IDS:
             seen.popitem(last=False)
         return True
 
-    def _deliver(self, msg: Message) -> None:
-        session = self.sched.sessions.get(SessionId(msg.s))
-        if session is not None:
-            session.deliver([(seq, data.encode()) for seq, data in msg.e], msg.q)
+    def _deliver(self, msg: ib.SessionEvents) -> None:
+        self.handler.deliver(
+            SessionId(msg.session_id), [(seq, data.encode()) for seq, data in msg.events], msg.seq
+        )
 
-    async def _receive(self, msg: Message) -> None:
+    async def _receive(self, msg: ib.InboxMessage) -> None:
         try:
             await self._handle(msg)
         except DependencyDown:
-            pass
-        except Exception as exc:
-            log.error("cluster.handle_failed", kind=msg.k, error=repr(exc))
+            pass  # the sender's timeouts cover it (the ack timeout, the sweeper's claims)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the inbox reader
+            log.error("cluster.handle_failed", kind=type(msg).__name__, error=repr(exc))
 
-    async def _handle(self, msg: Message) -> None:
-        s = self.sched
-        kind = msg.k
-        if kind == "adopt":
-            await s.adopt_handed_over(msg.j, msg.d)
-        elif kind == "to_node":
-            if msg.j:
-                self.remember_owner(msg.j, msg.o)
-            await s.write_local_node(NodeId(msg.n), msg.f, from_instance=msg.o, job_id=msg.j)
-        elif kind == "node_msg":
-            await s.routed_node_message(NodeId(msg.n), msg.f)
-        elif kind == "moved":
-            await s.session_moved_away(SessionId(msg.s), new_owner=msg.o)
-        elif kind == "node":
-            await self.store.refresh_node(NodeId(msg.n), self.live)
-            await s.capacity_changed()
-        elif kind == "gone":
-            await self.store.refresh_node(NodeId(msg.n), self.live)
-            await s.remote_node_gone(NodeId(msg.n))
+    async def _handle(self, msg: ib.InboxMessage) -> None:
+        h = self.handler
+        if isinstance(msg, ib.Adopt):
+            await h.adopt_handed_over(msg.job_id, msg.data)
+        elif isinstance(msg, ib.ToNode):
+            if msg.job_id:
+                self.remember_owner(msg.job_id, msg.sender)
+            await h.write_local_node(
+                NodeId(msg.node_id), msg.frame, from_instance=msg.sender, job_id=msg.job_id
+            )
+        elif isinstance(msg, ib.NodeFrame):
+            await h.routed_node_message(NodeId(msg.node_id), msg.frame)
+        elif isinstance(msg, ib.Moved):
+            await h.session_moved_away(SessionId(msg.session_id), new_owner=msg.sender)
+        elif isinstance(msg, ib.NodeChanged):
+            await self.store.refresh_node(NodeId(msg.node_id), self.live)
+            await h.capacity_changed()
+        elif isinstance(msg, ib.NodeGone):
+            await self.store.refresh_node(NodeId(msg.node_id), self.live)
+            await h.remote_node_gone(NodeId(msg.node_id))
+        elif isinstance(msg, ib.SessionEvents):
+            self._deliver(msg)
 
     async def _sweeper(self) -> None:
         while True:
@@ -352,7 +331,7 @@ class Cluster:
                 continue
             for rec in claimed:
                 log.warning("job.taken_over", job_id=rec.job_id, from_instance="dead", state=rec.state)
-                await self.sched.adopt_job(rec, expired=True)
+                await self.handler.adopt_job(rec, expired=True)
 
     async def claim(self, job_id: str) -> bool:
         """Take over one job whose owner is dead (its result arrived here)."""
@@ -361,5 +340,5 @@ class Cluster:
             rec = await self.store.load_job(JobId(job_id))
             if rec is not None:
                 log.warning("job.taken_over", job_id=job_id, reason="result arrived for a dead owner's job")
-                await self.sched.adopt_job(rec, expired=False)
+                await self.handler.adopt_job(rec, expired=False)
         return ok

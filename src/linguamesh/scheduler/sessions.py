@@ -318,7 +318,7 @@ class Session:
     async def _fill_gap(self, floor: int, events: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         try:
             earlier = await self._store(self.store.events_since, self.session_id, floor)
-        except Exception as exc:  # ReplayGap: the missing events are gone; go on with what we have
+        except Exception as exc:  # noqa: BLE001 - ReplayGap, or a broken store: the pump must go on with what it has
             log.warning("history.gap", session_id=self.session_id, error=str(exc))
             return events
         merged = {seq: data for seq, data in earlier}
@@ -350,7 +350,7 @@ class Session:
     async def _attach(self, item: _Attach) -> None:
         try:
             events = await self._store(self.store.events_since, self.session_id, item.last_seq)
-        except Exception as exc:  # ReplayGap
+        except Exception as exc:  # noqa: BLE001 - ReplayGap or anything else goes to the resuming caller; the pump lives
             item.done.set_exception(exc)
             return
         if item.greeting is not None and not await self._write(item.conn, item.greeting(len(events))):
@@ -369,7 +369,7 @@ class Session:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await conn.send_text(data.decode())
             return True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every transport error means the write did not finish
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
             self.detach(conn)
             return False

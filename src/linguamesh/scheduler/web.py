@@ -189,13 +189,13 @@ async def admin_overview(request: Request) -> Response:
             "age_s": round(now - j.created_at, 3),
             "last_reason": j.last_reason,
         }
-        for j in s.jobs.values()
+        for j in (r.job for r in s.runner.runs.values())
     ]
     recent = [
         {"job_id": j.job_id, "trace_id": j.trace_id, "state": j.state.value, "node_id": j.node_id,
          "utterance_index": j.utterance_index, "pair": f"{j.src_lang}-{j.tgt_lang}",
          "ms": round(((j.finished_at or now) - j.created_at) * 1000, 1)}
-        for j in list(s.finished.values())[-50:]
+        for j in list(s.runner.finished.values())[-50:]
     ]  # fmt: skip
     counters: dict[str, float] = {}
     for (name, labels), value in s.metrics.counters.values.items():
@@ -209,10 +209,10 @@ async def admin_overview(request: Request) -> Response:
             "pools": pools_data(s),
             "jobs_in_flight": jobs,
             "recent_jobs": recent[::-1],
-            "failures": list(s.failures)[::-1],
+            "failures": list(s.runner.failures)[::-1],
             "counters": counters,
             "sessions": len(s.sessions),
-            "queue_depth": len(s.waiting),
+            "queue_depth": len(s.dispatcher.waiting),
         }
     )
 

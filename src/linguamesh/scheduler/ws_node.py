@@ -9,7 +9,8 @@ from ..observability.logging import bind, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
 from .frames import text_frames
-from .service import NodeConn, Scheduler
+from .registry import NodeConn
+from .service import Scheduler
 
 log = get_logger("linguamesh.scheduler.node")
 

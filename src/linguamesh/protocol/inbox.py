@@ -1,0 +1,87 @@
+"""Messages between scheduler instances (their inboxes on Redis, DESIGN §5).
+
+An inbox entry is a MessagePack array of these, each a map tagged by ``k``.
+The short wire names (``i``, ``o``, ``s`` …) are kept because the store's Lua
+scripts write ``session`` messages themselves (``state/redis_scripts.py``,
+``cmsgpack``); change both together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Inbox(msgspec.Struct, tag_field="k", omit_defaults=True, kw_only=True):
+    #: unique per message, for de-duplication at the receiving edge
+    id: str = msgspec.field(name="i", default="")
+    #: the sending instance
+    sender: str = msgspec.field(name="o", default="")
+
+
+class Adopt(_Inbox, tag="adopt", kw_only=True):
+    """Run job ``job_id`` here: it was handed over because its node is held here."""
+
+    job_id: str = msgspec.field(name="j")
+    #: the job (audio as bytes), as ``scheduler.records.job_data`` builds it
+    data: dict[str, Any] = msgspec.field(name="d")
+
+
+class ToNode(_Inbox, tag="to_node", kw_only=True):
+    """Write ``frame`` to node ``node_id`` (held here); the sender owns ``job_id``."""
+
+    node_id: str = msgspec.field(name="n")
+    frame: str = msgspec.field(name="f")
+    job_id: str = msgspec.field(name="j", default="")
+
+
+class NodeFrame(_Inbox, tag="node_msg", kw_only=True):
+    """A frame node ``node_id`` sent to another instance about a job owned here."""
+
+    node_id: str = msgspec.field(name="n")
+    job_id: str = msgspec.field(name="j")
+    frame: str = msgspec.field(name="f")
+
+
+class SessionEvents(_Inbox, tag="session", kw_only=True):
+    """Session ``session_id`` has events up to ``seq`` in its history; ``events`` carries
+    them as ``(seq, event JSON)`` (empty: read them from the history)."""
+
+    session_id: str = msgspec.field(name="s")
+    seq: int = msgspec.field(name="q", default=0)
+    events: list[tuple[int, str]] = msgspec.field(name="e", default_factory=list)
+
+
+class Moved(_Inbox, tag="moved", kw_only=True):
+    """Session ``session_id`` is held by the sender now: forget it here."""
+
+    session_id: str = msgspec.field(name="s")
+
+
+class NodeChanged(_Inbox, tag="node", kw_only=True):
+    """Node ``node_id`` registered or changed."""
+
+    node_id: str = msgspec.field(name="n")
+
+
+class NodeGone(_Inbox, tag="gone", kw_only=True):
+    """Node ``node_id`` disconnected."""
+
+    node_id: str = msgspec.field(name="n")
+
+
+InboxMessage = Adopt | ToNode | NodeFrame | SessionEvents | Moved | NodeChanged | NodeGone
+
+# MessagePack: audio travels as bytes, events as their JSON text (no base64, no escaping)
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[InboxMessage])
+
+
+def encode_entry(messages: list[InboxMessage]) -> bytes:
+    return _encoder.encode(messages)
+
+
+def decode_entry(raw: bytes) -> list[InboxMessage]:
+    """Raises ``msgspec.DecodeError`` (a ``ValidationError`` among them) for a bad entry."""
+    return _decoder.decode(raw)

@@ -1,0 +1,227 @@
+"""The bridge: this instance's side of a cluster of instances on Redis.
+
+It implements two ports: :class:`~linguamesh.scheduler.ports.Remote` (what the
+parts ask of other instances: route to a node held elsewhere, hand a job over,
+relay a session's events into its history) and
+:class:`~linguamesh.scheduler.ports.InboxHandler` (what other instances ask of
+this one through its inbox: adopt a job, write to a node, a session moved, a node
+changed, a dead instance's job to take over, Redis restarted empty). The inbox,
+liveness and the sweeper are :class:`~linguamesh.scheduler.cluster.Cluster`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import protocol as p
+from ..core.ids import JobId, NodeId, SessionId
+from ..core.jobs import JobState
+from ..core.lifecycle import Assign, Status
+from ..observability.logging import get_logger
+from ..state.base import JobRecord, Notify
+from ..state.redis import RedisStateStore
+from .cluster import Cluster
+from .config import SchedulerConfig
+from .desk import Desk
+from .dispatch import Dispatcher
+from .jobrun import JobRun
+from .records import job_fields, job_from_data, job_from_record, job_record, session_record
+from .registry import Registry
+from .runner import Runner
+from .sessions import SessionRelay
+from .tasks import Tasks
+
+log = get_logger("linguamesh.scheduler")
+
+
+class Bridge:
+    shared = True
+
+    def __init__(self, config: SchedulerConfig, store: RedisStateStore, tasks: Tasks) -> None:
+        self.config = config
+        self.me = config.instance_id
+        self.store = store
+        self.tasks = tasks
+        self.cluster = Cluster(self, store, config.instance_id)
+        #: events for sessions held by other instances, produced by jobs handed over to us
+        self.relays: dict[SessionId, SessionRelay] = {}
+        self._parts: tuple[Registry, Dispatcher, Runner, Desk] | None = None
+
+    def attach(self, registry: Registry, dispatcher: Dispatcher, runner: Runner, desk: Desk) -> None:
+        self._parts = (registry, dispatcher, runner, desk)
+
+    @property
+    def parts(self) -> tuple[Registry, Dispatcher, Runner, Desk]:
+        assert self._parts is not None, "Bridge.attach() was not called"
+        return self._parts
+
+    async def start(self) -> None:
+        await self.cluster.start()
+
+    async def stop(self) -> None:
+        for relay in list(self.relays.values()):  # finished results go into their histories first
+            await relay.drained(timeout=2.0)
+        await self.cluster.stop()
+
+    # ------------------------------------------------------------------ Remote
+
+    def node_holder(self, node_id: NodeId) -> str | None:
+        owner = self.store.node_owner(node_id)
+        return owner if owner is not None and owner != self.me else None
+
+    async def to_node(self, holder: str, node_id: NodeId, frame: str, job_id: str) -> bool:
+        return await self.cluster.to_node(holder, node_id, frame, job_id)
+
+    def node_changed(self, kind: str, node_id: NodeId) -> None:
+        self.tasks.spawn(self.cluster.broadcast(kind, node_id), f"broadcast-{kind}")
+
+    def handover_entry(self, job_id: JobId, data: dict[str, Any]) -> bytes:
+        return self.cluster.adopt_entry(job_id, data)
+
+    async def hand_over(self, holder: str, job_id: JobId, data: dict[str, Any]) -> bool:
+        return await self.cluster.adopt(holder, job_id, data)
+
+    def relay(self, session_id: SessionId) -> SessionRelay:
+        relay = self.relays.get(session_id)
+        if relay is None:
+            relay = SessionRelay(session_id, self.store, self._relayed, self._relay_idle, self._relay_notice)
+            self.relays[session_id] = relay
+        return relay
+
+    async def forward(self, node_id: NodeId, job_id: str, frame: str, claim: bool) -> bool:
+        owner = await self.cluster.owner_of(job_id)
+        if owner is None or owner == self.me:
+            return False
+        if owner in self.cluster.live:
+            await self.cluster.node_msg(owner, node_id, job_id, frame)
+            return True
+        if claim:
+            await self.cluster.claim(job_id)  # a dead owner's job: carried on here if claimed
+        return False
+
+    async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
+        if prev_owner is not None and prev_owner != self.me and prev_owner in self.cluster.live:
+            await self.cluster.session_moved(prev_owner, session_id)
+
+    # relays ----------------------------------------------------------------------
+
+    def _relay_idle(self, relay: SessionRelay) -> None:
+        if self.relays.get(relay.session_id) is relay:
+            del self.relays[relay.session_id]
+
+    async def _remote_holder(self, session_id: SessionId) -> str | None:
+        """The live instance other than this one that holds the session, if any."""
+        if session_id in self.parts[3].sessions:
+            return None
+        owner = await self.cluster.session_holder(session_id)
+        if owner is None or owner == self.me or owner not in self.cluster.live:
+            return None
+        return owner
+
+    async def _relay_notice(self, session_id: SessionId) -> Notify | None:
+        """Where a relay's store step should announce the events: the session's holder,
+        when that is another live instance (else the relay delivers or notifies itself)."""
+        owner = await self._remote_holder(session_id)
+        if owner is None:
+            return None
+        return Notify(owner, self.cluster.next_message_id(), self.me)
+
+    async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
+        """A relay put events into a session's history and the store did not announce
+        them: deliver them here, or tell whoever holds the session now."""
+        session = self.parts[3].sessions.get(session_id)
+        if session is not None:  # it moved here meanwhile
+            session.deliver(events, events[-1][0])
+            return
+        owner = await self._remote_holder(session_id)
+        if owner is not None:
+            self.cluster.notify_session(owner, session_id, events)
+
+    # ------------------------------------------------------------------ InboxHandler
+
+    async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
+        """Another instance handed us a job for a node we hold: dispatch and run it here."""
+        runner = self.parts[2]
+        if JobId(job_id) in runner.runs:
+            return
+        job, tts, partials = job_from_data(
+            job_id, data, JobState.ASSIGNED.value, int(data["attempt_id"]), data["node_id"], runner.clock()
+        )
+        run = JobRun(job, tts, partials, first_tgt=bool(data.get("first_tgt", True)), first_selection=False)
+        log.info("job.adopted", **job_fields(job), reason="handed over")
+        node_id = NodeId(data["node_id"])
+        await runner.start(
+            run, lambda j: [Assign(j.job_id, node_id, j.attempt_id), Status(j.job_id, "assigned", node_id)]
+        )
+
+    async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
+        await self.parts[0].write_local(node_id, frame, from_instance, job_id)
+
+    async def routed_node_message(self, node_id: NodeId, frame: str) -> None:
+        """A node message that arrived at another instance, for a job owned here."""
+        msg = p.decode_node(frame)
+        if isinstance(msg, (p.NodeHeartbeat, p.NodeRegister)):
+            return
+        await self.parts[2].node_message(node_id, msg, frame, routed=True)
+
+    async def session_moved_away(self, session_id: SessionId, new_owner: str) -> None:
+        """Tell the new holder how far the history goes once the desk let the session go."""
+        last = await self.parts[3].moved_away(session_id, new_owner)
+        if last is not None:
+            self.cluster.notify_session(new_owner, session_id, [], up_to=last)
+
+    def deliver(self, session_id: SessionId, events: list[tuple[int, bytes]], seq: int) -> None:
+        session = self.parts[3].sessions.get(session_id)
+        if session is not None:
+            session.deliver(events, seq)
+
+    async def capacity_changed(self) -> None:
+        await self.parts[1].drain()
+
+    async def redis_recovered(self) -> None:
+        await self.capacity_changed()
+
+    async def remote_node_gone(self, node_id: NodeId) -> None:
+        await self.parts[2].node_lost(node_id)
+
+    async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
+        """Take over a job of a dead instance and carry on with it here."""
+        runner, desk = self.parts[2], self.parts[3]
+        if JobId(rec.job_id) in runner.runs or not rec.data:
+            return
+        job, tts, partials = job_from_record(rec, runner.clock())
+        session = desk.sessions.get(job.session_id)
+        first = True if session is None else job.tgt_lang == session.settings.tgt_langs[0]
+        if session is not None:
+            session.active_jobs.add(job.job_id)
+        log.warning("job.adopted", **job_fields(job), state=job.state.value, expired=expired)
+        run = JobRun(job, tts, partials, first_tgt=first)
+        await runner.start(run, runner.resume_step(job.state) if expired else None)
+
+    async def restore_shared_state(self) -> None:
+        """Redis came back empty: write back what this instance holds (its nodes, its
+        sessions with their event numbering, its jobs' records)."""
+        registry, _, runner, desk = self.parts
+        store = self.store
+        for nc in list(registry.nodes.values()):
+            view = store.nodes().get(nc.node_id)
+            if view is not None:
+                await store.register_node(view, self.me)
+        for session in list(desk.sessions.values()):
+            last = max(session.written, session.published)
+            await store.restore_session(
+                session_record(session, self.me), last, self.config.session_linger * 2
+            )
+        for run in list(runner.runs.values()):
+            job = run.job
+            await store.save_job(
+                job_record(job, self.me, run.tts, run.partials, time.time() + 30, with_data=True)
+            )
+            await store.expect_result(job.session_id, job.tgt_lang, job.utterance_index)
+        log.warning(
+            "cluster.state_restored",
+            nodes=len(registry.nodes),
+            sessions=len(desk.sessions),
+            jobs=len(runner.runs),
+        )

@@ -1,0 +1,274 @@
+"""Dispatch: the waiting queue, selection + reservation, and assign or hand-over.
+
+The dispatcher decides where a job goes and carries the assignment there; it
+never changes a job's state: it returns an outcome and the runner feeds it to
+the lifecycle. Outcomes:
+
+* :class:`Reserved` — a slot on ``node_id`` is reserved for the current attempt;
+* :class:`HandedOver` — the node is held by instance ``holder``, which owns and
+  runs the job from now on;
+* :class:`Unavailable` — no node could take it (``reason``); the job waits in
+  the queue and is tried again when capacity appears;
+* :class:`Written` — the ``job_assign`` write finished (``ok``) or failed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import protocol as p
+from ..core.ids import JobId, NodeId
+from ..core.jobs import JobState
+from ..core.lifecycle import LifecycleConfig
+from ..core.selection import SELECTORS, Request
+from ..core.stages import requirements
+from ..observability.logging import get_logger
+from ..observability.metrics import Metrics
+from ..state.base import DependencyDown, Handover, JobRecord, StateStore
+from .config import SchedulerConfig
+from .jobrun import JobRun
+from .ports import Driver, Remote
+from .records import job_data, job_fields
+from .registry import Registry
+from .tasks import Tasks
+
+log = get_logger("linguamesh.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    node_id: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    reason: str
+    #: this was the job's first selection (the client is told it is queued)
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    ok: bool
+
+
+Selection = Reserved | HandedOver | Unavailable
+Delivery = Written | HandedOver
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        lifecycle: LifecycleConfig,
+        store: StateStore,
+        registry: Registry,
+        remote: Remote,
+        metrics: Metrics,
+        tasks: Tasks,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.timeouts = lifecycle
+        self.store = store
+        self.registry = registry
+        self.remote = remote
+        self.metrics = metrics
+        self.tasks = tasks
+        self.select_fn = SELECTORS[config.selector]
+        self.rng = random.Random()
+        #: jobs waiting for a node, oldest first
+        self.waiting: OrderedDict[JobId, JobRun] = OrderedDict()
+        #: set by the service: runs a waiting job's selection again, under its lock
+        self.driver: Driver | None = None
+
+    # ------------------------------------------------------------------ the queue
+
+    def queue_position(self, job_id: JobId) -> int | None:
+        if job_id not in self.waiting:
+            return None
+        return list(self.waiting).index(job_id) + 1
+
+    def forget(self, job_id: JobId) -> None:
+        self.waiting.pop(job_id, None)
+
+    def kick(self) -> None:
+        """Capacity may have appeared: try the waiting jobs (in a task of their own)."""
+        if self.waiting:
+            self.tasks.spawn(self.drain(), "drain-waiting")
+
+    async def drain(self) -> None:
+        """Try the waiting jobs, oldest first; once a kind of job found no node, the
+        others of that kind wait (jobs with excluded nodes are tried anyway)."""
+        if not self.waiting or self.driver is None:
+            return
+        blocked: set[tuple[str, str, tuple[str, ...]]] = set()
+        for job_id, run in list(self.waiting.items()):
+            job = run.job
+            if run.gone or job.state is not JobState.CREATED:
+                self.waiting.pop(job_id, None)
+                continue
+            key = (job.src_lang, job.tgt_lang, job.stages)
+            if key in blocked and not job.excluded:
+                continue
+            await self.driver.reselect(run)
+            if job.state is JobState.CREATED and not job.excluded:
+                blocked.add(key)
+
+    # ------------------------------------------------------------------ selection
+
+    async def select(self, run: JobRun) -> Selection:
+        job = run.job
+        first = run.first_selection
+        run.first_selection = False
+        req = Request(
+            job.src_lang,
+            job.tgt_lang,
+            requirements(job.stages, job.src_lang, job.tgt_lang),
+            frozenset(job.excluded),
+            job.preferred_node_id,
+        )
+        if first or job.attempt_id > 1:
+            log.info(
+                "selection.started",
+                **job_fields(job),
+                request_id=job.request_id,
+                src_lang=job.src_lang,
+                tgt_lang=job.tgt_lang,
+                preferred_node_id=job.preferred_node_id,
+                excluded=sorted(job.excluded),
+            )
+        out = self.select_fn(self.store.nodes(), req, self.rng)
+        if out.fallback is not None:
+            log.info(
+                "selection.preferred_fallback",
+                **job_fields(job),
+                preferred_node_id=job.preferred_node_id,
+                fallback_reason=out.fallback.value,
+                selected_node=out.candidates[0] if out.candidates else None,
+            )
+        result_deadline = self.timeouts.result_deadline(job.audio_seconds)
+        ttl = self.config.ack_timeout + result_deadline + 30.0
+        shared = self.remote.shared
+        for node_id in out.candidates:
+            self.metrics.inc("reservations_attempted")
+            handover = record = None
+            try:
+                if shared:  # the job's record rides along with the reservation
+                    record = JobRecord(
+                        job.job_id,
+                        self.config.instance_id,
+                        JobState.DISPATCHED.value,
+                        job.attempt_id,
+                        node_id,
+                        time.time() + self.config.ack_timeout + result_deadline,
+                    )
+                    holder = self.remote.node_holder(node_id)
+                    if holder is not None:  # and the job goes to the node's instance
+                        entry = self.remote.handover_entry(job.job_id, self.handover_data(run, node_id))
+                        handover = Handover(holder, entry)
+                reserved = await self.store.reserve(
+                    node_id, job.job_id, job.attempt_id, ttl, record, handover
+                )
+            except DependencyDown:
+                self.waiting[job.job_id] = run
+                log.warning("selection.failed", **job_fields(job), reason="dependency_down")
+                return Unavailable("dependency_down", first)
+            if reserved:
+                self.metrics.inc("reservations_succeeded")
+                self.metrics.inc(
+                    "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
+                )
+                self.waiting.pop(job.job_id, None)
+                log.info(
+                    "selection.succeeded",
+                    **{**job_fields(job), "node_id": node_id},
+                    selected_node=node_id,
+                    selector=out.selector,
+                    preferred_used=out.preferred_used,
+                )
+                log.debug(
+                    "selection.pool_details",
+                    **job_fields(job),
+                    pool_count=out.pool_count,
+                    eligible_pools=out.eligible_pools,
+                    selected_pool=out.selected_pool,
+                    attempts=out.attempts,
+                )
+                log.info("reservation.succeeded", **{**job_fields(job), "node_id": node_id})
+                if handover is not None and handover.sent:  # the node's instance runs it from here on
+                    return HandedOver(handover.to_instance)
+                return Reserved(node_id)
+            log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
+        reason = out.reason.value if out.reason else "no_capacity"
+        self.metrics.inc("selections", outcome="failed", reason=reason)
+        if first or job.job_id not in self.waiting:
+            log.warning(
+                "selection.failed",
+                **job_fields(job),
+                selector=out.selector,
+                reason=reason,
+                breakdown={k.value: v for k, v in out.breakdown.counts.items()},
+                src_lang=job.src_lang,
+                tgt_lang=job.tgt_lang,
+            )
+        self.waiting[job.job_id] = run
+        return Unavailable(reason, first)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def dispatch(self, run: JobRun, node_id: NodeId, attempt_id: int) -> Delivery:
+        """Write ``job_assign`` to the node, or hand the job to the instance holding it."""
+        job = run.job
+        if node_id not in self.registry.nodes:
+            holder = self.remote.node_holder(node_id)
+            if holder is not None:
+                # the reservation did not already put the job into that instance's inbox
+                if await self.remote.hand_over(holder, job.job_id, self.handover_data(run, node_id)):
+                    return HandedOver(holder)
+                return Written(False)
+        deadline = self.config.ack_timeout + self.timeouts.result_deadline(job.audio_seconds)
+        msg = p.JobAssign(
+            job_id=job.job_id,
+            attempt_id=attempt_id,
+            trace_id=job.trace_id,
+            session_id=job.session_id,
+            utterance_index=job.utterance_index,
+            src_lang=job.src_lang,
+            tgt_lang=job.tgt_lang,
+            audio=job.audio,
+            audio_format=job.audio_format,  # type: ignore[arg-type]
+            sample_rate=job.sample_rate,
+            stages=list(job.stages),  # type: ignore[arg-type]
+            deadline_ms=int(deadline * 1000),
+        )
+        ok = await self.registry.send(node_id, msg, job_id=job.job_id)
+        if ok:
+            latency = self.clock() - job.created_at
+            log.info("job.dispatched", **job_fields(job), dispatch_latency_seconds=round(latency, 6))
+            self.metrics.inc("jobs_dispatched")
+            self.metrics.dispatch_latency.observe(latency)
+        return Written(ok)
+
+    def handover_data(self, run: JobRun, node_id: NodeId) -> dict[str, Any]:
+        """What the node's instance needs to run the job (audio as bytes)."""
+        job = run.job
+        data = job_data(job, run.tts, run.partials)
+        data.update(
+            attempt_id=job.attempt_id,
+            node_id=node_id,
+            excluded=sorted(job.excluded),
+            first_tgt=run.first_tgt,
+        )
+        return data

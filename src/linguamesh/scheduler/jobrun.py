@@ -1,0 +1,38 @@
+"""``JobRun``: everything the scheduler holds about one running job, in one object."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..core.ids import NodeId
+from ..core.jobs import Job
+
+
+@dataclass(slots=True, eq=False)
+class JobRun:
+    """A job in flight here: the core's :class:`Job` plus what only the shell needs.
+
+    Owned by the runner (``Runner.runs``); the dispatcher's waiting queue refers to
+    the same object while the job waits for a node."""
+
+    job: Job
+    #: the client asked for synthesized speech / partial transcripts
+    tts: bool
+    partials: bool
+    #: partial transcripts are sent once per utterance: by the job of the first target language
+    first_tgt: bool = True
+    #: the next selection is the job's first (logged and reported as queued)
+    first_selection: bool = True
+    #: a job's events are handled one at a time, in order
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: a slot to release together with the job's final record (shared state)
+    pending_release: tuple[NodeId, int] | None = None
+    #: the runner no longer holds the job (it ended, or another instance runs it)
+    gone: bool = False
+
+    def disarm(self) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()

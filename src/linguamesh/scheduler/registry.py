@@ -1,0 +1,199 @@
+"""The nodes connected to this instance: register, heartbeat, gone, sweep, send.
+
+The registry owns the node sockets (:class:`NodeConn`); the shared view of every
+node (capabilities, pools, slots) lives in the state store's node index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .. import protocol as p
+from ..core.ids import NodeId
+from ..core.nodes import NodeView
+from ..observability.logging import get_logger
+from ..observability.metrics import Metrics
+from ..protocol import ErrorCode, ProtocolError
+from ..state.base import StateStore
+from .config import SchedulerConfig
+from .ports import Remote
+from .records import capabilities, same_token
+from .sessions import Transport
+from .tasks import Tasks
+
+log = get_logger("linguamesh.scheduler")
+
+#: A socket write that takes longer than this means the peer is gone.
+SEND_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class NodeConn:
+    node_id: NodeId
+    transport: Transport
+    version: str
+    models: list[p.ModelInfo]
+    hardware: dict[str, Any] | None
+    connected_at: float
+    last_seen: float
+    model_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
+
+    async def send(self, msg: msgspec.Struct) -> bool:
+        """Write one message; True only when the write finished."""
+        return await self.send_frame(p.encode_str(msg))
+
+    async def send_frame(self, frame: str) -> bool:
+        if self.closed:
+            return False
+        try:
+            async with self.lock, asyncio.timeout(SEND_TIMEOUT):
+                await self.transport.send_text(frame)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the transports raise many types (OSError, RuntimeError,
+            # WebSocketDisconnect, TimeoutError); each one means the write did not finish
+            log.debug("send.failed", node_id=self.node_id, error=repr(exc))
+            return False
+
+
+async def close_quietly(conn: Transport, code: int, reason: str) -> None:
+    """Close a socket that may already be gone."""
+    try:
+        await conn.close(code, reason)
+    except Exception:  # noqa: BLE001 - closing a dead socket may raise anything; it is closed either way
+        pass
+
+
+class Registry:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        remote: Remote,
+        metrics: Metrics,
+        tasks: Tasks,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.remote = remote
+        self.metrics = metrics
+        self.tasks = tasks
+        self.clock = clock
+        self.nodes: dict[NodeId, NodeConn] = {}
+        #: set by the service: a node left (its jobs fail over) / capacity appeared
+        self.on_lost: Callable[[NodeConn, str], Awaitable[None]] = _nothing_lost
+        self.on_capacity: Callable[[], None] = lambda: None
+
+    async def register(self, msg: p.NodeRegister, conn: Transport, limits: p.Limits) -> NodeConn:
+        p.check_version(msg.protocol_version)
+        if self.config.node_token is not None and not same_token(self.config.node_token, msg.token or ""):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "node token is missing or wrong")
+        if not msg.node_id or len(msg.node_id) > 128:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `node_id` must be 1-128 characters")
+        if msg.max_concurrent_jobs < 1:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `max_concurrent_jobs` must be >= 1")
+        node_id = NodeId(msg.node_id)
+        old = self.nodes.get(node_id)
+        if old is not None:
+            log.info("node.replaced", node_id=node_id)
+            await self.on_lost(old, "replaced by a new connection")
+            await close_quietly(old.transport, 4001, "replaced by a new connection")
+        caps = capabilities(msg.capabilities)
+        now = self.clock()
+        view = NodeView(node_id, caps, msg.max_concurrent_jobs, last_heartbeat=now)
+        await self.store.register_node(view, self.config.instance_id)
+        nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
+        self.nodes[node_id] = nc
+        self.metrics.inc("nodes_registered")
+        log.info(
+            "node.registered",
+            node_id=node_id,
+            pool=view.pool,
+            max_concurrent_jobs=msg.max_concurrent_jobs,
+            version=msg.version,
+            unacked_results=len(msg.unacked_results),
+        )
+        await nc.send(
+            p.NodeRegisterAck(
+                node_id=node_id,
+                heartbeat_interval_s=self.config.heartbeat_interval,
+                pools=[view.pool],
+                limits=limits,
+            )
+        )
+        self.on_capacity()
+        self.remote.node_changed("node", node_id)
+        return nc
+
+    async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
+        nc.last_seen = self.clock()
+        if msg.model_stats is not None:
+            nc.model_stats = msg.model_stats
+        if msg.capabilities is not None:
+            view = self.store.nodes().get(nc.node_id)
+            if view is not None:
+                new_caps = capabilities(msg.capabilities)
+                if new_caps != view.capabilities:
+                    nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs)
+                    await self.store.register_node(nv, self.config.instance_id)
+                    log.info("node.capabilities_changed", node_id=nc.node_id, pool=nv.pool)
+        await self.store.heartbeat(nc.node_id, msg.running_jobs, nc.last_seen)
+
+    async def gone(self, nc: NodeConn) -> bool:
+        """Forget a node's socket; False when it was already gone."""
+        if nc.closed:
+            return False
+        nc.closed = True
+        if self.nodes.get(nc.node_id) is nc:
+            del self.nodes[nc.node_id]
+            await self.store.remove_node(nc.node_id, self.config.instance_id)
+        self.remote.node_changed("gone", nc.node_id)
+        return True
+
+    async def send(self, node_id: NodeId, msg: msgspec.Struct, job_id: str = "") -> bool:
+        """Write to a node held here, or route through its holder's inbox.
+
+        True when the local write finished or the message is in the holder's inbox
+        (then the ack timeout covers a loss)."""
+        nc = self.nodes.get(node_id)
+        if nc is not None:
+            return await nc.send(msg)
+        holder = self.remote.node_holder(node_id)
+        if holder is None:
+            return False
+        return await self.remote.to_node(holder, node_id, p.encode_str(msg), job_id)
+
+    async def write_local(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
+        """A frame another instance routed to a node held here."""
+        nc = self.nodes.get(node_id)
+        if nc is None or nc.closed:
+            log.warning(
+                "send.routed_target_missing", node_id=node_id, job_id=job_id, from_instance=from_instance
+            )
+            return
+        if await nc.send_frame(frame):
+            log.debug("send.local", node_id=node_id, job_id=job_id, from_instance=from_instance)
+        else:
+            log.warning("send.local_failed", node_id=node_id, job_id=job_id)
+
+    async def sweep(self) -> None:
+        """Nodes that missed their heartbeats are gone."""
+        interval = self.config.heartbeat_interval
+        now = self.clock()
+        limit = interval * self.config.heartbeat_misses
+        for nc in list(self.nodes.values()):
+            if now - nc.last_seen > limit:
+                log.warning("node.heartbeat_lost", node_id=nc.node_id, silent_s=round(now - nc.last_seen, 1))
+                await self.on_lost(nc, "heartbeat lost")
+                await close_quietly(nc.transport, 4002, "heartbeat lost")
+
+
+async def _nothing_lost(nc: NodeConn, why: str) -> None:
+    pass

@@ -1,0 +1,388 @@
+"""The runner: the only caller of :mod:`~linguamesh.core.lifecycle`.
+
+It holds the jobs in flight here (one :class:`JobRun` each), feeds every event
+about a job to the lifecycle under that job's lock, and carries out the
+commands it returns: selection and dispatch through the dispatcher, timers,
+slot releases, cancels and result acks to nodes, status events and the final
+result to the session. A node's ``job_ack`` therefore cannot overtake the
+finish of the ``job_assign`` write it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import protocol as p
+from ..core.ids import JobId, NodeId
+from ..core.jobs import Job, JobState
+from ..core.lifecycle import (
+    AckResult,
+    Arm,
+    Assign,
+    Cancel,
+    Command,
+    Disarm,
+    Finish,
+    Lifecycle,
+    Note,
+    Release,
+    Select,
+    Status,
+    TimerKind,
+)
+from ..observability.logging import bound, get_logger
+from ..observability.metrics import Metrics
+from ..state.base import DependencyDown, JobEnd, StateStore
+from .config import SchedulerConfig
+from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable
+from .jobrun import JobRun
+from .ports import Outbox, Remote
+from .records import job_fields, job_record
+from .registry import Registry
+from .results import failure_entry, stage_seconds, translation_result
+
+log = get_logger("linguamesh.scheduler")
+
+FINISHED_JOBS_KEPT = 10_000
+#: A step: the commands for a job, computed under its lock from its current state.
+Step = Callable[[Job], Iterable[Command]]
+
+
+class Runner:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        lifecycle: Lifecycle,
+        dispatcher: Dispatcher,
+        registry: Registry,
+        remote: Remote,
+        outbox: Outbox,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.lifecycle = lifecycle
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.remote = remote
+        self.outbox = outbox
+        self.metrics = metrics
+        self.clock = clock
+        self.runs: dict[JobId, JobRun] = {}
+        self.finished: OrderedDict[JobId, Job] = OrderedDict()
+        #: the last failed jobs, newest last, for the operator page
+        self.failures: deque[dict[str, Any]] = deque(maxlen=200)
+
+    # ------------------------------------------------------------------ entry points
+
+    async def start(self, run: JobRun, step: Step | None) -> None:
+        """Hold a new (or adopted) job here and apply its first step, if any."""
+        self.runs[run.job.job_id] = run
+        if step is not None:
+            await self.apply(run, step)
+
+    async def created(self, run: JobRun) -> None:
+        await self.start(run, lambda j: self.lifecycle.created(j, self.clock()))
+
+    async def reselect(self, run: JobRun) -> None:
+        """A waiting job's selection, again (capacity may have appeared)."""
+        await self.apply(run, _retry_select)
+
+    async def cancel(self, job_ids: Iterable[JobId], reason: str) -> None:
+        now = self.clock()
+        for job_id in list(job_ids):
+            run = self.runs.get(job_id)
+            if run is not None:
+                await self.apply(run, lambda j: self.lifecycle.cancel(j, reason, now))
+
+    def jobs_on(self, node_id: NodeId) -> list[JobRun]:
+        return [r for r in self.runs.values() if r.job.node_id == node_id]
+
+    async def node_lost(self, node_id: NodeId, runs: Iterable[JobRun] | None = None) -> None:
+        """The node is gone: its jobs fail over."""
+        now = self.clock()
+        for run in list(runs if runs is not None else self.jobs_on(node_id)):
+            await self.apply(run, lambda j: self.lifecycle.node_gone(j, node_id, now))
+
+    async def node_message(
+        self, node_id: NodeId, msg: p.JobMessage, frame: str = "", *, routed: bool = False
+    ) -> None:
+        """A node's message about a job (ack, started, reject, partial, result). A job not
+        running here goes to its owner, unless the message was ``routed`` here by it."""
+        job_id = msg.job_id
+        run = self.runs.get(JobId(job_id))
+        if run is None and self.remote.shared and not routed:
+            if await self.remote.forward(
+                node_id, job_id, frame or p.encode_str(msg), isinstance(msg, p.JobResult)
+            ):
+                return
+            run = self.runs.get(JobId(job_id))  # taken over here by a result of a dead owner's job
+        if run is None:
+            await self._unknown(node_id, msg)
+            return
+        job = run.job
+        now = self.clock()
+        if isinstance(msg, p.JobAck):
+            log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
+            await self.apply(run, lambda j: self.lifecycle.acked(j, msg.attempt_id, now))
+        elif isinstance(msg, p.JobStarted):
+            log.info("job.started", **job_fields(job), acked_attempt=msg.attempt_id)
+            await self.apply(run, lambda j: self.lifecycle.started(j, msg.attempt_id, now))
+        elif isinstance(msg, p.JobReject):
+            log.info("job.rejected", **job_fields(job), reason=msg.reason)
+            await self.apply(run, lambda j: self.lifecycle.rejected(j, msg.attempt_id, msg.reason, now))
+        elif isinstance(msg, p.JobPartial):
+            if run.partials and run.first_tgt and msg.attempt_id == job.attempt_id and not job.state.terminal:
+                self.outbox.emit(
+                    job.session_id, p.AsrPartial(utterance_index=job.utterance_index, text=msg.text)
+                )
+        elif isinstance(msg, p.JobResult):
+            log.info(
+                "job_result.received",
+                **{**job_fields(job), "node_id": node_id},
+                result_attempt=msg.attempt_id,
+                success=msg.success,
+            )
+            err = msg.error
+            code, message = (err.code, err.message) if err else (None, None)
+            await self.apply(
+                run,
+                lambda j: self.lifecycle.result(
+                    j, msg.attempt_id, node_id, msg.success, msg, code, message, now
+                ),
+            )
+
+    async def _unknown(self, node_id: NodeId, msg: p.JobMessage) -> None:
+        job = self.finished.get(JobId(msg.job_id))
+        if isinstance(msg, p.JobResult):
+            # a copy of a result for a job that already ended (or is unknown): ack and drop
+            log.info(
+                "job_result.duplicate",
+                job_id=msg.job_id,
+                node_id=node_id,
+                attempt_id=msg.attempt_id,
+                known=job is not None,
+                trace_id=job.trace_id if job else None,
+            )
+            self.metrics.inc("results_duplicate")
+            await self.registry.send(node_id, p.JobResultAck(job_id=msg.job_id, attempt_id=msg.attempt_id))
+            return
+        log.info("node.message_for_unknown_job", node_id=node_id, job_id=msg.job_id)
+
+    # ------------------------------------------------------------------ applying commands
+
+    async def apply(self, run: JobRun, step: Step) -> None:
+        """Apply ``step`` to the job under its lock, and every command that follows."""
+        if run.gone:  # already finished (or handed over) and forgotten
+            return
+        job = run.job
+        async with run.lock:
+            with bound(**job_fields(job)):
+                before = (job.state, job.attempt_id)
+                queue = deque(step(job))
+                while queue:
+                    more = await self._run(run, queue.popleft())
+                    if more:
+                        queue.extendleft(reversed(more))
+                if (job.state, job.attempt_id) != before and not job.state.terminal and not run.gone:
+                    await self._persist(run)
+
+    async def _run(self, run: JobRun, cmd: Command) -> list[Command]:
+        job = run.job
+        if isinstance(cmd, Select):
+            sel = await self.dispatcher.select(run)
+            if isinstance(sel, Reserved):
+                return self.lifecycle.selected(job, sel.node_id, self.clock())
+            if isinstance(sel, Unavailable):
+                return self.lifecycle.selection_failed(job, sel.reason, sel.first)
+            self._handed_over(run, sel)
+        elif isinstance(cmd, Assign):
+            out = await self.dispatcher.dispatch(run, cmd.node_id, cmd.attempt_id)
+            if isinstance(out, HandedOver):
+                self._handed_over(run, out)
+                return []
+            return self.lifecycle.dispatched(job, cmd.attempt_id, out.ok, self.clock())
+        elif isinstance(cmd, Arm):
+            self._arm(run, cmd)
+        elif isinstance(cmd, Disarm):
+            run.disarm()
+        elif isinstance(cmd, Release):
+            await self._release(run, cmd)
+        elif isinstance(cmd, Cancel):
+            log.info("job.cancel_sent", **job_fields(job), to_node=cmd.node_id, reason=cmd.reason)
+            await self.registry.send(
+                cmd.node_id, p.JobCancel(job_id=cmd.job_id, attempt_id=cmd.attempt_id, reason=cmd.reason)
+            )
+        elif isinstance(cmd, AckResult):
+            await self.registry.send(
+                cmd.node_id, p.JobResultAck(job_id=cmd.job_id, attempt_id=cmd.attempt_id)
+            )
+        elif isinstance(cmd, Status):
+            if not run.gone:  # else handed over: its new owner reports
+                self._status(job, cmd)
+        elif isinstance(cmd, Note):
+            self._note(job, cmd)
+        elif isinstance(cmd, Finish):
+            await self._finish(run, cmd)
+        return []
+
+    async def _release(self, run: JobRun, cmd: Release) -> None:
+        if run.job.state.terminal and self.remote.shared:
+            # the job ended: the slot is released together with the job record (one round trip)
+            run.pending_release = (cmd.node_id, cmd.attempt_id)
+            return
+        try:
+            ok = await self.store.release(cmd.node_id, cmd.job_id, cmd.attempt_id)
+        except DependencyDown:
+            ok = False  # the slot's TTL frees it
+        log.debug("reservation.released", **job_fields(run.job), released=ok)
+        self.dispatcher.kick()
+
+    def _status(self, job: Job, cmd: Status) -> None:
+        position = self.dispatcher.queue_position(job.job_id) if cmd.status == "queued" else None
+        self.outbox.emit(
+            job.session_id,
+            p.JobStatus(
+                utterance_index=job.utterance_index,
+                tgt_lang=job.tgt_lang,
+                status=cmd.status,  # type: ignore[arg-type]
+                node_id=cmd.node_id,
+                reason=cmd.reason,
+                queue_position=position,
+            ),
+        )
+
+    def _note(self, job: Job, cmd: Note) -> None:
+        fields = dict(cmd.fields)
+        if cmd.event == "job.stale_event":
+            log.debug(cmd.event, **job_fields(job), **fields)
+        elif cmd.event == "job_result.duplicate":
+            self.metrics.inc("results_duplicate")
+            log.info(cmd.event, **job_fields(job), **fields)
+        else:
+            if cmd.event == "job.failover":
+                reason = str(fields.get("reason", ""))
+                self.metrics.inc("failovers", reason=reason.split(":")[0])
+            elif cmd.event.endswith("_timeout"):
+                self.metrics.inc("timeouts", kind=cmd.event.split(".")[1].removesuffix("_timeout"))
+            log.warning(cmd.event, **job_fields(job), **fields)
+
+    def _arm(self, run: JobRun, cmd: Arm) -> None:
+        if run.gone:
+            return
+
+        def fire() -> None:
+            step: Step = lambda j: self.lifecycle.timer(j, cmd.kind, cmd.attempt_id, self.clock())  # noqa: E731
+            self.dispatcher.tasks.spawn(self.apply(run, step), f"timer-{cmd.kind}")
+
+        loop = asyncio.get_running_loop()
+        run.timers.append(loop.call_later(cmd.delay, fire, context=contextvars.Context()))
+
+    def _handed_over(self, run: JobRun, out: HandedOver) -> None:
+        """``out.holder`` owns and runs the job from here on (the reservation recorded it as
+        owner), so the node's answers are handled where they arrive and only the session's
+        events cross back; this instance forgets the job (its assign and status steps
+        belong to the new owner). It stays in its session's active jobs: its result,
+        through the history, ends it there."""
+        job = run.job
+        log.info("job.handed_over", **job_fields(job), to_instance=out.holder)
+        self._forget(run)
+
+    def _forget(self, run: JobRun) -> None:
+        run.gone = True
+        run.disarm()
+        self.runs.pop(run.job.job_id, None)
+        self.dispatcher.forget(run.job.job_id)
+
+    # ------------------------------------------------------------------ the end of a job
+
+    async def _finish(self, run: JobRun, cmd: Finish) -> None:
+        job = run.job
+        self._forget(run)
+        self.finished[job.job_id] = job
+        while len(self.finished) > FINISHED_JOBS_KEPT:
+            self.finished.popitem(last=False)
+        now = self.clock()
+        self.metrics.inc("jobs_finished", state=job.state.value, code=cmd.error_code or "")
+        if not cmd.ok:
+            self.failures.append(failure_entry(job, cmd, time.time()))
+        total_ms = (now - job.created_at) * 1000
+        self.metrics.end_to_end.labels("ok" if cmd.ok else "failed").observe(total_ms / 1000)
+        for stage, seconds in stage_seconds(job, cmd):
+            self.metrics.stage_latency.labels(stage).observe(seconds)
+        result = translation_result(job, cmd, total_ms, now, run.tts)
+        log.info(
+            "result.created",
+            **{**job_fields(job), "node_id": cmd.node_id},
+            status=result.status,
+            error_code=cmd.error_code,
+            text_asr=result.text_asr,
+            text_translated=result.text_translated,
+            tts_audio_len=len(result.tts_audio or b""),
+            elapsed_ms=round(total_ms, 3),
+        )
+        self.metrics.inc("results_emitted")
+        release = run.pending_release
+        # the job ends (record, slot) in the same store step that puts the result into the
+        # history: no round trip of its own, none before the client gets the result
+        end = JobEnd(job.job_id, self.config.instance_id, release)
+        if not self.outbox.emit_result(job, result, end, lambda: self._ended(release)):
+            try:
+                await self.store.finish_job(job.job_id, self.config.instance_id, release)
+            except DependencyDown:
+                pass  # the record and the slot expire by themselves
+            self._ended(release)
+            log.warning("result.dropped_session_gone", **job_fields(job))
+
+    def _ended(self, release: tuple[NodeId, int] | None) -> None:
+        """The job's record is finished and its slot released in the store."""
+        if release is not None:
+            self.dispatcher.kick()
+
+    async def _persist(self, run: JobRun) -> None:
+        """Record a retried job (back to created) and its next deadline, so another instance
+        can take it over. The reservation writes the record of every other state, with the
+        whole ack + result budget as its deadline."""
+        job = run.job
+        if not self.remote.shared or job.state is not JobState.CREATED:
+            return
+        rec = job_record(
+            job,
+            self.config.instance_id,
+            run.tts,
+            run.partials,
+            time.time() + self.lifecycle.config.pending_timeout,
+        )
+        try:
+            await self.store.save_job(rec)
+        except DependencyDown as exc:
+            log.warning("job.persist_failed", **job_fields(job), error=str(exc))
+
+    # ------------------------------------------------------------------ take-over
+
+    def resume_step(self, state: JobState) -> Step:
+        """For a job another instance started (its owner died): the step its recorded
+        state was waiting for."""
+        now = self.clock()
+        if state is JobState.CREATED:
+            step: Step = lambda j: self.lifecycle.created(j, now)  # noqa: E731
+        elif state is JobState.ASSIGNED:
+            step = lambda j: self.lifecycle.dispatched(j, j.attempt_id, False, now)  # noqa: E731
+        elif state is JobState.DISPATCHED:
+            step = lambda j: self.lifecycle.timer(j, TimerKind.ACK, j.attempt_id, now)  # noqa: E731
+        else:
+            step = lambda j: self.lifecycle.timer(j, TimerKind.RESULT, j.attempt_id, now)  # noqa: E731
+        return step
+
+
+def _retry_select(job: Job) -> list[Command]:
+    if job.state is not JobState.CREATED:
+        return []
+    return [Select(job.job_id)]

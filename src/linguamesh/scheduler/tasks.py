@@ -1,0 +1,38 @@
+"""Background tasks of one scheduler instance: each starts in a fresh log context and
+a crash is logged, never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Coroutine
+from typing import Any
+
+from ..observability.logging import get_logger
+
+log = get_logger("linguamesh.scheduler")
+
+
+class Tasks:
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        # a fresh context: a task must not inherit the log context (job ids) of its spawner
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
+
+    async def stop(self) -> None:
+        """Cancel every task still running and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
