@@ -1,4 +1,11 @@
-"""The dependency rule: protocol and core import nothing else of the package; state only core."""
+"""The shape of the package: layers, module size and no import cycles.
+
+* protocol and core import nothing else of the package; state only core, protocol
+  and observability;
+* no module in ``src/linguamesh`` is over ``MAX_LINES`` lines;
+* no import cycle anywhere, counting every import: at module level, inside a
+  function, and under ``if TYPE_CHECKING:`` alike.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "linguamesh"
+MAX_LINES = 600
 
 ALLOWED = {
     "protocol": {"protocol"},
@@ -27,6 +35,8 @@ def _imports(path: Path, package: str) -> set[str]:
                 out.add(package)
             elif node.level >= 2 and node.module:
                 out.add(node.module.split(".")[0])
+            elif node.level >= 2:
+                out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("linguamesh."):
@@ -39,3 +49,110 @@ def test_layer_imports(package: str) -> None:
     for path in (SRC / package).rglob("*.py"):
         bad = _imports(path, package) - ALLOWED[package]
         assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+
+
+# ---------------------------------------------------------------------- module graph
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """``module -> modules of the package it imports``, for every ``.py`` under ``root``.
+
+    ``from X import a`` counts as importing ``X.a`` when that is a module, else ``X``."""
+    files = {module_name(root, p): p for p in root.rglob("*.py")}
+    top = root.name
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        here = mod.split(".") if is_pkg else mod.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name == top or a.name.startswith(top + ".")]
+                deps.update(n for n in names if n in files)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[: len(here) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                elif node.module and (node.module == top or node.module.startswith(top + ".")):
+                    target = node.module
+                else:
+                    continue
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if sub in files else target)
+        graph[mod] = {d for d in deps if d in files and d != mod}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle() -> None:
+    found = cycles(module_graph(SRC))
+    assert not found, f"import cycles: {found}"
+
+
+def test_no_module_is_too_long() -> None:
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_cycle_check_finds_cycles(tmp_path: Path) -> None:
+    """The checker itself: a type-only cycle and one through a function-level import."""
+    pkg = tmp_path / "linguamesh"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .sub.b import B\n"
+    )
+    (pkg / "sub" / "b.py").write_text("from .. import a\n")
+    (pkg / "c.py").write_text("def f():\n    from linguamesh import d\n")
+    (pkg / "d.py").write_text("import linguamesh.c\n")
+    (pkg / "e.py").write_text("from . import a\n")  # depends on a cycle, is not in one
+    graph = module_graph(pkg)
+    assert graph["linguamesh.sub.b"] == {"linguamesh.a"}
+    assert cycles(graph) == [["linguamesh.a", "linguamesh.sub.b"], ["linguamesh.c", "linguamesh.d"]]

@@ -1,6 +1,6 @@
 """``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5).
 
-Multi-key changes are one Lua script each, loaded on connect and run by SHA over
+Multi-key changes are one Lua script each (``redis_scripts``), loaded on connect and run by SHA over
 the pipelined :class:`~.redis_wire.RedisWire` (the hot path; redis-py asyncio
 serves the cold paths): slot reservation with the job record and its hand-over,
 event append (numbering) and ordered result release with the job's end and the
@@ -10,7 +10,8 @@ current on every local change, on notices from other instances and by a
 periodic sync), so sampling candidates costs no round trip; the reserve
 script has the final word on capacity.
 
-Any connection problem becomes :class:`DependencyDown`.
+Any connection problem becomes :class:`DependencyDown` (``redis_link``, which also
+holds the connections and the instances' inboxes).
 """
 
 from __future__ import annotations
@@ -18,237 +19,34 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from . import redis_keys as K
-from .base import DependencyDown, Handover, JobEnd, JobRecord, Notify, SessionRecord
+from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
 from .memory import MemoryNodeIndex
-from .redis_wire import RedisWire, Script
+from .redis_link import RedisLink
+from .redis_scripts import (
+    ACCEPT,
+    APPEND,
+    APPEND_PUSH,
+    CLAIM,
+    CLAIM_ONE,
+    CLAIM_SESSION,
+    FINISH_JOB,
+    RELEASE,
+    RESERVE,
+    SAVE_JOB,
+)
+from .redis_wire import Script
 
 T = TypeVar("T")
-
-RESERVE = """
--- KEYS: slots, node[, job, jobs:active[, new owner's inbox]]
--- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner
---       [, hand-over message (an inbox entry, written as given)]]
--- returns {reserved, slots in use, handed over (the message was written)}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
-if not max then return {0, -1, 0} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  return {1, redis.call('ZCARD', KEYS[1]), 0}
-end
-local used = redis.call('ZCARD', KEYS[1])
-if used >= max then return {0, used, 0} end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local handed = 0
-if KEYS[3] then
-  local cur = redis.call('HGET', KEYS[3], 'owner')
-  if (not cur) or cur == ARGV[3] then
-    redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
-               'deadline', ARGV[7])
-    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-    if KEYS[5] then
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', ARGV[10])
-      handed = 1
-    end
-  end
-end
-return {1, used + 1, handed}
-"""
-
-RELEASE = """
-local n = redis.call('ZREM', KEYS[1], ARGV[1])
-return {n, redis.call('ZCARD', KEYS[1])}
-"""
-
-# shared by APPEND and APPEND_PUSH: number one event and add it to the history
-_APPEND_ONE = """
-local function append(hist, seqkey, maxlen, p, out)
-  local seq = redis.call('INCR', seqkey)
-  local e = string.find(p, '"', 10, true)
-  local data = string.sub(p, 1, e) .. ',"seq":' .. seq .. string.sub(p, e + 1)
-  redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
-  out[#out + 1] = seq
-  out[#out + 1] = data
-end
-"""
-
-# shared by APPEND and APPEND_PUSH: tell the session's holder about the events just
-# appended (out[first..]: seq, data, ...), carrying them; an inbox entry as cluster.py
-# writes them (a MessagePack array of messages). Returns 1 when a message was written.
-_NOTIFY = """
-local function notify(inbox, id, sender, sid, out, first)
-  if id == '' or #out < first then return 0 end
-  local e = {}
-  for i = first, #out, 2 do e[#e + 1] = {out[i], out[i + 1]} end
-  local m = cmsgpack.pack({{k = 'session', i = id, o = sender, s = sid, q = out[#out - 1], e = e}})
-  redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 'm', m)
-  return 1
-end
-"""
-
-APPEND = (
-    _APPEND_ONE
-    + _NOTIFY
-    + """
--- KEYS: history, seqno, holder's inbox ('' = none)
--- ARGV: maxlen, ttl, message id ('' = no notice), sender, session id, event payloads...
--- returns {notified (1|0), seq, data, seq, data...}
-local out = {0}
-for i = 6, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-out[1] = notify(KEYS[3], ARGV[3], ARGV[4], ARGV[5], out, 2)
-return out
-"""
-)
-
-# shared by FINISH_JOB and APPEND_PUSH: end a job record (if ``owner`` owns it) and
-# release its slot; returns the node's slots in use after it (-1: no slot released)
-_FINISH_ONE = """
-local function finish(job, active, slots, owner, job_id, ttl, member)
-  local used = -1
-  if member ~= '' then
-    redis.call('ZREM', slots, member)
-    used = redis.call('ZCARD', slots)
-  end
-  if redis.call('HGET', job, 'owner') == owner then
-    redis.call('ZREM', active, job_id)
-    redis.call('HSET', job, 'state', 'ended')
-    redis.call('HDEL', job, 'data')
-    redis.call('EXPIRE', job, ttl)
-  end
-  return used
-end
-"""
-
-APPEND_PUSH = (
-    _APPEND_ONE
-    + _FINISH_ONE
-    + _NOTIFY
-    + """
--- KEYS: pending, done, history, seqno, job, jobs:active, slots, holder's inbox ('' = unused)
--- ARGV: maxlen, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
---       slot member ('' = none), message id ('' = no notice), sender, session id,
---       event payloads...
--- the job ends first, then the events are appended, then the result goes through the
--- ordering buffer, then the holder is told;
--- returns {expected (1|0), slots in use, notified (1|0), seq, data, seq, data...}
-local out = {1, -1, 0}
-if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
-for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
-if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  out[1] = 0
-else
-  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-  while true do
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-    if not first then break end
-    local p = redis.call('HGET', KEYS[2], first)
-    if not p then break end
-    redis.call('ZREM', KEYS[1], first)
-    redis.call('HDEL', KEYS[2], first)
-    append(KEYS[3], KEYS[4], ARGV[1], p, out)
-  end
-end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4)
-return out
-"""
-)
-
-SAVE_JOB = """
-local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur and cur ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', ARGV[2], 'attempt', ARGV[3], 'node', ARGV[4], 'deadline', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[6]) end
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-return 1
-"""
-
-FINISH_JOB = (
-    _FINISH_ONE
-    + """
--- KEYS: job, jobs:active[, slots]  ARGV: owner, job_id, ttl, slot member ('' = none)
-return finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
-)
-
-CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local live = {}
-for i = 5, #ARGV do live[ARGV[i]] = true end
-local out = {}
-for _, id in ipairs(ids) do
-  local key = ARGV[4] .. id
-  local owner = redis.call('HGET', key, 'owner')
-  if not owner then
-    redis.call('ZREM', KEYS[1], id)
-  elseif not live[owner] then
-    redis.call('HSET', key, 'owner', ARGV[1])
-    out[#out + 1] = id
-  end
-end
-return out
-"""
-
-ACCEPT = """
-local idx, rid, n, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-if redis.call('HEXISTS', KEYS[1], 'u:' .. idx) == 1 then return 'index' end
-if rid ~= '' and redis.call('HEXISTS', KEYS[1], 'r:' .. rid) == 1 then return 'request' end
-local first = ARGV[5] or ''
-redis.call('HSET', KEYS[1], 'u:' .. idx, first)
-if rid ~= '' then redis.call('HSET', KEYS[1], 'r:' .. rid, first) end
-redis.call('EXPIRE', KEYS[1], 86400)
-local cur = tonumber(redis.call('HGET', KEYS[2], 'max_index') or '-1')
-if tonumber(idx) > cur then redis.call('HSET', KEYS[2], 'max_index', idx) end
-local ntgt = #KEYS - 3 - n
-for i = 1, ntgt do
-  redis.call('ZADD', KEYS[3 + i], idx, idx)
-  redis.call('EXPIRE', KEYS[3 + i], 3600)
-end
-for j = 0, n - 1 do
-  local a = 5 + j * 6
-  local key = KEYS[3 + ntgt + 1 + j]
-  redis.call('HSET', key, 'owner', ARGV[a + 1], 'state', ARGV[a + 2], 'attempt', ARGV[a + 3], 'node', '',
-             'deadline', ARGV[a + 4], 'data', ARGV[a + 5])
-  redis.call('EXPIRE', key, ttl)
-  redis.call('ZADD', KEYS[3], ARGV[a + 4], ARGV[a])
-end
-return false
-"""
-
-CLAIM_ONE = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then return false end
-for i = 2, #ARGV do if owner == ARGV[i] then return false end end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return 1
-"""
-
-CLAIM_SESSION = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local prev = redis.call('HGET', KEYS[1], 'owner')
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return prev
-"""
-
 
 _encode = msgspec.json.Encoder()
 
@@ -273,7 +71,7 @@ def _caps_from(raw: str) -> NodeCapabilities:
     )
 
 
-class RedisStateStore:
+class RedisStateStore(RedisLink):
     def __init__(
         self,
         url: str,
@@ -282,11 +80,6 @@ class RedisStateStore:
         node_stale_after: float = 15.0,
         client: aioredis.Redis | None = None,
     ) -> None:
-        self.url = url
-        # redis-py's own annotations are too loose to help here (bytes|str|Any unions)
-        self.r: Any = client or aioredis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
-        )
         self.history_size = history_size
         self.node_stale_after = node_stale_after
         self.index = MemoryNodeIndex()
@@ -303,32 +96,7 @@ class RedisStateStore:
         self._claim_one = Script("claim_job", CLAIM_ONE)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
-        #: the hot path: scripts and inbox writes, pipelined over one connection
-        self.wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh", scripts=scripts)
-        #: blocking inbox reads, on a connection of their own
-        self._inbox_wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh-inbox")
-        self.groups_made: set[str] = set()
-        #: one entry per request sent to Redis (a pipeline or a script is one round trip)
-        self.round_trips: dict[str, int] = {}
-
-    async def _counted(self, op: str, pending: Awaitable[T]) -> T:
-        """Await one request to Redis: counted as a round trip of ``op``, and any connection
-        problem raised as :class:`DependencyDown`."""
-        self.round_trips[op] = self.round_trips.get(op, 0) + 1
-        try:
-            return await pending
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise DependencyDown(f"redis unreachable: {exc}") from None
-
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        """A redis-py call (the cold paths)."""
-        return await self._counted(str(getattr(fn, "__name__", "call")), fn(*args, **kw))
-
-    async def _run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        return await self._counted(script.name, self.wire.run(script, keys, args))
-
-    async def _wire_call(self, wire: RedisWire, *args: Any) -> Any:
-        return await self._counted(str(args[0]).lower(), wire.call(*args))
+        super().__init__(url, scripts, client)
 
     # ------------------------------------------------------------------ nodes
 
@@ -722,107 +490,10 @@ class RedisStateStore:
                 out.append(rec)
         return out
 
-    # ------------------------------------------------------------------ instances and inboxes
-
-    async def instance_alive(self, instance_id: str, ttl: float) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(K.instance(instance_id), str(time.time()), px=int(ttl * 1000))
-        pipe.sadd(K.INSTANCES, instance_id)
-        await self._call(pipe.execute)
-
-    async def live_instances(self) -> set[str]:
-        ids = [x.decode() for x in await self._call(self.r.smembers, K.INSTANCES)]
-        if not ids:
-            return set()
-        alive = await self._call(self.r.mget, [K.instance(i) for i in ids])
-        return {i for i, v in zip(ids, alive, strict=True) if v is not None}
-
-    async def send_to_instance(self, instance_id: str, message: bytes) -> None:
-        await self._wire_call(
-            self.wire, "XADD", K.inbox(instance_id), "MAXLEN", "~", 100_000, "*", "m", message
-        )
-
-    async def read_inbox(
-        self, instance_id: str, block_ms: int, count: int = 500, ack: list[bytes] | None = None
-    ) -> list[tuple[bytes, bytes]]:
-        """The next messages for ``instance_id`` (waiting up to ``block_ms``); ``ack``
-        (ids of messages handled) is acknowledged in the same request."""
-        key = K.inbox(instance_id)
-        wire = self._inbox_wire
-        wire.timeout = block_ms / 1000 + 2.0
-        if key not in self.groups_made:
-            try:
-                await self._wire_call(wire, "XGROUP", "CREATE", key, K.INBOX_GROUP, "$", "MKSTREAM")
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self.groups_made.add(key)
-            # messages delivered before a restart but never acked come first (at-least-once)
-            pending = await self._wire_call(
-                wire, "XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "STREAMS", key, "0"
-            )
-            got = self._entries(pending)
-            if got:
-                return got
-        read = ("XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", key, ">")  # fmt: skip
-        try:
-            if ack:
-                res = (
-                    await self._counted(
-                        "xreadgroup", wire.call_many(("XACK", key, K.INBOX_GROUP, *ack), read)
-                    )
-                )[-1]
-            else:
-                res = await self._counted("xreadgroup", wire.call(*read))
-        except ResponseError as exc:
-            res = exc
-        if isinstance(res, ResponseError):
-            if "NOGROUP" in str(res):  # Redis restarted empty: make the group again
-                self.groups_made.discard(key)
-                return []
-            raise res
-        return self._entries(res)
-
-    @staticmethod
-    def _entries(reply: Any) -> list[tuple[bytes, bytes]]:
-        """``[(entry id, message)]`` from an XREADGROUP reply (entries already acked have no fields)."""
-        out = []
-        for _, entries in reply or []:
-            for eid, fields in entries:
-                if fields:  # [b"m", message] as we write them
-                    out.append((eid, fields[1] if fields[0] == b"m" else fields[fields.index(b"m") + 1]))
-        return out
-
-    async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
-        if ids:
-            await self._wire_call(self.wire, "XACK", K.inbox(instance_id), K.INBOX_GROUP, *ids)
-
-    async def server_run_id(self) -> str:
-        """Changes when the Redis server restarts (then its content may be gone)."""
-        info = await self._call(self.r.info, "server")
-        return str(info["run_id"])
-
     async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
         """After Redis lost its data: write the session back, keeping its numbering."""
         await self.create_session(record, ttl)
         await self._call(self.r.set, K.seqno(record.session_id), last_seq, nx=True)
-
-    async def command_count(self) -> int:
-        """Commands processed by the server so far (for round-trip accounting in the benchmark)."""
-        info = await self._call(self.r.info, "stats")
-        return int(info["total_commands_processed"])
-
-    async def ping(self) -> None:
-        try:
-            await self._call(self.r.ping)
-        except RedisError as exc:
-            raise DependencyDown(str(exc)) from None
-
-    async def close(self) -> None:
-        await self.wire.close()
-        await self._inbox_wire.close()
-        await self.r.aclose()
 
 
 async def wait_for_redis(url: str, timeout: float = 10.0) -> None:

@@ -16,7 +16,7 @@
 | ``sched:v1:jobs:active`` | zset | job ids by deadline (ms): the sweeper's index |
 | ``sched:v1:instance:{id}`` | string | liveness of a scheduler instance (PX TTL) |
 | ``sched:v1:instances`` | set | instance ids seen |
-| ``sched:v1:inbox:{id}`` | stream | messages for instance ``id`` (consumer group ``g``; field ``m``: a MessagePack array of messages, see ``scheduler/cluster.py``) |
+| ``sched:v1:inbox:{id}`` | stream | messages for instance ``id`` (consumer group ``g``; field ``m``: a MessagePack array of messages, see ``protocol/inbox.py``) |
 """
 
 from __future__ import annotations

@@ -1,0 +1,160 @@
+"""The connection of one scheduler instance to Redis, and the instances' inboxes.
+
+:class:`RedisLink` holds the connections (redis-py asyncio for the cold paths, the
+pipelined :class:`~.redis_wire.RedisWire` for the hot path, one more wire for
+blocking inbox reads), counts every round trip by operation, and turns any
+connection problem into :class:`~.base.DependencyDown`. It also carries what
+instances need of each other: liveness keys and the inbox streams (read with a
+consumer group, acked after handling). :class:`~.redis.RedisStateStore` builds on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import redis_keys as K
+from .base import DependencyDown
+from .redis_wire import RedisWire, Script
+
+T = TypeVar("T")
+
+
+class RedisLink:
+    def __init__(self, url: str, scripts: Sequence[Script], client: aioredis.Redis | None = None) -> None:
+        self.url = url
+        # redis-py's own annotations are too loose to help here (bytes|str|Any unions)
+        self.r: Any = client or aioredis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
+        )
+        #: the hot path: scripts and inbox writes, pipelined over one connection
+        self.wire = RedisWire(
+            url, timeout=2.0, connect_timeout=1.0, name="linguamesh", scripts=tuple(scripts)
+        )
+        #: blocking inbox reads, on a connection of their own
+        self._inbox_wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh-inbox")
+        self.groups_made: set[str] = set()
+        #: one entry per request sent to Redis (a pipeline or a script is one round trip)
+        self.round_trips: dict[str, int] = {}
+
+    async def _counted(self, op: str, pending: Awaitable[T]) -> T:
+        """Await one request to Redis: counted as a round trip of ``op``, and any connection
+        problem raised as :class:`DependencyDown`."""
+        self.round_trips[op] = self.round_trips.get(op, 0) + 1
+        try:
+            return await pending
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise DependencyDown(f"redis unreachable: {exc}") from None
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        """A redis-py call (the cold paths)."""
+        return await self._counted(str(getattr(fn, "__name__", "call")), fn(*args, **kw))
+
+    async def _run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        return await self._counted(script.name, self.wire.run(script, keys, args))
+
+    async def _wire_call(self, wire: RedisWire, *args: Any) -> Any:
+        return await self._counted(str(args[0]).lower(), wire.call(*args))
+
+    # ------------------------------------------------------------------ instances and inboxes
+
+    async def instance_alive(self, instance_id: str, ttl: float) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(K.instance(instance_id), str(time.time()), px=int(ttl * 1000))
+        pipe.sadd(K.INSTANCES, instance_id)
+        await self._call(pipe.execute)
+
+    async def live_instances(self) -> set[str]:
+        ids = [x.decode() for x in await self._call(self.r.smembers, K.INSTANCES)]
+        if not ids:
+            return set()
+        alive = await self._call(self.r.mget, [K.instance(i) for i in ids])
+        return {i for i, v in zip(ids, alive, strict=True) if v is not None}
+
+    async def send_to_instance(self, instance_id: str, message: bytes) -> None:
+        await self._wire_call(
+            self.wire, "XADD", K.inbox(instance_id), "MAXLEN", "~", 100_000, "*", "m", message
+        )
+
+    async def read_inbox(
+        self, instance_id: str, block_ms: int, count: int = 500, ack: list[bytes] | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The next messages for ``instance_id`` (waiting up to ``block_ms``); ``ack``
+        (ids of messages handled) is acknowledged in the same request."""
+        key = K.inbox(instance_id)
+        wire = self._inbox_wire
+        wire.timeout = block_ms / 1000 + 2.0
+        if key not in self.groups_made:
+            try:
+                await self._wire_call(wire, "XGROUP", "CREATE", key, K.INBOX_GROUP, "$", "MKSTREAM")
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.groups_made.add(key)
+            # messages delivered before a restart but never acked come first (at-least-once)
+            pending = await self._wire_call(
+                wire, "XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "STREAMS", key, "0"
+            )
+            got = self._entries(pending)
+            if got:
+                return got
+        read = ("XREADGROUP", "GROUP", K.INBOX_GROUP, instance_id, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", key, ">")  # fmt: skip
+        try:
+            if ack:
+                res = (
+                    await self._counted(
+                        "xreadgroup", wire.call_many(("XACK", key, K.INBOX_GROUP, *ack), read)
+                    )
+                )[-1]
+            else:
+                res = await self._counted("xreadgroup", wire.call(*read))
+        except ResponseError as exc:
+            res = exc
+        if isinstance(res, ResponseError):
+            if "NOGROUP" in str(res):  # Redis restarted empty: make the group again
+                self.groups_made.discard(key)
+                return []
+            raise res
+        return self._entries(res)
+
+    @staticmethod
+    def _entries(reply: Any) -> list[tuple[bytes, bytes]]:
+        """``[(entry id, message)]`` from an XREADGROUP reply (entries already acked have no fields)."""
+        out = []
+        for _, entries in reply or []:
+            for eid, fields in entries:
+                if fields:  # [b"m", message] as we write them
+                    out.append((eid, fields[1] if fields[0] == b"m" else fields[fields.index(b"m") + 1]))
+        return out
+
+    async def ack_inbox(self, instance_id: str, ids: list[bytes]) -> None:
+        if ids:
+            await self._wire_call(self.wire, "XACK", K.inbox(instance_id), K.INBOX_GROUP, *ids)
+
+    async def server_run_id(self) -> str:
+        """Changes when the Redis server restarts (then its content may be gone)."""
+        info = await self._call(self.r.info, "server")
+        return str(info["run_id"])
+
+    async def command_count(self) -> int:
+        """Commands processed by the server so far (for round-trip accounting in the benchmark)."""
+        info = await self._call(self.r.info, "stats")
+        return int(info["total_commands_processed"])
+
+    async def ping(self) -> None:
+        try:
+            await self._call(self.r.ping)
+        except RedisError as exc:
+            raise DependencyDown(str(exc)) from None
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self._inbox_wire.close()
+        await self.r.aclose()

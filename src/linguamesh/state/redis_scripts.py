@@ -1,0 +1,216 @@
+"""The Lua scripts of :class:`~.redis.RedisStateStore`: every multi-key change is one
+script, run atomically by Redis. Kept apart from the store's Python so each side
+reads on its own; the key and argument lists are documented at the top of each.
+"""
+
+RESERVE = """
+-- KEYS: slots, node[, job, jobs:active[, new owner's inbox]]
+-- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner
+--       [, hand-over message (an inbox entry, written as given)]]
+-- returns {reserved, slots in use, handed over (the message was written)}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max = tonumber(redis.call('HGET', KEYS[2], 'max'))
+if not max then return {0, -1, 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  return {1, redis.call('ZCARD', KEYS[1]), 0}
+end
+local used = redis.call('ZCARD', KEYS[1])
+if used >= max then return {0, used, 0} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local handed = 0
+if KEYS[3] then
+  local cur = redis.call('HGET', KEYS[3], 'owner')
+  if (not cur) or cur == ARGV[3] then
+    redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
+               'deadline', ARGV[7])
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+    if KEYS[5] then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', ARGV[10])
+      handed = 1
+    end
+  end
+end
+return {1, used + 1, handed}
+"""
+
+RELEASE = """
+local n = redis.call('ZREM', KEYS[1], ARGV[1])
+return {n, redis.call('ZCARD', KEYS[1])}
+"""
+
+# shared by APPEND and APPEND_PUSH: number one event and add it to the history
+_APPEND_ONE = """
+local function append(hist, seqkey, maxlen, p, out)
+  local seq = redis.call('INCR', seqkey)
+  local e = string.find(p, '"', 10, true)
+  local data = string.sub(p, 1, e) .. ',"seq":' .. seq .. string.sub(p, e + 1)
+  redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
+  out[#out + 1] = seq
+  out[#out + 1] = data
+end
+"""
+
+# shared by APPEND and APPEND_PUSH: tell the session's holder about the events just
+# appended (out[first..]: seq, data, ...), carrying them; an inbox entry as protocol/inbox.py describes
+# them (a MessagePack array of messages). Returns 1 when a message was written.
+_NOTIFY = """
+local function notify(inbox, id, sender, sid, out, first)
+  if id == '' or #out < first then return 0 end
+  local e = {}
+  for i = first, #out, 2 do e[#e + 1] = {out[i], out[i + 1]} end
+  local m = cmsgpack.pack({{k = 'session', i = id, o = sender, s = sid, q = out[#out - 1], e = e}})
+  redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 'm', m)
+  return 1
+end
+"""
+
+APPEND = (
+    _APPEND_ONE
+    + _NOTIFY
+    + """
+-- KEYS: history, seqno, holder's inbox ('' = none)
+-- ARGV: maxlen, ttl, message id ('' = no notice), sender, session id, event payloads...
+-- returns {notified (1|0), seq, data, seq, data...}
+local out = {0}
+for i = 6, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+out[1] = notify(KEYS[3], ARGV[3], ARGV[4], ARGV[5], out, 2)
+return out
+"""
+)
+
+# shared by FINISH_JOB and APPEND_PUSH: end a job record (if ``owner`` owns it) and
+# release its slot; returns the node's slots in use after it (-1: no slot released)
+_FINISH_ONE = """
+local function finish(job, active, slots, owner, job_id, ttl, member)
+  local used = -1
+  if member ~= '' then
+    redis.call('ZREM', slots, member)
+    used = redis.call('ZCARD', slots)
+  end
+  if redis.call('HGET', job, 'owner') == owner then
+    redis.call('ZREM', active, job_id)
+    redis.call('HSET', job, 'state', 'ended')
+    redis.call('HDEL', job, 'data')
+    redis.call('EXPIRE', job, ttl)
+  end
+  return used
+end
+"""
+
+APPEND_PUSH = (
+    _APPEND_ONE
+    + _FINISH_ONE
+    + _NOTIFY
+    + """
+-- KEYS: pending, done, history, seqno, job, jobs:active, slots, holder's inbox ('' = unused)
+-- ARGV: maxlen, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
+--       slot member ('' = none), message id ('' = no notice), sender, session id,
+--       event payloads...
+-- the job ends first, then the events are appended, then the result goes through the
+-- ordering buffer, then the holder is told;
+-- returns {expected (1|0), slots in use, notified (1|0), seq, data, seq, data...}
+local out = {1, -1, 0}
+if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
+for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  out[1] = 0
+else
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  while true do
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+    if not first then break end
+    local p = redis.call('HGET', KEYS[2], first)
+    if not p then break end
+    redis.call('ZREM', KEYS[1], first)
+    redis.call('HDEL', KEYS[2], first)
+    append(KEYS[3], KEYS[4], ARGV[1], p, out)
+  end
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4)
+return out
+"""
+)
+
+SAVE_JOB = """
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', ARGV[2], 'attempt', ARGV[3], 'node', ARGV[4], 'deadline', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[6]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return 1
+"""
+
+FINISH_JOB = (
+    _FINISH_ONE
+    + """
+-- KEYS: job, jobs:active[, slots]  ARGV: owner, job_id, ttl, slot member ('' = none)
+return finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+)
+
+CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local live = {}
+for i = 5, #ARGV do live[ARGV[i]] = true end
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[4] .. id
+  local owner = redis.call('HGET', key, 'owner')
+  if not owner then
+    redis.call('ZREM', KEYS[1], id)
+  elseif not live[owner] then
+    redis.call('HSET', key, 'owner', ARGV[1])
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+ACCEPT = """
+local idx, rid, n, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('HEXISTS', KEYS[1], 'u:' .. idx) == 1 then return 'index' end
+if rid ~= '' and redis.call('HEXISTS', KEYS[1], 'r:' .. rid) == 1 then return 'request' end
+local first = ARGV[5] or ''
+redis.call('HSET', KEYS[1], 'u:' .. idx, first)
+if rid ~= '' then redis.call('HSET', KEYS[1], 'r:' .. rid, first) end
+redis.call('EXPIRE', KEYS[1], 86400)
+local cur = tonumber(redis.call('HGET', KEYS[2], 'max_index') or '-1')
+if tonumber(idx) > cur then redis.call('HSET', KEYS[2], 'max_index', idx) end
+local ntgt = #KEYS - 3 - n
+for i = 1, ntgt do
+  redis.call('ZADD', KEYS[3 + i], idx, idx)
+  redis.call('EXPIRE', KEYS[3 + i], 3600)
+end
+for j = 0, n - 1 do
+  local a = 5 + j * 6
+  local key = KEYS[3 + ntgt + 1 + j]
+  redis.call('HSET', key, 'owner', ARGV[a + 1], 'state', ARGV[a + 2], 'attempt', ARGV[a + 3], 'node', '',
+             'deadline', ARGV[a + 4], 'data', ARGV[a + 5])
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[3], ARGV[a + 4], ARGV[a])
+end
+return false
+"""
+
+CLAIM_ONE = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then return false end
+for i = 2, #ARGV do if owner == ARGV[i] then return false end end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
+CLAIM_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local prev = redis.call('HGET', KEYS[1], 'owner')
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return prev
+"""
