@@ -260,19 +260,21 @@ class Runner:
         )
 
     def _note(self, job: Job, cmd: Note) -> None:
-        fields = dict(cmd.fields)
+        base = job_fields(job)
+        # a note's own field named like a job field (a stale event's attempt_id) is the event's
+        fields = {(f"event_{k}" if k in base else k): v for k, v in cmd.fields}
         if cmd.event == "job.stale_event":
-            log.debug(cmd.event, **job_fields(job), **fields)
+            log.debug(cmd.event, **base, **fields)
         elif cmd.event == "job_result.duplicate":
             self.metrics.inc("results_duplicate")
-            log.info(cmd.event, **job_fields(job), **fields)
+            log.info(cmd.event, **base, **fields)
         else:
             if cmd.event == "job.failover":
                 reason = str(fields.get("reason", ""))
                 self.metrics.inc("failovers", reason=reason.split(":")[0])
             elif cmd.event.endswith("_timeout"):
                 self.metrics.inc("timeouts", kind=cmd.event.split(".")[1].removesuffix("_timeout"))
-            log.warning(cmd.event, **job_fields(job), **fields)
+            log.warning(cmd.event, **base, **fields)
 
     def _arm(self, run: JobRun, cmd: Arm) -> None:
         if run.gone:
