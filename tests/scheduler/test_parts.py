@@ -13,10 +13,11 @@ from linguamesh import protocol as p
 from linguamesh.core.ids import JobId, NodeId
 from linguamesh.core.jobs import Job
 from linguamesh.core.nodes import NodeView
-from linguamesh.scheduler.dispatch import HandedOver, Reserved, Unavailable, Written
+from linguamesh.scheduler.dispatch import Dispatcher, HandedOver, Reserved, Unavailable, Written
 from linguamesh.scheduler.jobrun import JobRun
-from linguamesh.scheduler.ports import NoRemote
+from linguamesh.scheduler.ports import Env, NoRemote
 from linguamesh.scheduler.records import capabilities
+from linguamesh.scheduler.registry import Registry
 from linguamesh.scheduler.runner import Runner
 from linguamesh.scheduler.service import Scheduler
 
@@ -176,12 +177,10 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     # n1's socket is held by instance B (the remote says so); its slots are in the shared store
     await sched.store.register_node(NodeView(NodeId("n1"), capabilities(CAPS), 2), "B")
     remote = HandingOver()
-    d = sched.dispatcher
-    d.remote = sched.registry.remote = remote
-    runner = Runner(
-        sched.config, sched.store, sched.lifecycle, d, sched.registry, remote, sched.desk, sched.metrics,
-        sched.clock,
-    )  # fmt: skip
+    env = Env(sched.config, sched.store, remote, sched.metrics, sched.tasks, sched.clock)
+    registry = Registry(env)
+    d = Dispatcher(env, sched.lifecycle.config, registry)
+    runner = Runner(env, sched.lifecycle, d, registry, sched.desk)
     d.driver = runner
 
     def job(job_id: str, index: int, tgt: str) -> JobRun:
@@ -221,9 +220,9 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     d.forget(JobId("j2"))
     assert not d.waiting
 
-    # a node held by no one: the write fails at once
-    d.remote = sched.registry.remote = NoRemote()
-    assert await d.dispatch(other, NodeId("ghost"), 1) == Written(False)
+    # one instance: a node not held here is held by no one, and the write fails at once
+    assert isinstance(sched.dispatcher.remote, NoRemote)
+    assert await sched.dispatcher.dispatch(other, NodeId("ghost"), 1) == Written(False)
 
 
 # ---------------------------------------------------------------------- desk

@@ -21,34 +21,19 @@ from ..core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new
 from ..core.jobs import Job
 from ..core.languages import pair_problem
 from ..observability.logging import get_logger
-from ..observability.metrics import Metrics
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import JobEnd, StateStore
-from .config import SchedulerConfig
-from .ports import JobControl, Remote
+from ..state.base import JobEnd
+from .ports import Env, JobControl
 from .records import job_fields, same_token, session_record, settings_from_record
 from .registry import close_quietly
 from .sessions import Session, SessionSettings, Transport, until_available
-from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
 
 
 class Desk:
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        store: StateStore,
-        remote: Remote,
-        metrics: Metrics,
-        tasks: Tasks,
-        init_ack: Callable[[Session, int], bytes],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.remote = remote
-        self.metrics = metrics
-        self.tasks = tasks
+    def __init__(self, env: Env, init_ack: Callable[[Session, int], bytes]) -> None:
+        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.init_ack = init_ack
         self.sessions: dict[SessionId, Session] = {}
         #: set by the service: cancels a dropped session's jobs

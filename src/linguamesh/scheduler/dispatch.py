@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +27,11 @@ from ..core.lifecycle import LifecycleConfig
 from ..core.selection import SELECTORS, Request
 from ..core.stages import requirements
 from ..observability.logging import get_logger
-from ..observability.metrics import Metrics
-from ..state.base import DependencyDown, Handover, JobRecord, StateStore
-from .config import SchedulerConfig
+from ..state.base import DependencyDown, Handover, JobRecord
 from .jobrun import JobRun
-from .ports import Driver, Remote
+from .ports import Driver, Env
 from .records import job_data, job_fields
 from .registry import Registry
-from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
 
@@ -67,26 +63,11 @@ Delivery = Written | HandedOver
 
 
 class Dispatcher:
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        lifecycle: LifecycleConfig,
-        store: StateStore,
-        registry: Registry,
-        remote: Remote,
-        metrics: Metrics,
-        tasks: Tasks,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.clock = clock
-        self.timeouts = lifecycle
-        self.store = store
+    def __init__(self, env: Env, timeouts: LifecycleConfig, registry: Registry) -> None:
+        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+        self.timeouts = timeouts
         self.registry = registry
-        self.remote = remote
-        self.metrics = metrics
-        self.tasks = tasks
-        self.select_fn = SELECTORS[config.selector]
+        self.select_fn = SELECTORS[self.config.selector]
         self.rng = random.Random()
         #: jobs waiting for a node, oldest first
         self.waiting: OrderedDict[JobId, JobRun] = OrderedDict()

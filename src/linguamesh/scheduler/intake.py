@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from .. import protocol as p
 from ..audio import BadAudio, duration_seconds
@@ -16,35 +15,20 @@ from ..core.ids import NodeId, new_job_id
 from ..core.jobs import Job
 from ..core.stages import expand_stages
 from ..observability.logging import get_logger
-from ..observability.metrics import Metrics
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import StateStore
-from .config import SchedulerConfig
 from .jobrun import JobRun
+from .ports import Env
 from .records import job_fields, job_record
 from .runner import Runner
 from .sessions import Session
-from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
 
 
 class Intake:
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        store: StateStore,
-        runner: Runner,
-        metrics: Metrics,
-        tasks: Tasks,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.store = store
+    def __init__(self, env: Env, runner: Runner) -> None:
+        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.runner = runner
-        self.metrics = metrics
-        self.tasks = tasks
-        self.clock = clock
 
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
         fmt = msg.audio_format or session.settings.audio_format

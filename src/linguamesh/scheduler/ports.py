@@ -8,16 +8,19 @@ so nothing is routed, handed over or relayed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
 from .. import protocol as p
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import Job
-from ..state.base import JobEnd, JobRecord
+from ..observability.metrics import Metrics
+from ..state.base import JobEnd, JobRecord, StateStore
+from .config import SchedulerConfig
 from .jobrun import JobRun
+from .tasks import Tasks
 
 
 class Relay(Protocol):
@@ -145,3 +148,15 @@ class InboxHandler(Protocol):
     async def restore_shared_state(self) -> None: ...
 
     async def redis_recovered(self) -> None: ...
+
+
+class Env(NamedTuple):
+    """What every part shares: settings, the state store, the remote, metrics, background
+    tasks and the clock (monotonic seconds). Unpacks in that order."""
+
+    config: SchedulerConfig
+    store: StateStore
+    remote: Remote
+    metrics: Metrics
+    tasks: Tasks
+    clock: Callable[[], float]

@@ -17,14 +17,10 @@ from .. import protocol as p
 from ..core.ids import NodeId
 from ..core.nodes import NodeView
 from ..observability.logging import get_logger
-from ..observability.metrics import Metrics
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import StateStore
-from .config import SchedulerConfig
-from .ports import Remote
+from .ports import Env
 from .records import capabilities, same_token
 from .sessions import Transport
-from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
 
@@ -71,21 +67,8 @@ async def close_quietly(conn: Transport, code: int, reason: str) -> None:
 
 
 class Registry:
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        store: StateStore,
-        remote: Remote,
-        metrics: Metrics,
-        tasks: Tasks,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.remote = remote
-        self.metrics = metrics
-        self.tasks = tasks
-        self.clock = clock
+    def __init__(self, env: Env) -> None:
+        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.nodes: dict[NodeId, NodeConn] = {}
         #: set by the service: a node left (its jobs fail over) / capacity appeared
         self.on_lost: Callable[[NodeConn, str], Awaitable[None]] = _nothing_lost

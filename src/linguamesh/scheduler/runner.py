@@ -36,12 +36,10 @@ from ..core.lifecycle import (
     TimerKind,
 )
 from ..observability.logging import bound, get_logger
-from ..observability.metrics import Metrics
-from ..state.base import DependencyDown, JobEnd, StateStore
-from .config import SchedulerConfig
+from ..state.base import DependencyDown, JobEnd
 from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable
 from .jobrun import JobRun
-from .ports import Outbox, Remote
+from .ports import Env, Outbox
 from .records import job_fields, job_record
 from .registry import Registry
 from .results import failure_entry, stage_seconds, translation_result
@@ -55,26 +53,13 @@ Step = Callable[[Job], Iterable[Command]]
 
 class Runner:
     def __init__(
-        self,
-        config: SchedulerConfig,
-        store: StateStore,
-        lifecycle: Lifecycle,
-        dispatcher: Dispatcher,
-        registry: Registry,
-        remote: Remote,
-        outbox: Outbox,
-        metrics: Metrics,
-        clock: Callable[[], float],
+        self, env: Env, lifecycle: Lifecycle, dispatcher: Dispatcher, registry: Registry, outbox: Outbox
     ) -> None:
-        self.config = config
-        self.store = store
+        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.lifecycle = lifecycle
         self.dispatcher = dispatcher
         self.registry = registry
-        self.remote = remote
         self.outbox = outbox
-        self.metrics = metrics
-        self.clock = clock
         self.runs: dict[JobId, JobRun] = {}
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
         #: the last failed jobs, newest last, for the operator page
@@ -282,7 +267,7 @@ class Runner:
 
         def fire() -> None:
             step: Step = lambda j: self.lifecycle.timer(j, cmd.kind, cmd.attempt_id, self.clock())  # noqa: E731
-            self.dispatcher.tasks.spawn(self.apply(run, step), f"timer-{cmd.kind}")
+            self.tasks.spawn(self.apply(run, step), f"timer-{cmd.kind}")
 
         loop = asyncio.get_running_loop()
         run.timers.append(loop.call_later(cmd.delay, fire, context=contextvars.Context()))

@@ -34,7 +34,7 @@ from .config import SchedulerConfig
 from .desk import Desk
 from .dispatch import Dispatcher
 from .intake import Intake
-from .ports import NoRemote, Remote
+from .ports import Env, NoRemote, Remote
 from .records import limits
 from .registry import NodeConn, Registry
 from .runner import Runner
@@ -57,23 +57,12 @@ class Scheduler:
         self.lifecycle = Lifecycle(config.lifecycle())
         self.bridge = Bridge(config, store, self.tasks) if isinstance(store, RedisStateStore) else None
         remote: Remote = self.bridge if self.bridge is not None else NoRemote()
-        self.registry = Registry(config, store, remote, self.metrics, self.tasks, self.clock)
-        self.dispatcher = Dispatcher(
-            config, self.lifecycle.config, store, self.registry, remote, self.metrics, self.tasks, self.clock
-        )
-        self.desk = Desk(config, store, remote, self.metrics, self.tasks, self.init_ack)
-        self.runner = Runner(
-            config,
-            store,
-            self.lifecycle,
-            self.dispatcher,
-            self.registry,
-            remote,
-            self.desk,
-            self.metrics,
-            self.clock,
-        )
-        self.intake = Intake(config, store, self.runner, self.metrics, self.tasks, self.clock)
+        env = Env(config, store, remote, self.metrics, self.tasks, self.clock)
+        self.registry = Registry(env)
+        self.dispatcher = Dispatcher(env, self.lifecycle.config, self.registry)
+        self.desk = Desk(env, self.init_ack)
+        self.runner = Runner(env, self.lifecycle, self.dispatcher, self.registry, self.desk)
+        self.intake = Intake(env, self.runner)
         # the late bindings, each to a port: no part imports one that depends on it
         self.dispatcher.driver = self.runner
         self.desk.jobs = self.runner
