@@ -13,6 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.core.ids import JobId, NodeId
 from linguamesh.core.jobs import Job
 from linguamesh.core.nodes import NodeView
+from linguamesh.scheduler.credentials import NodeCredentials
 from linguamesh.scheduler.dispatch import Dispatcher, HandedOver, Reserved, Unavailable, Written
 from linguamesh.scheduler.jobrun import JobRun
 from linguamesh.scheduler.ports import Env, NoRemote
@@ -178,7 +179,7 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     await sched.store.register_node(NodeView(NodeId("n1"), capabilities(CAPS), 2), "B")
     remote = HandingOver()
     env = Env(sched.config, sched.store, remote, sched.metrics, sched.tasks, sched.clock)
-    registry = Registry(env)
+    registry = Registry(env, NodeCredentials())
     d = Dispatcher(env, sched.lifecycle.config, registry)
     runner = Runner(env, sched.lifecycle, d, registry, sched.desk)
     d.driver = runner

@@ -82,6 +82,8 @@ class Job:
     attempt_id: int = 1
     node_id: NodeId | None = None
     excluded: set[NodeId] = field(default_factory=set)
+    #: the node each attempt was assigned to (what a node may answer for, see ``authorized``)
+    attempt_nodes: dict[int, NodeId] = field(default_factory=dict)
     #: Monotonic time the job entered ``created`` for the current attempt.
     waiting_since: float = 0.0
     assigned_at: float | None = None
@@ -90,6 +92,16 @@ class Job:
     last_reason: str | None = None
     failure_code: str | None = None
     history: list[tuple[float, str, int]] = field(default_factory=list)
+
+    def authorized(self, node_id: NodeId, attempt_id: int) -> bool:
+        """May ``node_id`` answer for attempt ``attempt_id`` of this job? Only the node the
+        attempt was assigned to may. An attempt made before this instance held the job has
+        no record here; its node is then one of the excluded ones (every earlier attempt's
+        node is excluded when the job fails over)."""
+        assigned = self.attempt_nodes.get(attempt_id)
+        if assigned is not None:
+            return assigned == node_id
+        return 1 <= attempt_id < self.attempt_id and node_id in self.excluded
 
     def transition(self, dst: JobState, now: float) -> None:
         if dst not in ALLOWED[self.state]:

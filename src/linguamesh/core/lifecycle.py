@@ -139,6 +139,7 @@ class Lifecycle:
         """A slot on ``node_id`` was reserved for the current attempt."""
         job.transition(JobState.ASSIGNED, now)
         job.node_id = node_id
+        job.attempt_nodes[job.attempt_id] = node_id
         job.assigned_at = now
         return [
             Disarm(job.job_id),

@@ -2,7 +2,10 @@
 
 Every decode failure becomes a :class:`ProtocolError` with a stable code and a
 message naming the field at fault (msgspec reports the JSON path, e.g.
-``$.audio``). Size limits are enforced here, before parsing.
+``$.audio``). The size limit is enforced here, before parsing; nesting is bounded
+while parsing: msgspec stops at the interpreter's recursion limit (1,000 levels by
+default; no v1 message nests deeper than 4) and the frame is refused as
+``bad_message`` within microseconds, whatever its size.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def _decode(decoder: msgspec.json.Decoder[T], frame: str | bytes, max_bytes: int
         raise _validation_error(frame, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"frame is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth guard (the interpreter's recursion limit)
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "frame nests arrays/objects too deeply") from None
 
 
 def _validation_error(frame: str | bytes, err: str) -> ProtocolError:

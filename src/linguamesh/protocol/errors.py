@@ -25,6 +25,12 @@ class ErrorCode(StrEnum):
     SESSION_NOT_FOUND = "session_not_found"
     DEPENDENCY_DOWN = "dependency_down"
     INTERNAL = "internal"
+    # additions of ours (docs/protocol.md): a peer that does not know them treats them as
+    # any other non-fatal error
+    #: a node's message about a job attempt that was not assigned to it
+    NOT_ASSIGNED = "not_assigned"
+    #: a node_register for an id another live connection holds, without that node's own credential
+    NODE_ID_IN_USE = "node_id_in_use"
 
 
 #: Codes after which the connection is closed; every other error leaves it open.

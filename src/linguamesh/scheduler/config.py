@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, fields
 
@@ -28,7 +29,35 @@ class SchedulerConfig:
     history_size: int = 1000
     selector: str = "pooled"
     node_token: str | None = None
+    #: A file of ``node_id token`` lines: each node's own credential (see ``credentials.py``).
+    node_tokens: str | None = None
+    #: Allow a non-loopback bind address without node credentials (logged as a warning).
+    insecure: bool = False
     operator_token: str | None = None
+    #: Serve ``/metrics`` without the operator token when bound off loopback.
+    metrics_public: bool = False
+    #: Origins (``scheme://host[:port]``, comma-separated) allowed on ``/ws/session``
+    #: besides the page's own; ``*`` allows any.
+    allowed_origins: str = ""
+    #: Seconds a new socket may take to send ``session_init`` / ``node_register``.
+    handshake_timeout: float = 10.0
+    #: Open sockets (sessions and nodes), in all and per client address.
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 200
+    #: Token buckets on intake: utterances per second and seconds of audio per second,
+    #: with a burst, per session and per client address.
+    session_utterances_per_s: float = 10.0
+    session_utterance_burst: float = 30.0
+    session_audio_per_s: float = 4.0
+    session_audio_burst: float = 180.0
+    ip_utterances_per_s: float = 50.0
+    ip_utterance_burst: float = 150.0
+    ip_audio_per_s: float = 20.0
+    ip_audio_burst: float = 900.0
+    #: Largest ``max_concurrent_jobs`` a node may announce, and most entries in one
+    #: capability list.
+    max_node_slots: int = 1024
+    max_capability_entries: int = 2000
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
 
@@ -50,6 +79,9 @@ class SchedulerConfig:
                 continue
             kind = type(getattr(cls(), f.name))
             try:
+                if kind is bool:
+                    values[f.name] = _flag(f.name, raw)
+                    continue
                 values[f.name] = kind(raw) if kind is not type(None) else raw
             except ValueError:
                 raise ValueError(
@@ -60,11 +92,56 @@ class SchedulerConfig:
         cfg.validate()
         return cfg
 
+    @property
+    def exposed(self) -> bool:
+        """Bound to an address other hosts can reach."""
+        return not is_loopback(self.host)
+
     def validate(self) -> None:
-        for name in ("pending_timeout", "ack_timeout", "result_timeout", "heartbeat_interval"):
+        from .credentials import NodeCredentials
+
+        NodeCredentials.load(self.node_token, self.node_tokens)  # a bad file fails here, at start
+        if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:
+            raise ValueError(
+                f"bound to {self.host}, which other hosts can reach, with no node credentials: any "
+                "program could register as a node and receive users' audio. Set --node-token or "
+                "--node-tokens FILE, or pass --insecure to run like this anyway"
+            )
+        for name in (
+            "pending_timeout",
+            "ack_timeout",
+            "result_timeout",
+            "heartbeat_interval",
+            "handshake_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.selector not in ("pooled", "flat"):
             raise ValueError("selector must be 'pooled' or 'flat'")
+        for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"LINGUAMESH_{name.upper()}={raw!r} is not a valid bool (true/false)")

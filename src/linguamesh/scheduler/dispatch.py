@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +69,69 @@ class Dispatcher:
         self.registry = registry
         self.select_fn = SELECTORS[self.config.selector]
         self.rng = random.Random()
-        #: jobs waiting for a node, oldest first
+        #: jobs waiting for a node, oldest first (served round robin between sessions)
         self.waiting: OrderedDict[JobId, JobRun] = OrderedDict()
+        self._per_session: Counter[str] = Counter()
         #: set by the service: runs a waiting job's selection again, under its lock
         self.driver: Driver | None = None
 
     # ------------------------------------------------------------------ the queue
 
-    def queue_position(self, job_id: JobId) -> int | None:
-        if job_id not in self.waiting:
-            return None
-        return list(self.waiting).index(job_id) + 1
+    def _enqueue(self, run: JobRun) -> None:
+        if run.job.job_id not in self.waiting:
+            self.waiting[run.job.job_id] = run
+            self._per_session[run.job.session_id] += 1
 
     def forget(self, job_id: JobId) -> None:
-        self.waiting.pop(job_id, None)
+        run = self.waiting.pop(job_id, None)
+        if run is not None:
+            sid = run.job.session_id
+            self._per_session[sid] -= 1
+            if self._per_session[sid] <= 0:
+                del self._per_session[sid]
+
+    def queue_position(self, job_id: JobId) -> int | None:
+        """Where the job stands in the round robin: its session's jobs ahead of it, and as
+        many of every other session's (exact for a session's newest job; an estimate
+        for older ones, which round robin moves as others join)."""
+        run = self.waiting.get(job_id)
+        if run is None:
+            return None
+        sid = run.job.session_id
+        ahead = self._per_session[sid] - 1
+        others = sum(min(n, ahead + 1) for s, n in self._per_session.items() if s != sid)
+        return ahead + others + 1
+
+    def fair_order(self) -> list[JobRun]:
+        """The waiting jobs, one of each session in turn (round robin), each session's oldest
+        first, sessions in the order of their oldest waiting job: one session's backlog
+        cannot starve another's jobs."""
+        if len(self._per_session) <= 1:
+            return list(self.waiting.values())
+        queues: dict[str, deque[JobRun]] = {}
+        for run in self.waiting.values():
+            queues.setdefault(run.job.session_id, deque()).append(run)
+        order: list[JobRun] = []
+        rounds = list(queues.values())
+        while rounds:
+            for q in rounds:
+                order.append(q.popleft())
+            rounds = [q for q in rounds if q]
+        return order
+
+    def _queued_behind(self, run: JobRun) -> bool:
+        """Other sessions' jobs of the same kind wait already: a new job joins the queue
+        rather than take the capacity they are waiting for."""
+        job = run.job
+        if len(self._per_session) == 0 or (
+            len(self._per_session) == 1 and job.session_id in self._per_session
+        ):
+            return False
+        key = (job.src_lang, job.tgt_lang, job.stages)
+        return any(
+            (o.job.src_lang, o.job.tgt_lang, o.job.stages) == key and o.job.session_id != job.session_id
+            for o in self.waiting.values()
+        )
 
     def kick(self) -> None:
         """Capacity may have appeared: try the waiting jobs (in a task of their own)."""
@@ -95,10 +144,10 @@ class Dispatcher:
         if not self.waiting or self.driver is None:
             return
         blocked: set[tuple[str, str, tuple[str, ...]]] = set()
-        for job_id, run in list(self.waiting.items()):
+        for run in self.fair_order():
             job = run.job
             if run.gone or job.state is not JobState.CREATED:
-                self.waiting.pop(job_id, None)
+                self.forget(job.job_id)
                 continue
             key = (job.src_lang, job.tgt_lang, job.stages)
             if key in blocked and not job.excluded:
@@ -113,6 +162,12 @@ class Dispatcher:
         job = run.job
         first = run.first_selection
         run.first_selection = False
+        if first and self.waiting and self._queued_behind(run):
+            self._enqueue(run)
+            self.metrics.inc("selections", outcome="queued", reason="fair_share")
+            log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
+            self.kick()
+            return Unavailable("no_capacity", first)
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -163,7 +218,7 @@ class Dispatcher:
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
             except DependencyDown:
-                self.waiting[job.job_id] = run
+                self._enqueue(run)
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
                 return Unavailable("dependency_down", first)
             if reserved:
@@ -171,7 +226,7 @@ class Dispatcher:
                 self.metrics.inc(
                     "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
                 )
-                self.waiting.pop(job.job_id, None)
+                self.forget(job.job_id)
                 log.info(
                     "selection.succeeded",
                     **{**job_fields(job), "node_id": node_id},
@@ -204,7 +259,7 @@ class Dispatcher:
                 src_lang=job.src_lang,
                 tgt_lang=job.tgt_lang,
             )
-        self.waiting[job.job_id] = run
+        self._enqueue(run)
         return Unavailable(reason, first)
 
     # ------------------------------------------------------------------ dispatch

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
+import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from .. import protocol as p
 from ..protocol import ErrorCode
 
 
-async def text_frames(ws: WebSocket) -> AsyncIterator[str]:
+async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
     """Yield each text frame until the socket closes (by the peer or by us). A binary
     frame gets a ``bad_message`` error and the connection stays open."""
     try:
@@ -19,6 +21,45 @@ async def text_frames(ws: WebSocket) -> AsyncIterator[str]:
                 yield await ws.receive_text()
             except KeyError:  # a binary frame
                 err = p.Error(code=ErrorCode.BAD_MESSAGE.value, message="frames must be text (JSON)")
-                await ws.send_text(p.encode_str(err))
+                await send_quietly(ws, err)
     except (WebSocketDisconnect, WebSocketDisconnected):
         return  # the peer left, or we closed the socket (session moved, node replaced)
+
+
+async def handshake_frames(
+    ws: WebSocket, timeout: float, established: Callable[[], bool]
+) -> AsyncIterator[str | None]:
+    """:func:`text_frames`, but until ``established()`` every frame must arrive before a
+    deadline ``timeout`` s after the socket opened; past it ``None`` is yielded once and
+    the iteration ends (the caller closes the socket)."""
+    frames = text_frames(ws)
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            try:
+                if established():
+                    frame = await anext(frames)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        frame = await anext(frames)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                yield None
+                return
+            yield frame
+    finally:
+        await frames.aclose()
+
+
+def peer_of(ws: WebSocket) -> str:
+    return ws.client.host if ws.client is not None else "unknown"
+
+
+async def send_quietly(ws: WebSocket, msg: msgspec.Struct) -> bool:
+    """Write one message to a socket that may be gone; True when the write finished."""
+    try:
+        await ws.send_text(p.encode_str(msg))
+        return True
+    except Exception:  # noqa: BLE001 - a closed socket raises RuntimeError or a disconnect: either way gone
+        return False

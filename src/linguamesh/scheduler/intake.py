@@ -13,6 +13,7 @@ from .. import protocol as p
 from ..audio import BadAudio, duration_seconds
 from ..core.ids import NodeId, new_job_id
 from ..core.jobs import Job
+from ..core.ratelimit import TokenBucket
 from ..core.stages import expand_stages
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
@@ -29,8 +30,58 @@ class Intake:
     def __init__(self, env: Env, runner: Runner) -> None:
         self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.runner = runner
+        #: per client address: (utterances, audio seconds) token buckets
+        self.by_ip: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    # ------------------------------------------------------------------ limits
+
+    def _buckets(self, session: Session) -> tuple[TokenBucket, TokenBucket, TokenBucket, TokenBucket]:
+        c = self.config
+        if session.buckets is None:
+            session.buckets = (
+                TokenBucket(c.session_utterances_per_s, c.session_utterance_burst, stamp=self.clock()),
+                TokenBucket(c.session_audio_per_s, c.session_audio_burst, stamp=self.clock()),
+            )
+        ip = self.by_ip.get(session.peer)
+        if ip is None:
+            if len(self.by_ip) >= 10_000:  # forget addresses that have not sent for a while
+                now = self.clock()
+                self.by_ip = {k: v for k, v in self.by_ip.items() if not (v[0].full(now) and v[1].full(now))}
+            ip = self.by_ip[session.peer] = (
+                TokenBucket(c.ip_utterances_per_s, c.ip_utterance_burst, stamp=self.clock()),
+                TokenBucket(c.ip_audio_per_s, c.ip_audio_burst, stamp=self.clock()),
+            )
+        return session.buckets[0], session.buckets[1], ip[0], ip[1]
+
+    def _limit(self, session: Session, index: int, seconds: float | None) -> None:
+        """Take one utterance (or, with ``seconds``, that much audio) from the session's and
+        the address's buckets; ``rate_limited`` when either is empty (nothing is taken)."""
+        s_utt, s_audio, ip_utt, ip_audio = self._buckets(session)
+        now = self.clock()
+        if seconds is None:
+            mine, address, amount, kind, what = s_utt, ip_utt, 1.0, "utterances", "utterances"
+        else:
+            mine, address, amount, kind, what = s_audio, ip_audio, seconds, "audio", "seconds of audio"
+        for bucket, scope in ((mine, "session"), (address, "ip")):
+            wait = bucket.wait_for(amount, now)
+            if wait > 0:
+                self.metrics.inc("rate_limited", scope=scope, kind=kind)
+                log.info("utterance.rate_limited", session_id=session.session_id, utterance_index=index,
+                         scope=scope, kind=kind, peer=session.peer)  # fmt: skip
+                retry = f"; try again in {wait:.1f}s" if wait != float("inf") else ""
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"this {scope} sends {what} faster than allowed ({bucket.rate:g}/s, burst {bucket.burst:g}){retry}",
+                    ref=f"utterance {index}",
+                )
+        mine.take(amount, now)
+        address.take(amount, now)
 
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
+        if msg.sample_rate is not None and not 0 < msg.sample_rate <= 192_000:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"field `sample_rate`: {msg.sample_rate} is out of range (1-192000)"
+            )
         fmt = msg.audio_format or session.settings.audio_format
         rate = msg.sample_rate or session.settings.sample_rate
         await self._new_utterance(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
@@ -48,6 +99,7 @@ class Intake:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
         if index < 0:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
+        self._limit(session, index, None)
         if index <= session.max_index and await self.store.lookup_request(session.session_id, f"u:{index}"):
             log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
             self.metrics.inc("utterances_duplicate")
@@ -66,6 +118,7 @@ class Intake:
                 ErrorCode.AUDIO_TOO_LARGE,
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
+        self._limit(session, index, seconds)
         st = session.settings
         now = self.clock()
         preferred = NodeId(st.preferred_node_id) if st.preferred_node_id else None
@@ -138,6 +191,8 @@ class Intake:
     async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
         if session.settings.audio_format != "pcm16":
             raise ProtocolError(ErrorCode.BAD_AUDIO, "audio_chunk streaming needs audio_format pcm16")
+        if msg.seq < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"field `seq`: {msg.seq} is negative")
         if msg.seq <= session.chunk_seq:
             log.info("audio_chunk.duplicate", session_id=session.session_id, seq=msg.seq)
             return

@@ -99,6 +99,8 @@ def job_from_data(
     job.state = _STATES.get(state, JobState.CREATED)
     job.attempt_id = attempt_id
     job.node_id = NodeId(node_id) if node_id else None
+    if job.node_id is not None:
+        job.attempt_nodes[attempt_id] = job.node_id
     excluded = d.get("excluded")
     if excluded:
         job.excluded = {NodeId(n) for n in excluded}

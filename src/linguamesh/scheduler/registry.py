@@ -18,8 +18,9 @@ from ..core.ids import NodeId
 from ..core.nodes import NodeView
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
+from .credentials import NodeCredentials, Proof
 from .ports import Env
-from .records import capabilities, same_token
+from .records import capabilities
 from .sessions import Transport
 
 log = get_logger("linguamesh.scheduler")
@@ -67,8 +68,9 @@ async def close_quietly(conn: Transport, code: int, reason: str) -> None:
 
 
 class Registry:
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, credentials: NodeCredentials) -> None:
         self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+        self.credentials = credentials
         self.nodes: dict[NodeId, NodeConn] = {}
         #: set by the service: a node left (its jobs fail over) / capacity appeared
         self.on_lost: Callable[[NodeConn, str], Awaitable[None]] = _nothing_lost
@@ -76,15 +78,20 @@ class Registry:
 
     async def register(self, msg: p.NodeRegister, conn: Transport, limits: p.Limits) -> NodeConn:
         p.check_version(msg.protocol_version)
-        if self.config.node_token is not None and not same_token(self.config.node_token, msg.token or ""):
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "node token is missing or wrong")
         if not msg.node_id or len(msg.node_id) > 128:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `node_id` must be 1-128 characters")
-        if msg.max_concurrent_jobs < 1:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `max_concurrent_jobs` must be >= 1")
+        proof = self.credentials.check(msg.node_id, msg.token)
+        self.check_limits(msg.max_concurrent_jobs, msg.capabilities)
         node_id = NodeId(msg.node_id)
         old = self.nodes.get(node_id)
         if old is not None:
+            if proof is not Proof.OWN:
+                log.warning("node.id_in_use", node_id=node_id, proof=proof.value)
+                raise ProtocolError(
+                    ErrorCode.NODE_ID_IN_USE,
+                    f"node {node_id!r} is connected; a second connection is refused until the first is "
+                    "gone (a node's own token from --node-tokens lets it replace the first)",
+                )
             log.info("node.replaced", node_id=node_id)
             await self.on_lost(old, "replaced by a new connection")
             await close_quietly(old.transport, 4001, "replaced by a new connection")
@@ -115,11 +122,33 @@ class Registry:
         self.remote.node_changed("node", node_id)
         return nc
 
+    def check_limits(self, slots: int, caps: p.Capabilities | None) -> None:
+        """A node's announced slots and capability lists stay within the configured bounds."""
+        if not 1 <= slots <= self.config.max_node_slots:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"field `max_concurrent_jobs` must be 1-{self.config.max_node_slots}"
+            )
+        if caps is None:
+            return
+        limit = self.config.max_capability_entries
+        for name in ("asr_languages", "nmt_pairs", "tts_languages", "repair_languages", "semantic_languages"):
+            entries = getattr(caps, name)
+            if len(entries) > limit:
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"field `capabilities.{name}` has {len(entries)} entries (at most {limit})",
+                )
+            if any(len(x) > 32 for e in entries for x in ((e,) if isinstance(e, str) else e)):
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE, f"field `capabilities.{name}`: a language code is too long"
+                )
+
     async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
         nc.last_seen = self.clock()
         if msg.model_stats is not None:
             nc.model_stats = msg.model_stats
         if msg.capabilities is not None:
+            self.check_limits(1, msg.capabilities)
             view = self.store.nodes().get(nc.node_id)
             if view is not None:
                 new_caps = capabilities(msg.capabilities)

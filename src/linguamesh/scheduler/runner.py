@@ -113,6 +113,9 @@ class Runner:
             await self._unknown(node_id, msg)
             return
         job = run.job
+        if not job.authorized(node_id, msg.attempt_id):
+            await self._refuse(node_id, msg, job)
+            return
         now = self.clock()
         if isinstance(msg, p.JobAck):
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
@@ -144,8 +147,29 @@ class Runner:
                 ),
             )
 
+    async def _refuse(self, node_id: NodeId, msg: p.JobMessage, job: Job) -> None:
+        """Only the node an attempt was assigned to may speak for it (result authority)."""
+        kind = msg.__struct_config__.tag
+        log.warning(
+            "node.not_assigned",
+            **{**job_fields(job), "node_id": node_id},
+            kind=kind,
+            claimed_attempt=msg.attempt_id,
+            assigned_node=job.attempt_nodes.get(msg.attempt_id),
+        )
+        self.metrics.inc("node_messages_refused", kind=str(kind))
+        err = p.Error(
+            code=p.ErrorCode.NOT_ASSIGNED.value,
+            message=f"attempt {msg.attempt_id} of job {msg.job_id} is not assigned to node {node_id}",
+            ref=msg.job_id,
+        )
+        await self.registry.send(node_id, err)
+
     async def _unknown(self, node_id: NodeId, msg: p.JobMessage) -> None:
         job = self.finished.get(JobId(msg.job_id))
+        if job is not None and not job.authorized(node_id, msg.attempt_id):
+            await self._refuse(node_id, msg, job)
+            return
         if isinstance(msg, p.JobResult):
             # a copy of a result for a job that already ended (or is unknown): ack and drop
             log.info(

@@ -31,8 +31,10 @@ from ..state.base import StateStore
 from ..state.redis import RedisStateStore
 from .bridge import Bridge
 from .config import SchedulerConfig
+from .credentials import NodeCredentials
 from .desk import Desk
 from .dispatch import Dispatcher
+from .gate import Gate
 from .intake import Intake
 from .ports import Env, NoRemote, Remote
 from .records import limits
@@ -54,11 +56,12 @@ class Scheduler:
         self.started_at = time.time()
         self.metrics = Metrics()
         self.tasks = Tasks()
+        self.gate = Gate(config)
         self.lifecycle = Lifecycle(config.lifecycle())
         self.bridge = Bridge(config, store, self.tasks) if isinstance(store, RedisStateStore) else None
         remote: Remote = self.bridge if self.bridge is not None else NoRemote()
         env = Env(config, store, remote, self.metrics, self.tasks, self.clock)
-        self.registry = Registry(env)
+        self.registry = Registry(env, NodeCredentials.load(config.node_token, config.node_tokens))
         self.dispatcher = Dispatcher(env, self.lifecycle.config, self.registry)
         self.desk = Desk(env, self.init_ack)
         self.runner = Runner(env, self.lifecycle, self.dispatcher, self.registry, self.desk)

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ..core.ids import JobId, SessionId, TraceId
+from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
 from ..protocol import encode
 from ..state.base import DependencyDown, JobEnd, Notify, StateStore
@@ -193,6 +194,10 @@ class Session:
     chunk_seq: int = -1
     chunk_timer: asyncio.TimerHandle | None = None
     linger_timer: asyncio.TimerHandle | None = None
+    #: the client address of the socket attached last (rate limits per address)
+    peer: str = ""
+    #: intake limits: (utterances, audio seconds) token buckets, made on first use
+    buckets: tuple[TokenBucket, TokenBucket] | None = None
     _queue: asyncio.Queue[_Append | _Result | _Fetch | _Attach | _Marker] = field(
         default_factory=asyncio.Queue
     )

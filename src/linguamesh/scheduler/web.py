@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from .. import protocol as p
 from ..core.history import ReplayGap
 from ..core.ids import SessionId
 from .api import nodes_data, pools_data
+from .config import is_loopback
 from .service import Scheduler
 from .sessions import Session
 
@@ -141,15 +141,6 @@ async def stream(request: Request) -> Response:
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def operator_access(bind_host: str, configured: str | None, given: str | None) -> tuple[int, str] | None:

@@ -1,6 +1,13 @@
-"""``/ws/node``: the node side of protocol v1 (DESIGN §3.2)."""
+"""``/ws/node``: the node side of protocol v1 (DESIGN §3.2).
+
+Only node programs connect here: a request with an ``Origin`` header (a web page)
+is refused before the handshake. Every frame is handled totally, as on
+``/ws/session``: nothing a node sends can raise out of this handler.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.websockets import WebSocket
 
@@ -8,8 +15,9 @@ from .. import protocol as p
 from ..observability.logging import bind, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
-from .frames import text_frames
-from .registry import NodeConn
+from .frames import handshake_frames, peer_of, send_quietly
+from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER
+from .registry import NodeConn, close_quietly
 from .service import Scheduler
 
 log = get_logger("linguamesh.scheduler.node")
@@ -17,10 +25,29 @@ log = get_logger("linguamesh.scheduler.node")
 
 async def node_endpoint(ws: WebSocket) -> None:
     sched: Scheduler = ws.app.state.scheduler
+    if ws.headers.get("origin") is not None:
+        log.warning("node.origin_refused", origin=ws.headers.get("origin"), peer=peer_of(ws))
+        sched.count("connections_refused", reason="origin")
+        await ws.close(POLICY_VIOLATION)  # web pages never connect as nodes: HTTP 403
+        return
     await ws.accept()
+    ip = peer_of(ws)
+    refused = sched.gate.enter(ip)
+    if refused is not None:
+        sched.count("connections_refused", reason="limit")
+        await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
+        await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
+        return
     nc: NodeConn | None = None
     try:
-        async for frame in text_frames(ws):
+        # the lambda reads ``nc`` when called: the deadline ends once the node is registered
+        async for frame in handshake_frames(ws, sched.config.handshake_timeout, lambda: nc is not None):  # noqa: B023
+            if frame is None:
+                sched.count("connections_refused", reason="handshake_timeout")
+                text = f"no node_register within {sched.config.handshake_timeout:g}s"
+                await send_quietly(ws, p.Error(code=ErrorCode.BAD_MESSAGE.value, message=text))
+                await close_quietly(ws, POLICY_VIOLATION, "handshake timeout")
+                return
             try:
                 msg = p.decode_node(frame, sched.config.max_message_bytes)
                 if nc is None:
@@ -29,25 +56,30 @@ async def node_endpoint(ws: WebSocket) -> None:
                     nc = await sched.register_node(msg, ws)
                     bind(node_id=nc.node_id)
                     continue
-                await sched.node_message(nc, msg)
+                await sched.node_message(nc, msg, frame)
             except DependencyDown as exc:
                 log.warning("node.dependency_down", error=str(exc))
                 err = p.Error(code="dependency_down", message=f"shared state unavailable: {exc}")
-                await ws.send_text(p.encode_str(err))
+                await send_quietly(ws, err)
                 if nc is None:
-                    await ws.close(1013, "dependency_down")  # try again later
+                    await close_quietly(ws, TRY_AGAIN_LATER, "dependency_down")
                     return
             except ProtocolError as exc:
                 log.info("node.bad_input", code=exc.code.value, message=exc.message)
                 sched.count("protocol_errors", code=exc.code.value)
-                await _error(ws, exc)
-                if exc.fatal:
-                    await ws.close(1008, exc.code.value)
+                await send_quietly(ws, p.Error(code=exc.code.value, message=exc.message, ref=exc.ref))
+                if exc.fatal or (nc is None and exc.code is ErrorCode.NODE_ID_IN_USE):
+                    await close_quietly(ws, POLICY_VIOLATION, exc.code.value)
                     return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the handler is total: a bug in handling one
+                # message must not drop the node (and fail over all its jobs); the message is reported
+                log.error("node.handler_failed", error=repr(exc), node_id=nc.node_id if nc else None)
+                sched.count("protocol_errors", code="internal")
+                err = p.Error(code=ErrorCode.INTERNAL.value, message="the message could not be handled")
+                await send_quietly(ws, err)
     finally:
+        sched.gate.leave(ip)
         if nc is not None:
             await sched.node_gone(nc, "connection closed")
-
-
-async def _error(ws: WebSocket, exc: ProtocolError) -> None:
-    await ws.send_text(p.encode_str(p.Error(code=exc.code.value, message=exc.message, ref=exc.ref)))

@@ -1,6 +1,13 @@
-"""``/ws/session``: the client side of protocol v1 (DESIGN §3.1)."""
+"""``/ws/session``: the client side of protocol v1 (DESIGN §3.1).
+
+Every frame is handled totally: a frame that cannot be applied gets a coded
+``error`` and the socket stays open (unless the error is fatal); nothing a client
+sends can raise out of this handler. See ``gate.py`` for who may connect.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.websockets import WebSocket
 
@@ -8,7 +15,9 @@ from .. import protocol as p
 from ..observability.logging import bound, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
-from .frames import text_frames
+from .frames import handshake_frames, peer_of, send_quietly
+from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER, origin_allowed
+from .registry import close_quietly
 from .service import Scheduler
 from .sessions import Session
 
@@ -17,16 +26,37 @@ log = get_logger("linguamesh.scheduler.session")
 
 async def session_endpoint(ws: WebSocket) -> None:
     sched: Scheduler = ws.app.state.scheduler
+    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), sched.gate.origins):
+        log.warning("session.origin_refused", origin=ws.headers.get("origin"), peer=peer_of(ws))
+        sched.count("connections_refused", reason="origin")
+        await ws.close(POLICY_VIOLATION)  # before the handshake: the browser gets HTTP 403
+        return
     await ws.accept()
+    ip = peer_of(ws)
+    refused = sched.gate.enter(ip)
+    if refused is not None:
+        sched.count("connections_refused", reason="limit")
+        await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
+        await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
+        return
     session: Session | None = None
     try:
-        async for frame in text_frames(ws):
+        # the lambda reads ``session`` when called: the deadline ends once the session exists
+        async for frame in handshake_frames(ws, sched.config.handshake_timeout, lambda: session is not None):  # noqa: B023
+            if frame is None:  # no session within the handshake deadline
+                sched.count("connections_refused", reason="handshake_timeout")
+                text = f"no session within {sched.config.handshake_timeout:g}s: send session_init first"
+                await send_quietly(ws, p.Error(code=ErrorCode.BAD_MESSAGE.value, message=text))
+                await close_quietly(ws, POLICY_VIOLATION, "handshake timeout")
+                return
+            msg = None
             try:
                 msg = p.decode_client(frame, sched.config.max_message_bytes)
                 if isinstance(msg, p.SessionInit):
                     if session is not None:
                         raise ProtocolError(ErrorCode.BAD_MESSAGE, "session_init was already sent")
                     session = await _init(sched, ws, msg)
+                    session.peer = ip
                     continue
                 if session is None:
                     raise ProtocolError(
@@ -46,8 +76,11 @@ async def session_endpoint(ws: WebSocket) -> None:
                 # fail closed: nothing of this message was accepted; the connection stays
                 log.warning("session.dependency_down", error=str(exc))
                 sched.count("protocol_errors", code="dependency_down")
-                err = p.Error(code="dependency_down", message=f"shared state unavailable, try again: {exc}")
-                await ws.send_text(p.encode_str(err))
+                ref = f"utterance {msg.utterance_index}" if isinstance(msg, p.Utterance) else None
+                err = p.Error(
+                    code="dependency_down", message=f"shared state unavailable, try again: {exc}", ref=ref
+                )
+                await send_quietly(ws, err)
             except ProtocolError as exc:
                 log.info(
                     "session.bad_input",
@@ -58,9 +91,24 @@ async def session_endpoint(ws: WebSocket) -> None:
                 sched.count("protocol_errors", code=exc.code.value)
                 await _send_error(ws, session, exc)
                 if exc.fatal:
-                    await ws.close(1008, exc.code.value)
+                    await close_quietly(ws, POLICY_VIOLATION, exc.code.value)
                     return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the handler is total: a bug in handling one
+                # message must not drop the client's socket (or its session); the message is reported
+                log.error(
+                    "session.handler_failed",
+                    error=repr(exc),
+                    kind=type(msg).__name__ if msg is not None else None,
+                    session_id=session.session_id if session else None,
+                )
+                sched.count("protocol_errors", code="internal")
+                await _send_error(
+                    ws, session, ProtocolError(ErrorCode.INTERNAL, "the message could not be handled")
+                )
     finally:
+        sched.gate.leave(ip)
         if session is not None:
             sched.connection_closed(session, ws)
 
@@ -81,4 +129,4 @@ async def _send_error(ws: WebSocket, session: Session | None, exc: ProtocolError
     if session is not None and session.conn is ws:
         session.emit(err)
     else:
-        await ws.send_text(p.encode_str(err))
+        await send_quietly(ws, err)

@@ -1,0 +1,57 @@
+"""Who may open a socket: origins, connection counts, the handshake deadline.
+
+* ``/ws/node`` is for node programs, never for web pages: a request that carries an
+  ``Origin`` header (every browser sends one) is refused.
+* ``/ws/session`` accepts requests without ``Origin`` (programs), from the page's own
+  origin (``Origin`` matches ``Host``), and from ``--allowed-origins``.
+* At most ``max_connections`` sockets in all and ``max_connections_per_ip`` per client
+  address; past that a socket gets ``rate_limited`` and close 1013 (try again later).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from urllib.parse import urlsplit
+
+from .config import SchedulerConfig
+
+#: Close codes (RFC 6455 §7.4.1): policy violation; try again later.
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+    """May a session socket with these ``Origin`` and ``Host`` headers connect?"""
+    if origin is None:
+        return True  # not a browser
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or host is None:
+        return False
+    return parts.netloc == host.strip().lower()
+
+
+class Gate:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.origins = config.origins()
+        self.open: Counter[str] = Counter()
+        self.total = 0
+
+    def enter(self, ip: str) -> str | None:
+        """Count a new socket from ``ip``; the reason when it must be refused."""
+        if self.total >= self.config.max_connections:
+            return f"the scheduler has {self.total} open sockets (limit {self.config.max_connections})"
+        if self.open[ip] >= self.config.max_connections_per_ip:
+            return f"{self.open[ip]} sockets are open from {ip} (limit {self.config.max_connections_per_ip})"
+        self.open[ip] += 1
+        self.total += 1
+        return None
+
+    def leave(self, ip: str) -> None:
+        self.total -= 1
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
