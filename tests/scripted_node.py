@@ -11,9 +11,17 @@ from linguamesh import protocol as p
 
 
 class ScriptedNode:
-    def __init__(self, url: str, node_id: str, langs: tuple[str, ...] = ("en", "es", "fr"), slots: int = 4):
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        langs: tuple[str, ...] = ("en", "es", "fr"),
+        slots: int = 4,
+        token: str | None = None,
+    ):
         self.url = url + "/ws/node"
         self.node_id = node_id
+        self.token = token
         self.langs = langs
         self.slots = slots
         self.ws: ClientConnection | None = None
@@ -23,6 +31,12 @@ class ScriptedNode:
         self._beat: asyncio.Task[None] | None = None
 
     async def connect(self) -> p.NodeRegisterAck:
+        first = await self.register()
+        assert isinstance(first, p.NodeRegisterAck), first
+        return first
+
+    async def register(self) -> p.NodeRegisterAck | p.Error:
+        """Open the socket and register; the scheduler's first answer (an ack, or an error)."""
         self.ws = await connect(self.url)
         caps = p.Capabilities(
             asr_languages=list(self.langs),
@@ -37,9 +51,12 @@ class ScriptedNode:
                 version="scripted",
                 capabilities=caps,
                 max_concurrent_jobs=self.slots,
+                token=self.token,
             )
         )
         ack = p.decode_to_node(await self.ws.recv())
+        if isinstance(ack, p.Error):
+            return ack
         assert isinstance(ack, p.NodeRegisterAck), ack
         self._reader = asyncio.create_task(self._read())
         self._beat = asyncio.create_task(self._heartbeat(ack.heartbeat_interval_s))
@@ -76,6 +93,12 @@ class ScriptedNode:
             text_translated=f"[{job.tgt_lang}] {text}",
             timings=p.Timings(asr_ms=1, nmt_ms=1, total_ms=2),
         )
+
+    async def closed(self, timeout: float = 5.0) -> None:
+        """Wait until the scheduler closes this node's socket."""
+        assert self._reader is not None
+        await asyncio.wait([self._reader], timeout=timeout)
+        assert self._reader.done(), "the socket is still open"
 
     async def close(self) -> None:
         if self.ws is not None:

@@ -84,9 +84,31 @@ def scheduler(
     ] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Node heartbeat interval [5]")] = None,
     selector: Annotated[str | None, typer.Option(help="pooled (default) or flat")] = None,
-    node_token: Annotated[str | None, typer.Option(help="Token nodes must present")] = None,
+    node_token: Annotated[
+        str | None, typer.Option(help="Token nodes must present (shared by all nodes)")
+    ] = None,
+    node_tokens: Annotated[
+        str | None, typer.Option(help="File of `node_id token` lines: each node's own credential")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback bind address without node credentials")
+    ] = False,
     operator_token: Annotated[
-        str | None, typer.Option(help="Token for /admin (required when not bound to loopback)")
+        str | None, typer.Option(help="Token for /admin and the operator API (required off loopback)")
+    ] = None,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="Serve /metrics without the operator token off loopback")
+    ] = False,
+    allowed_origins: Annotated[
+        str | None,
+        typer.Option(help="Web origins allowed on /ws/session besides the page's own (comma-separated)"),
+    ] = None,
+    handshake_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a new socket may take to send its first message [10]")
+    ] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Open sockets in all [10000]")] = None,
+    max_connections_per_ip: Annotated[
+        int | None, typer.Option(help="Open sockets per client address [200]")
     ] = None,
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
@@ -111,7 +133,14 @@ def scheduler(
         heartbeat_interval=heartbeat_interval,
         selector=selector,
         node_token=node_token,
+        node_tokens=node_tokens,
+        insecure=insecure or None,
         operator_token=operator_token,
+        metrics_public=metrics_public or None,
+        allowed_origins=allowed_origins,
+        handshake_timeout=handshake_timeout,
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections_per_ip,
         redis_url=redis_url,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)

@@ -38,8 +38,9 @@ def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
         log_config=None,
         access_log=False,
         lifespan="on",
-        # twice our own limit, so an oversized frame gets a clear audio_too_large error
-        ws_max_size=config.max_message_bytes * 2,
+        # four times our own limit: a frame up to that gets a coded audio_too_large error;
+        # past it the WebSocket layer closes with 1009 (message too big) before reading it
+        ws_max_size=config.max_message_bytes * 4,
         # audio is base64 of PCM/WAV: deflate buys little and costs a copy per frame
         ws_per_message_deflate=False,
         ws_ping_interval=20,

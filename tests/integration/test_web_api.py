@@ -8,7 +8,7 @@ import json
 import httpx
 
 from linguamesh.client import SessionClient
-from linguamesh.scheduler.web import operator_access
+from linguamesh.scheduler.access import operator_access
 
 from ..conftest import Cluster, pcm
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
 import weakref
 from collections.abc import Mapping, MutableMapping
@@ -22,6 +23,59 @@ from typing import Any
 import structlog
 
 JOB_FIELDS = ("trace_id", "session_id", "job_id", "node_id", "utterance_index", "attempt_id")
+
+#: Fields whose values are secrets: never written to a log.
+SECRET_FIELDS = frozenset(
+    {"token", "resume_token", "view_token", "node_token", "operator_token", "authorization", "password"}
+)
+MASK = "***"
+#: A secret inside text (an exception, a repr, a URL): ``name=value``, ``name: value``,
+#: ``"name": "value"``, ``?token=value``, ``Bearer value``.
+_SECRET_TEXT = re.compile(
+    r"""(?P<key>(?:\b(?:resume_token|view_token|node_token|operator_token|token|password)\b['"]?\s*[:=]\s*['"]?)"""
+    r"""|(?:\bbearer\s+))(?P<value>[^'"\s,;)}\]&]+)""",
+    re.IGNORECASE,
+)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every secret value that follows a known name replaced by ``***``."""
+    low = text.lower()
+    if "token" not in low and "bearer" not in low and "password" not in low:
+        return text  # the common case: one C-level scan
+    return _SECRET_TEXT.sub(lambda m: m.group("key") + MASK, text)
+
+
+def mask_secrets(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The last processor before rendering: secret fields are masked, an exception is
+    rendered to plain text here (never with local variables) and masked like any text."""
+    if event.get("exc_info"):
+        event = structlog.processors.format_exc_info(logger, method, event)
+    else:
+        event.pop("exc_info", None)
+    for key, value in event.items():
+        if key.lower() in SECRET_FIELDS and value is not None:
+            event[key] = MASK
+        elif isinstance(value, str):
+            event[key] = mask_text(value)
+        elif isinstance(value, (dict, list, tuple)):
+            event[key] = _mask_nested(value)
+    return event
+
+
+def _mask_nested(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (
+                MASK
+                if isinstance(k, str) and k.lower() in SECRET_FIELDS and v is not None
+                else _mask_nested(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_nested(v) for v in value)
+    return mask_text(value) if isinstance(value, str) else value
 
 
 class Logger:
@@ -205,7 +259,9 @@ def configure(
         )
         ch = logging.StreamHandler(sys.stderr)
         ch.setFormatter(
-            structlog.stdlib.ProcessorFormatter(processors=[_strip, renderer], foreign_pre_chain=shared)
+            structlog.stdlib.ProcessorFormatter(
+                processors=[_strip, mask_secrets, renderer], foreign_pre_chain=shared
+            )
         )
         root.addHandler(ch)
     if json_file is not None and error_file is None:
@@ -220,7 +276,7 @@ def configure(
         fh.setLevel(level)
         fh.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                processors=[_strip, structlog.processors.JSONRenderer(ensure_ascii=False)],
+                processors=[_strip, mask_secrets, structlog.processors.JSONRenderer(ensure_ascii=False)],
                 foreign_pre_chain=shared,
             )
         )

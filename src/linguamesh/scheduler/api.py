@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..observability.metrics import CONTENT_TYPE
+from .access import denied, operator_only
 from .service import Scheduler
 
 
@@ -39,7 +40,9 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_sched(request).metrics.render(), media_type=CONTENT_TYPE)
+    s = _sched(request)
+    refused = None if s.config.metrics_public else denied(request)
+    return refused or Response(s.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
@@ -74,6 +77,7 @@ def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
     return sorted(out, key=lambda n: str(n["node_id"]))
 
 
+@operator_only
 async def nodes(request: Request) -> Response:
     return JSONResponse({"nodes": nodes_data(_sched(request))})
 
@@ -88,6 +92,7 @@ def pools_data(s: Scheduler) -> list[dict[str, Any]]:
     return sorted(pools.values(), key=lambda e: str(e["name"]))
 
 
+@operator_only
 async def pools(request: Request) -> Response:
     return JSONResponse({"pools": pools_data(_sched(request))})
 
@@ -104,6 +109,7 @@ async def languages(request: Request) -> Response:
     )
 
 
+@operator_only
 async def job(request: Request) -> Response:
     s = _sched(request)
     view = s.job_view(request.path_params["job_id"])

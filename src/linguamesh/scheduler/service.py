@@ -135,6 +135,13 @@ class Scheduler:
     # ------------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
+        if self.config.exposed and not self.registry.credentials.configured:
+            log.warning(
+                "scheduler.insecure",
+                host=self.config.host,
+                message="reachable from other hosts with no node credentials (--insecure): "
+                "any program can register as a node and receive users' audio",
+            )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
         if self.bridge is not None:
             await self.bridge.start()

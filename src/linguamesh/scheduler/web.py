@@ -30,8 +30,8 @@ from starlette.staticfiles import StaticFiles
 from .. import protocol as p
 from ..core.history import ReplayGap
 from ..core.ids import SessionId
+from .access import bearer, error, operator_only
 from .api import nodes_data, pools_data
-from .config import is_loopback
 from .service import Scheduler
 from .sessions import Session
 
@@ -43,24 +43,15 @@ def _sched(request: Request) -> Scheduler:
     return request.app.state.scheduler  # type: ignore[no-any-return]
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 def _viewer_session(request: Request) -> Session | JSONResponse:
     s = _sched(request)
     session = s.sessions.get(SessionId(request.path_params["session_id"]))
     if session is None or session.closed:
-        return _error(404, "session_not_found", "no such session (or it has expired)")
-    token = request.query_params.get("token") or _bearer(request) or ""
+        return error(404, "session_not_found", "no such session (or it has expired)")
+    token = request.query_params.get("token") or bearer(request) or ""
     if not hmac.compare_digest(token.encode(), session.view_token.encode()):
-        return _error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
+        return error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
     return session
-
-
-def _bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    return auth[7:] if auth.lower().startswith("bearer ") else None
 
 
 def _types(request: Request) -> set[str] | None:
@@ -75,8 +66,8 @@ def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
     try:
         value = int(raw)
     except ValueError:
-        return _error(400, "bad_message", f"{name} must be an integer")
-    return value if value >= 0 else _error(400, "bad_message", f"{name} must not be negative")
+        return error(400, "bad_message", f"{name} must be an integer")
+    return value if value >= 0 else error(400, "bad_message", f"{name} must not be negative")
 
 
 async def history(request: Request) -> Response:
@@ -90,7 +81,7 @@ async def history(request: Request) -> Response:
     try:
         events = await _sched(request).store.events_since(session.session_id, since)
     except ReplayGap as exc:
-        return _error(410, "session_not_found", f"cannot replay: {exc}")
+        return error(410, "session_not_found", f"cannot replay: {exc}")
     out = [json.loads(data) for _, data in events if types is None or p.event_type(data) in types]
     last_seq = await _sched(request).store.last_seq(session.session_id)
     return JSONResponse({"session_id": session.session_id, "last_seq": last_seq, "events": out})
@@ -143,28 +134,8 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
-def operator_access(bind_host: str, configured: str | None, given: str | None) -> tuple[int, str] | None:
-    """None when allowed, else (HTTP status, message). Open on loopback unless a token is set."""
-    if configured is None:
-        if is_loopback(bind_host):
-            return None
-        return 403, "the operator page is off: start the scheduler with --operator-token"
-    if not hmac.compare_digest((given or "").encode(), configured.encode()):
-        return 401, "operator token missing or wrong"
-    return None
-
-
-def _operator_ok(request: Request) -> JSONResponse | None:
-    s = _sched(request)
-    given = request.query_params.get("token") or _bearer(request)
-    denied = operator_access(s.config.host, s.config.operator_token, given)
-    return None if denied is None else _error(denied[0], "unauthorized", denied[1])
-
-
+@operator_only
 async def admin_overview(request: Request) -> Response:
-    denied = _operator_ok(request)
-    if denied is not None:
-        return denied
     s = _sched(request)
     now = s.clock()
     jobs = [

@@ -1,0 +1,59 @@
+"""Who may read operator data over HTTP.
+
+On loopback everything is open (the operator is on the machine). Bound elsewhere,
+the operator routes — ``/admin``'s data, ``/api/v1/nodes``, ``/api/v1/pools``,
+``/api/v1/jobs/{id}`` and ``/metrics`` (unless ``--metrics-public``) — need
+``--operator-token`` (``Authorization: Bearer …`` or ``?token=``); with no token
+configured they are off. Open to all: ``/healthz``, ``/readyz``,
+``/api/v1/languages`` (the speaker page offers the servable pairs from it) and the
+viewer routes, which check the session's view token themselves.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .config import is_loopback
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def operator_access(bind_host: str, configured: str | None, given: str | None) -> tuple[int, str] | None:
+    """None when allowed, else (HTTP status, message). Open on loopback unless a token is set."""
+    if configured is None:
+        if is_loopback(bind_host):
+            return None
+        return 403, "operator data is off: start the scheduler with --operator-token"
+    if not hmac.compare_digest((given or "").encode(), configured.encode()):
+        return 401, "operator token missing or wrong"
+    return None
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else None
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def denied(request: Request) -> Response | None:
+    """The refusal for a request to an operator route, or None when it may go on."""
+    config = request.app.state.scheduler.config
+    given = request.query_params.get("token") or bearer(request)
+    refused = operator_access(config.host, config.operator_token, given)
+    return None if refused is None else error(refused[0], "unauthorized", refused[1])
+
+
+def operator_only(handler: Handler) -> Handler:
+    async def guarded(request: Request) -> Response:
+        return denied(request) or await handler(request)
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
