@@ -301,3 +301,28 @@ async def test_desk_close_waits_for_running_jobs(make: Make) -> None:
     assert [f["type"] for f in csock.frames[-2:]] == ["translation_result", "session_closed"]
     await eventually(lambda: csock.closed == (1000, "session closed"), 2, "socket closed")
     assert s.session_id not in sched.sessions
+
+
+async def test_dispatcher_serves_sessions_round_robin(make: Make) -> None:
+    """A session with a backlog does not starve another: the queue is served one job of each
+    session in turn, and a new job of another session waits behind no backlog of the first."""
+    sched = await make(pending_timeout=30)
+    flooder, fsock = await session(sched)
+    other, osock = await session(sched)
+    for i in range(5):
+        await say(sched, flooder, i)
+    await say(sched, other, 0)
+    d = sched.dispatcher
+    order = [(r.job.session_id == other.session_id, r.job.utterance_index) for r in d.fair_order()]
+    assert order == [(False, 0), (True, 0), (False, 1), (False, 2), (False, 3), (False, 4)]
+    (queued,) = await osock.wait("job_status")
+    assert (queued["status"], queued["queue_position"]) == ("queued", 2)
+    nc, nsock = await node(sched, "n1", slots=1)
+    first = (await nsock.wait("job_assign"))[0]
+    assert first["session_id"] == flooder.session_id and first["utterance_index"] == 0
+    await sched.node_message(nc, ok_result(first))
+    second = (await nsock.wait("job_assign", 2))[1]
+    assert second["session_id"] == other.session_id  # not behind the flooder's backlog
+    await sched.node_message(nc, ok_result(second))
+    await osock.wait("translation_result")
+    await fsock.wait("translation_result")

@@ -66,8 +66,12 @@ class Intake:
             wait = bucket.wait_for(amount, now)
             if wait > 0:
                 self.metrics.inc("rate_limited", scope=scope, kind=kind)
-                log.info("utterance.rate_limited", session_id=session.session_id, utterance_index=index,
-                         scope=scope, kind=kind, peer=session.peer)  # fmt: skip
+                session.refused += 1
+                if now - session.refused_logged_at >= 1.0:  # one record a second for a flooding client
+                    log.info("utterance.rate_limited", session_id=session.session_id, utterance_index=index,
+                             scope=scope, kind=kind, peer=session.peer, refused=session.refused)  # fmt: skip
+                    session.refused_logged_at = now
+                    session.refused = 0
                 retry = f"; try again in {wait:.1f}s" if wait != float("inf") else ""
                 raise ProtocolError(
                     ErrorCode.RATE_LIMITED,

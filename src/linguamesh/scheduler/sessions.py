@@ -198,6 +198,9 @@ class Session:
     peer: str = ""
     #: intake limits: (utterances, audio seconds) token buckets, made on first use
     buckets: tuple[TokenBucket, TokenBucket] | None = None
+    #: utterances refused as rate_limited since the last log record about it
+    refused: int = 0
+    refused_logged_at: float = float("-inf")
     _queue: asyncio.Queue[_Append | _Result | _Fetch | _Attach | _Marker] = field(
         default_factory=asyncio.Queue
     )

@@ -82,12 +82,13 @@ async def session_endpoint(ws: WebSocket) -> None:
                 )
                 await send_quietly(ws, err)
             except ProtocolError as exc:
-                log.info(
-                    "session.bad_input",
-                    code=exc.code.value,
-                    message=exc.message,
-                    session_id=session.session_id if session else None,
-                )
+                if exc.code is not ErrorCode.RATE_LIMITED:  # intake logs those, at most once a second
+                    log.info(
+                        "session.bad_input",
+                        code=exc.code.value,
+                        message=exc.message,
+                        session_id=session.session_id if session else None,
+                    )
                 sched.count("protocol_errors", code=exc.code.value)
                 await _send_error(ws, session, exc)
                 if exc.fatal:
