@@ -84,3 +84,14 @@ def test_decoder_never_raises_anything_but_protocol_error(data: bytes) -> None:
         p.decode_node(data)
     except p.ProtocolError:
         pass
+
+
+def test_deep_frames_are_bad_message_on_both_decoders() -> None:
+    """A frame nested past msgspec's depth guard is a coded bad_message, also when the
+    first decode fails validation and the type is looked up again (the node decoder)."""
+    for depth in (1_100, 2_050, 200_000):
+        frame = '{"type":"ack","seq":1,"x":' + "[" * depth + "]" * depth + "}"
+        for decode in (p.decode_client, p.decode_node):
+            with pytest.raises(p.ProtocolError) as err:
+                decode(frame)
+            assert err.value.code is p.ErrorCode.BAD_MESSAGE

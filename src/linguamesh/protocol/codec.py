@@ -80,7 +80,7 @@ def _validation_error(frame: str | bytes, err: str) -> ProtocolError:
     if field == "type":
         try:
             raw = _generic.decode(frame)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raw = {}
         kind = raw.get("type")
         if kind is None:

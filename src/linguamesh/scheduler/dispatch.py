@@ -72,6 +72,8 @@ class Dispatcher:
         #: jobs waiting for a node, oldest first (served round robin between sessions)
         self.waiting: OrderedDict[JobId, JobRun] = OrderedDict()
         self._per_session: Counter[str] = Counter()
+        #: the session whose job took a slot last: the round robin goes on after it
+        self._last_served: str | None = None
         #: set by the service: runs a waiting job's selection again, under its lock
         self.driver: Driver | None = None
 
@@ -104,8 +106,9 @@ class Dispatcher:
 
     def fair_order(self) -> list[JobRun]:
         """The waiting jobs, one of each session in turn (round robin), each session's oldest
-        first, sessions in the order of their oldest waiting job: one session's backlog
-        cannot starve another's jobs."""
+        first: one session's backlog cannot starve another's jobs. Sessions come in the
+        order of their oldest waiting job, starting after the one served last, so the
+        turn passes on from one drain to the next."""
         if len(self._per_session) <= 1:
             return list(self.waiting.values())
         queues: dict[str, deque[JobRun]] = {}
@@ -113,6 +116,10 @@ class Dispatcher:
             queues.setdefault(run.job.session_id, deque()).append(run)
         order: list[JobRun] = []
         rounds = list(queues.values())
+        sessions = list(queues)
+        if self._last_served in queues:
+            turn = sessions.index(self._last_served) + 1
+            rounds = rounds[turn:] + rounds[:turn]
         while rounds:
             for q in rounds:
                 order.append(q.popleft())
@@ -222,6 +229,7 @@ class Dispatcher:
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
                 return Unavailable("dependency_down", first)
             if reserved:
+                self._last_served = job.session_id
                 self.metrics.inc("reservations_succeeded")
                 self.metrics.inc(
                     "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
