@@ -79,7 +79,7 @@ def test_operator_access_rules() -> None:
     assert operator_access("::1", None, None) is None
     assert operator_access("0.0.0.0", None, None) == (
         403,
-        "the operator page is off: start the scheduler with --operator-token",
+        "operator data is off: start the scheduler with --operator-token",
     )
     assert operator_access("10.0.0.5", "t", "t") is None
     assert operator_access("10.0.0.5", "t", "x")[0] == 401  # type: ignore[index]
