@@ -88,7 +88,11 @@ class Intake:
             )
         fmt = msg.audio_format or session.settings.audio_format
         rate = msg.sample_rate or session.settings.sample_rate
-        await self._new_utterance(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
+        try:
+            await self._new_utterance(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
+        except ProtocolError as exc:  # every refusal says which utterance it concerns
+            exc.ref = exc.ref or f"utterance {msg.utterance_index}"
+            raise
 
     async def _new_utterance(
         self,
