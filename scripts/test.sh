@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Set up (once) and run the whole test suite: lint, types, unit, integration, engine and browser tests.
+# Set up (once) and run the whole test suite: lint, types, unit, integration, engine and browser
+# tests, under coverage (subprocesses included), then the coverage floors per package.
+# Arguments go to pytest; with arguments (a subset of the tests) the floors are not checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+rm -rf .coverage-data && mkdir -p .coverage-data
+status=0
+.venv/bin/coverage run -m pytest "$@" || status=$?
+.venv/bin/coverage combine -q >/dev/null 2>&1 || true
+if [ "$status" -ne 0 ]; then
+  exit "$status"
+fi
+if [ "$#" -eq 0 ]; then
+  scripts/coverage_floors.sh
+fi

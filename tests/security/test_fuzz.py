@@ -185,21 +185,11 @@ def _replies(ws: ClientConnection, out: list[dict[str, Any]]) -> None:
             return
 
 
-@pytest.fixture(scope="module")
-def sockets(served: Served) -> Iterator[Sockets]:
-    s = Sockets(served.port)
-    yield s
-    for key in list(s.open):
-        s.drop(*key)
-
-
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(
     endpoint=st.sampled_from(["session", "node"]), phase=st.sampled_from(["before", "after"]), data=st.data()
 )
-def test_fuzzed_frames_get_coded_answers_and_the_socket_lives(
-    sockets: Sockets, endpoint: str, phase: str, data: st.DataObject
-) -> None:
+def fuzz_one(sockets: Sockets, endpoint: str, phase: str, data: st.DataObject) -> None:
     frame = data.draw(frames(endpoint), label="frame")
     ws = sockets.get(endpoint, phase)
     replies: list[dict[str, Any]] = []
@@ -226,7 +216,14 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
-def test_after_the_fuzz_the_scheduler_is_clean(served: Served, sockets: Sockets) -> None:
+def test_fuzzed_frames_get_coded_answers_and_leave_the_scheduler_clean(served: Served) -> None:
+    sockets = Sockets(served.port)
+    try:
+        fuzz_one(sockets)
+    finally:
+        for key in list(sockets.open):
+            sockets.drop(*key)
+
     async def normal_client() -> None:
         url = f"ws://127.0.0.1:{served.port}"
         node = await start_node(url, "after-fuzz", engines=test_engines())
@@ -239,8 +236,6 @@ def test_after_the_fuzz_the_scheduler_is_clean(served: Served, sockets: Sockets)
             await node.stop()
 
     asyncio.run(normal_client())
-    for key in list(sockets.open):
-        sockets.drop(*key)
     served.__exit__(None, None, None)
     text = served.log_file.read_text()
     records = [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -106,6 +106,9 @@ class Logger:
     def unpin(self) -> None:
         for level in self.LEVELS:
             self.__dict__.pop(level, None)
+        # a fresh proxy: one that cached its logger under an earlier configuration
+        # (cache_logger_on_first_use) would keep that configuration's levels and outputs
+        self._proxy = structlog.get_logger(self.name)
 
 
 #: every logger made, to pin at configure(): weakly, so loggers made on the fly do not pile up
@@ -286,8 +289,15 @@ def configure(
     # uvicorn logs every connection at info (and frames at debug, with our job context):
     # our own records say what matters
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root_level))
+    _clear_module_levels()  # a level set by an earlier configure() must not linger
     for name, level in per.items():
         logging.getLogger(name).setLevel(level)
+
+
+def _clear_module_levels() -> None:
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("linguamesh") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.NOTSET)
 
 
 def reset() -> None:
@@ -296,6 +306,7 @@ def reset() -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
         h.close()
+    _clear_module_levels()
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
     _pin_all(False)

@@ -183,7 +183,14 @@ class Runner:
             self.metrics.inc("results_duplicate")
             await self.registry.send(node_id, p.JobResultAck(job_id=msg.job_id, attempt_id=msg.attempt_id))
             return
-        log.info("node.message_for_unknown_job", node_id=node_id, job_id=msg.job_id)
+        fields = (
+            {**job_fields(job), "node_id": node_id}
+            if job is not None
+            else {"node_id": node_id, "job_id": msg.job_id}
+        )
+        log.info(
+            "node.message_for_ended_job", **fields, kind=msg.__struct_config__.tag, known=job is not None
+        )
 
     # ------------------------------------------------------------------ applying commands
 
