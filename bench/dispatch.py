@@ -88,6 +88,8 @@ class Stats:
     to_client: list[float] = field(default_factory=list)
     results: dict[tuple[str, int], int] = field(default_factory=dict)
     failed: int = 0
+    #: error events by code (an utterance refused gets no result)
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class SimNode:
@@ -184,6 +186,12 @@ class SimSession:
                 fut = self.waiters.pop(ev.utterance_index, None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+            elif isinstance(ev, p.Error):  # e.g. rate_limited: the utterance will get no result
+                self.stats.errors[ev.code] = self.stats.errors.get(ev.code, 0) + 1
+                index = int(ev.ref.split()[-1]) if ev.ref and ev.ref.startswith("utterance ") else None
+                fut = self.waiters.pop(index, None) if index is not None else None
+                if fut is not None and not fut.done():
+                    fut.set_exception(RuntimeError(f"utterance {index}: {ev.code}: {ev.message}"))
 
     async def one(self) -> None:
         index = self.next_index
@@ -230,6 +238,12 @@ async def run_paced(sessions: list[SimSession], jobs: int, rate: float, limit_s:
     return time.perf_counter() - start
 
 
+INTAKE_LIMITS = (
+    "SESSION_UTTERANCES_PER_S", "SESSION_UTTERANCE_BURST", "SESSION_AUDIO_PER_S", "SESSION_AUDIO_BURST",
+    "IP_UTTERANCES_PER_S", "IP_UTTERANCE_BURST", "IP_AUDIO_PER_S", "IP_AUDIO_BURST",
+)  # fmt: skip
+
+
 def start_scheduler(port: int, extra: list[str], wrap: list[str]) -> subprocess.Popen[bytes]:
     cmd = [
         *wrap,
@@ -243,7 +257,13 @@ def start_scheduler(port: int, extra: list[str], wrap: list[str]) -> subprocess.
         "error",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src"),
+        # the load generator is a few sessions on one address standing for many users:
+        # the intake limits (per session and per address) are opened wide for it
+        **{f"LINGUAMESH_{k}": "1e12" for k in INTAKE_LIMITS},
+    }
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -608,6 +628,8 @@ async def main() -> None:
     for line in selection_cost():
         print(line)
     print(f"  sent {sent}  results {got}  lost {sent - got}  duplicated {dup}  failed {stats.failed}")
+    if stats.errors:
+        print(f"  errors: {stats.errors} (with --url, open the scheduler's intake limits for a load test)")
 
 
 if __name__ == "__main__":
