@@ -252,3 +252,109 @@ async def test_appends_can_tell_the_sessions_holder_in_the_same_step(store: Any)
     await store.expect_result(SID, "es", 1)
     assert await store.push_result(SID, "es", 2, res(2), None, quiet) == []  # waits for 1: nothing to tell
     assert not quiet.sent and await store.read_inbox("B", block_ms=1) == []
+
+
+def _job(job_id: str, index: int) -> JobRecord:
+    return JobRecord(
+        job_id, "A", "created", 1, None, deadline=time.time() + 30, data={"utterance_index": index}
+    )
+
+
+async def test_accept_utterance_binds_index_and_request_once(store: Any) -> None:
+    """The utterance, its request id, its jobs and the results it will have, in one step;
+    a repeat of the index or of the request id is refused and changes nothing."""
+    assert await store.accept_utterance(SID, 0, "req-a", [_job("j0", 0)], ["es", "fr"]) is None
+    assert await store.accept_utterance(SID, 0, "req-b", [_job("j0b", 0)], ["es"]) == "index"
+    assert await store.accept_utterance(SID, 1, "req-a", [_job("j1", 1)], ["es"]) == "request"
+    assert await store.load_job(JobId("j0b")) is None and await store.load_job(JobId("j1")) is None
+    assert (await store.load_job(JobId("j0"))).data == {"utterance_index": 0}  # type: ignore[union-attr]
+    assert (
+        await store.lookup_request(SID, "u:0") == "j0" and await store.lookup_request(SID, "r:req-a") == "j0"
+    )
+    assert await store.accept_utterance(SID, 2, None, [_job("j2", 2)], ["es"]) is None
+    # both results of utterance 0 and the one of 2 are expected: released in order, per language
+    assert await store.push_result(SID, "es", 2, res(2)) == []
+    assert [s for s, _ in await store.push_result(SID, "es", 0, res(0))] == [1, 2]
+    assert len(await store.push_result(SID, "fr", 0, res(0))) == 1
+    if isinstance(store, RedisStateStore):
+        await store.create_session(SessionRecord(SID, "t", "rt", "vt", {}, "A"), 60)
+    await store.accept_utterance(SID, 7, None, [_job("j7", 7)], ["es"])
+    if isinstance(store, RedisStateStore):
+        assert (await store.load_session(SID)).max_index == 7  # type: ignore[union-attr]
+
+
+async def test_live_instances(store: Any) -> None:
+    await store.instance_alive("A", 0.3)
+    assert "A" in await store.live_instances()
+    if not isinstance(store, RedisStateStore):
+        return  # one instance in memory
+    await store.instance_alive("B", 5)
+    assert await store.live_instances() == {"A", "B"}
+    await asyncio.sleep(0.5)
+    assert await store.live_instances() == {"B"}  # A's key expired: A is dead
+
+
+async def test_redis_claim_one_job_only_from_a_dead_owner(redis_url: str) -> None:
+    store = RedisStateStore(redis_url)
+    try:
+        await store.save_job(JobRecord("j1", "A", "dispatched", 2, "n1", time.time() + 60, {"x": 1}))
+        assert not await store.claim_job("j1", "B", live={"A", "B"})  # A lives: no
+        assert await store.claim_job("j1", "B", live={"B"})
+        assert await store.job_owner("j1") == "B"
+        assert not await store.claim_job("j1", "C", live={"B", "C"})  # B lives now
+        assert not await store.claim_job("nope", "C", live={"C"})  # unknown job
+        rec = await store.load_job(JobId("j1"))
+        assert rec is not None and rec.attempt_id == 2 and rec.data == {"x": 1}
+    finally:
+        await store.close()
+
+
+async def test_redis_restore_session_keeps_its_numbering(redis_url: str, redis_server: Any) -> None:
+    store = RedisStateStore(redis_url)
+    try:
+        rec = SessionRecord(SID, "t", "rt", "vt", {"src_lang": "en"}, "A", max_index=3)
+        await store.create_session(rec, 60)
+        assert [s for s, _ in await store.append_events(SID, [ev(0), ev(1)])] == [1, 2]
+        redis_server.flush()  # Redis restarted empty
+        assert await store.load_session(SID) is None
+        await store.restore_session(rec, 2, 60)
+        assert (await store.load_session(SID)).max_index == 3  # type: ignore[union-attr]
+        assert [s for s, _ in await store.append_events(SID, [ev(2)])] == [3]  # no seq is reused
+    finally:
+        await store.close()
+
+
+async def test_redis_sync_nodes_mirrors_the_registry(redis_url: str) -> None:
+    a, b = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        await a.register_node(node("n1"), "A")
+        await a.register_node(node("n2"), "B")
+        await b.sync_nodes({"A", "B"})
+        assert {v.node_id for v in b.nodes().all_nodes() if v.online} == {"n1", "n2"}
+        assert b.node_owner(NodeId("n2")) == "B"
+        await b.sync_nodes({"B"})  # A died: its node is offline for selection
+        online = {v.node_id: v.online for v in b.nodes().all_nodes()}
+        assert online == {"n1": False, "n2": True}
+        await a.remove_node(NodeId("n2"), "B")
+        await b.sync_nodes({"A", "B"})
+        assert b.nodes().get("n2") is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_inbox_comes_back_after_redis_lost_its_group(redis_url: str, redis_server: Any) -> None:
+    store = RedisStateStore(redis_url)
+    try:
+        assert await store.read_inbox("B", block_ms=1) == []  # makes B's consumer group
+        await store.send_to_instance("B", b"m1")
+        got = await store.read_inbox("B", block_ms=100)
+        assert [m for _, m in got] == [b"m1"]
+        redis_server.flush()  # Redis restarted empty: the stream and its group are gone
+        await store.send_to_instance("B", b"lost-with-the-group")  # makes the stream, no group
+        assert await store.read_inbox("B", block_ms=1, ack=[got[0][0]]) == []  # NOGROUP: handled
+        assert await store.read_inbox("B", block_ms=1) == []  # the group again, from now on
+        await store.send_to_instance("B", b"m2")
+        assert [m for _, m in await store.read_inbox("B", block_ms=100)] == [b"m2"]
+    finally:
+        await store.close()

@@ -8,7 +8,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from linguamesh.core.ids import JobId, NodeId
+from linguamesh import protocol as p
+from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.jobs import Job, JobState
 from linguamesh.core.lifecycle import (
     AckResult,
@@ -20,12 +21,13 @@ from linguamesh.core.lifecycle import (
     Finish,
     Lifecycle,
     LifecycleConfig,
+    Note,
     Release,
     Select,
     Status,
     TimerKind,
 )
-from linguamesh.core.ordering import OrderedStream
+from linguamesh.state.memory import MemoryStateStore
 
 from .test_jobs_and_stages import make_job
 
@@ -155,9 +157,47 @@ def test_ack_racing_ahead_of_dispatch_is_stale_not_a_crash() -> None:
 NODES = [NodeId(f"n{i}") for i in range(3)]
 
 
+def test_cancel_releases_the_slot_and_stops_the_node() -> None:
+    lc, job = Lifecycle(CFG), make_job()
+    to_running(lc, job)
+    cmds = lc.cancel(job, "session_gone", 1)
+    assert Release(job.job_id, N1, 1) in cmds and Cancel(job.job_id, N1, 1, "session_gone") in cmds
+    assert cmds[-1] == Finish(job.job_id, False, N1, None, "cancelled", "session_gone")
+    assert lc.cancel(job, "again", 2) == []  # ended: nothing more
+    waiting = make_job(job_id=JobId("j2"))
+    lc.created(waiting, 0)
+    assert kinds(lc.cancel(waiting, "session_gone", 1)) == ["Disarm", "Finish"]  # no slot, no node
+
+
+def test_the_last_attempt_gives_up_without_announcing_a_retry() -> None:
+    lc, job = Lifecycle(CFG), make_job()
+    lc.created(job, 0)
+    for attempt in (1, 2, 3):
+        lc.selected(job, NodeId(f"n{attempt}"), 0)
+        lc.dispatched(job, attempt, True, 0)
+        cmds = lc.timer(job, TimerKind.ACK, attempt, 5)
+        retrying = [c for c in cmds if isinstance(c, Status) and c.status == "retrying"]
+        assert len(retrying) == (1 if attempt < 3 else 0), (attempt, cmds)
+    assert isinstance(cmds[-1], Finish) and not [c for c in cmds if isinstance(c, (Select, Arm))]
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine that never suspends (the memory store's) to its end, here."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the coroutine suspended")
+
+
+SID = SessionId("s-machine")
+
+
 class LifecycleMachine(RuleBasedStateMachine):
     """Random event sequences never deliver a result twice, never out of order,
-    and every job ends in exactly one terminal result."""
+    and every job ends in exactly one terminal result. Results go through the
+    scheduler's own ordering and history (the memory store), and a finished job
+    produces no command but acks and notes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,10 +210,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.attempt_node: dict[tuple[JobId, int], NodeId] = {}
         self.reserved: set[tuple[NodeId, JobId, int]] = set()
         self.finishes: dict[JobId, int] = {}
-        self.stream: OrderedStream[int] = OrderedStream()
+        self.store = MemoryStateStore()
         self.delivered: list[int] = []
         self.now = 0.0
         self.after_finish_violations: list[str] = []
+        #: payloads of successful results sent per job; a job's ok Finish carries one of them
+        self.ok_payloads: dict[JobId, set[str]] = {}
 
     def by_id(self, job_id: JobId) -> Job:
         return next(j for j in self.jobs if j.job_id == job_id)
@@ -181,6 +223,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     def run(self, job: Job, cmds: list[Command]) -> None:
         self.now += 0.1
         for c in cmds:
+            if job.job_id in self.finishes and not isinstance(c, (AckResult, Note)):
+                self.after_finish_violations.append(f"{c} after finish")
             if isinstance(c, Select):
                 self.need_select.add(c.job_id)
             elif isinstance(c, Assign):
@@ -195,20 +239,24 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.reserved.discard((c.node_id, c.job_id, c.attempt_id))
             elif isinstance(c, Finish):
                 self.finishes[c.job_id] = self.finishes.get(c.job_id, 0) + 1
-                self.delivered += self.stream.complete(job.utterance_index, job.utterance_index)
-            elif (
-                isinstance(c, (Status, Cancel)) and job.job_id in self.finishes and not isinstance(c, Cancel)
-            ):
-                self.after_finish_violations.append(f"{c} after finish")
-            elif isinstance(c, AckResult):
-                pass
+                if c.ok:
+                    assert c.payload in self.ok_payloads.get(job.job_id, set()), (c.payload, job.job_id)
+                result = p.TranslationResult(
+                    utterance_index=job.utterance_index, tgt_lang="es", job_id=job.job_id,
+                    status="ok" if c.ok else "failed",
+                )  # fmt: skip
+                events = run_sync(self.store.push_result(SID, "es", job.utterance_index, p.encode(result)))
+                for _, data in events:
+                    ev = p.decode_event(data)
+                    assert isinstance(ev, p.TranslationResult)
+                    self.delivered.append(ev.utterance_index)
 
     @rule()
     def create(self) -> None:
         idx = len(self.jobs)
         job = make_job(job_id=JobId(f"job-{idx}"), utterance_index=idx, created_at=self.now)
         self.jobs.append(job)
-        self.stream.expect(idx)
+        run_sync(self.store.expect_result(SID, "es", idx))
         self.run(job, self.lc.created(job, self.now))
 
     @precondition(lambda self: self.need_select)
@@ -235,8 +283,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.run(job, self.lc.dispatched(job, attempt, ok, self.now))
 
     @precondition(lambda self: self.attempt_node)
-    @rule(data=st.data(), kind=st.sampled_from(["ack", "started", "ok", "fail", "reject"]))
-    def node_message(self, data: Any, kind: str) -> None:
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["ack", "started", "ok", "fail", "reject"]),
+        payload=st.text(max_size=8),
+        code=st.sampled_from(["node_failed", "timeout", "bad_audio", "unsupported_language_pair"]),
+    )
+    def node_message(self, data: Any, kind: str, payload: str, code: str) -> None:
         (job_id, attempt) = data.draw(st.sampled_from(sorted(self.attempt_node)))
         job, node = self.by_id(job_id), self.attempt_node[(job_id, attempt)]
         if kind == "ack":
@@ -246,8 +299,19 @@ class LifecycleMachine(RuleBasedStateMachine):
         elif kind == "reject":
             cmds = self.lc.rejected(job, attempt, "full", self.now)
         else:
-            cmds = self.lc.result(job, attempt, node, kind == "ok", None, "node_failed", "x", self.now)
+            if kind == "ok":
+                self.ok_payloads.setdefault(job_id, set()).add(payload)
+            cmds = self.lc.result(job, attempt, node, kind == "ok", payload, code, "x", self.now)
         self.run(job, cmds)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def cancel(self, data: Any) -> None:
+        """The session went away: the job is cancelled wherever it stands."""
+        job = data.draw(st.sampled_from(self.jobs))
+        ended = job.state.terminal
+        self.run(job, self.lc.cancel(job, "session_gone", self.now))
+        assert job.state.terminal and (ended or job.state is JobState.CANCELLED)
 
     @precondition(lambda self: self.armed or self.stale)
     @rule(data=st.data(), stale=st.booleans())

@@ -65,3 +65,41 @@ def test_history_replay_and_trim() -> None:
     assert h.since(4) == [(5, "e5")]
     with pytest.raises(ValueError):
         h.append(5, "again")
+
+
+def test_ordered_stream_refuses_an_index_expected_or_delivered_before() -> None:
+    from linguamesh.core import ordering
+
+    stream: OrderedStream[str] = OrderedStream()
+    stream.expect(0)
+    with pytest.raises(ordering.DuplicateIndex):
+        stream.expect(0)  # still expected
+    assert stream.complete(0, "a") == ["a"]
+    with pytest.raises(ordering.DuplicateIndex):
+        stream.expect(0)  # delivered: a second job for it would deliver it twice
+    stream.expect(2)
+    stream.expect(1)  # a lower index arriving late is fine
+    assert stream.complete(2, "c") == []
+    assert stream.complete(1, "b") == ["b", "c"]
+    for i in (1, 2):
+        with pytest.raises(ordering.DuplicateIndex):
+            stream.expect(i)
+
+
+def test_ordered_stream_forgets_old_indices_behind_a_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from linguamesh.core import ordering
+
+    monkeypatch.setattr(ordering, "REMEMBERED", 3)
+    stream: OrderedStream[int] = OrderedStream()
+    for i in range(0, 10, 2):
+        stream.expect(i)
+        assert stream.complete(i, i) == [i]
+    assert len(stream._delivered) == 3
+    # 0 and 2 were forgotten (floor 2); 1 was never seen but lies below the floor
+    for i in (0, 1, 2, 4, 8):
+        with pytest.raises(ordering.DuplicateIndex):
+            stream.expect(i)
+    stream.expect(3)  # above the floor and never delivered: a late lower index, accepted
+    stream.expect(9)
+    assert stream.complete(9, 9) == []
+    assert stream.complete(3, 3) == [3, 9]

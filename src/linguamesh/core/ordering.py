@@ -9,9 +9,14 @@ exactly one result, so the wait is bounded by the job's timeouts.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+#: Delivered indices remembered per stream to refuse a repeat; older ones are refused
+#: by a floor (the highest index forgotten), so memory stays bounded.
+REMEMBERED = 10_000
 
 
 class DuplicateIndex(Exception):
@@ -23,12 +28,16 @@ class OrderedStream(Generic[T]):
         self._waiting: list[int] = []  # heap of indices still expected
         self._expected: set[int] = set()
         self._done: dict[int, T] = {}
+        self._delivered: set[int] = set()
+        self._delivered_order: deque[int] = deque()
+        self._floor = -1
         self.delivered_up_to = -1
 
     def expect(self, index: int) -> None:
         """Register a job's index. Indices are registered in increasing order per stream,
-        but a lower one arriving late (retry of a lost frame) is accepted too."""
-        if index in self._expected or (index <= self.delivered_up_to and index in self._done):
+        but a lower one arriving late (retry of a lost frame) is accepted too. An index
+        expected or delivered already is a DuplicateIndex."""
+        if index in self._expected or index in self._delivered or index <= self._floor:
             raise DuplicateIndex(index)
         self._expected.add(index)
         heapq.heappush(self._waiting, index)
@@ -44,6 +53,12 @@ class OrderedStream(Generic[T]):
             self._expected.discard(i)
             ready.append(self._done.pop(i))
             self.delivered_up_to = max(self.delivered_up_to, i)
+            self._delivered.add(i)
+            self._delivered_order.append(i)
+            if len(self._delivered_order) > REMEMBERED:
+                old = self._delivered_order.popleft()
+                self._delivered.discard(old)
+                self._floor = max(self._floor, old)
         return ready
 
     @property
