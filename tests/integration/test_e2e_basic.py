@@ -5,7 +5,7 @@ from __future__ import annotations
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, pcm, start_node, test_engines
+from ..conftest import Cluster, eventually, pcm, start_node, test_engines
 
 
 async def test_three_utterances_come_back_in_order_with_timings(cluster: Cluster) -> None:
@@ -35,8 +35,8 @@ async def test_node_started_before_scheduler_joins_and_serves(cluster: Cluster) 
     cluster.nodes.append(node)
     import asyncio
 
-    await asyncio.sleep(0.5)  # the node is retrying against a closed port
-    assert not node.agent.connected.is_set()
+    await eventually(lambda: node.agent.metrics.value("node_connect_failures") >= 2, 5, "the node to retry")
+    assert not node.agent.connected.is_set() and node.agent.metrics.value("node_connects") == 0
     s = await cluster.scheduler(port=port)
     await asyncio.wait_for(node.agent.connected.wait(), 5)
     async with SessionClient(s.url, src="en", tgt="es") as c:

@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from linguamesh import protocol as p
 from linguamesh.audio import to_wav
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, eventually, free_port, pcm, start_node, test_engines
+from ..conftest import SCALE, Cluster, eventually, free_port, pcm, start_node, test_engines
 from ..scripted_node import ScriptedNode
 
 
@@ -44,13 +46,16 @@ async def test_session_close_waits_for_running_jobs_then_closes(cluster: Cluster
         await c.send_utterance(0, pcm(0.1))
         await c.close_session()
         events = []
-        try:
+        with pytest.raises(ConnectionClosed) as closed:  # the scheduler closes the socket at the end
             while True:
-                events.append(await c.recv(5))
-        except Exception:
-            pass
+                events.append(await c.recv(5 * SCALE))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
     kinds = [type(e).__name__ for e in events]
-    assert "TranslationResult" in kinds and kinds[-1] == "SessionClosed"
+    assert kinds == ["JobStatus", "TranslationResult", "SessionClosed"] or (
+        "TranslationResult" in kinds
+        and kinds[-1] == "SessionClosed"
+        and kinds.count("TranslationResult") == 1
+    ), kinds
     await eventually(lambda: not s.sched.sessions, 2, "session to be dropped")
 
 

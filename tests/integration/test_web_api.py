@@ -13,7 +13,10 @@ from linguamesh.scheduler.access import operator_access
 from ..conftest import Cluster, pcm
 
 
-async def _sse_events(url: str, n: int, headers: dict[str, str] | None = None) -> list[tuple[int, str, dict]]:  # type: ignore[type-arg]
+async def _sse_events(
+    url: str, n: int, headers: dict[str, str] | None = None, got: asyncio.Queue[int] | None = None
+) -> list[tuple[int, str, dict]]:  # type: ignore[type-arg]
+    """The first ``n`` events of an SSE stream; each one's seq also goes to ``got``."""
     out = []
     async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", url, headers=headers or {}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -24,6 +27,8 @@ async def _sse_events(url: str, n: int, headers: dict[str, str] | None = None) -
                 ev[k] = v.strip()
             elif line == "" and "data" in ev:
                 out.append((int(ev["id"]), ev["event"], json.loads(ev["data"])))
+                if got is not None:
+                    got.put_nowait(out[-1][0])
                 ev = {}
                 if len(out) == n:
                     return out
@@ -44,20 +49,24 @@ async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> No
             hist = (
                 await http.get(f"{base}/events", params={"token": token, "types": "translation_result"})
             ).json()
+            full = (await http.get(f"{base}/events", params={"token": token})).json()
             since = (await http.get(f"{base}/events", params={"token": token, "since": 3})).json()
             denied = await http.get(f"{base}/events", params={"token": c.ack.resume_token})
             missing = await http.get(f"{s.http}/api/v1/sessions/s-NOPE/events", params={"token": "x"})
             bad = await http.get(f"{base}/events", params={"token": token, "since": "x"})
         assert [e["utterance_index"] for e in hist["events"]] == [0, 1, 2]
-        assert all(e["seq"] > 3 for e in since["events"])
+        after3 = [e for e in full["events"] if e["seq"] > 3]
+        assert after3 and since["events"] == after3 and since["last_seq"] == full["events"][-1]["seq"]
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
         assert missing.status_code == 404 and bad.status_code == 400
         # SSE: replay everything after Last-Event-ID, then live events
         stream_url = f"{base}/events/stream?token={token}&types=translation_result"
         last = hist["events"][0]["seq"]
-        replay = asyncio.create_task(_sse_events(stream_url, 3, {"Last-Event-ID": str(last)}))
-        await asyncio.sleep(0.3)
-        await c.send_utterance(3, pcm(0.1))
+        got: asyncio.Queue[int] = asyncio.Queue()
+        replay = asyncio.create_task(_sse_events(stream_url, 3, {"Last-Event-ID": str(last)}, got))
+        replayed = [await asyncio.wait_for(got.get(), 10) for _ in range(2)]  # 1 and 2, from the history
+        assert replayed == [e["seq"] for e in hist["events"][1:]]
+        await c.send_utterance(3, pcm(0.1))  # only now: its result can only come live
         events = await asyncio.wait_for(replay, 10)
     assert [e[2]["utterance_index"] for e in events] == [1, 2, 3]
     assert all(e[1] == "translation_result" for e in events)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.observability.trace import CHAIN
 
@@ -108,8 +107,8 @@ async def test_trace_names_no_node(tmp_path: Path) -> None:
     assert r.status == "failed"
     out = run_trace(trace_id, str(sched.log))
     assert out.returncode == 1
-    assert "no node selected: no_available_pool" in out.stdout
-    assert "job failed" not in out.stdout or "no_available_node" in out.stdout
+    assert "!! no node selected: no_available_pool (job failed: no_available_node)" in out.stdout
+    assert "result.created  status=failed error_code=no_available_node" in out.stdout
 
 
 def test_trace_cli_errors(tmp_path: Path) -> None:
@@ -121,6 +120,27 @@ def test_trace_cli_errors(tmp_path: Path) -> None:
     assert out.returncode == 1 and "no log record with trace_id=abc" in out.stdout
 
 
-async def test_events_of_session_have_protocol_names(tmp_path: Path) -> None:
-    # the trace tool relies on these event names; keep them in one place
-    assert p.TranslationResult.__struct_config__.tag == "translation_result"
+def test_every_event_the_trace_tool_reads_is_logged_somewhere() -> None:
+    """The trace tool matches records by event name: each name it relies on must be
+    logged by the scheduler, the node or the core (a renamed event would silently break
+    the tool)."""
+    import re
+
+    from linguamesh.observability import trace
+
+    src = Path(trace.__file__).resolve().parents[1]
+    logged: set[str] = set()
+    for path in src.rglob("*.py"):
+        if path.name == "trace.py":
+            continue
+        text = path.read_text()
+        for first_arg in re.findall(r"log\.\w+\(\s*([^,\n]*)", text):  # the event of each log call
+            logged |= set(re.findall(r'"([a-z_]+\.[a-z_]+)"', first_arg))
+        logged |= set(re.findall(r'Note\([^,]+,\s*"([a-z_]+\.[a-z_]+)"', text))
+    used = set(trace.CHAIN) | trace.NODE_EVENTS
+    used |= set(
+        re.findall(r'(?:event ==|_first\(steps,)\s*"([a-z_]+\.[a-z_]+)"', Path(trace.__file__).read_text())
+    )
+    assert len(used) > 20
+    missing = sorted(used - logged)
+    assert not missing, f"the trace tool reads events nothing logs: {missing}"

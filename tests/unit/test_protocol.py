@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -77,13 +79,42 @@ def test_version_check_is_fatal() -> None:
     assert exc.value.code == "unsupported_version" and exc.value.fatal
 
 
-@given(st.binary(max_size=200))
-def test_decoder_never_raises_anything_but_protocol_error(data: bytes) -> None:
+_KNOWN = st.sampled_from(
+    [
+        "session_init",
+        "utterance",
+        "audio_chunk",
+        "ack",
+        "session_close",
+        "node_register",
+        "node_heartbeat",
+        "job_ack",
+        "job_reject",
+        "job_started",
+        "job_partial",
+        "job_result",
+    ]
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=8,
+)
+FRAMES = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    st.builds(lambda t, d: msgspec.json.encode({**d, "type": t}), _KNOWN, st.dictionaries(st.text(max_size=12), _JSON)),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("decode", [p.decode_client, p.decode_node, p.decode_event, p.decode_to_node])
+@given(frame=FRAMES)
+def test_each_decoder_raises_nothing_but_protocol_error(decode: Any, frame: bytes | str) -> None:
+    """Every decoder on its own (each one is tried on every frame, whatever the others did)."""
     try:
-        p.decode_client(data)
-        p.decode_node(data)
-    except p.ProtocolError:
-        pass
+        decode(frame)
+    except p.ProtocolError as exc:
+        assert exc.code in p.ErrorCode and exc.message
 
 
 def test_deep_frames_are_bad_message_on_both_decoders() -> None:

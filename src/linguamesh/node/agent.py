@@ -140,6 +140,7 @@ class NodeAgent:
                     TimeoutError,
                 ) as exc:
                     log.info("node.connect_failed", node_id=self.node_id, url=url, error=repr(exc))
+                    self.metrics.inc("node_connect_failures")
                 finally:
                     self.ws = None
                     self.connected.clear()

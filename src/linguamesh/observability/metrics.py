@@ -50,6 +50,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "node_jobs_finished": ("Jobs finished by this node, by outcome", ("outcome",)),
     "node_jobs_cancelled": ("Jobs cancelled on this node", ()),
     "node_connects": ("Connections to a scheduler", ()),
+    "node_connect_failures": ("Attempts to connect to a scheduler that failed (retried with backoff)", ()),
 }
 
 
