@@ -20,8 +20,19 @@ from linguamesh.runtime import make_server
 from linguamesh.scheduler.config import SchedulerConfig
 from linguamesh.scheduler.service import Scheduler
 
-#: One unit of waiting, scaled for slow CI machines (LINGUAMESH_TEST_TIMEOUT_SCALE=3).
+#: One unit of waiting, scaled for slow CI machines (LINGUAMESH_TEST_TIMEOUT_SCALE=3): every wait
+#: of a test and every timeout a test gives a scheduler or a node is multiplied by it.
 SCALE = float(os.environ.get("LINGUAMESH_TEST_TIMEOUT_SCALE", "1"))
+
+#: The scheduler settings that are durations: start_scheduler scales each one a test sets.
+TIMED = (
+    "pending_timeout", "ack_timeout", "result_timeout", "session_linger", "heartbeat_interval",
+    "chunk_idle_gap", "handshake_timeout",
+)  # fmt: skip
+
+
+def scaled(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v * SCALE if k in TIMED and v is not None else v) for k, v in cfg.items()}
 
 
 def free_port() -> int:
@@ -71,14 +82,14 @@ class NodeHandle:
 
 
 async def start_scheduler(port: int | None = None, store: Any = None, **cfg: Any) -> SchedulerHandle:
-    config = SchedulerConfig(
-        port=port or free_port(), heartbeat_interval=cfg.pop("heartbeat_interval", 0.5), **cfg
-    )
+    """A scheduler on loopback in this process; the durations a test sets are scaled."""
+    cfg.setdefault("heartbeat_interval", 0.5)
+    config = SchedulerConfig(port=port or free_port(), **scaled(cfg))
     server = make_server(config, store)
     server.config.setup_event_loop = lambda: None
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
-    for _ in range(500):
+    for _ in range(int(500 * SCALE)):
         if server.started:
             break
         if task.done():
@@ -109,8 +120,8 @@ async def start_node(
         node_id=node_id,
         max_concurrent_jobs=max_concurrent_jobs,
         engines=engines if engines is not None else test_engines(),
-        backoff_initial=0.05,
-        backoff_max=0.5,
+        backoff_initial=0.05 * SCALE,
+        backoff_max=0.5 * SCALE,
     )
     agent = NodeAgent(cfg, build(cfg.engines))
     task = asyncio.create_task(agent.run())

@@ -9,6 +9,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from linguamesh import protocol as p
 
+from .conftest import SCALE
+
 
 class ScriptedNode:
     def __init__(
@@ -79,8 +81,9 @@ class ScriptedNode:
         await self.ws.send(p.encode_str(msg))
 
     async def expect(self, kind: type, timeout: float = 5.0) -> Any:
+        """The next message of ``kind`` (others are skipped); ``timeout`` is scaled."""
         while True:
-            msg = await asyncio.wait_for(self.inbox.get(), timeout)
+            msg = await asyncio.wait_for(self.inbox.get(), timeout * SCALE)
             if isinstance(msg, kind):
                 return msg
 
@@ -95,9 +98,9 @@ class ScriptedNode:
         )
 
     async def closed(self, timeout: float = 5.0) -> None:
-        """Wait until the scheduler closes this node's socket."""
+        """Wait until the scheduler closes this node's socket (``timeout`` is scaled)."""
         assert self._reader is not None
-        await asyncio.wait([self._reader], timeout=timeout)
+        await asyncio.wait([self._reader], timeout=timeout * SCALE)
         assert self._reader.done(), "the socket is still open"
 
     async def close(self) -> None:

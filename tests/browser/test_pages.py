@@ -12,7 +12,7 @@ from linguamesh.audio import to_wav
 from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
-from ..conftest import Cluster, eventually, test_engines
+from ..conftest import SCALE, Cluster, eventually, test_engines
 from .conftest import ARTIFACTS, SPOKEN, new_page
 
 
@@ -38,7 +38,7 @@ async def test_microphone_speech_is_transcribed_translated_and_spoken(cluster: C
     page = await new_page(browser, s.http)
     await _start_session(page)
     await page.evaluate("window.lm.talkStart()")  # push-to-talk: hold while the sentence plays
-    await asyncio.sleep(4.6)
+    await asyncio.sleep(4.6 * SCALE)
     await page.evaluate("window.lm.talkStop()")
     row = page.locator("li.utt[data-status=ok]").first
     await row.wait_for(timeout=60_000)
@@ -96,10 +96,10 @@ async def test_cut_connection_resumes_and_shows_every_result_once(
     session = s.sched.sessions[sid]  # type: ignore[index]
     assert session.conn is not None
     await session.conn.close(4003)  # cut the connection from the server side while jobs run
-    await page.wait_for_selector("#conn[data-state=reconnecting]", timeout=5000)
+    await page.wait_for_selector("#conn[data-state=reconnecting]", timeout=int(5000 * SCALE))
     await page.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
     await page.wait_for_function("window.lm.results.length >= 3", timeout=20_000)
-    await asyncio.sleep(0.5)  # anything duplicated would arrive now
+    await asyncio.sleep(0.5 * SCALE)  # anything duplicated would arrive now
     results = await _results(page)
     assert sorted(r["i"] for r in results) == [0, 1, 2]
     assert all(r["s"] == "ok" for r in results)

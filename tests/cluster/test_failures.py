@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +17,8 @@ from linguamesh.client import ClientError, SessionClient
 from linguamesh.state.redis import RedisStateStore
 
 from ..conftest import SCALE, Cluster, eventually, free_port, late_events, pcm, test_engines
+from ..procs import start_scheduler_process
 from ..redis_server import RedisServer
-
-
-async def _scheduler_process(
-    redis_url: str, instance: str, port: int, *flags: str
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "linguamesh.cli", "scheduler", "--port", str(port), "--redis-url", redis_url,
-         "--instance-id", instance, "--log", "warning", "--heartbeat-interval", "0.5", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    async with httpx.AsyncClient() as http:
-        for _ in range(int(200 * SCALE)):
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("scheduler process did not start")
 
 
 async def test_killing_an_instance_moves_nodes_and_session_and_loses_nothing(
@@ -48,7 +26,9 @@ async def test_killing_an_instance_moves_nodes_and_session_and_loses_nothing(
 ) -> None:
     port_a = free_port()
     flags = ("--ack-timeout", "1", "--result-timeout", "1.5", "--pending-timeout", "8")
-    proc_a = await _scheduler_process(redis_url, "A", port_a, *flags)
+    _, proc_a = await start_scheduler_process(
+        "--redis-url", redis_url, "--instance-id", "A", "--log", "warning", *flags, port=port_a
+    )
     url_a = f"ws://127.0.0.1:{port_a}"
     try:
         b = await cluster.scheduler(
@@ -78,9 +58,9 @@ async def test_killing_an_instance_moves_nodes_and_session_and_loses_nothing(
 
         for i in range(6):
             await c.send_utterance(i, pcm(0.1), request_id=f"r{i}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 * SCALE)
         await collect(1, 10)  # work is flowing through A
-        os.kill(proc_a.pid, signal.SIGKILL)  # instance A dies mid-stream
+        os.kill(proc_a.proc.pid, signal.SIGKILL)  # instance A dies mid-stream
         try:
             while True:
                 await collect(total, 2)
@@ -95,8 +75,8 @@ async def test_killing_an_instance_moves_nodes_and_session_and_loses_nothing(
             assert not isinstance(ev, p.TranslationResult), f"late or repeated result {ev.utterance_index}"
         await c.disconnect()
     finally:
-        proc_a.kill()
-        proc_a.wait()
+        proc_a.proc.kill()
+        proc_a.proc.wait()
     assert sorted(results) == list(range(total))
     assert all(r.status == "ok" for r in results.values()), {
         i: r.error for i, r in results.items() if r.error
@@ -111,13 +91,13 @@ async def test_redis_outage_fails_closed_and_recovers(cluster: Cluster, tmp_path
         await cluster.node(s.url, "n1")
         async with SessionClient(s.url, src="en", tgt="es") as c:
             await c.send_utterance(0, pcm(0.1))
-            assert (await c.next_result(10)).status == "ok"
+            assert (await c.next_result(10 * SCALE)).status == "ok"
             server.stop()  # Redis goes away while the session is open
             async with httpx.AsyncClient() as http:
                 ready = await http.get(f"{s.http}/readyz", timeout=10 * SCALE)
             assert ready.status_code == 503 and "state store unreachable" in ready.text
             await c.send_utterance(1, pcm(0.1))
-            err = await c.recv(10)
+            err = await c.recv(10 * SCALE)
             assert isinstance(err, p.Error) and err.code == "dependency_down", err
             # new sessions fail closed too, with the same clear code
             other = SessionClient(s.url, src="en", tgt="es")
@@ -129,14 +109,14 @@ async def test_redis_outage_fails_closed_and_recovers(cluster: Cluster, tmp_path
                 for _ in range(int(100 * SCALE)):
                     if (await http.get(f"{s.http}/readyz")).status_code == 200:
                         break
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.1 * SCALE)
                 else:
                     raise AssertionError("/readyz never turned ready after Redis came back")
         # full service again: a new session works end to end
         await eventually(lambda: s.sched.store.nodes().get("n1") is not None, 5, "node registry")
         async with SessionClient(s.url, src="en", tgt="es") as c2:
             await c2.send_utterance(0, pcm(0.1))
-            r = await c2.next_result(15)
+            r = await c2.next_result(15 * SCALE)
         assert r.status == "ok"
     finally:
         server.stop()

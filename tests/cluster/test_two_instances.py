@@ -10,7 +10,7 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.state.redis import RedisStateStore
 
-from ..conftest import Cluster, eventually, late_events, pcm, test_engines
+from ..conftest import SCALE, Cluster, eventually, late_events, pcm, test_engines
 
 
 async def two(cluster: Cluster, redis_url: str, **cfg: Any) -> tuple[Any, Any]:
@@ -33,7 +33,7 @@ async def test_node_on_a_session_on_b_results_in_order(cluster: Cluster, redis_u
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i, secs in enumerate((0.6, 0.3, 0.1)):
             await c.send_utterance(i, pcm(secs))
-        results = await c.results(3, timeout=15)
+        results = await c.results(3, timeout=15 * SCALE)
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert all(r.status == "ok" and r.node_id == "node-on-a" for r in results)
     assert [r.text_asr for r in results] == [
@@ -54,7 +54,7 @@ async def test_handed_over_job_reports_each_status_once_in_order(cluster: Cluste
         seen: dict[int, list[str]] = {0: [], 1: [], 2: []}
         results = 0
         while results < 3:
-            ev = await c.recv(15)
+            ev = await c.recv(15 * SCALE)
             if isinstance(ev, p.JobStatus):
                 seen[ev.utterance_index].append(ev.status)
                 assert ev.node_id == "node-on-a"
@@ -91,7 +91,7 @@ async def test_many_nodes_and_sessions_every_utterance_exactly_once(cluster: Clu
                 await c.send_utterance(i, pcm(0.05 + rng.random() * 0.2))
                 await asyncio.sleep(rng.random() * 0.02)
             want = n * (2 if k % 3 == 0 else 1)
-            results = await c.results(want, timeout=30)
+            results = await c.results(want, timeout=30 * SCALE)
             extra = await late_events(c)
             assert not [e for e in extra if isinstance(e, p.TranslationResult)]
             assert c.duplicates_dropped == 0
@@ -119,15 +119,15 @@ async def test_resume_on_the_other_instance_gets_missed_results(cluster: Cluster
         await c.send_utterance(i, pcm(0.1))
     seen: set[int] = set()
     while len(seen) < 3:  # A accepted all three (a job_status each), then the client drops
-        ev = await c.recv(5)
+        ev = await c.recv(5 * SCALE)
         if isinstance(ev, p.JobStatus):
             seen.add(ev.utterance_index)
     await c.disconnect()
     c.url = b.url + "/ws/session"  # the load balancer sends the reconnect to B
     await c.resume()
-    results = [r for r in await c.results(3, timeout=15)]
+    results = [r for r in await c.results(3, timeout=15 * SCALE)]
     await c.send_utterance(3, pcm(0.1))  # and B serves new work of the session
-    results.append(await c.next_result(15))
+    results.append(await c.next_result(15 * SCALE))
     await c.disconnect()
     assert [r.utterance_index for r in results] == [0, 1, 2, 3]
     assert c.duplicates_dropped == 0
@@ -142,7 +142,7 @@ async def test_closing_a_session_waits_for_jobs_handed_to_another_instance(
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i in range(3):
             await c.send_utterance(i, pcm(0.2))
-        await asyncio.sleep(0.05)  # accepted and handed over, not finished
+        await asyncio.sleep(0.05 * SCALE)  # accepted and handed over, not finished
         await c.close_session()
         events: list[Any] = []
         async with asyncio.timeout(15):

@@ -17,6 +17,8 @@ from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRe
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
+from ..conftest import SCALE
+
 SID = SessionId("s-1")
 CAPS = NodeCapabilities(asr=frozenset({"en"}), nmt=frozenset({("en", "es")}), tts=frozenset({"es"}))
 
@@ -74,7 +76,7 @@ async def test_reservations_expire(store: Any) -> None:
     if isinstance(store, MemoryStateStore):
         store.clock = lambda: time.monotonic() + 1
     else:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1 * SCALE)
     assert await store.reserve(NodeId("n1"), JobId("b"), 1, 30)
 
 
@@ -290,7 +292,7 @@ async def test_live_instances(store: Any) -> None:
         return  # one instance in memory
     await store.instance_alive("B", 5)
     assert await store.live_instances() == {"A", "B"}
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5 * SCALE)
     assert await store.live_instances() == {"B"}  # A's key expired: A is dead
 
 

@@ -19,6 +19,7 @@ from linguamesh.engines.models import ModelLoadError, ModelManager
 from linguamesh.engines.registry import EngineSet, build
 from linguamesh.quality import wer
 
+from ..conftest import SCALE
 from .conftest import espeak_wav
 
 NO_STOP = threading.Event()
@@ -205,7 +206,7 @@ def test_cancel_stops_a_long_stage(default_set: EngineSet) -> None:
     async def run() -> tuple[float, float]:
         t = time.perf_counter()
         task = asyncio.ensure_future(tts.synthesize(text, "en"))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3 * SCALE)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

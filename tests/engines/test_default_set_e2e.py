@@ -13,7 +13,7 @@ from linguamesh.client import SessionClient
 from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
-from ..conftest import Cluster, eventually
+from ..conftest import SCALE, Cluster, eventually
 from .conftest import espeak_wav
 
 
@@ -25,13 +25,13 @@ async def test_english_speech_to_spanish_end_to_end(cluster: Cluster) -> None:
         await c.send_utterance(0, espeak_wav(ref))
         events: list[Any] = []
         while True:
-            ev = await c.recv(60)
+            ev = await c.recv(60 * SCALE)
             events.append(ev)
             if isinstance(ev, p.TranslationResult):
                 break
         # silence: an empty result, not an error
         await c.send_utterance(1, to_wav(__import__("numpy").zeros(16000, "float32"), 16000))
-        silent = await c.next_result(60)
+        silent = await c.next_result(60 * SCALE)
     r = events[-1]
     assert r.status == "ok", r.error
     # WER bound 0.25: whisper base measured ~0-10 % on espeak sentences on this machine

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, pcm
+from ..conftest import SCALE, Cluster, pcm
 
 
 async def _error(ws) -> p.Error:  # type: ignore[no-untyped-def]
@@ -87,7 +87,7 @@ async def test_errors_inside_a_session_lose_nothing_already_accepted(cluster: Cl
         await c.send_utterance(2, pcm(0.1))  # still accepted afterwards
         errors, results = [], []
         while len(results) < 2:
-            ev = await c.recv(10)
+            ev = await c.recv(10 * SCALE)
             if isinstance(ev, p.Error):
                 errors.append(ev.code)
             elif isinstance(ev, p.TranslationResult):
@@ -100,7 +100,7 @@ async def test_wav_header_garbage_is_bad_audio(cluster: Cluster) -> None:
     s = await cluster.scheduler()
     async with SessionClient(s.url, src="en", tgt="es", audio_format="wav") as c:
         await c.send_utterance(0, b"RIFF not really a wav file")
-        ev = await c.recv(5)
+        ev = await c.recv(5 * SCALE)
     assert isinstance(ev, p.Error) and ev.code == "bad_audio" and "WAV" in ev.message
 
 
@@ -116,7 +116,7 @@ async def test_wrong_protocol_version_is_fatal_and_others_keep_being_served(clus
                 await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         await other.send_utterance(0, pcm(0.1))
-        r = await other.next_result(5)
+        r = await other.next_result(5 * SCALE)
     assert r.status == "ok"
 
 
@@ -128,7 +128,7 @@ async def test_duplicate_utterance_index_and_request_id_make_no_second_job(clust
         await c.send_utterance(0, pcm(0.1), request_id="r-0")  # retry of the same utterance
         await c.send_utterance(1, pcm(0.1), request_id="r-0")  # same request id, new index
         await c.send_utterance(2, pcm(0.1))
-        results = await c.results(2, timeout=5)
+        results = await c.results(2, timeout=5 * SCALE)
     assert [r.utterance_index for r in results] == [0, 2]
     assert s.sched.metrics.value("jobs_created") == 2
     assert s.sched.metrics.value("utterances_duplicate") == 2
@@ -142,7 +142,7 @@ async def test_decreasing_utterance_index_is_refused(cluster: Cluster) -> None:
         await c.send_utterance(3, pcm(0.1))
         kinds = []
         while True:
-            ev = await c.recv(5)
+            ev = await c.recv(5 * SCALE)
             if isinstance(ev, p.Error):
                 kinds.append(ev.code)
                 assert "must increase" in ev.message

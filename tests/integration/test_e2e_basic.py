@@ -5,7 +5,7 @@ from __future__ import annotations
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, eventually, pcm, start_node, test_engines
+from ..conftest import SCALE, Cluster, eventually, pcm, start_node, test_engines
 
 
 async def test_three_utterances_come_back_in_order_with_timings(cluster: Cluster) -> None:
@@ -15,7 +15,7 @@ async def test_three_utterances_come_back_in_order_with_timings(cluster: Cluster
     async with SessionClient(s.url, src="en", tgt="es") as c:
         for i, secs in enumerate((0.9, 0.3, 0.1)):
             await c.send_utterance(i, pcm(secs))
-        results = await c.results(3, timeout=10)
+        results = await c.results(3, timeout=10 * SCALE)
     assert [r.utterance_index for r in results] == [0, 1, 2]
     for r, secs in zip(results, (0.9, 0.3, 0.1), strict=True):
         assert r.status == "ok"
@@ -38,10 +38,10 @@ async def test_node_started_before_scheduler_joins_and_serves(cluster: Cluster) 
     await eventually(lambda: node.agent.metrics.value("node_connect_failures") >= 2, 5, "the node to retry")
     assert not node.agent.connected.is_set() and node.agent.metrics.value("node_connects") == 0
     s = await cluster.scheduler(port=port)
-    await asyncio.wait_for(node.agent.connected.wait(), 5)
+    await asyncio.wait_for(node.agent.connected.wait(), 5 * SCALE)
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.2))
-        r = await c.next_result(10)
+        r = await c.next_result(10 * SCALE)
     assert r.status == "ok" and r.node_id == "early-node"
 
 
@@ -51,7 +51,7 @@ async def test_two_target_languages_give_two_ordered_streams(cluster: Cluster) -
     async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["fr"]) as c:
         for i in range(4):
             await c.send_utterance(i, pcm(0.1 * (4 - i)))
-        results = await c.results(8, timeout=10)
+        results = await c.results(8, timeout=10 * SCALE)
     by_lang: dict[str, list[int]] = {}
     for r in results:
         assert r.status == "ok"
@@ -67,7 +67,7 @@ async def test_job_api_reports_state_and_history(cluster: Cluster) -> None:
     await cluster.node(s.url)
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.2))
-        r = await c.next_result(10)
+        r = await c.next_result(10 * SCALE)
     async with httpx.AsyncClient() as http:
         job = (await http.get(f"{s.http}/api/v1/jobs/{r.job_id}")).json()
         langs = (await http.get(f"{s.http}/api/v1/languages")).json()
@@ -96,7 +96,7 @@ async def test_asr_partial_precedes_result(cluster: Cluster) -> None:
         await c.send_utterance(0, pcm(0.2))
         kinds = []
         while True:
-            ev = await c.recv(10)
+            ev = await c.recv(10 * SCALE)
             kinds.append(type(ev).__name__)
             if isinstance(ev, p.TranslationResult):
                 break

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import Cluster, eventually, late_events, pcm, test_engines
+from ..conftest import SCALE, Cluster, eventually, late_events, pcm, test_engines
+from ..procs import node_process
 from ..scripted_node import ScriptedNode
 
 
@@ -20,10 +19,10 @@ async def test_no_node_gives_failed_result_with_no_available_node(cluster: Clust
     s = await cluster.scheduler(pending_timeout=0.5)
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.2))
-        status = await c.recv(5)
+        status = await c.recv(5 * SCALE)
         assert isinstance(status, p.JobStatus) and status.status == "queued"
         assert status.reason == "no_available_pool" and status.queue_position == 1
-        r = await c.next_result(5)
+        r = await c.next_result(5 * SCALE)
     assert r.status == "failed"
     assert r.error is not None and r.error.code == "no_available_node"
     assert "no_available_pool" in r.error.message
@@ -33,40 +32,16 @@ async def test_queued_job_is_served_when_a_node_arrives(cluster: Cluster) -> Non
     s = await cluster.scheduler(pending_timeout=5)
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.2))
-        status = await c.recv(5)
+        status = await c.recv(5 * SCALE)
         assert isinstance(status, p.JobStatus) and status.status == "queued"
         await cluster.node(s.url)
-        r = await c.next_result(5)
+        r = await c.next_result(5 * SCALE)
     assert r.status == "ok"
-
-
-def _node_process(url: str, node_id: str, tmp: Path, delay_ms: int) -> subprocess.Popen[bytes]:
-    cfg = tmp / f"{node_id}.toml"
-    cfg.write_text(
-        f'node_id = "{node_id}"\nmax_concurrent_jobs = 2\n'
-        f'[[engines]]\nkind = "test"\nlanguages = ["en", "es"]\ndelay_ms = {delay_ms}\n'
-    )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "linguamesh.cli",
-            "node",
-            "--scheduler",
-            url,
-            "--config",
-            str(cfg),
-            "--log",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def test_node_killed_mid_job_fails_over_to_another_node(cluster: Cluster, tmp_path: Path) -> None:
     s = await cluster.scheduler()
-    proc = _node_process(s.url, "doomed", tmp_path, delay_ms=2000)
+    proc = node_process(s.url, "doomed", tmp_path, delay_ms=2000, slots=2).proc
     try:
         await eventually(lambda: "doomed" in s.sched.nodes, 15, "node process to register")
         await cluster.node(s.url, "survivor")
@@ -78,7 +53,7 @@ async def test_node_killed_mid_job_fails_over_to_another_node(cluster: Cluster, 
             os.kill(proc.pid, signal.SIGKILL)
             events = []
             while True:
-                ev = await c.recv(10)
+                ev = await c.recv(10 * SCALE)
                 events.append(ev)
                 if isinstance(ev, p.TranslationResult):
                     break
@@ -102,7 +77,7 @@ async def test_node_that_never_acks_is_failed_over_after_ack_timeout(cluster: Cl
         async with SessionClient(s.url, src="en", tgt="es", preferred_node_id="mute") as c:
             await c.send_utterance(0, pcm(0.2))
             assign = await mute.expect(p.JobAssign)
-            r = await c.next_result(5)
+            r = await c.next_result(5 * SCALE)
         cancel = await mute.expect(p.JobCancel)
     finally:
         await mute.close()
@@ -126,7 +101,7 @@ async def test_late_result_after_failover_and_duplicate_result_give_one_translat
             # the late result of attempt 1 arrives while attempt 2 runs: it wins
             await slow.send(slow.result_for(assign, "late"))
             await slow.send(slow.result_for(assign, "late"))  # and a duplicate
-            r = await c.next_result(5)
+            r = await c.next_result(5 * SCALE)
             # backup's own result comes later and must not produce a second translation
             extra = await late_events(c, wait=0.5)
         acks = [m for m in slow.received if isinstance(m, p.JobResultAck)]
@@ -144,8 +119,8 @@ async def test_no_timeout_fires_after_the_result_arrived(cluster: Cluster) -> No
     async with SessionClient(s.url, src="en", tgt="es") as c:
         for i in range(5):
             await c.send_utterance(i, pcm(0.05))
-        results = await c.results(5, timeout=5)
-    await asyncio.sleep(1.0)  # well past every timeout
+        results = await c.results(5, timeout=5 * SCALE)
+    await asyncio.sleep(1.0 * SCALE)  # well past every timeout
     assert all(r.status == "ok" for r in results)
     assert s.sched.metrics.value("timeouts") == 0
     assert s.sched.metrics.value("failovers") == 0
@@ -161,13 +136,13 @@ async def test_resume_after_disconnect_gets_missed_results_once(cluster: Cluster
     await c.connect()
     for i in range(3):
         await c.send_utterance(i, pcm(0.1))
-    first = await c.recv(5)  # see at least one event, then drop the connection
+    first = await c.recv(5 * SCALE)  # see at least one event, then drop the connection
     assert first.seq == 1
     await c.disconnect()
     await eventually(lambda: s.sched.metrics.value("results_emitted") == 3, 10, "jobs to finish")
     replayed = await c.resume()
     assert replayed >= 3
-    results = await c.results(3, timeout=5)
+    results = await c.results(3, timeout=5 * SCALE)
     await c.disconnect()
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert c.duplicates_dropped == 0
@@ -184,7 +159,7 @@ async def test_resume_while_jobs_still_run_then_live_results(cluster: Cluster) -
     await c.disconnect()
     await eventually(lambda: s.sched.metrics.value("results_emitted") >= 1, 10, "a first result")
     await c.resume()
-    results = await c.results(4, timeout=10)
+    results = await c.results(4, timeout=10 * SCALE)
     await c.disconnect()
     assert [r.utterance_index for r in results] == [0, 1, 2, 3]
     assert c.duplicates_dropped == 0

@@ -32,7 +32,7 @@ async def test_audio_chunks_close_utterances_on_final_max_length_and_idle_gap(cl
             await c.send_chunk(seq, pcm(0.2))
         # utterance 2 is then closed by the idle gap (0.2 s without chunks)
         await c.send_chunk(8, pcm(0.2))  # a repeated seq is ignored
-        results = await c.results(3, timeout=5)
+        results = await c.results(3, timeout=5 * SCALE)
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert results[0].text_asr == "Test utterance 0.30."
     assert results[1].text_asr == "Test utterance 1.00."
@@ -70,7 +70,7 @@ async def test_node_really_stops_a_cancelled_job(cluster: Cluster) -> None:
         await eventually(lambda: not slow.agent.running, 1, "task to end")
         assert not slow.agent.unacked and slow.agent.metrics.value("node_jobs_finished") == 0
         await cluster.node(s.url, "fast")
-        r = await c.next_result(10)
+        r = await c.next_result(10 * SCALE)
     assert r.node_id == "fast"
 
 
@@ -115,7 +115,7 @@ async def test_node_keeps_results_until_acked_and_resends_after_reconnect() -> N
     async with serve(handler, "127.0.0.1", port):
         node = await start_node(f"ws://127.0.0.1:{port}", "keeper")
         try:
-            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.wait_for(done.wait(), 10 * SCALE)
             await eventually(lambda: not node.agent.unacked, 2, "ack to clear the kept result")
         finally:
             await node.stop()
@@ -136,7 +136,7 @@ async def test_heartbeat_loss_drops_the_node_and_fails_over(cluster: Cluster) ->
             await c.send_utterance(0, pcm(0.1))
             assign = await silent.expect(p.JobAssign)
             await silent.send(p.JobAck(job_id=assign.job_id, attempt_id=assign.attempt_id))
-            r = await c.next_result(10)
+            r = await c.next_result(10 * SCALE)
     finally:
         await silent.close()
     assert r.status == "ok" and r.node_id == "alive"
@@ -155,7 +155,7 @@ async def test_translate_cli_prints_text_and_writes_speech(cluster: Cluster, tmp
         "--out", str(out), "--url", s.url,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30 * SCALE)
     assert proc.returncode == 0, stderr.decode()
     text = stdout.decode()
     assert "transcript (en): Good morning." in text
@@ -171,7 +171,7 @@ async def test_translate_cli_reports_errors_clearly(tmp_path: Path) -> None:
         "--url", f"ws://127.0.0.1:{free_port()}",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30 * SCALE)
     assert proc.returncode == 2 and b"not a readable WAV file" in stderr
     good = tmp_path / "good.wav"
     good.write_bytes(to_wav(np.zeros(1600, dtype=np.float32), 16000))
@@ -180,5 +180,5 @@ async def test_translate_cli_reports_errors_clearly(tmp_path: Path) -> None:
         "--url", f"ws://127.0.0.1:{free_port()}",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30 * SCALE)
     assert proc.returncode == 2 and b"cannot reach the scheduler" in stderr

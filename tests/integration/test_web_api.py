@@ -10,7 +10,7 @@ import httpx
 from linguamesh.client import SessionClient
 from linguamesh.scheduler.access import operator_access
 
-from ..conftest import Cluster, pcm
+from ..conftest import SCALE, Cluster, pcm
 
 
 async def _sse_events(
@@ -41,7 +41,7 @@ async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> No
     async with SessionClient(s.url, src="en", tgt="es") as c:
         for i in range(3):
             await c.send_utterance(i, pcm(0.1))
-        await c.results(3, timeout=10)
+        await c.results(3, timeout=10 * SCALE)
         assert c.ack is not None
         sid, token = c.ack.session_id, c.ack.view_token
         base = f"{s.http}/api/v1/sessions/{sid}"
@@ -67,7 +67,7 @@ async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> No
         replayed = [await asyncio.wait_for(got.get(), 10) for _ in range(2)]  # 1 and 2, from the history
         assert replayed == [e["seq"] for e in hist["events"][1:]]
         await c.send_utterance(3, pcm(0.1))  # only now: its result can only come live
-        events = await asyncio.wait_for(replay, 10)
+        events = await asyncio.wait_for(replay, 10 * SCALE)
     assert [e[2]["utterance_index"] for e in events] == [1, 2, 3]
     assert all(e[1] == "translation_result" for e in events)
     assert [e[0] for e in events] == sorted(e[0] for e in events) and events[0][0] > last

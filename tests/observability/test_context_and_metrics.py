@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from linguamesh.client import SessionClient
 from linguamesh.observability import logging as lmlog
 
-from ..conftest import Cluster, free_port, pcm, test_engines
-from .procs import node_proc, scheduler_proc, wait_node
+from ..conftest import SCALE, Cluster, free_port, pcm, test_engines
+from ..procs import node_proc, scheduler_proc, wait_node
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ async def test_fifty_concurrent_jobs_never_mix_log_context(cluster: Cluster, jso
         async with SessionClient(s.url, src="en", tgt="es") as c:
             for i in range(5):
                 await c.send_utterance(i, pcm(0.05 + 0.01 * k))
-            results = await c.results(5, timeout=30)
+            results = await c.results(5, timeout=30 * SCALE)
             return [r.job_id for r in results]
 
     job_lists = await asyncio.gather(*(one_session(k) for k in range(10)))
@@ -87,9 +87,9 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
         async with SessionClient(s.url, src="en", tgt="es") as c:
             for i in range(3):
                 await c.send_utterance(i, pcm(0.1))
-            await c.results(3, timeout=10)
+            await c.results(3, timeout=10 * SCALE)
             await c.send_raw("not json")
-            await c.recv(5)
+            await c.recv(5 * SCALE)
         after = _metrics((await http.get(f"{s.http}/metrics")).text)
         ready = await http.get(f"{s.http}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
@@ -119,7 +119,7 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
             await wait_node(url.replace("ws", "http"), "node-p")
             async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.1))
-                await c.next_result(10)
+                await c.next_result(10 * SCALE)
             async with httpx.AsyncClient() as http:
                 health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
                 m = _metrics((await http.get(f"http://127.0.0.1:{port}/metrics")).text)

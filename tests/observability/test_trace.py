@@ -8,9 +8,9 @@ from pathlib import Path
 from linguamesh.client import SessionClient
 from linguamesh.observability.trace import CHAIN
 
-from ..conftest import pcm
+from ..conftest import SCALE, pcm
 from ..faults import FrameProxy, drop_types
-from .procs import node_proc, run_trace, scheduler_proc, wait_log, wait_node
+from ..procs import node_proc, run_trace, scheduler_proc, wait_log, wait_node
 
 
 def records(*paths: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -28,7 +28,7 @@ async def test_one_job_logs_every_step_and_trace_shows_a_complete_timeline(tmp_p
             await wait_node(url.replace("ws", "http"), "node-p")
             async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.3))
-                r = await c.next_result(10)
+                r = await c.next_result(10 * SCALE)
                 trace_id = c.ack.trace_id  # type: ignore[union-attr]
             await wait_log(node.log, "job_result.acked")
     assert r.status == "ok"
@@ -70,7 +70,7 @@ async def test_trace_names_a_result_that_never_reached_the_scheduler(tmp_path: P
                 await wait_node(url.replace("ws", "http"), "node-p")
                 async with SessionClient(url, src="en", tgt="es") as c:
                     await c.send_utterance(0, pcm(0.2))
-                    r = await c.next_result(10)
+                    r = await c.next_result(10 * SCALE)
                     trace_id = c.ack.trace_id  # type: ignore[union-attr]
                 await wait_log(node.log, "job_result.sent")
     assert r.status == "failed" and r.error is not None and r.error.code == "timeout"
@@ -102,7 +102,7 @@ async def test_trace_names_no_node(tmp_path: Path) -> None:
     async with scheduler_proc(tmp_path, "--pending-timeout", "0.3") as (url, sched):
         async with SessionClient(url, src="en", tgt="es") as c:
             await c.send_utterance(0, pcm(0.2))
-            r = await c.next_result(10)
+            r = await c.next_result(10 * SCALE)
             trace_id = c.ack.trace_id  # type: ignore[union-attr]
     assert r.status == "failed"
     out = run_trace(trace_id, str(sched.log))

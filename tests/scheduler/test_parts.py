@@ -75,7 +75,7 @@ async def test_runner_assign_ack_result_finish(make: Make) -> None:
     # a copy of the result is acked again and dropped
     await sched.node_message(nc, ok_result(assign, "otra"))
     await nsock.wait("job_result_ack", 2)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05 * SCALE)
     assert len(csock.of("translation_result")) == 1
     assert sched.metrics.counters.values[("results_duplicate", ())] == 1
 
@@ -210,7 +210,7 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     await runner.start(run, lambda j: runner.lifecycle.created(j, runner.clock()))
     assert run.gone and not run.timers and "j1" not in runner.runs and "j1" not in d.waiting
     assert "j1" in s.active_jobs and len(remote.handed) == 2
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05 * SCALE)
     assert not csock.of("job_status")  # the new owner reports the job's status
 
     # no node for the pair: Unavailable, and the job waits in the queue
@@ -292,7 +292,7 @@ async def test_desk_close_waits_for_running_jobs(make: Make) -> None:
     await say(sched, s, 0)
     (assign,) = await nsock.wait("job_assign")
     await sched.close_session(s, csock)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05 * SCALE)
     assert not csock.of("session_closed") and csock.closed is None
     with pytest.raises(p.ProtocolError):
         await say(sched, s, 1)  # closing: no new utterances

@@ -14,7 +14,7 @@ import time
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import pcm
+from ..conftest import SCALE, pcm
 
 
 async def flood(url: str, seconds: float) -> dict[str, int]:
@@ -39,7 +39,7 @@ async def flood(url: str, seconds: float) -> dict[str, int]:
             if i % 20 == 0:
                 await asyncio.sleep(0)
         counts["sent"] = i
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0 * SCALE)
         reader.cancel()
     return counts
 

@@ -44,7 +44,7 @@ async def test_origin_rules(cluster: Cluster) -> None:
 
 
 async def test_sockets_that_never_introduce_themselves_are_closed(cluster: Cluster) -> None:
-    s = await cluster.scheduler(handshake_timeout=0.3 * SCALE)
+    s = await cluster.scheduler(handshake_timeout=0.3)
     for path, needle in (("/ws/session", "session_init"), ("/ws/node", "node_register")):
         async with connect(s.url + path) as ws:
             await ws.send("not json either")  # bad input does not extend the deadline
@@ -73,7 +73,7 @@ async def test_connection_limits(cluster: Cluster) -> None:
             await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     await held.pop().close()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1 * SCALE)
     async with SessionClient(s.url, src="en", tgt="es"):  # a place is free again
         pass
     for ws in held:

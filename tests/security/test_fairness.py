@@ -75,7 +75,7 @@ async def test_a_flooding_session_does_not_starve_another(cluster: Cluster) -> N
         await cluster.node(s.url, n, max_concurrent_jobs=2, engines=test_engines(delay_ms=5, tts=False))
     alone, failed_alone = await _paced(s.url)
     flooder = asyncio.create_task(_flood(s.url, UTTERANCES * PACE + 2))
-    await asyncio.sleep(1.0)  # the flooder's process is up and flooding
+    await asyncio.sleep(1.0 * SCALE)  # the flooder's process is up and flooding
     flooded, failed = await _paced(s.url)
     counts = await flooder
     ratio = statistics.median(flooded) / statistics.median(alone)

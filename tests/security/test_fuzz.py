@@ -109,7 +109,7 @@ class Served:
     def _run(self) -> None:
         async def serve() -> None:
             await self.server.serve()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2 * SCALE)
             self.leftover = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
         asyncio.run(serve())
@@ -160,7 +160,7 @@ class Sockets:
                 else {**VALID["node"][0], "node_id": f"fz{len(self.open)}-{id(ws)}"}
             )
             ws.send(first)
-            reply = json.loads(ws.recv(10))
+            reply = json.loads(ws.recv(10 * SCALE))
             assert reply["type"] in ("session_init_ack", "node_register_ack"), reply
             self.tokens |= {reply[k] for k in ("resume_token", "view_token") if k in reply}
         self.open[(endpoint, phase)] = ws

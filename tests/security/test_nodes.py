@@ -4,8 +4,6 @@ sockets, hand-written nodes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
 from ..conftest import SCALE, Cluster, late_events, pcm
+from ..procs import run_cli
 from ..scripted_node import ScriptedNode
 
 TOKENS = {"n1": "n1-own-token-0123456789", "n2": "n2-own-token-0123456789"}
@@ -69,7 +68,7 @@ async def test_only_the_assigned_node_may_answer_for_a_job(cluster: Cluster) -> 
 async def test_a_late_ack_for_a_retried_attempt_keeps_the_node(cluster: Cluster) -> None:
     """Finding 5: n1 acks attempt 1 after it was given up and retried on n2; n1 used to be
     dropped by a TypeError in the handler. It stays connected and keeps serving."""
-    s = await cluster.scheduler(ack_timeout=0.3 * SCALE, pending_timeout=10)
+    s = await cluster.scheduler(ack_timeout=0.3, pending_timeout=10)
     n1 = ScriptedNode(s.url, "n1", slots=1)
     await n1.connect()
     async with SessionClient(s.url, src="en", tgt="es") as c:
@@ -77,7 +76,7 @@ async def test_a_late_ack_for_a_retried_attempt_keeps_the_node(cluster: Cluster)
         first = await n1.expect(p.JobAssign)
         n2 = ScriptedNode(s.url, "n2", slots=1)
         await n2.connect()
-        second = await n2.expect(p.JobAssign, 5 * SCALE)
+        second = await n2.expect(p.JobAssign, 5)
         assert second.attempt_id == 2
         await n1.send(p.JobAck(job_id=first.job_id, attempt_id=1))  # too late
         await n1.send(n1.result_for(first, "late"))  # a late *result* of attempt 1 still wins
@@ -87,7 +86,7 @@ async def test_a_late_ack_for_a_retried_attempt_keeps_the_node(cluster: Cluster)
         assert "n1" in s.sched.nodes  # still connected
         await n2.close()
         await c.send_utterance(1, pcm(0.2))
-        job = await n1.expect(p.JobAssign, 5 * SCALE)
+        job = await n1.expect(p.JobAssign, 5)
         await n1.send(n1.result_for(job, "next"))
         assert (await c.next_result(5 * SCALE)).text_asr == "next"
     await n1.close()
@@ -108,7 +107,7 @@ async def test_per_node_tokens_bind_a_node_to_its_id(cluster: Cluster, tmp_path:
     # the same node with its own token replaces a connection it lost track of
     again = ScriptedNode(s.url, "n1", token=TOKENS["n1"])
     await again.connect()
-    await n1.closed(5 * SCALE)
+    await n1.closed(5)
     assert "n1" in s.sched.nodes
     await again.close()
     await n1.close()
@@ -130,7 +129,7 @@ async def test_no_node_id_takeover_with_a_shared_token(cluster: Cluster) -> None
         result = await c.next_result(5 * SCALE)
         assert result.status == "ok" and result.text_asr == "real"
         await c.send_utterance(1, pcm(0.2))
-        nxt = await real.expect(p.JobAssign, 5 * SCALE)  # the next job goes to the real node
+        nxt = await real.expect(p.JobAssign, 5)  # the next job goes to the real node
         await real.send(real.result_for(nxt))
         await c.next_result(5 * SCALE)
     await real.close()
@@ -139,11 +138,10 @@ async def test_no_node_id_takeover_with_a_shared_token(cluster: Cluster) -> None
 def test_an_exposed_scheduler_without_node_credentials_does_not_start(tmp_path: Path) -> None:
     """Finding 2: bound off loopback with no node credentials, the scheduler exits at once
     (it never binds); the message names --insecure. A broken tokens file names its line."""
-    run = [sys.executable, "-m", "linguamesh.cli", "scheduler", "--port", "1"]
-    out = subprocess.run([*run, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    out = run_cli("scheduler", "--port", "1", "--host", "0.0.0.0")
     assert out.returncode == 2, out
     assert "--insecure" in out.stderr and "--node-token" in out.stderr
     bad = tmp_path / "tokens"
     bad.write_text("n1 a-token-long-enough-000\nn2\n")
-    out = subprocess.run([*run, "--node-tokens", str(bad)], capture_output=True, text=True, timeout=60)
+    out = run_cli("scheduler", "--port", "1", "--node-tokens", str(bad))
     assert out.returncode == 2 and f"{bad}:2" in out.stderr, out

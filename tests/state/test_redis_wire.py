@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from linguamesh.state.redis_wire import RedisWire, Script
 
+from ..conftest import SCALE
 from ..redis_server import RedisServer
 
 ECHO = Script("echo", "return {KEYS[1], ARGV[1]}")
@@ -90,7 +91,7 @@ async def test_a_restarted_server_fails_calls_in_flight_then_serves_again(tmp_pa
     try:
         assert await wire.call("PING") == b"PONG"
         blocked = asyncio.ensure_future(wire.call("BLPOP", "never", 5))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1 * SCALE)
         first.stop()
         with pytest.raises(RedisConnectionError):
             await blocked

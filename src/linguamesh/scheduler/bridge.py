@@ -225,3 +225,4 @@ class Bridge:
             sessions=len(desk.sessions),
             jobs=len(runner.runs),
         )
+        await self.parts[1].drain()  # jobs that waited for a node Redis had forgotten

@@ -223,12 +223,13 @@ class Cluster:
             try:
                 run_id = await self.store.server_run_id()
                 restarted = self.run_id is not None and run_id != self.run_id
-                self.run_id = run_id
                 await self.store.instance_alive(self.me, INSTANCE_TTL)
                 self.live = await self.store.live_instances() | {self.me}
                 if restarted:
                     log.warning("cluster.redis_restarted", instance_id=self.me)
                     await self.handler.restore_shared_state()
+                # only now: a restore cut short by a new failure is tried again next time
+                self.run_id = run_id
                 if tick % 2 == 0 or restarted:
                     await self.store.sync_nodes(self.live)
                 if not self.healthy:
@@ -238,6 +239,12 @@ class Cluster:
             except DependencyDown as exc:
                 if self.healthy:
                     log.error("cluster.redis_down", instance_id=self.me, error=str(exc))
+                self.healthy = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                # (a Redis still loading its data answers with errors of its own); tried again next tick
+                log.error("cluster.heartbeat_failed", instance_id=self.me, error=repr(exc))
                 self.healthy = False
             tick += 1
             await asyncio.sleep(0.5)

@@ -18,6 +18,7 @@ from ..core.ids import NodeId
 from ..core.nodes import NodeView
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
+from ..state.base import DependencyDown
 from .credentials import NodeCredentials, Proof
 from .ports import Env
 from .records import capabilities
@@ -165,7 +166,10 @@ class Registry:
         nc.closed = True
         if self.nodes.get(nc.node_id) is nc:
             del self.nodes[nc.node_id]
-            await self.store.remove_node(nc.node_id, self.config.instance_id)
+            try:
+                await self.store.remove_node(nc.node_id, self.config.instance_id)
+            except DependencyDown as exc:  # its record goes stale and offline by itself
+                log.warning("node.remove_failed", node_id=nc.node_id, error=str(exc))
         self.remote.node_changed("gone", nc.node_id)
         return True
 
