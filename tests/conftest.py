@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -191,3 +192,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def redis_url(redis_server: Any) -> str:
     redis_server.flush()
     return str(redis_server.url)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or file a test leaves open is reported (ResourceWarning, an error here) in
+    that test, not in whichever test the garbage collector happens to run in later."""
+    yield
+    gc.collect()

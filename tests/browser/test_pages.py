@@ -38,7 +38,7 @@ async def test_microphone_speech_is_transcribed_translated_and_spoken(cluster: C
     page = await new_page(browser, s.http)
     await _start_session(page)
     await page.evaluate("window.lm.talkStart()")  # push-to-talk: hold while the sentence plays
-    await asyncio.sleep(4.6 * SCALE)
+    await asyncio.sleep(4.6)  # how long the button is held: the length of the speech, not a wait
     await page.evaluate("window.lm.talkStop()")
     row = page.locator("li.utt[data-status=ok]").first
     await row.wait_for(timeout=60_000)
