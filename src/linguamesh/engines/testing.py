@@ -10,7 +10,8 @@ stops at once and many jobs can run on one core.
     delay_ms = 50                # per stage (asr, repair, nmt, tts)
     asr_delay_ms = 200           # override one stage
     text = "hello world"         # the transcript; "{index}" is replaced
-    fail = "node_failed"         # every job fails with this code
+    fail = "node_failed"         # every job fails with this code ("crash": the engine raises
+                                 # a plain exception, as an engine bug would)
     fail_every = 3               # ... or only every 3rd job
     partials = true              # send an asr partial halfway
     tts = true                   # produce a short tone as speech
@@ -76,6 +77,8 @@ class _TestASR(ASREngine):
         n = next(self.s._counter)
         if self.s.fail and n % self.s.fail_every == 0:
             await asyncio.sleep(self.s.delay["asr"])
+            if self.s.fail == "crash":
+                raise RuntimeError("test engine crashed (configured)")
             raise EngineError(f"test engine configured to fail ({self.s.fail})", str(self.s.fail))
         text = self.s.text.format(seconds=f"{speech.samples.size / speech.sample_rate:.2f}", n=n, lang=lang)
         if self.s.partials and on_partial is not None:

@@ -31,7 +31,7 @@ import msgspec
 from ..core.ids import JobId, SessionId, TraceId
 from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
-from ..protocol import encode
+from ..protocol import ErrorCode, ProtocolError, encode
 from ..state.base import DependencyDown, JobEnd, Notify, StateStore
 
 log = get_logger("linguamesh.scheduler.delivery")
@@ -357,6 +357,14 @@ class Session:
 
     async def _attach(self, item: _Attach) -> None:
         try:
+            last = int(await self._store(self.store.last_seq, self.session_id))
+            if item.last_seq > last:
+                # events the client says it has do not exist: taking its word would skip
+                # every event up to that number when they come
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"field `resume.last_seq`: {item.last_seq} is ahead of the session's last event ({last})",
+                )
             events = await self._store(self.store.events_since, self.session_id, item.last_seq)
         except Exception as exc:  # noqa: BLE001 - ReplayGap or anything else goes to the resuming caller; the pump lives
             item.done.set_exception(exc)
