@@ -118,3 +118,63 @@ def test_pooled_cost_does_not_grow_with_node_count() -> None:
     # bounded by the sample budget (16 per pool, 2 pools), whatever the fleet size
     assert touched[1] <= 20 * 32 and touched[2] <= 20 * 32, touched
     assert touched[2] <= touched[1] * 1.2, touched
+
+
+def test_outcomes_value_for_value() -> None:
+    """Both selectors' outcomes in full: selector name, candidates, counts, pools, attempts."""
+    rng = random.Random(1)
+    busy = node("busy", ["en", "es"], slots=1, reserved=1)
+    gone = node("gone", ["en", "es"])
+    gone.online = False
+    fr = node("fr", ["en", "fr"])
+    free = node("free", ["en", "es"], slots=3, reserved=1)
+    ix = index(busy, gone, fr, free)
+    out = select_flat(ix, req(excluded=frozenset({NodeId("x")})), rng)
+    assert (out.selector, out.candidates, out.preferred_used, out.fallback) == ("flat", ["free"], False, None)
+    assert out.breakdown.considered == 4
+    assert out.breakdown.counts == {Reason.NO_CAPACITY: 1, Reason.OFFLINE: 1, Reason.MISSING_MODELS: 1}
+    out = select_pooled(ix, req(), rng)
+    assert (out.selector, out.candidates, out.selected_pool) == ("pooled", ["free"], "en-es")
+    assert out.eligible_pools == ["en-es"] and out.pool_count == 2 and out.attempts == 1
+    # the pool's sample holds only members with a free slot (and online): one to consider
+    assert out.breakdown.considered == 1 and out.breakdown.counts == {}
+    for select, name in ((select_flat, "flat"), (select_pooled, "pooled")):
+        used = select(ix, req(preferred_node_id=NodeId("free")), rng)
+        assert (used.selector, used.candidates, used.preferred_used) == (name, ["free"], True)
+        assert used.breakdown.considered == 0 and used.breakdown.counts == {}
+        fell = select(ix, req(preferred_node_id=NodeId("busy")), rng)
+        assert (fell.selector, fell.candidates, fell.preferred_used) == (name, ["free"], False)
+        assert fell.fallback is Fallback.NODE_UNAVAILABLE
+
+
+def test_pooled_samples_two_good_nodes_and_tries_pools_in_order() -> None:
+    rng = random.Random(3)
+    small = [node(f"s{i}", ["en", "es"], slots=4, reserved=i % 4) for i in range(6)]
+    big = node("big", ["en", "es", "fr"])
+    out = select_pooled(index(*small, big), req(), rng)
+    assert out.selected_pool == "en-es" and out.attempts == 1 and len(out.candidates) == 2
+    assert out.breakdown.considered == 2  # stopped at the second good node
+    loads = [next(n for n in small if n.node_id == c).load for c in out.candidates]
+    assert loads == sorted(loads)  # least loaded first
+    for n in small:
+        n.reserved = n.max_concurrent_jobs  # the small pool is full: the next pool serves
+    out = select_pooled(index(*small, big), req(), rng)
+    assert out.candidates == ["big"] and out.selected_pool == "en-es-fr" and out.attempts == 2
+    assert out.eligible_pools == ["en-es", "en-es-fr"]
+    assert out.breakdown.counts == {Reason.NO_CAPACITY: 1}  # the small pool had no free member
+    out = select_pooled(index(node("one", ["en", "es"], slots=1, reserved=0)), req(), rng)
+    assert out.candidates == ["one"] and out.breakdown.considered == 1
+
+
+def test_a_node_with_one_free_slot_qualifies_and_a_preferred_one_too() -> None:
+    rng = random.Random(5)
+    last = node("last", ["en", "es"], slots=2, reserved=1)
+    ix = index(last)
+    assert select_flat(ix, req(), rng).candidates == ["last"]
+    assert select_pooled(ix, req(), rng).candidates == ["last"]
+    assert select_pooled(ix, req(preferred_node_id=NodeId("last")), rng).preferred_used
+    excluded = select_flat(
+        ix, req(excluded=frozenset({NodeId("last")}), preferred_node_id=NodeId("last")), rng
+    )
+    assert excluded.candidates == [] and excluded.fallback is Fallback.NODE_UNAVAILABLE
+    assert excluded.breakdown.counts == {Reason.EXCLUDED: 1} and excluded.reason is Reason.EXCLUDED
