@@ -360,3 +360,40 @@ async def test_redis_inbox_comes_back_after_redis_lost_its_group(redis_url: str,
         assert [m for _, m in await store.read_inbox("B", block_ms=100)] == [b"m2"]
     finally:
         await store.close()
+
+
+async def test_redis_claims_of_one_job_race_to_one_owner(redis_url: str) -> None:
+    """A late result arriving at B (claim_job) while C's sweeper claims the same expired job
+    of dead A: exactly one of them takes it, and the record names that one."""
+    b, c = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        for round_ in range(20):
+            job = f"j{round_}"
+            await b.save_job(JobRecord(job, "A", "accepted", 1, "n1", time.time() - 1, {"x": round_}))
+            won_b, claimed_c = await asyncio.gather(
+                b.claim_job(job, "B", live={"B", "C"}),
+                c.claim_expired_jobs("C", time.time(), live={"B", "C"}, limit=10),
+            )
+            won_c = [r.job_id for r in claimed_c] == [job]
+            assert won_b != won_c, (round_, won_b, won_c)
+            assert await b.job_owner(job) == ("B" if won_b else "C")
+            await b.finish_job(JobId(job), "B")
+            await c.finish_job(JobId(job), "C")
+    finally:
+        await b.close()
+        await c.close()
+
+
+async def test_redis_two_instances_claiming_one_session_learn_of_each_other(redis_url: str) -> None:
+    """Both claim a session A held: the claims are ordered; the first learns it took over
+    from A, the second that it took over from the first (and tells it the session moved)."""
+    b, c = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        await b.create_session(SessionRecord(SID, "t", "rt", "vt", {}, "A"), 60)
+        prev_b, prev_c = await asyncio.gather(b.claim_session(SID, "B", 60), c.claim_session(SID, "C", 60))
+        assert sorted([prev_b, prev_c]) in (["A", "B"], ["A", "C"])
+        final = await b.session_owner(SID)
+        assert final in ("B", "C") and (prev_c == "B") == (final == "C") and (prev_b == "C") == (final == "B")
+    finally:
+        await b.close()
+        await c.close()

@@ -196,3 +196,38 @@ def test_codec_edges() -> None:
     )
     e = p.ProtocolError(p.ErrorCode.RATE_LIMITED, "slow down", ref="utterance 3")
     assert (str(e), e.ref, e.fatal) == ("rate_limited: slow down", "utterance 3", False)
+
+
+def test_a_slow_bucket_still_tells_when_to_come_back() -> None:
+    b = TokenBucket(rate=0.5, burst=2.0, tokens=0.0, stamp=0.0)
+    assert b.wait_for(1.0, 0.0) == 2.0  # half a token a second
+
+
+def test_breakdown_counts_each_reason_and_sampling_is_bounded() -> None:
+    import random
+
+    from linguamesh.core.selection import Breakdown, Reason, select_pooled
+
+    from .test_selection import index, node, req
+
+    b = Breakdown()
+    for reason in (Reason.EXCLUDED, Reason.EXCLUDED, Reason.OFFLINE):
+        b.add(reason)
+    assert b.counts == {Reason.EXCLUDED: 2, Reason.OFFLINE: 1}
+    nodes = [node(f"x{i}", ["en", "es"]) for i in range(20)]
+    out = select_pooled(index(*nodes), req(excluded=frozenset(n.node_id for n in nodes)), random.Random(0))
+    assert out.candidates == [] and out.breakdown.considered == 16  # the sample budget
+    assert out.breakdown.counts == {Reason.EXCLUDED: 16}
+    nothing = select_pooled(index(), req(), random.Random(0))
+    assert nothing.candidates == [] and nothing.eligible_pools == [] and nothing.attempts == 0
+
+
+def test_audio_of_the_wrong_type_is_a_bad_message_not_bad_audio() -> None:
+    from linguamesh import protocol as p
+
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode_client('{"type":"utterance","utterance_index":0,"audio":5}')
+    assert err.value.code is p.ErrorCode.BAD_MESSAGE and "audio" in err.value.message
+    with pytest.raises(p.ProtocolError) as err:
+        p.check_version(2)
+    assert err.value.message == "protocol_version 2 is not supported; this server speaks 1"

@@ -337,3 +337,75 @@ def test_cancel_while_waiting_and_while_running() -> None:
         Release(J, N1, 1),
         Finish(J, False, N1, None, "cancelled", "closing"),
     ]
+
+
+def test_every_step_writes_its_time_into_the_history() -> None:
+    lc, job = new()
+    lc.created(job, 0)
+    dispatched_on(lc, job, N1, 1)  # assigned and dispatched at 1
+    lc.started(job, 1, 2)  # running at 2, without an ack
+    lc.rejected(job, 1, "full", 3)  # back to created at 3
+    dispatched_on(lc, job, N2, 4)
+    lc.acked(job, 2, 5)
+    lc.node_gone(job, N2, 6)
+    dispatched_on(lc, job, N3, 7)
+    lc.result(job, 3, N3, False, None, "bad_audio", "x", 8)
+    assert job.history == [
+        (0, "created", 1),
+        (1, "assigned", 1),
+        (1, "dispatched", 1),
+        (2, "running", 1),
+        (3, "created", 1),
+        (4, "assigned", 2),
+        (4, "dispatched", 2),
+        (5, "accepted", 2),
+        (6, "created", 2),
+        (7, "assigned", 3),
+        (7, "dispatched", 3),
+        (8, "failed", 3),
+    ]  # fmt: skip  (the return to created is recorded under the attempt that ended)
+    assert job.finished_at == 8 and job.waiting_since == 6
+
+
+def test_the_last_attempt_ends_with_the_code_of_what_happened() -> None:
+    """A reject, a lost node or a failed write on the last attempt fails the job with
+    node_failed; a timeout with timeout; each at the time it happened."""
+    for step, code in (
+        (lambda lc, job: lc.rejected(job, 3, "full", 9), "node_failed"),
+        (lambda lc, job: lc.node_gone(job, N3, 9), "node_failed"),
+        (lambda lc, job: lc.timer(job, TimerKind.ACK, 3, 9), "timeout"),
+    ):
+        lc, job = new()
+        lc.created(job, 0)
+        for attempt, node in ((1, N1), (2, N2)):
+            dispatched_on(lc, job, node, attempt)
+            lc.node_gone(job, node, attempt + 0.5)
+        dispatched_on(lc, job, N3, 3)
+        fin = step(lc, job)[-1]
+        assert isinstance(fin, Finish) and (fin.ok, fin.error_code) == (False, code)
+        assert job.finished_at == 9 and job.failure_code == code
+    lc, job = new()
+    lc.created(job, 0)
+    for attempt, node in ((1, N1), (2, N2), (3, N3)):
+        lc.selected(job, node, attempt)
+        cmds = lc.dispatched(job, attempt, False, attempt + 0.5)
+    assert cmds[-1] == Finish(
+        J, False, N3, None, "node_failed", "gave up after 3 attempts; last: dispatch_failed"
+    )
+    assert job.finished_at == 3.5
+    lc, job = new()
+    lc.created(job, 0)
+    lc.timer(job, TimerKind.PENDING, 1, 11)
+    assert job.finished_at == 11
+
+
+def test_a_node_error_and_a_result_timeout_record_their_time_too() -> None:
+    lc, job = Lifecycle(LifecycleConfig(max_attempts=5)), make_job(audio_seconds=3.0)
+    lc.created(job, 0)
+    dispatched_on(lc, job, N1, 1)
+    lc.result(job, 1, N1, False, None, "node_failed", "x", 2)
+    dispatched_on(lc, job, N2, 3)
+    lc.acked(job, 2, 4)
+    lc.timer(job, TimerKind.RESULT, 2, 5)
+    assert job.history[-1] == (5, "created", 2) and (2, "created", 1) in job.history
+    assert job.waiting_since == 5 and job.attempt_id == 3
