@@ -151,3 +151,20 @@ async def test_closing_a_session_waits_for_jobs_handed_to_another_instance(
     results = [e for e in events if isinstance(e, p.TranslationResult)]
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert all(r.status == "ok" for r in results)
+
+
+async def test_events_reach_a_session_on_an_instance_that_joined_a_moment_ago(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """A has not yet seen B in its live set (B joined since A's last heartbeat) when it runs
+    a job handed over from B's session: A re-reads who is live instead of stranding the
+    session's events in the history (a race seen about once in twelve runs)."""
+    a, b = await node_on_a(cluster, redis_url, delay_ms=5)
+    assert a.sched.bridge is not None
+    a.sched.bridge.cluster.live = {"A"}  # A's view just before B's first heartbeat reached it
+    a.sched.bridge.cluster._live_read_at = float("-inf")
+    async with SessionClient(b.url, src="en", tgt="es") as c:
+        await c.send_utterance(0, pcm(0.2))
+        r = await c.next_result(10 * SCALE)
+    assert r.status == "ok" and r.node_id == "node-on-a"
+    assert "B" in a.sched.bridge.cluster.live

@@ -93,7 +93,7 @@ class Bridge:
         owner = await self.cluster.owner_of(job_id)
         if owner is None or owner == self.me:
             return False
-        if owner in self.cluster.live:
+        if await self.cluster.is_live(owner):
             await self.cluster.node_msg(owner, node_id, job_id, frame)
             return True
         if claim:
@@ -101,7 +101,7 @@ class Bridge:
         return False
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
-        if prev_owner is not None and prev_owner != self.me and prev_owner in self.cluster.live:
+        if prev_owner is not None and prev_owner != self.me and await self.cluster.is_live(prev_owner):
             await self.cluster.session_moved(prev_owner, session_id)
 
     # relays ----------------------------------------------------------------------
@@ -115,7 +115,7 @@ class Bridge:
         if session_id in self.parts[3].sessions:
             return None
         owner = await self.cluster.session_holder(session_id)
-        if owner is None or owner == self.me or owner not in self.cluster.live:
+        if owner is None or owner == self.me or not await self.cluster.is_live(owner):
             return None
         return owner
 

@@ -58,6 +58,7 @@ class Cluster:
         self.healthy = True
         self.run_id: str | None = None
         self._holders: dict[str, tuple[str, float]] = {}
+        self._live_read_at = float("-inf")
         # message ids: unique per process start, cheap to make
         self._boot = f"{self.me}.{uuid.uuid4().hex[:12]}"
         self._sent = 0
@@ -188,6 +189,20 @@ class Cluster:
             while len(self._holders) > 50_000:
                 self._holders.pop(next(iter(self._holders)))
         return owner
+
+    async def is_live(self, instance: str) -> bool:
+        """Is ``instance`` live? The live set is re-read when it does not name the instance
+        (an instance that joined since the last heartbeat here is live already)."""
+        if instance in self.live:
+            return True
+        now = time.monotonic()
+        if now - self._live_read_at >= 0.2:  # a dead instance does not cost a read per event
+            self._live_read_at = now
+            try:
+                self.live = await self.store.live_instances() | {self.me}
+            except DependencyDown:
+                return False
+        return instance in self.live
 
     async def session_moved(self, old_owner: str, session_id: str) -> None:
         await self._send(old_owner, ib.Moved(session_id=session_id))
