@@ -170,6 +170,34 @@ async def late_events(client: Any, wait: float = 0.3, quiet: float = 0.2) -> lis
         return out
 
 
+async def receive_until(
+    client: Any, done: Callable[[list[Any]], bool], timeout: float = 10.0, what: str = "the events"
+) -> list[Any]:
+    """The one "receive until" of the tests: the session's events, in order, until
+    ``done(events)`` holds; fails after ``timeout`` (scaled) s naming what arrived."""
+    events: list[Any] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout * SCALE
+    while not done(events):
+        left = end - loop.time()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {what}; got {[type(e).__name__ for e in events]}")
+        try:
+            events.append(await client.recv(left))
+        except TimeoutError:
+            continue
+    return events
+
+
+def until_result(n: int = 1) -> Callable[[list[Any]], bool]:
+    """``done`` for :func:`receive_until`: ``n`` translation results have arrived."""
+    return lambda events: sum(type(e).__name__ == "TranslationResult" for e in events) >= n
+
+
+def of(events: list[Any], kind: type) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
 async def eventually(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout * SCALE

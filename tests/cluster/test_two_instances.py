@@ -10,7 +10,17 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.state.redis import RedisStateStore
 
-from ..conftest import SCALE, Cluster, eventually, late_events, pcm, test_engines
+from ..conftest import (
+    SCALE,
+    Cluster,
+    eventually,
+    late_events,
+    of,
+    pcm,
+    receive_until,
+    test_engines,
+    until_result,
+)
 
 
 async def two(cluster: Cluster, redis_url: str, **cfg: Any) -> tuple[Any, Any]:
@@ -52,16 +62,13 @@ async def test_handed_over_job_reports_each_status_once_in_order(cluster: Cluste
         for i in range(3):
             await c.send_utterance(i, pcm(0.2))
         seen: dict[int, list[str]] = {0: [], 1: [], 2: []}
-        results = 0
-        while results < 3:
-            ev = await c.recv(15 * SCALE)
+        for ev in await receive_until(c, until_result(3), 15):
             if isinstance(ev, p.JobStatus):
                 seen[ev.utterance_index].append(ev.status)
                 assert ev.node_id == "node-on-a"
             elif isinstance(ev, p.TranslationResult):
                 assert ev.status == "ok"
                 seen[ev.utterance_index].append("result")
-                results += 1
     assert seen == {i: ["assigned", "processing", "result"] for i in range(3)}
     assert c.duplicates_dropped == 0
     assert (
@@ -117,11 +124,8 @@ async def test_resume_on_the_other_instance_gets_missed_results(cluster: Cluster
     await c.connect()
     for i in range(3):
         await c.send_utterance(i, pcm(0.1))
-    seen: set[int] = set()
-    while len(seen) < 3:  # A accepted all three (a job_status each), then the client drops
-        ev = await c.recv(5 * SCALE)
-        if isinstance(ev, p.JobStatus):
-            seen.add(ev.utterance_index)
+    # A accepted all three (a job_status each), then the client drops
+    await receive_until(c, lambda evs: {e.utterance_index for e in of(evs, p.JobStatus)} == {0, 1, 2})
     await c.disconnect()
     c.url = b.url + "/ws/session"  # the load balancer sends the reconnect to B
     await c.resume()
@@ -144,10 +148,7 @@ async def test_closing_a_session_waits_for_jobs_handed_to_another_instance(
             await c.send_utterance(i, pcm(0.2))
         await asyncio.sleep(0.05 * SCALE)  # accepted and handed over, not finished
         await c.close_session()
-        events: list[Any] = []
-        async with asyncio.timeout(15):
-            while not events or not isinstance(events[-1], p.SessionClosed):
-                events.append(await c.recv())
+        events = await receive_until(c, lambda evs: bool(of(evs, p.SessionClosed)), 15, "session_closed")
     results = [e for e in events if isinstance(e, p.TranslationResult)]
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert all(r.status == "ok" for r in results)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 
@@ -13,7 +12,7 @@ from linguamesh.client import SessionClient
 from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
-from ..conftest import SCALE, Cluster, eventually
+from ..conftest import SCALE, Cluster, eventually, receive_until, until_result
 from .conftest import espeak_wav
 
 
@@ -23,12 +22,7 @@ async def test_english_speech_to_spanish_end_to_end(cluster: Cluster) -> None:
     ref = "Good morning. I would like to buy two tickets to the museum, please."
     async with SessionClient(s.url, src="en", tgt="es", audio_format="wav") as c:
         await c.send_utterance(0, espeak_wav(ref))
-        events: list[Any] = []
-        while True:
-            ev = await c.recv(60 * SCALE)
-            events.append(ev)
-            if isinstance(ev, p.TranslationResult):
-                break
+        events = await receive_until(c, until_result(), 60, "the first result")
         # silence: an empty result, not an error
         await c.send_utterance(1, to_wav(__import__("numpy").zeros(16000, "float32"), 16000))
         silent = await c.next_result(60 * SCALE)

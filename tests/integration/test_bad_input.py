@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, Cluster, pcm
+from ..conftest import SCALE, Cluster, of, pcm, receive_until, until_result
 
 
 async def _error(ws) -> p.Error:  # type: ignore[no-untyped-def]
@@ -85,13 +85,9 @@ async def test_errors_inside_a_session_lose_nothing_already_accepted(cluster: Cl
         # too long (3 s > 2 s) but a small frame
         await c.send_utterance(1, pcm(3.0)[: 2 * 16000 * 3])
         await c.send_utterance(2, pcm(0.1))  # still accepted afterwards
-        errors, results = [], []
-        while len(results) < 2:
-            ev = await c.recv(10 * SCALE)
-            if isinstance(ev, p.Error):
-                errors.append(ev.code)
-            elif isinstance(ev, p.TranslationResult):
-                results.append(ev)
+        events = await receive_until(c, until_result(2))
+        errors = [e.code for e in of(events, p.Error)]
+        results = of(events, p.TranslationResult)
     assert errors == [code for _, code in bad] + ["audio_too_large"]
     assert [(r.utterance_index, r.status) for r in results] == [(0, "ok"), (2, "ok")]
 
@@ -140,16 +136,10 @@ async def test_decreasing_utterance_index_is_refused(cluster: Cluster) -> None:
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(5, pcm(0.1))
         await c.send_utterance(3, pcm(0.1))
-        kinds = []
-        while True:
-            ev = await c.recv(5 * SCALE)
-            if isinstance(ev, p.Error):
-                kinds.append(ev.code)
-                assert "must increase" in ev.message
-            if isinstance(ev, p.TranslationResult):
-                assert ev.utterance_index == 5
-                break
-    assert kinds == ["bad_message"]
+        events = await receive_until(c, until_result())
+    errors = of(events, p.Error)
+    assert [e.code for e in errors] == ["bad_message"] and "must increase" in errors[0].message
+    assert [r.utterance_index for r in of(events, p.TranslationResult)] == [5]
 
 
 async def test_node_bad_input_and_wrong_token(cluster: Cluster) -> None:

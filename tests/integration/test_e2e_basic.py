@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, Cluster, eventually, pcm, start_node, test_engines
+from ..conftest import SCALE, Cluster, eventually, pcm, receive_until, start_node, test_engines, until_result
 
 
 async def test_three_utterances_come_back_in_order_with_timings(cluster: Cluster) -> None:
@@ -94,12 +93,7 @@ async def test_asr_partial_precedes_result(cluster: Cluster) -> None:
     await cluster.node(s.url, engines=test_engines(delay_ms=20))
     async with SessionClient(s.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.2))
-        kinds = []
-        while True:
-            ev = await c.recv(10 * SCALE)
-            kinds.append(type(ev).__name__)
-            if isinstance(ev, p.TranslationResult):
-                break
+        kinds = [type(e).__name__ for e in await receive_until(c, until_result())]
     assert "AsrPartial" in kinds
     assert kinds.index("AsrPartial") < kinds.index("TranslationResult")
     assert kinds[0] == "JobStatus"

@@ -10,7 +10,7 @@ from pathlib import Path
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, Cluster, eventually, late_events, pcm, test_engines
+from ..conftest import SCALE, Cluster, eventually, late_events, pcm, receive_until, test_engines, until_result
 from ..procs import node_process
 from ..scripted_node import ScriptedNode
 
@@ -51,12 +51,7 @@ async def test_node_killed_mid_job_fails_over_to_another_node(cluster: Cluster, 
                 lambda: any(j.state.value == "running" for j in s.sched.jobs.values()), 5, "job running"
             )
             os.kill(proc.pid, signal.SIGKILL)
-            events = []
-            while True:
-                ev = await c.recv(10 * SCALE)
-                events.append(ev)
-                if isinstance(ev, p.TranslationResult):
-                    break
+            events = await receive_until(c, until_result())
     finally:
         proc.kill()
         proc.wait()

@@ -18,7 +18,7 @@ from linguamesh.client import SessionClient
 from linguamesh.scheduler.app import create_app
 from linguamesh.scheduler.config import SchedulerConfig
 
-from ..conftest import SCALE, Cluster, eventually, free_port, pcm
+from ..conftest import SCALE, Cluster, eventually, free_port, of, pcm, receive_until
 from ..scripted_node import ScriptedNode
 
 INIT = json.dumps({"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es"})
@@ -87,11 +87,7 @@ async def test_rate_limits_answer_rate_limited_with_the_utterance(cluster: Clust
     async with SessionClient(s.url, src="en", tgt="es") as c:
         for i in range(5):
             await c.send_utterance(i, pcm(0.1))
-        errors = []
-        while len(errors) < 2:
-            ev = await c.recv(5 * SCALE)
-            if isinstance(ev, p.Error):
-                errors.append(ev)
+        errors = of(await receive_until(c, lambda evs: len(of(evs, p.Error)) >= 2), p.Error)
         assert [(e.code, e.ref) for e in errors] == [
             ("rate_limited", "utterance 3"),
             ("rate_limited", "utterance 4"),
