@@ -66,8 +66,10 @@ class SchedulerHandle:
         return self.server.config.loaded_app.app.state.scheduler  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
+        # uvicorn waits up to 5 s for open sockets, then the scheduler's own bounded stop steps
+        # (relays 2 s, inbox sends 2 s, Redis calls): 20 s is past any of them adding up
         self.server.should_exit = True
-        await asyncio.wait_for(self.task, 10)
+        await asyncio.wait_for(self.task, 20 * SCALE)
 
 
 @dataclass
