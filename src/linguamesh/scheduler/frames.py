@@ -9,7 +9,9 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from .. import protocol as p
+from ..observability.metrics import Metrics
 from ..protocol import ErrorCode
+from .gate import TRY_AGAIN_LATER, Gate
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
@@ -63,3 +65,20 @@ async def send_quietly(ws: WebSocket, msg: msgspec.Struct) -> bool:
         return True
     except Exception:  # noqa: BLE001 - a closed socket raises RuntimeError or a disconnect: either way gone
         return False
+
+
+async def admit(ws: WebSocket, gate: Gate, metrics: Metrics) -> str | None:
+    """Accept the socket and count it against the connection limits; the client's address,
+    or None when it was refused (``rate_limited``, then close 1013)."""
+    await ws.accept()
+    ip = peer_of(ws)
+    refused = gate.enter(ip)
+    if refused is None:
+        return ip
+    metrics.inc("connections_refused", reason="limit")
+    await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
+    try:
+        await ws.close(TRY_AGAIN_LATER, "too many connections")
+    except Exception:  # noqa: BLE001 - the socket may be gone already; it is closed either way
+        pass
+    return None

@@ -15,7 +15,7 @@ from .. import protocol as p
 from ..observability.logging import bind, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
-from .frames import handshake_frames, peer_of, send_quietly
+from .frames import admit, handshake_frames, peer_of, send_quietly
 from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER
 from .registry import NodeConn, close_quietly
 from .service import Scheduler
@@ -30,13 +30,8 @@ async def node_endpoint(ws: WebSocket) -> None:
         sched.count("connections_refused", reason="origin")
         await ws.close(POLICY_VIOLATION)  # web pages never connect as nodes: HTTP 403
         return
-    await ws.accept()
-    ip = peer_of(ws)
-    refused = sched.gate.enter(ip)
-    if refused is not None:
-        sched.count("connections_refused", reason="limit")
-        await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
-        await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
+    ip = await admit(ws, sched.gate, sched.metrics)
+    if ip is None:
         return
     nc: NodeConn | None = None
     try:

@@ -15,8 +15,8 @@ from .. import protocol as p
 from ..observability.logging import bound, get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
-from .frames import handshake_frames, peer_of, send_quietly
-from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER, origin_allowed
+from .frames import admit, handshake_frames, peer_of, send_quietly
+from .gate import POLICY_VIOLATION, origin_allowed
 from .registry import close_quietly
 from .service import Scheduler
 from .sessions import Session
@@ -31,13 +31,8 @@ async def session_endpoint(ws: WebSocket) -> None:
         sched.count("connections_refused", reason="origin")
         await ws.close(POLICY_VIOLATION)  # before the handshake: the browser gets HTTP 403
         return
-    await ws.accept()
-    ip = peer_of(ws)
-    refused = sched.gate.enter(ip)
-    if refused is not None:
-        sched.count("connections_refused", reason="limit")
-        await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
-        await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
+    ip = await admit(ws, sched.gate, sched.metrics)
+    if ip is None:
         return
     session: Session | None = None
     try:
