@@ -11,13 +11,13 @@ viewer routes, which check the session's view token themselves.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .config import is_loopback
+from .records import same_token
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -28,7 +28,7 @@ def operator_access(bind_host: str, configured: str | None, given: str | None) -
         if is_loopback(bind_host):
             return None
         return 403, "operator data is off: start the scheduler with --operator-token"
-    if not hmac.compare_digest((given or "").encode(), configured.encode()):
+    if not same_token(given or "", configured):
         return 401, "operator token missing or wrong"
     return None
 

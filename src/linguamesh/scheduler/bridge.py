@@ -12,7 +12,7 @@ liveness and the sweeper are :class:`~linguamesh.scheduler.cluster.Cluster`'s.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import protocol as p
 from ..core.ids import JobId, NodeId, SessionId
@@ -35,6 +35,15 @@ from .tasks import Tasks
 log = get_logger("linguamesh.scheduler")
 
 
+class Parts(NamedTuple):
+    """This instance's parts, which the bridge acts on for other instances."""
+
+    registry: Registry
+    dispatcher: Dispatcher
+    runner: Runner
+    desk: Desk
+
+
 class Bridge:
     shared = True
 
@@ -46,13 +55,13 @@ class Bridge:
         self.cluster = Cluster(self, store, config.instance_id)
         #: events for sessions held by other instances, produced by jobs handed over to us
         self.relays: dict[SessionId, SessionRelay] = {}
-        self._parts: tuple[Registry, Dispatcher, Runner, Desk] | None = None
+        self._parts: Parts | None = None
 
     def attach(self, registry: Registry, dispatcher: Dispatcher, runner: Runner, desk: Desk) -> None:
-        self._parts = (registry, dispatcher, runner, desk)
+        self._parts = Parts(registry, dispatcher, runner, desk)
 
     @property
-    def parts(self) -> tuple[Registry, Dispatcher, Runner, Desk]:
+    def parts(self) -> Parts:
         assert self._parts is not None, "Bridge.attach() was not called"
         return self._parts
 
@@ -112,7 +121,7 @@ class Bridge:
 
     async def _remote_holder(self, session_id: SessionId) -> str | None:
         """The live instance other than this one that holds the session, if any."""
-        if session_id in self.parts[3].sessions:
+        if session_id in self.parts.desk.sessions:
             return None
         owner = await self.cluster.session_holder(session_id)
         if owner is None or owner == self.me or not await self.cluster.is_live(owner):
@@ -130,7 +139,7 @@ class Bridge:
     async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
         """A relay put events into a session's history and the store did not announce
         them: deliver them here, or tell whoever holds the session now."""
-        session = self.parts[3].sessions.get(session_id)
+        session = self.parts.desk.sessions.get(session_id)
         if session is not None:  # it moved here meanwhile
             session.deliver(events, events[-1][0])
             return
@@ -142,7 +151,7 @@ class Bridge:
 
     async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
         """Another instance handed us a job for a node we hold: dispatch and run it here."""
-        runner = self.parts[2]
+        runner = self.parts.runner
         if JobId(job_id) in runner.runs:
             return
         job, tts, partials = job_from_data(
@@ -156,38 +165,38 @@ class Bridge:
         )
 
     async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
-        await self.parts[0].write_local(node_id, frame, from_instance, job_id)
+        await self.parts.registry.write_local(node_id, frame, from_instance, job_id)
 
     async def routed_node_message(self, node_id: NodeId, frame: str) -> None:
         """A node message that arrived at another instance, for a job owned here."""
         msg = p.decode_node(frame)
         if isinstance(msg, (p.NodeHeartbeat, p.NodeRegister)):
             return
-        await self.parts[2].node_message(node_id, msg, frame, routed=True)
+        await self.parts.runner.node_message(node_id, msg, frame, routed=True)
 
     async def session_moved_away(self, session_id: SessionId, new_owner: str) -> None:
         """Tell the new holder how far the history goes once the desk let the session go."""
-        last = await self.parts[3].moved_away(session_id, new_owner)
+        last = await self.parts.desk.moved_away(session_id, new_owner)
         if last is not None:
             self.cluster.notify_session(new_owner, session_id, [], up_to=last)
 
     def deliver(self, session_id: SessionId, events: list[tuple[int, bytes]], seq: int) -> None:
-        session = self.parts[3].sessions.get(session_id)
+        session = self.parts.desk.sessions.get(session_id)
         if session is not None:
             session.deliver(events, seq)
 
     async def capacity_changed(self) -> None:
-        await self.parts[1].drain()
+        await self.parts.dispatcher.drain()
 
     async def redis_recovered(self) -> None:
         await self.capacity_changed()
 
     async def remote_node_gone(self, node_id: NodeId) -> None:
-        await self.parts[2].node_lost(node_id)
+        await self.parts.runner.node_lost(node_id)
 
     async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
         """Take over a job of a dead instance and carry on with it here."""
-        runner, desk = self.parts[2], self.parts[3]
+        runner, desk = self.parts.runner, self.parts.desk
         if JobId(rec.job_id) in runner.runs or not rec.data:
             return
         job, tts, partials = job_from_record(rec, runner.clock())
@@ -202,7 +211,7 @@ class Bridge:
     async def restore_shared_state(self) -> None:
         """Redis came back empty: write back what this instance holds (its nodes, its
         sessions with their event numbering, its jobs' records)."""
-        registry, _, runner, desk = self.parts
+        registry, runner, desk = self.parts.registry, self.parts.runner, self.parts.desk
         store = self.store
         for nc in list(registry.nodes.values()):
             view = store.nodes().get(nc.node_id)
@@ -225,4 +234,4 @@ class Bridge:
             sessions=len(desk.sessions),
             jobs=len(runner.runs),
         )
-        await self.parts[1].drain()  # jobs that waited for a node Redis had forgotten
+        await self.parts.dispatcher.drain()  # jobs that waited for a node Redis had forgotten

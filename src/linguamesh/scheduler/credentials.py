@@ -16,11 +16,11 @@ All comparisons are constant-time.
 
 from __future__ import annotations
 
-import hmac
 from enum import Enum
 from pathlib import Path
 
 from ..protocol import ErrorCode, ProtocolError
+from .records import same_token
 
 
 class Proof(Enum):
@@ -30,10 +30,6 @@ class Proof(Enum):
     SHARED = "shared"
     #: no credentials are configured (loopback, or --insecure)
     NONE = "none"
-
-
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 class NodeCredentials:
@@ -76,11 +72,11 @@ class NodeCredentials:
         given = token or ""
         own = self.per_node.get(node_id)
         if own is not None:
-            if _same(own, given):
+            if same_token(own, given):
                 return Proof.OWN
             raise ProtocolError(ErrorCode.UNAUTHORIZED, f"node {node_id!r} must present its own token")
         if self.shared is not None:
-            if _same(self.shared, given):
+            if same_token(self.shared, given):
                 return Proof.SHARED
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "node token is missing or wrong")
         if self.per_node:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import protocol as p
 from ..core.ids import JobId, NodeId
-from ..core.jobs import JobState
+from ..core.jobs import Job, JobState
 from ..core.lifecycle import LifecycleConfig
 from ..core.selection import SELECTORS, Request
 from ..core.stages import requirements
@@ -130,15 +130,10 @@ class Dispatcher:
         """Other sessions' jobs of the same kind wait already: a new job joins the queue
         rather than take the capacity they are waiting for."""
         job = run.job
-        if len(self._per_session) == 0 or (
-            len(self._per_session) == 1 and job.session_id in self._per_session
-        ):
+        if self._per_session.keys() <= {job.session_id}:  # only this session waits (or none)
             return False
-        key = (job.src_lang, job.tgt_lang, job.stages)
-        return any(
-            (o.job.src_lang, o.job.tgt_lang, o.job.stages) == key and o.job.session_id != job.session_id
-            for o in self.waiting.values()
-        )
+        kind = _kind(job)
+        return any(_kind(o.job) == kind and o.job.session_id != job.session_id for o in self.waiting.values())
 
     def kick(self) -> None:
         """Capacity may have appeared: try the waiting jobs (in a task of their own)."""
@@ -146,7 +141,7 @@ class Dispatcher:
             self.tasks.spawn(self.drain(), "drain-waiting")
 
     async def drain(self) -> None:
-        """Try the waiting jobs, oldest first; once a kind of job found no node, the
+        """Try the waiting jobs in fair order; once a kind of job found no node, the
         others of that kind wait (jobs with excluded nodes are tried anyway)."""
         if not self.waiting or self.driver is None:
             return
@@ -156,7 +151,7 @@ class Dispatcher:
             if run.gone or job.state is not JobState.CREATED:
                 self.forget(job.job_id)
                 continue
-            key = (job.src_lang, job.tgt_lang, job.stages)
+            key = _kind(job)
             if key in blocked and not job.excluded:
                 continue
             await self.driver.reselect(run)
@@ -316,3 +311,8 @@ class Dispatcher:
             first_tgt=run.first_tgt,
         )
         return data
+
+
+def _kind(job: Job) -> tuple[str, str, tuple[str, ...]]:
+    """Jobs of one kind need the same capacity (pair and stages)."""
+    return job.src_lang, job.tgt_lang, job.stages

@@ -12,6 +12,7 @@ from .. import protocol as p
 from ..observability.metrics import Metrics
 from ..protocol import ErrorCode
 from .gate import TRY_AGAIN_LATER, Gate
+from .registry import close_quietly
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
@@ -77,8 +78,5 @@ async def admit(ws: WebSocket, gate: Gate, metrics: Metrics) -> str | None:
         return ip
     metrics.inc("connections_refused", reason="limit")
     await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
-    try:
-        await ws.close(TRY_AGAIN_LATER, "too many connections")
-    except Exception:  # noqa: BLE001 - the socket may be gone already; it is closed either way
-        pass
+    await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
     return None

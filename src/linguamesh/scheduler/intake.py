@@ -35,29 +35,30 @@ class Intake:
 
     # ------------------------------------------------------------------ limits
 
-    def _buckets(self, session: Session) -> tuple[TokenBucket, TokenBucket, TokenBucket, TokenBucket]:
+    def _buckets(
+        self, session: Session, now: float
+    ) -> tuple[TokenBucket, TokenBucket, TokenBucket, TokenBucket]:
         c = self.config
         if session.buckets is None:
             session.buckets = (
-                TokenBucket(c.session_utterances_per_s, c.session_utterance_burst, stamp=self.clock()),
-                TokenBucket(c.session_audio_per_s, c.session_audio_burst, stamp=self.clock()),
+                TokenBucket(c.session_utterances_per_s, c.session_utterance_burst, stamp=now),
+                TokenBucket(c.session_audio_per_s, c.session_audio_burst, stamp=now),
             )
         ip = self.by_ip.get(session.peer)
         if ip is None:
             if len(self.by_ip) >= 10_000:  # forget addresses that have not sent for a while
-                now = self.clock()
                 self.by_ip = {k: v for k, v in self.by_ip.items() if not (v[0].full(now) and v[1].full(now))}
             ip = self.by_ip[session.peer] = (
-                TokenBucket(c.ip_utterances_per_s, c.ip_utterance_burst, stamp=self.clock()),
-                TokenBucket(c.ip_audio_per_s, c.ip_audio_burst, stamp=self.clock()),
+                TokenBucket(c.ip_utterances_per_s, c.ip_utterance_burst, stamp=now),
+                TokenBucket(c.ip_audio_per_s, c.ip_audio_burst, stamp=now),
             )
         return session.buckets[0], session.buckets[1], ip[0], ip[1]
 
     def _limit(self, session: Session, index: int, seconds: float | None) -> None:
         """Take one utterance (or, with ``seconds``, that much audio) from the session's and
         the address's buckets; ``rate_limited`` when either is empty (nothing is taken)."""
-        s_utt, s_audio, ip_utt, ip_audio = self._buckets(session)
         now = self.clock()
+        s_utt, s_audio, ip_utt, ip_audio = self._buckets(session, now)
         if seconds is None:
             mine, address, amount, kind, what = s_utt, ip_utt, 1.0, "utterances", "utterances"
         else:

@@ -82,7 +82,8 @@ class Registry:
         if not msg.node_id or len(msg.node_id) > 128:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `node_id` must be 1-128 characters")
         proof = self.credentials.check(msg.node_id, msg.token)
-        self.check_limits(msg.max_concurrent_jobs, msg.capabilities)
+        self._check_slots(msg.max_concurrent_jobs)
+        self._check_capabilities(msg.capabilities)
         node_id = NodeId(msg.node_id)
         old = self.nodes.get(node_id)
         if old is not None:
@@ -123,14 +124,14 @@ class Registry:
         self.remote.node_changed("node", node_id)
         return nc
 
-    def check_limits(self, slots: int, caps: p.Capabilities | None) -> None:
-        """A node's announced slots and capability lists stay within the configured bounds."""
+    def _check_slots(self, slots: int) -> None:
         if not 1 <= slots <= self.config.max_node_slots:
             raise ProtocolError(
                 ErrorCode.BAD_MESSAGE, f"field `max_concurrent_jobs` must be 1-{self.config.max_node_slots}"
             )
-        if caps is None:
-            return
+
+    def _check_capabilities(self, caps: p.Capabilities) -> None:
+        """Capability lists stay within the configured bounds."""
         limit = self.config.max_capability_entries
         for name in ("asr_languages", "nmt_pairs", "tts_languages", "repair_languages", "semantic_languages"):
             entries = getattr(caps, name)
@@ -149,7 +150,7 @@ class Registry:
         if msg.model_stats is not None:
             nc.model_stats = msg.model_stats
         if msg.capabilities is not None:
-            self.check_limits(1, msg.capabilities)
+            self._check_capabilities(msg.capabilities)
             view = self.store.nodes().get(nc.node_id)
             if view is not None:
                 new_caps = capabilities(msg.capabilities)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from ..core.history import ReplayGap
 from ..core.ids import SessionId
 from .access import bearer, error, operator_only
 from .api import nodes_data, pools_data
+from .records import same_token
 from .service import Scheduler
 from .sessions import Session
 
@@ -49,7 +49,7 @@ def _viewer_session(request: Request) -> Session | JSONResponse:
     if session is None or session.closed:
         return error(404, "session_not_found", "no such session (or it has expired)")
     token = request.query_params.get("token") or bearer(request) or ""
-    if not hmac.compare_digest(token.encode(), session.view_token.encode()):
+    if not same_token(token, session.view_token):
         return error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
     return session
 
