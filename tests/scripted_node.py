@@ -110,3 +110,25 @@ class ScriptedNode:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- the other side: a scheduler
+
+
+async def accept_node(ws: Any) -> p.NodeRegister:
+    """For a scheduler a test plays itself: read the node's registration and ack it."""
+    reg = p.decode_node(await ws.recv())
+    assert isinstance(reg, p.NodeRegister), reg
+    limits = p.Limits(max_message_bytes=1 << 20, max_utterance_seconds=30)
+    ack = p.NodeRegisterAck(node_id=reg.node_id, heartbeat_interval_s=5, pools=[], limits=limits)
+    await ws.send(p.encode_str(ack))
+    return reg
+
+
+def assign(job_id: str, index: int = 0, audio: bytes = b"\0\0" * 1600) -> p.JobAssign:
+    """A job_assign of an en->es job (asr, nmt) as a scheduler would send it."""
+    return p.JobAssign(
+        job_id=job_id, attempt_id=1, trace_id="t", session_id="s", utterance_index=index, src_lang="en",
+        tgt_lang="es", audio=audio, audio_format="pcm16", sample_rate=16000, stages=["asr", "nmt"],
+        deadline_ms=10000,
+    )  # fmt: skip

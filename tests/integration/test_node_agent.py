@@ -14,6 +14,7 @@ from linguamesh.node.agent import FatalNodeError, NodeAgent
 from linguamesh.node.config import NodeConfig
 
 from ..conftest import SCALE, Cluster, free_port, pcm, test_engines
+from ..scripted_node import accept_node, assign
 
 
 def agent(url: str, **kw: object) -> NodeAgent:
@@ -44,22 +45,12 @@ async def test_unacknowledged_results_are_kept_up_to_the_bound_newest_first() ->
     second = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
-        reg = p.decode_node(await ws.recv())
-        assert isinstance(reg, p.NodeRegister)
-        registrations.append(reg)
-        limits = p.Limits(max_message_bytes=1 << 20, max_utterance_seconds=30)
-        ack = p.NodeRegisterAck(node_id=reg.node_id, heartbeat_interval_s=5, pools=[], limits=limits)
-        await ws.send(p.encode_str(ack))
+        registrations.append(await accept_node(ws))
         if len(registrations) > 1:
             second.set()
             return
         for i in range(4):
-            job = p.JobAssign(
-                job_id=f"job-{i}", attempt_id=1, trace_id="t", session_id="s", utterance_index=i,
-                src_lang="en", tgt_lang="es", audio=pcm(0.1), audio_format="pcm16", sample_rate=16000,
-                stages=["asr", "nmt"], deadline_ms=10000,
-            )  # fmt: skip
-            await ws.send(p.encode_str(job))
+            await ws.send(p.encode_str(assign(f"job-{i}", i, pcm(0.1))))
         async for frame in ws:
             msg = p.decode_node(frame)
             if isinstance(msg, p.JobResult):

@@ -17,7 +17,7 @@ from linguamesh.audio import to_wav
 from linguamesh.client import SessionClient
 
 from ..conftest import SCALE, Cluster, eventually, free_port, pcm, start_node, test_engines
-from ..scripted_node import ScriptedNode
+from ..scripted_node import ScriptedNode, accept_node, assign
 
 
 async def test_audio_chunks_close_utterances_on_final_max_length_and_idle_gap(cluster: Cluster) -> None:
@@ -82,22 +82,9 @@ async def test_node_keeps_results_until_acked_and_resends_after_reconnect() -> N
     done = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
-        reg = p.decode_node(await ws.recv())
-        assert isinstance(reg, p.NodeRegister)
-        registrations.append(reg)
-        limits = p.Limits(max_message_bytes=1 << 20, max_utterance_seconds=30)
-        await ws.send(
-            p.encode_str(
-                p.NodeRegisterAck(node_id=reg.node_id, heartbeat_interval_s=5, pools=[], limits=limits)
-            )
-        )
+        registrations.append(await accept_node(ws))
         if len(registrations) == 1:
-            job = p.JobAssign(
-                job_id="job-X", attempt_id=1, trace_id="t", session_id="s", utterance_index=0,
-                src_lang="en", tgt_lang="es", audio=pcm(0.1), audio_format="pcm16", sample_rate=16000,
-                stages=["asr", "nmt"], deadline_ms=10000,
-            )  # fmt: skip
-            await ws.send(p.encode_str(job))
+            await ws.send(p.encode_str(assign("job-X", audio=pcm(0.1))))
             async for frame in ws:
                 msg = p.decode_node(frame)
                 if isinstance(msg, p.JobResult):
