@@ -13,7 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
-from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord
+from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord, SessionStateLost
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
@@ -29,6 +29,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         s: Any = MemoryStateStore(history_size=5)
     else:
         s = RedisStateStore(request.getfixturevalue("redis_url"), history_size=5)
+    # events are appended only to a session that exists (its numbering is made with it)
+    await s.create_session(SessionRecord(SID, "t", "rt", "vt", {"tgt_langs": ["es", "fr"]}, "A"), 60)
     yield s
     await s.close()
 
@@ -353,11 +355,14 @@ async def test_redis_inbox_comes_back_after_redis_lost_its_group(redis_url: str,
         got = await store.read_inbox("B", block_ms=100)
         assert [m for _, m in got] == [b"m1"]
         redis_server.flush()  # Redis restarted empty: the stream and its group are gone
-        await store.send_to_instance("B", b"lost-with-the-group")  # makes the stream, no group
+        # another instance writes before B noticed: the stream exists, the group does not
+        await store.send_to_instance("B", b"sent-after-the-restart")
         assert await store.read_inbox("B", block_ms=1, ack=[got[0][0]]) == []  # NOGROUP: handled
-        assert await store.read_inbox("B", block_ms=1) == []  # the group again, from now on
+        # the group is made again from the stream's start: what was written meanwhile is read
+        got = await store.read_inbox("B", block_ms=100)
+        assert [m for _, m in got] == [b"sent-after-the-restart"]
         await store.send_to_instance("B", b"m2")
-        assert [m for _, m in await store.read_inbox("B", block_ms=100)] == [b"m2"]
+        assert [m for _, m in await store.read_inbox("B", block_ms=100, ack=[got[0][0]])] == [b"m2"]
     finally:
         await store.close()
 
@@ -397,3 +402,21 @@ async def test_redis_two_instances_claiming_one_session_learn_of_each_other(redi
     finally:
         await b.close()
         await c.close()
+
+
+async def test_a_session_whose_numbering_was_lost_is_not_numbered_again_until_restored(store: Any) -> None:
+    """Redis restarted empty: an append must not number the session's events from 1 again
+    (the client has those numbers); the holder restores the numbering, then it goes on."""
+    assert [s for s, _ in await store.append_events(SID, [ev(0), ev(1)])] == [1, 2]
+    if isinstance(store, MemoryStateStore):
+        pytest.skip("the memory store never loses a session")
+    await store.r.flushall()
+    with pytest.raises(SessionStateLost):
+        await store.append_events(SID, [ev(2)])
+    with pytest.raises(SessionStateLost):
+        await store.push_result(SID, "es", 0, res(0))
+    rec = SessionRecord(SID, "t", "rt", "vt", {"tgt_langs": ["es"]}, "A")
+    await store.restore_session(rec, 2, 60)
+    assert [s for s, _ in await store.append_events(SID, [ev(2)])] == [3]
+    await store.restore_session(rec, 1, 60)  # an older view never turns the numbering back
+    assert [s for s, _ in await store.append_events(SID, [ev(3)])] == [4]

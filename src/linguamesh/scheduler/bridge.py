@@ -26,7 +26,7 @@ from .config import SchedulerConfig
 from .desk import Desk
 from .dispatch import Dispatcher
 from .jobrun import JobRun
-from .records import job_fields, job_from_data, job_from_record, job_record, session_record
+from .records import job_fields, job_from_data, job_from_record, job_record
 from .registry import Registry
 from .runner import Runner
 from .sessions import SessionRelay
@@ -218,10 +218,7 @@ class Bridge:
             if view is not None:
                 await store.register_node(view, self.me)
         for session in list(desk.sessions.values()):
-            last = max(session.written, session.published)
-            await store.restore_session(
-                session_record(session, self.me), last, self.config.session_linger * 2
-            )
+            await desk.restore(session)
         for run in list(runner.runs.values()):
             job = run.job
             await store.save_job(

@@ -43,6 +43,10 @@ from .ports import InboxHandler
 log = get_logger("linguamesh.scheduler.cluster")
 
 INSTANCE_TTL = 3.0
+#: The instance heartbeat; also how often the node mirror is re-read, so an instance
+#: sees a node registered on another one within HEARTBEAT (plus one read) at worst —
+#: usually at once, from the registering instance's notice.
+HEARTBEAT = 0.5
 SEEN_IDS = 20_000
 
 
@@ -233,7 +237,6 @@ class Cluster:
     # ------------------------------------------------------------------ loops
 
     async def _heartbeat(self) -> None:
-        tick = 0
         while True:
             try:
                 run_id = await self.store.server_run_id()
@@ -245,12 +248,16 @@ class Cluster:
                     await self.handler.restore_shared_state()
                 # only now: a restore cut short by a new failure is tried again next time
                 self.run_id = run_id
-                if tick % 2 == 0 or restarted:
-                    await self.store.sync_nodes(self.live)
-                if not self.healthy:
+                recovered = not self.healthy
+                # every tick: a node registered on another instance is seen here within one
+                # heartbeat (0.5 s) even if its instance's notice was lost
+                gained = await self.store.sync_nodes(self.live)
+                if recovered:
                     log.info("cluster.redis_back", instance_id=self.me)
                     self.healthy = True
                     await self.handler.redis_recovered()
+                elif gained:  # a node appeared or freed slots: jobs waiting here try again
+                    await self.handler.capacity_changed()
             except DependencyDown as exc:
                 if self.healthy:
                     log.error("cluster.redis_down", instance_id=self.me, error=str(exc))
@@ -261,8 +268,7 @@ class Cluster:
                 # (a Redis still loading its data answers with errors of its own); tried again next tick
                 log.error("cluster.heartbeat_failed", instance_id=self.me, error=repr(exc))
                 self.healthy = False
-            tick += 1
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(HEARTBEAT)
 
     async def _inbox(self) -> None:
         while True:
@@ -335,7 +341,7 @@ class Cluster:
             await h.session_moved_away(SessionId(msg.session_id), new_owner=msg.sender)
         elif isinstance(msg, ib.NodeChanged):
             await self.store.refresh_node(NodeId(msg.node_id), self.live)
-            await h.capacity_changed()
+            await h.capacity_changed()  # always: the notice may say what a sync already saw
         elif isinstance(msg, ib.NodeGone):
             await self.store.refresh_node(NodeId(msg.node_id), self.live)
             await h.remote_node_gone(NodeId(msg.node_id))

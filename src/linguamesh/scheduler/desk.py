@@ -40,13 +40,27 @@ class Desk:
         self.jobs: JobControl | None = None
 
     def _session(self, **kw: Any) -> Session:
-        return Session(
+        session = Session(
             store=self.store,
             on_detached=self._detached,
             on_delivered=lambda: self.metrics.inc("results_delivered"),
             on_result=self._result_delivered,
             **kw,
         )
+
+        async def heal() -> None:
+            await self.restore(session)
+
+        session.heal = heal
+        return session
+
+    async def restore(self, session: Session) -> None:
+        """Write a session held here back into a store that lost it, numbering included."""
+        last = max(session.written, session.published)
+        await self.store.restore_session(
+            session_record(session, self.config.instance_id), last, self.config.session_linger * 2
+        )
+        log.warning("session.restored", session_id=session.session_id, last_seq=last)
 
     # ------------------------------------------------------------------ open / resume
 

@@ -127,13 +127,11 @@ class Dispatcher:
         return order
 
     def _queued_behind(self, run: JobRun) -> bool:
-        """Other sessions' jobs of the same kind wait already: a new job joins the queue
-        rather than take the capacity they are waiting for."""
-        job = run.job
-        if self._per_session.keys() <= {job.session_id}:  # only this session waits (or none)
-            return False
-        kind = _kind(job)
-        return any(_kind(o.job) == kind and o.job.session_id != job.session_id for o in self.waiting.values())
+        """Jobs of the same kind wait already (of any session, its own included): a new
+        job joins the queue rather than take the capacity they are waiting for; the drain
+        that follows serves them in fair order."""
+        kind = _kind(run.job)
+        return any(_kind(o.job) == kind for o in self.waiting.values())
 
     def kick(self) -> None:
         """Capacity may have appeared: try the waiting jobs (in a task of their own)."""
@@ -164,12 +162,6 @@ class Dispatcher:
         job = run.job
         first = run.first_selection
         run.first_selection = False
-        if first and self.waiting and self._queued_behind(run):
-            self._enqueue(run)
-            self.metrics.inc("selections", outcome="queued", reason="fair_share")
-            log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
-            self.kick()
-            return Unavailable("no_capacity", first)
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -188,6 +180,13 @@ class Dispatcher:
                 excluded=sorted(job.excluded),
             )
         out = self.select_fn(self.store.nodes(), req, self.rng)
+        if first and out.candidates and self.waiting and self._queued_behind(run):
+            # a node has room, but jobs of this kind were waiting first: they go first
+            self._enqueue(run)
+            self.metrics.inc("selections", outcome="queued", reason="fair_share")
+            log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
+            self.kick()
+            return Unavailable("no_capacity", first)
         if out.fallback is not None:
             log.info(
                 "selection.preferred_fallback",

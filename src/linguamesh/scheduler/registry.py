@@ -42,6 +42,7 @@ class NodeConn:
     model_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    heartbeat_writing: bool = False
 
     async def send(self, msg: msgspec.Struct) -> bool:
         """Write one message; True only when the write finished."""
@@ -158,7 +159,20 @@ class Registry:
                     nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs)
                     await self.store.register_node(nv, self.config.instance_id)
                     log.info("node.capabilities_changed", node_id=nc.node_id, pool=nv.pool)
-        await self.store.heartbeat(nc.node_id, msg.running_jobs, nc.last_seen)
+        if not nc.heartbeat_writing:  # at most one write in flight per node, off the reading path
+            nc.heartbeat_writing = True
+            self.tasks.spawn(self._write_heartbeat(nc, msg.running_jobs), "node-heartbeat")
+
+    async def _write_heartbeat(self, nc: NodeConn, running_jobs: int) -> None:
+        """The node's heartbeat into the shared view. Not awaited by the node's socket
+        reader: a stalled store must not stop this instance hearing the node (it would
+        drop a live node for silence)."""
+        try:
+            await self.store.heartbeat(nc.node_id, running_jobs, nc.last_seen)
+        except DependencyDown:
+            pass  # the next heartbeat writes it; the record goes stale only if none gets through
+        finally:
+            nc.heartbeat_writing = False
 
     async def gone(self, nc: NodeConn) -> bool:
         """Forget a node's socket; False when it was already gone."""

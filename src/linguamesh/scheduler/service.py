@@ -43,6 +43,9 @@ from .runner import Runner
 from .sessions import Session, Transport
 from .tasks import Tasks
 
+#: /readyz answers within this (a stalled state store makes it 503, not a hung request)
+READY_DEADLINE = 1.0
+
 log = get_logger("linguamesh.scheduler")
 
 __all__ = ["NodeConn", "Scheduler"]
@@ -233,7 +236,10 @@ class Scheduler:
         if self._sweeper is None or self._sweeper.done():
             problems.append("scheduler loop is not running")
         try:
-            await self.store.ping()
+            async with asyncio.timeout(READY_DEADLINE):  # a stalled store: answer 503 in time
+                await self.store.ping()
+        except TimeoutError:
+            problems.append(f"state store unreachable: no answer within {READY_DEADLINE:g}s")
         except Exception as exc:  # noqa: BLE001 - any failure of the store makes us not ready; it is reported
             problems.append(f"state store unreachable: {exc}")
         return problems

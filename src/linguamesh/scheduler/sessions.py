@@ -32,7 +32,7 @@ from ..core.ids import JobId, SessionId, TraceId
 from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError, encode
-from ..state.base import DependencyDown, JobEnd, Notify, StateStore
+from ..state.base import DependencyDown, JobEnd, Notify, SessionStateLost, StateStore
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -40,17 +40,49 @@ WRITE_TIMEOUT = 10.0
 #: Events buffered per viewer before a slow viewer is dropped (it can reconnect and replay).
 VIEWER_QUEUE = 1000
 RETRY_MAX = 2.0
+#: A relay gives up on a session the store has lost for this long (its holder is gone too).
+RELAY_GIVE_UP = 300.0
 T = TypeVar("T")
 
 
-async def until_available(fn: Callable[..., Awaitable[T]], *args: Any, **log_fields: Any) -> T:
-    """Call the store until it answers: what was accepted is never dropped for an outage."""
+#: Heals what the store lost of a session (its holder writes the session back).
+Heal = Callable[[], Awaitable[None]]
+
+
+async def until_available(
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    heal: Heal | None = None,
+    give_up: float | None = None,
+    **log_fields: Any,
+) -> T:
+    """Call the store until it answers: what was accepted is never dropped for an outage.
+
+    When the store lost the session's numbering (:class:`SessionStateLost`), ``heal``
+    (the holder's) writes it back first; without one the call waits for the holder.
+    With ``give_up`` (seconds) the last error is raised after that long."""
     delay = 0.05
+    loop = asyncio.get_running_loop()
+    end = loop.time() + give_up if give_up is not None else None
+    logged = False
     while True:
         try:
-            return await fn(*args)
+            result = await fn(*args)
+            if logged:
+                log.info("store.available_again", **log_fields)
+            return result
         except DependencyDown as exc:
-            log.warning("store.unavailable_retrying", error=str(exc), **log_fields)
+            if end is not None and loop.time() >= end:
+                raise
+            if not logged:  # one record per outage, not one per try
+                log.warning("store.unavailable_retrying", error=str(exc), **log_fields)
+                logged = True
+            if isinstance(exc, SessionStateLost) and heal is not None:
+                try:
+                    await heal()
+                    continue
+                except DependencyDown:
+                    pass
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
 
@@ -96,6 +128,8 @@ async def store_batch(
     queue: asyncio.Queue[Any],
     trace_id: str | None = None,
     notify: Notify | None = None,
+    heal: Heal | None = None,
+    give_up: float | None = None,
 ) -> list[tuple[int, bytes]]:
     """Put ``item`` into the session's history — with every event queued right behind
     it and a result queued after them, in one round trip — and return the events now
@@ -112,24 +146,23 @@ async def store_batch(
             result = queue.get_nowait()
     else:
         result = item
+    retry: dict[str, Any] = {"heal": heal, "give_up": give_up, "session_id": session_id}
     if result is None:
-        return await until_available(store.append_events, session_id, payloads, notify, session_id=session_id)
+        return await until_available(store.append_events, session_id, payloads, notify, **retry)
     try:
         if payloads:
             events = await until_available(
                 store.append_and_push, session_id, payloads, result.tgt_lang, result.index, result.payload,
-                result.end, notify, session_id=session_id,
+                result.end, notify, **retry,
             )  # fmt: skip
         else:
             events = await until_available(
                 store.push_result, session_id, result.tgt_lang, result.index, result.payload, result.end,
-                notify, session_id=session_id,
+                notify, **retry,
             )  # fmt: skip
     except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
-        events = await until_available(
-            store.append_events, session_id, [result.payload], notify, session_id=session_id
-        )
+        events = await until_available(store.append_events, session_id, [result.payload], notify, **retry)
     if result.on_end is not None:
         result.on_end()
     if events:  # none when earlier results are still missing
@@ -201,6 +234,8 @@ class Session:
     #: utterances refused as rate_limited since the last log record about it
     refused: int = 0
     refused_logged_at: float = float("-inf")
+    #: writes the session back into the store when the store lost it (set by the desk)
+    heal: Heal | None = None
     _queue: asyncio.Queue[_Append | _Result | _Fetch | _Attach | _Marker] = field(
         default_factory=asyncio.Queue
     )
@@ -277,7 +312,9 @@ class Session:
                 await self._attach(item)
             elif isinstance(item, (_Append, _Result)):
                 await self._deliver(
-                    await store_batch(self.store, self.session_id, item, self._queue, self.trace_id)
+                    await store_batch(
+                        self.store, self.session_id, item, self._queue, self.trace_id, heal=self.heal
+                    )
                 )
             elif item.seq > self.written or item.seq > self.published:
                 await self._deliver(item.events)
@@ -438,6 +475,18 @@ class SessionRelay:
         if self._task is not None:
             await asyncio.wait([self._task], timeout=timeout)
 
+    def _drop(self, item: _Append | _Result, exc: DependencyDown) -> None:
+        """The session stayed gone from the store for RELAY_GIVE_UP: no holder will come back
+        for it. Its job ends here (the record expires by itself)."""
+        log.warning(
+            "relay.dropped", session_id=self.session_id, result=isinstance(item, _Result), error=str(exc)
+        )
+        if isinstance(item, _Result) and item.on_end is not None:
+            item.on_end()
+
+    async def _lookup(self) -> Notify | None:
+        return await self._notice(self.session_id) if self._notice is not None else None
+
     def _wake(self) -> None:
         if self._task is None:
             # a fresh context: the relay must not carry the log context of the job that woke it
@@ -446,13 +495,22 @@ class SessionRelay:
             )
 
     async def _run(self) -> None:
+        sid = self.session_id
         try:
             while not self._queue.empty():
-                notice = await self._notice(self.session_id) if self._notice is not None else None
+                # every store step is retried through an outage: what a job produced is not
+                # dropped while the session may still exist (its holder restores it)
+                notice = await until_available(self._lookup, session_id=sid)
                 item = self._queue.get_nowait()
-                events = await store_batch(self.store, self.session_id, item, self._queue, notify=notice)
+                try:
+                    events = await store_batch(
+                        self.store, sid, item, self._queue, notify=notice, give_up=RELAY_GIVE_UP
+                    )
+                except DependencyDown as exc:
+                    self._drop(item, exc)
+                    continue
                 if events and not (notice is not None and notice.sent):
-                    await self._notify(self.session_id, events)
+                    await until_available(self._notify, sid, events, session_id=sid)
         finally:
             self._task = None
             if self._queue.empty():

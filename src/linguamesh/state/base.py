@@ -69,6 +69,12 @@ class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
 
 
+class SessionStateLost(DependencyDown):
+    """A session's event numbering is not in the store (Redis restarted empty, or it
+    expired): events must not be numbered from 1 again. The session's holder writes it
+    back (``restore_session``) and tries again; anyone else waits for the holder."""
+
+
 @dataclass
 class SessionRecord:
     session_id: str
@@ -148,6 +154,10 @@ class StateStore(Protocol):
 
     # sessions ------------------------------------------------------------
     async def create_session(self, record: SessionRecord, ttl: float) -> None: ...
+
+    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
+        """Write a session back after the store lost it; its events go on after ``last_seq``."""
+        ...
 
     async def load_session(self, session_id: SessionId) -> SessionRecord | None: ...
 

@@ -313,6 +313,10 @@ class MemoryStateStore:
     async def create_session(self, record: SessionRecord, ttl: float) -> None:
         self.sessions[SessionId(record.session_id)] = record
 
+    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
+        """Nothing is ever lost in memory: the record is written again, the numbering kept."""
+        await self.create_session(record, ttl)
+
     async def load_session(self, session_id: SessionId) -> SessionRecord | None:
         return self.sessions.get(session_id)
 

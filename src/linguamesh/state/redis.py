@@ -41,7 +41,9 @@ from .redis_scripts import (
     CLAIM_SESSION,
     FINISH_JOB,
     RELEASE,
+    REMOVE_NODE,
     RESERVE,
+    RESTORE_SEQ,
     SAVE_JOB,
 )
 from .redis_wire import Script
@@ -94,6 +96,8 @@ class RedisStateStore(RedisLink):
         self._claim_session = Script("claim_session", CLAIM_SESSION)
         self._accept = Script("accept_utterance", ACCEPT)
         self._claim_one = Script("claim_job", CLAIM_ONE)
+        self._remove_node = Script("remove_node", REMOVE_NODE)
+        self._restore_seq = Script("restore_seq", RESTORE_SEQ)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
         super().__init__(url, scripts, client)
@@ -126,18 +130,16 @@ class RedisStateStore(RedisLink):
         self.index.put(node)
 
     async def remove_node(self, node_id: NodeId, owner: str | None = None) -> None:
-        if owner is not None:
-            current = await self._call(self.r.hget, K.node(node_id), "owner")
-            if current is not None and current.decode() != owner:
-                return  # the node already re-registered with another instance
-        view = self.index.drop(node_id)
-        self.owners.pop(node_id, None)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.srem(K.NODES, node_id)
-        if view is not None:
-            pipe.srem(K.pool_members(view.pool), node_id)
-        pipe.delete(K.node(node_id))
-        await self._call(pipe.execute)
+        # one fenced script: a remove that Redis runs late (after a stall) must not delete
+        # the record of the node's next registration
+        view = self.index.get(node_id)
+        pool = K.pool_members(view.pool) if view is not None else ""
+        removed = await self._run(
+            self._remove_node, keys=[K.node(node_id), K.NODES, pool], args=[node_id, owner or ""]
+        )
+        if removed:
+            self.index.drop(node_id)
+            self.owners.pop(node_id, None)
 
     async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None:
         await self._call(
@@ -153,13 +155,16 @@ class RedisStateStore(RedisLink):
     def node_owner(self, node_id: NodeId) -> str | None:
         return self.owners.get(node_id)
 
-    async def refresh_node(self, node_id: NodeId, live: set[str] | None = None) -> None:
-        """Re-read one node from Redis into the local mirror (after a notice from another instance)."""
+    async def refresh_node(self, node_id: NodeId, live: set[str] | None = None) -> bool:
+        """Re-read one node from Redis into the local mirror (after a notice from another
+        instance); True when it offers more than the mirror knew (see :meth:`sync_nodes`)."""
         raw = await self._call(self.r.hgetall, K.node(node_id))
-        self._mirror(node_id, raw, live)
+        return self._mirror(node_id, raw, live)
 
-    async def sync_nodes(self, live: set[str]) -> None:
-        """Re-read the whole registry into the local mirror; nodes of dead instances go offline."""
+    async def sync_nodes(self, live: set[str]) -> bool:
+        """Re-read the whole registry into the local mirror; nodes of dead instances go offline.
+        True when capacity appeared: a node new to the mirror, back online, or with free
+        slots it did not have (then jobs waiting here must be tried again)."""
         ids = [x.decode() for x in await self._call(self.r.smembers, K.NODES)]
         pipe = self.r.pipeline(transaction=False)
         for nid in ids:
@@ -167,21 +172,24 @@ class RedisStateStore(RedisLink):
             pipe.zcard(K.slots(nid))
         res = await self._call(pipe.execute)
         seen = set()
+        gained = False
         for i, nid in enumerate(ids):
             raw, used = res[2 * i], res[2 * i + 1]
             seen.add(nid)
-            self._mirror(NodeId(nid), raw, live, used)
+            gained = self._mirror(NodeId(nid), raw, live, used) or gained
         for nid in [n for n in self.index.views if n not in seen]:
             self.index.drop(nid)
             self.owners.pop(nid, None)
+        return gained
 
     def _mirror(
         self, node_id: NodeId, raw: dict[bytes, bytes], live: set[str] | None, used: int | None = None
-    ) -> None:
+    ) -> bool:
+        """Put one node's record into the mirror; True when it offers more than before."""
         if not raw:
             self.index.drop(node_id)
             self.owners.pop(node_id, None)
-            return
+            return False
         d = {k.decode(): v.decode() for k, v in raw.items()}
         owner = d["owner"]
         stale = time.time() * 1000 - int(d.get("hb", "0")) > self.node_stale_after * 1000
@@ -189,17 +197,19 @@ class RedisStateStore(RedisLink):
         old = self.index.get(node_id)
         caps = _caps_from(d["caps"])
         if old is not None and old.capabilities == caps and old.max_concurrent_jobs == int(d["max"]):
+            before = (old.online, old.free_slots)
             old.online = online
             old.running_jobs = int(d.get("running", "0"))
             if used is not None:
                 old.reserved = used
             self.owners[node_id] = owner
             self.index.refresh(node_id)
-            return
+            return online and (not before[0] or old.free_slots > before[1])
         view = NodeView(node_id, caps, int(d["max"]), reserved=used or 0, online=online)
         view.running_jobs = int(d.get("running", "0"))
         self.owners[node_id] = owner
         self.index.put(view)
+        return online
 
     # ------------------------------------------------------------------ reservations
 
@@ -285,6 +295,8 @@ class RedisStateStore(RedisLink):
             },
         )
         pipe.expire(key, int(ttl))
+        # the numbering exists from the start: appends refuse a session without it (lost data)
+        pipe.set(K.seqno(record.session_id), 0, nx=True, ex=self._ttl())
         await self._call(pipe.execute)
 
     async def load_session(self, session_id: SessionId) -> SessionRecord | None:
@@ -493,7 +505,7 @@ class RedisStateStore(RedisLink):
     async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
         """After Redis lost its data: write the session back, keeping its numbering."""
         await self.create_session(record, ttl)
-        await self._call(self.r.set, K.seqno(record.session_id), last_seq, nx=True)
+        await self._run(self._restore_seq, keys=[K.seqno(record.session_id)], args=[last_seq, self._ttl()])
 
 
 async def wait_for_redis(url: str, timeout: float = 10.0) -> None:

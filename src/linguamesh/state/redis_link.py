@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_keys as K
-from .base import DependencyDown
+from .base import DependencyDown, SessionStateLost
 from .redis_wire import RedisWire, Script
 
 T = TypeVar("T")
@@ -51,6 +51,10 @@ class RedisLink:
             return await pending
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise DependencyDown(f"redis unreachable: {exc}") from None
+        except ResponseError as exc:
+            if str(exc).startswith("LMNOSEQ"):
+                raise SessionStateLost(str(exc)) from None
+            raise
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
         """A redis-py call (the cold paths)."""
@@ -92,7 +96,10 @@ class RedisLink:
         wire.timeout = block_ms / 1000 + 2.0
         if key not in self.groups_made:
             try:
-                await self._wire_call(wire, "XGROUP", "CREATE", key, K.INBOX_GROUP, "$", "MKSTREAM")
+                # from the stream's start, not "$": a group is missing only when the stream is
+                # new or Redis restarted empty, and whatever another instance wrote since then
+                # (a job handed over, a node's result) is for us and unread
+                await self._wire_call(wire, "XGROUP", "CREATE", key, K.INBOX_GROUP, "0", "MKSTREAM")
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise

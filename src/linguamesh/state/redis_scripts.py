@@ -74,6 +74,7 @@ APPEND = (
 -- KEYS: history, seqno, holder's inbox ('' = none)
 -- ARGV: maxlen, ttl, message id ('' = no notice), sender, session id, event payloads...
 -- returns {notified (1|0), seq, data, seq, data...}
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
 local out = {0}
 for i = 6, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -114,6 +115,7 @@ APPEND_PUSH = (
 -- the job ends first, then the events are appended, then the result goes through the
 -- ordering buffer, then the holder is told;
 -- returns {expected (1|0), slots in use, notified (1|0), seq, data, seq, data...}
+if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
 local out = {1, -1, 0}
 if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
 for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
@@ -213,4 +215,23 @@ local prev = redis.call('HGET', KEYS[1], 'owner')
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return prev
+"""
+
+REMOVE_NODE = """
+-- KEYS: node, nodes, pool members ('' = unknown)  ARGV: node id, owner ('' = any)
+-- not when the node re-registered with another instance meanwhile
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if ARGV[2] ~= '' and cur and cur ~= ARGV[2] then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+if KEYS[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+RESTORE_SEQ = """
+-- KEYS: seqno  ARGV: last seq, ttl: the numbering goes on from the larger of the two
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
 """

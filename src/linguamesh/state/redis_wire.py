@@ -32,14 +32,32 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+#: Prepended to every script: its first argument is a deadline in Redis's clock (ms);
+#: past it the script changes nothing and answers ``LMFENCE``. A call that timed out
+#: here may still sit in the server's socket buffer (a stalled server runs it when it
+#: wakes): the fence makes that late run a no-op, so a timeout always means "not done".
+FENCE = """local lm_fence = tonumber(table.remove(ARGV, 1))
+if lm_fence > 0 then
+  local lm_t = redis.call('TIME')
+  if tonumber(lm_t[1]) * 1000 + math.floor(tonumber(lm_t[2]) / 1000) > lm_fence then
+    return redis.error_reply('LMFENCE the call arrived after its deadline')
+  end
+end
+"""
+
 
 class Script:
-    """A Lua script run by SHA1; loaded again when Redis answers NOSCRIPT (after a restart)."""
+    """A Lua script run by SHA1; loaded again when Redis answers NOSCRIPT (after a restart).
+    Every script is fenced (see ``FENCE``): :meth:`RedisWire.run` passes the deadline."""
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.source = FENCE + source
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+class Fenced(RedisConnectionError):
+    """A script reached Redis after its deadline and did nothing (a stall): a connection problem."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -89,6 +107,10 @@ class RedisWire:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self._generation = 0
+        #: Redis's clock minus ours (ms), measured on connect (scripts' deadlines are in Redis's clock)
+        self.clock_offset_ms = 0.0
+        #: a script must start within this many seconds of being sent, else it does nothing
+        self.fence = timeout * 0.75
         #: commands sent, and writes they took (several commands share a write under load)
         self.commands = 0
         self.writes = 0
@@ -119,13 +141,27 @@ class RedisWire:
         return [ResponseError(str(r)) if isinstance(r, hiredis.ReplyError) else r for r in result]
 
     async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """Run a script by SHA; on NOSCRIPT (after ``SCRIPT FLUSH``) send its source instead."""
+        """Run a script by SHA; on NOSCRIPT (after ``SCRIPT FLUSH``) send its source instead.
+        It must start within ``fence`` seconds (in Redis's clock), or it does nothing and
+        raises :class:`Fenced`."""
+        if self._transport is None:
+            await self._connect()
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, self._deadline(), *args)
         except ResponseError as exc:
+            if str(exc).startswith("LMFENCE"):
+                raise Fenced(str(exc)) from None
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.call("EVAL", script.source, len(keys), *keys, *args)
+        try:
+            return await self.call("EVAL", script.source, len(keys), *keys, self._deadline(), *args)
+        except ResponseError as exc:
+            if str(exc).startswith("LMFENCE"):
+                raise Fenced(str(exc)) from None
+            raise
+
+    def _deadline(self) -> int:
+        return int(time.time() * 1000 + self.clock_offset_ms + self.fence * 1000)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -232,12 +268,19 @@ class RedisWire:
         hello.append(("CLIENT", "SETNAME", self.name))
         # loaded on every connect: a new connection may be to a restarted server
         hello += [("SCRIPT", "LOAD", s.source) for s in self.scripts]
+        hello.append(("TIME",))
+        sent = time.time() * 1000
         futs = [self._queue(hiredis.pack_command(c)) for c in hello]
         for f in futs:
             reply = await f
             if isinstance(reply, hiredis.ReplyError):
                 self._abort(str(reply))
                 raise RedisConnectionError(f"{self._where()} refused the connection: {reply}")
+        # the server's clock at the midpoint of the round trip (a restarted or another server
+        # may have another clock: measured on every connect)
+        now = time.time() * 1000
+        seconds, micros = (int(x) for x in reply)
+        self.clock_offset_ms = seconds * 1000 + micros / 1000 - (sent + now) / 2
 
     async def close(self) -> None:
         self._closed = True
