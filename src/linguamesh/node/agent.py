@@ -243,6 +243,12 @@ class NodeAgent:
         if current is not None and current.job.attempt_id == job.attempt_id:
             await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
             return
+        kept = self.unacked.get((job.job_id, job.attempt_id))
+        if kept is not None:  # offered again (its scheduler died): the work is done, send it
+            log.info("job_result.resending", reason="offered again", **fields)
+            await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+            await self._send(kept)
+            return
         if len(self.running) >= self.config.max_concurrent_jobs:
             log.warning("job.rejected", reason="at capacity", **fields)
             await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason="at capacity"))

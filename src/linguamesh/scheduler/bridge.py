@@ -11,6 +11,7 @@ liveness and the sweeper are :class:`~linguamesh.scheduler.cluster.Cluster`'s.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, NamedTuple
 
@@ -19,7 +20,7 @@ from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import JobState
 from ..core.lifecycle import Assign, Status
 from ..observability.logging import get_logger
-from ..state.base import JobRecord, Notify
+from ..state.base import DependencyDown, JobRecord, Notify
 from ..state.redis import RedisStateStore
 from .cluster import Cluster
 from .config import SchedulerConfig
@@ -33,6 +34,13 @@ from .sessions import SessionRelay
 from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
+
+#: Seconds a forwarded result waits for its owner's answer before it is checked again,
+#: and how many rounds (the owner is live but silent) before giving up on it.
+RESULT_WATCH = 1.0
+RESULT_WATCH_TRIES = 20
+#: States in which a job's attempt is with its node.
+IN_FLIGHT = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
 
 
 class Parts(NamedTuple):
@@ -56,6 +64,9 @@ class Bridge:
         #: events for sessions held by other instances, produced by jobs handed over to us
         self.relays: dict[SessionId, SessionRelay] = {}
         self._parts: Parts | None = None
+        #: results forwarded to their job's owner, not yet answered: job id -> (node, frame,
+        #: owner, round)
+        self._awaiting: dict[str, tuple[NodeId, str, str, int]] = {}
 
     def attach(self, registry: Registry, dispatcher: Dispatcher, runner: Runner, desk: Desk) -> None:
         self._parts = Parts(registry, dispatcher, runner, desk)
@@ -104,10 +115,47 @@ class Bridge:
             return False
         if await self.cluster.is_live(owner):
             await self.cluster.node_msg(owner, node_id, job_id, frame)
+            if claim:  # a result: watched until its owner answers the node (it may have died)
+                self._watch(job_id, node_id, frame, owner, 0)
             return True
         if claim:
             await self.cluster.claim(job_id)  # a dead owner's job: carried on here if claimed
         return False
+
+    def _watch(self, job_id: str, node_id: NodeId, frame: str, owner: str, tries: int) -> None:
+        """A node's result went to the job's owner: if the owner says nothing to the node
+        about the job within RESULT_WATCH (an ack), it is asked again — or, once it is no
+        longer live, the job is claimed here and the result used (nothing is redone)."""
+        self._awaiting[job_id] = (node_id, frame, owner, tries)
+        loop = asyncio.get_running_loop()
+        loop.call_later(RESULT_WATCH, lambda: self.tasks.spawn(self._recheck(job_id, tries), "result-watch"))
+
+    async def _recheck(self, job_id: str, tries: int) -> None:
+        entry = self._awaiting.get(job_id)
+        if entry is None or entry[3] != tries:  # answered, or a newer watch runs
+            return
+        del self._awaiting[job_id]
+        node_id, frame, owner, _ = entry
+        if tries >= RESULT_WATCH_TRIES:
+            log.warning("job_result.owner_silent", job_id=job_id, node_id=node_id, owner=owner)
+            return
+        self.cluster.job_owner.pop(job_id, None)  # ask the store who owns it now
+        try:
+            if await self.forward(node_id, job_id, frame, claim=True):
+                if job_id in self._awaiting:  # forwarded again: watch the next round
+                    self._awaiting[job_id] = (*self._awaiting[job_id][:3], tries + 1)
+                    asyncio.get_running_loop().call_later(
+                        RESULT_WATCH,
+                        lambda: self.tasks.spawn(self._recheck(job_id, tries + 1), "result-watch"),
+                    )
+                return
+            if JobId(job_id) in self.parts.runner.runs:  # claimed here: the result is used now
+                msg = p.decode_node(frame)
+                if isinstance(msg, p.JobResult):
+                    log.warning("job_result.recovered", job_id=job_id, node_id=node_id, dead_owner=owner)
+                    await self.parts.runner.node_message(node_id, msg, frame, routed=True)
+        except DependencyDown:
+            self._watch(job_id, node_id, frame, owner, tries + 1)
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
         if prev_owner is not None and prev_owner != self.me and await self.cluster.is_live(prev_owner):
@@ -165,6 +213,8 @@ class Bridge:
         )
 
     async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
+        if job_id:  # the job's owner speaks to the node about it: it is alive and has the result
+            self._awaiting.pop(job_id, None)
         await self.parts.registry.write_local(node_id, frame, from_instance, job_id)
 
     async def routed_node_message(self, node_id: NodeId, frame: str) -> None:
@@ -204,8 +254,17 @@ class Bridge:
         first = True if session is None else job.tgt_lang == session.settings.tgt_langs[0]
         if session is not None:
             session.active_jobs.add(job.job_id)
-        log.warning("job.adopted", **job_fields(job), state=job.state.value, expired=expired)
+        node = NodeId(job.node_id) if job.node_id else None
+        view = self.store.nodes().get(node) if node is not None else None
+        reoffer = expired and job.state in IN_FLIGHT and view is not None and view.online
+        log.warning("job.adopted", **job_fields(job), state=job.state.value, expired=expired, reoffer=reoffer)
         run = JobRun(job, tts, partials, first_tgt=first)
+        if reoffer and node is not None:
+            # its node is still here: offer it the same attempt again; a node still running it
+            # acks, one that finished sends its kept result — the work is not done twice
+            job.state = JobState.ASSIGNED
+            await runner.start(run, lambda j: [Assign(j.job_id, node, j.attempt_id)])
+            return
         await runner.start(run, runner.resume_step(job.state) if expired else None)
 
     async def restore_shared_state(self) -> None:

@@ -1,0 +1,58 @@
+"""An instance dies with work in flight (issue 18, row 3): results a node finished for jobs
+whose owner died are accepted by the instance the node re-homes to, and delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+from ..conftest import SCALE
+from ..fleet import Fleet, Speaker, tally
+
+FLAGS = ("--pending-timeout", "8", "--ack-timeout", "2", "--result-timeout", "20")
+
+
+async def _four_jobs_then_kill_a(tmp_path: Path, flags: tuple[str, ...], delay_ms: int) -> None:
+    """Four jobs of a session on B run on node n1, held by A; A is SIGKILLed mid-work, the
+    node re-homes to B. Every result arrives once, and no job runs a second attempt."""
+    async with Fleet(tmp_path) as fleet:
+        a = await fleet.scheduler("A", *flags)
+        b = await fleet.scheduler("B", *flags)
+        fleet.node("n1", [a.url, b.url], delay_ms=delay_ms, slots=4)  # on A; B is its second choice
+        await fleet.wait_node("B", "n1")
+        speaker = Speaker([b.url], "s1")
+        await speaker.start()
+        for _ in range(4):
+            await speaker.say()
+        await asyncio.sleep(0.8)  # the four jobs run on n1 (handed over to A, its holder)
+        fleet.signal("A", signal.SIGKILL)
+        killed = time.monotonic()
+        await speaker.settle(30 * SCALE)
+        done = time.monotonic() - killed
+        await speaker.stop()
+        t = tally([speaker])
+        print(t.line(), f"settled {done:.1f}s after the kill")
+        assert t.lost == 0 and t.duplicated == 0, t.line()
+        assert t.ok == 4, t.line()
+        # the node's finished work was used: no job ran a second attempt
+        records = [json.loads(line) for line in (tmp_path / "n1.1.log").read_text().splitlines()]
+        received = [r for r in records if r["event"] == "job.received"]
+        assert len(received) == 4, [(r["job_id"], r["attempt_id"]) for r in received]
+        assert done < 10 * SCALE, f"results took {done:.1f}s after the kill"
+
+
+async def test_results_finished_for_a_dead_instance_are_delivered_once_not_redone(tmp_path: Path) -> None:
+    """The results reach B before the jobs' deadlines: B forwards them to A, hears nothing
+    back, and once A is no longer live claims the jobs and uses the results."""
+    await _four_jobs_then_kill_a(tmp_path, FLAGS, delay_ms=600)
+
+
+async def test_jobs_taken_over_by_the_sweeper_are_offered_to_their_node_again(tmp_path: Path) -> None:
+    """The jobs' deadlines pass before the node finishes: B's sweeper takes them over and
+    offers each to its node again with the same attempt; the node, still running it, acks
+    and sends its result when done — no second attempt, no duplicate."""
+    flags = ("--pending-timeout", "8", "--ack-timeout", "1", "--result-timeout", "2")
+    await _four_jobs_then_kill_a(tmp_path, flags, delay_ms=1500)
