@@ -113,6 +113,12 @@ def scheduler(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
     ] = None,
+    drain_timeout: Annotated[
+        float | None, typer.Option(help="On SIGTERM, seconds to let jobs in flight deliver [30]")
+    ] = None,
+    reconnect_url: Annotated[
+        str | None, typer.Option(help="Where a draining scheduler sends clients and nodes (default: same)")
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -142,6 +148,8 @@ def scheduler(
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
         redis_url=redis_url,
+        drain_timeout=drain_timeout,
+        reconnect_url=reconnect_url,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
@@ -170,6 +178,9 @@ def node(
     metrics_port: Annotated[
         int | None, typer.Option(help="Local port for the node's /healthz and /metrics (0 = off)")
     ] = None,
+    drain_timeout: Annotated[
+        float | None, typer.Option(help="On SIGTERM, seconds to finish running jobs [30]")
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -188,6 +199,7 @@ def node(
         max_concurrent_jobs=max_concurrent_jobs,
         token=token,
         metrics_port=metrics_port,
+        drain_timeout=drain_timeout,
     )
     if not cfg.engines:
         cfg.engines = default_engines()

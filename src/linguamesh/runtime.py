@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from .engines.models import ModelManager
 from .engines.registry import build
@@ -29,6 +31,41 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         return runner.run(coro)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a graceful drain on the first SIGTERM or SIGINT (``scheduler/drain.py``):
+    the server keeps serving while the scheduler stops taking work and lets what runs
+    deliver, then shuts down. A second signal shuts down at once."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        sched = getattr(self.app.state, "scheduler", None)
+        if self._drain is None and sched is not None and self._loop is not None and not self.should_exit:
+            log.warning("scheduler.signal", signal=signal.Signals(sig).name, action="drain")
+            self._loop.call_soon_threadsafe(self._start_drain, sched)
+            return
+        log.warning("scheduler.signal", signal=signal.Signals(sig).name, action="exit now")
+        self.force_exit = self._drain is not None  # a second signal: do not wait any more
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self, sched: Any) -> None:
+        async def drain() -> None:
+            try:
+                await sched.drain()
+            finally:
+                self.should_exit = True
+
+        self._drain = asyncio.get_running_loop().create_task(drain(), name="drain")
+
+
 def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
     app = create_app(config, store)
     uv = uvicorn.Config(
@@ -47,7 +84,7 @@ def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
         ws_ping_timeout=20,
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(uv)
+    return DrainingServer(uv, app)
 
 
 async def serve_scheduler(config: SchedulerConfig) -> None:
@@ -82,6 +119,7 @@ async def serve_node(config: NodeConfig) -> None:
         if not engines.all():
             raise SystemExit("no engine could be loaded; see the errors above")
         agent = NodeAgent(config, engines)
+        _drain_on_signals(agent)
         if not config.metrics_port:
             await agent.run()
             return
@@ -104,6 +142,30 @@ async def serve_node(config: NodeConfig) -> None:
             await asyncio.gather(http_task, return_exceptions=True)
     finally:
         engines.close()
+
+
+def _drain_on_signals(agent: NodeAgent) -> None:
+    """First SIGTERM/SIGINT: the node drains (finishes its jobs, gets their results acked);
+    a second one stops it at once."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def on_signal(sig: signal.Signals) -> None:
+        task: asyncio.Task[Any]
+        if agent.draining:
+            log.warning("node.signal", node_id=agent.node_id, signal=sig.name, action="exit now")
+            task = loop.create_task(agent.stop())
+        else:
+            log.warning("node.signal", node_id=agent.node_id, signal=sig.name, action="drain")
+            task = loop.create_task(agent.drain(agent.config.drain_timeout))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            return
 
 
 async def serve_all(sched: SchedulerConfig, node: NodeConfig) -> None:

@@ -91,8 +91,15 @@ class SessionClient:
         self.ws = await connect(
             self.url, max_size=64 * 1024 * 1024, open_timeout=self.open_timeout, compression=None
         )
-        await self.ws.send(p.encode_str(init))
-        first = p.decode_event(await asyncio.wait_for(self.ws.recv(), self.open_timeout))
+        try:
+            await self.ws.send(p.encode_str(init))
+        except ConnectionClosed:
+            pass  # refused at once: the server's error frame, if any, is read below
+        try:
+            first = p.decode_event(await asyncio.wait_for(self.ws.recv(), self.open_timeout))
+        except ConnectionClosed as exc:
+            reason = exc.rcvd.reason if exc.rcvd is not None else "connection closed"
+            raise ClientError("connection_closed", reason or "connection closed") from None
         if isinstance(first, p.Error):
             await self.ws.close()
             raise ClientError(first.code, first.message)

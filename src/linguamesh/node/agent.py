@@ -72,6 +72,12 @@ class NodeAgent:
         self._send_lock = asyncio.Lock()
         self._stopping = False
         self._rng = random.Random()
+        #: shutting down: no new jobs; the running ones finish and their results are acked
+        self.draining = False
+        #: the scheduler's ``reconnect`` hint: seconds to wait before the next connect
+        self._reconnect_after: float | None = None
+        #: set when a job ends or a result is acked (the drain waits on it)
+        self._progress = asyncio.Event()
 
     def _register_gauges(self) -> None:
         m = self.metrics
@@ -148,6 +154,8 @@ class NodeAgent:
                     break
                 delay = min(self.config.backoff_max, self.config.backoff_initial * 2**failures)
                 delay *= self._rng.uniform(0.5, 1.0)
+                if self._reconnect_after is not None:  # the scheduler said when (it is draining)
+                    delay, self._reconnect_after = self._reconnect_after, None
                 failures += 1
                 i += 1
                 await asyncio.sleep(delay)
@@ -159,6 +167,46 @@ class NodeAgent:
         self._stopping = True
         if self.ws is not None:
             await self.ws.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Shut down gracefully: report full (no new jobs), let the running jobs finish and
+        their results reach a scheduler (acked), then stop. True when all of it happened
+        within ``timeout``; the rest is abandoned (the scheduler fails those jobs over)."""
+        if self.draining:
+            return False
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        log.warning(
+            "node.draining",
+            node_id=self.node_id,
+            running_jobs=len(self.running),
+            unacked_results=len(self.unacked),
+            timeout_s=timeout,
+        )
+        await self._send(self._heartbeat_msg())  # the scheduler hears it now, not at the next beat
+        while (self.running or self.unacked) and loop.time() < end:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), end - loop.time())
+            except TimeoutError:
+                break
+        done = not self.running and not self.unacked
+        log.warning(
+            "node.drained",
+            node_id=self.node_id,
+            complete=done,
+            running_jobs=len(self.running),
+            unacked_results=len(self.unacked),
+        )
+        await self.stop()
+        return done
+
+    def _heartbeat_msg(self) -> p.NodeHeartbeat:
+        stats = self.engines.models_manager.snapshot()
+        return p.NodeHeartbeat(
+            running_jobs=len(self.running), model_stats=stats or None, draining=self.draining
+        )
 
     async def _serve(self, ws: ClientConnection, url: str) -> None:
         caps = self.engines.capabilities()
@@ -186,6 +234,8 @@ class NodeAgent:
         self.heartbeat_interval = first.heartbeat_interval_s
         self.ws = ws
         self.connected.set()
+        if self.draining:  # reconnected while draining: still full
+            await self._send(self._heartbeat_msg())
         self.metrics.inc("node_connects")
         log.info("node.connected", node_id=self.node_id, url=url, pools=first.pools)
         for result in list(self.unacked.values()):
@@ -203,8 +253,7 @@ class NodeAgent:
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            stats = self.engines.models_manager.snapshot()
-            await self._send(p.NodeHeartbeat(running_jobs=len(self.running), model_stats=stats or None))
+            await self._send(self._heartbeat_msg())
 
     async def _send(self, msg: Any) -> bool:
         ws = self.ws
@@ -229,6 +278,7 @@ class NodeAgent:
             await self._assign(msg)
         elif isinstance(msg, p.JobResultAck):
             key = (msg.job_id, msg.attempt_id)
+            self._progress.set()
             if self.unacked.pop(key, None) is not None:
                 fields = self._unacked_fields.pop(key, {"job_id": msg.job_id, "attempt_id": msg.attempt_id})
                 log.info("job_result.acked", **{**fields, "node_id": self.node_id})
@@ -236,6 +286,11 @@ class NodeAgent:
             self._cancel(msg)
         elif isinstance(msg, p.Error):
             log.warning("node.scheduler_error", node_id=self.node_id, code=msg.code, message=msg.message)
+        elif isinstance(msg, p.Reconnect):
+            log.info("node.reconnect_hint", node_id=self.node_id, delay_ms=msg.delay_ms, reason=msg.reason)
+            self._reconnect_after = msg.delay_ms / 1000
+            if msg.url:
+                self.urls.insert(0, node_url(msg.url))
 
     async def _assign(self, job: p.JobAssign) -> None:
         fields = self._fields(job)
@@ -249,9 +304,10 @@ class NodeAgent:
             await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
             await self._send(kept)
             return
-        if len(self.running) >= self.config.max_concurrent_jobs:
-            log.warning("job.rejected", reason="at capacity", **fields)
-            await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason="at capacity"))
+        if self.draining or len(self.running) >= self.config.max_concurrent_jobs:
+            reason = "draining" if self.draining else "at capacity"
+            log.warning("job.rejected", reason=reason, **fields)
+            await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason=reason))
             return
         self.metrics.inc("node_jobs_received")
         log.info("job.received", stages=job.stages, audio_bytes=len(job.audio), **fields)
@@ -324,6 +380,7 @@ class NodeAgent:
             r = self.running.get(job.job_id)
             if r is not None and r.job.attempt_id == job.attempt_id:
                 del self.running[job.job_id]
+            self._progress.set()
 
 
 def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:

@@ -24,6 +24,8 @@ class NodeConfig:
     models: dict[str, Any] = field(default_factory=dict)
     #: Local health/metrics HTTP port (0 = off).
     metrics_port: int = 0
+    #: On SIGTERM: seconds to finish running jobs and get their results acked before exiting.
+    drain_timeout: float = 30.0
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> NodeConfig:

@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     NOT_ASSIGNED = "not_assigned"
     #: a node_register for an id another live connection holds, without that node's own credential
     NODE_ID_IN_USE = "node_id_in_use"
+    #: the scheduler is draining (shutting down): the utterance was not accepted; send it
+    #: again after reconnecting
+    DRAINING = "draining"
 
 
 #: Codes after which the connection is closed; every other error leaves it open.

@@ -167,7 +167,17 @@ class SessionClosed(_Msg, tag="session_closed", kw_only=True):
     reason: str
 
 
-SessionEvent = SessionInitAck | JobStatus | AsrPartial | TranslationResult | Error | SessionClosed
+class Reconnect(_Msg, tag="reconnect", kw_only=True):
+    """Our addition (docs/protocol.md): the scheduler is going away (draining); connect
+    again after ``delay_ms`` — to ``url`` when given, else to the same address — and resume.
+    Sent on client and node sockets just before the scheduler closes them (1012)."""
+
+    delay_ms: int
+    reason: str
+    url: str | None = None
+
+
+SessionEvent = SessionInitAck | JobStatus | AsrPartial | TranslationResult | Error | SessionClosed | Reconnect
 
 
 # ---------------------------------------------------------------- node -> scheduler
@@ -191,6 +201,9 @@ class NodeHeartbeat(_Msg, tag="node_heartbeat", kw_only=True):
     capabilities: Capabilities | None = None
     #: Optional extension (unknown fields are ignored by v1 peers): per-model metrics.
     model_stats: dict[str, dict[str, float]] | None = None
+    #: Our addition: the node is shutting down; it takes no new jobs (it reports itself full)
+    #: and finishes the ones it runs.
+    draining: bool = False
 
 
 class JobAck(_Msg, tag="job_ack", kw_only=True):
@@ -270,4 +283,4 @@ class JobCancel(_Msg, tag="job_cancel", kw_only=True):
     reason: str
 
 
-SchedulerToNode = NodeRegisterAck | JobAssign | JobResultAck | JobCancel | Error
+SchedulerToNode = NodeRegisterAck | JobAssign | JobResultAck | JobCancel | Error | Reconnect

@@ -58,6 +58,12 @@ class SchedulerConfig:
     #: capability list.
     max_node_slots: int = 1024
     max_capability_entries: int = 2000
+    #: Seconds a SIGTERM waits for jobs in flight to deliver before the process exits.
+    drain_timeout: float = 30.0
+    #: Milliseconds clients and nodes are told to wait before they reconnect (``reconnect``).
+    reconnect_delay_ms: int = 1000
+    #: Where clients and nodes should reconnect (e.g. the load balancer); unset: the same address.
+    reconnect_url: str | None = None
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
 

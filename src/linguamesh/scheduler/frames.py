@@ -76,7 +76,8 @@ async def admit(ws: WebSocket, gate: Gate, metrics: Metrics) -> str | None:
     refused = gate.enter(ip)
     if refused is None:
         return ip
-    metrics.inc("connections_refused", reason="limit")
-    await send_quietly(ws, p.Error(code=ErrorCode.RATE_LIMITED.value, message=refused))
-    await close_quietly(ws, TRY_AGAIN_LATER, "too many connections")
+    code = ErrorCode.DRAINING if gate.draining else ErrorCode.RATE_LIMITED
+    metrics.inc("connections_refused", reason="draining" if gate.draining else "limit")
+    await send_quietly(ws, p.Error(code=code.value, message=refused))
+    await close_quietly(ws, TRY_AGAIN_LATER, "draining" if gate.draining else "too many connections")
     return None

@@ -18,6 +18,8 @@ from .config import SchedulerConfig
 #: Close codes (RFC 6455 §7.4.1): policy violation; try again later.
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+#: Close code for sockets of a scheduler that is draining (RFC 6455 "service restart").
+SERVICE_RESTART = 1012
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
@@ -39,9 +41,13 @@ class Gate:
         self.origins = config.origins()
         self.open: Counter[str] = Counter()
         self.total = 0
+        #: shutting down: no new sockets (sessions, resumes, nodes)
+        self.draining = False
 
     def enter(self, ip: str) -> str | None:
         """Count a new socket from ``ip``; the reason when it must be refused."""
+        if self.draining:
+            return "the scheduler is shutting down: connect again in a moment"
         if self.total >= self.config.max_connections:
             return f"the scheduler has {self.total} open sockets (limit {self.config.max_connections})"
         if self.open[ip] >= self.config.max_connections_per_ip:

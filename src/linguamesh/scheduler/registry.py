@@ -43,6 +43,7 @@ class NodeConn:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     heartbeat_writing: bool = False
+    draining: bool = False
 
     async def send(self, msg: msgspec.Struct) -> bool:
         """Write one message; True only when the write finished."""
@@ -125,6 +126,18 @@ class Registry:
         self.remote.node_changed("node", node_id)
         return nc
 
+    async def _drains(self, nc: NodeConn) -> None:
+        """The node is shutting down: it counts as full everywhere (no slots), so no new job
+        is sent to it; the jobs it runs finish. Its record keeps its capabilities."""
+        nc.draining = True
+        view = self.store.nodes().get(nc.node_id)
+        log.info("node.draining", node_id=nc.node_id, running=view.reserved if view else None)
+        if view is not None:
+            await self.store.register_node(
+                NodeView(nc.node_id, view.capabilities, 0), self.config.instance_id
+            )
+            self.remote.node_changed("node", nc.node_id)
+
     def _check_slots(self, slots: int) -> None:
         if not 1 <= slots <= self.config.max_node_slots:
             raise ProtocolError(
@@ -148,6 +161,8 @@ class Registry:
 
     async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
         nc.last_seen = self.clock()
+        if msg.draining and not nc.draining:
+            await self._drains(nc)
         if msg.model_stats is not None:
             nc.model_stats = msg.model_stats
         if msg.capabilities is not None:

@@ -34,6 +34,7 @@ from .config import SchedulerConfig
 from .credentials import NodeCredentials
 from .desk import Desk
 from .dispatch import Dispatcher
+from .drain import Drain
 from .gate import Gate
 from .intake import Intake
 from .ports import Env, NoRemote, Remote
@@ -76,6 +77,7 @@ class Scheduler:
         self.registry.on_capacity = self.dispatcher.kick
         if self.bridge is not None:
             self.bridge.attach(self.registry, self.dispatcher, self.runner, self.desk)
+        self.draining = Drain(config, self.gate, self.registry, self.runner, self.desk, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
         self._register_gauges()
 
@@ -192,10 +194,20 @@ class Scheduler:
         )
 
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
+        self._refuse_when_draining(f"utterance {msg.utterance_index}")
         await self.intake.utterance(session, msg)
 
     async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
+        self._refuse_when_draining(None)
         await self.intake.audio_chunk(session, msg)
+
+    def _refuse_when_draining(self, ref: str | None) -> None:
+        if self.draining.active:
+            raise ProtocolError(
+                ErrorCode.DRAINING,
+                "the scheduler is shutting down: send it again after reconnecting",
+                ref=ref,
+            )
 
     async def ack_events(self, session: Session, seq: int) -> None:
         await self.desk.ack_events(session, seq)
@@ -231,8 +243,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queries
 
+    async def drain(self, timeout: float | None = None) -> bool:
+        """SIGTERM: stop taking work, let what runs deliver, send everyone away (``drain.py``)."""
+        return await self.draining.run(timeout)
+
     async def readiness_problems(self) -> list[str]:
         problems = []
+        if self.draining.active:
+            problems.append("draining: shutting down")
         if self._sweeper is None or self._sweeper.done():
             problems.append("scheduler loop is not running")
         try:

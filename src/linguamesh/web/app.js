@@ -176,6 +176,10 @@ function handle(ev) {
     case "session_closed":
       state.userClosed = true;
       break;
+    case "reconnect": // the server is shutting down: come back after its delay and resume
+      state.retryMs = Math.max(100, ev.delay_ms || 1000);
+      notice("The server is restarting; reconnecting…");
+      break;
   }
 }
 
