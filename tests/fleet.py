@@ -49,6 +49,7 @@ class SchedulerProc:
     name: str
     port: int
     flags: tuple[str, ...]
+    env: dict[str, str] | None = None
     proc: Proc | None = None
 
     @property
@@ -71,6 +72,7 @@ class NodeProc:
     urls: list[str]
     delay_ms: int
     slots: int
+    engine: str = ""
     proc: Proc | None = None
 
     @property
@@ -115,9 +117,11 @@ class Fleet:
 
     # ------------------------------------------------------------------ schedulers
 
-    async def scheduler(self, name: str, *flags: str, ready: bool = True) -> SchedulerProc:
-        """Start instance ``name`` (on Redis when the fleet has one)."""
-        s = SchedulerProc(name, free_port(), flags)
+    async def scheduler(
+        self, name: str, *flags: str, ready: bool = True, env: dict[str, str] | None = None
+    ) -> SchedulerProc:
+        """Start instance ``name`` (on Redis when the fleet has one; ``env``: LINGUAMESH_* settings)."""
+        s = SchedulerProc(name, free_port(), flags, env)
         self.schedulers[name] = s
         await self.start_scheduler(name, ready=ready)
         return s
@@ -128,22 +132,25 @@ class Fleet:
         store = ("--redis-url", self.redis.url, "--instance-id", name) if self.redis is not None else ()
         s.proc = launch(
             "scheduler", "--port", str(s.port), "--heartbeat-interval", "0.5", "--log", "info",
-            *store, *s.flags, log=self._log(name),
+            *store, *s.flags, log=self._log(name), env=s.env,
         )  # fmt: skip
         if ready:
             await wait_ready(s.port, s.proc, timeout=20)
 
     # ------------------------------------------------------------------ nodes
 
-    def node(self, node_id: str, urls: list[str], *, delay_ms: int = 200, slots: int = 4) -> NodeProc:
-        n = NodeProc(node_id, urls, delay_ms, slots)
+    def node(
+        self, node_id: str, urls: list[str], *, delay_ms: int = 200, slots: int = 4, engine: str = ""
+    ) -> NodeProc:
+        """A node process with the test engines (``engine``: more settings for them, TOML lines)."""
+        n = NodeProc(node_id, urls, delay_ms, slots, engine)
         self.nodes[node_id] = n
         self.start_node(node_id)
         return n
 
     def start_node(self, node_id: str) -> None:
         n = self.nodes[node_id]
-        cfg = node_config(self.workdir, node_id, n.delay_ms, n.slots)
+        cfg = node_config(self.workdir, node_id, n.delay_ms, n.slots, engine=n.engine)
         urls = [a for u in n.urls for a in ("--scheduler", u)]
         n.proc = launch("node", *urls, "--config", str(cfg), "--log", "info", log=self._log(node_id))
 

@@ -7,6 +7,7 @@ like every wait in the tests; each process can write its own JSON log file.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -49,10 +50,16 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "linguamesh.cli", *out]
 
 
-def launch(*args: str, log: Path | None = None) -> Proc:
-    """Start ``linguamesh ARGS`` (output discarded; with ``log``, JSON records go there)."""
+def launch(*args: str, log: Path | None = None, env: dict[str, str] | None = None) -> Proc:
+    """Start ``linguamesh ARGS`` (output discarded; with ``log``, JSON records go there;
+    ``env`` adds environment variables)."""
     extra = ["--log-file", str(log)] if log is not None else []
-    proc = subprocess.Popen(cli(*args, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli(*args, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env} if env else None,
+    )
     return Proc(proc, log)
 
 
@@ -94,11 +101,14 @@ async def scheduler_proc(tmp: Path, *flags: str) -> AsyncIterator[tuple[str, Pro
         p.stop()
 
 
-def node_config(tmp: Path, node_id: str, delay_ms: int = 20, slots: int = 4, metrics_port: int = 0) -> Path:
+def node_config(
+    tmp: Path, node_id: str, delay_ms: int = 20, slots: int = 4, metrics_port: int = 0, engine: str = ""
+) -> Path:
+    """A node config with the test engines (``engine``: more lines for their table)."""
     cfg = tmp / f"{node_id}.toml"
     cfg.write_text(
         f'node_id = "{node_id}"\nmax_concurrent_jobs = {slots}\nmetrics_port = {metrics_port}\n'
-        f'[[engines]]\nkind = "test"\nlanguages = ["en", "es"]\ndelay_ms = {delay_ms}\n'
+        f'[[engines]]\nkind = "test"\nlanguages = ["en", "es"]\ndelay_ms = {delay_ms}\n{engine}'
     )
     return cfg
 

@@ -98,6 +98,7 @@ class SessionClient:
         try:
             first = p.decode_event(await asyncio.wait_for(self.ws.recv(), self.open_timeout))
         except ConnectionClosed as exc:
+            await self.ws.close()
             reason = exc.rcvd.reason if exc.rcvd is not None else "connection closed"
             raise ClientError("connection_closed", reason or "connection closed") from None
         if isinstance(first, p.Error):

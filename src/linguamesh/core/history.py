@@ -1,14 +1,16 @@
 """A session's event history, for resume (DESIGN §6). Pure.
 
 Every event to a client gets the next ``seq``; the history keeps the last
-``max_events`` events (and drops what the client acknowledged) so a client
-that reconnects with ``last_seq`` gets everything after it.
+``max_events`` events — and, with ``size``, at most ``max_bytes`` of them, the newest
+event always — and drops what the client acknowledged, so a client that reconnects
+with ``last_seq`` gets everything after it.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -19,9 +21,14 @@ class ReplayGap(Exception):
 
 
 class EventHistory(Generic[T]):
-    def __init__(self, max_events: int = 1000) -> None:
+    def __init__(
+        self, max_events: int = 1000, max_bytes: int | None = None, size: Callable[[T], int] | None = None
+    ) -> None:
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._size = size
         self.last_seq = 0
+        self.bytes = 0
         self._events: deque[tuple[int, T]] = deque()
 
     def append(self, seq: int, event: T) -> None:
@@ -30,8 +37,17 @@ class EventHistory(Generic[T]):
             raise ValueError(f"seq {seq} is not after {self.last_seq}")
         self.last_seq = seq
         self._events.append((seq, event))
-        while len(self._events) > self.max_events:
-            self._events.popleft()
+        if self._size is not None:
+            self.bytes += self._size(event)
+        while len(self._events) > self.max_events or (
+            self.max_bytes is not None and self.bytes > self.max_bytes and len(self._events) > 1
+        ):
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, event = self._events.popleft()
+        if self._size is not None:
+            self.bytes -= self._size(event)
 
     def since(self, last_seq: int) -> list[tuple[int, T]]:
         if last_seq > self.last_seq:
@@ -44,7 +60,7 @@ class EventHistory(Generic[T]):
 
     def ack(self, seq: int) -> None:
         while self._events and self._events[0][0] <= seq:
-            self._events.popleft()
+            self._drop_oldest()
 
     def __len__(self) -> int:
         return len(self._events)

@@ -15,6 +15,7 @@ stops at once and many jobs can run on one core.
     fail_every = 3               # ... or only every 3rd job
     partials = true              # send an asr partial halfway
     tts = true                   # produce a short tone as speech
+    tts_seconds = 0.1            # ... this long
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class TestEngineSet:
         self.fail_every = int(cfg.get("fail_every", 1))
         self.partials = bool(cfg.get("partials", True))
         self.tts = bool(cfg.get("tts", True))
+        self.tts_seconds = float(cfg.get("tts_seconds", 0.1))
         self.repair = bool(cfg.get("repair", True))
         self._counter = itertools.count(1)
 
@@ -141,7 +143,7 @@ class _TestTTS(TTSEngine):
     async def synthesize(self, text: str, lang: str) -> Speech:
         if self.s.delay["tts"]:
             await asyncio.sleep(self.s.delay["tts"])
-        t = np.arange(1600, dtype=np.float32) / 16000
+        t = np.arange(int(16000 * self.s.tts_seconds), dtype=np.float32) / 16000
         return Speech((0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
 
     def _synthesize(self, text: str, lang: str, stop: Any) -> Speech:

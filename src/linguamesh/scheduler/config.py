@@ -58,6 +58,9 @@ class SchedulerConfig:
     #: capability list.
     max_node_slots: int = 1024
     max_capability_entries: int = 2000
+    #: Bytes of events that may wait for one client's socket; past it the client is cut
+    #: (close 4008) and resumes to get the rest from the history.
+    max_client_backlog_bytes: int = 16 * 1024 * 1024
     #: Seconds a SIGTERM waits for jobs in flight to deliver before the process exits.
     drain_timeout: float = 30.0
     #: Milliseconds clients and nodes are told to wait before they reconnect (``reconnect``).

@@ -25,8 +25,7 @@ from ..protocol import ErrorCode, ProtocolError
 from ..state.base import JobEnd
 from .ports import Env, JobControl
 from .records import job_fields, same_token, session_record, settings_from_record
-from .registry import close_quietly
-from .sessions import Session, SessionSettings, Transport, until_available
+from .sessions import Session, SessionSettings, Transport, close_quietly, until_available
 
 log = get_logger("linguamesh.scheduler")
 
@@ -52,6 +51,7 @@ class Desk:
             await self.restore(session)
 
         session.heal = heal
+        session.max_backlog = self.config.max_client_backlog_bytes
         return session
 
     async def restore(self, session: Session) -> None:
@@ -193,7 +193,10 @@ class Desk:
         await self.store.drop_session(session.session_id)
 
     async def close(self, session: Session) -> None:
-        """``session_close``: finish running jobs, deliver their results, then close."""
+        """``session_close``: finish running jobs, deliver their results, then close. A
+        repeated ``session_close`` changes nothing (one ``session_closed``)."""
+        if session.closing:
+            return
         session.closing = True
         await self._maybe_finish_close(session)
 
@@ -209,8 +212,9 @@ class Desk:
             self.tasks.spawn(self._maybe_finish_close(session), "finish-close")
 
     async def _maybe_finish_close(self, session: Session) -> None:
-        if not session.closing or session.active_jobs or session.closed:
+        if not session.closing or session.active_jobs or session.closed or session.finishing:
             return
+        session.finishing = True  # once: the last job's end and a close may both get here
         session.emit(p.SessionClosed(reason="client_closed"))
         await session.drain()
         conn = session.conn

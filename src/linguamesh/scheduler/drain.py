@@ -24,8 +24,9 @@ from .bridge import Bridge
 from .config import SchedulerConfig
 from .desk import Desk
 from .gate import SERVICE_RESTART, Gate
-from .registry import Registry, close_quietly
+from .registry import Registry
 from .runner import Runner
+from .sessions import close_quietly
 
 log = get_logger("linguamesh.scheduler")
 

@@ -12,7 +12,7 @@ from .. import protocol as p
 from ..observability.metrics import Metrics
 from ..protocol import ErrorCode
 from .gate import TRY_AGAIN_LATER, Gate
-from .registry import close_quietly
+from .sessions import close_quietly
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:

@@ -22,7 +22,7 @@ from ..state.base import DependencyDown
 from .credentials import NodeCredentials, Proof
 from .ports import Env
 from .records import capabilities
-from .sessions import Transport
+from .sessions import Transport, close_quietly
 
 log = get_logger("linguamesh.scheduler")
 
@@ -60,14 +60,6 @@ class NodeConn:
             # WebSocketDisconnect, TimeoutError); each one means the write did not finish
             log.debug("send.failed", node_id=self.node_id, error=repr(exc))
             return False
-
-
-async def close_quietly(conn: Transport, code: int, reason: str) -> None:
-    """Close a socket that may already be gone."""
-    try:
-        await conn.close(code, reason)
-    except Exception:  # noqa: BLE001 - closing a dead socket may raise anything; it is closed either way
-        pass
 
 
 class Registry:

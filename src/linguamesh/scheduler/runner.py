@@ -46,7 +46,11 @@ from .results import failure_entry, stage_seconds, translation_result
 
 log = get_logger("linguamesh.scheduler")
 
-FINISHED_JOBS_KEPT = 10_000
+#: The window of finished jobs kept for ``/api/v1/jobs/{id}`` and for telling a late
+#: result of a finished job from an unknown one: the newest this many, none older than
+#: FINISHED_JOBS_SECONDS. A finished job keeps no audio.
+FINISHED_JOBS_KEPT = 2_000
+FINISHED_JOBS_SECONDS = 600.0
 #: A step: the commands for a job, computed under its lock from its current state.
 Step = Callable[[Job], Iterable[Command]]
 
@@ -324,10 +328,8 @@ class Runner:
     async def _finish(self, run: JobRun, cmd: Finish) -> None:
         job = run.job
         self._forget(run)
-        self.finished[job.job_id] = job
-        while len(self.finished) > FINISHED_JOBS_KEPT:
-            self.finished.popitem(last=False)
         now = self.clock()
+        self._keep_finished(job, now)
         self.metrics.inc("jobs_finished", state=job.state.value, code=cmd.error_code or "")
         if not cmd.ok:
             self.failures.append(failure_entry(job, cmd, time.time()))
@@ -358,6 +360,20 @@ class Runner:
                 pass  # the record and the slot expire by themselves
             self._ended(release)
             log.warning("result.dropped_session_gone", **job_fields(job))
+
+    def _keep_finished(self, job: Job, now: float) -> None:
+        """Into the bounded window of finished jobs, without its audio (bounded memory)."""
+        job.audio = b""
+        self.finished[job.job_id] = job
+        finished = self.finished
+        while finished:
+            oldest = next(iter(finished.values()))
+            if (
+                len(finished) <= FINISHED_JOBS_KEPT
+                and now - (oldest.finished_at or now) <= FINISHED_JOBS_SECONDS
+            ):
+                break
+            finished.popitem(last=False)
 
     def _ended(self, release: tuple[NodeId, int] | None) -> None:
         """The job's record is finished and its slot released in the store."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -39,6 +40,10 @@ log = get_logger("linguamesh.scheduler.delivery")
 WRITE_TIMEOUT = 10.0
 #: Events buffered per viewer before a slow viewer is dropped (it can reconnect and replay).
 VIEWER_QUEUE = 1000
+#: Bytes of events waiting for a client's socket before the client is cut (close 4008).
+MAX_BACKLOG = 16 * 1024 * 1024
+#: Close code for a client cut for reading too slowly (an application code: 4000-4999).
+SLOW_READER = 4008
 RETRY_MAX = 2.0
 #: A relay gives up on a session the store has lost for this long (its holder is gone too).
 RELAY_GIVE_UP = 300.0
@@ -91,6 +96,14 @@ class Transport(Protocol):
     async def send_text(self, data: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+async def close_quietly(conn: Transport, code: int, reason: str) -> None:
+    """Close a socket that may already be gone."""
+    try:
+        await conn.close(code, reason)
+    except Exception:  # noqa: BLE001 - closing a dead socket may raise anything; it is closed either way
+        pass
 
 
 class _ResultHead(msgspec.Struct):
@@ -170,6 +183,16 @@ async def store_batch(
     return events
 
 
+def _size(item: object) -> int:
+    if isinstance(item, _Append):
+        return sum(len(x) for x in item.payloads)
+    if isinstance(item, _Result):
+        return len(item.payload)
+    if isinstance(item, _Fetch):
+        return sum(len(d) for _, d in item.events)
+    return 0
+
+
 @dataclass(slots=True)
 class _Fetch:
     seq: int
@@ -218,6 +241,8 @@ class Session:
     written: int = 0
     published: int = 0
     closing: bool = False
+    #: the close is under way (session_closed queued): it happens once
+    finishing: bool = False
     closed: bool = False
     max_index: int = -1
     active_jobs: set[JobId] = field(default_factory=set)
@@ -240,6 +265,10 @@ class Session:
         default_factory=asyncio.Queue
     )
     _pump: asyncio.Task[None] | None = None
+    #: bytes of events queued for the pump (see ``_queued``), and the most allowed
+    backlog: int = 0
+    max_backlog: int = MAX_BACKLOG
+    _cut: asyncio.Task[None] | None = None
     #: viewers (SSE): each gets every event after it is in the history
     subscribers: set[asyncio.Queue[tuple[int, bytes]]] = field(default_factory=set)
 
@@ -252,7 +281,9 @@ class Session:
 
     def emit(self, msg: msgspec.Struct) -> None:
         """Queue an event (numbered by the store when it enters the history)."""
-        self._queue.put_nowait(_Append([encode(msg)]))
+        data = encode(msg)
+        self._queue.put_nowait(_Append([data]))
+        self._queued(len(data))
 
     def emit_result(
         self,
@@ -264,11 +295,27 @@ class Session:
     ) -> None:
         """Queue a finished result; the store releases results in utterance order. With
         ``end``, its job ends in the same step; ``on_end`` runs after it."""
-        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
+        data = encode(msg)
+        self._queue.put_nowait(_Result(tgt_lang, index, data, end, on_end))
+        self._queued(len(data))
 
     def deliver(self, events: list[tuple[int, bytes]], seq: int) -> None:
         """Another instance appended these events (up to ``seq``): write them in order."""
         self._queue.put_nowait(_Fetch(seq, events))
+        self._queued(sum(len(d) for _, d in events))
+
+    def _queued(self, n: int) -> None:
+        """Bytes waiting for the pump. A client that reads slower than its events come is cut
+        once ``max_backlog`` bytes wait (close 4008); what it missed stays in the history and a
+        resume replays it. Without the cut, its events would pile up here without bound."""
+        self.backlog += n
+        conn = self.conn
+        if conn is not None and self.backlog > self.max_backlog:
+            log.warning("session.slow_reader", session_id=self.session_id, backlog_bytes=self.backlog)
+            self.detach(conn)
+            self._cut = asyncio.get_running_loop().create_task(
+                close_quietly(conn, SLOW_READER, "slow reader: resume to get the rest")
+            )
 
     async def attach(self, conn: Transport, last_seq: int, greeting: Callable[[int], bytes] | None) -> int:
         """Attach a connection: write ``greeting(n)``, replay the n events after
@@ -288,7 +335,10 @@ class Session:
         return False
 
     async def drain(self) -> None:
-        """Wait until everything queued before this call went through the pump."""
+        """Wait until everything queued before this call went through the pump (at once
+        when the pump has stopped)."""
+        if self._pump is None or self._pump.done():
+            return
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Marker(done))
         await done
@@ -300,11 +350,21 @@ class Session:
                 await self._pump
             except asyncio.CancelledError:
                 pass
+        # nobody waits for a pump that is gone: markers and attaches still queued are answered
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Marker) and not item.done.done():
+                item.done.set_result(0)
+            elif isinstance(item, _Attach) and not item.done.done():
+                item.done.set_exception(ProtocolError(ErrorCode.SESSION_NOT_FOUND, "the session was closed"))
+        self.backlog = 0
 
     # ------------------------------------------------------------------ the pump
 
     async def _run(self) -> None:
         while True:
+            if self._queue.empty():
+                self.backlog = 0
             item = await self._queue.get()
             if isinstance(item, _Marker):
                 item.done.set_result(0)
@@ -318,6 +378,9 @@ class Session:
                 )
             elif item.seq > self.written or item.seq > self.published:
                 await self._deliver(item.events)
+            if self.backlog > self.max_backlog // 2:  # recount what still waits (rare: a backlog)
+                waiting: deque[object] = self._queue._queue  # type: ignore[attr-defined]
+                self.backlog = sum(map(_size, waiting))
 
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await until_available(fn, *args, session_id=self.session_id)
@@ -424,7 +487,10 @@ class Session:
             return True
         except Exception as exc:  # noqa: BLE001 - every transport error means the write did not finish
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
-            self.detach(conn)
+            if self.detach(conn):  # a socket that takes no writes is closed, not left open
+                self._cut = asyncio.get_running_loop().create_task(
+                    close_quietly(conn, SLOW_READER, "writes time out: resume to get the rest")
+                )
             return False
 
 

@@ -17,8 +17,9 @@ from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
 from .frames import admit, handshake_frames, peer_of, send_quietly
 from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER
-from .registry import NodeConn, close_quietly
+from .registry import NodeConn
 from .service import Scheduler
+from .sessions import close_quietly
 
 log = get_logger("linguamesh.scheduler.node")
 

@@ -17,9 +17,8 @@ from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
 from .frames import admit, handshake_frames, peer_of, send_quietly
 from .gate import POLICY_VIOLATION, origin_allowed
-from .registry import close_quietly
 from .service import Scheduler
-from .sessions import Session
+from .sessions import Session, close_quietly
 
 log = get_logger("linguamesh.scheduler.session")
 

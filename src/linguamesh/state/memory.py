@@ -14,6 +14,10 @@ from ..core.reservation import NodeSlots
 from ..protocol import with_seq
 from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
 
+#: Bytes of events kept per session for resume, besides the count limit: results carry
+#: their translated speech, and a thousand of them would be hundreds of MB.
+HISTORY_BYTES = 32 * 1024 * 1024
+
 
 class _Members:
     """A set with O(1) add, remove and random sampling."""
@@ -257,7 +261,7 @@ class MemoryStateStore:
     def _history(self, session_id: SessionId) -> EventHistory[bytes]:
         h = self.histories.get(session_id)
         if h is None:
-            h = self.histories[session_id] = EventHistory(self.history_size)
+            h = self.histories[session_id] = EventHistory(self.history_size, HISTORY_BYTES, len)
         return h
 
     async def append_events(
