@@ -11,6 +11,7 @@ import pytest
 
 from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
+from linguamesh.core.ordering import AlreadyDelivered
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
 from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord, SessionStateLost
@@ -113,8 +114,14 @@ async def test_results_are_released_in_order(store: Any) -> None:
     ready = await store.push_result(SID, "es", 0, res(0))
     assert [p.decode_event(d).utterance_index for _, d in ready] == [0, 1, 3]  # type: ignore[union-attr]
     assert [s for s, _ in ready] == [1, 2, 3]
-    with pytest.raises(KeyError):
+    with pytest.raises(AlreadyDelivered):  # a copy of a released result: never appended again
         await store.push_result(SID, "es", 3, res(3))
+    with pytest.raises(AlreadyDelivered):
+        await store.push_result(SID, "es", 0, res(0))
+    with pytest.raises(KeyError) as unknown:  # an index the ordering state never knew
+        await store.push_result(SID, "es", 7, res(7))
+    assert not isinstance(unknown.value, AlreadyDelivered)
+    assert await store.last_seq(SID) == 3
 
 
 async def test_a_result_push_ends_its_job_and_releases_its_slot(store: Any) -> None:

@@ -23,6 +23,11 @@ class DuplicateIndex(Exception):
     pass
 
 
+class AlreadyDelivered(KeyError):
+    """A result for an index whose result was released already: a copy, to be dropped (not
+    to be confused with an index the ordering state never knew, a plain KeyError)."""
+
+
 class OrderedStream(Generic[T]):
     def __init__(self) -> None:
         self._waiting: list[int] = []  # heap of indices still expected
@@ -44,6 +49,8 @@ class OrderedStream(Generic[T]):
 
     def complete(self, index: int, item: T) -> list[T]:
         """Record a finished item; return every item now deliverable, in order."""
+        if index in self._delivered or (index <= self._floor and index not in self._expected):
+            raise AlreadyDelivered(f"index {index} was delivered already")
         if index not in self._expected or index in self._done:
             raise KeyError(f"index {index} was not expected or already completed")
         self._done[index] = item

@@ -100,6 +100,12 @@ class Bridge:
         return self.cluster.adopt_entry(job_id, data)
 
     async def hand_over(self, holder: str, job_id: JobId, data: dict[str, Any]) -> bool:
+        # the holder owns the job from here on, in its record too: its end removes the job
+        # from the active set, and no sweeper takes it back to run it again
+        try:
+            await self.store.claim_job(job_id, holder, set())
+        except DependencyDown:
+            return False
         return await self.cluster.adopt(holder, job_id, data)
 
     def relay(self, session_id: SessionId) -> SessionRelay:
@@ -200,8 +206,8 @@ class Bridge:
     async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
         """Another instance handed us a job for a node we hold: dispatch and run it here."""
         runner = self.parts.runner
-        if JobId(job_id) in runner.runs:
-            return
+        if JobId(job_id) in runner.runs or JobId(job_id) in runner.finished:
+            return  # a copy of the hand-over: the job runs, or ran, here
         job, tts, partials = job_from_data(
             job_id, data, JobState.ASSIGNED.value, int(data["attempt_id"]), data["node_id"], runner.clock()
         )
@@ -243,6 +249,9 @@ class Bridge:
 
     async def remote_node_gone(self, node_id: NodeId) -> None:
         await self.parts.runner.node_lost(node_id)
+
+    def runs(self, job_id: str) -> bool:
+        return JobId(job_id) in self.parts.runner.runs
 
     async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
         """Take over a job of a dead instance and carry on with it here."""

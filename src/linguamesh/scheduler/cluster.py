@@ -354,10 +354,16 @@ class Cluster:
             if not self.healthy:
                 continue
             try:
-                claimed = await self.store.claim_expired_jobs(self.me, time.time(), self.live, 100)
+                # this instance counts as dead too, for jobs it does not run: those of its previous
+                # run under the same id (killed and restarted before they ended) are taken over
+                claimed = await self.store.claim_expired_jobs(
+                    self.me, time.time(), self.live - {self.me}, 100
+                )
             except DependencyDown:
                 continue
             for rec in claimed:
+                if self.handler.runs(rec.job_id):
+                    continue  # running here: its own timers cover it
                 log.warning("job.taken_over", job_id=rec.job_id, from_instance="dead", state=rec.state)
                 await self.handler.adopt_job(rec, expired=True)
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ..core.ids import JobId, SessionId, TraceId
+from ..core.ordering import AlreadyDelivered
 from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError, encode
@@ -173,6 +174,9 @@ async def store_batch(
                 store.push_result, session_id, result.tgt_lang, result.index, result.payload, result.end,
                 notify, **retry,
             )  # fmt: skip
+    except AlreadyDelivered:  # a copy of a result the client has (a job that ran twice): dropped
+        log.warning("result.duplicate_dropped", session_id=session_id, utterance_index=result.index)
+        events = []
     except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
         events = await until_available(store.append_events, session_id, [result.payload], notify, **retry)

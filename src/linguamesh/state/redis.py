@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
+from ..core.ordering import AlreadyDelivered
 from . import redis_keys as K
 from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
 from .memory import MemoryNodeIndex
@@ -399,6 +400,8 @@ class RedisStateStore(RedisLink):
             self._reserved(end.release[0], int(flat[1]))
         if notify is not None:
             notify.sent = bool(flat[2])
+        if flat[0] == 2:  # a copy of a result released before: the appended events stand
+            raise AlreadyDelivered(f"index {index} was delivered already")
         if not flat[0]:  # the appended events stand; the caller re-sends the result
             raise KeyError(f"index {index} was not expected or already completed")
         return self._pairs(flat[3:])

@@ -114,13 +114,15 @@ APPEND_PUSH = (
 --       event payloads...
 -- the job ends first, then the events are appended, then the result goes through the
 -- ordering buffer, then the holder is told;
--- returns {expected (1|0), slots in use, notified (1|0), seq, data, seq, data...}
+-- returns {expected (1; 0: unknown index; 2: released before), slots in use, notified (1|0),
+--          seq, data, seq, data...}
 if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
 local out = {1, -1, 0}
 if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
 for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  out[1] = 0
+  -- 2: its result was released before (a copy); 0: the ordering state never knew it
+  if redis.call('HEXISTS', KEYS[2], 'd' .. ARGV[3]) == 1 then out[1] = 2 else out[1] = 0 end
 else
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
   while true do
@@ -130,6 +132,7 @@ else
     if not p then break end
     redis.call('ZREM', KEYS[1], first)
     redis.call('HDEL', KEYS[2], first)
+    redis.call('HSET', KEYS[2], 'd' .. first, 1)  -- released: a copy of it is refused
     append(KEYS[3], KEYS[4], ARGV[1], p, out)
   end
 end
