@@ -7,7 +7,9 @@ like every wait in the tests; each process can write its own JSON log file.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -50,6 +52,15 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "linguamesh.cli", *out]
 
 
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGKILL when the process that started it dies
+    (Linux), so a test or a soak that is killed leaves no servers behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def launch(*args: str, log: Path | None = None, env: dict[str, str] | None = None) -> Proc:
     """Start ``linguamesh ARGS`` (output discarded; with ``log``, JSON records go there;
     ``env`` adds environment variables)."""
@@ -59,6 +70,7 @@ def launch(*args: str, log: Path | None = None, env: dict[str, str] | None = Non
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **env} if env else None,
+        preexec_fn=die_with_parent,
     )
     return Proc(proc, log)
 

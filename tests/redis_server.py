@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .conftest import free_port
+from .procs import die_with_parent
 
 
 class RedisServer:
@@ -33,6 +34,7 @@ class RedisServer:
              "--dir", str(self.workdir), "--protected-mode", "yes", *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -11,9 +11,9 @@ import pytest
 
 from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
-from linguamesh.core.ordering import AlreadyDelivered
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
+from linguamesh.core.ordering import AlreadyDelivered
 from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord, SessionStateLost
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore

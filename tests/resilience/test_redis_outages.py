@@ -76,7 +76,9 @@ async def test_redis_restarted_empty_loses_nothing(tmp_path: Path) -> None:
         await asyncio.sleep(1)
         fleet.redis.start()  # empty: no persistence
         await talking
-        await _talk(speaker, 5)
+        await _talk(speaker, 3)
+        speaker.drop()  # the client comes back on the other instance, which takes the session over
+        await _talk(speaker, 3)
         await speaker.settle(30 * SCALE)
         await speaker.stop()
         t = tally([speaker])
@@ -85,3 +87,4 @@ async def test_redis_restarted_empty_loses_nothing(tmp_path: Path) -> None:
         assert t.unattributed == [], t.unattributed
         late = [k for k, o in speaker.outcomes.items() if o.sent_at > gone + 5]
         assert late and all(speaker.outcomes[k].ends == ["ok"] for k in late), t.line()
+        assert speaker.reconnects >= 1 and speaker.abandoned == 0

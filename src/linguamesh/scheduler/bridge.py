@@ -250,8 +250,9 @@ class Bridge:
     async def remote_node_gone(self, node_id: NodeId) -> None:
         await self.parts.runner.node_lost(node_id)
 
-    def runs(self, job_id: str) -> bool:
-        return JobId(job_id) in self.parts.runner.runs
+    def knows(self, job_id: str) -> bool:
+        runner = self.parts.runner
+        return JobId(job_id) in runner.runs or JobId(job_id) in runner.finished
 
     async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
         """Take over a job of a dead instance and carry on with it here."""

@@ -362,8 +362,8 @@ class Cluster:
             except DependencyDown:
                 continue
             for rec in claimed:
-                if self.handler.runs(rec.job_id):
-                    continue  # running here: its own timers cover it
+                if self.handler.knows(rec.job_id):
+                    continue  # running here (its own timers cover it), or it ended here
                 log.warning("job.taken_over", job_id=rec.job_id, from_instance="dead", state=rec.state)
                 await self.handler.adopt_job(rec, expired=True)
 

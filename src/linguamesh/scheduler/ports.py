@@ -143,8 +143,8 @@ class InboxHandler(Protocol):
 
     async def remote_node_gone(self, node_id: NodeId) -> None: ...
 
-    def runs(self, job_id: str) -> bool:
-        """Is the job running on this instance?"""
+    def knows(self, job_id: str) -> bool:
+        """Does the job run here, or did it end here (its result is on its way to the history)?"""
         ...
 
     async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None: ...

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ..core.history import ReplayGap
 from ..core.ids import JobId, SessionId, TraceId
 from ..core.ordering import AlreadyDelivered
 from ..core.ratelimit import TokenBucket
@@ -367,24 +368,34 @@ class Session:
 
     async def _run(self) -> None:
         while True:
-            if self._queue.empty():
-                self.backlog = 0
-            item = await self._queue.get()
-            if isinstance(item, _Marker):
-                item.done.set_result(0)
-            elif isinstance(item, _Attach):
-                await self._attach(item)
-            elif isinstance(item, (_Append, _Result)):
-                await self._deliver(
-                    await store_batch(
-                        self.store, self.session_id, item, self._queue, self.trace_id, heal=self.heal
-                    )
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the pump must outlive a bug in one step: a
+                # dead pump would strand every later event of the session (they stay in the history)
+                log.error("session.pump_failed", session_id=self.session_id, error=repr(exc))
+
+    async def _step(self) -> None:
+        """One item of the queue, in order."""
+        if self._queue.empty():
+            self.backlog = 0
+        item = await self._queue.get()
+        if isinstance(item, _Marker):
+            item.done.set_result(0)
+        elif isinstance(item, _Attach):
+            await self._attach(item)
+        elif isinstance(item, (_Append, _Result)):
+            await self._deliver(
+                await store_batch(
+                    self.store, self.session_id, item, self._queue, self.trace_id, heal=self.heal
                 )
-            elif item.seq > self.written or item.seq > self.published:
-                await self._deliver(item.events)
-            if self.backlog > self.max_backlog // 2:  # recount what still waits (rare: a backlog)
-                waiting: deque[object] = self._queue._queue  # type: ignore[attr-defined]
-                self.backlog = sum(map(_size, waiting))
+            )
+        elif item.seq > self.written or item.seq > self.published:
+            await self._deliver(item.events)
+        if self.backlog > self.max_backlog // 2:  # recount what still waits (rare: a backlog)
+            waiting: deque[object] = self._queue._queue  # type: ignore[attr-defined]
+            self.backlog = sum(map(_size, waiting))
 
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await until_available(fn, *args, session_id=self.session_id)
@@ -397,9 +408,13 @@ class Session:
             if first > floor + 1:
                 events = await self._fill_gap(floor, events)
         elif self.conn is not None or self.subscribers:
-            events = await self._store(
-                self.store.events_since, self.session_id, min(self.written, self.published)
-            )
+            try:
+                events = await self._store(
+                    self.store.events_since, self.session_id, min(self.written, self.published)
+                )
+            except ReplayGap as exc:  # older events are gone (trimmed, or Redis lost them): go on
+                log.warning("history.gap", session_id=self.session_id, error=str(exc))
+                events = []
         for seq, data in events:
             if seq > self.published:
                 self.published = seq
@@ -479,6 +494,9 @@ class Session:
         item.done.set_result(len(events))
         self.conn = item.conn
         self.written = item.last_seq
+        # a session taken over from another instance starts here with nothing published:
+        # what its viewers saw before is theirs, this pump publishes from here on
+        self.published = max(self.published, item.last_seq)
         if self.linger_timer is not None:
             self.linger_timer.cancel()
             self.linger_timer = None
