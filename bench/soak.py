@@ -53,7 +53,7 @@ SETTLE = 5.0  # seconds after a fault still counted as its window
 class Soak:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
-        self.fleet = Fleet(workdir)
+        self.fleet = Fleet(workdir, measure=False)
         self.speakers: list[Speaker] = []
         self.windows: list[tuple[float, float]] = []
         self.faults: list[dict[str, object]] = []

@@ -84,8 +84,10 @@ class NodeProc:
 class Fleet:
     """redis-server, schedulers and nodes as real processes, each logging to ``workdir``."""
 
-    def __init__(self, workdir: Path, *, redis: bool = True) -> None:
+    def __init__(self, workdir: Path, *, redis: bool = True, measure: bool = True) -> None:
+        """``measure=False``: the processes run without coverage (load tests)."""
         self.workdir = workdir
+        self.measure = measure
         self.redis = RedisServer(workdir / "redis") if redis else None
         self.schedulers: dict[str, SchedulerProc] = {}
         self.nodes: dict[str, NodeProc] = {}
@@ -132,7 +134,7 @@ class Fleet:
         store = ("--redis-url", self.redis.url, "--instance-id", name) if self.redis is not None else ()
         s.proc = launch(
             "scheduler", "--port", str(s.port), "--heartbeat-interval", "0.5", "--log", "info",
-            *store, *s.flags, log=self._log(name), env=s.env,
+            *store, *s.flags, log=self._log(name), env=s.env, measure=self.measure,
         )  # fmt: skip
         if ready:
             await wait_ready(s.port, s.proc, timeout=20)
@@ -152,7 +154,9 @@ class Fleet:
         n = self.nodes[node_id]
         cfg = node_config(self.workdir, node_id, n.delay_ms, n.slots, engine=n.engine)
         urls = [a for u in n.urls for a in ("--scheduler", u)]
-        n.proc = launch("node", *urls, "--config", str(cfg), "--log", "info", log=self._log(node_id))
+        n.proc = launch(
+            "node", *urls, "--config", str(cfg), "--log", "info", log=self._log(node_id), measure=self.measure
+        )
 
     async def wait_node(self, scheduler: str, node_id: str, timeout: float = 20) -> None:
         """Until ``scheduler`` lists ``node_id`` (connected to it or to another instance)."""

@@ -61,15 +61,25 @@ def die_with_parent() -> None:
         pass
 
 
-def launch(*args: str, log: Path | None = None, env: dict[str, str] | None = None) -> Proc:
+def unmeasured_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without coverage measurement (for load that only measures itself)."""
+    out = {**os.environ, **(env or {})}
+    for name in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"):
+        out.pop(name, None)
+    return out
+
+
+def launch(
+    *args: str, log: Path | None = None, env: dict[str, str] | None = None, measure: bool = True
+) -> Proc:
     """Start ``linguamesh ARGS`` (output discarded; with ``log``, JSON records go there;
-    ``env`` adds environment variables)."""
+    ``env`` adds environment variables; ``measure=False``: not under coverage)."""
     extra = ["--log-file", str(log)] if log is not None else []
     proc = subprocess.Popen(
         cli(*args, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, **env} if env else None,
+        env=({**os.environ, **env} if env else None) if measure else unmeasured_env(env),
         preexec_fn=die_with_parent,
     )
     return Proc(proc, log)

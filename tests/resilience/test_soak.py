@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import SCALE
+from ..procs import unmeasured_env
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {
@@ -27,9 +28,9 @@ KINDS = {
 @pytest.mark.timeout(360)
 def test_short_soak_loses_and_duplicates_nothing() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--duration", "78", "--fault-every", "10",
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--duration", "72", "--fault-every", "9.5",
          "--sessions", "8", "--nodes", "3", "--settle", str(60 * SCALE)],
-        capture_output=True, text=True, timeout=300 * SCALE,
+        capture_output=True, text=True, timeout=300 * SCALE, env=unmeasured_env(),
     )  # fmt: skip
     assert proc.stdout.strip(), proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])

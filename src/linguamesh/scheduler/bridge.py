@@ -29,8 +29,8 @@ from .dispatch import Dispatcher
 from .jobrun import JobRun
 from .records import job_fields, job_from_data, job_from_record, job_record
 from .registry import Registry
+from .relay import SessionRelay
 from .runner import Runner
-from .sessions import SessionRelay
 from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")

@@ -21,7 +21,6 @@ lives.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,8 +46,6 @@ MAX_BACKLOG = 16 * 1024 * 1024
 #: Close code for a client cut for reading too slowly (an application code: 4000-4999).
 SLOW_READER = 4008
 RETRY_MAX = 2.0
-#: A relay gives up on a session the store has lost for this long (its holder is gone too).
-RELAY_GIVE_UP = 300.0
 T = TypeVar("T")
 
 
@@ -123,12 +120,12 @@ _RESULT_PREFIX = b'{"type":"translation_result"'
 
 
 @dataclass(slots=True)
-class _Append:
+class Append:
     payloads: list[bytes]
 
 
 @dataclass(slots=True)
-class _Result:
+class ResultItem:
     tgt_lang: str
     index: int
     payload: bytes
@@ -139,7 +136,7 @@ class _Result:
 async def store_batch(
     store: StateStore,
     session_id: SessionId,
-    item: _Append | _Result,
+    item: Append | ResultItem,
     queue: asyncio.Queue[Any],
     trace_id: str | None = None,
     notify: Notify | None = None,
@@ -148,16 +145,16 @@ async def store_batch(
 ) -> list[tuple[int, bytes]]:
     """Put ``item`` into the session's history — with every event queued right behind
     it and a result queued after them, in one round trip — and return the events now
-    numbered. A result's job ends in the same step (``_Result.end``); with ``notify``,
+    numbered. A result's job ends in the same step (``ResultItem.end``); with ``notify``,
     the session's holder is told in it too."""
     payloads: list[bytes] = []
-    result: _Result | None = None
-    if isinstance(item, _Append):
+    result: ResultItem | None = None
+    if isinstance(item, Append):
         payloads += item.payloads
         queued = queue._queue  # type: ignore[attr-defined]
-        while queued and isinstance(queued[0], _Append):
+        while queued and isinstance(queued[0], Append):
             payloads += queue.get_nowait().payloads
-        if queued and isinstance(queued[0], _Result):
+        if queued and isinstance(queued[0], ResultItem):
             result = queue.get_nowait()
     else:
         result = item
@@ -189,9 +186,9 @@ async def store_batch(
 
 
 def _size(item: object) -> int:
-    if isinstance(item, _Append):
+    if isinstance(item, Append):
         return sum(len(x) for x in item.payloads)
-    if isinstance(item, _Result):
+    if isinstance(item, ResultItem):
         return len(item.payload)
     if isinstance(item, _Fetch):
         return sum(len(d) for _, d in item.events)
@@ -266,7 +263,7 @@ class Session:
     refused_logged_at: float = float("-inf")
     #: writes the session back into the store when the store lost it (set by the desk)
     heal: Heal | None = None
-    _queue: asyncio.Queue[_Append | _Result | _Fetch | _Attach | _Marker] = field(
+    _queue: asyncio.Queue[Append | ResultItem | _Fetch | _Attach | _Marker] = field(
         default_factory=asyncio.Queue
     )
     _pump: asyncio.Task[None] | None = None
@@ -287,7 +284,7 @@ class Session:
     def emit(self, msg: msgspec.Struct) -> None:
         """Queue an event (numbered by the store when it enters the history)."""
         data = encode(msg)
-        self._queue.put_nowait(_Append([data]))
+        self._queue.put_nowait(Append([data]))
         self._queued(len(data))
 
     def emit_result(
@@ -301,7 +298,7 @@ class Session:
         """Queue a finished result; the store releases results in utterance order. With
         ``end``, its job ends in the same step; ``on_end`` runs after it."""
         data = encode(msg)
-        self._queue.put_nowait(_Result(tgt_lang, index, data, end, on_end))
+        self._queue.put_nowait(ResultItem(tgt_lang, index, data, end, on_end))
         self._queued(len(data))
 
     def deliver(self, events: list[tuple[int, bytes]], seq: int) -> None:
@@ -385,7 +382,7 @@ class Session:
             item.done.set_result(0)
         elif isinstance(item, _Attach):
             await self._attach(item)
-        elif isinstance(item, (_Append, _Result)):
+        elif isinstance(item, (Append, ResultItem)):
             await self._deliver(
                 await store_batch(
                     self.store, self.session_id, item, self._queue, self.trace_id, heal=self.heal
@@ -514,92 +511,3 @@ class Session:
                     close_quietly(conn, SLOW_READER, "writes time out: resume to get the rest")
                 )
             return False
-
-
-class SessionRelay:
-    """Events produced on this instance for a session another instance holds (the job
-    was handed over to the instance of its node): appended to the session's history in
-    order — batched like a session's pump, a result with the events before it — and
-    the holder is told, carrying them: by the store in the same step when
-    ``notice()`` names the holder, else by ``notify(session_id, events)``. The history
-    is written first, so a holder that dies loses nothing: the client resumes from it.
-
-    Runs only while it has work; ``on_idle`` is called when its queue is empty.
-    """
-
-    def __init__(
-        self,
-        session_id: SessionId,
-        store: StateStore,
-        notify: Callable[[SessionId, list[tuple[int, bytes]]], Awaitable[None]],
-        on_idle: Callable[[SessionRelay], None],
-        notice: Callable[[SessionId], Awaitable[Notify | None]] | None = None,
-    ) -> None:
-        self.session_id = session_id
-        self.store = store
-        self._notify = notify
-        self._notice = notice
-        self._on_idle = on_idle
-        self._queue: asyncio.Queue[_Append | _Result] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    def emit(self, msg: msgspec.Struct) -> None:
-        self._queue.put_nowait(_Append([encode(msg)]))
-        self._wake()
-
-    def emit_result(
-        self,
-        tgt_lang: str,
-        index: int,
-        msg: msgspec.Struct,
-        end: JobEnd | None,
-        on_end: Callable[[], None] | None,
-    ) -> None:
-        self._queue.put_nowait(_Result(tgt_lang, index, encode(msg), end, on_end))
-        self._wake()
-
-    async def drained(self, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until what was queued is in the history."""
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=timeout)
-
-    def _drop(self, item: _Append | _Result, exc: DependencyDown) -> None:
-        """The session stayed gone from the store for RELAY_GIVE_UP: no holder will come back
-        for it. Its job ends here (the record expires by itself)."""
-        log.warning(
-            "relay.dropped", session_id=self.session_id, result=isinstance(item, _Result), error=str(exc)
-        )
-        if isinstance(item, _Result) and item.on_end is not None:
-            item.on_end()
-
-    async def _lookup(self) -> Notify | None:
-        return await self._notice(self.session_id) if self._notice is not None else None
-
-    def _wake(self) -> None:
-        if self._task is None:
-            # a fresh context: the relay must not carry the log context of the job that woke it
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"session-relay-{self.session_id}", context=contextvars.Context()
-            )
-
-    async def _run(self) -> None:
-        sid = self.session_id
-        try:
-            while not self._queue.empty():
-                # every store step is retried through an outage: what a job produced is not
-                # dropped while the session may still exist (its holder restores it)
-                notice = await until_available(self._lookup, session_id=sid)
-                item = self._queue.get_nowait()
-                try:
-                    events = await store_batch(
-                        self.store, sid, item, self._queue, notify=notice, give_up=RELAY_GIVE_UP
-                    )
-                except DependencyDown as exc:
-                    self._drop(item, exc)
-                    continue
-                if events and not (notice is not None and notice.sent):
-                    await until_available(self._notify, sid, events, session_id=sid)
-        finally:
-            self._task = None
-            if self._queue.empty():
-                self._on_idle(self)
