@@ -103,3 +103,31 @@ def test_ordered_stream_forgets_old_indices_behind_a_floor(monkeypatch: pytest.M
     stream.expect(9)
     assert stream.complete(9, 9) == []
     assert stream.complete(3, 3) == [3, 9]
+
+
+def test_a_released_result_completed_again_is_already_delivered_not_unknown() -> None:
+    from linguamesh.core import ordering
+
+    stream: OrderedStream[str] = OrderedStream()
+    stream.expect(0)
+    stream.expect(1)
+    assert stream.complete(0, "a") == ["a"]
+    with pytest.raises(ordering.AlreadyDelivered):
+        stream.complete(0, "a again")  # a copy: dropped by the caller
+    with pytest.raises(KeyError) as unknown:
+        stream.complete(5, "never expected")  # an index the stream never knew
+    assert not isinstance(unknown.value, ordering.AlreadyDelivered)
+    assert stream.complete(1, "b") == ["b"]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=40), st.integers(1, 120))
+def test_history_keeps_at_most_max_bytes_and_always_the_newest(sizes: list[int], limit: int) -> None:
+    h: EventHistory[bytes] = EventHistory(max_events=1000, max_bytes=limit, size=len)
+    for seq, n in enumerate(sizes, start=1):
+        h.append(seq, b"x" * n)
+        kept = h.since(h.last_seq - len(h))
+        assert h.bytes == sum(len(e) for _, e in kept)
+        assert kept[-1][0] == seq  # the newest is always kept, however big
+        assert h.bytes <= limit or len(h) == 1
+    h.ack(h.last_seq)
+    assert len(h) == 0 and h.bytes == 0

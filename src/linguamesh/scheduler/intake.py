@@ -17,6 +17,7 @@ from ..core.ratelimit import TokenBucket
 from ..core.stages import expand_stages
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
+from ..state.base import DependencyDown
 from .jobrun import JobRun
 from .ports import Env
 from .records import job_fields, job_record
@@ -233,3 +234,9 @@ class Intake:
             await self._new_utterance(session, index, audio, "pcm16", session.settings.sample_rate, None)
         except ProtocolError as exc:
             session.emit(p.Error(code=exc.code, message=exc.message, ref=f"utterance {index}"))
+        except DependencyDown as exc:  # not accepted: the client is told which utterance (it may re-send)
+            log.warning("session.dependency_down", session_id=session.session_id, utterance_index=index)
+            message = f"shared state unavailable, try again: {exc}"
+            session.emit(
+                p.Error(code=ErrorCode.DEPENDENCY_DOWN.value, message=message, ref=f"utterance {index}")
+            )
