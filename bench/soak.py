@@ -19,8 +19,8 @@ While they talk it works through a schedule of faults, one at a time, over and o
 
 Every utterance is booked (``tests/fleet.py``): its result, or an error naming it. It
 prints sent, ok, failed by code, lost (no outcome: must be 0), duplicated (more than
-one: must be 0), p50/p99 latency of the utterances sent outside fault windows (a fault
-and the 5 s after it), and the RSS of every process at the start and at the end. Exits
+one: must be 0), p50/p99 latency of the utterances whose time in flight lies outside
+every fault window (a fault and the 5 s after it), and the RSS of every process at the start and at the end. Exits
 1 when anything was lost or duplicated. All traffic stays on 127.0.0.1; the processes
 are stopped at the end whatever happens.
 """

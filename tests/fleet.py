@@ -399,8 +399,8 @@ class Tally:
 
 
 def tally(speakers: list[Speaker], quiet: list[tuple[float, float]] | None = None) -> Tally:
-    """Count outcomes over ``speakers``; latencies only of utterances sent outside the
-    ``quiet`` windows (monotonic start, end) — the fault windows."""
+    """Count outcomes over ``speakers``; latencies only of utterances whose time in flight
+    lies outside the ``quiet`` windows (monotonic start, end) — the fault windows."""
     ok = lost = dup = 0
     failed: Counter[str] = Counter()
     lat: list[float] = []
@@ -416,7 +416,10 @@ def tally(speakers: list[Speaker], quiet: list[tuple[float, float]] | None = Non
             first = o.ends[0]
             if first == "ok":
                 ok += 1
-                if o.done_at is not None and not any(a <= o.sent_at <= b for a, b in quiet or []):
+                # an utterance whose time in flight overlaps a fault window is the fault's
+                if o.done_at is not None and not any(
+                    o.sent_at <= b and o.done_at >= a for a, b in quiet or []
+                ):
                     lat.append(o.done_at - o.sent_at)
             else:
                 failed[first] += 1

@@ -97,7 +97,9 @@ def model_manager(config: NodeConfig) -> ModelManager:
     return ModelManager(int(limit_mb * 1024 * 1024))
 
 
-async def serve_node(config: NodeConfig) -> None:
+async def serve_node(config: NodeConfig, handle_signals: bool = True) -> None:
+    """Run a node until it stops; with ``handle_signals``, SIGTERM/SIGINT drain it (not in
+    ``linguamesh up``, where the scheduler's server owns the signals)."""
     preload = config.models.get("preload", False)  # true, or a list of engine kinds
     engines = await asyncio.to_thread(
         build,
@@ -119,7 +121,8 @@ async def serve_node(config: NodeConfig) -> None:
         if not engines.all():
             raise SystemExit("no engine could be loaded; see the errors above")
         agent = NodeAgent(config, engines)
-        _drain_on_signals(agent)
+        if handle_signals:
+            _drain_on_signals(agent)
         if not config.metrics_port:
             await agent.run()
             return
@@ -171,7 +174,7 @@ def _drain_on_signals(agent: NodeAgent) -> None:
 async def serve_all(sched: SchedulerConfig, node: NodeConfig) -> None:
     """Scheduler and one local node in one process (``linguamesh up``)."""
     server = make_server(sched)
-    node_task = asyncio.create_task(serve_node(node), name="local-node")
+    node_task = asyncio.create_task(serve_node(node, handle_signals=False), name="local-node")
     try:
         await server.serve()
     finally:
