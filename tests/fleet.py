@@ -425,3 +425,17 @@ def tally(speakers: list[Speaker], quiet: list[tuple[float, float]] | None = Non
                 failed[first] += 1
     sent = sum(len(s.outcomes) for s in speakers)
     return Tally(sent, ok, dict(failed), lost, dup, unattributed, lat)
+
+
+async def finish(speakers: list[Speaker], timeout: float) -> Tally:
+    """Wait (at most ``timeout``) for every utterance's outcome, stop the clients, and check
+    the promise: nothing lost, nothing duplicated, every error names its utterance."""
+    for s in speakers:
+        await s.settle(timeout)
+    for s in speakers:
+        await s.stop()
+    t = tally(speakers)
+    print(t.line())
+    assert t.lost == 0 and t.duplicated == 0, t.line()
+    assert t.unattributed == [], t.unattributed
+    return t

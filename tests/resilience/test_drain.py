@@ -16,7 +16,7 @@ from linguamesh import protocol as p
 from linguamesh.client import ClientError, SessionClient
 
 from ..conftest import SCALE, pcm
-from ..fleet import Fleet, Speaker, tally
+from ..fleet import Fleet, Speaker, finish
 
 FLAGS = ("--pending-timeout", "10", "--ack-timeout", "2", "--result-timeout", "20")
 
@@ -79,11 +79,7 @@ async def test_sigterm_in_a_cluster_moves_clients_at_once_and_loses_nothing(tmp_
         for _ in range(4):  # the client is on B by now, or comes back there and re-sends these
             await speaker.say()
             await asyncio.sleep(0.2)
-        await speaker.settle(30 * SCALE)
-        await speaker.stop()
-        t = tally([speaker])
-        print(t.line(), "reconnects", speaker.reconnects)
-        assert t.lost == 0 and t.duplicated == 0, t.line()
+        t = await finish([speaker], 30 * SCALE)
         assert t.ok == 8, t.line()
         assert speaker.reconnects >= 1 and speaker.abandoned == 0
         assert fleet.wait_exit("A", 30) == 0
@@ -105,10 +101,8 @@ async def test_sigterm_on_a_node_finishes_its_jobs_and_takes_no_new_ones(tmp_pat
         await fleet.wait_node("S", "n2")
         for _ in range(3):  # n1 counts as full: these go to n2
             await speaker.say()
-        await speaker.settle(30 * SCALE)
-        await speaker.stop()
-        t = tally([speaker])
-        assert t.lost == 0 and t.duplicated == 0 and t.ok == 5, t.line()
+        t = await finish([speaker], 30 * SCALE)
+        assert t.ok == 5, t.line()
         assert fleet.wait_exit("n1", 20) == 0
         n1 = [(r["utterance_index"], r["attempt_id"]) for r in _events(tmp_path / "n1.1.log", "job.received")]
         n2 = [(r["utterance_index"], r["attempt_id"]) for r in _events(tmp_path / "n2.1.log", "job.received")]
@@ -141,7 +135,5 @@ async def test_a_second_sigterm_stops_a_draining_node_at_once(tmp_path: Path) ->
         t0 = time.monotonic()
         assert fleet.wait_exit("n1", 10) is not None
         assert time.monotonic() - t0 < 3 * SCALE
-        await speaker.settle(40 * SCALE)  # n1's jobs fail over to n2
-        await speaker.stop()
-        t = tally([speaker])
-        assert t.lost == 0 and t.duplicated == 0 and t.ok == 4, t.line()
+        t = await finish([speaker], 40 * SCALE)  # n1's jobs fail over to n2
+        assert t.ok == 4, t.line()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from ..conftest import SCALE
-from ..fleet import Fleet, Speaker, tally
+from ..fleet import Fleet, Speaker, finish
 
 FLAGS = ("--pending-timeout", "8", "--ack-timeout", "2", "--result-timeout", "4")
 
@@ -54,12 +54,7 @@ async def test_redis_stalled_for_5s_loses_nothing(tmp_path: Path) -> None:
         assert took < 2.5, f"/readyz took {took:.1f}s"
         assert time.monotonic() - stalled >= 5
         await _talk(speaker, 4)
-        await speaker.settle(30 * SCALE)
-        await speaker.stop()
-        t = tally([speaker])
-        print(t.line())
-        assert t.lost == 0 and t.duplicated == 0, t.line()
-        assert t.unattributed == [], t.unattributed
+        t = await finish([speaker], 30 * SCALE)
         assert t.ok >= 20, t.line()  # after the stall the session is served again
         late = [k for k, o in speaker.outcomes.items() if o.sent_at > stalled + 6]
         assert all(speaker.outcomes[k].ends == ["ok"] for k in late), t.line()
@@ -79,12 +74,7 @@ async def test_redis_restarted_empty_loses_nothing(tmp_path: Path) -> None:
         await _talk(speaker, 3)
         speaker.drop()  # the client comes back on the other instance, which takes the session over
         await _talk(speaker, 3)
-        await speaker.settle(30 * SCALE)
-        await speaker.stop()
-        t = tally([speaker])
-        print(t.line())
-        assert t.lost == 0 and t.duplicated == 0, t.line()
-        assert t.unattributed == [], t.unattributed
+        t = await finish([speaker], 30 * SCALE)
         late = [k for k, o in speaker.outcomes.items() if o.sent_at > gone + 5]
         assert late and all(speaker.outcomes[k].ends == ["ok"] for k in late), t.line()
         assert speaker.reconnects >= 1 and speaker.abandoned == 0
