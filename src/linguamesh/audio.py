@@ -79,3 +79,50 @@ def to_wav(samples: np.ndarray, sample_rate: int) -> bytes:
         w.setframerate(sample_rate)
         w.writeframes(to_pcm16(samples))
     return buf.getvalue()
+
+
+#: Frames of this length decide speech or silence for splitting.
+FRAME_MS = 30
+
+
+def voiced_frames(samples: np.ndarray, rate: int, frame_ms: int = FRAME_MS) -> list[bool]:
+    """Speech or not, per frame, by energy: a frame is voiced when its RMS is above a floor
+    set from the loudest frames (robust to the recording level). For splitting long audio
+    where no VAD engine is at hand (the scheduler); nodes use their VAD."""
+    frame = max(1, rate * frame_ms // 1000)
+    n = samples.size // frame
+    if n == 0:
+        return []
+    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame).astype(np.float64)), axis=1))
+    loud = float(np.percentile(rms, 95))
+    floor = max(1e-3, loud * 0.1)
+    return [bool(x > floor) for x in rms]
+
+
+def split_points(voiced: list[bool], max_frames: int) -> list[int]:
+    """Where to cut a run of frames into parts of at most ``max_frames`` each, never inside
+    speech when it can be helped: each cut is the middle of the longest silence in the later
+    half of its window (the latest of equally long ones); only a window that is speech all
+    through its later half is cut at its end. The frame indices of the cuts, increasing. Pure."""
+    if max_frames < 2:
+        raise ValueError("max_frames must be at least 2")
+    cuts: list[int] = []
+    start = 0
+    while len(voiced) - start > max_frames:
+        lo, hi = start + max_frames // 2, start + max_frames
+        best: tuple[int, int] | None = None  # (length, middle) of the longest silence
+        i = lo
+        while i < hi:
+            if voiced[i]:
+                i += 1
+                continue
+            j = i
+            while j < hi and not voiced[j]:
+                j += 1
+            if best is None or j - i >= best[0]:
+                best = (j - i, (i + j) // 2)
+            i = j
+        cut = hi if best is None else max(best[1], start + 1)
+        cuts.append(cut)
+        start = cut
+    return cuts

@@ -16,7 +16,18 @@ from linguamesh import protocol as p
 from linguamesh.audio import to_wav
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, Cluster, eventually, free_port, pcm, start_node, test_engines
+from ..conftest import (
+    SCALE,
+    Cluster,
+    eventually,
+    free_port,
+    of,
+    pcm,
+    receive_until,
+    start_node,
+    test_engines,
+    until_result,
+)
 from ..scripted_node import ScriptedNode, accept_node, assign
 
 
@@ -27,7 +38,8 @@ async def test_audio_chunks_close_utterances_on_final_max_length_and_idle_gap(cl
         # utterance 0: three chunks, closed by is_final
         for seq, final in ((0, False), (1, False), (2, True)):
             await c.send_chunk(seq, pcm(0.1), is_final=final)
-        # utterance 1: 1.2 s streamed, closed at the 1 s maximum; the rest starts utterance 2
+        # utterance 1: 1.2 s streamed, cut at the 1 s maximum (no pause in a steady tone; at
+        # the 30 ms frame before it); the rest starts utterance 2
         for seq in range(3, 9):
             await c.send_chunk(seq, pcm(0.2))
         # utterance 2 is then closed by the idle gap (0.2 s without chunks)
@@ -35,8 +47,28 @@ async def test_audio_chunks_close_utterances_on_final_max_length_and_idle_gap(cl
         results = await c.results(3, timeout=5 * SCALE)
     assert [r.utterance_index for r in results] == [0, 1, 2]
     assert results[0].text_asr == "Test utterance 0.30."
-    assert results[1].text_asr == "Test utterance 1.00."
-    assert results[2].text_asr == "Test utterance 0.20."
+    assert results[1].text_asr == "Test utterance 0.99."
+    assert results[2].text_asr == "Test utterance 0.21."
+
+
+async def test_streamed_speech_longer_than_the_limit_is_cut_in_a_pause_and_the_client_told(
+    cluster: Cluster,
+) -> None:
+    s = await cluster.scheduler(chunk_idle_gap=0.3, max_utterance_seconds=1.5)
+    await cluster.node(s.url)
+    silence = b"\0\0" * int(0.3 * 16000)
+    speech = pcm(0.5) + silence + pcm(0.5) + silence[: 2 * int(0.2 * 16000)] + pcm(0.5)  # 2.0 s
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        step = 2 * int(0.1 * 16000)  # 100 ms chunks
+        for seq, at in enumerate(range(0, len(speech), step)):
+            await c.send_chunk(seq, speech[at : at + step])
+        events = await receive_until(c, until_result(2), 10, "both parts' results")
+    results = of(events, p.TranslationResult)
+    first, rest = (float(r.text_asr.split()[-1].rstrip(".")) for r in results)
+    assert 1.3 <= first <= 1.5, first  # cut in the pause at 1.3-1.5 s, not at the 1.5 s limit
+    assert abs(first + rest - 2.0) < 0.05  # nothing lost, nothing doubled
+    told = [e for e in of(events, p.JobStatus) if e.reason and e.reason.startswith("split")]
+    assert [e.utterance_index for e in told] == [0] and "utterance 1" in (told[0].reason or "")
 
 
 async def test_session_close_waits_for_running_jobs_then_closes(cluster: Cluster) -> None:

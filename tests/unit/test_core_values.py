@@ -3,9 +3,12 @@ language codes, the event history's edges, illegal transitions."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from linguamesh.core import ids
 from linguamesh.core.history import EventHistory, ReplayGap
@@ -231,3 +234,30 @@ def test_audio_of_the_wrong_type_is_a_bad_message_not_bad_audio() -> None:
     with pytest.raises(p.ProtocolError) as err:
         p.check_version(2)
     assert err.value.message == "protocol_version 2 is not supported; this server speaks 1"
+
+
+@given(st.lists(st.booleans(), max_size=400), st.integers(2, 60))
+def test_split_points_bound_every_part_and_prefer_silence(voiced: list[bool], max_frames: int) -> None:
+    from linguamesh.audio import split_points
+
+    cuts = split_points(voiced, max_frames)
+    if not voiced:
+        assert cuts == []
+        return
+    edges = [0, *cuts, len(voiced)]
+    assert all(b > a for a, b in itertools.pairwise(edges))  # increasing, no empty part
+    assert all(b - a <= max_frames for a, b in itertools.pairwise(edges))
+    for a, cut in zip(edges, cuts, strict=False):
+        later = voiced[a + max_frames // 2 : a + max_frames]
+        if not all(later):  # there was silence to cut in: the cut is in silence
+            assert not voiced[cut] or not voiced[cut - 1]
+
+
+def test_split_points_cut_long_speech_in_its_pauses() -> None:
+    from linguamesh.audio import split_points
+
+    speech, pause = [True] * 40, [False] * 10
+    voiced = speech + pause + speech + pause + speech  # 140 frames, pauses at 40-49 and 90-99
+    assert split_points(voiced, 100) == [95]  # the later pause, the longest in the window's later half
+    assert split_points(voiced, 60) == [45, 95]
+    assert split_points([True] * 25, 10) == [10, 20]  # no silence at all: cut at the limit

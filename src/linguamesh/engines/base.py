@@ -76,6 +76,15 @@ class VADEngine(Engine):
     @abstractmethod
     def _trim(self, speech: Speech) -> Speech: ...
 
+    async def voiced(self, speech: Speech) -> list[bool]:
+        """Speech or not per 30 ms frame (``audio.FRAME_MS``), to split long audio at pauses."""
+        return await asyncio.to_thread(self._voiced, speech)
+
+    def _voiced(self, speech: Speech) -> list[bool]:
+        from ..audio import voiced_frames
+
+        return voiced_frames(speech.samples, speech.sample_rate)
+
 
 class ASREngine(Engine):
     kind = "asr"

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import FRAME_MS
 from .base import Speech, VADEngine
-
-FRAME_MS = 30
 
 
 class WebRtcVAD(VADEngine):
@@ -28,16 +27,22 @@ class WebRtcVAD(VADEngine):
         self.min_speech_ms = int(cfg.get("min_speech_ms", 90))
         self._vad = webrtcvad.Vad(self.aggressiveness)
 
-    def _trim(self, speech: Speech) -> Speech:
+    def _voiced(self, speech: Speech) -> list[bool]:
         rate = speech.sample_rate
         if rate not in (8000, 16000, 32000, 48000):
             raise ValueError(f"webrtc-vad needs 8/16/32/48 kHz audio, got {rate}")
         frame = rate * FRAME_MS // 1000
         n = speech.samples.size // frame
+        pcm = (np.clip(speech.samples[: n * frame], -1, 1) * 32767).astype("<i2").tobytes()
+        return [self._vad.is_speech(pcm[i * frame * 2 : (i + 1) * frame * 2], rate) for i in range(n)]
+
+    def _trim(self, speech: Speech) -> Speech:
+        rate = speech.sample_rate
+        voiced = self._voiced(speech)
+        n = len(voiced)
+        frame = rate * FRAME_MS // 1000
         if n == 0:
             return Speech(speech.samples[:0], rate)
-        pcm = (np.clip(speech.samples[: n * frame], -1, 1) * 32767).astype("<i2").tobytes()
-        voiced = [self._vad.is_speech(pcm[i * frame * 2 : (i + 1) * frame * 2], rate) for i in range(n)]
         if sum(voiced) * FRAME_MS < self.min_speech_ms:
             return Speech(speech.samples[:0], rate)
         first = voiced.index(True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import protocol as p
-from ..audio import BadAudio, to_float32, to_wav
-from ..engines.base import EngineError, Speech
+from ..audio import FRAME_MS, BadAudio, split_points, to_float32, to_wav, voiced_frames
+from ..engines.base import EngineError, Speech, VADEngine
 from ..engines.registry import EngineSet
 from ..observability.logging import get_logger
 
@@ -55,15 +56,29 @@ async def run_pipeline(
             raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
         t = time.perf_counter()
         drafts: list[str] = []
+        done: list[str] = []  # the text of the parts before the one being decoded
 
         def sink(draft: str) -> None:
-            drafts.append(draft)
+            whole = " ".join([*done, draft])
+            drafts.append(whole)
             if on_partial is not None:
-                on_partial("asr", draft)
+                on_partial("asr", whole)
 
-        text = (await asr.transcribe(speech, job.src_lang, sink)).strip()
+        parts = await split_speech(speech, engines.vad[0] if engines.vad else None)
+        for part in parts:
+            piece = (await asr.transcribe(part, job.src_lang, sink)).strip()
+            if piece:
+                done.append(piece)
+        text = " ".join(done)
         timings.asr_ms = _ms(t)
-        log.info("stage.done", stage="asr", duration_ms=timings.asr_ms, engine=asr.name, **log_fields)
+        log.info(
+            "stage.done",
+            stage="asr",
+            duration_ms=timings.asr_ms,
+            engine=asr.name,
+            parts=len(parts),
+            **log_fields,
+        )
         if on_partial is not None and text and (not drafts or drafts[-1] != text):
             on_partial("asr", text)  # the draft, before repair/MT/TTS finish
     text_asr = text
@@ -108,6 +123,25 @@ async def run_pipeline(
         log.info("stage.done", stage="tts", duration_ms=timings.tts_ms, engine=tts.name, **log_fields)
     timings.total_ms = _ms(t0)
     return PipelineOutput(text_asr, translated, audio, rate, timings)
+
+
+#: Speech longer than this is decoded in parts cut at pauses: Whisper decodes a 30 s
+#: window at most and, given one long window, tends to stop at a pause and drop the rest
+#: (a 30 s upload came back with 2 of its 9 sentences). A part never ends inside a word
+#: when there is a pause to cut at (``audio.split_points``).
+ASR_PART_SECONDS = 15.0
+
+
+async def split_speech(speech: Speech, vad: VADEngine | None) -> list[Speech]:
+    """``speech`` in parts of at most ASR_PART_SECONDS, cut in its pauses."""
+    rate = speech.sample_rate
+    if speech.samples.size <= ASR_PART_SECONDS * rate:
+        return [speech]
+    voiced = await vad.voiced(speech) if vad is not None else voiced_frames(speech.samples, rate)
+    frame = rate * FRAME_MS // 1000
+    cuts = split_points(voiced, int(ASR_PART_SECONDS * 1000 / FRAME_MS))
+    edges = [0, *(c * frame for c in cuts), speech.samples.size]
+    return [Speech(speech.samples[a:b], rate) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def _ms(t: float) -> float:

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from .. import protocol as p
-from ..audio import BadAudio, duration_seconds
+from ..audio import FRAME_MS, BadAudio, duration_seconds, split_points, to_float32, voiced_frames
 from ..core.ids import NodeId, new_job_id
 from ..core.jobs import Job
 from ..core.ratelimit import TokenBucket
@@ -214,22 +214,45 @@ class Intake:
             session.chunk_timer.cancel()
             session.chunk_timer = None
         max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
-        if msg.is_final or len(session.chunk_buf) >= max_bytes:
-            await self._close_chunked(session, "final" if msg.is_final else "max_length")
+        while len(session.chunk_buf) >= max_bytes:  # at the limit: cut in a pause
+            await self._close_chunked(session, "split", self._part(session))
+        if msg.is_final:
+            await self._close_chunked(session, "final")
         elif session.chunk_buf:
             session.chunk_timer = asyncio.get_running_loop().call_later(
                 self.config.chunk_idle_gap,
                 lambda: self.tasks.spawn(self._close_chunked(session, "idle_gap"), "chunk-close"),
             )
 
-    async def _close_chunked(self, session: Session, why: str) -> None:
-        session.chunk_timer = None
-        audio = bytes(session.chunk_buf)
-        session.chunk_buf.clear()
+    def _part(self, session: Session) -> bytes:
+        """The first part of a streamed utterance longer than the limit, cut in a pause (never
+        inside a word when there is a pause to cut at), taken out of the session's buffer."""
+        rate = session.settings.sample_rate
+        buf = session.chunk_buf
+        samples = to_float32(bytes(buf), "pcm16", rate, rate)
+        max_frames = int(self.config.max_utterance_seconds * 1000 / FRAME_MS)
+        # as if speech went on past the buffer: the cut falls in the buffer's last pause
+        cuts = split_points([*voiced_frames(samples, rate), True], max_frames)
+        end = cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(buf)
+        part = bytes(buf[:end])
+        del buf[:end]
+        return part
+
+    async def _close_chunked(self, session: Session, why: str, audio: bytes | None = None) -> None:
+        """Close the streamed utterance (``audio``, or all that is buffered) as the next index."""
+        if audio is None:
+            session.chunk_timer = None
+            audio = bytes(session.chunk_buf)
+            session.chunk_buf.clear()
         if not audio:
             return
         index = session.max_index + 1
         log.info("utterance.closed", session_id=session.session_id, utterance_index=index, why=why)
+        if why == "split":  # the client learns why its speech became two utterances
+            limit = self.config.max_utterance_seconds
+            for tgt in session.settings.tgt_langs:
+                reason = f"split: speech longer than {limit:g}s is cut at a pause; the rest follows as utterance {index + 1}"
+                session.emit(p.JobStatus(utterance_index=index, tgt_lang=tgt, status="queued", reason=reason))
         try:
             await self._new_utterance(session, index, audio, "pcm16", session.settings.sample_rate, None)
         except ProtocolError as exc:
