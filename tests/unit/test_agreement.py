@@ -1,0 +1,66 @@
+"""LocalAgreement-2: what two consecutive decodes agree on is committed, once, in order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linguamesh.core.agreement import LocalAgreement, Word, norm, text_of
+
+
+def words(text: str, start: float = 0.0, step: float = 0.4) -> list[Word]:
+    return [Word(t, start + i * step, start + (i + 1) * step) for i, t in enumerate(text.split())]
+
+
+def test_words_are_committed_once_two_decodes_agree() -> None:
+    la = LocalAgreement()
+    assert la.update(words("the red")) == []  # one decode: nothing agreed yet
+    assert text_of(la.tentative()) == "the red"
+    assert text_of(la.update(words("the red bicycle"))) == "the red"
+    assert text_of(la.tentative()) == "bicycle"
+    assert text_of(la.update(words("the red bicycle stood"))) == "bicycle"
+    assert text_of(la.update(words("the red bicycle stood near"))) == "stood"
+    assert text_of(la.finish()) == "near"
+    assert text_of(la.committed) == "the red bicycle stood near"
+
+
+def test_a_changed_mind_is_not_committed() -> None:
+    la = LocalAgreement()
+    la.update(words("I scream"))
+    assert text_of(la.update(words("ice cream is cold"))) == ""  # disagree at once
+    assert text_of(la.update(words("ice cream is cold."))) == "ice cream is cold."
+    assert norm("Cold.") == "cold"
+
+
+def test_a_decode_of_the_rest_that_repeats_committed_words_skips_them() -> None:
+    la = LocalAgreement()
+    la.update(words("one two three four"))
+    la.update(words("one two three four"))  # all committed, ends at 1.6 s
+    # the recogniser now decodes from 1.2 s and hears "four" again
+    rest = [Word("four", 1.2, 1.6), Word("five", 1.6, 2.0), Word("six", 2.0, 2.4)]
+    la.update(rest)
+    assert text_of(la.update(rest)) == "five six"
+    assert text_of(la.committed) == "one two three four five six"
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d", "the", "cat", "sat"]), min_size=1, max_size=30),
+    st.lists(st.integers(0, 3), max_size=40),
+)
+def test_growing_decodes_commit_the_final_text_exactly_once(final: list[str], steps: list[int]) -> None:
+    """Decodes that grow by a few words each time (the audio grows), maybe repeating the
+    same one: at the end exactly the final transcript is committed, and what is committed
+    never changes."""
+    la = LocalAgreement()
+    all_words = words(" ".join(final))
+    shown = 0
+    seen: list[Word] = []
+    for n in steps:
+        shown = min(len(all_words), shown + n)
+        la.update(all_words[:shown])
+        assert la.committed[: len(seen)] == seen  # committed words never change
+        seen = list(la.committed)
+        assert [w.text for w in la.committed] == final[: len(la.committed)]
+    la.update(all_words)
+    la.finish()
+    assert [w.text for w in la.committed] == final
