@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..core.agreement import Word
+
 PartialCallback = Callable[[str], None]
 T = TypeVar("T")
 
@@ -94,6 +96,19 @@ class ASREngine(Engine):
 
     async def transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None = None) -> str:
         return await run_cancellable(self._transcribe, speech, lang, on_partial)
+
+    async def words(self, speech: Speech, lang: str) -> list[Word]:
+        """The words heard, with their times (seconds into ``speech``), for streaming."""
+        return await run_cancellable(self._words, speech, lang)
+
+    def _words(self, speech: Speech, lang: str, stop: threading.Event) -> list[Word]:
+        """Engines without word times: the text's words spread evenly over the speech."""
+        text = self._transcribe(speech, lang, None, stop)
+        tokens = text.split()
+        if not tokens:
+            return []
+        step = speech.samples.size / speech.sample_rate / len(tokens)
+        return [Word(t, i * step, (i + 1) * step) for i, t in enumerate(tokens)]
 
     @abstractmethod
     def _transcribe(

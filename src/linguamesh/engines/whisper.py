@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..core.agreement import Word
 from .base import ASREngine, Cancelled, EngineError, PartialCallback, Speech
 from .bundled import resolve
 from .models import ModelLoadError, ModelManager, path_size
@@ -100,3 +101,29 @@ class FasterWhisperASR(ASREngine):
             except (RuntimeError, ValueError) as exc:
                 raise EngineError(f"whisper failed: {exc}") from None
         return " ".join(t for t in texts if t)
+
+    def _words(self, speech: Speech, lang: str, stop: threading.Event) -> list[Word]:
+        if speech.samples.size == 0:
+            return []
+        model = self.load()
+        out: list[Word] = []
+        with self.models.inference(self.key):
+            try:
+                segments, _info = model.transcribe(
+                    speech.samples,
+                    language=lang,
+                    beam_size=1,
+                    temperature=0.0,
+                    condition_on_previous_text=False,
+                    word_timestamps=True,
+                    max_new_tokens=self.max_new_tokens,
+                    no_repeat_ngram_size=3,
+                    vad_filter=False,
+                )
+                for seg in segments:
+                    if stop.is_set():
+                        raise Cancelled()
+                    out += [Word(w.word.strip(), float(w.start), float(w.end)) for w in seg.words or []]
+            except (RuntimeError, ValueError) as exc:
+                raise EngineError(f"whisper failed: {exc}") from None
+        return [w for w in out if w.text]

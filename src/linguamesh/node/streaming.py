@@ -1,0 +1,109 @@
+"""Incremental ASR of speech that is still arriving (issue 14): the growing buffer is
+decoded again on a cadence and the words two consecutive decodes agree on are committed
+(LocalAgreement-2, ``core/agreement.py``).
+
+The buffer does not grow without bound: once it is longer than ``keep_seconds``, the
+audio up to the end of the last committed sentence (or, without one, the last committed
+word) is dropped and later decodes start there — the committed words before it never
+change, so they need not be heard again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.agreement import LocalAgreement, Word, text_of
+from ..engines.base import ASREngine, Speech
+
+SENTENCE_END = (".", "?", "!", "…")
+
+
+@dataclass(frozen=True, slots=True)
+class Hypothesis:
+    """The transcript so far: ``text``, of which the first ``stable`` characters are
+    committed (will not change); ``sentences``: committed sentences not reported before."""
+
+    text: str
+    stable: int
+    sentences: list[str]
+
+
+class StreamingTranscriber:
+    def __init__(
+        self, asr: ASREngine, lang: str, sample_rate: int = 16000, keep_seconds: float = 15.0
+    ) -> None:
+        self.asr = asr
+        self.lang = lang
+        self.rate = sample_rate
+        self.keep = keep_seconds
+        self.agreement = LocalAgreement()
+        self._audio = np.zeros(0, np.float32)
+        self._offset = 0.0  # seconds of audio dropped from the buffer's start
+        self._heard = 0.0  # seconds received in all
+        self._sentence_from = 0  # committed words already reported in sentences
+        #: decodes run (the cost of streaming: each re-decodes the buffer)
+        self.decodes = 0
+        self.decoded_seconds = 0.0
+
+    @property
+    def heard(self) -> float:
+        return self._heard
+
+    def feed(self, samples: np.ndarray) -> None:
+        self._audio = np.concatenate([self._audio, samples.astype(np.float32, copy=False)])
+        self._heard += samples.size / self.rate
+
+    async def step(self) -> Hypothesis:
+        """Decode what is buffered; commit what the last two decodes agree on."""
+        self.agreement.update(await self._decode())
+        self._trim()
+        return self._hypothesis()
+
+    async def finish(self) -> Hypothesis:
+        """The speech ended: one last decode, and everything it heard is committed."""
+        self.agreement.update(await self._decode())
+        self.agreement.finish()
+        return self._hypothesis(final=True)
+
+    async def _decode(self) -> list[Word]:
+        if self._audio.size == 0:
+            return []
+        self.decodes += 1
+        self.decoded_seconds += self._audio.size / self.rate
+        words = await self.asr.words(Speech(self._audio, self.rate), self.lang)
+        return [Word(w.text, w.start + self._offset, w.end + self._offset) for w in words]
+
+    def _trim(self) -> None:
+        if self._audio.size / self.rate <= self.keep or not self.agreement.committed:
+            return
+        committed = self.agreement.committed
+        ends = [w.end for w in committed if w.text.rstrip().endswith(SENTENCE_END)]
+        cut = (ends[-1] if ends else committed[-1].end) - self._offset
+        if cut <= 0:
+            return
+        drop = min(self._audio.size, int(cut * self.rate))
+        self._audio = self._audio[drop:]
+        self._offset += drop / self.rate
+
+    def _hypothesis(self, final: bool = False) -> Hypothesis:
+        committed = text_of(self.agreement.committed)
+        tentative = text_of(self.agreement.tentative())
+        text = f"{committed} {tentative}".strip()
+        words = self.agreement.committed
+        done = [
+            i + 1
+            for i in range(self._sentence_from, len(words))
+            if words[i].text.rstrip().endswith(SENTENCE_END)
+        ]
+        if final and len(words) > self._sentence_from:
+            done.append(len(words))
+        sentences = []
+        start = self._sentence_from
+        for end in done:
+            if end > start:
+                sentences.append(text_of(words[start:end]))
+                start = end
+        self._sentence_from = start
+        return Hypothesis(text, len(committed), sentences)
