@@ -147,21 +147,21 @@ class Bridge:
             return
         self.cluster.job_owner.pop(job_id, None)  # ask the store who owns it now
         try:
-            if await self.forward(node_id, job_id, frame, claim=True):
-                if job_id in self._awaiting:  # forwarded again: watch the next round
-                    self._awaiting[job_id] = (*self._awaiting[job_id][:3], tries + 1)
-                    asyncio.get_running_loop().call_later(
-                        RESULT_WATCH,
-                        lambda: self.tasks.spawn(self._recheck(job_id, tries + 1), "result-watch"),
-                    )
+            now = await self.cluster.owner_of(job_id)
+            if now is not None and now != self.me and await self.cluster.is_live(now):
+                await self.cluster.node_msg(now, node_id, job_id, frame)  # ask again
+                self._watch(job_id, node_id, frame, now, tries + 1)
                 return
-            if JobId(job_id) in self.parts.runner.runs:  # claimed here: the result is used now
-                msg = p.decode_node(frame)
-                if isinstance(msg, p.JobResult):
-                    log.warning("job_result.recovered", job_id=job_id, node_id=node_id, dead_owner=owner)
-                    await self.parts.runner.node_message(node_id, msg, frame, routed=True)
+            if now is not None and now != self.me:
+                await self.cluster.claim(job_id)  # the owner is gone: one claim wins
         except DependencyDown:
             self._watch(job_id, node_id, frame, owner, tries + 1)
+            return
+        if JobId(job_id) in self.parts.runner.runs:  # it runs here now: the result is used
+            msg = p.decode_node(frame)
+            if isinstance(msg, p.JobResult):
+                log.warning("job_result.recovered", job_id=job_id, node_id=node_id, dead_owner=owner)
+                await self.parts.runner.node_message(node_id, msg, frame, routed=True)
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
         if prev_owner is not None and prev_owner != self.me and await self.cluster.is_live(prev_owner):
