@@ -123,7 +123,7 @@ class Registry:
         is sent to it; the jobs it runs finish. Its record keeps its capabilities."""
         nc.draining = True
         view = self.store.nodes().get(nc.node_id)
-        log.info("node.draining", node_id=nc.node_id, running=view.reserved if view else None)
+        log.info("node.draining", node_id=nc.node_id, reserved_slots=view.reserved if view else None)
         if view is not None:
             await self.store.register_node(
                 NodeView(nc.node_id, view.capabilities, 0), self.config.instance_id
