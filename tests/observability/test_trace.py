@@ -144,3 +144,16 @@ def test_every_event_the_trace_tool_reads_is_logged_somewhere() -> None:
     assert len(used) > 20
     missing = sorted(used - logged)
     assert not missing, f"the trace tool reads events nothing logs: {missing}"
+
+
+def test_a_glob_over_main_and_errors_logs_reads_each_record_once(tmp_path: Path) -> None:
+    from linguamesh.observability.trace import build_report, read_records
+
+    warn = '{"event": "job.ack_timeout", "ts": "2026-12-01T10:00:01Z", "job_id": "j1", "trace_id": "t1", "level": "warning", "component": "scheduler"}'
+    info = '{"event": "job.created", "ts": "2026-12-01T10:00:00Z", "job_id": "j1", "trace_id": "t1", "level": "info", "component": "scheduler"}'
+    (tmp_path / "s.log").write_text(f"{info}\n{warn}\n")
+    (tmp_path / "s.errors.log").write_text(f"{warn}\n")
+    records, files = read_records(sorted(tmp_path.glob("*.log")))
+    assert files == 2 and sorted(r["event"] for r in records) == ["job.ack_timeout", "job.created"]
+    report = build_report(records, trace_id="t1", files=files)
+    assert [s.event for s in report.jobs[0].steps] == ["job.created", "job.ack_timeout"]

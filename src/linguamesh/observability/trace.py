@@ -128,16 +128,19 @@ def _plain(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(paths: Iterable[str | Path]) -> tuple[list[dict[str, Any]], int]:
-    """Every JSON object line of the files (other lines are skipped)."""
+    """Every JSON object line of the files (other lines are skipped), each once: a process's
+    ``.errors`` log repeats the warnings of its main log, and a glob reads both."""
     out: list[dict[str, Any]] = []
+    seen: set[str] = set()
     n = 0
     for path in paths:
         n += 1
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()
-                if not line.startswith("{"):
+                if not line.startswith("{") or line in seen:
                     continue
+                seen.add(line)
                 try:
                     rec = json.loads(line)
                 except ValueError:
@@ -177,7 +180,8 @@ def build_report(
     ]
     # node records carry the trace_id; pull in scheduler records of the same jobs that lack it
     job_ids = {r["job_id"] for r in mine if r.get("job_id")}
-    mine += [r for r in records if r.get("job_id") in job_ids and r not in mine]
+    taken = {id(r) for r in mine}  # by identity: comparing records made this quadratic
+    mine += [r for r in records if r.get("job_id") in job_ids and id(r) not in taken]
     mine.sort(key=_ts)
     have_node_logs = any(r.get("component") == "node" for r in records)
     query = {k: v for k, v in (("trace_id", trace_id), ("session_id", session_id)) if v}
