@@ -267,7 +267,7 @@ def test_ack_and_result_timeouts_fail_over_with_a_cancel() -> None:
     dispatched_on(lc, job, N1)
     assert lc.timer(job, TimerKind.RESULT, 1, 5) == [stale("timer.result", 1, "dispatched")]
     assert lc.timer(job, TimerKind.ACK, 1, 8) == [
-        Note(J, "job.ack_timeout"),
+        Note(J, "job.ack_timeout", (("node_id", N1),)),  # names the node: the failover clears it
         Disarm(J),
         Cancel(J, N1, 1, "ack_timeout"),
         Release(J, N1, 1),
@@ -280,7 +280,7 @@ def test_ack_and_result_timeouts_fail_over_with_a_cancel() -> None:
     lc.acked(job, 2, 9)
     assert lc.timer(job, TimerKind.ACK, 2, 10) == [stale("timer.ack", 2, "accepted")]
     assert lc.timer(job, TimerKind.RESULT, 2, 45) == [
-        Note(J, "job.result_timeout"),
+        Note(J, "job.result_timeout", (("node_id", N2),)),
         Disarm(J),
         Cancel(J, N2, 2, "result_timeout"),
         Release(J, N2, 2),
@@ -292,7 +292,7 @@ def test_ack_and_result_timeouts_fail_over_with_a_cancel() -> None:
     dispatched_on(lc, job, N3, 46)
     lc.started(job, 3, 46)
     assert lc.timer(job, TimerKind.RESULT, 3, 90) == [
-        Note(J, "job.result_timeout"),
+        Note(J, "job.result_timeout", (("node_id", N3),)),
         Disarm(J),
         Cancel(J, N3, 3, "result_timeout"),
         Release(J, N3, 3),
@@ -308,7 +308,7 @@ def test_node_gone() -> None:
     dispatched_on(lc, job, N1)
     assert lc.node_gone(job, N2, 2) == []  # another node
     assert lc.node_gone(job, N1, 2) == [
-        Note(J, "job.node_lost"),
+        Note(J, "job.node_lost", (("node_id", N1),)),
         Disarm(J),
         Release(J, N1, 1),
         Note(J, "job.failover", (("reason", "node_lost"), ("from_node", N1))),

@@ -230,20 +230,20 @@ class Lifecycle:
                 Note(job.job_id, "job.pending_timeout", (("reason", reason),)),
                 *self._end(job, False, None, None, "no_available_node", msg, now),
             ]
+        # a note names the node of the attempt: the failover that follows clears job.node_id
         if kind is TimerKind.ACK and job.state is JobState.DISPATCHED:
-            return [Note(job.job_id, "job.ack_timeout")] + self._failover(job, "ack_timeout", "timeout", now)
+            note = Note(job.job_id, "job.ack_timeout", (("node_id", job.node_id),))
+            return [note, *self._failover(job, "ack_timeout", "timeout", now)]
         if kind is TimerKind.RESULT and job.state in (JobState.ACCEPTED, JobState.RUNNING):
-            return [Note(job.job_id, "job.result_timeout")] + self._failover(
-                job, "result_timeout", "timeout", now
-            )
+            note = Note(job.job_id, "job.result_timeout", (("node_id", job.node_id),))
+            return [note, *self._failover(job, "result_timeout", "timeout", now)]
         return [self._stale(job, f"timer.{kind}", attempt_id)]
 
     def node_gone(self, job: Job, node_id: NodeId, now: float) -> list[Command]:
         if job.state.terminal or job.node_id != node_id or job.state is JobState.CREATED:
             return []
-        return [Note(job.job_id, "job.node_lost")] + self._failover(
-            job, "node_lost", "node_failed", now, cancel=False
-        )
+        note = Note(job.job_id, "job.node_lost", (("node_id", node_id),))
+        return [note, *self._failover(job, "node_lost", "node_failed", now, cancel=False)]
 
     def cancel(self, job: Job, reason: str, now: float) -> list[Command]:
         if job.state.terminal:

@@ -281,8 +281,11 @@ class Runner:
 
     def _note(self, job: Job, cmd: Note) -> None:
         base = job_fields(job)
+        note = dict(cmd.fields)
+        if base.get("node_id") is None and note.get("node_id") is not None:
+            base["node_id"] = note.pop("node_id")  # the attempt's node, cleared by the failover since
         # a note's own field named like a job field (a stale event's attempt_id) is the event's
-        fields = {(f"event_{k}" if k in base else k): v for k, v in cmd.fields}
+        fields = {(f"event_{k}" if k in base else k): v for k, v in note.items()}
         if cmd.event == "job.stale_event":
             log.debug(cmd.event, **base, **fields)
         elif cmd.event == "job_result.duplicate":
