@@ -114,9 +114,23 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
 
 async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
     port = free_port()
+    async with node_proc(tmp_path, f"ws://127.0.0.1:{free_port()}", "node-alone", metrics_port=port):
+        async with httpx.AsyncClient() as http:  # no scheduler to connect to: alive, not ready
+            for _ in range(int(100 * SCALE)):
+                try:
+                    ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            alive = await http.get(f"http://127.0.0.1:{port}/healthz")
+    assert alive.status_code == 200 and alive.json()["connected"] is False
+    assert ready.status_code == 503 and "not connected" in ready.json()["problems"][0]
+    port = free_port()
     async with scheduler_proc(tmp_path) as (url, _sched):
         async with node_proc(tmp_path, url, metrics_port=port):
             await wait_node(url.replace("ws", "http"), "node-p")
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"http://127.0.0.1:{port}/readyz")).json()["ready"] is True
             async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.1))
                 await c.next_result(10 * SCALE)

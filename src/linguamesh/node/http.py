@@ -1,4 +1,5 @@
-"""The node's local HTTP endpoint: ``/healthz`` and ``/metrics`` (Prometheus)."""
+"""The node's local HTTP endpoint: ``/healthz`` (alive), ``/readyz`` (taking work) and
+``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,25 @@ def create_node_app(agent: NodeAgent) -> Starlette:
         ok = bool(body["engines"])
         return JSONResponse({"status": "ok" if ok else "no_engines", **body}, status_code=200 if ok else 503)
 
+    async def readyz(request: Request) -> Response:
+        """Ready = it can take jobs now: engines loaded, connected to a scheduler, not draining."""
+        body = agent.health()
+        problems = []
+        if not body["engines"]:
+            problems.append("no engine could be loaded")
+        if not body["connected"]:
+            problems.append("not connected to a scheduler (retrying)")
+        if agent.draining:
+            problems.append("draining: shutting down")
+        ready = not problems
+        return JSONResponse(
+            {"ready": ready, "problems": problems, "node_id": agent.node_id},
+            status_code=200 if ready else 503,
+        )
+
     async def metrics(request: Request) -> Response:
         return Response(agent.metrics.render(), media_type=CONTENT_TYPE)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )
