@@ -121,6 +121,10 @@ class NodeSource(Protocol):
 
     def all_nodes(self) -> Iterable[NodeView]: ...
 
+    def pool_names(self, limit: int = 10) -> list[str]:
+        """The first pools by name (for an operator reading why a selection failed)."""
+        ...
+
 
 def _check(node: NodeView, req: Request) -> Reason | None:
     if not node.online:

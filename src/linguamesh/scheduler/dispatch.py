@@ -188,7 +188,8 @@ class Dispatcher:
             self.kick()
             return Unavailable("no_capacity", first)
         if out.fallback is not None:
-            log.info(
+            # once per attempt at info; a waiting job re-tried on every drain only at debug
+            (log.info if first or job.job_id not in self.waiting else log.debug)(
                 "selection.preferred_fallback",
                 **job_fields(job),
                 preferred_node_id=job.preferred_node_id,
@@ -260,6 +261,8 @@ class Dispatcher:
                 breakdown={k.value: v for k, v in out.breakdown.counts.items()},
                 src_lang=job.src_lang,
                 tgt_lang=job.tgt_lang,
+                # what the operator needs when nothing serves the pair: which pools exist
+                pools=self.store.nodes().pool_names(),
             )
         self._enqueue(run)
         return Unavailable(reason, first)

@@ -113,6 +113,9 @@ class MemoryNodeIndex:
     def repair_available(self, lang: str) -> bool:
         return self.repair.get(lang, 0) > 0
 
+    def pool_names(self, limit: int = 10) -> list[str]:
+        return sorted(self.pools)[:limit]
+
     def pools_with(self, lang: str) -> Iterable[str]:
         return self.by_lang.get(lang, ())
 
