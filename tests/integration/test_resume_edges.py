@@ -106,3 +106,48 @@ async def test_a_last_seq_ahead_of_the_history_is_refused(cluster: Cluster) -> N
             await ws.send(_resume(c, c.last_seq))
             ack = json.loads(await ws.recv())
             assert ack["type"] == "session_init_ack" and ack.get("replayed", 0) == 0  # 0 is left out
+
+
+async def test_a_resume_reads_the_replay_before_sending_anything_again() -> None:
+    """The client library re-sends what the server never confirmed — but not an utterance
+    the replay names (here refused with ``draining``): it reads the replay first."""
+    from websockets.asyncio.server import serve
+
+    from ..conftest import free_port
+
+    sent_after_resume: list[int] = []
+    limits = p.Limits(max_message_bytes=1 << 20, max_utterance_seconds=30)
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        init = p.decode_client(await ws.recv())
+        assert isinstance(init, p.SessionInit)
+        ack = p.SessionInitAck(session_id="s1", trace_id="t", resume_token="rt", limits=limits)
+        if init.resume is None:
+            await ws.send(p.encode_str(ack))
+            await ws.recv()  # utterance 3
+            await ws.recv()  # utterance 4
+            await ws.close()  # the connection drops before anything is confirmed
+            return
+        ack.replayed = 1
+        await ws.send(p.encode_str(ack))
+        refused = p.Error(seq=1, code="draining", message="send it again elsewhere", ref="utterance 3")
+        await ws.send(p.encode_str(refused))
+        async for frame in ws:
+            msg = p.decode_client(frame)
+            if isinstance(msg, p.Utterance):
+                sent_after_resume.append(msg.utterance_index)
+
+    port = free_port()
+    async with serve(handler, "127.0.0.1", port):
+        c = SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es")
+        await c.connect()
+        await c.send_utterance(3, pcm(0.1))
+        await c.send_utterance(4, pcm(0.1))
+        with pytest.raises(ConnectionClosed):
+            await c.recv(5 * SCALE)
+        assert await c.resume() == 1
+        replayed = await c.recv(5 * SCALE)
+        assert isinstance(replayed, p.Error) and replayed.ref == "utterance 3"
+        await eventually(lambda: bool(sent_after_resume), 5, "the re-send")
+        await c.disconnect()
+    assert sent_after_resume == [4]

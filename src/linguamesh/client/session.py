@@ -14,6 +14,7 @@ missed.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +74,8 @@ class SessionClient:
         #: utterances sent but not yet confirmed by any event; re-sent after a resume
         #: (the server drops repeats by utterance_index, so re-sending is always safe)
         self.unconfirmed: dict[int, p.Utterance] = {}
+        #: events read during a resume, before the client sent anything again
+        self._replayed: deque[p.SessionEvent] = deque()
 
     async def __aenter__(self) -> SessionClient:
         await self.connect()
@@ -128,6 +131,15 @@ class SessionClient:
             ),
         )
         ack = await self._open(init)
+        # the replay first: it may confirm utterances, or refuse them (an error naming one),
+        # and only what it says nothing about is sent again
+        for _ in range(ack.replayed):
+            try:
+                event = await self._next_event(self.open_timeout)
+            except TimeoutError:
+                break
+            if event is not None:
+                self._replayed.append(event)
         for msg in list(self.unconfirmed.values()):
             await self.send(msg)
         return ack.replayed
@@ -174,21 +186,33 @@ class SessionClient:
 
     async def recv(self, timeout: float | None = None) -> p.SessionEvent:
         """The next new event; repeats (seq already seen) are dropped. Raises ConnectionClosed."""
+        if self._replayed:
+            return self._replayed.popleft()
         if self.ws is None:
             raise RuntimeError("not connected")
         while True:
-            frame = await asyncio.wait_for(self.ws.recv(), timeout)
-            event = p.decode_event(frame)
-            index = getattr(event, "utterance_index", None)
-            if index is not None:
-                self.unconfirmed.pop(index, None)
-            seq = getattr(event, "seq", 0)
-            if seq:
-                if seq <= self.last_seq:
-                    self.duplicates_dropped += 1
-                    continue
-                self.last_seq = seq
-            return event
+            event = await self._next_event(timeout)
+            if event is not None:
+                return event
+
+    async def _next_event(self, timeout: float | None) -> p.SessionEvent | None:
+        """One frame off the socket: the event, or None for a repeat. An event naming an
+        utterance (by its index, or an error's ``ref``) settles it: it is not sent again."""
+        assert self.ws is not None
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        event = p.decode_event(frame)
+        index = getattr(event, "utterance_index", None)
+        if index is None and isinstance(event, p.Error) and event.ref and event.ref.startswith("utterance "):
+            index = int(event.ref.split()[1]) if event.ref.split()[1].isdigit() else None
+        if index is not None:
+            self.unconfirmed.pop(index, None)
+        seq = getattr(event, "seq", 0)
+        if seq:
+            if seq <= self.last_seq:
+                self.duplicates_dropped += 1
+                return None
+            self.last_seq = seq
+        return event
 
     async def next_result(self, timeout: float | None = 60.0) -> p.TranslationResult:
         while True:

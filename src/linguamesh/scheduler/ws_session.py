@@ -121,7 +121,9 @@ async def _init(sched: Scheduler, ws: WebSocket, msg: p.SessionInit) -> Session:
 
 async def _send_error(ws: WebSocket, session: Session | None, exc: ProtocolError) -> None:
     err = p.Error(code=exc.code.value, message=exc.message, ref=exc.ref)
-    if session is not None and session.conn is ws:
+    # ``draining`` is about this connection, not the session: written to the socket, never put
+    # into the history (a resume elsewhere must not replay a refusal the client re-sent since)
+    if session is not None and session.conn is ws and exc.code is not ErrorCode.DRAINING:
         session.emit(err)
     else:
         await send_quietly(ws, err)
