@@ -8,7 +8,8 @@
 
 Events are numbered by the server; the client remembers the last ``seq`` it
 saw, drops repeats, and :meth:`resume` reconnects and gets the events it
-missed.
+missed. Utterances no event has named yet are sent again after a resume — once
+the replay is read, so one the replay confirms or refuses is not.
 """
 
 from __future__ import annotations
