@@ -93,6 +93,14 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
         after = _metrics((await http.get(f"{s.http}/metrics")).text)
         ready = await http.get(f"{s.http}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    # counters exist from the start, at 0: a rate or an alert has data before the first event
+    for name, labels in (
+        ("linguamesh_protocol_errors_total", (("code", "dependency_down"),)),
+        ("linguamesh_results_duplicate_total", ()),
+        ("linguamesh_timeouts_total", (("kind", "result"),)),
+    ):
+        assert before[(name, labels)] == 0, name
+    assert not any(name.startswith("linguamesh_node_jobs") for name, _ in before)  # a node's, not ours
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -138,6 +146,11 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
                 health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
                 m = _metrics((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
     assert health["connected"] is True and health["node_id"] == "node-p"
+    assert m[("linguamesh_node_jobs_finished_total", (("outcome", "failed"),))] == 0  # there from the start
+    assert not any(
+        name.startswith(("linguamesh_dispatch", "linguamesh_end_to_end", "linguamesh_protocol"))
+        for name, _ in m
+    )
     assert m[("linguamesh_node_jobs_finished_total", (("outcome", "ok"),))] == 1
     assert m[("linguamesh_node_connected", ())] == 1
     assert m[("linguamesh_stage_latency_seconds_count", (("stage", "tts"),))] == 1

@@ -67,7 +67,7 @@ class NodeAgent:
         self.ws: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.heartbeat_interval = 5.0
-        self.metrics = Metrics()
+        self.metrics = Metrics(role="node")
         self._register_gauges()
         self._send_lock = asyncio.Lock()
         self._stopping = False

@@ -54,9 +54,41 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: Counters a node counts; every other one is the scheduler's.
+NODE_COUNTERS = frozenset(
+    {
+        "node_jobs_received",
+        "node_jobs_finished",
+        "node_jobs_cancelled",
+        "node_connects",
+        "node_connect_failures",
+    }
+)
+
+#: Label values known in advance: these series are published at 0 from the start, so a
+#: rate or an alert over them has data before the first event.
+KNOWN_LABELS: dict[str, list[tuple[str, ...]]] = {
+    "timeouts": [("ack",), ("result",), ("pending",)],
+    "failovers": [("ack_timeout",), ("result_timeout",), ("node_lost",), ("rejected",), ("dispatch_failed",), ("node error",)],
+    "connections_refused": [("origin",), ("limit",), ("handshake_timeout",), ("draining",)],
+    "node_jobs_finished": [("ok",), ("failed",)],
+}
+
+
+def _protocol_error_codes() -> list[tuple[str, ...]]:
+    from ..protocol.errors import ErrorCode
+
+    return [(c.value,) for c in ErrorCode]
+
+
 class Counters:
-    def __init__(self) -> None:
+    def __init__(self, role: str = "scheduler") -> None:
         self.values: dict[tuple[str, tuple[str, ...]], float] = {}
+        mine = [n for n in COUNTERS if (n in NODE_COUNTERS) == (role == "node")]
+        known = {**KNOWN_LABELS, "protocol_errors": _protocol_error_codes()}
+        for name in mine:  # every counter of this role exists from the start, at 0
+            for labels in known.get(name, [()] if not COUNTERS[name][1] else []):
+                self.values[(name, labels)] = 0.0
 
     def inc(self, name: str, n: float = 1, **labels: str) -> None:
         key = (name, tuple(str(labels[k]) for k in COUNTERS[name][1]))
@@ -104,23 +136,25 @@ class _Collector(Collector):
 class Metrics:
     """One process part's metrics: counters, histograms, scrape-time gauges."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: str = "scheduler") -> None:
+        """``role``: "scheduler" or "node": each publishes its own counters and histograms only."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.counters = Counters()
+        self.counters = Counters(role)
         self.gauges: dict[str, tuple[str, GaugeFn]] = {}
         self.registry.register(_Collector(self.counters, self.gauges))
+        scheduler = self.registry if role == "scheduler" else None  # a node does not publish these
         self.dispatch_latency = Histogram(
             "linguamesh_dispatch_latency_seconds",
             "Job created -> job_assign written to the node",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=scheduler,
         )
         self.end_to_end = Histogram(
             "linguamesh_end_to_end_latency_seconds",
             "Job created -> translation_result created, by status",
             ["status"],
             buckets=STAGE_BUCKETS,
-            registry=self.registry,
+            registry=scheduler,
         )
         self.stage_latency = Histogram(
             "linguamesh_stage_latency_seconds",
