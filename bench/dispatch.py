@@ -325,7 +325,7 @@ async def round_trips(ws_url: str) -> dict[str, float]:
         text = (await http.get(ws_url.replace("ws://", "http://") + "/metrics")).text
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("linguamesh_redis_round_trips{"):
+        if line.startswith("linguamesh_redis_round_trips_total{"):
             op = line.split('op="')[1].split('"')[0]
             out[op] = float(line.rsplit(" ", 1)[1])
     return out

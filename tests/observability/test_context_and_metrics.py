@@ -107,7 +107,7 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
         return after.get(key, 0) - before.get(key, 0)
 
     assert delta("linguamesh_jobs_created_total") == 3
-    assert delta("linguamesh_jobs_finished_total", state="completed", code="") == 3
+    assert delta("linguamesh_jobs_finished_total", state="completed", code="none") == 3
     assert delta("linguamesh_reservations_attempted_total") == 3
     assert delta("linguamesh_reservations_succeeded_total") == 3
     assert delta("linguamesh_selections_total", outcome="ok", reason="pooled") == 3

@@ -69,7 +69,14 @@ NODE_COUNTERS = frozenset(
 #: rate or an alert over them has data before the first event.
 KNOWN_LABELS: dict[str, list[tuple[str, ...]]] = {
     "timeouts": [("ack",), ("result",), ("pending",)],
-    "failovers": [("ack_timeout",), ("result_timeout",), ("node_lost",), ("rejected",), ("dispatch_failed",), ("node error",)],
+    "failovers": [
+        ("ack_timeout",),
+        ("result_timeout",),
+        ("node_lost",),
+        ("rejected",),
+        ("dispatch_failed",),
+        ("node error",),
+    ],
     "connections_refused": [("origin",), ("limit",), ("handshake_timeout",), ("draining",)],
     "node_jobs_finished": [("ok",), ("failed",)],
 }
@@ -118,19 +125,26 @@ GaugeFn = Callable[[], Iterable[tuple[dict[str, str], float]]]
 
 
 class _Collector(Collector):
-    def __init__(self, counters: Counters, gauges: dict[str, tuple[str, GaugeFn]]) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        gauges: dict[str, tuple[str, GaugeFn]],
+        totals: dict[str, tuple[str, GaugeFn]],
+    ) -> None:
         self.counters = counters
         self.gauges = gauges
+        self.totals = totals
 
     def collect(self) -> Iterator[Metric]:
         yield from self.counters.families()
-        for name, (doc, fn) in self.gauges.items():
-            rows = list(fn())
-            label_names = sorted(rows[0][0]) if rows else []
-            fam = GaugeMetricFamily(f"linguamesh_{name}", doc, labels=label_names)
-            for labels, v in rows:
-                fam.add_metric([labels[k] for k in label_names], v)
-            yield fam
+        for kind, table in ((GaugeMetricFamily, self.gauges), (CounterMetricFamily, self.totals)):
+            for name, (doc, fn) in table.items():
+                rows = list(fn())
+                label_names = sorted(rows[0][0]) if rows else []
+                fam = kind(f"linguamesh_{name}", doc, labels=label_names)
+                for labels, v in rows:
+                    fam.add_metric([labels[k] for k in label_names], v)
+                yield fam
 
 
 class Metrics:
@@ -141,7 +155,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.counters = Counters(role)
         self.gauges: dict[str, tuple[str, GaugeFn]] = {}
-        self.registry.register(_Collector(self.counters, self.gauges))
+        self.totals: dict[str, tuple[str, GaugeFn]] = {}
+        self.registry.register(_Collector(self.counters, self.gauges, self.totals))
         scheduler = self.registry if role == "scheduler" else None  # a node does not publish these
         self.dispatch_latency = Histogram(
             "linguamesh_dispatch_latency_seconds",
@@ -172,6 +187,10 @@ class Metrics:
 
     def gauge(self, name: str, doc: str, fn: GaugeFn) -> None:
         self.gauges[name] = (doc, fn)
+
+    def counter(self, name: str, doc: str, fn: GaugeFn) -> None:
+        """A running total kept elsewhere, read at scrape time (published as ``<name>_total``)."""
+        self.totals[name] = (doc, fn)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -333,7 +333,7 @@ class Runner:
         self._forget(run)
         now = self.clock()
         self._keep_finished(job, now)
-        self.metrics.inc("jobs_finished", state=job.state.value, code=cmd.error_code or "")
+        self.metrics.inc("jobs_finished", state=job.state.value, code=cmd.error_code or "none")
         if not cmd.ok:
             self.failures.append(failure_entry(job, cmd, time.time()))
         total_ms = (now - job.created_at) * 1000

@@ -121,7 +121,7 @@ class Scheduler:
                 )
             ],
         )
-        m.gauge(
+        m.counter(
             "redis_round_trips",
             "Requests sent to Redis by this instance (a pipeline or a script counts once), by operation",
             lambda: [({"op": op}, float(n)) for op, n in getattr(self.store, "round_trips", {}).items()],
