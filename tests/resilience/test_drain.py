@@ -110,6 +110,10 @@ async def test_sigterm_on_a_node_finishes_its_jobs_and_takes_no_new_ones(tmp_pat
         assert sorted(n2) == [(2, 1), (3, 1), (4, 1)]
         drained = _events(tmp_path / "n1.1.log", "node.drained")
         assert drained and drained[0]["complete"] is True
+        gone = [r for r in _events(tmp_path / "S.1.log", "node.gone") if r["node_id"] == "n1"]
+        assert [(r["why"], r["level"]) for r in gone] == [
+            ("closed by the node", "info")
+        ]  # a stop, not a crash
 
 
 async def test_a_second_sigterm_stops_a_draining_node_at_once(tmp_path: Path) -> None:
@@ -135,5 +139,9 @@ async def test_a_second_sigterm_stops_a_draining_node_at_once(tmp_path: Path) ->
         t0 = time.monotonic()
         assert fleet.wait_exit("n1", 10) is not None
         assert time.monotonic() - t0 < 3 * SCALE
-        t = await finish([speaker], 40 * SCALE)  # n1's jobs fail over to n2
+        fleet.signal("n2", signal.SIGKILL)  # a crash, for contrast: the scheduler says so
+        fleet.node("n3", [s.url], delay_ms=50, slots=4)
+        t = await finish([speaker], 40 * SCALE)  # n1's jobs fail over to n2, or n3
         assert t.ok == 4, t.line()
+        gone = {r["node_id"]: (r["why"], r["level"]) for r in _events(tmp_path / "S.1.log", "node.gone")}
+        assert gone["n2"][1] == "warning" and gone["n2"][0].startswith("connection lost"), gone

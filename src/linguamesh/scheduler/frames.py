@@ -25,8 +25,11 @@ async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
             except KeyError:  # a binary frame
                 err = p.Error(code=ErrorCode.BAD_MESSAGE.value, message="frames must be text (JSON)")
                 await send_quietly(ws, err)
-    except (WebSocketDisconnect, WebSocketDisconnected):
-        return  # the peer left, or we closed the socket (session moved, node replaced)
+    except WebSocketDisconnect as exc:  # the peer left: how, for the log (a clean close or a loss)
+        ws.state.close_code = exc.code
+        return
+    except WebSocketDisconnected:
+        return  # we closed the socket (session moved, node replaced)
 
 
 async def handshake_frames(

@@ -238,7 +238,10 @@ class Scheduler:
         runs = self.runner.jobs_on(nc.node_id)
         if not await self.registry.gone(nc):
             return
-        log.info("node.gone", node_id=nc.node_id, why=why, jobs=len(runs))
+        # a node that stopped itself is news; one whose connection broke (a crash) is a warning
+        (log.info if why == "closed by the node" else log.warning)(
+            "node.gone", node_id=nc.node_id, why=why, jobs=len(runs)
+        )
         await self.runner.node_lost(nc.node_id, runs)
 
     # ------------------------------------------------------------------ queries

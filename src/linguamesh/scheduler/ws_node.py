@@ -78,4 +78,6 @@ async def node_endpoint(ws: WebSocket) -> None:
     finally:
         sched.gate.leave(ip)
         if nc is not None:
-            await sched.node_gone(nc, "connection closed")
+            code = getattr(ws.state, "close_code", None)
+            graceful = code in (1000, 1001)  # the node closed its socket itself (a stop)
+            await sched.node_gone(nc, "closed by the node" if graceful else f"connection lost (code {code})")
