@@ -75,12 +75,22 @@ async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> No
 
 async def test_operator_api_needs_the_token_when_one_is_set(cluster: Cluster) -> None:
     s = await cluster.scheduler(operator_token="op-secret")
+    await cluster.node(s.url)
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        await c.send_utterance(0, pcm(0.1))
+        await c.next_result(10 * SCALE)
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{s.http}/api/v1/admin/overview")).status_code == 401
         ok = await http.get(f"{s.http}/api/v1/admin/overview", headers={"Authorization": "Bearer op-secret"})
         page = await http.get(f"{s.http}/admin")
+        icon = await http.get(f"{s.http}/favicon.ico")
     assert ok.status_code == 200 and ok.json()["instance_id"] == "local"
     assert page.status_code == 200 and "operator" in page.text
+    # counters read as Prometheus would write them, and series still at 0 are left out
+    counters = ok.json()["counters"]
+    assert counters["jobs_finished{state=completed,code=none}"] == 1, counters
+    assert not any(v == 0 and "{" in k for k, v in counters.items())
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_operator_access_rules() -> None:

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from .. import protocol as p
 from ..core.history import ReplayGap
 from ..core.ids import SessionId
+from ..observability.metrics import COUNTERS
 from .access import bearer, error, operator_only
 from .api import nodes_data, pools_data
 from .records import same_token
@@ -161,8 +162,11 @@ async def admin_overview(request: Request) -> Response:
     ]  # fmt: skip
     counters: dict[str, float] = {}
     for (name, labels), value in s.metrics.counters.values.items():
-        key = name + ("{" + ",".join(labels) + "}" if any(labels) else "")
-        counters[key] = value
+        if value == 0 and labels:  # the label values published at 0 from the start: noise here
+            continue
+        names = COUNTERS[name][1]
+        pairs = ",".join(f"{k}={v}" for k, v in zip(names, labels, strict=True) if v)
+        counters[name + (f"{{{pairs}}}" if pairs else "")] = value
     return JSONResponse(
         {
             "instance_id": s.config.instance_id,
@@ -179,6 +183,10 @@ async def admin_overview(request: Request) -> Response:
     )
 
 
+async def favicon(request: Request) -> Response:
+    return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
 def _page(name: str) -> Any:
     async def page(request: Request) -> Response:
         return FileResponse(WEB_DIR / name, media_type="text/html")
@@ -190,6 +198,7 @@ routes = [
     Route("/", _page("index.html")),
     Route("/view/{session_id}", _page("view.html")),
     Route("/admin", _page("admin.html")),
+    Route("/favicon.ico", favicon),
     Route("/api/v1/sessions/{session_id}/events", history),
     Route("/api/v1/sessions/{session_id}/events/stream", stream),
     Route("/api/v1/admin/overview", admin_overview),
