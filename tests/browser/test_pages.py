@@ -130,6 +130,8 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "v2.wav", 0.3)))
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 3", timeout=10_000)
     assert (await viewer.locator("#conn").get_attribute("data-state")) == "connected"
+    # the language chooser names the language, not just its code
+    assert await viewer.locator("#lang option").all_inner_texts() == ["Spanish (es)"]
     await viewer.screenshot(path=ARTIFACTS / "viewer.png", full_page=True)
     # a wrong token is refused
     bad = await new_page(browser, s.http)

@@ -24,7 +24,7 @@ async def test_streamed_speech_gives_stable_words_before_it_ends(default_set: En
     speech = to_float32(espeak_wav(REF), "wav", 0, 16000)
     whole = await asr.transcribe(Speech(speech, 16000), "en")
     st = StreamingTranscriber(asr, "en")
-    step = 8000  # 0.5 s of new audio per decode
+    step = 12000  # 0.75 s of new audio per decode
     seen = []
     for at in range(0, speech.size, step):
         st.feed(speech[at : at + step])

@@ -28,7 +28,7 @@ KINDS = {
 @pytest.mark.timeout(360)
 def test_short_soak_loses_and_duplicates_nothing() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--duration", "62", "--fault-every", "8.2",
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--duration", "50", "--fault-every", "6.6",
          "--sessions", "8", "--nodes", "3", "--settle", str(60 * SCALE)],
         capture_output=True, text=True, timeout=300 * SCALE, env=unmeasured_env(),
     )  # fmt: skip

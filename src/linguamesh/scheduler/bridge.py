@@ -128,6 +128,22 @@ class Bridge:
             await self.cluster.claim(job_id)  # a dead owner's job: carried on here if claimed
         return False
 
+    async def recover(self, job_id: str) -> bool:
+        try:
+            rec = await self.store.load_job(JobId(job_id))
+        except DependencyDown:
+            return False
+        if rec is None or rec.owner != self.me or rec.state == "ended" or not rec.data:
+            return False
+        log.warning(
+            "job.recovered",
+            job_id=job_id,
+            state=rec.state,
+            reason="result for a job of this instance's previous run",
+        )
+        await self.adopt_job(rec, expired=False)
+        return JobId(job_id) in self.parts.runner.runs
+
     def _watch(self, job_id: str, node_id: NodeId, frame: str, owner: str, tries: int) -> None:
         """A node's result went to the job's owner: if the owner says nothing to the node
         about the job within RESULT_WATCH (an ack), it is asked again — or, once it is no

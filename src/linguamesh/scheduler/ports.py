@@ -89,6 +89,12 @@ class Remote(Protocol):
         live owner. With ``claim`` (a result), a job of a dead owner is taken over here."""
         ...
 
+    async def recover(self, job_id: str) -> bool:
+        """A result for a job this instance owns by the shared record but does not run (its
+        previous run under the same id owned it): take the job up from the record. True
+        when it now runs here."""
+        ...
+
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
         """This instance took the session over from ``prev_owner``."""
         ...
@@ -118,6 +124,9 @@ class NoRemote:
         return None
 
     async def forward(self, node_id: NodeId, job_id: str, frame: str, claim: bool) -> bool:
+        return False
+
+    async def recover(self, job_id: str) -> bool:
         return False
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:

@@ -113,6 +113,14 @@ class Runner:
             ):
                 return
             run = self.runs.get(JobId(job_id))  # taken over here by a result of a dead owner's job
+        if (
+            run is None
+            and self.remote.shared
+            and isinstance(msg, p.JobResult)
+            and JobId(job_id) not in self.finished
+            and await self.remote.recover(job_id)
+        ):
+            run = self.runs.get(JobId(job_id))  # owned here by its record, from before a restart
         if run is None:
             await self._unknown(node_id, msg)
             return

@@ -2,6 +2,7 @@
 // see each utterance's status, draft and final transcript, translation and speech.
 // Speaks protocol v1 over /ws/session; reconnects with `resume` and drops repeated events by seq.
 import { RATE, Resampler, EnergyVad, resampleAll, toPcm16, b64, unb64 } from "./audio.js";
+import { langName } from "./lang.js";
 
 const $ = (id) => document.getElementById(id);
 const CHUNK_SAMPLES = 1600; // 100 ms per audio_chunk
@@ -61,13 +62,6 @@ function fillTargets() {
   if (all.includes(keep)) tgtSel.value = keep;
 }
 
-function langName(code) {
-  try {
-    return `${new Intl.DisplayNames([navigator.language || "en"], { type: "language" }).of(code)} (${code})`;
-  } catch (e) {
-    return code;
-  }
-}
 
 // ------------------------------------------------------------------ connection
 

@@ -1,6 +1,7 @@
 // Viewer page: live subtitles of a session over Server-Sent Events. EventSource reconnects by
 // itself and sends Last-Event-ID, so the server replays what was missed; earlier subtitles come
 // from the same replay when the page opens mid-session.
+import { langName } from "./lang.js";
 const $ = (id) => document.getElementById(id);
 const sessionId = decodeURIComponent(location.pathname.split("/").pop());
 const params = new URLSearchParams(location.search);
@@ -42,7 +43,7 @@ function fillLangs() {
   const sel = $("lang");
   if (!state.lang && state.langs.size) state.lang = [...state.langs][0];
   const all = [...new Set([...state.langs, state.lang].filter(Boolean))].sort();
-  sel.replaceChildren(...all.map((l) => new Option(l, l)));
+  sel.replaceChildren(...all.map((l) => new Option(langName(l), l)));
   sel.value = state.lang;
 }
 
