@@ -248,8 +248,7 @@ class Desk:
         return int(await until_available(self.store.last_seq, session_id))
 
     async def stop(self) -> None:
-        for s in list(self.sessions.values()):
-            await s.stop()
+        await asyncio.gather(*(s.stop() for s in list(self.sessions.values())))
 
     # ------------------------------------------------------------------ the outbox
 

@@ -84,6 +84,12 @@ class SessionRelay:
     async def _lookup(self) -> Notify | None:
         return await self._notice(self.session_id) if self._notice is not None else None
 
+    def stop(self) -> None:
+        """The process stops: the relay's task is cancelled (what it holds is logged as lost)."""
+        if self._task is not None:
+            log.warning("relay.stopped", session_id=self.session_id, queued=self._queue.qsize())
+            self._task.cancel()
+
     def _wake(self) -> None:
         if self._task is None:
             # a fresh context: the relay must not carry the log context of the job that woke it

@@ -29,10 +29,13 @@ class Tasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
 
-    async def stop(self) -> None:
-        """Cancel every task still running and wait for them."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Cancel every task still running and wait for them (at most ``timeout``: a stop is
+        bounded; a task that has not ended by then is named in the log)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("tasks.left_running", tasks=sorted(t.get_name() for t in pending))
