@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,10 @@ class FasterWhisperASR(ASREngine):
 
         return self.models.get(self.key, loader, path_size(self.path))
 
-    def _transcribe(
-        self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: threading.Event
-    ) -> str:
-        if speech.samples.size == 0:
-            return ""
+    def _segments(self, speech: Speech, lang: str, stop: threading.Event, *, words: bool) -> Iterator[Any]:
+        """Decode, one segment at a time (greedy, see the module's docstring); with ``words``
+        each segment carries word times. Raises Cancelled once ``stop`` is set."""
         model = self.load()
-        texts: list[str] = []
         with self.models.inference(self.key):
             try:
                 segments, _info = model.transcribe(
@@ -87,43 +85,35 @@ class FasterWhisperASR(ASREngine):
                     beam_size=1,
                     temperature=0.0,
                     condition_on_previous_text=False,
-                    without_timestamps=True,
+                    without_timestamps=not words,
+                    word_timestamps=words,
                     max_new_tokens=self.max_new_tokens,
                     no_repeat_ngram_size=3,
                     vad_filter=False,
                 )
                 for seg in segments:  # a generator: decoding happens while we iterate
-                    texts.append(seg.text.strip())
                     if stop.is_set():
                         raise Cancelled()
-                    if on_partial is not None:
-                        on_partial(" ".join(texts))
+                    yield seg
             except (RuntimeError, ValueError) as exc:
                 raise EngineError(f"whisper failed: {exc}") from None
+
+    def _transcribe(
+        self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: threading.Event
+    ) -> str:
+        if speech.samples.size == 0:
+            return ""
+        texts: list[str] = []
+        for seg in self._segments(speech, lang, stop, words=False):
+            texts.append(seg.text.strip())
+            if on_partial is not None:
+                on_partial(" ".join(texts))
         return " ".join(t for t in texts if t)
 
     def _words(self, speech: Speech, lang: str, stop: threading.Event) -> list[Word]:
         if speech.samples.size == 0:
             return []
-        model = self.load()
         out: list[Word] = []
-        with self.models.inference(self.key):
-            try:
-                segments, _info = model.transcribe(
-                    speech.samples,
-                    language=lang,
-                    beam_size=1,
-                    temperature=0.0,
-                    condition_on_previous_text=False,
-                    word_timestamps=True,
-                    max_new_tokens=self.max_new_tokens,
-                    no_repeat_ngram_size=3,
-                    vad_filter=False,
-                )
-                for seg in segments:
-                    if stop.is_set():
-                        raise Cancelled()
-                    out += [Word(w.word.strip(), float(w.start), float(w.end)) for w in seg.words or []]
-            except (RuntimeError, ValueError) as exc:
-                raise EngineError(f"whisper failed: {exc}") from None
+        for seg in self._segments(speech, lang, stop, words=True):
+            out += [Word(w.word.strip(), float(w.start), float(w.end)) for w in seg.words or []]
         return [w for w in out if w.text]
