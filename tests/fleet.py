@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from linguamesh import protocol as p
 from linguamesh.client import ClientError, SessionClient
+from linguamesh.client.session import utterance_ref
 
 from .conftest import SCALE, free_port, pcm
 from .procs import Proc, launch, node_config, wait_ready
@@ -192,7 +194,7 @@ class Fleet:
         assert proc is not None
         try:
             return proc.proc.wait(timeout * SCALE)
-        except Exception:
+        except subprocess.TimeoutExpired:  # still running: the caller decides
             return None
 
     def restart_redis_empty(self) -> None:
@@ -294,15 +296,13 @@ class Speaker:
         if isinstance(ev, p.TranslationResult):
             key = (self.generation, ev.utterance_index)
             end = "ok" if ev.status == "ok" else f"failed:{ev.error.code if ev.error else '?'}"
-        elif isinstance(ev, p.Error):
-            index = _ref_index(ev.ref)
+        elif isinstance(ev, p.Error):  # the client library no longer re-sends what it names
+            index = utterance_ref(ev.ref)
             if index is None:
                 self.unattributed.append(ev.code)
                 return
             key = (self.generation, index)
             end = f"error:{ev.code}"
-            if self.client is not None:
-                self.client.unconfirmed.pop(index, None)  # refused: not re-sent
         else:
             return
         o = self.outcomes.get(key)
@@ -367,15 +367,6 @@ class Speaker:
                 await self.client.disconnect()
             except Exception:
                 pass
-
-
-def _ref_index(ref: str | None) -> int | None:
-    if ref and ref.startswith("utterance "):
-        try:
-            return int(ref.split()[1])
-        except ValueError:
-            return None
-    return None
 
 
 @dataclass

@@ -33,6 +33,14 @@ class ClientError(Exception):
         self.message = message
 
 
+def utterance_ref(ref: str | None) -> int | None:
+    """The utterance an error's ``ref`` names ("utterance N"), if it names one."""
+    if ref and ref.startswith("utterance "):
+        n = ref.split()[1] if len(ref.split()) > 1 else ""
+        return int(n) if n.isdigit() else None
+    return None
+
+
 def session_url(url: str) -> str:
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
@@ -203,8 +211,8 @@ class SessionClient:
         frame = await asyncio.wait_for(self.ws.recv(), timeout)
         event = p.decode_event(frame)
         index = getattr(event, "utterance_index", None)
-        if index is None and isinstance(event, p.Error) and event.ref and event.ref.startswith("utterance "):
-            index = int(event.ref.split()[1]) if event.ref.split()[1].isdigit() else None
+        if index is None and isinstance(event, p.Error):
+            index = utterance_ref(event.ref)
         if index is not None:
             self.unconfirmed.pop(index, None)
         seq = getattr(event, "seq", 0)
@@ -241,4 +249,4 @@ class SessionClient:
         return out
 
 
-__all__ = ["ClientError", "ConnectionClosed", "SessionClient", "session_url"]
+__all__ = ["ClientError", "ConnectionClosed", "SessionClient", "session_url", "utterance_ref"]

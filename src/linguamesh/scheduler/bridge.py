@@ -224,7 +224,7 @@ class Bridge:
     async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
         """Another instance handed us a job for a node we hold: dispatch and run it here."""
         runner = self.parts.runner
-        if JobId(job_id) in runner.runs or JobId(job_id) in runner.finished:
+        if self.knows(job_id):
             return  # a copy of the hand-over: the job runs, or ran, here
         job, tts, partials = job_from_data(
             job_id, data, JobState.ASSIGNED.value, int(data["attempt_id"]), data["node_id"], runner.clock()
