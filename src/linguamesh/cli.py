@@ -119,6 +119,17 @@ def scheduler(
     reconnect_url: Annotated[
         str | None, typer.Option(help="Where a draining scheduler sends clients and nodes (default: same)")
     ] = None,
+    streaming: Annotated[
+        bool | None,
+        typer.Option(
+            "--streaming/--no-streaming",
+            help="Send streamed audio to streaming nodes as it arrives (live captions) [on]",
+        ),
+    ] = None,
+    end_of_speech_ms: Annotated[
+        int | None,
+        typer.Option(help="Default trailing silence (ms) that ends an utterance, server-side [500]"),
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -150,6 +161,8 @@ def scheduler(
         redis_url=redis_url,
         drain_timeout=drain_timeout,
         reconnect_url=reconnect_url,
+        streaming=streaming,
+        end_of_speech_ms=end_of_speech_ms,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")

@@ -31,6 +31,12 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take ``amount`` even into debt (at most one burst of it): for what was accepted
+        before it could be weighed (streamed audio); later takes wait for the debt."""
+        self._refill(now)
+        self.tokens = max(-self.burst, self.tokens - amount)
+
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds until ``amount`` tokens are there (inf if more than ``burst``)."""
         self._refill(now)

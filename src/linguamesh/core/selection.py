@@ -100,6 +100,8 @@ class Request:
     requirements: tuple[Requirement, ...]
     excluded: frozenset[NodeId] = frozenset()
     preferred_node_id: NodeId | None = None
+    #: when set, only these nodes may take the job (a streaming job: local streaming nodes)
+    only: frozenset[NodeId] | None = None
 
 
 class NodeSource(Protocol):
@@ -129,7 +131,7 @@ class NodeSource(Protocol):
 def _check(node: NodeView, req: Request) -> Reason | None:
     if not node.online:
         return Reason.OFFLINE
-    if node.node_id in req.excluded:
+    if node.node_id in req.excluded or (req.only is not None and node.node_id not in req.only):
         return Reason.EXCLUDED
     if not all(node.capabilities.offers(r) for r in req.requirements):
         return Reason.MISSING_MODELS
@@ -148,7 +150,13 @@ def _preferred(src: NodeSource, req: Request) -> tuple[NodeId | None, Fallback |
     if pid is None:
         return None, None
     node = src.get(pid)
-    if node is None or not node.online or pid in req.excluded or node.free_slots <= 0:
+    if (
+        node is None
+        or not node.online
+        or pid in req.excluded
+        or (req.only is not None and pid not in req.only)
+        or node.free_slots <= 0
+    ):
         return None, Fallback.NODE_UNAVAILABLE
     if not _pool_fits(node.pool, req):
         return None, Fallback.NODE_NOT_IN_POOL

@@ -34,6 +34,7 @@ from .base import (
     RepairEngine,
     Speech,
     TTSEngine,
+    Word,
 )
 
 
@@ -90,6 +91,19 @@ class _TestASR(ASREngine):
         elif self.s.delay["asr"]:
             await asyncio.sleep(self.s.delay["asr"])
         return text
+
+    async def words(self, speech: Speech, lang: str) -> list[Word]:
+        """Streaming decodes: the configured text's words spread over the speech (a
+        ``{seconds}`` in it changes with every decode, as a real tail does)."""
+        if self.s.fail and self.s.fail_every == 1:
+            await asyncio.sleep(self.s.delay["asr"])
+            raise EngineError(f"test engine configured to fail ({self.s.fail})", str(self.s.fail))
+        seconds = speech.samples.size / speech.sample_rate
+        if self.s.delay["asr"]:
+            await asyncio.sleep(self.s.delay["asr"])
+        tokens = self.s.text.format(seconds=f"{seconds:.2f}", n=0, lang=lang).split()
+        step = seconds / max(1, len(tokens))
+        return [Word(t, i * step, (i + 1) * step) for i, t in enumerate(tokens)]
 
     def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: Any) -> str:
         raise NotImplementedError("async only")

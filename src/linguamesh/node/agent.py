@@ -28,7 +28,8 @@ from ..engines.registry import EngineSet
 from ..observability.logging import bind, get_logger
 from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
 from .config import NodeConfig
-from .pipeline import run_pipeline
+from .live import LiveInput, run_streaming
+from .pipeline import PipelineOutput, run_pipeline
 
 log = get_logger("linguamesh.node")
 
@@ -43,6 +44,8 @@ class FatalNodeError(Exception):
 class _Running:
     job: p.JobAssign
     task: asyncio.Task[None]
+    #: a streaming job's audio so far
+    live: LiveInput | None = None
 
 
 def node_url(url: str) -> str:
@@ -78,6 +81,7 @@ class NodeAgent:
         self._reconnect_after: float | None = None
         #: set when a job ends or a result is acked (the drain waits on it)
         self._progress = asyncio.Event()
+        self._sends: set[asyncio.Task[bool]] = set()
 
     def _register_gauges(self) -> None:
         m = self.metrics
@@ -210,6 +214,7 @@ class NodeAgent:
 
     async def _serve(self, ws: ClientConnection, url: str) -> None:
         caps = self.engines.capabilities()
+        caps.streaming = self.config.streaming and bool(caps.asr_languages)
         await ws.send(
             p.encode_str(
                 p.NodeRegister(
@@ -255,6 +260,12 @@ class NodeAgent:
             await asyncio.sleep(self.heartbeat_interval)
             await self._send(self._heartbeat_msg())
 
+    def _send_soon(self, msg: Any) -> None:
+        """Send from code that cannot wait (sends keep their order: the lock is fair)."""
+        task = asyncio.get_running_loop().create_task(self._send(msg))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
     async def _send(self, msg: Any) -> bool:
         ws = self.ws
         if ws is None:
@@ -276,6 +287,8 @@ class NodeAgent:
             return
         if isinstance(msg, p.JobAssign):
             await self._assign(msg)
+        elif isinstance(msg, p.JobAudio):
+            self._audio(msg)
         elif isinstance(msg, p.JobResultAck):
             key = (msg.job_id, msg.attempt_id)
             self._progress.set()
@@ -309,13 +322,31 @@ class NodeAgent:
             log.warning("job.rejected", reason=reason, **fields)
             await self._send(p.JobReject(job_id=job.job_id, attempt_id=job.attempt_id, reason=reason))
             return
+        live: LiveInput | None = None
+        if job.streaming:
+            try:
+                live = LiveInput(job)
+            except EngineError as exc:
+                await self._send(_failure(job, exc.code, str(exc)))
+                return
         self.metrics.inc("node_jobs_received")
-        log.info("job.received", stages=job.stages, audio_bytes=len(job.audio), **fields)
-        task = asyncio.create_task(
-            self._run_job(job), name=f"job-{job.job_id}", context=contextvars.Context()
+        log.info(
+            "job.received", stages=job.stages, audio_bytes=len(job.audio), streaming=job.streaming, **fields
         )
-        self.running[job.job_id] = _Running(job, task)
+        task = asyncio.create_task(
+            self._run_job(job, live), name=f"job-{job.job_id}", context=contextvars.Context()
+        )
+        self.running[job.job_id] = _Running(job, task, live)
         await self._send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+
+    def _audio(self, msg: p.JobAudio) -> None:
+        r = self.running.get(msg.job_id)
+        if r is None or r.live is None or r.job.attempt_id != msg.attempt_id:
+            log.debug("job_audio.unknown_job", job_id=msg.job_id, attempt_id=msg.attempt_id, seq=msg.seq)
+            return
+        problem = r.live.add(msg)
+        if problem is not None:
+            log.warning("job_audio.refused", problem=problem, seq=msg.seq, **self._fields(r.job))
 
     def _cancel(self, msg: p.JobCancel) -> None:
         self.unacked.pop((msg.job_id, msg.attempt_id), None)
@@ -326,21 +357,13 @@ class NodeAgent:
             self.metrics.inc("node_jobs_cancelled")
             r.task.cancel()
 
-    async def _run_job(self, job: p.JobAssign) -> None:
+    async def _run_job(self, job: p.JobAssign, live: LiveInput | None = None) -> None:
         fields = self._fields(job)
         bind(**fields)  # this task's log context (contextvars: private to the task)
         try:
             await self._send(p.JobStarted(job_id=job.job_id, attempt_id=job.attempt_id))
-
-            loop = asyncio.get_running_loop()
-
-            def partial(stage: str, text: str) -> None:
-                # engines call this from their worker thread
-                msg = p.JobPartial(job_id=job.job_id, attempt_id=job.attempt_id, stage=stage, text=text)
-                loop.call_soon_threadsafe(lambda: loop.create_task(self._send(msg)))
-
             try:
-                out = await run_pipeline(self.engines, job, partial, fields)
+                out = await self._pipeline(job, live, fields)
                 result = p.JobResult(
                     job_id=job.job_id,
                     attempt_id=job.attempt_id,
@@ -381,6 +404,28 @@ class NodeAgent:
             if r is not None and r.job.attempt_id == job.attempt_id:
                 del self.running[job.job_id]
             self._progress.set()
+
+    async def _pipeline(
+        self, job: p.JobAssign, live: LiveInput | None, fields: dict[str, Any]
+    ) -> PipelineOutput:
+        loop = asyncio.get_running_loop()
+        jid, aid = job.job_id, job.attempt_id
+        if live is None:
+
+            def partial(stage: str, text: str) -> None:
+                # engines call this from their worker thread
+                msg = p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text)
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._send(msg)))
+
+            return await run_pipeline(self.engines, job, partial, fields)
+
+        def live_partial(stage: str, text: str, stable: int | None) -> None:
+            self._send_soon(p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text, stable=stable))
+
+        def speech_end(size: int) -> None:
+            self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size))
+
+        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
 
 
 def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:

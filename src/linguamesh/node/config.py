@@ -26,6 +26,8 @@ class NodeConfig:
     metrics_port: int = 0
     #: On SIGTERM: seconds to finish running jobs and get their results acked before exiting.
     drain_timeout: float = 30.0
+    #: Take streaming jobs (audio forwarded while the person speaks; live captions).
+    streaming: bool = True
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> NodeConfig:

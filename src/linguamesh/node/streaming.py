@@ -51,6 +51,13 @@ class StreamingTranscriber:
     def heard(self) -> float:
         return self._heard
 
+    def truncate(self, seconds: float) -> None:
+        """The speech ends at ``seconds`` (from the start of all audio heard): drop the rest."""
+        keep = max(0, round((seconds - self._offset) * self.rate))
+        if keep < self._audio.size:
+            self._audio = self._audio[:keep]
+            self._heard = self._offset + keep / self.rate
+
     def feed(self, samples: np.ndarray) -> None:
         self._audio = np.concatenate([self._audio, samples.astype(np.float32, copy=False)])
         self._heard += samples.size / self.rate

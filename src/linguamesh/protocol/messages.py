@@ -58,6 +58,8 @@ class Capabilities(msgspec.Struct, omit_defaults=True):
     tts_languages: list[str] = []
     repair_languages: list[str] = []
     semantic_languages: list[str] = []
+    #: Our addition: the node takes streaming jobs (``job_assign.streaming``, ``job_audio``).
+    streaming: bool = False
 
 
 class ModelInfo(msgspec.Struct, omit_defaults=True):
@@ -80,6 +82,12 @@ class SessionInit(_Msg, tag="session_init", kw_only=True):
     sample_rate: int = 16000
     preferred_node_id: str | None = None
     resume: ResumeInfo | None = None
+    #: Our addition: who ends an utterance streamed as ``audio_chunk``s. ``client``: the
+    #: client (``is_final``; the idle gap and the length limit as in v1). ``server``: the
+    #: node's VAD, after ``end_of_speech_ms`` of trailing silence; the client may stream
+    #: continuously.
+    end_of_speech: Literal["client", "server"] = "client"
+    end_of_speech_ms: int | None = None
 
 
 class Utterance(_Msg, tag="utterance", kw_only=True):
@@ -136,6 +144,12 @@ class AsrPartial(_Msg, tag="asr_partial", kw_only=True):
     seq: int = 0
     utterance_index: int
     text: str
+    #: Our additions (streaming): the first ``stable`` characters of ``text`` will not
+    #: change; ``translation`` is the draft translation into ``tgt_lang`` of the stable
+    #: sentences so far.
+    stable: int | None = None
+    tgt_lang: str | None = None
+    translation: str | None = None
 
 
 class TranslationResult(_Msg, tag="translation_result", kw_only=True):
@@ -227,6 +241,19 @@ class JobPartial(_Msg, tag="job_partial", kw_only=True):
     attempt_id: int
     stage: str
     text: str
+    #: Our addition: with stage ``asr``, the first ``stable`` characters will not change.
+    stable: int | None = None
+
+
+class JobSpeechEnd(_Msg, tag="job_speech_end", kw_only=True):
+    """Our addition: in a streaming job with ``end_of_speech_ms``, the node's VAD heard the
+    speech end; the utterance is the first ``size`` bytes of the job's audio (the node
+    finishes the job on them). The scheduler closes the utterance there and starts the
+    next one with the audio after it."""
+
+    job_id: str
+    attempt_id: int
+    size: int
 
 
 class JobResult(_Msg, tag="job_result", kw_only=True):
@@ -242,9 +269,11 @@ class JobResult(_Msg, tag="job_result", kw_only=True):
     error: ErrorInfo | None = None
 
 
-NodeMessage = NodeRegister | NodeHeartbeat | JobAck | JobReject | JobStarted | JobPartial | JobResult
+NodeMessage = (
+    NodeRegister | NodeHeartbeat | JobAck | JobReject | JobStarted | JobPartial | JobSpeechEnd | JobResult
+)
 #: the node messages about one job (each carries ``job_id`` and ``attempt_id``)
-JobMessage = JobAck | JobReject | JobStarted | JobPartial | JobResult
+JobMessage = JobAck | JobReject | JobStarted | JobPartial | JobSpeechEnd | JobResult
 
 
 # ---------------------------------------------------------------- scheduler -> node
@@ -270,6 +299,25 @@ class JobAssign(_Msg, tag="job_assign", kw_only=True):
     sample_rate: int
     stages: list[Stage]
     deadline_ms: int
+    #: Our additions (streaming): ``audio`` is the utterance so far; the rest follows as
+    #: ``job_audio`` messages numbered from ``audio_seq``, the last with ``is_final``.
+    streaming: bool = False
+    audio_seq: int = 0
+    #: the node ends the utterance itself after this much trailing silence (``job_speech_end``)
+    end_of_speech_ms: int | None = None
+
+
+class JobAudio(_Msg, tag="job_audio", kw_only=True):
+    """Our addition: more audio of a streaming job, in order (``seq`` counts from the
+    assign's ``audio_seq``). With ``is_final`` the utterance is complete; ``size``, when
+    given, is its whole length in bytes (the node drops audio it got beyond it)."""
+
+    job_id: str
+    attempt_id: int
+    seq: int
+    audio: bytes = b""
+    is_final: bool = False
+    size: int | None = None
 
 
 class JobResultAck(_Msg, tag="job_result_ack", kw_only=True):
@@ -283,4 +331,4 @@ class JobCancel(_Msg, tag="job_cancel", kw_only=True):
     reason: str
 
 
-SchedulerToNode = NodeRegisterAck | JobAssign | JobResultAck | JobCancel | Error | Reconnect
+SchedulerToNode = NodeRegisterAck | JobAssign | JobAudio | JobResultAck | JobCancel | Error | Reconnect

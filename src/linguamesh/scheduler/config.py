@@ -26,6 +26,11 @@ class SchedulerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_utterance_seconds: float = 30.0
     chunk_idle_gap: float = 1.0
+    #: Streamed audio goes to a streaming node as it arrives (the job starts at the first
+    #: ``audio_chunk``); off: buffered until the utterance ends, as in v1.
+    streaming: bool = True
+    #: Server-side end of speech: the default trailing silence that ends an utterance.
+    end_of_speech_ms: int = 500
     history_size: int = 1000
     selector: str = "pooled"
     node_token: str | None = None

@@ -73,6 +73,13 @@ class Desk:
                 raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE_PAIR, problem)
         if init.sample_rate <= 0 or init.sample_rate > 192_000:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"sample_rate {init.sample_rate} is out of range")
+        end_ms = None
+        if init.end_of_speech == "server":
+            end_ms = init.end_of_speech_ms or self.config.end_of_speech_ms
+            if not 200 <= end_ms <= 5000:
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE, f"field `end_of_speech_ms`: {end_ms} is out of range (200-5000)"
+                )
         settings = SessionSettings(
             src_lang=init.src_lang,
             tgt_langs=tgts,
@@ -81,6 +88,7 @@ class Desk:
             audio_format=init.audio_format,
             sample_rate=init.sample_rate,
             preferred_node_id=init.preferred_node_id,
+            end_of_speech_ms=end_ms,
         )
         session = self._session(
             session_id=new_session_id(),

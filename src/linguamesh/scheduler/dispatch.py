@@ -168,6 +168,8 @@ class Dispatcher:
             requirements(job.stages, job.src_lang, job.tgt_lang),
             frozenset(job.excluded),
             job.preferred_node_id,
+            # a job whose utterance is still spoken goes to a streaming node held here
+            self.registry.streaming_nodes() if run.live is not None and run.live.open else None,
         )
         if first or job.attempt_id > 1:
             log.info(
@@ -272,6 +274,10 @@ class Dispatcher:
     async def dispatch(self, run: JobRun, node_id: NodeId, attempt_id: int) -> Delivery:
         """Write ``job_assign`` to the node, or hand the job to the instance holding it."""
         job = run.job
+        live = run.live
+        if live is not None and live.open and not self.registry.streams(node_id):
+            # the streaming node chosen for an utterance still spoken is gone: select again
+            return Written(False)
         if node_id not in self.registry.nodes:
             holder = self.remote.node_holder(node_id)
             if holder is not None:
@@ -280,6 +286,9 @@ class Dispatcher:
                     return HandedOver(holder)
                 return Written(False)
         deadline = self.config.ack_timeout + self.timeouts.result_deadline(job.audio_seconds)
+        streaming = live is not None and live.open
+        if live is not None and live.open:
+            job.audio = bytes(live.pcm)  # the audio so far; the rest follows as job_audio
         msg = p.JobAssign(
             job_id=job.job_id,
             attempt_id=attempt_id,
@@ -294,10 +303,21 @@ class Dispatcher:
             stages=list(job.stages),  # type: ignore[arg-type]
             deadline_ms=int(deadline * 1000),
         )
+        if streaming and live is not None:
+            msg.streaming = True
+            msg.audio_seq = live.pieces
+            msg.end_of_speech_ms = run.end_of_speech_ms
+            # set before the write: a chunk arriving meanwhile follows the assign on the socket
+            run.streamed_to = (node_id, attempt_id)
         ok = await self.registry.send(node_id, msg, job_id=job.job_id)
         if ok:
             latency = self.clock() - job.created_at
-            log.info("job.dispatched", **job_fields(job), dispatch_latency_seconds=round(latency, 6))
+            log.info(
+                "job.dispatched",
+                **job_fields(job),
+                dispatch_latency_seconds=round(latency, 6),
+                streaming=msg.streaming,
+            )
             self.metrics.inc("jobs_dispatched")
             self.metrics.dispatch_latency.observe(latency)
         return Written(ok)

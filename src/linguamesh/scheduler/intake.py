@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 
 from .. import protocol as p
 from ..audio import FRAME_MS, BadAudio, duration_seconds, split_points, to_float32, voiced_frames
-from ..core.ids import NodeId, new_job_id
-from ..core.jobs import Job
+from ..core.ids import NodeId, SessionId, new_job_id
+from ..core.jobs import Job, JobState
 from ..core.ratelimit import TokenBucket
 from ..core.stages import expand_stages
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import DependencyDown
-from .jobrun import JobRun
+from .jobrun import JobRun, LiveAudio
 from .ports import Env
 from .records import job_fields, job_record
 from .runner import Runner
@@ -26,11 +27,15 @@ from .sessions import Session
 
 log = get_logger("linguamesh.scheduler")
 
+#: A job in these states has its audio streamed to its node (the assign is written or on its way).
+STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
+
 
 class Intake:
-    def __init__(self, env: Env, runner: Runner) -> None:
+    def __init__(self, env: Env, runner: Runner, sessions: Mapping[SessionId, Session]) -> None:
         self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.runner = runner
+        self.sessions = sessions
         #: per client address: (utterances, audio seconds) token buckets
         self.by_ip: dict[str, tuple[TokenBucket, TokenBucket]] = {}
 
@@ -105,20 +110,8 @@ class Intake:
         rate: int,
         request_id: str | None,
     ) -> None:
-        if session.closing:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
-        if index < 0:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
-        self._limit(session, index, None)
-        if index <= session.max_index and await self.store.lookup_request(session.session_id, f"u:{index}"):
-            log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
-            self.metrics.inc("utterances_duplicate")
+        if not await self._admit(session, index):
             return
-        if index < session.max_index:
-            raise ProtocolError(
-                ErrorCode.BAD_MESSAGE,
-                f"utterance_index {index} is below {session.max_index}: indices must increase",
-            )
         try:
             seconds = duration_seconds(audio, fmt, rate)
         except BadAudio as exc:
@@ -129,6 +122,39 @@ class Intake:
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
         self._limit(session, index, seconds)
+        await self._accept(session, index, audio, fmt, rate, request_id, seconds)
+
+    async def _admit(self, session: Session, index: int) -> bool:
+        """The checks of a new utterance index before its audio; False for a duplicate."""
+        if session.closing:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
+        if index < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
+        self._limit(session, index, None)
+        if index <= session.max_index and await self.store.lookup_request(session.session_id, f"u:{index}"):
+            log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
+            self.metrics.inc("utterances_duplicate")
+            return False
+        if index < session.max_index:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                f"utterance_index {index} is below {session.max_index}: indices must increase",
+            )
+        return True
+
+    async def _accept(
+        self,
+        session: Session,
+        index: int,
+        audio: bytes,
+        fmt: str,
+        rate: int,
+        request_id: str | None,
+        seconds: float,
+        live: LiveAudio | None = None,
+    ) -> bool:
+        """Record the utterance and its jobs (one per target language) in one store step and
+        start them. ``live``: the utterance is still being spoken (its jobs stream)."""
         st = session.settings
         now = self.clock()
         preferred = NodeId(st.preferred_node_id) if st.preferred_node_id else None
@@ -145,7 +171,8 @@ class Intake:
                 audio=audio,
                 audio_format=fmt,
                 sample_rate=rate,
-                audio_seconds=seconds,
+                # a job still being spoken: its deadlines allow for the longest utterance
+                audio_seconds=self.config.max_utterance_seconds if live is not None else seconds,
                 created_at=now,
                 request_id=request_id,
                 preferred_node_id=preferred,
@@ -167,7 +194,7 @@ class Intake:
                 by=refused,
             )
             self.metrics.inc("utterances_duplicate")
-            return
+            return False
         session.max_index = max(session.max_index, index)
         log.info(
             "utterance.received",
@@ -178,8 +205,10 @@ class Intake:
             tgt_langs=st.tgt_langs,
             audio_size_bytes=len(audio),
             audio_seconds=round(seconds, 3),
+            streaming=live is not None,
         )
         self.metrics.inc("utterances_received")
+        runs = []
         for job in jobs:
             session.active_jobs.add(job.job_id)
             session.job_ids.append(job.job_id)
@@ -193,8 +222,18 @@ class Intake:
                 audio_format=fmt,
                 audio_size_bytes=len(audio),
             )
-            run = JobRun(job, st.tts, st.partials, first_tgt=job.tgt_lang == st.tgt_langs[0])
+            first = job.tgt_lang == st.tgt_langs[0]
+            run = JobRun(job, st.tts, st.partials, first_tgt=first)
+            if live is not None:
+                run.live = live
+                run.end_of_speech_ms = st.end_of_speech_ms if first else None
+                live.runs.append(run)
+            runs.append(run)
+        if live is not None:
+            session.live = live
+        for run in runs:
             await self.runner.created(run)
+        return True
 
     # streaming ---------------------------------------------------------------
 
@@ -209,13 +248,16 @@ class Intake:
         if len(msg.audio) % 2:
             raise ProtocolError(ErrorCode.BAD_AUDIO, "field `audio`: pcm16 chunk has an odd byte count")
         session.chunk_seq = msg.seq
-        session.chunk_buf += msg.audio
         if session.chunk_timer is not None:
             session.chunk_timer.cancel()
             session.chunk_timer = None
+        if session.live is not None or (not session.chunk_buf and msg.audio and self._can_stream()):
+            await self._live_chunk(session, msg.audio, msg.is_final)
+            return
+        session.chunk_buf += msg.audio
         max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
         while len(session.chunk_buf) >= max_bytes:  # at the limit: cut in a pause
-            await self._close_chunked(session, "split", self._part(session))
+            await self._close_chunked(session, "split", self._part(session.chunk_buf, session))
         if msg.is_final:
             await self._close_chunked(session, "final")
         elif session.chunk_buf:
@@ -224,11 +266,152 @@ class Intake:
                 lambda: self.tasks.spawn(self._close_chunked(session, "idle_gap"), "chunk-close"),
             )
 
-    def _part(self, session: Session) -> bytes:
-        """The first part of a streamed utterance longer than the limit, cut in a pause (never
-        inside a word when there is a pause to cut at), taken out of the session's buffer."""
+    # streamed to a node as it arrives (issue 14; docs/protocol.md "Streaming jobs")
+
+    def _can_stream(self) -> bool:
+        return self.config.streaming and bool(self.runner.registry.streaming_nodes())
+
+    async def _live_chunk(self, session: Session, audio: bytes, is_final: bool) -> None:
+        live = session.live
+        if live is None:
+            await self._open_live(session, audio)
+        else:
+            await self._append(session, live, audio)
+        live = session.live
+        if live is None:
+            return
+        if is_final:
+            await self._close_live(session, live, "final")
+            return
+        max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
+        while session.live is not None and len(session.live.pcm) >= max_bytes:  # cut in a pause
+            live = session.live
+            await self._close_live(session, live, "split", len(self._part(bytearray(live.pcm), session)))
+        self._arm_idle(session)
+
+    def _arm_idle(self, session: Session) -> None:
+        live = session.live
+        if live is None:
+            return
+        if session.chunk_timer is not None:
+            session.chunk_timer.cancel()
+        session.chunk_timer = asyncio.get_running_loop().call_later(
+            self.config.chunk_idle_gap,
+            lambda: self.tasks.spawn(self._close_live(session, live, "idle_gap"), "chunk-close"),
+        )
+
+    async def _open_live(self, session: Session, audio: bytes) -> None:
+        """The first audio of an utterance: its jobs start now, with this much audio."""
+        index = session.max_index + 1
         rate = session.settings.sample_rate
-        buf = session.chunk_buf
+        seconds = len(audio) / 2 / rate
+        try:
+            if not await self._admit(session, index):
+                return
+            self._limit(session, index, seconds)
+            live = LiveAudio(index, bytearray(audio))
+            await self._accept(session, index, audio, "pcm16", rate, None, seconds, live)
+        except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
+            session.emit(p.Error(code=exc.code, message=exc.message, ref=exc.ref or f"utterance {index}"))
+        except DependencyDown as exc:
+            log.warning("session.dependency_down", session_id=session.session_id, utterance_index=index)
+            message = f"shared state unavailable, try again: {exc}"
+            session.emit(
+                p.Error(code=ErrorCode.DEPENDENCY_DOWN.value, message=message, ref=f"utterance {index}")
+            )
+
+    async def _append(self, session: Session, live: LiveAudio, audio: bytes) -> None:
+        if not audio:
+            return
+        now = self.clock()
+        seconds = len(audio) / 2 / session.settings.sample_rate
+        for bucket in (self._buckets(session, now)[1], self._buckets(session, now)[3]):
+            bucket.charge(seconds, now)  # accepted: a client streaming too fast waits at its next utterance
+        seq = live.pieces
+        live.pcm += audio
+        live.pieces += 1
+        for run in live.runs:
+            await self._forward(
+                run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=seq, audio=audio)
+            )
+
+    async def _forward(self, run: JobRun, make: Callable[[Job], p.JobAudio]) -> None:
+        """To the node of the job's current attempt, if its audio streams there."""
+        job = run.job
+        target = run.streamed_to
+        if (
+            target is None
+            or run.gone
+            or target != (job.node_id, job.attempt_id)
+            or job.state not in STREAMING_STATES
+        ):
+            return
+        await self.runner.registry.send(target[0], make(job), job_id=job.job_id)
+
+    async def speech_end(self, run: JobRun, size: int) -> None:
+        """The node heard the speech end ``size`` bytes into the utterance."""
+        live = run.live
+        session = self.sessions.get(run.job.session_id)
+        if session is None or live is None or not live.open or session.live is not live:
+            return
+        await self._close_live(session, live, "end_of_speech", max(0, min(size, len(live.pcm))))
+
+    async def _close_live(self, session: Session, live: LiveAudio, why: str, size: int | None = None) -> None:
+        """The utterance is complete: its first ``size`` bytes (all, without ``size``). The
+        audio after ``size`` starts the next utterance."""
+        if not live.open:
+            return
+        rest = b""
+        if size is not None and size < len(live.pcm):
+            rest = bytes(live.pcm[size:])
+            del live.pcm[size:]
+        live.open = False
+        if session.live is live:
+            session.live = None
+            if session.chunk_timer is not None:
+                session.chunk_timer.cancel()
+                session.chunk_timer = None
+        audio = bytes(live.pcm)
+        rate = session.settings.sample_rate
+        seconds = len(audio) / 2 / rate
+        log.info(
+            "utterance.closed",
+            session_id=session.session_id,
+            utterance_index=live.index,
+            why=why,
+            audio_seconds=round(seconds, 3),
+            streaming=True,
+        )
+        for run in live.runs:
+            job = run.job
+            if run.gone or job.state.terminal:
+                continue
+            job.audio = audio
+            job.audio_seconds = seconds
+            await self._forward(
+                run,
+                lambda j: p.JobAudio(
+                    job_id=j.job_id, attempt_id=j.attempt_id, seq=live.pieces, is_final=True, size=len(audio)
+                ),
+            )
+            if why == "split":
+                limit = self.config.max_utterance_seconds
+                reason = f"split: speech longer than {limit:g}s is cut at a pause; the rest follows as utterance {live.index + 1}"
+                status: p.JobStatusValue = "queued" if job.state is JobState.CREATED else "processing"
+                session.emit(
+                    p.JobStatus(
+                        utterance_index=live.index, tgt_lang=job.tgt_lang, status=status, reason=reason
+                    )
+                )
+        self.runner.dispatcher.kick()  # a job still waiting may go to any node now
+        if rest and not session.closed:
+            await self._open_live(session, rest)
+            self._arm_idle(session)
+
+    def _part(self, buf: bytearray, session: Session) -> bytes:
+        """The first part of a streamed utterance longer than the limit, cut in a pause (never
+        inside a word when there is a pause to cut at), taken out of ``buf``."""
+        rate = session.settings.sample_rate
         samples = to_float32(bytes(buf), "pcm16", rate, rate)
         max_frames = int(self.config.max_utterance_seconds * 1000 / FRAME_MS)
         # as if speech went on past the buffer: the cut falls in the buffer's last pause

@@ -10,6 +10,19 @@ from ..core.jobs import Job
 
 
 @dataclass(slots=True, eq=False)
+class LiveAudio:
+    """An utterance still being spoken, streamed as ``audio_chunk``s: its jobs (one per
+    target language) started at the first chunk and share this buffer. Each chunk is one
+    piece; ``job_audio.seq`` numbers the pieces."""
+
+    index: int
+    pcm: bytearray
+    pieces: int = 1
+    open: bool = True
+    runs: list[JobRun] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
 class JobRun:
     """A job in flight here: the core's :class:`Job` plus what only the shell needs.
 
@@ -31,6 +44,14 @@ class JobRun:
     pending_release: tuple[NodeId, int] | None = None
     #: the runner no longer holds the job (it ended, or another instance runs it)
     gone: bool = False
+    #: the utterance is still being spoken (streamed); its audio so far
+    live: LiveAudio | None = None
+    #: the attempt (node, attempt) the live audio is forwarded to as it arrives
+    streamed_to: tuple[NodeId, int] | None = None
+    #: server-side end of speech: the node ends the utterance after this much silence
+    end_of_speech_ms: int | None = None
+    #: the last partial transcript sent for the job (a translation draft repeats it)
+    last_partial: str = ""
 
     def disarm(self) -> None:
         for t in self.timers:

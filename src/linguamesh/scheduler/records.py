@@ -122,6 +122,7 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "audio_format": st.audio_format,
             "sample_rate": st.sample_rate,
             "preferred_node_id": st.preferred_node_id,
+            "end_of_speech_ms": st.end_of_speech_ms,
         },
         owner=owner,
         max_index=session.max_index,
@@ -138,6 +139,7 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         audio_format=st["audio_format"],
         sample_rate=int(st["sample_rate"]),
         preferred_node_id=st.get("preferred_node_id"),
+        end_of_speech_ms=st.get("end_of_speech_ms"),
     )
 
 

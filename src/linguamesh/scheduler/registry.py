@@ -44,6 +44,8 @@ class NodeConn:
     closed: bool = False
     heartbeat_writing: bool = False
     draining: bool = False
+    #: the node takes streaming jobs (capability ``streaming``)
+    streaming: bool = False
 
     async def send(self, msg: msgspec.Struct) -> bool:
         """Write one message; True only when the write finished."""
@@ -96,6 +98,7 @@ class Registry:
         view = NodeView(node_id, caps, msg.max_concurrent_jobs, last_heartbeat=now)
         await self.store.register_node(view, self.config.instance_id)
         nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
+        nc.streaming = msg.capabilities.streaming
         self.nodes[node_id] = nc
         self.metrics.inc("nodes_registered")
         log.info(
@@ -194,6 +197,14 @@ class Registry:
                 log.warning("node.remove_failed", node_id=nc.node_id, error=str(exc))
         self.remote.node_changed("gone", nc.node_id)
         return True
+
+    def streaming_nodes(self) -> frozenset[NodeId]:
+        """The streaming nodes held here (streamed audio is forwarded on their sockets)."""
+        return frozenset(n for n, c in self.nodes.items() if c.streaming and not c.draining)
+
+    def streams(self, node_id: NodeId) -> bool:
+        nc = self.nodes.get(node_id)
+        return nc is not None and nc.streaming and not nc.closed
 
     async def send(self, node_id: NodeId, msg: msgspec.Struct, job_id: str = "") -> bool:
         """Write to a node held here, or route through its holder's inbox.

@@ -14,7 +14,7 @@ import asyncio
 import contextvars
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .. import protocol as p
@@ -68,6 +68,8 @@ class Runner:
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
         #: the last failed jobs, newest last, for the operator page
         self.failures: deque[dict[str, Any]] = deque(maxlen=200)
+        #: set by the service: a node heard the end of a streamed utterance (at ``size`` bytes)
+        self.on_speech_end: Callable[[JobRun, int], Awaitable[None]] = _ignore_speech_end
 
     # ------------------------------------------------------------------ entry points
 
@@ -139,10 +141,13 @@ class Runner:
             log.info("job.rejected", **job_fields(job), reason=msg.reason)
             await self.apply(run, lambda j: self.lifecycle.rejected(j, msg.attempt_id, msg.reason, now))
         elif isinstance(msg, p.JobPartial):
-            if run.partials and run.first_tgt and msg.attempt_id == job.attempt_id and not job.state.terminal:
-                self.outbox.emit(
-                    job.session_id, p.AsrPartial(utterance_index=job.utterance_index, text=msg.text)
-                )
+            if msg.attempt_id == job.attempt_id and not job.state.terminal:
+                self._partial(run, msg)
+        elif isinstance(msg, p.JobSpeechEnd):
+            live = run.live
+            if msg.attempt_id == job.attempt_id and live is not None and live.open:
+                log.info("job.speech_end", **job_fields(job), size=msg.size)
+                await self.on_speech_end(run, msg.size)
         elif isinstance(msg, p.JobResult):
             log.info(
                 "job_result.received",
@@ -158,6 +163,27 @@ class Runner:
                     j, msg.attempt_id, node_id, msg.success, msg, code, message, now
                 ),
             )
+
+    def _partial(self, run: JobRun, msg: p.JobPartial) -> None:
+        """A draft: the transcript so far (from the first target's job: one per utterance)
+        or, in a streaming job, the translation of the sentences committed so far."""
+        job = run.job
+        if msg.stage == "asr":
+            run.last_partial = msg.text
+        if not run.partials:
+            return
+        if msg.stage == "asr" and run.first_tgt:
+            event = p.AsrPartial(utterance_index=job.utterance_index, text=msg.text, stable=msg.stable)
+        elif msg.stage == "nmt":
+            event = p.AsrPartial(
+                utterance_index=job.utterance_index,
+                text=run.last_partial,
+                tgt_lang=job.tgt_lang,
+                translation=msg.text,
+            )
+        else:
+            return
+        self.outbox.emit(job.session_id, event)
 
     async def _refuse(self, node_id: NodeId, msg: p.JobMessage, job: Job) -> None:
         """Only the node an attempt was assigned to may speak for it (result authority)."""
@@ -312,6 +338,9 @@ class Runner:
             return
 
         def fire() -> None:
+            if cmd.kind is TimerKind.PENDING and run.live is not None and run.live.open:
+                self._arm(run, cmd)  # a job still being spoken waits for its node without a deadline
+                return
             step: Step = lambda j: self.lifecycle.timer(j, cmd.kind, cmd.attempt_id, self.clock())  # noqa: E731
             self.tasks.spawn(self.apply(run, step), f"timer-{cmd.kind}")
 
@@ -425,6 +454,10 @@ class Runner:
         else:
             step = lambda j: self.lifecycle.timer(j, TimerKind.RESULT, j.attempt_id, now)  # noqa: E731
         return step
+
+
+async def _ignore_speech_end(run: JobRun, size: int) -> None:
+    return None
 
 
 def _retry_select(job: Job) -> list[Command]:

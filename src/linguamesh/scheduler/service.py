@@ -69,7 +69,8 @@ class Scheduler:
         self.dispatcher = Dispatcher(env, self.lifecycle.config, self.registry)
         self.desk = Desk(env, self.init_ack)
         self.runner = Runner(env, self.lifecycle, self.dispatcher, self.registry, self.desk)
-        self.intake = Intake(env, self.runner)
+        self.intake = Intake(env, self.runner, self.desk.sessions)
+        self.runner.on_speech_end = self.intake.speech_end
         # the late bindings, each to a port: no part imports one that depends on it
         self.dispatcher.driver = self.runner
         self.desk.jobs = self.runner

@@ -35,6 +35,7 @@ from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError, encode
 from ..state.base import DependencyDown, JobEnd, Notify, SessionStateLost, StateStore
+from .jobrun import LiveAudio
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -223,6 +224,9 @@ class SessionSettings:
     audio_format: str
     sample_rate: int
     preferred_node_id: str | None
+    #: server-side end of speech (streamed audio): ms of trailing silence that end an
+    #: utterance; None when the client ends its utterances
+    end_of_speech_ms: int | None = None
 
 
 @dataclass(eq=False)
@@ -253,6 +257,8 @@ class Session:
     chunk_buf: bytearray = field(default_factory=bytearray)
     chunk_seq: int = -1
     chunk_timer: asyncio.TimerHandle | None = None
+    #: the utterance being spoken, streamed to its node(s) as it arrives
+    live: LiveAudio | None = None
     linger_timer: asyncio.TimerHandle | None = None
     #: the client address of the socket attached last (rate limits per address)
     peer: str = ""

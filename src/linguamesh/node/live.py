@@ -1,0 +1,282 @@
+"""A streaming job on the node (issue 14): the audio arrives while the person speaks.
+
+``job_assign`` with ``streaming: true`` brings the audio so far; ``job_audio``
+messages bring the rest, the last with ``is_final``. Meanwhile:
+
+* the transcript is decoded again every ``STEP_SECONDS`` of new audio and the words
+  two decodes agree on are committed (``StreamingTranscriber``); each decode sends a
+  ``job_partial`` (stage ``asr``, with ``stable``: the committed characters);
+* each committed sentence is repaired, translated and synthesized at once, in order,
+  by a worker of its own, and the translation so far is sent as a ``job_partial``
+  (stage ``nmt``); at the end only the last sentence is left to do;
+* with ``end_of_speech_ms``, the node's VAD watches for the end of speech and, once
+  heard, sends ``job_speech_end`` and finishes the job on the audio before the cut.
+
+The result has the shape of a whole-utterance job's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import protocol as p
+from ..audio import FRAME_MS, BadAudio, to_float32, to_wav
+from ..core.endpoint import EndOfSpeech
+from ..engines.base import EngineError, Speech
+from ..engines.registry import EngineSet
+from ..observability.logging import get_logger
+from .pipeline import PipelineOutput
+from .streaming import StreamingTranscriber
+
+log = get_logger("linguamesh.node.live")
+
+#: New audio (seconds) between two decodes of the growing buffer.
+STEP_SECONDS = 0.5
+#: Audio kept for re-decoding: older audio up to a committed sentence's end is dropped.
+KEEP_SECONDS = 8.0
+#: No audio for this long: the utterance is taken as ended (its scheduler went away).
+STALL_SECONDS = 15.0
+#: Silence between two synthesized sentences.
+SENTENCE_GAP_SECONDS = 0.15
+RATE = 16000
+
+#: (stage, text, stable) -> sent as ``job_partial``
+PartialSink = Callable[[str, str, "int | None"], None]
+
+
+class LiveInput:
+    """The audio of one streaming attempt, as it arrives, in order."""
+
+    def __init__(self, job: p.JobAssign) -> None:
+        if job.audio_format != "pcm16":
+            raise EngineError("streaming needs pcm16 audio", "bad_audio", retryable=False)
+        self.rate = job.sample_rate
+        self.pcm = bytearray(job.audio)
+        self.next_seq = job.audio_seq
+        self.final = False
+        #: the scheduler's stream had a hole (a bug): the attempt fails and is retried
+        self.broken: str | None = None
+        self.changed = asyncio.Event()
+        self.last_heard = time.monotonic()
+
+    def add(self, msg: p.JobAudio) -> str | None:
+        """Take the next piece; what was wrong with it, or None."""
+        if self.final:
+            return "audio after the end of the utterance"
+        if msg.seq < self.next_seq:
+            return f"piece {msg.seq} again"
+        if msg.seq > self.next_seq:
+            self.broken = f"audio piece {self.next_seq} missing (got {msg.seq})"
+            self.final = True
+            self.changed.set()
+            return self.broken
+        self.pcm += msg.audio
+        self.next_seq += 1
+        self.last_heard = time.monotonic()
+        if msg.is_final:
+            self.final = True
+            if msg.size is not None and 0 <= msg.size < len(self.pcm):
+                del self.pcm[msg.size :]
+        self.changed.set()
+        return None
+
+
+@dataclass
+class _Sentence:
+    source: str
+    target: str = ""
+    audio: np.ndarray | None = None
+    audio_rate: int = 0
+
+
+@dataclass
+class _Totals:
+    asr: float = 0.0
+    repair: float = 0.0
+    nmt: float = 0.0
+    tts: float = 0.0
+    done: list[_Sentence] = field(default_factory=list)
+
+
+async def run_streaming(
+    engines: EngineSet,
+    job: p.JobAssign,
+    inp: LiveInput,
+    on_partial: PartialSink,
+    on_speech_end: Callable[[int], None],
+    log_fields: dict[str, object],
+) -> PipelineOutput:
+    t0 = time.perf_counter()
+    asr = engines.asr_for(job.src_lang)
+    if asr is None:
+        raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
+    vad = engines.vad[0] if engines.vad else None
+    tr = StreamingTranscriber(asr, job.src_lang, RATE, keep_seconds=KEEP_SECONDS)
+    end_detect = EndOfSpeech(job.end_of_speech_ms) if job.end_of_speech_ms and vad is not None else None
+    totals = _Totals()
+    sentences: asyncio.Queue[str | None] = asyncio.Queue()
+    worker = asyncio.create_task(_sentence_worker(engines, job, sentences, totals, on_partial, log_fields))
+    fed = 0  # bytes of inp.pcm given to the transcriber
+    vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
+    stepped_at = 0.0  # seconds heard at the last decode
+    step: asyncio.Task[None] | None = None
+    last_text = ""
+    cut_bytes: int | None = None
+
+    async def decode() -> None:
+        nonlocal last_text
+        t = time.perf_counter()
+        hyp = await tr.step()
+        totals.asr += time.perf_counter() - t
+        if hyp.text != last_text:
+            last_text = hyp.text
+            on_partial("asr", hyp.text, hyp.stable)
+        for s in hyp.sentences:
+            sentences.put_nowait(s)
+
+    try:
+        while True:
+            if fed < len(inp.pcm) and cut_bytes is None:
+                piece = bytes(inp.pcm[fed:])
+                piece = piece[: len(piece) - len(piece) % 2]
+                try:
+                    samples = to_float32(piece, "pcm16", inp.rate, RATE)
+                except BadAudio as exc:
+                    raise EngineError(str(exc), "bad_audio", retryable=False) from None
+                tr.feed(samples)
+                fed += len(piece)
+                if end_detect is not None and vad is not None:
+                    frame = RATE * FRAME_MS // 1000
+                    audio = np.concatenate([vad_rest, samples])
+                    whole = audio.size - audio.size % frame
+                    vad_rest = audio[whole:]
+                    cut = end_detect.feed(await vad.voiced(Speech(audio[:whole], RATE)) if whole else [])
+                    if cut is not None:
+                        seconds = cut * FRAME_MS / 1000
+                        cut_bytes = min(len(inp.pcm), int(seconds * inp.rate) * 2)
+                        log.info("stream.speech_end", at_seconds=round(seconds, 3), **log_fields)
+                        on_speech_end(cut_bytes)
+                        break
+            if inp.final:
+                break
+            if step is None and tr.heard - stepped_at >= STEP_SECONDS:
+                stepped_at = tr.heard
+                step = asyncio.create_task(decode())
+            inp.changed.clear()
+            if fed < len(inp.pcm) or inp.final:
+                continue
+            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(inp.changed.wait())]
+            if step is not None:
+                waiters.append(step)  # type: ignore[arg-type]
+            done, _ = await asyncio.wait(waiters, timeout=STALL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            waiters[0].cancel()
+            if step is not None and step.done():
+                ended, step = step, None
+                ended.result()  # a decode's error is the job's
+            if not done:
+                log.warning("stream.stalled", heard_seconds=round(tr.heard, 3), **log_fields)
+                break
+        if inp.broken:
+            raise EngineError(inp.broken, "internal", retryable=True)
+        if step is not None:
+            await step
+        if cut_bytes is None and len(inp.pcm) < fed:  # the scheduler cut the utterance short
+            cut_bytes = len(inp.pcm)
+        if cut_bytes is not None:
+            tr.truncate(cut_bytes / 2 / inp.rate)
+        t = time.perf_counter()
+        final = await tr.finish()
+        totals.asr += time.perf_counter() - t
+        if final.text != last_text:
+            on_partial("asr", final.text, final.stable)
+        for sentence in final.sentences:
+            sentences.put_nowait(sentence)
+        sentences.put_nowait(None)
+        await worker
+    finally:
+        worker.cancel()
+        if step is not None:
+            step.cancel()
+    log.info(
+        "stage.done",
+        stage="asr",
+        duration_ms=round(totals.asr * 1000, 3),
+        engine=asr.name,
+        streaming=True,
+        decodes=tr.decodes,
+        decoded_seconds=round(tr.decoded_seconds, 3),
+        heard_seconds=round(tr.heard, 3),
+        **log_fields,
+    )
+    return _output(job, totals, t0)
+
+
+async def _sentence_worker(
+    engines: EngineSet,
+    job: p.JobAssign,
+    queue: asyncio.Queue[str | None],
+    totals: _Totals,
+    on_partial: PartialSink,
+    log_fields: dict[str, object],
+) -> None:
+    """Repair, translate and synthesize committed sentences in order, as they come."""
+    while (text := await queue.get()) is not None:
+        s = _Sentence(text)
+        if "repair" in job.stages and (rep := engines.repair_for(job.src_lang)) is not None:
+            t = time.perf_counter()
+            s.source = await rep.repair(text, job.src_lang)
+            totals.repair += time.perf_counter() - t
+        s.target = s.source
+        if "nmt" in job.stages:
+            mt = engines.mt_for(job.src_lang, job.tgt_lang)
+            if mt is None:
+                raise EngineError(
+                    f"no MT engine for {job.src_lang}->{job.tgt_lang}", "unsupported_language_pair", False
+                )
+            t = time.perf_counter()
+            s.target = (await mt.translate(s.source, job.src_lang, job.tgt_lang)).strip()
+            totals.nmt += time.perf_counter() - t
+        totals.done.append(s)
+        if "nmt" in job.stages:
+            on_partial("nmt", " ".join(x.target for x in totals.done if x.target), None)
+        if "tts" in job.stages and s.target:
+            tts = engines.tts_for(job.tgt_lang)
+            if tts is None:
+                raise EngineError(f"no TTS engine for {job.tgt_lang}", "unsupported_language_pair", False)
+            t = time.perf_counter()
+            out = await tts.synthesize(s.target, job.tgt_lang)
+            s.audio, s.audio_rate = out.samples, out.sample_rate
+            totals.tts += time.perf_counter() - t
+        log.debug("stream.sentence", source=s.source, target=s.target, **log_fields)
+
+
+def _output(job: p.JobAssign, totals: _Totals, t0: float) -> PipelineOutput:
+    done = totals.done
+    text_asr = " ".join(s.source for s in done if s.source)
+    translated = " ".join(s.target for s in done if s.target)
+    clips = [s for s in done if s.audio is not None and s.audio.size]
+    audio: bytes | None = None
+    rate: int | None = None
+    if clips:
+        rate = clips[0].audio_rate
+        gap = np.zeros(int(SENTENCE_GAP_SECONDS * rate), np.float32)
+        parts: list[np.ndarray] = []
+        for c in clips:
+            assert c.audio is not None
+            if parts:
+                parts.append(gap)
+            parts.append(c.audio.astype(np.float32, copy=False))
+        audio = to_wav(np.concatenate(parts), rate)
+    timings = p.Timings(
+        asr_ms=round(totals.asr * 1000, 3),
+        repair_ms=round(totals.repair * 1000, 3),
+        nmt_ms=round(totals.nmt * 1000, 3),
+        tts_ms=round(totals.tts * 1000, 3),
+        total_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
+    return PipelineOutput(text_asr, translated, audio, rate, timings)
