@@ -117,8 +117,10 @@ async def start_node(
     max_concurrent_jobs: int = 4,
     engines: list[dict[str, Any]] | None = None,
     wait: bool = True,
+    streaming: bool = True,
 ) -> NodeHandle:
     cfg = NodeConfig(
+        streaming=streaming,
         scheduler_urls=[url] if isinstance(url, str) else url,
         node_id=node_id,
         max_concurrent_jobs=max_concurrent_jobs,

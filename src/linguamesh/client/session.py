@@ -62,6 +62,8 @@ class SessionClient:
         sample_rate: int = 16000,
         preferred_node_id: str | None = None,
         open_timeout: float = 10.0,
+        end_of_speech: str = "client",
+        end_of_speech_ms: int | None = None,
     ) -> None:
         self.url = session_url(url)
         self.init = p.SessionInit(
@@ -74,6 +76,8 @@ class SessionClient:
             audio_format=audio_format,  # type: ignore[arg-type]
             sample_rate=sample_rate,
             preferred_node_id=preferred_node_id,
+            end_of_speech=end_of_speech,  # type: ignore[arg-type]
+            end_of_speech_ms=end_of_speech_ms,
         )
         self.open_timeout = open_timeout
         self.ws: ClientConnection | None = None

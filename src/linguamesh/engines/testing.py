@@ -102,8 +102,10 @@ class _TestASR(ASREngine):
         if self.s.delay["asr"]:
             await asyncio.sleep(self.s.delay["asr"])
         tokens = self.s.text.format(seconds=f"{seconds:.2f}", n=0, lang=lang).split()
-        step = seconds / max(1, len(tokens))
-        return [Word(t, i * step, (i + 1) * step) for i, t in enumerate(tokens)]
+        # as spoken: each word keeps its time as the audio grows (0.3 s each; the last
+        # word lasts to the end)
+        times = [min(i * 0.3, seconds) for i in range(len(tokens))] + [seconds]
+        return [Word(t, times[i], max(times[i + 1], times[i])) for i, t in enumerate(tokens)]
 
     def _transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None, stop: Any) -> str:
         raise NotImplementedError("async only")
