@@ -1,0 +1,73 @@
+"""Streaming with the default engines through a real scheduler and node (issue 14):
+speech played as 20 ms ``audio_chunk``s in real time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from linguamesh import protocol as p
+from linguamesh.audio import to_float32
+from linguamesh.client import SessionClient
+from linguamesh.node.defaults import default_engines
+from linguamesh.quality import wer
+
+from ..conftest import SCALE, Cluster, eventually
+from ..integration.test_live_streaming import collecting, results
+from .conftest import espeak_wav
+
+CHUNK_BYTES = 640  # 20 ms of 16 kHz pcm16
+
+
+def pcm16(wav: bytes) -> bytes:
+    return (np.clip(to_float32(wav, "wav", 0, 16000), -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def play(c: SessionClient, audio: bytes, seq: int = 0) -> int:
+    """``audio`` as 20 ms chunks at the pace of speech; the next seq."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, at in enumerate(range(0, len(audio), CHUNK_BYTES)):
+        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+        await c.send_chunk(seq, audio[at : at + CHUNK_BYTES])
+        seq += 1
+    return seq
+
+
+async def test_live_captions_appear_while_a_sentence_is_spoken(cluster: Cluster) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=1)
+    ref = "I would like to buy two tickets to the museum for tomorrow morning."
+    audio = pcm16(espeak_wav(ref))
+    assert 3.5 <= len(audio) / 32000 <= 6
+    async with SessionClient(s.url, src="en", tgt="es") as c, collecting(c) as events:
+        seq = await play(c, audio)
+        before_end = [e for e in events if isinstance(e, p.AsrPartial)]
+        await c.send_chunk(seq, b"", is_final=True)
+        await eventually(lambda: len(results(events)) == 1, 30 * SCALE, "the result")
+    assert len(before_end) >= 2, before_end  # captions while speaking, not only at the end
+    assert any(e.stable for e in before_end)
+    for a, b in zip(before_end, before_end[1:], strict=False):  # the stable part never changes
+        assert b.text[: a.stable or 0] == a.text[: a.stable or 0]
+    (r,) = results(events)
+    assert r.status == "ok" and wer(ref, r.text_asr) <= 0.25, r.text_asr
+    assert "museo" in r.text_translated and r.tts_audio and r.tts_audio[:4] == b"RIFF"
+
+
+async def test_server_side_end_of_speech_splits_two_sentences_at_the_pause(cluster: Cluster) -> None:
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=2)
+    one = "The train to the airport leaves at nine."
+    two = "Please bring your passport and a warm coat."
+    pause = b"\0\0" * 16000  # one second
+    audio = pcm16(espeak_wav(one)) + pause + pcm16(espeak_wav(two)) + pause
+    async with SessionClient(s.url, src="en", tgt="es", end_of_speech="server") as c, collecting(c) as events:
+        await play(c, audio)  # no is_final: the server ends each utterance
+        await eventually(lambda: len(results(events)) == 2, 30 * SCALE, "two results")
+        await asyncio.sleep(1.5)  # the idle gap passes: nothing more follows
+    first, second = results(events)
+    assert (first.utterance_index, second.utterance_index) == (0, 1)
+    assert wer(one, first.text_asr) <= 0.25, first.text_asr
+    assert wer(two, second.text_asr) <= 0.25, second.text_asr
+    assert len(results(events)) == 2
