@@ -99,6 +99,28 @@ def voiced_frames(samples: np.ndarray, rate: int, frame_ms: int = FRAME_MS) -> l
     return [bool(x > floor) for x in rms]
 
 
+def speech_onset(
+    pcm: bytes | bytearray, rate: int, *, level: float = 0.006, frames: int = 3, before: float = 0.3
+) -> int | None:
+    """Where speech starts in 16-bit pcm: the byte offset ``before`` seconds ahead of the
+    first ``frames`` consecutive 30 ms frames louder than ``level`` (RMS, full scale 1.0;
+    0.006 is -44 dBFS, below speech and above a quiet room), or None. Pure."""
+    frame = max(1, rate * FRAME_MS // 1000)
+    samples = np.frombuffer(bytes(pcm[: len(pcm) - len(pcm) % 2]), dtype="<i2").astype(np.float32) / 32768
+    n = samples.size // frame
+    if n < frames:
+        return None
+    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame)), axis=1))
+    loud = rms > level
+    run = 0
+    for i, v in enumerate(loud):
+        run = run + 1 if v else 0
+        if run >= frames:
+            first = i - frames + 1
+            return max(0, first * frame - int(before * rate)) * 2
+    return None
+
+
 def split_points(voiced: list[bool], max_frames: int) -> list[int]:
     """Where to cut a run of frames into parts of at most ``max_frames`` each, never inside
     speech when it can be helped: each cut is the middle of the longest silence in the later

@@ -46,3 +46,19 @@ def test_feeding_in_pieces_decides_as_feeding_at_once(flags: list[bool], split: 
     assert parts.feed(flags[split:]) == whole
     if whole is not None:  # the cut is inside the silence that ended the speech
         assert not any(flags[whole : whole + 1]) and whole <= len(flags)
+
+
+def test_speech_onset_finds_loud_frames_and_keeps_a_little_before() -> None:
+    import numpy as np
+
+    from linguamesh.audio import speech_onset
+
+    rate = 16000
+    quiet = np.zeros(rate, np.int16)  # 1 s of silence
+    tone = (0.1 * 32767 * np.sin(np.arange(rate // 2) * 0.2)).astype(np.int16)
+    click = np.full(480, 8000, np.int16)  # one loud 30 ms frame: not speech
+    assert speech_onset(quiet.tobytes(), rate) is None
+    assert speech_onset(np.concatenate([quiet, click, quiet]).tobytes(), rate) is None
+    start = speech_onset(np.concatenate([quiet, tone]).tobytes(), rate, before=0.3)
+    assert start == 2 * (rate - int(0.3 * rate))
+    assert speech_onset(np.concatenate([tone, quiet]).tobytes(), rate) == 0

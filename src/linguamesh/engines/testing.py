@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.agreement import Word
 from .base import (
     ASREngine,
     EngineError,
@@ -34,7 +35,6 @@ from .base import (
     RepairEngine,
     Speech,
     TTSEngine,
-    Word,
 )
 
 

@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable, Mapping
 
 from .. import protocol as p
-from ..audio import FRAME_MS, BadAudio, duration_seconds, split_points, to_float32, voiced_frames
+from ..audio import (
+    FRAME_MS,
+    BadAudio,
+    duration_seconds,
+    speech_onset,
+    split_points,
+    to_float32,
+    voiced_frames,
+)
 from ..core.ids import NodeId, SessionId, new_job_id
 from ..core.jobs import Job, JobState
 from ..core.ratelimit import TokenBucket
@@ -27,6 +35,8 @@ from .sessions import Session
 
 log = get_logger("linguamesh.scheduler")
 
+#: Server-side end of speech: the audio kept before the start of speech.
+PREROLL_SECONDS = 0.3
 #: A job in these states has its audio streamed to its node (the assign is written or on its way).
 STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
 
@@ -251,7 +261,11 @@ class Intake:
         if session.chunk_timer is not None:
             session.chunk_timer.cancel()
             session.chunk_timer = None
-        if session.live is not None or (not session.chunk_buf and msg.audio and self._can_stream()):
+        if (
+            session.live is not None
+            or session.preroll
+            or (not session.chunk_buf and msg.audio and self._can_stream())
+        ):
             await self._live_chunk(session, msg.audio, msg.is_final)
             return
         session.chunk_buf += msg.audio
@@ -274,6 +288,11 @@ class Intake:
     async def _live_chunk(self, session: Session, audio: bytes, is_final: bool) -> None:
         live = session.live
         if live is None:
+            if session.settings.end_of_speech_ms is not None:  # the server ends utterances
+                speech = self._wait_for_speech(session, audio)
+                if speech is None:
+                    return
+                audio = speech
             await self._open_live(session, audio)
         else:
             await self._append(session, live, audio)
@@ -288,6 +307,23 @@ class Intake:
             live = session.live
             await self._close_live(session, live, "split", len(self._part(bytearray(live.pcm), session)))
         self._arm_idle(session)
+
+    def _wait_for_speech(self, session: Session, audio: bytes) -> bytes | None:
+        """Server-side end of speech: the audio between two utterances waits here (the last
+        0.3 s of it) until speech starts; then the speech, with that much before it, starts
+        the next utterance. Silence alone makes no utterance (and no empty result)."""
+        buf = session.preroll
+        buf += audio
+        rate = session.settings.sample_rate
+        start = speech_onset(buf, rate, before=PREROLL_SECONDS)
+        if start is None:
+            keep = 2 * int((PREROLL_SECONDS + 0.1) * rate)
+            if len(buf) > keep:
+                del buf[: len(buf) - keep]
+            return None
+        speech = bytes(buf[start:])
+        buf.clear()
+        return speech
 
     def _arm_idle(self, session: Session) -> None:
         live = session.live
@@ -404,9 +440,8 @@ class Intake:
                     )
                 )
         self.runner.dispatcher.kick()  # a job still waiting may go to any node now
-        if rest and not session.closed:
-            await self._open_live(session, rest)
-            self._arm_idle(session)
+        if rest and not session.closed:  # the audio after the cut starts the next utterance
+            await self._live_chunk(session, rest, False)
 
     def _part(self, buf: bytearray, session: Session) -> bytes:
         """The first part of a streamed utterance longer than the limit, cut in a pause (never

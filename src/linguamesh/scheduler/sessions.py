@@ -259,6 +259,8 @@ class Session:
     chunk_timer: asyncio.TimerHandle | None = None
     #: the utterance being spoken, streamed to its node(s) as it arrives
     live: LiveAudio | None = None
+    #: server-side end of speech: audio between utterances, until speech starts
+    preroll: bytearray = field(default_factory=bytearray)
     linger_timer: asyncio.TimerHandle | None = None
     #: the client address of the socket attached last (rate limits per address)
     peer: str = ""
