@@ -60,5 +60,5 @@ def test_speech_onset_finds_loud_frames_and_keeps_a_little_before() -> None:
     assert speech_onset(quiet.tobytes(), rate) is None
     assert speech_onset(np.concatenate([quiet, click, quiet]).tobytes(), rate) is None
     start = speech_onset(np.concatenate([quiet, tone]).tobytes(), rate, before=0.3)
-    assert start == 2 * (rate - int(0.3 * rate))
+    assert start is not None and abs(start // 2 - int(0.7 * rate)) <= 480  # within a frame
     assert speech_onset(np.concatenate([tone, quiet]).tobytes(), rate) == 0
