@@ -64,3 +64,14 @@ def test_growing_decodes_commit_the_final_text_exactly_once(final: list[str], st
     la.update(all_words)
     la.finish()
     assert [w.text for w in la.committed] == final
+
+
+def test_a_word_at_the_very_end_of_the_audio_is_not_committed_until_heard_whole() -> None:
+    la = LocalAgreement()
+    half = [Word("The", 0.0, 0.3), Word("rest", 0.3, 0.9)]
+    la.update(half, until=0.6)
+    assert la.update(half, until=0.6) == [Word("The", 0.0, 0.3)]  # "rest" ends after 0.6: held
+    done = la.update(
+        [Word("The", 0.0, 0.3), Word("restaurant", 0.3, 1.0), Word("opens", 1.0, 1.4)], until=1.1
+    )
+    assert done == [] and [w.text for w in la.tentative()] == ["restaurant", "opens"]

@@ -48,14 +48,18 @@ class LocalAgreement:
     def committed_end(self) -> float:
         return self.committed[-1].end if self.committed else 0.0
 
-    def update(self, hypothesis: list[Word]) -> list[Word]:
-        """Take the latest decode; return the words it commits (maybe none)."""
+    def update(self, hypothesis: list[Word], until: float = float("inf")) -> list[Word]:
+        """Take the latest decode; return the words it commits (maybe none). A word that
+        ends after ``until`` is not committed yet: it may be a word still being spoken,
+        heard in part ("rest" of "restaurant" twice in a row)."""
         new = self._after_committed(hypothesis)
         agreed = 0
         for a, b in zip(self._previous, new, strict=False):
             if norm(a.text) != norm(b.text):
                 break
             agreed += 1
+        while agreed and new[agreed - 1].end > until:
+            agreed -= 1
         done = new[:agreed]
         self.committed += done
         self._previous = new[agreed:]

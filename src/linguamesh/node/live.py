@@ -39,6 +39,10 @@ log = get_logger("linguamesh.node.live")
 STEP_SECONDS = 0.5
 #: Audio kept for re-decoding: older audio up to a committed sentence's end is dropped.
 KEEP_SECONDS = 8.0
+#: A pause this long after speech starts a decode at once (then that decode has heard
+#: all the speech when the end comes, and the end needs no decode of its own).
+SETTLE_FRAMES = 5
+SETTLE_SECONDS = SETTLE_FRAMES * FRAME_MS / 1000
 #: No audio for this long: the utterance is taken as ended (its scheduler went away).
 STALL_SECONDS = 15.0
 #: Silence between two synthesized sentences.
@@ -122,6 +126,9 @@ async def run_streaming(
     sentences: asyncio.Queue[str | None] = asyncio.Queue()
     worker = asyncio.create_task(_sentence_worker(engines, job, sentences, totals, on_partial, log_fields))
     fed = 0  # bytes of inp.pcm given to the transcriber
+    judged = 0  # 30 ms frames judged by the VAD
+    speech_end = 0.0  # seconds: the end of the last frame of speech (0: none yet)
+    silent = 0  # frames of silence since then
     vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
     stepped_at = 0.0  # seconds heard at the last decode
     step: asyncio.Task[None] | None = None
@@ -150,12 +157,19 @@ async def run_streaming(
                     raise EngineError(str(exc), "bad_audio", retryable=False) from None
                 tr.feed(samples)
                 fed += len(piece)
-                if end_detect is not None and vad is not None:
+                if vad is not None:
                     frame = RATE * FRAME_MS // 1000
                     audio = np.concatenate([vad_rest, samples])
                     whole = audio.size - audio.size % frame
                     vad_rest = audio[whole:]
-                    cut = end_detect.feed(await vad.voiced(Speech(audio[:whole], RATE)) if whole else [])
+                    flags = await vad.voiced(Speech(audio[:whole], RATE)) if whole else []
+                    for v in flags:
+                        judged += 1
+                        if v:
+                            speech_end, silent = judged * FRAME_MS / 1000, 0
+                        else:
+                            silent += 1
+                    cut = end_detect.feed(flags) if end_detect is not None else None
                     if cut is not None:
                         seconds = cut * FRAME_MS / 1000
                         cut_bytes = min(len(inp.pcm), int(seconds * inp.rate) * 2)
@@ -164,7 +178,11 @@ async def run_streaming(
                         break
             if inp.final:
                 break
-            if step is None and tr.heard - stepped_at >= STEP_SECONDS:
+            heard_speech = vad is None or speech_end > 0  # no decodes of silence (Whisper invents text)
+            # the speaker paused: decode now, so this decode has heard all the speech when the
+            # end comes (the end then needs no decode of its own)
+            settled = speech_end > 0 and silent >= SETTLE_FRAMES and stepped_at < speech_end + SETTLE_SECONDS
+            if step is None and heard_speech and (tr.heard - stepped_at >= STEP_SECONDS or settled):
                 stepped_at = tr.heard
                 step = asyncio.create_task(decode())
             inp.changed.clear()
@@ -187,10 +205,14 @@ async def run_streaming(
             await step
         if cut_bytes is None and len(inp.pcm) < fed:  # the scheduler cut the utterance short
             cut_bytes = len(inp.pcm)
+        # the latest decode heard all the speech (and nothing after the cut): it is the last
+        limit = cut_bytes / 2 / inp.rate if cut_bytes is not None else float("inf")
+        heard_all = vad is not None and speech_end + SETTLE_SECONDS - 0.05 <= tr.covered <= limit + 0.05
         if cut_bytes is not None:
             tr.truncate(cut_bytes / 2 / inp.rate)
         t = time.perf_counter()
-        final = await tr.finish()
+        final_decode = not heard_all and (vad is None or speech_end > 0)
+        final = await tr.finish(decode=final_decode)
         totals.asr += time.perf_counter() - t
         if final.text != last_text:
             on_partial("asr", final.text, final.stable)
@@ -211,6 +233,7 @@ async def run_streaming(
         decodes=tr.decodes,
         decoded_seconds=round(tr.decoded_seconds, 3),
         heard_seconds=round(tr.heard, 3),
+        final_decode=final_decode,
         **log_fields,
     )
     return _output(job, totals, t0)

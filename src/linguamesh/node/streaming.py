@@ -18,6 +18,8 @@ from ..core.agreement import LocalAgreement, Word, text_of
 from ..engines.base import ASREngine, Speech
 
 SENTENCE_END = (".", "?", "!", "…")
+#: A word ending this close to the end of the audio decoded is not committed yet.
+HOLD_SECONDS = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class StreamingTranscriber:
         #: decodes run (the cost of streaming: each re-decodes the buffer)
         self.decodes = 0
         self.decoded_seconds = 0.0
+        self._covered = 0.0
 
     @property
     def heard(self) -> float:
@@ -63,23 +66,35 @@ class StreamingTranscriber:
         self._heard += samples.size / self.rate
 
     async def step(self) -> Hypothesis:
-        """Decode what is buffered; commit what the last two decodes agree on."""
-        self.agreement.update(await self._decode())
+        """Decode what is buffered; commit what the last two decodes agree on, except words
+        that end in the last HOLD_SECONDS of the audio (maybe still being spoken)."""
+        words = await self._decode()
+        self.agreement.update(words, until=self._covered - HOLD_SECONDS)
         self._trim()
         return self._hypothesis()
 
-    async def finish(self) -> Hypothesis:
-        """The speech ended: one last decode, and everything it heard is committed."""
-        self.agreement.update(await self._decode())
+    async def finish(self, decode: bool = True) -> Hypothesis:
+        """The speech ended: one last decode, and everything it heard is committed. Without
+        ``decode`` the latest decode's words are committed as they are (it heard all the
+        speech already: see ``covered``)."""
+        if decode:
+            self.agreement.update(await self._decode())
         self.agreement.finish()
         return self._hypothesis(final=True)
+
+    @property
+    def covered(self) -> float:
+        """How far (seconds from the start) the latest finished decode heard."""
+        return self._covered
 
     async def _decode(self) -> list[Word]:
         if self._audio.size == 0:
             return []
         self.decodes += 1
         self.decoded_seconds += self._audio.size / self.rate
+        end = self._offset + self._audio.size / self.rate
         words = await self.asr.words(Speech(self._audio, self.rate), self.lang)
+        self._covered = end
         return [Word(w.text, w.start + self._offset, w.end + self._offset) for w in words]
 
     def _trim(self) -> None:
