@@ -44,14 +44,14 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from linguamesh import protocol as p  # noqa: E402
-from linguamesh.audio import FRAME_MS, to_float32  # noqa: E402
-from linguamesh.client import SessionClient  # noqa: E402
-from linguamesh.engines.models import ModelManager  # noqa: E402
-from linguamesh.engines.registry import build  # noqa: E402
-from linguamesh.quality import corpus_wer  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.procs import launch, wait_ready  # noqa: E402
+from linguamesh import protocol as p
+from linguamesh.audio import FRAME_MS, to_float32
+from linguamesh.client import SessionClient
+from linguamesh.engines.models import ModelManager
+from linguamesh.engines.registry import build
+from linguamesh.quality import corpus_wer
+from tests.conftest import free_port
+from tests.procs import launch, wait_ready
 
 SENTENCES = [
     "I would like to buy two tickets to the museum for tomorrow morning.",
@@ -131,6 +131,7 @@ class Utt:
     result_at: float | None = None
     result: p.TranslationResult | None = None
     queued: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Stream:
                 u = self.utts.get(e.utterance_index)
                 if u is not None and u.result is None:
                     u.result, u.result_at = e, now
+                    u.done.set()
             elif isinstance(e, p.Error):
                 self.errors.append(e)
 
@@ -181,10 +183,12 @@ class Stream:
         return start, seq
 
     async def wait(self, index: int, timeout: float = 60) -> Utt:
-        end = time.perf_counter() + timeout
-        while self.utts[index].result is None and time.perf_counter() < end:
-            await asyncio.sleep(0.01)
-        return self.utts[index]
+        u = self.utts[index]
+        try:
+            await asyncio.wait_for(u.done.wait(), timeout)
+        except TimeoutError:
+            pass  # counted as lost
+        return u
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -4,6 +4,7 @@ speech played as 20 ms ``audio_chunk``s in real time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 
@@ -48,7 +49,7 @@ async def test_live_captions_appear_while_a_sentence_is_spoken(cluster: Cluster)
         await eventually(lambda: len(results(events)) == 1, 30 * SCALE, "the result")
     assert len(before_end) >= 2, before_end  # captions while speaking, not only at the end
     assert any(e.stable for e in before_end)
-    for a, b in zip(before_end, before_end[1:], strict=False):  # the stable part never changes
+    for a, b in itertools.pairwise(before_end):  # the stable part never changes
         assert b.text[: a.stable or 0] == a.text[: a.stable or 0]
     (r,) = results(events)
     assert r.status == "ok" and wer(ref, r.text_asr) <= 0.25, r.text_asr
