@@ -58,7 +58,10 @@ class LocalAgreement:
             if norm(a.text) != norm(b.text):
                 break
             agreed += 1
-        while agreed and new[agreed - 1].end > until:
+        # the decode's last word may be cut off by the end of the audio: it waits for the
+        # word after it (or the end of speech: ``finish``)
+        agreed = min(agreed, len(new) - 1)
+        while agreed > 0 and new[agreed - 1].end > until:
             agreed -= 1
         done = new[:agreed]
         self.committed += done
@@ -93,6 +96,12 @@ class LocalAgreement:
             if tail[-k:] == head[:k]:
                 words = words[k:]
                 break
+        else:
+            # the last committed word heard whole now ("rest" -> "restaurant"): it is that
+            # word, not one more (the committed text does not change)
+            first = norm(words[0].text) if words else ""
+            if early and first and (first.startswith(tail[-1]) or tail[-1].startswith(first)):
+                words = words[1:]
         return [w for w in words if norm(w.text)]
 
 
