@@ -68,6 +68,10 @@ SENTENCES = [
     "She is the best teacher in our school.",
     "Let me know if you have any questions.",
     "He forgot his umbrella at the office.",
+    "The red bicycle that my grandfather gave me stood for years near the old bakery.",
+    "Please bring your passport and a warm coat, because the mountains are cold in winter.",
+    "After the meeting we will walk to the station and take the last train home.",
+    "If you need anything during the conference, ask one of the volunteers at the front desk.",
 ]
 CHUNK = 640  # 20 ms of 16 kHz pcm16
 RATE = 16000
@@ -83,7 +87,8 @@ async def speech_set(n: int) -> list[tuple[str, str, bytes]]:
     tts = piper.tts_for("en")
     assert tts is not None
     out = []
-    for i, text in enumerate((SENTENCES * 2)[:n]):
+    texts = SENTENCES[-4:] + SENTENCES[:-4]  # the long ones (4-6 s) first
+    for i, text in enumerate((texts * 2)[:n]):
         if i % 2 == 0:
             speech = await tts.synthesize(text, "en")
             samples = to_float32(_wav(speech.samples, speech.sample_rate), "wav", 0, RATE)

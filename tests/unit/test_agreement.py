@@ -92,3 +92,24 @@ def test_a_committed_word_heard_whole_later_is_not_doubled() -> None:
     la.update(later)
     la.finish()
     assert text_of(la.committed) == "the train leave at nine"
+
+
+def test_a_word_cut_off_in_the_earlier_decode_is_not_committed() -> None:
+    """Whisper's real decodes of "The restaurant opens at seven …" after 0.5 and 1.0 s."""
+    la = LocalAgreement()
+    la.update([Word("The", 0.0, 0.12), Word("rest", 0.12, 0.3), Word("rough.", 0.3, 0.48)], until=0.0)
+    done = la.update(
+        [Word("The", 0.0, 0.12), Word("rest", 0.12, 0.34), Word("run", 0.34, 0.5), Word("to", 0.5, 0.7)],
+        until=0.5,
+    )
+    assert done == []  # "rest" ended 0.2 s before the end of the first decode's audio: held
+    done = la.update(
+        [
+            Word("The", 0.0, 0.12),
+            Word("restaurant", 0.12, 0.4),
+            Word("opens", 0.4, 0.86),
+            Word("at", 0.86, 1.1),
+        ],
+        until=1.0,
+    )
+    assert text_of(done) == "The"

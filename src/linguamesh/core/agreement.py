@@ -43,6 +43,7 @@ class LocalAgreement:
     def __init__(self) -> None:
         self.committed: list[Word] = []
         self._previous: list[Word] = []
+        self._previous_until = float("inf")
 
     @property
     def committed_end(self) -> float:
@@ -61,8 +62,13 @@ class LocalAgreement:
         # the decode's last word may be cut off by the end of the audio: it waits for the
         # word after it (or the end of speech: ``finish``)
         agreed = min(agreed, len(new) - 1)
-        while agreed > 0 and new[agreed - 1].end > until:
+        # ... and a word both decodes agree on must end early enough in both: Whisper hears
+        # a word cut off by the end of the audio as a shorter one, followed by a guess,
+        # twice in a row ("The rest rough." and "The rest run to open." for "The restaurant")
+        limit = min(until, self._previous_until)
+        while agreed > 0 and new[agreed - 1].end > limit:
             agreed -= 1
+        self._previous_until = until
         done = new[:agreed]
         self.committed += done
         self._previous = new[agreed:]

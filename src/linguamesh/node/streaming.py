@@ -19,7 +19,7 @@ from ..engines.base import ASREngine, Speech
 
 SENTENCE_END = (".", "?", "!", "…")
 #: A word ending this close to the end of the audio decoded is not committed yet.
-HOLD_SECONDS = 0.3
+HOLD_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
