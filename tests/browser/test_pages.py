@@ -32,13 +32,25 @@ async def _results(page: Any) -> list[dict[str, Any]]:
     )
 
 
-async def test_microphone_speech_is_transcribed_translated_and_spoken(cluster: Cluster, browser: Any) -> None:
+async def test_microphone_speech_is_captioned_live_then_translated_and_spoken(
+    cluster: Cluster, browser: Any
+) -> None:
     s = await cluster.scheduler(result_timeout=60)
     await cluster.node(s.url, "mic-node", engines=default_engines(), max_concurrent_jobs=1)
     page = await new_page(browser, s.http)
     await _start_session(page)
+    loop = asyncio.get_running_loop()
+    held = loop.time()
     await page.evaluate("window.lm.talkStart()")  # push-to-talk: hold while the sentence plays
-    await asyncio.sleep(4.6)  # how long the button is held: the length of the speech, not a wait
+    # a live caption while the button is still held (streaming: the speech is decoded as it comes)
+    await page.wait_for_function("window.lm.captions > 0", timeout=4500)
+    caption = await page.locator("li.utt .asr").first.inner_text()
+    assert caption.strip(), caption
+    level = int(await page.get_attribute("#level", "aria-valuenow") or 0)
+    assert level > 0  # the microphone level meter moves
+    await page.screenshot(path=ARTIFACTS / "speaker-live-caption.png", full_page=True)
+    await asyncio.sleep(max(0.0, 4.6 - (loop.time() - held)))  # held for the length of the speech
+    assert await page.evaluate("window.lm.closes") == 0  # the caption came before the speaker stopped
     await page.evaluate("window.lm.talkStop()")
     row = page.locator("li.utt[data-status=ok]").first
     await row.wait_for(timeout=60_000)

@@ -72,3 +72,27 @@ async def test_server_side_end_of_speech_splits_two_sentences_at_the_pause(clust
     assert wer(one, first.text_asr) <= 0.25, first.text_asr
     assert wer(two, second.text_asr) <= 0.25, second.text_asr
     assert len(results(events)) == 2
+
+
+async def test_a_burst_with_a_pause_and_an_end_mark_loses_no_speech(cluster: Cluster) -> None:
+    """An upload streamed at once in a session with server-side end of speech: the node
+    hears the pause while the client's end mark is already on its way; whichever ends the
+    utterance, every word is in a result, once."""
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=2)
+    one = "The train to the airport leaves at nine."
+    two = "Please bring your passport and a warm coat."
+    audio = pcm16(espeak_wav(one)) + b"\0\0" * 16000 + pcm16(espeak_wav(two))
+    async with SessionClient(s.url, src="en", tgt="es", end_of_speech="server") as c, collecting(c) as events:
+        seq = 0
+        for at in range(0, len(audio), CHUNK_BYTES):
+            await c.send_chunk(seq, audio[at : at + CHUNK_BYTES])
+            seq += 1
+        await c.send_chunk(seq, b"", is_final=True)
+        await eventually(
+            lambda: "passport" in " ".join(r.text_asr.lower() for r in results(events)), 30 * SCALE, "both"
+        )
+        await asyncio.sleep(1.0)
+    text = " ".join(r.text_asr for r in sorted(results(events), key=lambda r: r.utterance_index))
+    assert wer(f"{one} {two}", text) <= 0.25, text
+    assert len({r.utterance_index for r in results(events)}) == len(results(events))

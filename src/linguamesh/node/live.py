@@ -39,6 +39,8 @@ log = get_logger("linguamesh.node.live")
 STEP_SECONDS = 0.5
 #: Audio kept for re-decoding: older audio up to a committed sentence's end is dropped.
 KEEP_SECONDS = 8.0
+#: Speech heard (frames) before the first decode.
+MIN_SPEECH_FRAMES = 10
 #: A pause this long after speech starts a decode at once (then that decode has heard
 #: all the speech when the end comes, and the end needs no decode of its own).
 SETTLE_FRAMES = 5
@@ -129,6 +131,7 @@ async def run_streaming(
     judged = 0  # 30 ms frames judged by the VAD
     speech_end = 0.0  # seconds: the end of the last frame of speech (0: none yet)
     silent = 0  # frames of silence since then
+    voiced = 0  # frames of speech in all
     vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
     stepped_at = 0.0  # seconds heard at the last decode
     step: asyncio.Task[None] | None = None
@@ -167,18 +170,25 @@ async def run_streaming(
                         judged += 1
                         if v:
                             speech_end, silent = judged * FRAME_MS / 1000, 0
+                            voiced += 1
                         else:
                             silent += 1
                     cut = end_detect.feed(flags) if end_detect is not None else None
                     if cut is not None:
+                        # the scheduler decides: it answers with job_audio is_final and the size
+                        # (the cut, or more when the client had ended the utterance already)
+                        end_detect = None
                         seconds = cut * FRAME_MS / 1000
                         cut_bytes = min(len(inp.pcm), int(seconds * inp.rate) * 2)
                         log.info("stream.speech_end", at_seconds=round(seconds, 3), **log_fields)
                         on_speech_end(cut_bytes)
-                        break
-            if inp.final:
-                break
-            heard_speech = vad is None or speech_end > 0  # no decodes of silence (Whisper invents text)
+            if inp.final and cut_bytes is not None and len(inp.pcm) > cut_bytes:
+                cut_bytes = None  # the utterance goes on past the cut: hear the rest
+                continue
+            if inp.final and (fed >= len(inp.pcm) or cut_bytes is not None):
+                break  # (audio that came while the VAD ran is fed first)
+            # no decodes of silence or of a word's first syllable (Whisper invents text there)
+            heard_speech = vad is None or voiced >= MIN_SPEECH_FRAMES
             # the speaker paused: decode now, so this decode has heard all the speech when the
             # end comes (the end then needs no decode of its own)
             settled = speech_end > 0 and silent >= SETTLE_FRAMES and stepped_at < speech_end + SETTLE_SECONDS
@@ -203,8 +213,8 @@ async def run_streaming(
             raise EngineError(inp.broken, "internal", retryable=True)
         if step is not None:
             await step
-        if cut_bytes is None and len(inp.pcm) < fed:  # the scheduler cut the utterance short
-            cut_bytes = len(inp.pcm)
+        if len(inp.pcm) < fed:  # the scheduler cut the utterance short
+            cut_bytes = min(cut_bytes if cut_bytes is not None else fed, len(inp.pcm))
         # the latest decode heard all the speech (and nothing after the cut): it is the last
         limit = cut_bytes / 2 / inp.rate if cut_bytes is not None else float("inf")
         heard_all = vad is not None and speech_end + SETTLE_SECONDS - 0.05 <= tr.covered <= limit + 0.05

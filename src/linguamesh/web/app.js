@@ -5,7 +5,7 @@ import { RATE, Resampler, EnergyVad, resampleAll, toPcm16, b64, unb64 } from "./
 import { langName } from "./lang.js";
 
 const $ = (id) => document.getElementById(id);
-const CHUNK_SAMPLES = 1600; // 100 ms per audio_chunk
+const CHUNK_SAMPLES = 320; // 20 ms per audio_chunk: the server hears speech as it is spoken
 const PREROLL_BLOCKS = 3;
 
 const state = {
@@ -14,8 +14,11 @@ const state = {
   src: null, tgt: null,
   lastSeq: 0,
   chunkSeq: 0,
-  closes: 0,            // utterances closed by this page (the server numbers them in order)
-  closeTimes: new Map(),
+  closes: 0,            // utterances this page ended (is_final sent)
+  closeTimes: new Map(), // utterance index (the server's) -> when the speaker stopped
+  open: new Set(),      // indices the server reported that have no result and no stop time yet
+  pendingStop: null,    // the speaker stopped before the server named the utterance
+  captions: 0,          // live captions shown (asr_partial), for tests
   rows: new Map(),
   outbox: [],           // messages waiting for a connection
   userClosed: false,
@@ -94,6 +97,9 @@ function connect() {
     const init = {
       type: "session_init", protocol_version: 1, src_lang: state.src, tgt_lang: state.tgt,
       tts: true, partials: true, audio_format: "pcm16", sample_rate: RATE,
+      // the server ends an utterance at a pause (streaming nodes); release / the page's own
+      // silence detector end it too
+      end_of_speech: "server",
     };
     if (resume) {
       init.resume = { session_id: state.ack.session_id, resume_token: state.ack.resume_token, last_seq: state.lastSeq };
@@ -149,8 +155,12 @@ function handle(ev) {
     case "asr_partial": {
       const row = rowFor(ev.utterance_index);
       if (row.final) break;
-      row.asr.textContent = ev.text;
-      row.asr.classList.add("draft");
+      if (ev.translation !== undefined && ev.translation !== null) {
+        if (ev.tgt_lang && ev.tgt_lang !== state.tgt) break;
+        row.mt.textContent = ev.translation;
+        row.mt.classList.add("draft");
+      }
+      if (ev.text) showCaption(row, ev.text, ev.stable || 0);
       break;
     }
     case "translation_result":
@@ -209,12 +219,32 @@ function rowFor(index) {
   mt.className = "mt";
   mt.lang = state.tgt;
   li.append(meta, asr, mt);
-  row = { li, badge, asr, mt, latency, status: "", final: false };
+  const asrStable = document.createElement("span");
+  asrStable.className = "stable";
+  const asrDraft = document.createElement("span");
+  asrDraft.className = "tentative";
+  row = { li, badge, asr, asrStable, asrDraft, mt, latency, status: "", final: false };
   state.rows.set(index, row);
+  state.open.add(index);
+  if (state.pendingStop !== null) { // the speaker stopped before the server named this utterance
+    state.closeTimes.set(index, state.pendingStop);
+    state.pendingStop = null;
+    state.open.delete(index);
+  }
   // keep rows in utterance order
   const after = [...$("utterances").children].find((c) => Number(c.dataset.index) > index);
   $("utterances").insertBefore(li, after || null);
   return row;
+}
+
+// the transcript so far: the stable part (will not change) and the draft after it
+function showCaption(row, text, stable) {
+  const cut = Math.max(0, Math.min(stable, text.length));
+  row.asrStable.textContent = text.slice(0, cut);
+  row.asrDraft.textContent = text.slice(cut);
+  row.asr.replaceChildren(row.asrStable, row.asrDraft);
+  row.asr.classList.add("draft");
+  state.captions += 1;
 }
 
 function setStatus(row, status, text) {
@@ -227,6 +257,8 @@ function showResult(ev) {
   state.results.push(ev);
   const row = rowFor(ev.utterance_index);
   row.final = true;
+  state.open.delete(ev.utterance_index);
+  row.mt.classList.remove("draft");
   if (ev.status === "ok") {
     setStatus(row, "ok", "done");
     row.asr.textContent = ev.text_asr || "(no speech)";
@@ -268,12 +300,18 @@ function queueSamples(samples) {
   }
 }
 
+// the speaker stopped: the utterance ends here (if the server did not end it already).
+// Rows are numbered by the server's utterance_index, never by a count kept here.
 function finishUtterance() {
   sendChunk(pending, true);
   pending = new Float32Array(0);
-  state.closeTimes.set(state.closes, performance.now());
-  rowFor(state.closes);
-  setStatus(state.rows.get(state.closes), "sent", "sent");
+  const now = performance.now();
+  if (state.open.size) {
+    for (const index of state.open) state.closeTimes.set(index, now);
+    state.open.clear();
+  } else {
+    state.pendingStop = now;
+  }
   state.closes += 1;
 }
 
@@ -299,7 +337,28 @@ async function ensureMic() {
   source.connect(mic.node);
 }
 
+// the microphone level meter (drawn once a frame)
+let level = 0;
+let levelDrawn = false;
+function showLevel(block) {
+  let sum = 0;
+  for (const x of block) sum += x * x;
+  const db = 20 * Math.log10(Math.sqrt(sum / Math.max(1, block.length)) + 1e-9);
+  level = Math.max(level * 0.9, Math.min(100, Math.max(0, (db + 60) * (100 / 60))));
+  if (levelDrawn) return;
+  levelDrawn = true;
+  requestAnimationFrame(() => {
+    levelDrawn = false;
+    const meter = $("level");
+    meter.hidden = false;
+    meter.setAttribute("aria-valuenow", String(Math.round(level)));
+    meter.firstElementChild.style.width = `${level}%`;
+    meter.dataset.active = mic.recording ? "true" : "false";
+  });
+}
+
 function onMicBlock(block) {
+  showLevel(block);
   if (mic.mode === "ptt") {
     if (mic.recording) queueSamples(block);
     return;

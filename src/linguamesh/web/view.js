@@ -21,6 +21,18 @@ function render() {
     .filter((r) => r.tgt_lang === state.lang && r.status === "ok")
     .sort((a, b) => a.utterance_index - b.utterance_index);
   const showOriginal = $("original").checked;
+  // live: the translation drafts of utterances still being spoken (streaming), after the finals
+  const live = [...state.drafts.entries()]
+    .filter(([key]) => key.startsWith(`${state.lang}:`) && !state.results.has(key))
+    .sort((a, b) => Number(a[0].split(":")[1]) - Number(b[0].split(":")[1]))
+    .map(([key, text]) => {
+      const p = document.createElement("p");
+      p.className = "live";
+      p.dataset.index = key.split(":")[1];
+      p.lang = state.lang;
+      p.textContent = text;
+      return p;
+    });
   box.replaceChildren(
     ...items.map((r, i) => {
       const p = document.createElement("p");
@@ -35,6 +47,7 @@ function render() {
       }
       return p;
     }),
+    ...live,
   );
   box.lastElementChild?.scrollIntoView({ block: "end" });
 }
@@ -50,7 +63,7 @@ function fillLangs() {
 $("lang").addEventListener("change", () => { state.lang = $("lang").value; render(); });
 $("original").addEventListener("change", render);
 
-const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,session_closed`;
+const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,asr_partial,session_closed`;
 const es = new EventSource(url);
 es.onopen = () => setConn("connected", "live");
 es.onerror = () => {
@@ -67,7 +80,17 @@ es.onerror = () => {
 es.addEventListener("translation_result", (m) => {
   const r = JSON.parse(m.data);
   state.results.set(`${r.tgt_lang}:${r.utterance_index}`, r);
+  state.drafts.delete(`${r.tgt_lang}:${r.utterance_index}`);
   if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs(); }
+  render();
+});
+es.addEventListener("asr_partial", (m) => {
+  const d = JSON.parse(m.data);
+  if (!d.translation || !d.tgt_lang) return;
+  const key = `${d.tgt_lang}:${d.utterance_index}`;
+  if (state.results.has(key)) return;
+  state.drafts.set(key, d.translation);
+  if (!state.langs.has(d.tgt_lang)) { state.langs.add(d.tgt_lang); fillLangs(); }
   render();
 });
 es.addEventListener("session_closed", () => { setConn("offline", "the session has ended"); es.close(); });
