@@ -20,12 +20,14 @@ class ScriptedNode:
         langs: tuple[str, ...] = ("en", "es", "fr"),
         slots: int = 4,
         token: str | None = None,
+        streaming: bool = False,
     ):
         self.url = url + "/ws/node"
         self.node_id = node_id
         self.token = token
         self.langs = langs
         self.slots = slots
+        self.streaming = streaming
         self.ws: ClientConnection | None = None
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.received: list[Any] = []
@@ -45,6 +47,7 @@ class ScriptedNode:
             nmt_pairs=[(a, b) for a in self.langs for b in self.langs if a != b],
             tts_languages=list(self.langs),
             repair_languages=list(self.langs),
+            streaming=self.streaming,
         )
         await self.send(
             p.NodeRegister(
