@@ -124,12 +124,19 @@ async def scheduler_proc(tmp: Path, *flags: str) -> AsyncIterator[tuple[str, Pro
 
 
 def node_config(
-    tmp: Path, node_id: str, delay_ms: int = 20, slots: int = 4, metrics_port: int = 0, engine: str = ""
+    tmp: Path,
+    node_id: str,
+    delay_ms: int = 20,
+    slots: int = 4,
+    metrics_port: int = 0,
+    engine: str = "",
+    drain_timeout: float = 30.0,
 ) -> Path:
     """A node config with the test engines (``engine``: more lines for their table)."""
     cfg = tmp / f"{node_id}.toml"
     cfg.write_text(
         f'node_id = "{node_id}"\nmax_concurrent_jobs = {slots}\nmetrics_port = {metrics_port}\n'
+        f"drain_timeout = {drain_timeout}\n"
         f'[[engines]]\nkind = "test"\nlanguages = ["en", "es"]\ndelay_ms = {delay_ms}\n{engine}'
     )
     return cfg
@@ -137,7 +144,8 @@ def node_config(
 
 def node_process(url: str, node_id: str, tmp: Path, *, delay_ms: int = 20, slots: int = 4, log_level: str = "warning",
                  log: Path | None = None, metrics_port: int = 0) -> Proc:  # fmt: skip
-    cfg = node_config(tmp, node_id, delay_ms, slots, metrics_port)
+    # a test's end stops the node: it need not wait long for results nobody will ack
+    cfg = node_config(tmp, node_id, delay_ms, slots, metrics_port, drain_timeout=1.0)
     return launch("node", "--scheduler", url, "--config", str(cfg), "--log", log_level, log=log)
 
 

@@ -34,6 +34,8 @@ from .pipeline import PipelineOutput, run_pipeline
 log = get_logger("linguamesh.node")
 
 MAX_FRAME = 64 * 1024 * 1024
+#: A stopping node waits this long for the scheduler's answer to its close frame.
+CLOSE_TIMEOUT = 2.0
 
 
 class FatalNodeError(Exception):
@@ -136,7 +138,12 @@ class NodeAgent:
                 url = self.urls[i % len(self.urls)]
                 try:
                     async with connect(
-                        url, max_size=MAX_FRAME, open_timeout=5, ping_interval=20, compression=None
+                        url,
+                        max_size=MAX_FRAME,
+                        open_timeout=5,
+                        ping_interval=20,
+                        compression=None,
+                        close_timeout=CLOSE_TIMEOUT,
                     ) as ws:
                         failures = 0
                         await self._serve(ws, url)
@@ -425,7 +432,10 @@ class NodeAgent:
         def speech_end(size: int) -> None:
             self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size))
 
-        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
+        def streams() -> int:
+            return sum(1 for r in self.running.values() if r.live is not None)
+
+        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields, streams)
 
 
 def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:

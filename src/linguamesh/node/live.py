@@ -18,6 +18,7 @@ The result has the shape of a whole-utterance job's result.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,8 +117,13 @@ async def run_streaming(
     on_partial: PartialSink,
     on_speech_end: Callable[[int], None],
     log_fields: dict[str, object],
+    streams: Callable[[], int] = lambda: 1,
 ) -> PipelineOutput:
+    """``streams``: how many streaming jobs the node runs now; with more of them than
+    cores, each decodes less often (the cores are shared, the captions come a little
+    later, and no stream falls further and further behind)."""
     t0 = time.perf_counter()
+    cores = os.cpu_count() or 1
     asr = engines.asr_for(job.src_lang)
     if asr is None:
         raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
@@ -192,7 +198,8 @@ async def run_streaming(
             # the speaker paused: decode now, so this decode has heard all the speech when the
             # end comes (the end then needs no decode of its own)
             settled = speech_end > 0 and silent >= SETTLE_FRAMES and stepped_at < speech_end + SETTLE_SECONDS
-            if step is None and heard_speech and (tr.heard - stepped_at >= STEP_SECONDS or settled):
+            cadence = STEP_SECONDS * max(1.0, streams() / cores)
+            if step is None and heard_speech and (tr.heard - stepped_at >= cadence or settled):
                 stepped_at = tr.heard
                 step = asyncio.create_task(decode())
             inp.changed.clear()
