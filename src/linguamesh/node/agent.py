@@ -432,10 +432,7 @@ class NodeAgent:
         def speech_end(size: int) -> None:
             self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size))
 
-        def streams() -> int:
-            return sum(1 for r in self.running.values() if r.live is not None)
-
-        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields, streams)
+        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
 
 
 def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:

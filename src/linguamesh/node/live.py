@@ -18,7 +18,6 @@ The result has the shape of a whole-utterance job's result.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +39,15 @@ log = get_logger("linguamesh.node.live")
 STEP_SECONDS = 0.5
 #: Audio kept for re-decoding: older audio up to a committed sentence's end is dropped.
 KEEP_SECONDS = 8.0
+#: Decoding time allowed, as a share of the time spoken: a decode is skipped when the
+#: decodes so far took more (the cost of streaming stays near 2x one whole decode, and a
+#: node shared by several streams decodes each less often instead of falling behind).
+DECODE_BUDGET = 0.4
 #: Speech heard (frames) before the first decode.
 MIN_SPEECH_FRAMES = 10
 #: A pause this long after speech starts a decode at once (then that decode has heard
 #: all the speech when the end comes, and the end needs no decode of its own).
-SETTLE_FRAMES = 5
+SETTLE_FRAMES = 3
 SETTLE_SECONDS = SETTLE_FRAMES * FRAME_MS / 1000
 #: No audio for this long: the utterance is taken as ended (its scheduler went away).
 STALL_SECONDS = 15.0
@@ -117,13 +120,8 @@ async def run_streaming(
     on_partial: PartialSink,
     on_speech_end: Callable[[int], None],
     log_fields: dict[str, object],
-    streams: Callable[[], int] = lambda: 1,
 ) -> PipelineOutput:
-    """``streams``: how many streaming jobs the node runs now; with more of them than
-    cores, each decodes less often (the cores are shared, the captions come a little
-    later, and no stream falls further and further behind)."""
     t0 = time.perf_counter()
-    cores = os.cpu_count() or 1
     asr = engines.asr_for(job.src_lang)
     if asr is None:
         raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
@@ -198,8 +196,11 @@ async def run_streaming(
             # the speaker paused: decode now, so this decode has heard all the speech when the
             # end comes (the end then needs no decode of its own)
             settled = speech_end > 0 and silent >= SETTLE_FRAMES and stepped_at < speech_end + SETTLE_SECONDS
-            cadence = STEP_SECONDS * max(1.0, streams() / cores)
-            if step is None and heard_speech and (tr.heard - stepped_at >= cadence or settled):
+            # decodes take at most DECODE_BUDGET of the time spoken (fewer when the cores are
+            # shared by several streams); a decode at a pause is always worth it
+            in_budget = totals.asr <= DECODE_BUDGET * tr.heard
+            due = tr.heard - stepped_at >= STEP_SECONDS and in_budget
+            if step is None and heard_speech and (due or settled):
                 stepped_at = tr.heard
                 step = asyncio.create_task(decode())
             inp.changed.clear()
