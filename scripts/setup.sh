@@ -46,7 +46,12 @@ fi
 
 extras="engines"
 [ "$mode" = "test" ] && extras="engines,test"
-stamp=".venv/.linguamesh-$(sha256sum pyproject.toml | cut -c1-16)-$extras"
+hash="$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.linguamesh-$hash-$extras"
+# the test set includes the run set: after the test set-up, running needs no install
+if [ "$extras" = "engines" ] && [ -f ".venv/.linguamesh-$hash-engines,test" ]; then
+  stamp=".venv/.linguamesh-$hash-engines,test"
+fi
 if [ ! -f "$stamp" ]; then
   say "installing Python packages ($extras)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null

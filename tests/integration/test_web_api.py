@@ -102,3 +102,45 @@ def test_operator_access_rules() -> None:
     )
     assert operator_access("10.0.0.5", "t", "t") is None
     assert operator_access("10.0.0.5", "t", "x")[0] == 401  # type: ignore[index]
+
+
+async def test_transcript_downloads_parse_and_match_the_results(cluster: Cluster) -> None:
+    import io
+    from datetime import timedelta
+
+    import srt
+    import webvtt
+
+    s = await cluster.scheduler()
+    await cluster.node(s.url)
+    async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["fr"]) as c:
+        got = []
+        for i, seconds in enumerate((0.4, 0.6)):
+            await c.send_utterance(i, pcm(seconds))
+            got += [await c.next_result(5 * SCALE) for _ in range(2)]
+            await asyncio.sleep(0.3)
+        token = c.ack.view_token  # type: ignore[union-attr]
+        base = f"{s.http}/api/v1/sessions/{c.session_id}/transcript"
+        async with httpx.AsyncClient() as http:
+            srt_res = await http.get(base, params={"format": "srt", "lang": "es", "token": token})
+            vtt_res = await http.get(base, params={"format": "vtt", "lang": "fr", "token": token})
+            txt_res = await http.get(base, params={"format": "txt", "lang": "en", "token": token})
+            refused = [
+                (await http.get(base, params={"format": "srt"})).status_code,
+                (await http.get(base, params={"format": "doc", "token": token})).status_code,
+                (await http.get(base, params={"lang": "de", "token": token})).status_code,
+            ]
+    assert refused == [401, 400, 400]
+    assert srt_res.headers["content-type"].startswith("application/x-subrip")
+    assert "attachment" in srt_res.headers["content-disposition"]
+    es = sorted((r for r in got if r.tgt_lang == "es"), key=lambda r: r.utterance_index)
+    subs = list(srt.parse(srt_res.text))
+    assert [x.content for x in subs] == [r.text_translated for r in es]
+    assert subs[0].start == timedelta(0)
+    assert subs[0].end - subs[0].start == timedelta(seconds=0.4)  # the utterance's own length
+    assert subs[1].start >= subs[0].end  # spoken later
+    fr = sorted((r for r in got if r.tgt_lang == "fr"), key=lambda r: r.utterance_index)
+    assert [x.text for x in webvtt.from_buffer(io.StringIO(vtt_res.text)).captions] == [
+        r.text_translated for r in fr
+    ]
+    assert txt_res.text.splitlines() == [r.text_asr for r in es]

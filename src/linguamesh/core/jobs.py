@@ -78,6 +78,8 @@ class Job:
     created_at: float
     request_id: str | None = None
     preferred_node_id: NodeId | None = None
+    #: wall-clock time (epoch seconds) the utterance began to be spoken, for transcripts
+    spoken_at: float | None = None
     state: JobState = JobState.CREATED
     attempt_id: int = 1
     node_id: NodeId | None = None

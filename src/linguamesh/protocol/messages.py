@@ -167,6 +167,10 @@ class TranslationResult(_Msg, tag="translation_result", kw_only=True):
     node_id: str | None = None
     error: ErrorInfo | None = None
     trace_id: str | None = None
+    #: Our additions: when the utterance began to be spoken (epoch seconds, the scheduler's
+    #: clock) and its length, for subtitles with utterance times.
+    spoken_at: float | None = None
+    audio_seconds: float | None = None
 
 
 class Error(_Msg, tag="error", kw_only=True):

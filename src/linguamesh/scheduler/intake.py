@@ -186,6 +186,8 @@ class Intake:
                 created_at=now,
                 request_id=request_id,
                 preferred_node_id=preferred,
+                # a whole utterance was spoken before it arrived; a streamed one begins now
+                spoken_at=time.time() - seconds,
             )
             for tgt in st.tgt_langs
         ]

@@ -47,6 +47,7 @@ def job_data(job: Job, tts: bool, partials: bool) -> dict[str, Any]:
         "sample_rate": job.sample_rate,
         "audio_seconds": job.audio_seconds,
         "request_id": job.request_id,
+        "spoken_at": job.spoken_at,
         "preferred_node_id": job.preferred_node_id,
         "tts": tts,
         "partials": partials,
@@ -94,6 +95,7 @@ def job_from_data(
         audio_seconds=float(d["audio_seconds"]),
         created_at=now,
         request_id=d.get("request_id"),
+        spoken_at=d.get("spoken_at"),
         preferred_node_id=d.get("preferred_node_id"),
     )
     job.state = _STATES.get(state, JobState.CREATED)

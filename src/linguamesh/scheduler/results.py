@@ -39,6 +39,8 @@ def translation_result(
             timings=timings,
             node_id=cmd.node_id,
             trace_id=job.trace_id,
+            spoken_at=round(job.spoken_at, 3) if job.spoken_at else None,
+            audio_seconds=round(job.audio_seconds, 3),
         )
     return p.TranslationResult(
         utterance_index=job.utterance_index,

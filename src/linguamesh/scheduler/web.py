@@ -6,6 +6,8 @@
   after ``since`` (seed 004 §8.3).
 * ``GET /api/v1/sessions/{id}/events/stream?types=&token=`` — Server-Sent Events: replay
   after ``Last-Event-ID`` (header or ``last_event_id``), then live. ``id:`` is the event seq.
+* ``GET /api/v1/sessions/{id}/transcript?format=srt|vtt|txt&lang=&token=`` — subtitles
+  or plain text of the session's transcript or one translation.
 * Viewers present the session's ``view_token`` (from ``session_init_ack``), never the
   speaker's resume token.
 * ``/api/v1/admin/overview`` — nodes, pools, jobs in flight, recent failures, counters.
@@ -35,6 +37,7 @@ from .api import nodes_data, pools_data
 from .records import same_token
 from .service import Scheduler
 from .sessions import Session
+from .transcript import FORMATS, MEDIA_TYPES, cues, render
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 KEEPALIVE_S = 15.0
@@ -86,6 +89,32 @@ async def history(request: Request) -> Response:
     out = [json.loads(data) for _, data in events if types is None or p.event_type(data) in types]
     last_seq = await _sched(request).store.last_seq(session.session_id)
     return JSONResponse({"session_id": session.session_id, "last_seq": last_seq, "events": out})
+
+
+async def transcript(request: Request) -> Response:
+    """``GET /api/v1/sessions/{id}/transcript?format=srt|vtt|txt&lang=…&token=…`` — the
+    session's transcript (``lang`` = its source language) or translation as subtitles
+    with utterance times, or plain text (``transcript.py``)."""
+    session = _viewer_session(request)
+    if isinstance(session, Response):
+        return session
+    fmt = request.query_params.get("format", "srt")
+    if fmt not in FORMATS:
+        return error(400, "bad_message", f"format must be one of {', '.join(FORMATS)}")
+    st = session.settings
+    lang = request.query_params.get("lang") or st.tgt_langs[0]
+    if lang != st.src_lang and lang not in st.tgt_langs:
+        known = ", ".join([st.src_lang, *st.tgt_langs])
+        return error(400, "bad_message", f"lang {lang!r} is not in this session ({known})")
+    try:
+        events = await _sched(request).store.events_since(session.session_id, 0)
+    except ReplayGap as exc:
+        return error(410, "session_not_found", f"cannot read the session's history: {exc}")
+    results = [json.loads(data) for _, data in events if p.event_type(data) == "translation_result"]
+    body = render(cues(results, lang, st.src_lang), fmt)
+    name = f"linguamesh-{session.session_id}-{lang}.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    return Response(body, media_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8", headers=headers)
 
 
 async def stream(request: Request) -> Response:
@@ -201,6 +230,7 @@ routes = [
     Route("/favicon.ico", favicon),
     Route("/api/v1/sessions/{session_id}/events", history),
     Route("/api/v1/sessions/{session_id}/events/stream", stream),
+    Route("/api/v1/sessions/{session_id}/transcript", transcript),
     Route("/api/v1/admin/overview", admin_overview),
     Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
 ]

@@ -7,6 +7,8 @@ import { langName } from "./lang.js";
 const $ = (id) => document.getElementById(id);
 const CHUNK_SAMPLES = 320; // 20 ms per audio_chunk: the server hears speech as it is spoken
 const PREROLL_BLOCKS = 3;
+const TAP_MS = 250; // a press shorter than this is a tap, not speech: nothing is sent
+const STORE = "linguamesh.session"; // sessionStorage: the session survives a reload
 
 const state = {
   ws: null,
@@ -25,6 +27,8 @@ const state = {
   retryMs: 500,
   connState: "offline",
   results: [],          // every translation_result shown, for tests and debugging
+  gen: 0,               // sessions this page has had (rows of an ended one stay, marked)
+  played: [],           // clips played by the queue: {index, start, end}, for tests
 };
 window.lm = state;
 
@@ -68,11 +72,22 @@ function fillTargets() {
 
 // ------------------------------------------------------------------ connection
 
+// one notice at a time; an error notice stays until dismissed or until things work again
 function notice(text, error = false) {
   const el = $("notice");
   el.hidden = !text;
-  el.textContent = text || "";
   el.classList.toggle("error", error);
+  state.errorShown = Boolean(text) && error;
+  if (!text) { el.replaceChildren(); return; }
+  const msg = document.createElement("span");
+  msg.textContent = text;
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "dismiss";
+  close.setAttribute("aria-label", "Dismiss this message");
+  close.textContent = "×";
+  close.addEventListener("click", () => notice(null));
+  el.replaceChildren(msg, close);
 }
 
 function setConn(s, label) {
@@ -80,7 +95,8 @@ function setConn(s, label) {
   const el = $("conn");
   el.dataset.state = s;
   el.querySelector(".label").textContent = label || {
-    connected: "connected", connecting: "connecting…", reconnecting: "connection lost — reconnecting…", offline: "not connected",
+    ready: "ready", connected: "connected", connecting: "connecting…",
+    reconnecting: "connection lost — reconnecting…", offline: "not connected",
   }[s];
 }
 
@@ -133,12 +149,13 @@ function handle(ev) {
   }
   switch (ev.type) {
     case "session_init_ack": {
-      const first = state.ack === null;
-      state.ack = ev;
+      const changed = state.shownSession !== ev.session_id;
+      state.ack = { ...ev, resume_token: ev.resume_token || (state.ack && state.ack.resume_token) };
       state.retryMs = 500;
       setConn("connected");
-      notice(null);
-      if (first) onSessionStarted();
+      if (!state.errorShown) notice(null);
+      saveSession();
+      if (changed) onSessionStarted();
       const queued = state.outbox.splice(0);
       for (const msg of queued) state.ws.send(JSON.stringify(msg));
       break;
@@ -167,12 +184,9 @@ function handle(ev) {
       showResult(ev);
       break;
     case "error":
-      if (ev.code === "session_not_found" || ev.code === "unauthorized") {
-        notice(`The session could not be resumed (${ev.message}). Start a new one.`, true);
-        state.userClosed = true;
-        state.ack = null;
-        $("setup").hidden = false;
-        $("controls").hidden = true;
+      if ((ev.code === "session_not_found" || ev.code === "unauthorized") && state.connState !== "connected") {
+        newSession(`The server no longer knows the previous session (${ev.message}), so a new one started. ` +
+          "Anything still waiting in it has no result; what you recorded since is sent in the new one.");
       } else {
         notice(`${ev.code}: ${ev.message}`, true);
       }
@@ -187,11 +201,87 @@ function handle(ev) {
   }
 }
 
+// the resume was refused (the server restarted, or the session expired): the rows of the old
+// session stay, marked as ended, and a new session starts at once; audio recorded meanwhile
+// (still in the outbox) goes to the new session, whose rows follow the server's numbering
+function newSession(message) {
+  for (const row of state.rows.values()) {
+    if (!row.final) setStatus(row, "ended", "ended without a result");
+    row.li.classList.add("ended");
+  }
+  const divider = document.createElement("li");
+  divider.className = "divider";
+  divider.setAttribute("role", "note");
+  divider.textContent = "New session";
+  $("utterances").append(divider);
+  state.rows = new Map();
+  state.open.clear();
+  state.closeTimes.clear();
+  state.pendingStop = null;
+  state.gen += 1;
+  state.lastSeq = 0;
+  state.ack = null;
+  forgetSession();
+  notice(message);
+  connect();
+}
+
+// transcript downloads (the server's transcript API, with the view token) and a copy button
+function showDownloads() {
+  const base = `/api/v1/sessions/${encodeURIComponent(state.ack.session_id)}/transcript`;
+  const items = [];
+  for (const [lang, what] of [[state.src, "original"], [state.tgt, "translation"]]) {
+    for (const [fmt, label] of [["srt", "SRT"], ["vtt", "WebVTT"], ["txt", "text"]]) {
+      const a = document.createElement("a");
+      a.href = `${base}?${new URLSearchParams({ format: fmt, lang, token: state.ack.view_token || "" })}`;
+      a.textContent = `${label}`;
+      a.dataset.format = fmt;
+      a.dataset.lang = lang;
+      a.setAttribute("aria-label", `Download the ${what} (${langName(lang)}) as ${label}`);
+      a.download = "";
+      items.push(a);
+    }
+  }
+  const src = document.createElement("span");
+  src.textContent = `${langName(state.src)}: `;
+  const tgt = document.createElement("span");
+  tgt.textContent = ` · ${langName(state.tgt)}: `;
+  $("downloads").replaceChildren(src, ...spaced(items.slice(0, 3)), tgt, ...spaced(items.slice(3)));
+  $("transcript").hidden = false;
+}
+
+function spaced(nodes) {
+  return nodes.flatMap((n, i) => (i ? [document.createTextNode(" "), n] : [n]));
+}
+
+async function copyTranslation() {
+  const text = [...state.rows.values()].filter((r) => r.final && r.mt.textContent).map((r) => r.mt.textContent).join("\n");
+  try {
+    await navigator.clipboard.writeText(text);
+    notice("The translation is on the clipboard.");
+  } catch (e) {
+    notice(`Copying failed: ${e.message || e}. Use a download instead.`, true);
+  }
+}
+
+function saveSession() {
+  if (!state.ack) return;
+  const { session_id, resume_token, view_token } = state.ack;
+  sessionStorage.setItem(STORE, JSON.stringify({ session_id, resume_token, view_token, src: state.src, tgt: state.tgt }));
+}
+
+function forgetSession() {
+  sessionStorage.removeItem(STORE);
+}
+
 function onSessionStarted() {
+  state.shownSession = state.ack.session_id;
   $("setup").hidden = true;
+  $("howto").hidden = true;
   $("controls").hidden = false;
   const link = `${location.origin}/view/${state.ack.session_id}?token=${encodeURIComponent(state.ack.view_token || "")}&lang=${state.tgt}`;
   $("share-link").href = link;
+  showDownloads();
   $("share-link").textContent = link;
   $("share").hidden = false;
 }
@@ -204,6 +294,7 @@ function rowFor(index) {
   const li = document.createElement("li");
   li.className = "utt";
   li.dataset.index = index;
+  li.dataset.gen = state.gen;
   const meta = document.createElement("div");
   meta.className = "meta";
   const badge = document.createElement("span");
@@ -232,7 +323,9 @@ function rowFor(index) {
     state.open.delete(index);
   }
   // keep rows in utterance order
-  const after = [...$("utterances").children].find((c) => Number(c.dataset.index) > index);
+  const after = [...$("utterances").children].find(
+    (c) => c.dataset.gen === String(state.gen) && Number(c.dataset.index) > index,
+  );
   $("utterances").insertBefore(li, after || null);
   return row;
 }
@@ -260,6 +353,7 @@ function showResult(ev) {
   state.open.delete(ev.utterance_index);
   row.mt.classList.remove("draft");
   if (ev.status === "ok") {
+    if (state.errorShown) notice(null); // it works again: an old error is no longer news
     setStatus(row, "ok", "done");
     row.asr.textContent = ev.text_asr || "(no speech)";
     row.asr.classList.remove("draft");
@@ -271,7 +365,7 @@ function showResult(ev) {
       audio.src = URL.createObjectURL(blob);
       audio.setAttribute("aria-label", `Translated speech for utterance ${ev.utterance_index}`);
       row.li.append(audio);
-      if ($("autoplay").checked) audio.play().catch(() => {});
+      if ($("autoplay").checked) enqueueClip(ev.utterance_index, audio);
     }
   } else {
     const err = ev.error || {};
@@ -283,6 +377,53 @@ function showResult(ev) {
   if (t0 !== undefined) parts.push(`${Math.round(performance.now() - t0)} ms after you stopped`);
   if (ev.timings && ev.timings.total_ms) parts.push(`server ${Math.round(ev.timings.total_ms)} ms`);
   row.latency.textContent = parts.join(" · ");
+}
+
+// ------------------------------------------------------------------ playback queue
+// Translated clips play one at a time, in utterance order, never over each other.
+
+const playback = { queue: [], current: null };
+
+function enqueueClip(index, audio) {
+  playback.queue.push({ index, audio });
+  playback.queue.sort((a, b) => a.index - b.index);
+  if (!playback.current) playNext();
+  showPlayer();
+}
+
+function playNext() {
+  const item = playback.queue.shift() || null;
+  playback.current = item;
+  showPlayer();
+  if (!item) return;
+  const start = performance.now();
+  const done = () => {
+    item.audio.removeEventListener("ended", done);
+    state.played.push({ index: item.index, start, end: performance.now() });
+    if (playback.current === item) playNext();
+  };
+  item.audio.addEventListener("ended", done);
+  item.audio.play().catch(done);
+}
+
+function skipClip() {
+  const item = playback.current;
+  if (!item) return;
+  item.audio.pause();
+  item.audio.dispatchEvent(new Event("ended"));
+}
+
+function stopPlayback() {
+  playback.queue = [];
+  skipClip();
+}
+
+function showPlayer() {
+  const item = playback.current;
+  $("player").hidden = !item;
+  $("now-playing").textContent = item
+    ? `Playing #${item.index}${playback.queue.length ? ` · ${playback.queue.length} waiting` : ""}`
+    : "";
 }
 
 // ------------------------------------------------------------------ audio out (chunks)
@@ -360,7 +501,11 @@ function showLevel(block) {
 function onMicBlock(block) {
   showLevel(block);
   if (mic.mode === "ptt") {
-    if (mic.recording) queueSamples(block);
+    if (!mic.recording) return;
+    if (performance.now() - mic.heldAt < TAP_MS) { mic.tap.push(block); return; } // maybe a tap
+    for (const b of mic.tap) queueSamples(b);
+    mic.tap = [];
+    queueSamples(block);
     return;
   }
   if (!mic.recording) return; // hands-free but not listening
@@ -393,8 +538,11 @@ async function micReady() {
 }
 
 async function talkStart() {
-  if (!(await micReady())) return;
+  if (mic.recording || !(await micReady())) return;
+  mic.heldAt = performance.now();
+  mic.tap = [];
   mic.recording = true;
+  showRecording();
   $("talk").setAttribute("aria-pressed", "true");
   $("talk").textContent = "Release to send";
 }
@@ -402,14 +550,25 @@ async function talkStart() {
 function talkStop() {
   if (!mic.recording) return;
   mic.recording = false;
+  showRecording();
   $("talk").setAttribute("aria-pressed", "false");
   $("talk").textContent = "Hold to talk";
+  if (performance.now() - mic.heldAt < TAP_MS) { // a tap: nothing was sent, nothing is
+    mic.tap = [];
+    notice("Hold the button (or Space) while you speak, then let go.");
+    return;
+  }
   finishUtterance();
+}
+
+function showRecording() {
+  $("rec").hidden = !mic.recording;
 }
 
 async function toggleListen() {
   if (mic.recording) {
     mic.recording = false;
+    showRecording();
     if (mic.vad && mic.vad.speaking) finishUtterance();
     $("listen").setAttribute("aria-pressed", "false");
     $("listen").textContent = "Start listening";
@@ -419,6 +578,7 @@ async function toggleListen() {
   mic.vad = new EnergyVad();
   mic.preroll = [];
   mic.recording = true;
+  showRecording();
   $("listen").setAttribute("aria-pressed", "true");
   $("listen").textContent = "Stop listening";
 }
@@ -461,8 +621,24 @@ const talk = $("talk");
 talk.addEventListener("pointerdown", (e) => { e.preventDefault(); talkStart(); });
 talk.addEventListener("pointerup", talkStop);
 talk.addEventListener("pointerleave", talkStop);
-talk.addEventListener("keydown", (e) => { if ((e.key === " " || e.key === "Enter") && !e.repeat) { e.preventDefault(); talkStart(); } });
-talk.addEventListener("keyup", (e) => { if (e.key === " " || e.key === "Enter") talkStop(); });
+talk.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.repeat) { e.preventDefault(); talkStart(); } });
+talk.addEventListener("keyup", (e) => { if (e.key === "Enter") talkStop(); });
+// Space is push-to-talk anywhere on the page, except while typing or choosing in a field
+function spaceIsForTalk(e) {
+  if (e.code !== "Space" || mic.mode !== "ptt" || $("controls").hidden) return false;
+  const t = e.target;
+  return !(t instanceof HTMLElement && (t.isContentEditable || ["TEXTAREA", "SELECT"].includes(t.tagName) ||
+    (t.tagName === "INPUT" && !["checkbox", "radio", "button", "file"].includes(t.type))));
+}
+document.addEventListener("keydown", (e) => {
+  if (!spaceIsForTalk(e)) return;
+  e.preventDefault();
+  if (!e.repeat) talkStart();
+});
+document.addEventListener("keyup", (e) => { if (spaceIsForTalk(e)) { e.preventDefault(); talkStop(); } });
+$("skip").addEventListener("click", skipClip);
+$("copy").addEventListener("click", copyTranslation);
+$("stop-playback").addEventListener("click", stopPlayback);
 $("listen").addEventListener("click", toggleListen);
 $("file").addEventListener("change", (e) => {
   if (e.target.files && e.target.files[0]) sendFile(e.target.files[0]);
@@ -474,4 +650,20 @@ state.talkStart = talkStart;
 state.talkStop = talkStop;
 state.toggleListen = toggleListen;
 
+// a reload resumes the session of this tab (its rows come back from the server's replay)
+function restoreSession() {
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem(STORE) || "null"); } catch (e) { saved = null; }
+  if (!saved || !saved.session_id) return false;
+  state.src = saved.src;
+  state.tgt = saved.tgt;
+  state.ack = { session_id: saved.session_id, resume_token: saved.resume_token, view_token: saved.view_token };
+  state.lastSeq = 0; // everything again: the rows are rebuilt from the replay
+  onSessionStarted();
+  connect();
+  return true;
+}
+
+state.skipClip = skipClip;
+if (!restoreSession()) setConn("ready");
 loadLanguages();

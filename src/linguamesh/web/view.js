@@ -60,7 +60,14 @@ function fillLangs() {
   sel.value = state.lang;
 }
 
-$("lang").addEventListener("change", () => { state.lang = $("lang").value; render(); });
+function links() {
+  for (const fmt of ["srt", "vtt", "txt"]) {
+    const q = new URLSearchParams({ format: fmt, lang: state.lang, token });
+    $(`dl-${fmt}`).href = `/api/v1/sessions/${encodeURIComponent(sessionId)}/transcript?${q}`;
+  }
+}
+
+$("lang").addEventListener("change", () => { state.lang = $("lang").value; links(); render(); });
 $("original").addEventListener("change", render);
 
 const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,asr_partial,session_closed`;
@@ -81,7 +88,8 @@ es.addEventListener("translation_result", (m) => {
   const r = JSON.parse(m.data);
   state.results.set(`${r.tgt_lang}:${r.utterance_index}`, r);
   state.drafts.delete(`${r.tgt_lang}:${r.utterance_index}`);
-  if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs(); }
+  if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs();
+links(); }
   render();
 });
 es.addEventListener("asr_partial", (m) => {

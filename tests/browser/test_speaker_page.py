@@ -1,0 +1,125 @@
+"""The speaker page a person can rely on (issue 16): reloads and server restarts keep the
+session or start a new one cleanly, clips play one at a time, taps and Space do what a
+person expects. Real Chromium, real scheduler and nodes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+from ..conftest import SCALE, Cluster, free_port, test_engines
+from ..procs import node_proc, start_scheduler_process, wait_node
+from .conftest import ARTIFACTS, new_page
+from .test_pages import _start_session, _tone_wav
+
+
+async def test_a_reload_mid_session_resumes_it_with_every_row(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-r", engines=test_engines())
+    page = await new_page(browser, s.http)
+    sid = await _start_session(page)
+    for i in range(2):
+        await page.set_input_files("#file", str(_tone_wav(tmp_path, f"r{i}.wav", 0.3 + 0.1 * i)))
+        await page.wait_for_function(f"window.lm.results.length === {i + 1}")
+    await page.reload()
+    await page.wait_for_selector("#conn[data-state=connected]")
+    await page.wait_for_function("document.querySelectorAll('li.utt[data-status=ok]').length === 2")
+    assert await page.evaluate("window.lm.ack.session_id") == sid  # the same session
+    texts = await page.locator("li.utt .asr").all_inner_texts()
+    assert texts == ["Test utterance 0.30.", "Test utterance 0.40."]
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "r2.wav", 0.5)))  # and it goes on
+    await page.wait_for_function("document.querySelectorAll('li.utt[data-status=ok]').length === 3")
+    assert await page.locator("li.utt").count() == 3
+    assert not page.js_errors
+
+
+async def test_two_results_arriving_together_play_one_after_the_other(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(
+        s.url, "node-p", engines=test_engines(tts_seconds=0.8, delay_ms=100), max_concurrent_jobs=2
+    )
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    for i in range(2):  # both jobs run at once and finish together
+        await page.set_input_files("#file", str(_tone_wav(tmp_path, f"p{i}.wav", 0.3)))
+    await page.wait_for_function("window.lm.played.length >= 2", timeout=int(10_000 * SCALE))
+    played = await page.evaluate("window.lm.played")
+    assert [p["index"] for p in played] == [0, 1]
+    first, second = played
+    assert first["end"] - first["start"] >= 600  # really played (0.8 s clip), not skipped
+    assert second["start"] >= first["end"] - 5  # the second began when the first ended
+    assert not page.js_errors
+
+
+async def test_a_tap_sends_nothing_and_space_talks_anywhere_on_the_page(
+    cluster: Cluster, browser: Any
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-t", engines=test_engines())
+    page = await new_page(browser, s.http)
+    assert await page.goto("/") and await page.get_attribute("#conn", "data-state") is not None
+    assert await page.get_attribute("#conn", "data-state") == "ready"  # not a red "not connected"
+    await _start_session(page)
+    await page.evaluate("window.lm.talkStart()")
+    await asyncio.sleep(0.1)
+    await page.evaluate("window.lm.talkStop()")  # a 100 ms tap
+    await asyncio.sleep(0.3)
+    assert await page.evaluate("window.lm.chunkSeq") == 0  # nothing sent
+    assert await page.locator("li.utt").count() == 0  # no empty row
+    assert "Hold the button" in await page.inner_text("#notice")
+    await page.click("#notice .dismiss")
+    assert await page.is_hidden("#notice")
+    await page.focus("body")
+    await page.keyboard.down("Space")  # push-to-talk from anywhere, not only the button
+    await page.wait_for_selector("#rec:not([hidden])")
+    await asyncio.sleep(0.8)
+    await page.keyboard.up("Space")
+    assert await page.is_hidden("#rec")
+    await page.wait_for_function("document.querySelectorAll('li.utt[data-status=ok]').length === 1")
+    assert await page.evaluate("window.lm.closes") == 1
+    assert not page.js_errors
+
+
+async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_no_offline_speech(
+    browser: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    _, sched = await start_scheduler_process("--log", "debug", port=port, log=tmp_path / "s1.log")
+    http = f"http://127.0.0.1:{port}"
+    try:
+        async with node_proc(tmp_path, f"ws://127.0.0.1:{port}", "node-k", delay_ms=1500):
+            await wait_node(http, "node-k")
+            page = await new_page(browser, http)
+            await _start_session(page)
+            await page.set_input_files("#file", str(_tone_wav(tmp_path, "k0.wav", 0.3)))
+            await page.wait_for_selector("li.utt[data-status=processing]")  # in flight on the node
+            sched.proc.send_signal(signal.SIGKILL)
+            sched.proc.wait()
+            await page.wait_for_selector("#conn[data-state=reconnecting]")
+            # recorded while the server is away: waits in the page
+            await page.set_input_files("#file", str(_tone_wav(tmp_path, "k1.wav", 0.7)))
+            _, sched = await start_scheduler_process("--log", "debug", port=port, log=tmp_path / "s2.log")
+            await page.wait_for_selector("#conn[data-state=connected]", timeout=int(20_000 * SCALE))
+            await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]", timeout=int(30_000 * SCALE))
+            await asyncio.sleep(0.5)
+            old = await page.locator("li.utt[data-gen='0']").all()
+            assert len(old) == 1 and await old[0].get_attribute("data-status") == "ended"
+            new = page.locator("li.utt[data-gen='1']")
+            assert await new.count() == 1
+            # the offline utterance, translated in the new session's row 0
+            assert await new.locator(".asr").inner_text() == "Test utterance 0.70."
+            assert await page.locator("li.utt[data-status=processing]").count() == 0
+            assert "new one started" in await page.inner_text("#notice")
+            assert await page.locator("li.divider").count() == 1
+            link = await page.get_attribute("#share-link", "href")
+            assert link and await page.evaluate("window.lm.ack.session_id") in link  # viewers follow
+            await page.screenshot(path=ARTIFACTS / "speaker-server-restarted.png", full_page=True)
+            assert not page.js_errors
+    finally:
+        sched.stop()

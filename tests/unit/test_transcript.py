@@ -1,0 +1,71 @@
+"""Transcripts as subtitles (scheduler/transcript.py): pure, checked with the parsers
+people use (``srt``, ``webvtt-py``)."""
+
+from __future__ import annotations
+
+import html
+import io
+from datetime import timedelta
+
+import srt
+import webvtt
+
+from linguamesh.scheduler.transcript import cues, render
+
+
+def result(
+    i: int, asr: str, mt: str, at: float | None, secs: float, tgt: str = "es", ok: bool = True
+) -> dict:
+    return {"type": "translation_result", "utterance_index": i, "tgt_lang": tgt, "status": "ok" if ok else "failed",
+            "text_asr": asr, "text_translated": mt, "spoken_at": at, "audio_seconds": secs}  # fmt: skip
+
+
+RESULTS = [
+    result(1, "Second line --> here.", "Segunda <línea> & más.", 1000.0 + 4.0, 2.5),
+    result(0, "First line.", "Primera línea.", 1000.0, 1.5),
+    result(2, "", "", 1000.0 + 8.0, 1.0),  # silence: no cue
+    result(3, "Failed.", "", 1000.0 + 9.0, 1.0, ok=False),
+    result(0, "First line.", "Première ligne.", 1000.0, 1.5, tgt="fr"),
+    result(4, "Fourth,\n\nwith a blank line.", "Cuarta.", 3600.0 + 1000.0, 2.0),
+]
+
+
+def test_srt_cues_carry_utterance_times_and_parse() -> None:
+    parsed = list(srt.parse(render(cues(RESULTS, "es", "en"), "srt")))
+    assert [c.content for c in parsed] == ["Primera línea.", "Segunda <línea> & más.", "Cuarta."]
+    assert parsed[0].start == timedelta(0) and parsed[0].end == timedelta(seconds=1.5)
+    assert parsed[1].start == timedelta(seconds=4) and parsed[1].end == timedelta(seconds=6.5)
+    assert parsed[2].start == timedelta(seconds=3600)  # an hour later
+
+
+def test_the_source_language_gives_the_transcript_once_per_utterance() -> None:
+    parsed = list(srt.parse(render(cues(RESULTS, "en", "en"), "srt")))
+    assert [c.content for c in parsed] == [
+        "First line.",
+        "Second line --> here.",
+        "Fourth, with a blank line.",
+    ]
+
+
+def test_webvtt_parses_and_escapes() -> None:
+    text = render(cues(RESULTS, "es", "en"), "vtt")
+    assert text.startswith("WEBVTT\n\n")
+    captions = webvtt.from_buffer(io.StringIO(text)).captions
+    # players unescape the cue text (webvtt-py hands it over as written)
+    assert [html.unescape(c.text) for c in captions] == [
+        "Primera línea.",
+        "Segunda <línea> & más.",
+        "Cuarta.",
+    ]
+    assert "&lt;línea> &amp;" in captions[1].text
+    assert (captions[1].start, captions[1].end) == ("00:00:04.000", "00:00:06.500")
+    src = webvtt.from_buffer(io.StringIO(render(cues(RESULTS, "en", "en"), "vtt"))).captions
+    assert src[1].text == "Second line → here."  # "-->" cannot be in a cue
+
+
+def test_plain_text_and_results_without_times() -> None:
+    assert render(cues(RESULTS, "fr", "en"), "txt") == "Première ligne.\n"
+    untimed = [result(0, "a", "uno", None, 2.0), result(1, "b", "dos", None, 1.0)]
+    items = cues(untimed, "es", "en")
+    assert [(c.start, c.end) for c in items] == [(0.0, 2.0), (2.0, 3.0)]  # one after the other
+    assert render([], "srt") == "" and render([], "vtt") == "WEBVTT\n\n"
