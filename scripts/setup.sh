@@ -12,6 +12,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 apt_pkgs=(espeak-ng apertium apertium-eng-spa libsndfile1 redis-server)
 if [ "$mode" = "test" ]; then
   apt_pkgs+=(chromium)
+  command -v npm >/dev/null || apt_pkgs+=(npm)
 fi
 missing=()
 for pkg in "${apt_pkgs[@]}"; do
@@ -58,5 +59,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[$extras]"
   rm -f .venv/.linguamesh-*
   touch "$stamp"
+fi
+
+# ---------------------------------------------------------------- test tools from npm
+# axe-core (accessibility checks run inside the pages by the browser tests)
+AXE_VERSION=4.14.1
+if [ "$mode" = "test" ] && [ ! -f ".venv/npm/node_modules/axe-core/axe.min.js" ]; then
+  say "installing axe-core $AXE_VERSION (npm)"
+  npm install --prefix .venv/npm --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null
 fi
 say "ready"

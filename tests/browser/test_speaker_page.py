@@ -123,3 +123,35 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             assert not page.js_errors
     finally:
         sched.stop()
+
+
+async def test_transcript_downloads_on_both_pages_parse_and_match(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    import io
+
+    import srt
+    import webvtt
+
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-d", engines=test_engines(text="line {seconds}"))
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    for i in range(2):
+        await page.set_input_files("#file", str(_tone_wav(tmp_path, f"d{i}.wav", 0.3 + 0.2 * i)))
+        await page.wait_for_function(f"window.lm.results.length === {i + 1}")
+    results = await page.evaluate("window.lm.results.map(r => [r.text_asr, r.text_translated])")
+    srt_link = await page.get_attribute("#downloads a[data-format=srt][data-lang=es]", "href")
+    vtt_link = await page.get_attribute("#downloads a[data-format=vtt][data-lang=en]", "href")
+    assert srt_link and vtt_link
+    subs = list(srt.parse(await (await page.request.get(srt_link)).text()))
+    assert [x.content for x in subs] == [mt for _, mt in results]
+    vtt = await (await page.request.get(vtt_link)).text()
+    assert [c.text for c in webvtt.from_buffer(io.StringIO(vtt)).captions] == [asr for asr, _ in results]
+    # the viewer offers the same downloads for its language
+    viewer = await new_page(browser, s.http)
+    await viewer.goto(await page.get_attribute("#share-link", "href") or "")
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
+    txt = await (await viewer.request.get(await viewer.get_attribute("#dl-txt", "href") or "")).text()
+    assert txt.splitlines() == [mt for _, mt in results]
+    assert not page.js_errors and not viewer.js_errors

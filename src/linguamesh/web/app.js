@@ -73,11 +73,12 @@ function fillTargets() {
 // ------------------------------------------------------------------ connection
 
 // one notice at a time; an error notice stays until dismissed or until things work again
-function notice(text, error = false) {
+function notice(text, error = false, sticky = false) {
   const el = $("notice");
   el.hidden = !text;
   el.classList.toggle("error", error);
   state.errorShown = Boolean(text) && error;
+  state.noticeSticky = Boolean(text) && sticky; // stays until dismissed
   if (!text) { el.replaceChildren(); return; }
   const msg = document.createElement("span");
   msg.textContent = text;
@@ -153,7 +154,7 @@ function handle(ev) {
       state.ack = { ...ev, resume_token: ev.resume_token || (state.ack && state.ack.resume_token) };
       state.retryMs = 500;
       setConn("connected");
-      if (!state.errorShown) notice(null);
+      if (!state.errorShown && !state.noticeSticky) notice(null);
       saveSession();
       if (changed) onSessionStarted();
       const queued = state.outbox.splice(0);
@@ -222,7 +223,7 @@ function newSession(message) {
   state.lastSeq = 0;
   state.ack = null;
   forgetSession();
-  notice(message);
+  notice(message, false, true);
   connect();
 }
 
@@ -458,6 +459,7 @@ function finishUtterance() {
 
 function sendChunk(samples, final) {
   send({ type: "audio_chunk", seq: state.chunkSeq++, audio: b64(toPcm16(samples)), is_final: final });
+  sessionStorage.setItem(`${STORE}.chunkSeq`, String(state.chunkSeq)); // a reload goes on from here
 }
 
 // ------------------------------------------------------------------ microphone
@@ -659,6 +661,7 @@ function restoreSession() {
   state.tgt = saved.tgt;
   state.ack = { session_id: saved.session_id, resume_token: saved.resume_token, view_token: saved.view_token };
   state.lastSeq = 0; // everything again: the rows are rebuilt from the replay
+  state.chunkSeq = Number(sessionStorage.getItem(`${STORE}.chunkSeq`) || 0); // the server drops repeated seqs
   onSessionStarted();
   connect();
   return true;

@@ -58,6 +58,7 @@ function fillLangs() {
   const all = [...new Set([...state.langs, state.lang].filter(Boolean))].sort();
   sel.replaceChildren(...all.map((l) => new Option(langName(l), l)));
   sel.value = state.lang;
+  links();
 }
 
 function links() {
@@ -88,8 +89,7 @@ es.addEventListener("translation_result", (m) => {
   const r = JSON.parse(m.data);
   state.results.set(`${r.tgt_lang}:${r.utterance_index}`, r);
   state.drafts.delete(`${r.tgt_lang}:${r.utterance_index}`);
-  if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs();
-links(); }
+  if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs(); }
   render();
 });
 es.addEventListener("asr_partial", (m) => {

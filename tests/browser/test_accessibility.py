@@ -1,0 +1,65 @@
+"""axe-core (from npm, run inside the page) finds no serious or critical accessibility
+violation on the three pages, in light and dark mode; screenshots at 1280 and 390 px."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import Cluster, test_engines
+from .conftest import ARTIFACTS
+from .test_pages import _start_session, _tone_wav
+
+AXE = Path(__file__).resolve().parents[2] / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS = """axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
+  .filter(v => ['serious', 'critical'].includes(v.impact))
+  .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))"""
+
+
+async def _check(page: Any, name: str, scheme: str) -> list[Any]:
+    await page.add_script_tag(path=str(AXE))
+    found = await page.evaluate(SERIOUS)
+    for width, height in ((1280, 900), (390, 844)):
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.screenshot(path=ARTIFACTS / f"{name}-{scheme}-{width}.png", full_page=True)
+    return [(name, scheme, v) for v in found]
+
+
+async def test_no_serious_accessibility_violations_in_light_and_dark(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    if not AXE.exists():
+        pytest.fail("axe-core is not installed: run scripts/setup.sh test (npm install axe-core)")
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-a11y", engines=test_engines(text="line {seconds}"))
+    problems: list[Any] = []
+    for scheme in ("light", "dark"):
+        ctx = await browser.new_context(
+            permissions=["microphone"],
+            base_url=s.http,
+            color_scheme=scheme,
+            viewport={"width": 1280, "height": 900},
+        )
+        page = await ctx.new_page()
+        await page.goto("/")
+        await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
+        problems += await _check(page, "speaker-start", scheme)
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await _start_session(page)
+        for i in range(2):
+            await page.set_input_files("#file", str(_tone_wav(tmp_path, f"a{scheme}{i}.wav", 0.3 + 0.1 * i)))
+            await page.wait_for_function(f"window.lm.results.length === {i + 1}")
+        problems += await _check(page, "speaker", scheme)
+        link = await page.get_attribute("#share-link", "href")
+        viewer = await ctx.new_page()
+        await viewer.goto(link or "")
+        await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
+        problems += await _check(viewer, "viewer", scheme)
+        admin = await ctx.new_page()
+        await admin.goto("/admin")
+        await admin.wait_for_timeout(1500)  # its first refresh
+        problems += await _check(admin, "admin", scheme)
+        await ctx.close()
+    assert not problems, problems
