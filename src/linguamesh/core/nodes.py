@@ -41,8 +41,10 @@ class NodeCapabilities:
 
 
 def pool_name(caps: NodeCapabilities) -> str:
-    """Pools are named by the node's sorted language set, e.g. ``de-en-zh``."""
-    langs = caps.languages()
+    """Pools are named by the sorted languages of the pairs the node can serve end to end
+    (ASR of the source, MT of the pair), e.g. ``en-zh``: not every language one of its
+    engines touches (eSpeak speaks ~90; a node serving en<->es is in pool ``en-es``)."""
+    langs = {lang for pair in caps.servable_pairs() for lang in pair}
     return "-".join(sorted(langs)) if langs else "empty"
 
 

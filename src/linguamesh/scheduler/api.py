@@ -99,7 +99,9 @@ async def pools(request: Request) -> Response:
 
 async def languages(request: Request) -> Response:
     s = _sched(request)
-    pairs = s.servable_pairs()
+    # translation pairs; a same-language session (transcribe and speak again) is possible
+    # but is not what the pages offer
+    pairs = sorted((a, b) for a, b in s.servable_pairs() if a != b)
     return JSONResponse(
         {
             "pairs": [{"src": a, "tgt": b} for a, b in pairs],
