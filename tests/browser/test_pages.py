@@ -165,7 +165,13 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     admin = await new_page(browser, s.http)
     await admin.goto("/admin")
     await admin.wait_for_selector("#nodes td:text('op-node')")
-    await admin.wait_for_selector(f"#recent td:text('{job_id}')")
+    await admin.wait_for_selector(f"#recent a:text('{job_id}')")
+    # the job id opens the job's record
+    href = await admin.get_attribute(f"#recent a:text('{job_id}')", "href")
+    record = await (await admin.request.get(href or "")).json()
+    assert record["job_id"] == job_id and record["state"] == "completed"
+    # the pool is named after the pairs the node serves, not every language it touches
+    assert await admin.locator("#pools td").first.inner_text() == "en-es-fr"  # the test engines
     assert await admin.locator("#counters div").count() > 3
     await admin.screenshot(path=ARTIFACTS / "operator.png", full_page=True)
     assert not admin.js_errors

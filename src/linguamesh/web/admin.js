@@ -2,10 +2,28 @@
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token") || "";
 
-function cell(text) {
+function cell(value) {
   const td = document.createElement("td");
-  td.textContent = text ?? "";
+  if (value instanceof Node) td.append(value);
+  else td.textContent = value ?? "";
   return td;
+}
+
+// a job id links to the job's record (its attempts, timings and error); a trace id to the
+// job view too, with the command that shows the whole timeline from the logs
+function jobLink(jobId, label) {
+  if (!jobId) return "";
+  const a = document.createElement("a");
+  a.href = `/api/v1/jobs/${encodeURIComponent(jobId)}${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+  a.textContent = label || jobId;
+  return a;
+}
+
+function traceCell(jobId, traceId) {
+  if (!traceId) return "";
+  const a = jobLink(jobId, traceId);
+  a.title = `linguamesh trace ${traceId} <log files>`;
+  return a;
 }
 
 function fill(id, rows) {
@@ -41,10 +59,14 @@ async function refresh() {
       n.capabilities.nmt_pairs.map((p) => p.join("→")).join(" "), `${n.last_heartbeat_s_ago.toFixed(1)} s ago`, n.version,
     ]));
     fill("pools", data.pools.map((p) => [p.name, p.nodes.join(", "), `${p.free_slots} / ${p.slots}`]));
-    fill("jobs", data.jobs_in_flight.map((j) => [j.job_id, j.state, j.attempt_id, j.node_id, j.pair, `${j.age_s.toFixed(1)} s`, j.trace_id]));
-    fill("recent", data.recent_jobs.map((j) => [j.job_id, j.state, j.node_id, j.pair, `${j.ms} ms`, j.trace_id]));
+    fill("jobs", data.jobs_in_flight.map((j) => [
+      jobLink(j.job_id), j.state, j.attempt_id, j.node_id, j.pair, `${j.age_s.toFixed(1)} s`, traceCell(j.job_id, j.trace_id),
+    ]));
+    fill("recent", data.recent_jobs.map((j) => [
+      jobLink(j.job_id), j.state, j.node_id, j.pair, `${j.ms} ms`, traceCell(j.job_id, j.trace_id),
+    ]));
     fill("failures", data.failures.map((f) => [
-      new Date(f.at * 1000).toLocaleTimeString(), f.job_id, f.code, f.reason, f.attempts, f.trace_id,
+      new Date(f.at * 1000).toLocaleTimeString(), jobLink(f.job_id), f.code, f.reason, f.attempts, traceCell(f.job_id, f.trace_id),
     ]));
     $("counters").replaceChildren(...Object.entries(data.counters).sort().map(([k, v]) => {
       const d = document.createElement("div");
