@@ -133,7 +133,7 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
         await speaker.set_input_files("#file", str(_tone_wav(tmp_path, f"v{i}.wav", 0.3)))
         await speaker.wait_for_function(f"window.lm.results.length === {i + 1}")
     link = await speaker.get_attribute("#share-link", "href")
-    assert link and "/view/" in link and "token=" in link
+    assert link and "/view/room/" in link  # a room: it outlives the session
     viewer = await new_page(browser, s.http)
     await viewer.goto(link)
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
@@ -145,9 +145,10 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     # the language chooser names the language, not just its code
     assert await viewer.locator("#lang option").all_inner_texts() == ["Spanish (es)"]
     await viewer.screenshot(path=ARTIFACTS / "viewer.png", full_page=True)
-    # a wrong token is refused
+    # the session's own link with a wrong token is refused
+    sid = await speaker.evaluate("window.lm.ack.session_id")
     bad = await new_page(browser, s.http)
-    await bad.goto(link.split("?")[0] + "?token=nope")
+    await bad.goto(f"/view/{sid}?token=nope")
     await bad.wait_for_selector("#notice:not([hidden])", timeout=10_000)
     assert not viewer.js_errors and not speaker.js_errors
 

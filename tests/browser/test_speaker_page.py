@@ -97,6 +97,9 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             await wait_node(http, "node-k")
             page = await new_page(browser, http)
             await _start_session(page)
+            viewer = await new_page(browser, http)  # follows the share link (a room)
+            await viewer.goto(await page.get_attribute("#share-link", "href") or "")
+            await viewer.wait_for_selector("#conn[data-state=connected]")
             await page.set_input_files("#file", str(_tone_wav(tmp_path, "k0.wav", 0.3)))
             await page.wait_for_selector("li.utt[data-status=processing]")  # in flight on the node
             sched.proc.send_signal(signal.SIGKILL)
@@ -117,8 +120,12 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             assert await page.locator("li.utt[data-status=processing]").count() == 0
             assert "new one started" in await page.inner_text("#notice")
             assert await page.locator("li.divider").count() == 1
-            link = await page.get_attribute("#share-link", "href")
-            assert link and await page.evaluate("window.lm.ack.session_id") in link  # viewers follow
+            # the viewer followed the speaker to the new session, on the same link
+            await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1")
+            assert await viewer.inner_text("#subtitles p") == "[es] Test utterance 0.70."
+            sessions = await viewer.evaluate("window.lmView.sessions")
+            assert sessions[-1] == await page.evaluate("window.lm.ack.session_id") and len(sessions) == 2
+            assert not viewer.js_errors
             await page.screenshot(path=ARTIFACTS / "speaker-server-restarted.png", full_page=True)
             assert not page.js_errors
     finally:

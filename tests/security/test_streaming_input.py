@@ -75,3 +75,40 @@ async def test_a_streaming_node_gets_every_piece_once_in_order_and_may_not_lie(c
         assert final2.is_final and final2.size == 0
     await node.close()
     await other.close()
+
+
+async def test_a_room_is_moved_only_by_its_own_key(cluster: Cluster) -> None:
+    import httpx
+
+    s = await cluster.scheduler()
+    room, key = "room-" + "a" * 20, "k" * 32
+    c1 = SessionClient(s.url, src="en", tgt="es")
+    c1.init.room, c1.init.room_key = room, key
+    await c1.connect()
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{s.http}/api/v1/rooms/{room}")).json()
+        assert shown["session_id"] == c1.session_id and shown["view_token"] == c1.ack.view_token  # type: ignore[union-attr]
+        for extra, needle in (
+            ({"room": room, "room_key": "x" * 32}, "another speaker"),  # someone else's key
+            ({"room": "short", "room_key": key}, "field `room`"),
+            ({"room": room}, "room_key"),
+        ):
+            async with connect(s.url + "/ws/session") as ws:
+                init = {
+                    "type": "session_init",
+                    "protocol_version": 1,
+                    "src_lang": "en",
+                    "tgt_lang": "es",
+                    **extra,
+                }
+                await ws.send(json.dumps(init))
+                err = await _event(ws)
+                assert err.code == "bad_message" and needle in err.message, err
+        assert (await http.get(f"{s.http}/api/v1/rooms/{room}")).json()["session_id"] == c1.session_id
+        c2 = SessionClient(s.url, src="en", tgt="es")  # the speaker's next session moves it
+        c2.init.room, c2.init.room_key = room, key
+        await c2.connect()
+        assert (await http.get(f"{s.http}/api/v1/rooms/{room}")).json()["session_id"] == c2.session_id
+        assert (await http.get(f"{s.http}/api/v1/rooms/{'n' * 20}")).status_code == 404
+    await c1.disconnect()
+    await c2.disconnect()

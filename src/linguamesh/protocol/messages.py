@@ -88,6 +88,9 @@ class SessionInit(_Msg, tag="session_init", kw_only=True):
     #: continuously.
     end_of_speech: Literal["client", "server"] = "client"
     end_of_speech_ms: int | None = None
+    #: Our additions: a viewer link that outlives the session (``scheduler/rooms.py``).
+    room: str | None = None
+    room_key: str | None = None
 
 
 class Utterance(_Msg, tag="utterance", kw_only=True):

@@ -25,6 +25,7 @@ from ..protocol import ErrorCode, ProtocolError
 from ..state.base import JobEnd
 from .ports import Env, JobControl
 from .records import job_fields, same_token, session_record, settings_from_record
+from .rooms import Rooms
 from .sessions import Session, SessionSettings, Transport, close_quietly, until_available
 
 log = get_logger("linguamesh.scheduler")
@@ -35,6 +36,8 @@ class Desk:
         self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.init_ack = init_ack
         self.sessions: dict[SessionId, Session] = {}
+        #: viewer links that outlive a session
+        self.rooms = Rooms()
         #: set by the service: cancels a dropped session's jobs
         self.jobs: JobControl | None = None
 
@@ -71,6 +74,8 @@ class Desk:
             problem = pair_problem(init.src_lang, tgt)
             if problem:
                 raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE_PAIR, problem)
+        if init.room is not None:
+            Rooms.check(init.room, init.room_key)
         if init.sample_rate <= 0 or init.sample_rate > 192_000:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"sample_rate {init.sample_rate} is out of range")
         end_ms = None
@@ -101,6 +106,8 @@ class Desk:
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
         self.sessions[session.session_id] = session
+        if init.room is not None and init.room_key is not None:
+            self.rooms.claim(init.room, init.room_key, session.session_id, session.view_token)
         session.start()
         session.conn = conn
         self.metrics.inc("sessions_created")

@@ -117,6 +117,16 @@ async def transcript(request: Request) -> Response:
     return Response(body, media_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8", headers=headers)
 
 
+async def room(request: Request) -> Response:
+    """``GET /api/v1/rooms/{room}`` — the session a room's viewer link shows now, with its
+    view token (the room id in the link is the viewer's capability, as the token is)."""
+    found = _sched(request).desk.rooms.get(request.path_params["room"])
+    s = _sched(request)
+    if found is None or found.session_id not in s.sessions or s.sessions[SessionId(found.session_id)].closed:
+        return error(404, "session_not_found", "no session shows in this room now; it may start again soon")
+    return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
+
+
 async def stream(request: Request) -> Response:
     session = _viewer_session(request)
     if isinstance(session, Response):
@@ -226,6 +236,8 @@ def _page(name: str) -> Any:
 routes = [
     Route("/", _page("index.html")),
     Route("/view/{session_id}", _page("view.html")),
+    Route("/view/room/{room}", _page("view.html")),
+    Route("/api/v1/rooms/{room}", room),
     Route("/admin", _page("admin.html")),
     Route("/favicon.ico", favicon),
     Route("/api/v1/sessions/{session_id}/events", history),

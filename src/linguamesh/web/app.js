@@ -117,6 +117,7 @@ function connect() {
       // the server ends an utterance at a pause (streaming nodes); release / the page's own
       // silence detector end it too
       end_of_speech: "server",
+      room: roomIds().room, room_key: roomIds().key,
     };
     if (resume) {
       init.resume = { session_id: state.ack.session_id, resume_token: state.ack.resume_token, last_seq: state.lastSeq };
@@ -265,6 +266,23 @@ async function copyTranslation() {
   }
 }
 
+// this tab's room: a random id for viewers and a key that proves the room is ours
+function roomIds() {
+  let ids = null;
+  try { ids = JSON.parse(sessionStorage.getItem(`${STORE}.room`) || "null"); } catch (e) { ids = null; }
+  if (!ids || !ids.room || !ids.key) {
+    ids = { room: randomId(22), key: randomId(32) };
+    sessionStorage.setItem(`${STORE}.room`, JSON.stringify(ids));
+  }
+  return ids;
+}
+
+function randomId(n) {
+  const bytes = crypto.getRandomValues(new Uint8Array(n));
+  const abc = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+  return [...bytes].map((b) => abc[b & 63]).join("");
+}
+
 function saveSession() {
   if (!state.ack) return;
   const { session_id, resume_token, view_token } = state.ack;
@@ -280,7 +298,8 @@ function onSessionStarted() {
   $("setup").hidden = true;
   $("howto").hidden = true;
   $("controls").hidden = false;
-  const link = `${location.origin}/view/${state.ack.session_id}?token=${encodeURIComponent(state.ack.view_token || "")}&lang=${state.tgt}`;
+  // the room link survives this session: viewers follow the speaker's next session too
+  const link = `${location.origin}/view/room/${encodeURIComponent(roomIds().room)}?lang=${encodeURIComponent(state.tgt)}`;
   $("share-link").href = link;
   showDownloads();
   $("share-link").textContent = link;

@@ -1,12 +1,16 @@
 // Viewer page: live subtitles of a session over Server-Sent Events. EventSource reconnects by
 // itself and sends Last-Event-ID, so the server replays what was missed; earlier subtitles come
-// from the same replay when the page opens mid-session.
+// from the same replay when the page opens mid-session. A room link (/view/room/{room})
+// follows the speaker from session to session (after a server restart, say).
 import { langName } from "./lang.js";
 const $ = (id) => document.getElementById(id);
-const sessionId = decodeURIComponent(location.pathname.split("/").pop());
+const parts = location.pathname.split("/");
+const room = parts[2] === "room" ? decodeURIComponent(parts[3] || "") : null;
+let sessionId = room ? "" : decodeURIComponent(parts.pop());
 const params = new URLSearchParams(location.search);
-const token = params.get("token") || "";
-const state = { results: new Map(), langs: new Set(), lang: params.get("lang") || "", drafts: new Map() };
+let token = params.get("token") || "";
+let gen = 0; // sessions followed: subtitles of an earlier one stay, before the newer ones
+const state = { results: new Map(), langs: new Set(), lang: params.get("lang") || "", drafts: new Map(), sessions: [] };
 window.lmView = state;
 
 function setConn(s, label) {
@@ -19,16 +23,16 @@ function render() {
   const box = $("subtitles");
   const items = [...state.results.values()]
     .filter((r) => r.tgt_lang === state.lang && r.status === "ok")
-    .sort((a, b) => a.utterance_index - b.utterance_index);
+    .sort((a, b) => a.gen - b.gen || a.utterance_index - b.utterance_index);
   const showOriginal = $("original").checked;
   // live: the translation drafts of utterances still being spoken (streaming), after the finals
   const live = [...state.drafts.entries()]
-    .filter(([key]) => key.startsWith(`${state.lang}:`) && !state.results.has(key))
-    .sort((a, b) => Number(a[0].split(":")[1]) - Number(b[0].split(":")[1]))
+    .filter(([key]) => key.startsWith(`${gen}:${state.lang}:`) && !state.results.has(key))
+    .sort((a, b) => Number(a[0].split(":")[2]) - Number(b[0].split(":")[2]))
     .map(([key, text]) => {
       const p = document.createElement("p");
       p.className = "live";
-      p.dataset.index = key.split(":")[1];
+      p.dataset.index = key.split(":")[2];
       p.lang = state.lang;
       p.textContent = text;
       return p;
@@ -71,11 +75,46 @@ function links() {
 $("lang").addEventListener("change", () => { state.lang = $("lang").value; links(); render(); });
 $("original").addEventListener("change", render);
 
-const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,asr_partial,session_closed`;
-const es = new EventSource(url);
-es.onopen = () => setConn("connected", "live");
-es.onerror = () => {
-  if (es.readyState === EventSource.CLOSED) {
+let es = null;
+function follow(id, viewToken) {
+  if (es) es.close();
+  sessionId = id;
+  token = viewToken;
+  gen += 1;
+  state.sessions.push(id);
+  links();
+  const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,asr_partial,session_closed`;
+  es = new EventSource(url);
+  es.onopen = () => { setConn("connected", "live"); $("notice").hidden = true; };
+  es.onerror = () => onError(es);
+  es.addEventListener("translation_result", onResult);
+  es.addEventListener("asr_partial", onDraft);
+  es.addEventListener("session_closed", () => {
+    setConn("offline", "the session has ended");
+    es.close();
+  });
+}
+
+// a room: which session shows now (polled: the speaker may start a new one at any time)
+async function findRoom() {
+  try {
+    const res = await fetch(`/api/v1/rooms/${encodeURIComponent(room)}`);
+    if (res.ok) {
+      const cur = await res.json();
+      if (cur.session_id !== sessionId) follow(cur.session_id, cur.view_token);
+      return;
+    }
+  } catch (e) { /* the server is away: try again */ }
+  if (!es || es.readyState === EventSource.CLOSED) setConn("reconnecting", "waiting for the speaker…");
+}
+
+function onError(source) {
+  if (source !== es) return;
+  if (room) { // the room decides what to follow next
+    if (source.readyState === EventSource.CLOSED) setConn("reconnecting", "waiting for the speaker…");
+    return;
+  }
+  if (source.readyState === EventSource.CLOSED) {
     setConn("offline", "closed");
     const el = $("notice");
     el.hidden = false;
@@ -85,21 +124,28 @@ es.onerror = () => {
     setConn("reconnecting", "reconnecting…");
   }
 };
-es.addEventListener("translation_result", (m) => {
-  const r = JSON.parse(m.data);
-  state.results.set(`${r.tgt_lang}:${r.utterance_index}`, r);
-  state.drafts.delete(`${r.tgt_lang}:${r.utterance_index}`);
+function onResult(m) {
+  const r = { ...JSON.parse(m.data), gen };
+  state.results.set(`${gen}:${r.tgt_lang}:${r.utterance_index}`, r);
+  state.drafts.delete(`${gen}:${r.tgt_lang}:${r.utterance_index}`);
   if (!state.langs.has(r.tgt_lang)) { state.langs.add(r.tgt_lang); fillLangs(); }
   render();
-});
-es.addEventListener("asr_partial", (m) => {
+}
+
+function onDraft(m) {
   const d = JSON.parse(m.data);
   if (!d.translation || !d.tgt_lang) return;
-  const key = `${d.tgt_lang}:${d.utterance_index}`;
+  const key = `${gen}:${d.tgt_lang}:${d.utterance_index}`;
   if (state.results.has(key)) return;
   state.drafts.set(key, d.translation);
   if (!state.langs.has(d.tgt_lang)) { state.langs.add(d.tgt_lang); fillLangs(); }
   render();
-});
-es.addEventListener("session_closed", () => { setConn("offline", "the session has ended"); es.close(); });
+}
+
 fillLangs();
+if (room) {
+  findRoom();
+  setInterval(findRoom, 2000);
+} else {
+  follow(sessionId, token);
+}
