@@ -162,3 +162,25 @@ async def test_transcript_downloads_on_both_pages_parse_and_match(
     txt = await (await viewer.request.get(await viewer.get_attribute("#dl-txt", "href") or "")).text()
     assert txt.splitlines() == [mt for _, mt in results]
     assert not page.js_errors and not viewer.js_errors
+
+
+async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, tmp_path: Path) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-e", engines=test_engines())
+    page = await new_page(browser, s.http)
+    first = await _start_session(page)
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "e0.wav", 0.3)))
+    await page.wait_for_function("window.lm.results.length === 1")
+    await page.click("#end")
+    await page.wait_for_selector("#setup:not([hidden])")  # after the session_closed
+    assert await page.get_attribute("#conn", "data-state") == "offline"
+    assert await page.evaluate("sessionStorage.getItem('linguamesh.session')") is None
+    await page.click("#start")
+    await page.wait_for_selector("#conn[data-state=connected]")
+    second = await page.evaluate("window.lm.ack.session_id")
+    assert second != first
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "e1.wav", 0.5)))
+    await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]")
+    assert await page.locator("li.utt[data-gen='0'][data-status=ok]").count() == 1  # the old row stays
+    assert await page.inner_text("li.utt[data-gen='1'] .asr") == "Test utterance 0.50."
+    assert not page.js_errors

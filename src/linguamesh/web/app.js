@@ -193,8 +193,20 @@ function handle(ev) {
         notice(`${ev.code}: ${ev.message}`, true);
       }
       break;
-    case "session_closed":
+    case "session_closed": // after "End session": its last results are in
       state.userClosed = true;
+      forgetSession();
+      closeRows("New session");
+      state.ack = null;
+      state.shownSession = null;
+      $("setup").hidden = false;
+      $("howto").hidden = false;
+      $("controls").hidden = true;
+      $("share").hidden = true;
+      $("transcript").hidden = true;
+      $("end").disabled = false;
+      setConn("offline", "session ended");
+      notice("The session ended. Start a new one when you like; its rows follow below.", false, true);
       break;
     case "reconnect": // the server is shutting down: come back after its delay and resume
       state.retryMs = Math.max(100, ev.delay_ms || 1000);
@@ -207,6 +219,15 @@ function handle(ev) {
 // session stay, marked as ended, and a new session starts at once; audio recorded meanwhile
 // (still in the outbox) goes to the new session, whose rows follow the server's numbering
 function newSession(message) {
+  closeRows("New session");
+  state.ack = null;
+  forgetSession();
+  notice(message, false, true);
+  connect();
+}
+
+// the rows so far belong to a session that ended: marked so, and the next rows start anew
+function closeRows(label) {
   for (const row of state.rows.values()) {
     if (!row.final) setStatus(row, "ended", "ended without a result");
     row.li.classList.add("ended");
@@ -214,7 +235,7 @@ function newSession(message) {
   const divider = document.createElement("li");
   divider.className = "divider";
   divider.setAttribute("role", "note");
-  divider.textContent = "New session";
+  divider.textContent = label;
   $("utterances").append(divider);
   state.rows = new Map();
   state.open.clear();
@@ -222,10 +243,13 @@ function newSession(message) {
   state.pendingStop = null;
   state.gen += 1;
   state.lastSeq = 0;
-  state.ack = null;
-  forgetSession();
-  notice(message, false, true);
-  connect();
+}
+
+function endSession() {
+  if (mic.recording) { mic.mode === "ptt" ? talkStop() : toggleListen(); }
+  send({ type: "session_close" });
+  $("end").disabled = true;
+  notice("Ending the session once its last results are in…");
 }
 
 // transcript downloads (the server's transcript API, with the view token) and a copy button
@@ -659,6 +683,7 @@ document.addEventListener("keydown", (e) => {
 document.addEventListener("keyup", (e) => { if (spaceIsForTalk(e)) { e.preventDefault(); talkStop(); } });
 $("skip").addEventListener("click", skipClip);
 $("copy").addEventListener("click", copyTranslation);
+$("end").addEventListener("click", endSession);
 $("stop-playback").addEventListener("click", stopPlayback);
 $("listen").addEventListener("click", toggleListen);
 $("file").addEventListener("change", (e) => {
