@@ -204,7 +204,8 @@ async def run_streaming(
                 stepped_at = tr.heard
                 step = asyncio.create_task(decode())
             inp.changed.clear()
-            if fed < len(inp.pcm) or inp.final:
+            # more to hear (not past a proposed end: that waits for the scheduler's answer)
+            if (fed < len(inp.pcm) and cut_bytes is None) or inp.final:
                 continue
             waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(inp.changed.wait())]
             if step is not None:
