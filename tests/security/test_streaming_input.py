@@ -15,6 +15,15 @@ from ..scripted_node import ScriptedNode
 from .test_input import _event
 
 
+async def _refused_init(url: str, extra: dict[str, object], needle: str) -> None:
+    """A ``session_init`` with ``extra`` fields gets ``bad_message`` naming ``needle``."""
+    async with connect(url + "/ws/session") as ws:
+        init = {"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es", **extra}
+        await ws.send(json.dumps(init))
+        err = await _event(ws)
+        assert err.code == "bad_message" and needle in err.message, err
+
+
 async def test_bad_end_of_speech_settings_get_coded_errors(cluster: Cluster) -> None:
     s = await cluster.scheduler()
     for extra, needle in (
@@ -22,17 +31,7 @@ async def test_bad_end_of_speech_settings_get_coded_errors(cluster: Cluster) -> 
         ({"end_of_speech": "sometimes"}, "end_of_speech"),
         ({"end_of_speech": "server", "end_of_speech_ms": "soon"}, "end_of_speech_ms"),
     ):
-        async with connect(s.url + "/ws/session") as ws:
-            init = {
-                "type": "session_init",
-                "protocol_version": 1,
-                "src_lang": "en",
-                "tgt_lang": "es",
-                **extra,
-            }
-            await ws.send(json.dumps(init))
-            err = await _event(ws)
-            assert err.code == "bad_message" and needle in err.message, err
+        await _refused_init(s.url, extra, needle)
 
 
 async def test_a_streaming_node_gets_every_piece_once_in_order_and_may_not_lie(cluster: Cluster) -> None:
@@ -93,17 +92,7 @@ async def test_a_room_is_moved_only_by_its_own_key(cluster: Cluster) -> None:
             ({"room": "short", "room_key": key}, "field `room`"),
             ({"room": room}, "room_key"),
         ):
-            async with connect(s.url + "/ws/session") as ws:
-                init = {
-                    "type": "session_init",
-                    "protocol_version": 1,
-                    "src_lang": "en",
-                    "tgt_lang": "es",
-                    **extra,
-                }
-                await ws.send(json.dumps(init))
-                err = await _event(ws)
-                assert err.code == "bad_message" and needle in err.message, err
+            await _refused_init(s.url, extra, needle)
         assert (await http.get(f"{s.http}/api/v1/rooms/{room}")).json()["session_id"] == c1.session_id
         c2 = SessionClient(s.url, src="en", tgt="es")  # the speaker's next session moves it
         c2.init.room, c2.init.room_key = room, key
