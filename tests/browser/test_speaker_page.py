@@ -116,13 +116,16 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             new = page.locator("li.utt[data-gen='1']")
             assert await new.count() == 1
             # the offline utterance, translated in the new session's row 0
-            assert await new.locator(".asr").inner_text() == "Test utterance 0.70."
+            # (repaired, "Test utterance 0.70.", when the node was back before the utterance
+            # was accepted; the repair stage is chosen from the nodes connected then)
+            asr = await new.locator(".asr").inner_text()
+            assert asr.lower().rstrip(".") == "test utterance 0.70", asr
             assert await page.locator("li.utt[data-status=processing]").count() == 0
             assert "new one started" in await page.inner_text("#notice")
             assert await page.locator("li.divider").count() == 1
             # the viewer followed the speaker to the new session, on the same link
             await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1")
-            assert await viewer.inner_text("#subtitles p") == "[es] Test utterance 0.70."
+            assert (await viewer.inner_text("#subtitles p")).lower().rstrip(".") == "[es] test utterance 0.70"
             sessions = await viewer.evaluate("window.lmView.sessions")
             assert sessions[-1] == await page.evaluate("window.lm.ack.session_id") and len(sessions) == 2
             assert not viewer.js_errors
