@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from linguamesh import protocol as p
-from linguamesh.audio import FRAME_MS, to_float32
+from linguamesh.audio import FRAME_MS, frame_rms, to_float32
 from linguamesh.client import SessionClient
 from linguamesh.engines.models import ModelManager
 from linguamesh.engines.registry import build
@@ -112,12 +112,9 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
 
 def last_word_offset(audio: bytes) -> float:
     """Seconds from the start of ``audio`` to the end of its last loud 30 ms frame."""
-    x = np.frombuffer(audio, "<i2").astype(np.float32) / 32768
-    frame = RATE * FRAME_MS // 1000
-    n = x.size // frame
-    rms = np.sqrt(np.mean(np.square(x[: n * frame].reshape(n, frame)), axis=1))
+    rms = frame_rms(np.frombuffer(audio, "<i2").astype(np.float32) / 32768, RATE)
     loud = np.nonzero(rms > 0.01)[0]
-    return float((loud[-1] + 1) * frame / RATE) if loud.size else 0.0
+    return float((loud[-1] + 1) * FRAME_MS / 1000) if loud.size else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -187,6 +184,15 @@ class Stream:
             seq += 1
         return start, seq
 
+    async def say(self, index: int, text: str, audio: bytes, seq: int) -> int:
+        """One utterance played at the pace of speech and ended with ``is_final`` (its end of
+        speech is then); the next seq."""
+        u = self.utts[index] = Utt(text, len(audio) / 2 / RATE)
+        u.start, seq = await self.play(audio, seq)
+        await self.client.send_chunk(seq, b"", is_final=True)
+        u.end = time.perf_counter()
+        return seq + 1
+
     async def wait(self, index: int, timeout: float = 60) -> Utt:
         u = self.utts[index]
         try:
@@ -212,11 +218,7 @@ async def part_a(url: str, speech: list[tuple[str, str, bytes]]) -> list[Utt]:
     async with Stream(SessionClient(url, src="en", tgt="es")) as s:
         seq = 0
         for i, (text, _voice, audio) in enumerate(speech):
-            u = s.utts[i] = Utt(text, len(audio) / 2 / RATE)
-            u.start, seq = await s.play(audio, seq)
-            await s.client.send_chunk(seq, b"", is_final=True)
-            u.end = time.perf_counter()
-            seq += 1
+            seq = await s.say(i, text, audio, seq)
             out.append(await s.wait(i))
             await asyncio.sleep(0.3)
     return out
@@ -256,11 +258,7 @@ async def part_d(url: str, speech: list[tuple[str, str, bytes]], streams: int) -
             seq = 0
             await asyncio.sleep(0.25 * k)  # not in lockstep
             for i, (text, _voice, audio) in enumerate(mine):
-                u = s.utts[i] = Utt(text, len(audio) / 2 / RATE)
-                u.start, seq = await s.play(audio, seq)
-                await s.client.send_chunk(seq, b"", is_final=True)
-                u.end = time.perf_counter()
-                seq += 1
+                seq = await s.say(i, text, audio, seq)
                 await asyncio.sleep(0.5)  # a breath, then the next sentence (no waiting for results)
             for i in range(len(mine)):
                 got.append(await s.wait(i, 60))

@@ -85,15 +85,23 @@ def to_wav(samples: np.ndarray, sample_rate: int) -> bytes:
 FRAME_MS = 30
 
 
+def frame_rms(samples: np.ndarray, rate: int, frame_ms: int = FRAME_MS) -> np.ndarray:
+    """The RMS of each whole ``frame_ms`` frame of ``samples`` (full scale 1.0)."""
+    frame = max(1, rate * frame_ms // 1000)
+    n = samples.size // frame
+    rms: np.ndarray = np.sqrt(
+        np.mean(np.square(samples[: n * frame].reshape(n, frame).astype(np.float64)), axis=1)
+    )
+    return rms
+
+
 def voiced_frames(samples: np.ndarray, rate: int, frame_ms: int = FRAME_MS) -> list[bool]:
     """Speech or not, per frame, by energy: a frame is voiced when its RMS is above a floor
     set from the loudest frames (robust to the recording level). For splitting long audio
     where no VAD engine is at hand (the scheduler); nodes use their VAD."""
-    frame = max(1, rate * frame_ms // 1000)
-    n = samples.size // frame
-    if n == 0:
+    rms = frame_rms(samples, rate, frame_ms)
+    if rms.size == 0:
         return []
-    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame).astype(np.float64)), axis=1))
     loud = float(np.percentile(rms, 95))
     floor = max(1e-3, loud * 0.1)
     return [bool(x > floor) for x in rms]
@@ -107,10 +115,9 @@ def speech_onset(
     0.006 is -44 dBFS, below speech and above a quiet room), or None. Pure."""
     frame = max(1, rate * FRAME_MS // 1000)
     samples = np.frombuffer(bytes(pcm[: len(pcm) - len(pcm) % 2]), dtype="<i2").astype(np.float32) / 32768
-    n = samples.size // frame
-    if n < frames:
+    rms = frame_rms(samples, rate)
+    if rms.size < frames:
         return None
-    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame)), axis=1))
     loud = rms > level
     run = 0
     for i, v in enumerate(loud):

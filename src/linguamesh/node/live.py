@@ -177,12 +177,11 @@ async def run_streaming(
                             voiced += 1
                         else:
                             silent += 1
-                    cut = end_detect.feed(flags) if end_detect is not None else None
-                    if cut is not None:
+                    if end_detect is not None and end_detect.feed(flags) is not None:
                         # the scheduler decides: it answers with job_audio is_final and the size
                         # (the cut, or more when the client had ended the utterance already)
+                        seconds = end_detect.cut_seconds() or 0.0
                         end_detect = None
-                        seconds = cut * FRAME_MS / 1000
                         cut_bytes = min(len(inp.pcm), int(seconds * inp.rate) * 2)
                         log.info("stream.speech_end", at_seconds=round(seconds, 3), **log_fields)
                         on_speech_end(cut_bytes)

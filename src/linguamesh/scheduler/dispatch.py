@@ -274,8 +274,8 @@ class Dispatcher:
     async def dispatch(self, run: JobRun, node_id: NodeId, attempt_id: int) -> Delivery:
         """Write ``job_assign`` to the node, or hand the job to the instance holding it."""
         job = run.job
-        live = run.live
-        if live is not None and live.open and not self.registry.streams(node_id):
+        live = run.live if run.live is not None and run.live.open else None  # still being spoken
+        if live is not None and not self.registry.streams(node_id):
             # the streaming node chosen for an utterance still spoken is gone: select again
             return Written(False)
         if node_id not in self.registry.nodes:
@@ -286,8 +286,7 @@ class Dispatcher:
                     return HandedOver(holder)
                 return Written(False)
         deadline = self.config.ack_timeout + self.timeouts.result_deadline(job.audio_seconds)
-        streaming = live is not None and live.open
-        if live is not None and live.open:
+        if live is not None:
             job.audio = bytes(live.pcm)  # the audio so far; the rest follows as job_audio
         msg = p.JobAssign(
             job_id=job.job_id,
@@ -303,7 +302,7 @@ class Dispatcher:
             stages=list(job.stages),  # type: ignore[arg-type]
             deadline_ms=int(deadline * 1000),
         )
-        if streaming and live is not None:
+        if live is not None:
             msg.streaming = True
             msg.audio_seq = live.pieces
             msg.end_of_speech_ms = run.end_of_speech_ms

@@ -307,7 +307,7 @@ class Intake:
         max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
         while session.live is not None and len(session.live.pcm) >= max_bytes:  # cut in a pause
             live = session.live
-            await self._close_live(session, live, "split", len(self._part(bytearray(live.pcm), session)))
+            await self._close_live(session, live, "split", self._cut(live.pcm, session))
         self._arm_idle(session)
 
     def _wait_for_speech(self, session: Session, audio: bytes) -> bytes | None:
@@ -363,7 +363,8 @@ class Intake:
             return
         now = self.clock()
         seconds = len(audio) / 2 / session.settings.sample_rate
-        for bucket in (self._buckets(session, now)[1], self._buckets(session, now)[3]):
+        _, session_audio, _, ip_audio = self._buckets(session, now)
+        for bucket in (session_audio, ip_audio):
             bucket.charge(seconds, now)  # accepted: a client streaming too fast waits at its next utterance
         seq = live.pieces
         live.pcm += audio
@@ -445,15 +446,19 @@ class Intake:
         if rest and not session.closed:  # the audio after the cut starts the next utterance
             await self._live_chunk(session, rest, False)
 
-    def _part(self, buf: bytearray, session: Session) -> bytes:
-        """The first part of a streamed utterance longer than the limit, cut in a pause (never
-        inside a word when there is a pause to cut at), taken out of ``buf``."""
+    def _cut(self, buf: bytearray, session: Session) -> int:
+        """Where a streamed utterance longer than the limit is cut (bytes into ``buf``): in a
+        pause, never inside a word when there is a pause to cut at."""
         rate = session.settings.sample_rate
         samples = to_float32(bytes(buf), "pcm16", rate, rate)
         max_frames = int(self.config.max_utterance_seconds * 1000 / FRAME_MS)
         # as if speech went on past the buffer: the cut falls in the buffer's last pause
         cuts = split_points([*voiced_frames(samples, rate), True], max_frames)
-        end = cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(buf)
+        return cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(buf)
+
+    def _part(self, buf: bytearray, session: Session) -> bytes:
+        """The first part of ``buf`` up to the cut (``_cut``), taken out of it."""
+        end = self._cut(buf, session)
         part = bytes(buf[:end])
         del buf[:end]
         return part

@@ -120,8 +120,8 @@ async def transcript(request: Request) -> Response:
 async def room(request: Request) -> Response:
     """``GET /api/v1/rooms/{room}`` — the session a room's viewer link shows now, with its
     view token (the room id in the link is the viewer's capability, as the token is)."""
-    found = _sched(request).desk.rooms.get(request.path_params["room"])
     s = _sched(request)
+    found = s.desk.rooms.get(request.path_params["room"])
     if found is None or found.session_id not in s.sessions or s.sessions[SessionId(found.session_id)].closed:
         return error(404, "session_not_found", "no session shows in this room now; it may start again soon")
     return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
