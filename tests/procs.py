@@ -142,19 +142,24 @@ def node_config(
     return cfg
 
 
-def node_process(url: str, node_id: str, tmp: Path, *, delay_ms: int = 20, slots: int = 4, log_level: str = "warning",
-                 log: Path | None = None, metrics_port: int = 0) -> Proc:  # fmt: skip
+def node_process(url: str, node_id: str, tmp: Path, *flags: str, delay_ms: int = 20, slots: int = 4,
+                 log_level: str = "warning", log: Path | None = None, metrics_port: int = 0) -> Proc:  # fmt: skip
     # a test's end stops the node: it need not wait long for results nobody will ack
     cfg = node_config(tmp, node_id, delay_ms, slots, metrics_port, drain_timeout=1.0)
-    return launch("node", "--scheduler", url, "--config", str(cfg), "--log", log_level, log=log)
+    return launch("node", "--scheduler", url, "--config", str(cfg), "--log", log_level, *flags, log=log)
 
 
 @asynccontextmanager
 async def node_proc(
-    tmp: Path, url: str, node_id: str = "node-p", delay_ms: int = 20, metrics_port: int = 0
+    tmp: Path,
+    url: str,
+    node_id: str = "node-p",
+    delay_ms: int = 20,
+    metrics_port: int = 0,
+    flags: tuple[str, ...] = (),
 ) -> AsyncIterator[Proc]:
     """A node process (test engines) logging at debug to ``tmp/<node_id>.log``."""
-    p = node_process(url, node_id, tmp, delay_ms=delay_ms, log_level="debug", log=tmp / f"{node_id}.log",
+    p = node_process(url, node_id, tmp, *flags, delay_ms=delay_ms, log_level="debug", log=tmp / f"{node_id}.log",
                      metrics_port=metrics_port)  # fmt: skip
     try:
         yield p

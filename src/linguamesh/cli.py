@@ -27,6 +27,14 @@ LogFileOpt = Annotated[
 ]
 
 
+RedactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redact-text",
+        envvar="LINGUAMESH_REDACT_TEXT",
+        help="Log transcripts and translations as their length only",
+    ),
+]
 LogMaxOpt = Annotated[
     float, typer.Option("--log-max-mb", envvar="LINGUAMESH_LOG_MAX_MB", help="Rotate log files at this size")
 ]
@@ -36,7 +44,12 @@ LogBackupsOpt = Annotated[
 
 
 def _logging(
-    spec: str, log_file: Path | None, max_mb: float, backups: int, instance_id: str | None = None
+    spec: str,
+    log_file: Path | None,
+    max_mb: float,
+    backups: int,
+    instance_id: str | None = None,
+    redact: bool = False,
 ) -> None:
     try:
         configure(
@@ -45,9 +58,30 @@ def _logging(
             max_bytes=int(max_mb * 1024 * 1024),
             backup_count=backups,
             instance_id=instance_id,
+            redact=redact,
         )
     except ValueError as exc:
         _fail(str(exc))
+
+
+def _run_logged(coro: Any, roles: dict[str, dict[str, Any]]) -> None:
+    """Run the process, with a ``process.started`` record first and ``process.stopped`` last
+    (a run that has no stop record was killed or crashed: the trace tool says so)."""
+    from .observability.logging import process_started, process_stopped
+    from .runtime import run
+
+    for role, fields in roles.items():
+        process_started(role, **fields)
+    how = "error"
+    try:
+        run(coro)
+        how = "stopped"
+    except KeyboardInterrupt:
+        how = "interrupted"
+        raise
+    finally:
+        for role, fields in roles.items():
+            process_stopped(role, how=how, **fields)
 
 
 def _fail(message: str) -> None:
@@ -134,9 +168,10 @@ def scheduler(
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
+    redact_text: RedactOpt = False,
 ) -> None:
     """Run a scheduler instance."""
-    from .runtime import run, serve_scheduler
+    from .runtime import serve_scheduler
 
     cfg = _sched_config(
         host=host,
@@ -164,9 +199,9 @@ def scheduler(
         streaming=streaming,
         end_of_speech_ms=end_of_speech_ms,
     )
-    _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id)
+    _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
-    run(serve_scheduler(cfg))
+    _run_logged(serve_scheduler(cfg), {"scheduler": {"port": cfg.port}})
 
 
 def _node_config(config: Path | None, **kw: Any) -> Any:
@@ -198,13 +233,14 @@ def node(
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
+    redact_text: RedactOpt = False,
 ) -> None:
     """Run a worker node that dials in to a scheduler."""
     from .node.agent import FatalNodeError
     from .node.defaults import default_engines
-    from .runtime import run, serve_node
+    from .runtime import serve_node
 
-    _logging(log, log_file, log_max_mb, log_backups)
+    _logging(log, log_file, log_max_mb, log_backups, redact=redact_text)
     cfg = _node_config(
         config,
         scheduler_urls=scheduler or None,
@@ -217,7 +253,7 @@ def node(
     if not cfg.engines:
         cfg.engines = default_engines()
     try:
-        run(serve_node(cfg))
+        _run_logged(serve_node(cfg), {"node": {"node_id": cfg.node_id}})
     except FatalNodeError as exc:
         _fail(str(exc))
 
@@ -231,18 +267,19 @@ def up(
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
+    redact_text: RedactOpt = False,
 ) -> None:
     """Scheduler + one local node + web page, in one process, with the default offline engines."""
     from .node.defaults import default_engines
-    from .runtime import run, serve_all
+    from .runtime import serve_all
 
     sched = _sched_config(host=host, port=port)
-    _logging(log, log_file, log_max_mb, log_backups, sched.instance_id)
+    _logging(log, log_file, log_max_mb, log_backups, sched.instance_id, redact_text)
     ncfg = _node_config(node_config, scheduler_urls=[f"ws://127.0.0.1:{port}"], node_id="local-node")
     if not ncfg.engines:
         ncfg.engines = default_engines()
     err.print(f"LinguaMesh is up on http://{host}:{port}  (Ctrl-C to stop)")
-    run(serve_all(sched, ncfg))
+    _run_logged(serve_all(sched, ncfg), {"scheduler": {"port": port}, "node": {"node_id": ncfg.node_id}})
 
 
 @app.command()
@@ -299,6 +336,10 @@ def trace(
     session: Annotated[
         str | None, typer.Option("--session", help="Every job of this session instead")
     ] = None,
+    job: Annotated[str | None, typer.Option("--job", help="This one job instead")] = None,
+    utterance: Annotated[
+        int | None, typer.Option("--utterance", min=0, help="Only the jobs of this utterance index")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Rebuild a job's timeline from scheduler and node logs and name the missing step.
@@ -306,22 +347,28 @@ def trace(
     Exit status: 0 when every job has a complete chain, 1 when something is missing.
     """
     import json as _json
+    import time as _time
 
     from .observability.trace import build_report, read_records, render
 
     files = list(logfiles or [])
-    if session is not None and trace_id is not None:
-        files.insert(0, Path(trace_id))  # with --session every argument is a file
+    if (session is not None or job is not None) and trace_id is not None:
+        files.insert(0, Path(trace_id))  # with --session or --job every argument is a file
         trace_id = None
-    if trace_id is None and session is None:
-        _fail("give a TRACE_ID or --session SESSION_ID")
+    if trace_id is None and session is None and job is None:
+        _fail("give a TRACE_ID, --session SESSION_ID or --job JOB_ID")
     if not files:
         _fail("give at least one log file")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         _fail(f"no such log file: {', '.join(missing)}")
+    started = _time.monotonic()
     records, n = read_records(files)
-    report = build_report(records, trace_id=trace_id, session_id=session, files=n)
+    if not as_json and _time.monotonic() - started > 2:
+        err.print(f"read {len(records):,} records from {n} file(s) in {_time.monotonic() - started:.1f} s")
+    report = build_report(
+        records, trace_id=trace_id, session_id=session, job_id=job, utterance=utterance, files=n
+    )
     if as_json:
         typer.echo(_json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str))
     else:

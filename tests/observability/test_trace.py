@@ -157,3 +157,110 @@ def test_a_glob_over_main_and_errors_logs_reads_each_record_once(tmp_path: Path)
     assert files == 2 and sorted(r["event"] for r in records) == ["job.ack_timeout", "job.created"]
     report = build_report(records, trace_id="t1", files=files)
     assert [s.event for s in report.jobs[0].steps] == ["job.created", "job.ack_timeout"]
+
+
+async def test_a_scheduler_killed_and_restarted_is_named_as_the_cause(tmp_path: Path) -> None:
+    """Seed 001's case: the scheduler dies with a job in flight and is started again on the
+    same port and log file. The trace names the restart (no "still running"); the
+    speaker's utterance, sent again in a new session as the page does, is not lost. Logs
+    are written with --redact-text: no transcript reaches them."""
+    import signal
+
+    from ..procs import start_scheduler_process
+
+    log = tmp_path / "scheduler.log"
+    flags = ("--log", "debug", "--redact-text")
+    port, first = await start_scheduler_process(*flags, log=log)
+    url = f"ws://127.0.0.1:{port}"
+    results = []
+    try:
+        async with node_proc(tmp_path, url, delay_ms=400, flags=("--redact-text",)) as node:
+            await wait_node(url.replace("ws", "http"), "node-p")
+            c = SessionClient(url, src="en", tgt="es")
+            await c.connect()
+            old_trace = c.ack.trace_id  # type: ignore[union-attr]
+            await c.send_utterance(0, pcm(0.3))
+            await wait_log(node.log, "job.received")
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait()
+            await c.disconnect()
+            _, second = await start_scheduler_process(*flags, port=port, log=log)
+            try:
+                await wait_node(url.replace("ws", "http"), "node-p")
+                async with SessionClient(url, src="en", tgt="es") as again:  # the page's new session
+                    await again.send_utterance(0, pcm(0.3))
+                    results.append(await again.next_result(10 * SCALE))
+                    with __import__("contextlib").suppress(TimeoutError):
+                        results.append(await again.next_result(1.5 * SCALE))  # a duplicate would show
+            finally:
+                second.stop()  # graceful: this run ends with process.stopped
+    finally:
+        first.stop()
+    ok = [r for r in results if r.status == "ok"]
+    assert len(ok) == 1 and len(results) == 1, results  # 0 lost, 0 duplicated
+    recs = records(log, tmp_path / "node-p.log")
+    starts = [x for x in recs if x["event"] == "process.started" and x.get("component") == "scheduler"]
+    stops = [x for x in recs if x["event"] == "process.stopped" and x.get("component") == "scheduler"]
+    assert len(starts) == 2 and starts[0]["boot_id"] != starts[1]["boot_id"]
+    assert [x["boot_id"] for x in stops] == [starts[1]["boot_id"]]  # the killed run has none
+    # redacted: lengths only, in both processes' logs
+    assert "Test utterance" not in log.read_text() + (tmp_path / "node-p.log").read_text()
+    created = [x for x in recs if x["event"] == "result.created"]
+    assert created and all(x["text_asr"].startswith("<redacted ") for x in created)
+
+    out = run_trace(old_trace, str(log), str(tmp_path / "node-p.log"))
+    assert out.returncode == 1, out.stdout
+    assert "scheduler[local] was restarted at" in out.stdout, out.stdout
+    assert "killed or crashed" in out.stdout and "still running" not in out.stdout
+    new = run_trace("--session", again.session_id, str(log), str(tmp_path / "node-p.log"))
+    assert new.returncode == 0, new.stdout
+    assert "scheduler[local]#2" in new.stdout  # the second run is named as such
+
+
+def _rec(ts: str, event: str, **fields: object) -> dict:  # type: ignore[type-arg]
+    comp = "node" if event in ("job.received", "job_result.sent", "stage.done") else "scheduler"
+    return {"ts": f"2026-12-01T10:00:{ts}Z", "event": event, "component": comp, **fields}
+
+
+def test_a_send_comes_before_its_receipt_and_filters_pick_one_utterance_or_job() -> None:
+    from linguamesh.observability.trace import build_report, render
+
+    recs = []
+    for u in range(3):
+        j = {"job_id": f"j{u}", "trace_id": "t", "session_id": "s", "utterance_index": u, "attempt_id": 1}
+        recs += [
+            _rec(f"0{u}.000", "job.created", **j),
+            # the node logs its receipt before the scheduler's write returned and was logged
+            _rec(f"0{u}.100", "job.received", **j, node_id="n"),
+            _rec(f"0{u}.101", "job.dispatched", **j),
+            _rec(f"0{u}.500", "job_result.received", **j),
+            _rec(f"0{u}.502", "job_result.sent", **j, node_id="n"),
+        ]
+    report = build_report(recs, session_id="s", utterance=1)
+    assert [j.job_id for j in report.jobs] == ["j1"]
+    assert [s.event for s in report.jobs[0].steps] == [
+        "job.created",
+        "job.dispatched",
+        "job.received",
+        "job_result.sent",
+        "job_result.received",
+    ]
+    assert "logged_after_receipt=True" in render(report)
+    one = build_report(recs, job_id="j2")
+    assert [j.job_id for j in one.jobs] == ["j2"] and one.query == {"job_id": "j2"}
+    assert len(build_report(recs, trace_id="t").jobs) == 3
+
+
+def test_trace_cli_filters(tmp_path: Path) -> None:
+    recs = [
+        _rec("00.000", "job.created", job_id="ja", trace_id="t", session_id="s", utterance_index=0),
+        _rec("00.000", "job.created", job_id="jb", trace_id="t", session_id="s", utterance_index=1),
+    ]
+    f = tmp_path / "s.log"
+    f.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    out = run_trace("--job", "jb", str(f), "--json")
+    assert [j["job_id"] for j in json.loads(out.stdout)["jobs"]] == ["jb"]
+    out = run_trace("--session", "s", str(f), "--utterance", "0", "--json")
+    assert [j["job_id"] for j in json.loads(out.stdout)["jobs"]] == ["ja"]
+    out = run_trace(str(f))
+    assert out.returncode == 2

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
+import secrets
 import sys
 import weakref
 from collections.abc import Mapping, MutableMapping
@@ -23,6 +25,14 @@ from typing import Any
 import structlog
 
 JOB_FIELDS = ("trace_id", "session_id", "job_id", "node_id", "utterance_index", "attempt_id")
+
+#: This process's run: every record carries it, so the trace tool tells a restarted
+#: process from the one before it (same name, new boot id) and names the restart.
+BOOT_ID = secrets.token_hex(6)
+
+#: Fields holding what people said (transcripts, translations, drafts); ``--redact-text``
+#: replaces each by its length.
+TEXT_FIELDS = frozenset({"text_asr", "text_translated", "text", "translation", "source", "target", "stable"})
 
 #: Fields whose values are secrets: never written to a log.
 SECRET_FIELDS = frozenset(
@@ -195,8 +205,9 @@ def error_file_for(json_file: str | Path) -> Path:
 
 
 class _Component:
-    """Adds ``component`` (scheduler / node / client) from the logger name, and the
-    process's ``instance_id`` to scheduler records, so mixed log files stay readable."""
+    """Adds ``component`` (scheduler / node / client) from the logger name, the process's
+    ``instance_id`` to scheduler records, and the ``boot_id`` of this process's run to
+    every record, so mixed log files stay readable across restarts."""
 
     def __init__(self, instance_id: str | None) -> None:
         self.instance_id = instance_id
@@ -209,7 +220,17 @@ class _Component:
             event.setdefault("component", component)
             if component == "scheduler" and self.instance_id is not None:
                 event.setdefault("instance_id", self.instance_id)
+            event.setdefault("boot_id", BOOT_ID)
         return event
+
+
+def redact_text(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """What people said never reaches the log: each text field becomes ``<redacted N chars>``."""
+    for key in TEXT_FIELDS.intersection(event):
+        value = event[key]
+        if isinstance(value, str):
+            event[key] = f"<redacted {len(value)} chars>"
+    return event
 
 
 def configure(
@@ -223,10 +244,12 @@ def configure(
     json_console: bool = False,
     instance_id: str | None = None,
     cache: bool = True,
+    redact: bool = False,
 ) -> None:
     """Set up logging for a process: readable console output, an optional rotating
     JSON-lines file, and a separate rotating file with warnings and errors only
-    (next to the JSON file unless ``error_file`` says where)."""
+    (next to the JSON file unless ``error_file`` says where). With ``redact``, transcripts
+    and translations are replaced by their length."""
     root_level, per = parse_levels(spec)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -234,6 +257,7 @@ def configure(
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         _Component(instance_id),
+        *([redact_text] if redact else []),
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
     ]
     structlog.configure(
@@ -316,3 +340,17 @@ def _strip(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutable
     event.pop("_record", None)
     event.pop("_from_structlog", None)
     return event
+
+
+def process_started(role: str, **fields: Any) -> None:
+    """The first record of a process's run (``process.started``, with its ``boot_id``)."""
+    from .. import __version__
+
+    log = get_logger(f"linguamesh.{role}")
+    log.info("process.started", pid=os.getpid(), version=__version__, **fields)
+
+
+def process_stopped(role: str, **fields: Any) -> None:
+    """The last record of a run that ended by itself (a stop, not a crash or SIGKILL)."""
+    log = get_logger(f"linguamesh.{role}")
+    log.info("process.stopped", pid=os.getpid(), **fields)

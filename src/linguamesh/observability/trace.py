@@ -66,6 +66,7 @@ class Step:
             "what",
             "text_asr",
             "text_translated",
+            "logged_after_receipt",
         )
         parts = [f"{k}={f[k]}" for k in keys if f.get(k) not in (None, "")]
         return " ".join(parts)
@@ -163,40 +164,137 @@ def _ts(rec: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(rec["ts"]).replace("Z", "+00:00"))
 
 
+@dataclass
+class Boot:
+    """One run of a process: from ``process.started`` to ``process.stopped`` (if it stopped by
+    itself; a run killed or crashed has no stop record)."""
+
+    boot_id: str
+    process: str
+    first: datetime
+    started: datetime | None = None
+    stopped: datetime | None = None
+    how: str | None = None
+    number: int = 1  # 1 for the first run of this process name in the logs, 2 after a restart
+
+
+def _boots(records: list[dict[str, Any]]) -> dict[tuple[str, str], Boot]:
+    """Every process run in the logs, by (boot id, process name), numbered per process name
+    (``linguamesh up`` runs a scheduler and a node in one process: one boot id, two names)."""
+    boots: dict[tuple[str, str], Boot] = {}
+    for r in records:
+        bid = r.get("boot_id")
+        if not bid:
+            continue
+        event = r["event"]
+        key = (str(bid), _process(r))
+        boot = boots.get(key)
+        if boot is None:
+            boot = boots[key] = Boot(key[0], key[1], _ts(r))
+        if event == "process.started":
+            boot.started = _ts(r)
+            boot.first = min(boot.first, boot.started)
+        elif event == "process.stopped":
+            boot.stopped, boot.how = _ts(r), str(r.get("how") or "stopped")
+    by_name: dict[str, list[Boot]] = {}
+    for b in boots.values():
+        by_name.setdefault(b.process, []).append(b)
+    for runs in by_name.values():
+        for i, b in enumerate(sorted(runs, key=lambda b: b.first), 1):
+            b.number = i
+    return boots
+
+
+#: (send, receipt): a sender logs after its write, so the receipt may carry an earlier time
+_SENDS = {"job.received": "job.dispatched", "job_result.received": "job_result.sent"}
+
+
+def _attempt(step: Step) -> Any:
+    return step.fields.get("result_attempt", step.fields.get("attempt_id"))
+
+
+def _causal(steps: list[Step]) -> list[Step]:
+    """``steps`` in time order, except that a send comes before its receipt."""
+    out = list(steps)
+    i = 0
+    while i < len(out):
+        send = _SENDS.get(out[i].event)
+        if send is not None:
+            att = _attempt(out[i])
+            for j in range(i + 1, len(out)):
+                if out[j].event == send and _attempt(out[j]) == att:
+                    out.insert(i, out.pop(j))
+                    out[i].fields = {**out[i].fields, "logged_after_receipt": True}
+                    i += 1
+                    break
+        i += 1
+    return out
+
+
 def build_report(
     records: list[dict[str, Any]],
     *,
     trace_id: str | None = None,
     session_id: str | None = None,
+    job_id: str | None = None,
+    utterance: int | None = None,
     files: int = 0,
 ) -> TraceReport:
-    if trace_id is None and session_id is None:
-        raise ValueError("give a trace_id or a session_id")
+    """The timelines of the jobs asked for: by ``trace_id``, by ``session_id`` (every job of
+    the session), or one ``job_id``; ``utterance`` keeps one utterance's jobs. Linear in the
+    number of records."""
+    if trace_id is None and session_id is None and job_id is None:
+        raise ValueError("give a trace_id, a session_id or a job_id")
     mine = [
         r
         for r in records
         if (trace_id is not None and r.get("trace_id") == trace_id)
         or (session_id is not None and r.get("session_id") == session_id)
+        or (job_id is not None and r.get("job_id") == job_id)
     ]
     # node records carry the trace_id; pull in scheduler records of the same jobs that lack it
     job_ids = {r["job_id"] for r in mine if r.get("job_id")}
+    if job_id is not None:
+        job_ids = {job_id}
+        # the session's own records (created, detached, resumed) explain a job's delivery
+        sessions = {r.get("session_id") for r in mine if r.get("session_id")}
+        mine = [
+            r
+            for r in records
+            if r.get("job_id") == job_id or (not r.get("job_id") and r.get("session_id") in sessions)
+        ]
     taken = {id(r) for r in mine}  # by identity: comparing records made this quadratic
     mine += [r for r in records if r.get("job_id") in job_ids and id(r) not in taken]
+    if utterance is not None:
+        in_utterance = {
+            r["job_id"] for r in mine if r.get("job_id") and r.get("utterance_index") == utterance
+        }
+        mine = [r for r in mine if not r.get("job_id") or r["job_id"] in in_utterance]
     mine.sort(key=_ts)
+    boots = _boots(records)
     have_node_logs = any(r.get("component") == "node" for r in records)
-    query = {k: v for k, v in (("trace_id", trace_id), ("session_id", session_id)) if v}
+    query = {
+        k: str(v)
+        for k, v in (
+            ("trace_id", trace_id),
+            ("session_id", session_id),
+            ("job_id", job_id),
+            ("utterance", utterance),
+        )
+        if v is not None
+    }
     session_steps: list[Step] = []
     jobs: dict[str, JobReport] = {}
     for r in mine:
-        step = Step(_ts(r), str(r["event"]), _process(r), r)
-        job_id = r.get("job_id")
-        if not job_id:
+        step = Step(_ts(r), str(r["event"]), _name(r, boots), r)
+        jid = r.get("job_id")
+        if not jid:
             session_steps.append(step)
             continue
-        rep = jobs.get(job_id)
+        rep = jobs.get(jid)
         if rep is None:
-            rep = jobs[job_id] = JobReport(
-                job_id, r.get("trace_id"), r.get("session_id"), r.get("utterance_index"), r.get("tgt_lang")
+            rep = jobs[jid] = JobReport(
+                jid, r.get("trace_id"), r.get("session_id"), r.get("utterance_index"), r.get("tgt_lang")
             )
         rep.trace_id = rep.trace_id or r.get("trace_id")
         rep.session_id = rep.session_id or r.get("session_id")
@@ -217,9 +315,48 @@ def build_report(
             else "the session exists but no utterance was received"
         )
     for rep in jobs.values():
-        _diagnose(rep, have_node_logs, session_steps)
+        rep.steps = _causal(rep.steps)
+        _diagnose(rep, have_node_logs, session_steps, boots)
     ordered = sorted(jobs.values(), key=lambda j: (j.utterance_index or 0, j.tgt_lang or "", j.steps[0].ts))
     return TraceReport(query, session_steps, ordered, diagnosis, files, len(mine))
+
+
+def _name(rec: dict[str, Any], boots: dict[tuple[str, str], Boot]) -> str:
+    """The process that logged ``rec``; a run after a restart is numbered (``scheduler[A]#2``)."""
+    base = _process(rec)
+    boot = boots.get((str(rec.get("boot_id") or ""), base))
+    return f"{base}#{boot.number}" if boot is not None and boot.number > 1 else base
+
+
+def _ended_run(steps: list[Step], boots: dict[tuple[str, str], Boot]) -> str | None:
+    """Why a job never ended, when the scheduler run that had it stopped or was restarted."""
+    last: dict[tuple[str, str], Step] = {}
+    for s in steps:
+        bid = s.fields.get("boot_id")
+        # the runs that took the job's steps (a later run's notes about it do not count)
+        if bid and s.process.startswith("scheduler") and s.event in CHAIN:
+            last[(str(bid), s.process.split("#")[0])] = s
+    for key, step in sorted(last.items(), key=lambda kv: kv[1].ts, reverse=True):
+        boot = boots.get(key)
+        if boot is None:
+            continue
+        name = key[1]
+        later = sorted(
+            (b for b in boots.values() if b.process == boot.process and b.first > step.ts and b is not boot),
+            key=lambda b: b.first,
+        )
+        if boot.stopped is not None:
+            msg = f"{name} stopped ({boot.how}) at {_hms(boot.stopped)} before the job ended"
+            if later:
+                msg += f"; it was started again at {_hms(later[0].first)} (boot {later[0].boot_id})"
+            return msg
+        if later:
+            return (
+                f"{name} was restarted at {_hms(later[0].first)} (boot {boot.boot_id} -> "
+                f"{later[0].boot_id}); the run that had the job left no stop record: it was killed or "
+                f"crashed after {_hms(step.ts)} ({step.event})"
+            )
+    return None
 
 
 def _first(steps: list[Step], event: str, **match: Any) -> Step | None:
@@ -229,7 +366,9 @@ def _first(steps: list[Step], event: str, **match: Any) -> Step | None:
     return None
 
 
-def _diagnose(rep: JobReport, have_node_logs: bool, session_steps: list[Step]) -> None:
+def _diagnose(
+    rep: JobReport, have_node_logs: bool, session_steps: list[Step], boots: dict[tuple[str, str], Boot]
+) -> None:
     steps = rep.steps
     d = rep.diagnosis
     created = _first(steps, "result.created")
@@ -271,6 +410,8 @@ def _diagnose(rep: JobReport, have_node_logs: bool, session_steps: list[Step]) -
             )
         elif _first(steps, "job_result.received"):
             d.append("scheduler received the result but never created a translation_result")
+        if not d and (why := _ended_run(steps, boots)) is not None:
+            d.append(why)
         elif not d:
             d.append(
                 "the job has not ended (no result created yet) — still running, or the scheduler stopped"
