@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from linguamesh import __version__
 from linguamesh.client import SessionClient
 from linguamesh.observability import logging as lmlog
 
@@ -81,6 +83,12 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
     s = await cluster.scheduler()
+    async with httpx.AsyncClient() as http:
+        alone = await http.get(f"{s.http}/readyz")  # no node yet: ready, but degraded
+        strict = await http.get(f"{s.http}/readyz?strict=1")
+    assert alone.status_code == 200 and alone.json()["status"] == "degraded"
+    assert "no node connected" in alone.json()["degraded"][0]
+    assert strict.status_code == 503
     await cluster.node(s.url)
     async with httpx.AsyncClient() as http:
         before = _metrics((await http.get(f"{s.http}/metrics")).text)
@@ -92,12 +100,14 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
             await c.recv(5 * SCALE)
         after = _metrics((await http.get(f"{s.http}/metrics")).text)
         ready = await http.get(f"{s.http}/readyz")
-    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["status"] == "ready"
     # counters exist from the start, at 0: a rate or an alert has data before the first event
     for name, labels in (
         ("linguamesh_protocol_errors_total", (("code", "dependency_down"),)),
         ("linguamesh_results_duplicate_total", ()),
         ("linguamesh_timeouts_total", (("kind", "result"),)),
+        ("linguamesh_selection_failures_total", (("reason", "no_available_pool"),)),
+        ("linguamesh_jobs_finished_total", (("code", "timeout"), ("state", "failed"))),
     ):
         assert before[(name, labels)] == 0, name
     assert not any(name.startswith("linguamesh_node_jobs") for name, _ in before)  # a node's, not ours
@@ -110,12 +120,19 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
     assert delta("linguamesh_jobs_finished_total", state="completed", code="none") == 3
     assert delta("linguamesh_reservations_attempted_total") == 3
     assert delta("linguamesh_reservations_succeeded_total") == 3
-    assert delta("linguamesh_selections_total", outcome="ok", reason="pooled") == 3
+    assert delta("linguamesh_selections_total", outcome="ok", selector="pooled") == 3
     assert delta("linguamesh_results_delivered_total") == 3
     assert delta("linguamesh_protocol_errors_total", code="bad_message") == 1
     assert delta("linguamesh_dispatch_latency_seconds_count") == 3
-    assert delta("linguamesh_end_to_end_latency_seconds_count", status="ok") == 3
+    assert delta("linguamesh_end_to_end_latency_seconds_count", status="ok", pair="en-es") == 3
     assert delta("linguamesh_stage_latency_seconds_count", stage="asr") == 3
+    assert delta("linguamesh_queue_wait_seconds_count", pair="en-es") == 3
+    assert delta("linguamesh_ack_latency_seconds_count") == 3
+    assert delta("linguamesh_delivery_latency_seconds_count") == 3
+    assert after[("linguamesh_build_info", (("python", platform.python_version()), ("role", "scheduler"),
+                                            ("version", __version__)))] == 1  # fmt: skip
+    assert after[("process_resident_memory_bytes", ())] > 0
+    assert not any(name.startswith("linguamesh_node_stage") for name, _ in after)
     assert after[("linguamesh_connected_nodes", ())] == 1
     assert after[("linguamesh_queue_depth", ())] == 0
 
@@ -132,6 +149,7 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)
             alive = await http.get(f"http://127.0.0.1:{port}/healthz")
     assert alive.status_code == 200 and alive.json()["connected"] is False
+    assert alive.json()["status"] == "disconnected"
     assert ready.status_code == 503 and "not connected" in ready.json()["problems"][0]
     port = free_port()
     async with scheduler_proc(tmp_path) as (url, _sched):
@@ -153,4 +171,8 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
     )
     assert m[("linguamesh_node_jobs_finished_total", (("outcome", "ok"),))] == 1
     assert m[("linguamesh_node_connected", ())] == 1
-    assert m[("linguamesh_stage_latency_seconds_count", (("stage", "tts"),))] == 1
+    assert m[("linguamesh_node_stage_seconds_count", (("stage", "tts"),))] == 1
+    assert m[("linguamesh_node_real_time_factor_count", ())] == 1
+    assert m[("process_cpu_seconds_total", ())] > 0
+    assert any(name == "linguamesh_build_info" and ("role", "node") in labels for name, labels in m)
+    assert not any(name.startswith("linguamesh_stage_latency") for name, _ in m)  # the scheduler's

@@ -85,6 +85,8 @@ class Status:
     status: str  # queued | assigned | processing | retrying
     node_id: NodeId | None = None
     reason: str | None = None
+    #: for people: what the reason means here (``no node serves en->de; pools: en-es``)
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +149,13 @@ class Lifecycle:
             Status(job.job_id, "assigned", node_id),
         ]
 
-    def selection_failed(self, job: Job, reason: str, first_try: bool) -> list[Command]:
+    def selection_failed(
+        self, job: Job, reason: str, first_try: bool, detail: str | None = None
+    ) -> list[Command]:
         job.last_reason = reason
         if not first_try:
             return []
-        return [Status(job.job_id, "queued", reason=reason)]
+        return [Status(job.job_id, "queued", reason=reason, detail=detail)]
 
     # -------------------------------------------------------------- dispatch / node messages
 

@@ -81,6 +81,8 @@ class ModelManager:
         self._stats: dict[str, ModelStats] = {}
         self._lock = threading.RLock()
         self._loading: dict[str, threading.Lock] = {}
+        #: called with (model, seconds) after each inference (the node's latency histogram)
+        self.on_inference: Callable[[str, float], None] | None = None
 
     def stats(self, key: str) -> ModelStats:
         with self._lock:
@@ -154,7 +156,10 @@ class ModelManager:
             raise
         finally:
             st.inferences += 1
-            st.latencies.append(time.perf_counter() - t)
+            took = time.perf_counter() - t
+            st.latencies.append(took)
+            if self.on_inference is not None:
+                self.on_inference(key, took)
 
     @property
     def used_bytes(self) -> int:

@@ -23,10 +23,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .. import __version__
 from .. import protocol as p
+from ..audio import BadAudio, duration_seconds
 from ..engines.base import EngineError
 from ..engines.registry import EngineSet
 from ..observability.logging import bind, get_logger
-from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
+from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from .config import NodeConfig
 from .live import LiveInput, run_streaming
 from .pipeline import PipelineOutput, run_pipeline
@@ -98,12 +99,9 @@ class NodeAgent:
             "Results kept until the scheduler acks them",
             lambda: [({}, len(self.unacked))],
         )
-        for stat in MODEL_STATS:
-            m.gauge(
-                f"model_{stat}",
-                f"Per-model {stat.replace('_', ' ')}",
-                lambda stat=stat: model_stat_rows(self.engines.models_manager.snapshot(), {}).get(stat, []),  # type: ignore[misc]
-            )
+        models = self.engines.models_manager
+        register_model_metrics(m, "", lambda: model_stat_rows(models.snapshot(), {}))
+        models.on_inference = lambda key, seconds: m.model_inference.labels(key).observe(seconds)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -386,7 +384,10 @@ class NodeAgent:
                 for stage in job.stages:
                     ms = getattr(out.timings, f"{stage}_ms", 0.0)
                     if ms:
-                        self.metrics.stage_latency.labels(stage).observe(ms / 1000)
+                        self.metrics.node_stage.labels(stage).observe(ms / 1000)
+                spoken = _audio_seconds(job, live)
+                if spoken > 0 and out.timings.total_ms:
+                    self.metrics.real_time_factor.observe(out.timings.total_ms / 1000 / spoken)
             except EngineError as exc:
                 log.warning("job.engine_failed", code=exc.code, error=str(exc), **fields)
                 result = _failure(job, exc.code, str(exc))
@@ -433,6 +434,16 @@ class NodeAgent:
             self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size))
 
         return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
+
+
+def _audio_seconds(job: p.JobAssign, live: LiveInput | None) -> float:
+    """How long the job's speech is (a streamed job's whole utterance)."""
+    if live is not None:
+        return len(live.pcm) / 2 / live.rate
+    try:
+        return duration_seconds(job.audio, job.audio_format, job.sample_rate)
+    except BadAudio:
+        return 0.0
 
 
 def _failure(job: p.JobAssign, code: str, message: str) -> p.JobResult:

@@ -17,7 +17,8 @@ def create_node_app(agent: NodeAgent) -> Starlette:
         body = agent.health()
         # alive even when disconnected (it is retrying); 503 only when it can serve nothing
         ok = bool(body["engines"])
-        return JSONResponse({"status": "ok" if ok else "no_engines", **body}, status_code=200 if ok else 503)
+        status = "no_engines" if not ok else ("ok" if body["connected"] else "disconnected")
+        return JSONResponse({"status": status, **body}, status_code=200 if ok else 503)
 
     async def readyz(request: Request) -> Response:
         """Ready = it can take jobs now: engines loaded, connected to a scheduler, not draining."""

@@ -3,16 +3,26 @@
 Counters live in a plain dict keyed by (name, labels) — one dict increment on
 the hot path — and are exported by a collector at scrape time as
 ``linguamesh_<name>_total``; gauges are computed at scrape time from the live
-state; latencies are real prometheus-client histograms. Each scheduler or node
-has its own registry, so several can run in one process (tests, ``up``).
+state; latencies are real prometheus-client histograms, in seconds, so they
+aggregate across processes. Each scheduler or node has its own registry, so
+several can run in one process (tests, ``up``); each also publishes the
+standard ``process_*`` and ``python_info`` series and ``linguamesh_build_info``.
 """
 
 from __future__ import annotations
 
+import platform
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +30,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5)
 
 #: Documentation and label names of every counter.
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -34,7 +45,17 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jobs_finished": ("Jobs ended, by final state and error code", ("state", "code")),
     "reservations_attempted": ("Slot reservations attempted", ()),
     "reservations_succeeded": ("Slot reservations that took a slot", ()),
-    "selections": ("Node selections, by outcome and reason", ("outcome", "reason")),
+    "selections": (
+        "Selections of a node for an attempt, by outcome (ok, queued, failed) and selector; "
+        "a job retried while it waits counts once",
+        ("outcome", "selector"),
+    ),
+    "selection_failures": (
+        "Attempts that found no node at once, by reason (no_available_pool, no_capacity, "
+        "fair_share, dependency_down); counted once per attempt",
+        ("reason",),
+    ),
+    "selection_fallbacks": ("Preferred node not used, by reason", ("reason",)),
     "failovers": ("Attempts abandoned and retried on another node, by reason", ("reason",)),
     "timeouts": ("Timeouts that fired, by kind", ("kind",)),
     "results_emitted": ("translation_result events created for clients", ()),
@@ -79,6 +100,9 @@ KNOWN_LABELS: dict[str, list[tuple[str, ...]]] = {
     ],
     "connections_refused": [("origin",), ("limit",), ("handshake_timeout",), ("draining",)],
     "node_jobs_finished": [("ok",), ("failed",)],
+    "selection_failures": [("no_available_pool",), ("no_capacity",), ("fair_share",), ("dependency_down",)],
+    "selections": [(o, s) for o in ("ok", "queued", "failed") for s in ("pooled", "flat")],
+    "jobs_finished": [("completed", "none"), ("failed", "no_available_node"), ("failed", "timeout")],
 }
 
 
@@ -152,32 +176,90 @@ class Metrics:
 
     def __init__(self, role: str = "scheduler") -> None:
         """``role``: "scheduler" or "node": each publishes its own counters and histograms only."""
+        from .. import __version__
+
+        self.role = role
         self.registry = CollectorRegistry(auto_describe=True)
         self.counters = Counters(role)
         self.gauges: dict[str, tuple[str, GaugeFn]] = {}
         self.totals: dict[str, tuple[str, GaugeFn]] = {}
         self.registry.register(_Collector(self.counters, self.gauges, self.totals))
-        scheduler = self.registry if role == "scheduler" else None  # a node does not publish these
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory, fds
+        PlatformCollector(registry=self.registry)  # python_info
+        self.gauge(
+            "build_info",
+            "Always 1: the version and role of this process",
+            lambda: [({"version": __version__, "role": role, "python": platform.python_version()}, 1.0)],
+        )
+        sched = self.registry if role == "scheduler" else None  # a node does not publish these
+        node = self.registry if role == "node" else None
         self.dispatch_latency = Histogram(
             "linguamesh_dispatch_latency_seconds",
-            "Job created -> job_assign written to the node",
+            "Job created -> job_assign written to the node (waits and failovers included)",
             buckets=LATENCY_BUCKETS,
-            registry=scheduler,
+            registry=sched,
+        )
+        self.queue_wait = Histogram(
+            "linguamesh_queue_wait_seconds",
+            "An attempt's wait for a node: from the job (or its failover) needing one to the slot reserved",
+            ["pair"],
+            buckets=LATENCY_BUCKETS,
+            registry=sched,
+        )
+        self.ack_latency = Histogram(
+            "linguamesh_ack_latency_seconds",
+            "job_assign written -> job_ack from the node",
+            buckets=LATENCY_BUCKETS,
+            registry=sched,
+        )
+        self.delivery_latency = Histogram(
+            "linguamesh_delivery_latency_seconds",
+            "translation_result created -> written to the client socket",
+            buckets=LATENCY_BUCKETS,
+            registry=sched,
+        )
+        self.first_partial = Histogram(
+            "linguamesh_first_partial_seconds",
+            "Job created -> its first partial transcript sent to the client",
+            buckets=STAGE_BUCKETS,
+            registry=sched,
         )
         self.end_to_end = Histogram(
             "linguamesh_end_to_end_latency_seconds",
-            "Job created -> translation_result created, by status",
-            ["status"],
+            "Job created -> translation_result created, by status and language pair",
+            ["status", "pair"],
             buckets=STAGE_BUCKETS,
-            registry=scheduler,
+            registry=sched,
         )
         self.stage_latency = Histogram(
             "linguamesh_stage_latency_seconds",
-            "Per-stage latency reported by nodes (asr, repair, nmt, tts)",
+            "Per-stage time of finished jobs, as nodes report it (asr, repair, nmt, tts)",
             ["stage"],
             buckets=STAGE_BUCKETS,
-            registry=self.registry,
+            registry=sched,
         )
+        self.node_stage = Histogram(
+            "linguamesh_node_stage_seconds",
+            "Per-stage time of the jobs this node ran (asr, repair, nmt, tts)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=node,
+        )
+        self.real_time_factor = Histogram(
+            "linguamesh_node_real_time_factor",
+            "Processing time / audio length of the jobs this node ran (below 1: faster than spoken)",
+            buckets=RTF_BUCKETS,
+            registry=node,
+        )
+        self.model_inference = Histogram(
+            "linguamesh_model_inference_seconds",
+            "Time of one inference, by model",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=node,
+        )
+        #: results created here and not yet written to their client (delivery latency)
+        self._created: OrderedDict[str, float] = OrderedDict()
 
     def inc(self, name: str, n: float = 1, **labels: str) -> None:
         self.counters.inc(name, n, **labels)
@@ -192,6 +274,16 @@ class Metrics:
         """A running total kept elsewhere, read at scrape time (published as ``<name>_total``)."""
         self.totals[name] = (doc, fn)
 
+    def result_created(self, job_id: str, at: float) -> None:
+        self._created[job_id] = at
+        while len(self._created) > 10_000:  # results whose session went away are never written
+            self._created.popitem(last=False)
+
+    def result_written(self, job_id: str, at: float) -> None:
+        created = self._created.pop(job_id, None)
+        if created is not None:
+            self.delivery_latency.observe(max(0.0, at - created))
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
 
@@ -199,7 +291,7 @@ class Metrics:
 def model_stat_rows(
     stats: dict[str, dict[str, Any]], extra: dict[str, str]
 ) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Per-model stats (from a ModelManager snapshot) as gauge rows, one list per stat."""
+    """Per-model stats (from a ModelManager snapshot) as metric rows, one list per stat."""
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for model, st in stats.items():
         for stat, value in st.items():
@@ -207,15 +299,17 @@ def model_stat_rows(
     return out
 
 
-MODEL_STATS = (
-    "loads",
-    "load_seconds",
-    "unloads",
-    "inferences",
-    "errors",
-    "cache_hits",
-    "cache_misses",
-    "mean_latency_ms",
-    "p95_latency_ms",
-    "loaded",
-)
+#: Per-model running totals (published as ``<prefix>model_<stat>_total``); latency is the
+#: ``model_inference_seconds`` histogram, and ``loaded`` a gauge.
+MODEL_TOTALS = ("loads", "load_seconds", "unloads", "inferences", "errors", "cache_hits", "cache_misses")
+
+
+def register_model_metrics(metrics: Metrics, prefix: str, rows: Callable[[], dict[str, list[Any]]]) -> None:
+    """The per-model series: counters for the running totals, a gauge for ``loaded``."""
+    for stat in MODEL_TOTALS:
+        metrics.counter(
+            f"{prefix}model_{stat}",
+            f"Per-model {stat.replace('_', ' ')}",
+            lambda stat=stat: rows().get(stat, []),  # type: ignore[misc]
+        )
+    metrics.gauge(f"{prefix}model_loaded", "1 while the model is loaded", lambda: rows().get("loaded", []))

@@ -141,6 +141,9 @@ class JobStatus(_Msg, tag="job_status", kw_only=True):
     node_id: str | None = None
     reason: str | None = None
     queue_position: int | None = None
+    #: Our addition: ``reason`` explained for people, e.g. for ``no_available_pool``
+    #: "no node serves en->de now; pools: en-es" (the pools that exist).
+    detail: str | None = None
 
 
 class AsrPartial(_Msg, tag="asr_partial", kw_only=True):

@@ -32,11 +32,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready to take work: started and its state store answers."""
+    """Ready to take work: started and its state store answers (503 otherwise). With no node
+    connected it is ``degraded``: still 200 (sessions are accepted and wait), unless
+    ``?strict=1`` asks for 503 then too."""
     s = _sched(request)
     problems = await s.readiness_problems()
-    body = {"ready": not problems, "problems": problems, "instance_id": s.config.instance_id}
-    return JSONResponse(body, status_code=200 if not problems else 503)
+    degraded = s.degraded()
+    status = "not_ready" if problems else ("degraded" if degraded else "ready")
+    body = {
+        "ready": not problems,
+        "status": status,
+        "problems": problems,
+        "degraded": degraded,
+        "instance_id": s.config.instance_id,
+    }
+    strict = request.query_params.get("strict") in ("1", "true", "yes")
+    ok = not problems and not (strict and degraded)
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 async def metrics(request: Request) -> Response:

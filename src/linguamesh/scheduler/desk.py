@@ -45,7 +45,7 @@ class Desk:
         session = Session(
             store=self.store,
             on_detached=self._detached,
-            on_delivered=lambda: self.metrics.inc("results_delivered"),
+            on_delivered=self._delivered,
             on_result=self._result_delivered,
             **kw,
         )
@@ -214,6 +214,11 @@ class Desk:
             return
         session.closing = True
         await self._maybe_finish_close(session)
+
+    def _delivered(self, job_id: str) -> None:
+        """A translation_result's socket write completed."""
+        self.metrics.inc("results_delivered")
+        self.metrics.result_written(job_id, self.clock())
 
     def _result_delivered(self, session: Session, job_id: str) -> None:
         """A result is on its way to the client: its job no longer keeps the session open

@@ -51,6 +51,8 @@ class Unavailable:
     reason: str
     #: this was the job's first selection (the client is told it is queued)
     first: bool
+    #: the reason for people (which pools exist when none serves the pair)
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,10 @@ class Dispatcher:
         job = run.job
         first = run.first_selection
         run.first_selection = False
+        if run.wait_attempt != job.attempt_id:  # this attempt's first selection: its wait starts
+            run.wait_attempt, run.wait_since = job.attempt_id, self.clock()
+        # a job retried while it waits is counted once per attempt, not on every retry
+        counted = first or job.job_id not in self.waiting
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -185,13 +191,16 @@ class Dispatcher:
         if first and out.candidates and self.waiting and self._queued_behind(run):
             # a node has room, but jobs of this kind were waiting first: they go first
             self._enqueue(run)
-            self.metrics.inc("selections", outcome="queued", reason="fair_share")
+            self.metrics.inc("selections", outcome="queued", selector=out.selector)
+            self.metrics.inc("selection_failures", reason="fair_share")
             log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
             self.kick()
             return Unavailable("no_capacity", first)
         if out.fallback is not None:
+            if counted:
+                self.metrics.inc("selection_fallbacks", reason=out.fallback.value)
             # once per attempt at info; a waiting job re-tried on every drain only at debug
-            (log.info if first or job.job_id not in self.waiting else log.debug)(
+            (log.info if counted else log.debug)(
                 "selection.preferred_fallback",
                 **job_fields(job),
                 preferred_node_id=job.preferred_node_id,
@@ -222,14 +231,18 @@ class Dispatcher:
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
             except DependencyDown:
+                if counted:
+                    self.metrics.inc("selections", outcome="failed", selector=out.selector)
+                    self.metrics.inc("selection_failures", reason="dependency_down")
                 self._enqueue(run)
                 log.warning("selection.failed", **job_fields(job), reason="dependency_down")
                 return Unavailable("dependency_down", first)
             if reserved:
                 self._last_served = job.session_id
                 self.metrics.inc("reservations_succeeded")
-                self.metrics.inc(
-                    "selections", outcome="ok", reason="preferred" if out.preferred_used else out.selector
+                self.metrics.inc("selections", outcome="ok", selector=out.selector)
+                self.metrics.queue_wait.labels(f"{job.src_lang}-{job.tgt_lang}").observe(
+                    max(0.0, self.clock() - run.wait_since)
                 )
                 self.forget(job.job_id)
                 log.info(
@@ -253,8 +266,9 @@ class Dispatcher:
                 return Reserved(node_id)
             log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
         reason = out.reason.value if out.reason else "no_capacity"
-        self.metrics.inc("selections", outcome="failed", reason=reason)
-        if first or job.job_id not in self.waiting:
+        if counted:
+            self.metrics.inc("selections", outcome="failed", selector=out.selector)
+            self.metrics.inc("selection_failures", reason=reason)
             log.warning(
                 "selection.failed",
                 **job_fields(job),
@@ -267,7 +281,13 @@ class Dispatcher:
                 pools=self.store.nodes().pool_names(),
             )
         self._enqueue(run)
-        return Unavailable(reason, first)
+        detail = None
+        if reason == "no_available_pool":
+            pools = self.store.nodes().pool_names()
+            detail = f"no node serves {job.src_lang}->{job.tgt_lang} now; " + (
+                f"pools: {', '.join(pools)}" if pools else "no node is connected"
+            )
+        return Unavailable(reason, first, detail)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -310,7 +330,8 @@ class Dispatcher:
             run.streamed_to = (node_id, attempt_id)
         ok = await self.registry.send(node_id, msg, job_id=job.job_id)
         if ok:
-            latency = self.clock() - job.created_at
+            run.dispatched_at = self.clock()
+            latency = run.dispatched_at - job.created_at
             log.info(
                 "job.dispatched",
                 **job_fields(job),

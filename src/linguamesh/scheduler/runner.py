@@ -133,6 +133,9 @@ class Runner:
         now = self.clock()
         if isinstance(msg, p.JobAck):
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
+            if run.dispatched_at is not None and msg.attempt_id == job.attempt_id:
+                self.metrics.ack_latency.observe(max(0.0, now - run.dispatched_at))
+                run.dispatched_at = None
             await self.apply(run, lambda j: self.lifecycle.acked(j, msg.attempt_id, now))
         elif isinstance(msg, p.JobStarted):
             log.info("job.started", **job_fields(job), acked_attempt=msg.attempt_id)
@@ -183,6 +186,9 @@ class Runner:
             )
         else:
             return
+        if not run.partial_sent:
+            run.partial_sent = True
+            self.metrics.first_partial.observe(max(0.0, self.clock() - job.created_at))
         self.outbox.emit(job.session_id, event)
 
     async def _refuse(self, node_id: NodeId, msg: p.JobMessage, job: Job) -> None:
@@ -255,7 +261,7 @@ class Runner:
             if isinstance(sel, Reserved):
                 return self.lifecycle.selected(job, sel.node_id, self.clock())
             if isinstance(sel, Unavailable):
-                return self.lifecycle.selection_failed(job, sel.reason, sel.first)
+                return self.lifecycle.selection_failed(job, sel.reason, sel.first, sel.detail)
             self._handed_over(run, sel)
         elif isinstance(cmd, Assign):
             out = await self.dispatcher.dispatch(run, cmd.node_id, cmd.attempt_id)
@@ -310,6 +316,7 @@ class Runner:
                 node_id=cmd.node_id,
                 reason=cmd.reason,
                 queue_position=position,
+                detail=cmd.detail,
             ),
         )
 
@@ -374,7 +381,9 @@ class Runner:
         if not cmd.ok:
             self.failures.append(failure_entry(job, cmd, time.time()))
         total_ms = (now - job.created_at) * 1000
-        self.metrics.end_to_end.labels("ok" if cmd.ok else "failed").observe(total_ms / 1000)
+        self.metrics.end_to_end.labels(
+            "ok" if cmd.ok else "failed", f"{job.src_lang}-{job.tgt_lang}"
+        ).observe(total_ms / 1000)
         for stage, seconds in stage_seconds(job, cmd):
             self.metrics.stage_latency.labels(stage).observe(seconds)
         result = translation_result(job, cmd, total_ms, now, run.tts)
@@ -389,6 +398,7 @@ class Runner:
             elapsed_ms=round(total_ms, 3),
         )
         self.metrics.inc("results_emitted")
+        self.metrics.result_created(job.job_id, now)
         release = run.pending_release
         # the job ends (record, slot) in the same store step that puts the result into the
         # history: no round trip of its own, none before the client gets the result

@@ -25,7 +25,7 @@ from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import Job
 from ..core.lifecycle import Lifecycle
 from ..observability.logging import get_logger
-from ..observability.metrics import MODEL_STATS, Metrics, model_stat_rows
+from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
 from ..state.redis import RedisStateStore
@@ -127,16 +127,15 @@ class Scheduler:
             "Requests sent to Redis by this instance (a pipeline or a script counts once), by operation",
             lambda: [({"op": op}, float(n)) for op, n in getattr(self.store, "round_trips", {}).items()],
         )
-        for stat in MODEL_STATS:
-            m.gauge(
-                f"node_model_{stat}",
-                f"Per-model {stat.replace('_', ' ')} reported by nodes in heartbeats",
-                lambda stat=stat: [  # type: ignore[misc]
-                    row
-                    for nc in self.nodes.values()
-                    for row in model_stat_rows(nc.model_stats, {"node": nc.node_id}).get(stat, [])
-                ],
-            )
+
+        def node_model_rows() -> dict[str, list[Any]]:  # reported by the nodes in heartbeats
+            out: dict[str, list[Any]] = {}
+            for nc in self.nodes.values():
+                for stat, rows in model_stat_rows(nc.model_stats, {"node": nc.node_id}).items():
+                    out.setdefault(stat, []).extend(rows)
+            return out
+
+        register_model_metrics(m, "node_", node_model_rows)
 
     # ------------------------------------------------------------------ start / stop
 
@@ -250,6 +249,17 @@ class Scheduler:
     async def drain(self, timeout: float | None = None) -> bool:
         """SIGTERM: stop taking work, let what runs deliver, send everyone away (``drain.py``)."""
         return await self.draining.run(timeout)
+
+    def degraded(self) -> list[str]:
+        """What keeps the scheduler from serving while it still takes sessions (it stays ready:
+        clients are accepted and their utterances wait for a node)."""
+        try:
+            connected = bool(self.store.nodes().all_nodes())
+        except Exception:  # noqa: BLE001 - the store's problems are readiness problems, named there
+            connected = True
+        if not connected:
+            return ["no node connected: sessions are accepted, utterances wait for a node"]
+        return []
 
     async def readiness_problems(self) -> list[str]:
         problems = []

@@ -238,7 +238,8 @@ class Session:
     settings: SessionSettings
     store: StateStore
     on_detached: Callable[[Session], None]
-    on_delivered: Callable[[], None] = lambda: None
+    #: a translation_result was written to the client socket (``job_id``)
+    on_delivered: Callable[[str], None] = lambda job_id: None
     #: a translation_result entered the stream to the client (``job_id``), whichever
     #: instance produced it
     on_result: Callable[[Session, str], None] = lambda session, job_id: None
@@ -441,7 +442,7 @@ class Session:
                 self.written = seq
                 if fields is not None:
                     log.info("result.sent", seq=seq, **fields)
-                    self.on_delivered()
+                    self.on_delivered(fields["job_id"])
             else:
                 if fields is not None:
                     log.warning("result.send_failed", seq=seq, **fields)
