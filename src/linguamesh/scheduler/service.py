@@ -122,6 +122,33 @@ class Scheduler:
                 )
             ],
         )
+        pairs_seen: set[str] = set()  # a pair whose nodes all left shows 0, not nothing
+
+        def pair_rows(free: bool) -> list[tuple[dict[str, str], float]]:
+            count: dict[str, float] = {}
+            for v in self.store.nodes().all_nodes():
+                for a, b in v.capabilities.servable_pairs():
+                    if a != b:
+                        pair = f"{a}-{b}"
+                        count[pair] = count.get(pair, 0.0) + (max(0, v.free_slots) if free else 1.0)
+            if len(pairs_seen) < 1000:
+                pairs_seen.update(count)
+            return [({"pair": pair}, count.get(pair, 0.0)) for pair in sorted(pairs_seen | set(count))]
+
+        m.gauge("pair_nodes", "Nodes that serve a language pair end to end", lambda: pair_rows(False))
+        m.gauge(
+            "pair_free_slots", "Free slots of the nodes that serve a language pair", lambda: pair_rows(True)
+        )
+        m.gauge(
+            "state_store_up",
+            "1 when the last request to the shared state (Redis) succeeded; always 1 in memory",
+            lambda: [({}, float(getattr(self.store, "up", True)))],
+        )
+        m.counter(
+            "state_store_errors",
+            "Requests to the shared state (Redis) that failed because it could not be reached",
+            lambda: [({}, float(getattr(self.store, "errors", 0)))],
+        )
         m.counter(
             "redis_round_trips",
             "Requests sent to Redis by this instance (a pipeline or a script counts once), by operation",
@@ -272,6 +299,8 @@ class Scheduler:
                 await self.store.ping()
         except TimeoutError:
             problems.append(f"state store unreachable: no answer within {READY_DEADLINE:g}s")
+            if hasattr(self.store, "up"):
+                self.store.up = False  # the ping was cancelled before the link saw it fail
         except Exception as exc:  # noqa: BLE001 - any failure of the store makes us not ready; it is reported
             problems.append(f"state store unreachable: {exc}")
         return problems

@@ -42,19 +42,28 @@ class RedisLink:
         self.groups_made: set[str] = set()
         #: one entry per request sent to Redis (a pipeline or a script is one round trip)
         self.round_trips: dict[str, int] = {}
+        #: the last request to Redis succeeded (the ``state_store_up`` gauge); requests that
+        #: failed because Redis could not be reached
+        self.up = True
+        self.errors = 0
 
     async def _counted(self, op: str, pending: Awaitable[T]) -> T:
         """Await one request to Redis: counted as a round trip of ``op``, and any connection
         problem raised as :class:`DependencyDown`."""
         self.round_trips[op] = self.round_trips.get(op, 0) + 1
         try:
-            return await pending
+            out = await pending
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.up = False
+            self.errors += 1
             raise DependencyDown(f"redis unreachable: {exc}") from None
         except ResponseError as exc:
+            self.up = True
             if str(exc).startswith("LMNOSEQ"):
                 raise SessionStateLost(str(exc)) from None
             raise
+        self.up = True
+        return out
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
         """A redis-py call (the cold paths)."""
