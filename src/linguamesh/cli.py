@@ -66,12 +66,15 @@ def _logging(
 
 def _run_logged(coro: Any, roles: dict[str, dict[str, Any]]) -> None:
     """Run the process, with a ``process.started`` record first and ``process.stopped`` last
-    (a run that has no stop record was killed or crashed: the trace tool says so)."""
+    (a run that has no stop record was killed or crashed: the trace tool says so), and
+    OpenTelemetry tracing when the ``OTEL_*`` environment asks for it."""
+    from .observability import tracing
     from .observability.logging import process_started, process_stopped
     from .runtime import run
 
     for role, fields in roles.items():
         process_started(role, **fields)
+        tracing.configure(role, fields.get("instance_id") or fields.get("node_id"))
     how = "error"
     try:
         run(coro)
@@ -80,6 +83,7 @@ def _run_logged(coro: Any, roles: dict[str, dict[str, Any]]) -> None:
         how = "interrupted"
         raise
     finally:
+        tracing.shutdown()  # what is buffered is exported
         for role, fields in roles.items():
             process_stopped(role, how=how, **fields)
 
@@ -201,7 +205,7 @@ def scheduler(
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
-    _run_logged(serve_scheduler(cfg), {"scheduler": {"port": cfg.port}})
+    _run_logged(serve_scheduler(cfg), {"scheduler": {"port": cfg.port, "instance_id": cfg.instance_id}})
 
 
 def _node_config(config: Path | None, **kw: Any) -> Any:
@@ -279,7 +283,8 @@ def up(
     if not ncfg.engines:
         ncfg.engines = default_engines()
     err.print(f"LinguaMesh is up on http://{host}:{port}  (Ctrl-C to stop)")
-    _run_logged(serve_all(sched, ncfg), {"scheduler": {"port": port}, "node": {"node_id": ncfg.node_id}})
+    roles = {"scheduler": {"port": port, "instance_id": sched.instance_id}, "node": {"node_id": ncfg.node_id}}
+    _run_logged(serve_all(sched, ncfg), roles)
 
 
 @app.command()

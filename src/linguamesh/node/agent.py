@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -26,6 +29,7 @@ from .. import protocol as p
 from ..audio import BadAudio, duration_seconds
 from ..engines.base import EngineError
 from ..engines.registry import EngineSet
+from ..observability import tracing
 from ..observability.logging import bind, get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from .config import NodeConfig
@@ -74,6 +78,7 @@ class NodeAgent:
         self.connected = asyncio.Event()
         self.heartbeat_interval = 5.0
         self.metrics = Metrics(role="node")
+        self.tracing = tracing.current("node")
         self._register_gauges()
         self._send_lock = asyncio.Lock()
         self._stopping = False
@@ -114,6 +119,28 @@ class NodeAgent:
             "unavailable_engines": [f"{f.kind}: {f.error}" for f in self.engines.failures],
             "models_loaded": self.engines.models_manager.loaded(),
         }
+
+    def _job_span(self, job: p.JobAssign) -> Span | None:
+        """The job's ``node.job`` span under the scheduler's attempt (tracing on), current in
+        this job's task so each stage's span is its child."""
+        t = self.tracing
+        if t is None:
+            return None
+        span = t.span(
+            "node.job",
+            context=tracing.remote_parent(job.traceparent),
+            kind=SpanKind.SERVER,
+            attributes={
+                "linguamesh.job_id": job.job_id,
+                "linguamesh.attempt_id": job.attempt_id,
+                "linguamesh.node_id": self.node_id,
+                "linguamesh.trace_id": job.trace_id,
+                "linguamesh.pair": f"{job.src_lang}-{job.tgt_lang}",
+                "linguamesh.streaming": job.streaming or None,
+            },
+        )
+        otel_context.attach(trace.set_span_in_context(span))  # the task's own context
+        return span
 
     def _fields(self, job: p.JobAssign) -> dict[str, Any]:
         return {
@@ -336,7 +363,12 @@ class NodeAgent:
                 return
         self.metrics.inc("node_jobs_received")
         log.info(
-            "job.received", stages=job.stages, audio_bytes=len(job.audio), streaming=job.streaming, **fields
+            "job.received",
+            stages=job.stages,
+            audio_bytes=len(job.audio),
+            streaming=job.streaming,
+            otel_trace_id=tracing.traceparent_trace_id(job.traceparent),
+            **fields,
         )
         task = asyncio.create_task(
             self._run_job(job, live), name=f"job-{job.job_id}", context=contextvars.Context()
@@ -365,6 +397,8 @@ class NodeAgent:
     async def _run_job(self, job: p.JobAssign, live: LiveInput | None = None) -> None:
         fields = self._fields(job)
         bind(**fields)  # this task's log context (contextvars: private to the task)
+        span = self._job_span(job)
+        result: p.JobResult | None = None
         try:
             await self._send(p.JobStarted(job_id=job.job_id, attempt_id=job.attempt_id))
             try:
@@ -408,6 +442,12 @@ class NodeAgent:
             log.info("job.stopped", **fields)
             raise
         finally:
+            if span is not None:
+                if result is None:
+                    tracing.fail(span, "cancelled", "the job was stopped")
+                elif result.error is not None:
+                    tracing.fail(span, result.error.code, result.error.message)
+                span.end()
             r = self.running.get(job.job_id)
             if r is not None and r.job.attempt_id == job.attempt_id:
                 del self.running[job.job_id]

@@ -12,6 +12,7 @@ from ..audio import FRAME_MS, BadAudio, split_points, to_float32, to_wav, voiced
 from ..engines.base import EngineError, Speech, VADEngine
 from ..engines.registry import EngineSet
 from ..observability.logging import get_logger
+from ..observability.tracing import stage_span
 
 log = get_logger("linguamesh.node.pipeline")
 
@@ -71,6 +72,7 @@ async def run_pipeline(
                 done.append(piece)
         text = " ".join(done)
         timings.asr_ms = _ms(t)
+        stage_span("asr", t, engine=asr.name, parts=len(parts))
         log.info(
             "stage.done",
             stage="asr",
@@ -88,6 +90,7 @@ async def run_pipeline(
             t = time.perf_counter()
             text = await rep.repair(text, job.src_lang)
             timings.repair_ms = _ms(t)
+            stage_span("repair", t, engine=rep.name)
             text_asr = text
             log.info(
                 "stage.done",
@@ -108,6 +111,7 @@ async def run_pipeline(
         t = time.perf_counter()
         translated = (await mt.translate(text, job.src_lang, job.tgt_lang)).strip()
         timings.nmt_ms = _ms(t)
+        stage_span("nmt", t, engine=mt.name)
         log.info("stage.done", stage="nmt", duration_ms=timings.nmt_ms, engine=mt.name, **log_fields)
     audio: bytes | None = None
     rate: int | None = None
@@ -120,6 +124,7 @@ async def run_pipeline(
         audio = to_wav(out.samples, out.sample_rate)
         rate = out.sample_rate
         timings.tts_ms = _ms(t)
+        stage_span("tts", t, engine=tts.name)
         log.info("stage.done", stage="tts", duration_ms=timings.tts_ms, engine=tts.name, **log_fields)
     timings.total_ms = _ms(t0)
     return PipelineOutput(text_asr, translated, audio, rate, timings)

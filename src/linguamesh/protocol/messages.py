@@ -315,6 +315,9 @@ class JobAssign(_Msg, tag="job_assign", kw_only=True):
     audio_seq: int = 0
     #: the node ends the utterance itself after this much trailing silence (``job_speech_end``)
     end_of_speech_ms: int | None = None
+    #: Our addition: the W3C trace context of the scheduler's ``attempt`` span (OpenTelemetry
+    #: on); the node's spans continue that trace.
+    traceparent: str | None = None
 
 
 class JobAudio(_Msg, tag="job_audio", kw_only=True):

@@ -20,6 +20,7 @@ from ..core.history import ReplayGap
 from ..core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
 from ..core.jobs import Job
 from ..core.languages import pair_problem
+from ..observability import tracing
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import JobEnd
@@ -35,6 +36,7 @@ class Desk:
     def __init__(self, env: Env, init_ack: Callable[[Session, int], bytes]) -> None:
         self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
         self.init_ack = init_ack
+        self.tracing = tracing.current("scheduler")
         self.sessions: dict[SessionId, Session] = {}
         #: viewer links that outlive a session
         self.rooms = Rooms()
@@ -219,6 +221,8 @@ class Desk:
         """A translation_result's socket write completed."""
         self.metrics.inc("results_delivered")
         self.metrics.result_written(job_id, self.clock())
+        if self.tracing is not None:
+            self.tracing.delivered(job_id)
 
     def _result_delivered(self, session: Session, job_id: str) -> None:
         """A result is on its way to the client: its job no longer keeps the session open

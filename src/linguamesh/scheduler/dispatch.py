@@ -164,6 +164,7 @@ class Dispatcher:
         job = run.job
         first = run.first_selection
         run.first_selection = False
+        select_started = self.clock()
         if run.wait_attempt != job.attempt_id:  # this attempt's first selection: its wait starts
             run.wait_attempt, run.wait_since = job.attempt_id, self.clock()
         # a job retried while it waits is counted once per attempt, not on every retry
@@ -244,6 +245,8 @@ class Dispatcher:
                 self.metrics.queue_wait.labels(f"{job.src_lang}-{job.tgt_lang}").observe(
                     max(0.0, self.clock() - run.wait_since)
                 )
+                if run.spans is not None:
+                    run.spans.reserved(run.wait_since, select_started, node_id, job.attempt_id)
                 self.forget(job.job_id)
                 log.info(
                     "selection.succeeded",
@@ -328,7 +331,11 @@ class Dispatcher:
             msg.end_of_speech_ms = run.end_of_speech_ms
             # set before the write: a chunk arriving meanwhile follows the assign on the socket
             run.streamed_to = (node_id, attempt_id)
+        if run.spans is not None:
+            msg.traceparent = run.spans.dispatching(node_id, attempt_id)
         ok = await self.registry.send(node_id, msg, job_id=job.job_id)
+        if run.spans is not None:
+            run.spans.dispatched(ok)
         if ok:
             run.dispatched_at = self.clock()
             latency = run.dispatched_at - job.created_at
@@ -336,6 +343,7 @@ class Dispatcher:
                 "job.dispatched",
                 **job_fields(job),
                 dispatch_latency_seconds=round(latency, 6),
+                otel_trace_id=run.spans.trace_id if run.spans is not None else None,
                 streaming=msg.streaming,
             )
             self.metrics.inc("jobs_dispatched")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..core.ids import NodeId
 from ..core.jobs import Job
+from .spans import JobSpans
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +60,8 @@ class JobRun:
     dispatched_at: float | None = None
     #: a partial was sent to the client (time-to-first-partial metric)
     partial_sent: bool = False
+    #: the job's OpenTelemetry spans (tracing on)
+    spans: JobSpans | None = None
 
     def disarm(self) -> None:
         for t in self.timers:

@@ -35,6 +35,7 @@ from ..core.lifecycle import (
     Status,
     TimerKind,
 )
+from ..observability import tracing
 from ..observability.logging import bound, get_logger
 from ..state.base import DependencyDown, JobEnd
 from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable
@@ -43,6 +44,7 @@ from .ports import Env, Outbox
 from .records import job_fields, job_record
 from .registry import Registry
 from .results import failure_entry, stage_seconds, translation_result
+from .spans import JobSpans
 
 log = get_logger("linguamesh.scheduler")
 
@@ -64,6 +66,7 @@ class Runner:
         self.dispatcher = dispatcher
         self.registry = registry
         self.outbox = outbox
+        self.tracing = tracing.current("scheduler")
         self.runs: dict[JobId, JobRun] = {}
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
         #: the last failed jobs, newest last, for the operator page
@@ -76,6 +79,8 @@ class Runner:
     async def start(self, run: JobRun, step: Step | None) -> None:
         """Hold a new (or adopted) job here and apply its first step, if any."""
         self.runs[run.job.job_id] = run
+        if self.tracing is not None and run.spans is None:
+            run.spans = JobSpans(self.tracing, run.job, adopted=step is None)
         if step is not None:
             await self.apply(run, step)
 
@@ -289,6 +294,8 @@ class Runner:
                 self._status(job, cmd)
         elif isinstance(cmd, Note):
             self._note(job, cmd)
+            if cmd.event == "job.failover" and run.spans is not None:
+                run.spans.attempt_over("failover", str(dict(cmd.fields).get("reason", "")).split(":")[0])
         elif isinstance(cmd, Finish):
             await self._finish(run, cmd)
         return []
@@ -362,6 +369,8 @@ class Runner:
         through the history, ends it there."""
         job = run.job
         log.info("job.handed_over", **job_fields(job), to_instance=out.holder)
+        if run.spans is not None:
+            run.spans.handed_over(out.holder)
         self._forget(run)
 
     def _forget(self, run: JobRun) -> None:
@@ -387,9 +396,14 @@ class Runner:
         for stage, seconds in stage_seconds(job, cmd):
             self.metrics.stage_latency.labels(stage).observe(seconds)
         result = translation_result(job, cmd, total_ms, now, run.tts)
+        otel_trace_id = None
+        if run.spans is not None and self.tracing is not None:
+            self.tracing.deliver(job.job_id, run.spans.finished(cmd.ok, cmd.error_code, cmd.node_id))
+            otel_trace_id = run.spans.trace_id
         log.info(
             "result.created",
             **{**job_fields(job), "node_id": cmd.node_id},
+            otel_trace_id=otel_trace_id,
             status=result.status,
             error_code=cmd.error_code,
             text_asr=result.text_asr,

@@ -1,0 +1,115 @@
+"""OpenTelemetry traces from real scheduler and node processes to a real OTLP/HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from linguamesh.client import SessionClient
+from linguamesh.observability.tracing import enabled
+
+from ..conftest import SCALE, free_port, pcm
+from ..otlp_receiver import OtlpReceiver, ReceivedSpan
+from ..procs import launch, node_config, wait_node, wait_ready
+
+
+def _env(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", **extra}
+
+
+async def _until(receiver: OtlpReceiver, pred: object, what: str) -> list[ReceivedSpan]:
+    for _ in range(int(150 * SCALE)):
+        spans = receiver.snapshot()
+        if pred(spans):  # type: ignore[operator]
+            return spans
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never received {what}: {[(s.service, s.name) for s in receiver.snapshot()]}")
+
+
+def _records(path: Path, event: str) -> list[dict]:  # type: ignore[type-arg]
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
+
+
+async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_parented(tmp_path: Path) -> None:
+    with OtlpReceiver() as receiver:
+        env = _env(receiver)
+        port = free_port()
+        sched = launch("scheduler", "--port", str(port), log=tmp_path / "s.log", env=env)
+        node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
+                      str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
+        try:
+            await wait_ready(port, sched)
+            await wait_node(f"http://127.0.0.1:{port}", "node-t")
+            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es") as c:
+                await c.send_utterance(0, pcm(0.3))
+                r = await c.next_result(10 * SCALE)
+            spans = await _until(
+                receiver,
+                lambda ss: {"deliver", "stage.tts", "job"} <= {s.name for s in ss},
+                "the job's spans",
+            )
+        finally:
+            node.stop()
+            sched.stop()
+    assert r.status == "ok"
+    assert len({s.trace_id for s in spans}) == 1, "one job, one trace"
+    by = {s.name: s for s in spans}
+    root = by["job"]
+    assert root.parent_id == "" and root.service == "linguamesh-scheduler"
+    assert root.attributes["linguamesh.job_id"] == r.job_id and root.attributes["linguamesh.pair"] == "en-es"
+    for child in ("queue_wait", "select", "dispatch", "attempt", "deliver"):
+        assert by[child].parent_id == root.span_id, child
+        assert by[child].service == "linguamesh-scheduler"
+    assert by["attempt"].attributes["linguamesh.node_id"] == "node-t"
+    # the node continues the trace from job_assign's traceparent, under the attempt
+    assert by["node.job"].service == "linguamesh-node" and by["node.job"].parent_id == by["attempt"].span_id
+    for stage in ("asr", "repair", "nmt", "tts"):
+        s = by[f"stage.{stage}"]
+        assert s.parent_id == by["node.job"].span_id and s.service == "linguamesh-node", stage
+        assert by["node.job"].start_ns <= s.start_ns <= s.end_ns <= by["node.job"].end_ns
+    assert root.start_ns <= by["attempt"].start_ns and by["attempt"].end_ns <= root.end_ns
+    # the logs name the same trace on both sides, to join the two
+    created = _records(tmp_path / "s.log", "result.created")
+    received = _records(tmp_path / "n.log", "job.received")
+    assert created[0]["otel_trace_id"] == root.trace_id == received[0]["otel_trace_id"]
+
+
+async def test_a_ratio_of_zero_still_keeps_every_failed_job(tmp_path: Path) -> None:
+    with OtlpReceiver() as receiver:
+        env = _env(receiver, OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0")
+        port = free_port()
+        sched = launch("scheduler", "--port", str(port), "--pending-timeout", str(0.5 * SCALE),
+                       log=tmp_path / "s.log", env=env)  # fmt: skip
+        node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
+                      str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
+        try:
+            await wait_ready(port, sched)
+            await wait_node(f"http://127.0.0.1:{port}", "node-t")
+            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es") as c:
+                for i in range(3):
+                    await c.send_utterance(i, pcm(0.2))
+                ok = await c.results(3, timeout=10 * SCALE)
+            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="de") as c:
+                await c.send_utterance(0, pcm(0.2))
+                failed = await c.next_result(10 * SCALE)
+            spans = await _until(receiver, lambda ss: any(s.name == "job" for s in ss), "the failed job")
+            await asyncio.sleep(1.0)  # anything else would have come by now
+            spans = receiver.snapshot()
+        finally:
+            node.stop()
+            sched.stop()
+    assert [x.status for x in ok] == ["ok"] * 3 and failed.status == "failed"
+    roots = [s for s in spans if s.name == "job"]
+    assert len(roots) == 1 and roots[0].attributes["linguamesh.job_id"] == failed.job_id
+    assert roots[0].status_code == 2 and roots[0].attributes["linguamesh.error_code"] == "no_available_node"
+    assert {s.trace_id for s in spans} == {roots[0].trace_id}
+    assert not any(s.service == "linguamesh-node" for s in spans)  # successful jobs: not sampled
+
+
+def test_tracing_is_off_unless_the_environment_asks() -> None:
+    assert not enabled({})
+    assert enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert enabled({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
+    assert not enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
+    assert not enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"})
