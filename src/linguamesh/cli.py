@@ -311,6 +311,11 @@ def translate(
         f"node {result.node_id}: asr {t.asr_ms:.0f} ms, repair {t.repair_ms:.0f} ms, "
         f"mt {t.nmt_ms:.0f} ms, tts {t.tts_ms:.0f} ms, total {t.total_ms:.0f} ms"
     )
+    err.print(
+        f"trace {result.trace_id} job {result.job_id} "
+        f"(linguamesh trace --job {result.job_id} LOGS shows its steps)",
+        highlight=False,
+    )
     if out is not None:
         if not result.tts_audio:
             _fail("the node returned no speech for this language")

@@ -180,6 +180,8 @@ async def test_translate_cli_prints_text_and_writes_speech(cluster: Cluster, tmp
     assert "transcript (en): Good morning." in text
     assert "translation (es): [es] Good morning." in text
     assert out.read_bytes()[:4] == b"RIFF"
+    job = next(iter(s.sched.runner.finished.values()))
+    assert f"trace {job.trace_id} job {job.job_id}" in stderr.decode()
 
 
 async def test_translate_cli_reports_errors_clearly(tmp_path: Path) -> None:

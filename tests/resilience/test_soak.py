@@ -25,6 +25,7 @@ KINDS = {
 }
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(360)
 def test_short_soak_loses_and_duplicates_nothing() -> None:
     proc = subprocess.run(

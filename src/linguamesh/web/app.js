@@ -347,7 +347,10 @@ function rowFor(index) {
   num.textContent = `#${index}`;
   const latency = document.createElement("span");
   latency.className = "latency";
-  meta.append(badge, num, latency);
+  // the ids an operator needs to follow this utterance: `linguamesh trace --job JOB LOGS`
+  const ids = document.createElement("span");
+  ids.className = "ids";
+  meta.append(badge, num, latency, ids);
   const asr = document.createElement("p");
   asr.className = "asr draft";
   const mt = document.createElement("p");
@@ -358,7 +361,7 @@ function rowFor(index) {
   asrStable.className = "stable";
   const asrDraft = document.createElement("span");
   asrDraft.className = "tentative";
-  row = { li, badge, asr, asrStable, asrDraft, mt, latency, status: "", final: false };
+  row = { li, badge, asr, asrStable, asrDraft, mt, latency, ids, status: "", final: false };
   state.rows.set(index, row);
   state.open.add(index);
   if (state.pendingStop !== null) { // the speaker stopped before the server named this utterance
@@ -421,6 +424,8 @@ function showResult(ev) {
   if (t0 !== undefined) parts.push(`${Math.round(performance.now() - t0)} ms after you stopped`);
   if (ev.timings && ev.timings.total_ms) parts.push(`server ${Math.round(ev.timings.total_ms)} ms`);
   row.latency.textContent = parts.join(" · ");
+  row.ids.textContent = `trace ${ev.trace_id || "?"} · job ${ev.job_id}`;
+  row.ids.title = "For an operator: linguamesh trace --job " + ev.job_id + " <log files>";
 }
 
 // ------------------------------------------------------------------ playback queue
