@@ -22,6 +22,7 @@ async def test_no_node_gives_failed_result_with_no_available_node(cluster: Clust
         status = await c.recv(5 * SCALE)
         assert isinstance(status, p.JobStatus) and status.status == "queued"
         assert status.reason == "no_available_pool" and status.queue_position == 1
+        assert status.detail == "no node serves en->es now; no node is connected"
         r = await c.next_result(5 * SCALE)
     assert r.status == "failed"
     assert r.error is not None and r.error.code == "no_available_node"

@@ -215,9 +215,11 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
 
     # no node for the pair: Unavailable, and the job waits in the queue
     other = job("j2", 2, "fr")
-    assert await d.select(other) == Unavailable("no_available_pool", first=True)
+    sel = await d.select(other)
+    assert isinstance(sel, Unavailable) and (sel.reason, sel.first) == ("no_available_pool", True)
+    assert sel.detail == f"no node serves en->fr now; pools: {', '.join(sched.store.nodes().pool_names())}"
     assert list(d.waiting) == ["j2"] and d.queue_position(JobId("j2")) == 1
-    assert await d.select(other) == Unavailable("no_available_pool", first=False)
+    assert await d.select(other) == Unavailable("no_available_pool", first=False)  # said once
     d.forget(JobId("j2"))
     assert not d.waiting
 

@@ -269,9 +269,16 @@ class Dispatcher:
                 return Reserved(node_id)
             log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
         reason = out.reason.value if out.reason else "no_capacity"
+        detail = None
         if counted:
             self.metrics.inc("selections", outcome="failed", selector=out.selector)
             self.metrics.inc("selection_failures", reason=reason)
+            # what the operator and the client need when nothing serves the pair: which pools exist
+            pools = self.store.nodes().pool_names()
+            if reason == "no_available_pool":
+                detail = f"no node serves {job.src_lang}->{job.tgt_lang} now; " + (
+                    f"pools: {', '.join(pools)}" if pools else "no node is connected"
+                )
             log.warning(
                 "selection.failed",
                 **job_fields(job),
@@ -280,16 +287,9 @@ class Dispatcher:
                 breakdown={k.value: v for k, v in out.breakdown.counts.items()},
                 src_lang=job.src_lang,
                 tgt_lang=job.tgt_lang,
-                # what the operator needs when nothing serves the pair: which pools exist
-                pools=self.store.nodes().pool_names(),
+                pools=pools,
             )
         self._enqueue(run)
-        detail = None
-        if reason == "no_available_pool":
-            pools = self.store.nodes().pool_names()
-            detail = f"no node serves {job.src_lang}->{job.tgt_lang} now; " + (
-                f"pools: {', '.join(pools)}" if pools else "no node is connected"
-            )
         return Unavailable(reason, first, detail)
 
     # ------------------------------------------------------------------ dispatch
