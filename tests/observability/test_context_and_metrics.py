@@ -13,10 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from linguamesh import __version__
+from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.observability import logging as lmlog
 
-from ..conftest import SCALE, Cluster, free_port, pcm, test_engines
+from ..conftest import SCALE, Cluster, eventually, free_port, pcm, test_engines
 from ..procs import node_proc, scheduler_proc, wait_node
 
 
@@ -176,3 +177,45 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
     assert m[("process_cpu_seconds_total", ())] > 0
     assert any(name == "linguamesh_build_info" and ("role", "node") in labels for name, labels in m)
     assert not any(name.startswith("linguamesh_stage_latency") for name, _ in m)  # the scheduler's
+
+
+async def test_log_hygiene_node_loss_crash_and_stop_and_a_waiting_fallback(
+    cluster: Cluster, json_log: Path
+) -> None:
+    """``job.node_lost`` names the node; a crash is a warning and a stop is news (info); a
+    job waiting for a slot with an absent preferred node says so at info once, then at debug."""
+    from ..scripted_node import ScriptedNode
+
+    s = await cluster.scheduler(heartbeat_interval=0.2, pending_timeout=5)
+    crashy = ScriptedNode(s.url, "crashy", slots=1)
+    await crashy.connect()
+    async with SessionClient(s.url, src="en", tgt="es", preferred_node_id="absent") as c:
+        await c.send_utterance(0, pcm(0.1))
+        first = await crashy.expect(p.JobAssign)
+        await c.send_utterance(1, pcm(0.1))  # waits: crashy's only slot is taken
+        await asyncio.sleep(1.2 * SCALE)  # several heartbeats: the waiting job is retried
+        assert crashy.ws is not None
+        crashy.ws.transport.abort()  # a crash: no close frame
+        await crashy.close()
+        tidy = ScriptedNode(s.url, "tidy", slots=2)
+        await tidy.connect()
+        for _ in range(2):
+            job = await tidy.expect(p.JobAssign)
+            await tidy.send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+            await tidy.send(tidy.result_for(job))
+        results = await c.results(2, timeout=10 * SCALE)
+        await tidy.close()  # a stop: close frame 1000
+        await eventually(lambda: "tidy" not in s.sched.nodes, 5, "tidy to be gone")
+    assert [r.status for r in results] == ["ok", "ok"]
+    recs = [json.loads(line) for line in json_log.read_text().splitlines()]
+    gone = {r["node_id"]: r for r in recs if r["event"] == "node.gone"}
+    assert gone["crashy"]["level"] == "warning" and "connection lost" in gone["crashy"]["why"]
+    assert gone["tidy"]["level"] == "info" and gone["tidy"]["why"] == "closed by the node"
+    lost = [r for r in recs if r["event"] == "job.node_lost"]
+    assert lost and all(r["node_id"] == "crashy" for r in lost)
+    assert first.job_id in {r["job_id"] for r in lost}
+    waiting = results[1].job_id
+    fallbacks = [r for r in recs if r["event"] == "selection.preferred_fallback" and r["job_id"] == waiting]
+    assert [r["level"] for r in fallbacks].count("info") == 1  # once at info, retries at debug
+    failed = [r for r in recs if r["event"] == "selection.failed" and r["job_id"] == waiting]
+    assert len(failed) == 1 and failed[0]["pools"], failed  # said once, with the pools that exist
