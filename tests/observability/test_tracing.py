@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from linguamesh.client import SessionClient
@@ -31,17 +33,26 @@ def _records(path: Path, event: str) -> list[dict]:  # type: ignore[type-arg]
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
 
 
+@asynccontextmanager
+async def traced(tmp_path: Path, env: dict[str, str], *flags: str) -> AsyncIterator[str]:
+    """A scheduler and a node process exporting traces; the scheduler's URL."""
+    port = free_port()
+    sched = launch("scheduler", "--port", str(port), *flags, log=tmp_path / "s.log", env=env)
+    node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
+                  str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
+    try:
+        await wait_ready(port, sched)
+        await wait_node(f"http://127.0.0.1:{port}", "node-t")
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        node.stop()
+        sched.stop()
+
+
 async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_parented(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
-        env = _env(receiver)
-        port = free_port()
-        sched = launch("scheduler", "--port", str(port), log=tmp_path / "s.log", env=env)
-        node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
-                      str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
-        try:
-            await wait_ready(port, sched)
-            await wait_node(f"http://127.0.0.1:{port}", "node-t")
-            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es") as c:
+        async with traced(tmp_path, _env(receiver)) as url:
+            async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.3))
                 r = await c.next_result(10 * SCALE)
             spans = await _until(
@@ -49,9 +60,6 @@ async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_pare
                 lambda ss: {"deliver", "stage.tts", "job"} <= {s.name for s in ss},
                 "the job's spans",
             )
-        finally:
-            node.stop()
-            sched.stop()
     assert r.status == "ok"
     assert len({s.trace_id for s in spans}) == 1, "one job, one trace"
     by = {s.name: s for s in spans}
@@ -78,27 +86,17 @@ async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_pare
 async def test_a_ratio_of_zero_still_keeps_every_failed_job(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
         env = _env(receiver, OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0")
-        port = free_port()
-        sched = launch("scheduler", "--port", str(port), "--pending-timeout", str(0.5 * SCALE),
-                       log=tmp_path / "s.log", env=env)  # fmt: skip
-        node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
-                      str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
-        try:
-            await wait_ready(port, sched)
-            await wait_node(f"http://127.0.0.1:{port}", "node-t")
-            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es") as c:
+        async with traced(tmp_path, env, "--pending-timeout", "0.5") as url:
+            async with SessionClient(url, src="en", tgt="es") as c:
                 for i in range(3):
                     await c.send_utterance(i, pcm(0.2))
                 ok = await c.results(3, timeout=10 * SCALE)
-            async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="de") as c:
+            async with SessionClient(url, src="en", tgt="de") as c:
                 await c.send_utterance(0, pcm(0.2))
                 failed = await c.next_result(10 * SCALE)
             spans = await _until(receiver, lambda ss: any(s.name == "job" for s in ss), "the failed job")
             await asyncio.sleep(1.0)  # anything else would have come by now
             spans = receiver.snapshot()
-        finally:
-            node.stop()
-            sched.stop()
     assert [x.status for x in ok] == ["ok"] * 3 and failed.status == "failed"
     roots = [s for s in spans if s.name == "job"]
     assert len(roots) == 1 and roots[0].attributes["linguamesh.job_id"] == failed.job_id
