@@ -108,6 +108,8 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
         ("linguamesh_results_duplicate_total", ()),
         ("linguamesh_timeouts_total", (("kind", "result"),)),
         ("linguamesh_selection_failures_total", (("reason", "no_available_pool"),)),
+        ("linguamesh_selection_fallbacks_total", (("reason", "node_unavailable"),)),
+        ("linguamesh_selections_total", (("outcome", "failed"), ("selector", "pooled"))),
         ("linguamesh_jobs_finished_total", (("code", "timeout"), ("state", "failed"))),
     ):
         assert before[(name, labels)] == 0, name

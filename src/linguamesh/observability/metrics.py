@@ -100,23 +100,31 @@ KNOWN_LABELS: dict[str, list[tuple[str, ...]]] = {
     ],
     "connections_refused": [("origin",), ("limit",), ("handshake_timeout",), ("draining",)],
     "node_jobs_finished": [("ok",), ("failed",)],
-    "selection_failures": [("no_available_pool",), ("no_capacity",), ("fair_share",), ("dependency_down",)],
     "selections": [(o, s) for o in ("ok", "queued", "failed") for s in ("pooled", "flat")],
     "jobs_finished": [("completed", "none"), ("failed", "no_available_node"), ("failed", "timeout")],
 }
 
 
-def _protocol_error_codes() -> list[tuple[str, ...]]:
+def _known_at_start() -> dict[str, list[tuple[str, ...]]]:
+    """Label values that exist before any event: every error code, selection failure reason
+    and preferred-node fallback reason."""
+    from ..core.selection import Fallback, Reason
     from ..protocol.errors import ErrorCode
 
-    return [(c.value,) for c in ErrorCode]
+    reasons: list[tuple[str, ...]] = [(r.value,) for r in Reason]
+    return {
+        **KNOWN_LABELS,
+        "protocol_errors": [(c.value,) for c in ErrorCode],
+        "selection_failures": [*reasons, ("fair_share",), ("dependency_down",)],
+        "selection_fallbacks": [(f.value,) for f in Fallback],
+    }
 
 
 class Counters:
     def __init__(self, role: str = "scheduler") -> None:
         self.values: dict[tuple[str, tuple[str, ...]], float] = {}
         mine = [n for n in COUNTERS if (n in NODE_COUNTERS) == (role == "node")]
-        known = {**KNOWN_LABELS, "protocol_errors": _protocol_error_codes()}
+        known = _known_at_start()
         for name in mine:  # every counter of this role exists from the start, at 0
             for labels in known.get(name, [()] if not COUNTERS[name][1] else []):
                 self.values[(name, labels)] = 0.0
