@@ -284,7 +284,8 @@ class Dispatcher:
                 **job_fields(job),
                 selector=out.selector,
                 reason=reason,
-                breakdown={k.value: v for k, v in out.breakdown.counts.items()},
+                # why each node was passed over (none when no node serves the pair at all)
+                breakdown={k.value: v for k, v in out.breakdown.counts.items()} or None,
                 src_lang=job.src_lang,
                 tgt_lang=job.tgt_lang,
                 pools=pools,
