@@ -13,7 +13,7 @@ from linguamesh.observability.tracing import enabled
 
 from ..conftest import SCALE, free_port, pcm
 from ..otlp_receiver import OtlpReceiver, ReceivedSpan
-from ..procs import launch, node_config, wait_node, wait_ready
+from ..procs import Proc, launch, node_config, wait_node, wait_ready
 
 
 def _env(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
@@ -34,16 +34,19 @@ def _records(path: Path, event: str) -> list[dict]:  # type: ignore[type-arg]
 
 
 @asynccontextmanager
-async def traced(tmp_path: Path, env: dict[str, str], *flags: str) -> AsyncIterator[str]:
-    """A scheduler and a node process exporting traces; the scheduler's URL."""
+async def traced(
+    tmp_path: Path, env: dict[str, str], *flags: str, delay_ms: int = 20
+) -> AsyncIterator[tuple[str, Proc]]:
+    """A scheduler and a node process (``node-t``) exporting traces: the scheduler's URL and
+    the node."""
     port = free_port()
     sched = launch("scheduler", "--port", str(port), *flags, log=tmp_path / "s.log", env=env)
     node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config",
-                  str(node_config(tmp_path, "node-t")), log=tmp_path / "n.log", env=env)  # fmt: skip
+                  str(node_config(tmp_path, "node-t", delay_ms)), log=tmp_path / "n.log", env=env)  # fmt: skip
     try:
         await wait_ready(port, sched)
         await wait_node(f"http://127.0.0.1:{port}", "node-t")
-        yield f"ws://127.0.0.1:{port}"
+        yield f"ws://127.0.0.1:{port}", node
     finally:
         node.stop()
         sched.stop()
@@ -51,7 +54,7 @@ async def traced(tmp_path: Path, env: dict[str, str], *flags: str) -> AsyncItera
 
 async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_parented(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
-        async with traced(tmp_path, _env(receiver)) as url:
+        async with traced(tmp_path, _env(receiver)) as (url, _):
             async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.3))
                 r = await c.next_result(10 * SCALE)
@@ -86,7 +89,7 @@ async def test_one_job_is_one_trace_with_scheduler_and_node_spans_correctly_pare
 async def test_a_ratio_of_zero_still_keeps_every_failed_job(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
         env = _env(receiver, OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0")
-        async with traced(tmp_path, env, "--pending-timeout", "0.5") as url:
+        async with traced(tmp_path, env, "--pending-timeout", "0.5") as (url, _):
             async with SessionClient(url, src="en", tgt="es") as c:
                 for i in range(3):
                     await c.send_utterance(i, pcm(0.2))
@@ -103,6 +106,49 @@ async def test_a_ratio_of_zero_still_keeps_every_failed_job(tmp_path: Path) -> N
     assert roots[0].status_code == 2 and roots[0].attributes["linguamesh.error_code"] == "no_available_node"
     assert {s.trace_id for s in spans} == {roots[0].trace_id}
     assert not any(s.service == "linguamesh-node" for s in spans)  # successful jobs: not sampled
+
+
+async def test_each_attempt_of_a_job_whose_node_was_killed_is_a_span(tmp_path: Path) -> None:
+    """SIGKILL of the node running a job: the trace shows both attempts under the job, the
+    first ended by the failover, the second served by the other node; one result, 0 lost,
+    0 duplicated."""
+    import signal
+
+    with OtlpReceiver() as receiver:
+        env = _env(receiver)
+        async with traced(tmp_path, env, "--ack-timeout", "2", delay_ms=600) as (url, node):
+            async with SessionClient(url, src="en", tgt="es") as c:
+                await c.send_utterance(0, pcm(0.3))
+                for _ in range(int(100 * SCALE)):  # node-t has it
+                    if _records(tmp_path / "n.log", "job.received"):
+                        break
+                    await asyncio.sleep(0.05)
+                other = launch("node", "--scheduler", url, "--config", str(node_config(tmp_path, "node-u")),
+                               log=tmp_path / "u.log", env=env)  # fmt: skip
+                try:
+                    await wait_node(url.replace("ws", "http"), "node-u")
+                    node.proc.send_signal(signal.SIGKILL)
+                    results = [await c.next_result(15 * SCALE)]
+                    try:
+                        results.append(await c.next_result(1.5 * SCALE))  # a duplicate would come now
+                    except TimeoutError:
+                        pass
+                    spans = await _until(
+                        receiver, lambda ss: {"job", "deliver"} <= {s.name for s in ss}, "the job's spans"
+                    )
+                finally:
+                    other.stop()
+    assert [r.status for r in results] == ["ok"] and results[0].node_id == "node-u"  # 0 lost, 0 duplicated
+    root = next(s for s in spans if s.name == "job")
+    attempts = sorted((s for s in spans if s.name == "attempt"), key=lambda s: s.start_ns)
+    assert [(a.attributes["linguamesh.node_id"], a.attributes["linguamesh.outcome"]) for a in attempts] == [
+        ("node-t", "failover"),
+        ("node-u", "result"),
+    ]
+    assert attempts[0].status_code == 2 and attempts[0].attributes["linguamesh.error_code"] == "node_lost"
+    assert all(a.parent_id == root.span_id for a in attempts) and root.status_code != 2
+    served = [s for s in spans if s.name == "node.job"]
+    assert [s.parent_id for s in served] == [attempts[1].span_id]  # the killed node exported nothing
 
 
 def test_tracing_is_off_unless_the_environment_asks() -> None:
