@@ -179,14 +179,17 @@ class Scheduler:
             await self.bridge.start()
 
     async def stop(self) -> None:
-        """Stop timers and tasks. Idempotent."""
-        if self.bridge is not None:
-            await self.bridge.stop()
-        for run in self.runner.runs.values():
-            run.disarm()
-        await self.desk.stop()
-        await self.tasks.stop()
-        await self.store.close()
+        """Stop timers and tasks. Idempotent. The state store's connections are closed
+        whatever happens before (a stop cancelled half way must not leak them)."""
+        try:
+            if self.bridge is not None:
+                await self.bridge.stop()
+            for run in self.runner.runs.values():
+                run.disarm()
+            await self.desk.stop()
+            await self.tasks.stop()
+        finally:
+            await self.store.close()
 
     async def _sweep(self) -> None:
         while True:
