@@ -107,7 +107,10 @@ async def test_trace_names_no_node(tmp_path: Path) -> None:
     assert r.status == "failed"
     out = run_trace(trace_id, str(sched.log))
     assert out.returncode == 1
-    assert "!! no node selected: no_available_pool (job failed: no_available_node)" in out.stdout
+    assert (
+        "!! no node selected: no_available_pool (job failed: no_available_node)"
+        " - no node serves en->es now; no node is connected" in out.stdout
+    )
     assert "result.created  status=failed error_code=no_available_node" in out.stdout
 
 

@@ -398,7 +398,7 @@ def _diagnose(
     if created is None:
         failed = [s for s in steps if s.event == "selection.failed"]
         if not _first(steps, "selection.succeeded") and failed:
-            d.append(f"no node selected: {failed[-1].fields.get('reason')}")
+            d.append(f"no node selected: {failed[-1].fields.get('reason')}{_why(failed[-1])}")
         elif _first(steps, "selection.succeeded") and not _first(steps, "job.dispatched"):
             d.append("a node was selected but job_assign was never written to it")
         elif have_node_logs and _first(steps, "job.dispatched") and not _first(steps, "job.received"):
@@ -421,7 +421,9 @@ def _diagnose(
         code = created.fields.get("error_code")
         failed = [s for s in steps if s.event == "selection.failed"]
         if code == "no_available_node" and failed:
-            d.append(f"no node selected: {failed[-1].fields.get('reason')} (job failed: {code})")
+            d.append(
+                f"no node selected: {failed[-1].fields.get('reason')} (job failed: {code}){_why(failed[-1])}"
+            )
         elif code == "timeout":
             last = [s.event for s in steps if s.event.endswith("_timeout")]
             d.append(f"job failed: timeout ({', '.join(last) or 'deadline passed'})")
@@ -444,6 +446,12 @@ def _diagnose(
             d.append(msg + "; it waits in the session history for a resume")
     if have_node_logs and _first(steps, "job_result.sent") and not _first(steps, "job_result.acked"):
         rep.notes.append("the node never logged the job_result_ack (it will resend after a reconnect)")
+
+
+def _why(step: Step) -> str:
+    """A failed selection's explanation (``no node serves en->de now; pools: en-es``)."""
+    detail = step.fields.get("detail")
+    return f" - {detail}" if detail else ""
 
 
 def _hms(ts: datetime) -> str:

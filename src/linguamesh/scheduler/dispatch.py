@@ -289,6 +289,7 @@ class Dispatcher:
                 src_lang=job.src_lang,
                 tgt_lang=job.tgt_lang,
                 pools=pools,
+                detail=detail,
             )
         self._enqueue(run)
         return Unavailable(reason, first, detail)
