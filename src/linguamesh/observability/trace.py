@@ -478,7 +478,7 @@ def render(report: TraceReport) -> str:
         prev: datetime | None = None
         start = job.steps[0].ts
         for s in job.steps:
-            gap = "" if prev is None else f"+{(s.ts - prev).total_seconds() * 1000:.1f}ms"
+            gap = "" if prev is None else f"{(s.ts - prev).total_seconds() * 1000:+.1f}ms"
             total = f"{(s.ts - start).total_seconds() * 1000:8.1f}ms"
             extra = "" if s.event in CHAIN else "  *"
             lines.append(f"  {_hms(s.ts)} {total} {gap:>10}  {s.process:<22} {s.event}{extra}  {s.detail()}")
