@@ -39,6 +39,7 @@ from ..protocol import inbox as ib
 from ..state.base import DependencyDown
 from ..state.redis import RedisStateStore
 from .ports import InboxHandler
+from .tasks import stop_if_cancelled
 
 log = get_logger("linguamesh.scheduler.cluster")
 
@@ -95,7 +96,10 @@ class Cluster:
             await asyncio.wait(list(self._sending), timeout=2.0)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a stop must end even if a task does not
+            _, left = await asyncio.wait(self._tasks, timeout=2.0)
+            if left:
+                log.warning("cluster.tasks_left_running", tasks=sorted(t.get_name() for t in left))
         if self._unacked:  # handled, not yet acked: a restart under this id must not see them again
             try:
                 await self.store.ack_inbox(self.me, self._unacked)
@@ -238,6 +242,7 @@ class Cluster:
 
     async def _heartbeat(self) -> None:
         while True:
+            stop_if_cancelled()
             try:
                 run_id = await self.store.server_run_id()
                 restarted = self.run_id is not None and run_id != self.run_id
@@ -272,6 +277,7 @@ class Cluster:
 
     async def _inbox(self) -> None:
         while True:
+            stop_if_cancelled()
             try:
                 # the previous batch is acked in the same request that reads the next one
                 batch = await self.store.read_inbox(self.me, block_ms=500, ack=self._unacked)
@@ -350,6 +356,7 @@ class Cluster:
 
     async def _sweeper(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(0.5)
             if not self.healthy:
                 continue

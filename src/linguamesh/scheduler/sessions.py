@@ -36,6 +36,7 @@ from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError, encode
 from ..state.base import DependencyDown, JobEnd, Notify, SessionStateLost, StateStore
 from .jobrun import LiveAudio
+from .tasks import stop_if_cancelled
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -71,6 +72,7 @@ async def until_available(
     end = loop.time() + give_up if give_up is not None else None
     logged = False
     while True:
+        stop_if_cancelled()
         try:
             result = await fn(*args)
             if logged:
@@ -374,6 +376,7 @@ class Session:
 
     async def _run(self) -> None:
         while True:
+            stop_if_cancelled()
             try:
                 await self._step()
             except asyncio.CancelledError:

@@ -13,6 +13,16 @@ from ..observability.logging import get_logger
 log = get_logger("linguamesh.scheduler")
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when the current task was asked to stop. A loop that handles
+    errors broadly calls it each turn: on Python 3.11 a cancellation that meets a timeout at
+    the same moment (``asyncio.timeout``, ``wait_for``, redis-py's reads) can come out as a
+    TimeoutError, which such a loop would handle and go on, so the task never ended."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Tasks:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
