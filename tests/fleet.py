@@ -76,6 +76,7 @@ class NodeProc:
     slots: int
     engine: str = ""
     proc: Proc | None = None
+    env: dict[str, str] | None = None
 
     @property
     def pid(self) -> int:
@@ -144,10 +145,18 @@ class Fleet:
     # ------------------------------------------------------------------ nodes
 
     def node(
-        self, node_id: str, urls: list[str], *, delay_ms: int = 200, slots: int = 4, engine: str = ""
+        self,
+        node_id: str,
+        urls: list[str],
+        *,
+        delay_ms: int = 200,
+        slots: int = 4,
+        engine: str = "",
+        env: dict[str, str] | None = None,
     ) -> NodeProc:
-        """A node process with the test engines (``engine``: more settings for them, TOML lines)."""
-        n = NodeProc(node_id, urls, delay_ms, slots, engine)
+        """A node process with the test engines (``engine``: more settings for them, TOML lines;
+        ``env``: more environment variables)."""
+        n = NodeProc(node_id, urls, delay_ms, slots, engine, env=env)
         self.nodes[node_id] = n
         self.start_node(node_id)
         return n
@@ -157,8 +166,9 @@ class Fleet:
         cfg = node_config(self.workdir, node_id, n.delay_ms, n.slots, engine=n.engine)
         urls = [a for u in n.urls for a in ("--scheduler", u)]
         n.proc = launch(
-            "node", *urls, "--config", str(cfg), "--log", "info", log=self._log(node_id), measure=self.measure
-        )
+            "node", *urls, "--config", str(cfg), "--log", "info", log=self._log(node_id), env=n.env,
+            measure=self.measure,
+        )  # fmt: skip
 
     async def wait_node(self, scheduler: str, node_id: str, timeout: float = 20) -> None:
         """Until ``scheduler`` lists ``node_id`` (connected to it or to another instance)."""

@@ -26,6 +26,7 @@ class ReceivedSpan:
     status_code: int  # 0 unset, 1 ok, 2 error
     start_ns: int
     end_ns: int
+    instance: str | None = None  # the resource's service.instance.id
 
 
 def _value(v: Any) -> Any:
@@ -85,6 +86,7 @@ class OtlpReceiver:
                                 status_code=s.status.code,
                                 start_ns=s.start_time_unix_nano,
                                 end_ns=s.end_time_unix_nano,
+                                instance=attrs.get("service.instance.id"),
                             )
                         )
 

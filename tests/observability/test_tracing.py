@@ -151,6 +151,43 @@ async def test_each_attempt_of_a_job_whose_node_was_killed_is_a_span(tmp_path: P
     assert [s.parent_id for s in served] == [attempts[1].span_id]  # the killed node exported nothing
 
 
+async def test_a_job_handed_to_another_instance_stays_one_trace(tmp_path: Path) -> None:
+    """The session on instance B, the node on A (Redis between them): B hands the job to A.
+    A's ``job`` span continues B's, so the job is one trace across both instances and the
+    node; one result, 0 lost, 0 duplicated."""
+    from ..fleet import Fleet
+
+    with OtlpReceiver() as receiver:
+        env = _env(receiver)
+        async with Fleet(tmp_path) as fleet:
+            a = await fleet.scheduler("A", env=env)
+            b = await fleet.scheduler("B", env=env)
+            fleet.node("node-h", [a.url], delay_ms=20, env=env)
+            await fleet.wait_node("B", "node-h")
+            async with SessionClient(b.url, src="en", tgt="es") as c:
+                await c.send_utterance(0, pcm(0.2))
+                results = [await c.next_result(15 * SCALE)]
+                try:
+                    results.append(await c.next_result(1.5 * SCALE))  # a duplicate would come now
+                except TimeoutError:
+                    pass
+            spans = await _until(
+                receiver,
+                lambda ss: sum(s.name == "job" for s in ss) == 2 and any(s.name == "stage.tts" for s in ss),
+                "both instances' job spans",
+            )
+    assert [r.status for r in results] == ["ok"]  # 0 lost, 0 duplicated
+    assert len({s.trace_id for s in spans}) == 1, "one job, one trace"
+    jobs = {s.attributes.get("linguamesh.handed_over_to") is not None: s for s in spans if s.name == "job"}
+    first, taken = jobs[True], jobs[False]
+    assert first.parent_id == "" and first.attributes["linguamesh.handed_over_to"] == "A"
+    assert taken.parent_id == first.span_id and taken.attributes["linguamesh.adopted"] is True
+    attempt = next(s for s in spans if s.name == "attempt" and s.parent_id == taken.span_id)
+    node_job = next(s for s in spans if s.name == "node.job")
+    assert node_job.parent_id == attempt.span_id and node_job.service == "linguamesh-node"
+    assert (first.instance, taken.instance, node_job.instance) == ("B", "A", "node-h")
+
+
 def test_tracing_is_off_unless_the_environment_asks() -> None:
     assert not enabled({})
     assert enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})

@@ -87,7 +87,7 @@ class TailSampler(SpanProcessor):
             if keep:
                 self.inner.on_end(span)
             return
-        if span.parent is None:  # the job's root span: decide
+        if span.parent is None or span.parent.is_remote:  # the job's span here: decide
             failed = span.status.status_code is StatusCode.ERROR
             keep = failed or self.keeps(tid)
             self.decided[tid] = keep

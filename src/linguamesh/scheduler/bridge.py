@@ -230,6 +230,8 @@ class Bridge:
             job_id, data, JobState.ASSIGNED.value, int(data["attempt_id"]), data["node_id"], runner.clock()
         )
         run = JobRun(job, tts, partials, first_tgt=bool(data.get("first_tgt", True)), first_selection=False)
+        tp = data.get("traceparent")
+        run.traceparent = tp if isinstance(tp, str) else None
         log.info("job.adopted", **job_fields(job), reason="handed over")
         node_id = NodeId(data["node_id"])
         await runner.start(

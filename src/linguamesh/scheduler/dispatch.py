@@ -362,6 +362,8 @@ class Dispatcher:
             excluded=sorted(job.excluded),
             first_tgt=run.first_tgt,
         )
+        if run.spans is not None:  # the node's instance continues this job's trace
+            data["traceparent"] = run.spans.traceparent()
         return data
 
 

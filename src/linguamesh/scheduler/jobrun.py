@@ -60,8 +60,10 @@ class JobRun:
     dispatched_at: float | None = None
     #: a partial was sent to the client (time-to-first-partial metric)
     partial_sent: bool = False
-    #: the job's OpenTelemetry spans (tracing on)
+    #: the job's OpenTelemetry spans (tracing on); a job handed over by another instance
+    #: continues that instance's trace (``traceparent``)
     spans: JobSpans | None = None
+    traceparent: str | None = None
 
     def disarm(self) -> None:
         for t in self.timers:

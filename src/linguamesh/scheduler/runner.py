@@ -80,7 +80,8 @@ class Runner:
         """Hold a new (or adopted) job here and apply its first step, if any."""
         self.runs[run.job.job_id] = run
         if self.tracing is not None and run.spans is None:
-            run.spans = JobSpans(self.tracing, run.job, adopted=step is None)
+            adopted = step is None or run.traceparent is not None
+            run.spans = JobSpans(self.tracing, run.job, adopted=adopted, traceparent=run.traceparent)
         if step is not None:
             await self.apply(run, step)
 

@@ -11,6 +11,9 @@ tracing is on and which traces are exported).
     │   └── node.job         on the node, from the job_assign's traceparent
     │       └── stage.asr …
     └── deliver              result created -> written to the client socket
+
+A job handed to the instance holding its node ends its ``job`` span here
+(``handed_over_to``); that instance's ``job`` span continues it (``adopted``).
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ from __future__ import annotations
 from opentelemetry.trace import Span, SpanKind
 
 from ..core.jobs import Job
-from ..observability.tracing import Tracing, fail, trace_id_hex
+from ..observability.tracing import Tracing, fail, remote_parent, trace_id_hex
 
 
 class JobSpans:
-    def __init__(self, tracing: Tracing, job: Job, *, adopted: bool = False) -> None:
+    def __init__(
+        self, tracing: Tracing, job: Job, *, adopted: bool = False, traceparent: str | None = None
+    ) -> None:
+        """``traceparent``: the job was handed over by another instance, whose ``job`` span
+        this one continues (one trace across the instances)."""
         self.tracing = tracing
         self.root = tracing.span(
             "job",
             start=job.created_at,
             kind=SpanKind.SERVER,
+            context=remote_parent(traceparent),
             attributes={
                 "linguamesh.job_id": job.job_id,
                 "linguamesh.trace_id": job.trace_id,
@@ -41,6 +49,10 @@ class JobSpans:
         self.sending: Span | None = None
         #: the trace id as logged (``otel_trace_id``), to find the trace from a log record
         self.trace_id = trace_id_hex(self.root)
+
+    def traceparent(self) -> str:
+        """The job span's context, for the instance the job is handed to."""
+        return self.tracing.traceparent(self.root)
 
     def reserved(self, wait_since: float, select_started: float, node_id: str, attempt_id: int) -> None:
         attrs = {"linguamesh.node_id": node_id, "linguamesh.attempt_id": attempt_id}
