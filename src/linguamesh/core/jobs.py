@@ -95,6 +95,11 @@ class Job:
     failure_code: str | None = None
     history: list[tuple[float, str, int]] = field(default_factory=list)
 
+    @property
+    def pair(self) -> str:
+        """The language pair, as metrics, traces and the operator page name it (``en-es``)."""
+        return f"{self.src_lang}-{self.tgt_lang}"
+
     def authorized(self, node_id: NodeId, attempt_id: int) -> bool:
         """May ``node_id`` answer for attempt ``attempt_id`` of this job? Only the node the
         attempt was assigned to may. An attempt made before this instance held the job has

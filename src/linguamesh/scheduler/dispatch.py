@@ -165,8 +165,6 @@ class Dispatcher:
         first = run.first_selection
         run.first_selection = False
         select_started = self.clock()
-        if run.wait_attempt != job.attempt_id:  # this attempt's first selection: its wait starts
-            run.wait_attempt, run.wait_since = job.attempt_id, self.clock()
         # a job retried while it waits is counted once per attempt, not on every retry
         counted = first or job.job_id not in self.waiting
         req = Request(
@@ -242,11 +240,10 @@ class Dispatcher:
                 self._last_served = job.session_id
                 self.metrics.inc("reservations_succeeded")
                 self.metrics.inc("selections", outcome="ok", selector=out.selector)
-                self.metrics.queue_wait.labels(f"{job.src_lang}-{job.tgt_lang}").observe(
-                    max(0.0, self.clock() - run.wait_since)
-                )
+                # the attempt waited since the job (or its failover) needed a node
+                self.metrics.queue_wait.labels(job.pair).observe(max(0.0, self.clock() - job.waiting_since))
                 if run.spans is not None:
-                    run.spans.reserved(run.wait_since, select_started, node_id, job.attempt_id)
+                    run.spans.reserved(job.waiting_since, select_started, node_id, job.attempt_id)
                 self.forget(job.job_id)
                 log.info(
                     "selection.succeeded",
@@ -339,8 +336,7 @@ class Dispatcher:
         if run.spans is not None:
             run.spans.dispatched(ok)
         if ok:
-            run.dispatched_at = self.clock()
-            latency = run.dispatched_at - job.created_at
+            latency = self.clock() - job.created_at
             log.info(
                 "job.dispatched",
                 **job_fields(job),

@@ -53,11 +53,6 @@ class JobRun:
     end_of_speech_ms: int | None = None
     #: the last partial transcript sent for the job (a translation draft repeats it)
     last_partial: str = ""
-    #: the attempt whose wait for a node began at ``wait_since`` (queue-wait metric)
-    wait_attempt: int = 0
-    wait_since: float = 0.0
-    #: when the current attempt's job_assign was written (ack-latency metric)
-    dispatched_at: float | None = None
     #: a partial was sent to the client (time-to-first-partial metric)
     partial_sent: bool = False
     #: the job's OpenTelemetry spans (tracing on); a job handed over by another instance

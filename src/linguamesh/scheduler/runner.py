@@ -139,10 +139,7 @@ class Runner:
         now = self.clock()
         if isinstance(msg, p.JobAck):
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
-            if run.dispatched_at is not None and msg.attempt_id == job.attempt_id:
-                self.metrics.ack_latency.observe(max(0.0, now - run.dispatched_at))
-                run.dispatched_at = None
-            await self.apply(run, lambda j: self.lifecycle.acked(j, msg.attempt_id, now))
+            await self.apply(run, lambda j: self._acked(j, msg.attempt_id, now))
         elif isinstance(msg, p.JobStarted):
             log.info("job.started", **job_fields(job), acked_attempt=msg.attempt_id)
             await self.apply(run, lambda j: self.lifecycle.started(j, msg.attempt_id, now))
@@ -196,6 +193,17 @@ class Runner:
             run.partial_sent = True
             self.metrics.first_partial.observe(max(0.0, self.clock() - job.created_at))
         self.outbox.emit(job.session_id, event)
+
+    def _acked(self, job: Job, attempt_id: int, now: float) -> list[Command]:
+        """The node took the job; the ack the dispatched attempt waits for is timed (checked
+        under the job's lock: a repeated or stale ack is not)."""
+        if (
+            job.state is JobState.DISPATCHED
+            and attempt_id == job.attempt_id
+            and job.dispatched_at is not None
+        ):
+            self.metrics.ack_latency.observe(max(0.0, now - job.dispatched_at))
+        return self.lifecycle.acked(job, attempt_id, now)
 
     async def _refuse(self, node_id: NodeId, msg: p.JobMessage, job: Job) -> None:
         """Only the node an attempt was assigned to may speak for it (result authority)."""
@@ -294,9 +302,7 @@ class Runner:
             if not run.gone:  # else handed over: its new owner reports
                 self._status(job, cmd)
         elif isinstance(cmd, Note):
-            self._note(job, cmd)
-            if cmd.event == "job.failover" and run.spans is not None:
-                run.spans.attempt_over("failover", str(dict(cmd.fields).get("reason", "")).split(":")[0])
+            self._note(run, cmd)
         elif isinstance(cmd, Finish):
             await self._finish(run, cmd)
         return []
@@ -328,7 +334,8 @@ class Runner:
             ),
         )
 
-    def _note(self, job: Job, cmd: Note) -> None:
+    def _note(self, run: JobRun, cmd: Note) -> None:
+        job = run.job
         base = job_fields(job)
         note = dict(cmd.fields)
         if base.get("node_id") is None and note.get("node_id") is not None:
@@ -342,8 +349,10 @@ class Runner:
             log.info(cmd.event, **base, **fields)
         else:
             if cmd.event == "job.failover":
-                reason = str(fields.get("reason", ""))
-                self.metrics.inc("failovers", reason=reason.split(":")[0])
+                reason = str(fields.get("reason", "")).split(":")[0]
+                self.metrics.inc("failovers", reason=reason)
+                if run.spans is not None:
+                    run.spans.attempt_over("failover", reason)
             elif cmd.event.endswith("_timeout"):
                 self.metrics.inc("timeouts", kind=cmd.event.split(".")[1].removesuffix("_timeout"))
             log.warning(cmd.event, **base, **fields)
@@ -391,9 +400,7 @@ class Runner:
         if not cmd.ok:
             self.failures.append(failure_entry(job, cmd, time.time()))
         total_ms = (now - job.created_at) * 1000
-        self.metrics.end_to_end.labels(
-            "ok" if cmd.ok else "failed", f"{job.src_lang}-{job.tgt_lang}"
-        ).observe(total_ms / 1000)
+        self.metrics.end_to_end.labels("ok" if cmd.ok else "failed", job.pair).observe(total_ms / 1000)
         for stage, seconds in stage_seconds(job, cmd):
             self.metrics.stage_latency.labels(stage).observe(seconds)
         result = translation_result(job, cmd, total_ms, now, run.tts)

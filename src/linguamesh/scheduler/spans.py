@@ -41,7 +41,7 @@ class JobSpans:
                 "linguamesh.trace_id": job.trace_id,
                 "linguamesh.session_id": job.session_id,
                 "linguamesh.utterance_index": job.utterance_index,
-                "linguamesh.pair": f"{job.src_lang}-{job.tgt_lang}",
+                "linguamesh.pair": job.pair,
                 "linguamesh.adopted": adopted or None,
             },
         )

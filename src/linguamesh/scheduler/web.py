@@ -184,7 +184,7 @@ async def admin_overview(request: Request) -> Response:
             "trace_id": j.trace_id,
             "session_id": j.session_id,
             "utterance_index": j.utterance_index,
-            "pair": f"{j.src_lang}-{j.tgt_lang}",
+            "pair": j.pair,
             "state": j.state.value,
             "attempt_id": j.attempt_id,
             "node_id": j.node_id,
@@ -195,7 +195,7 @@ async def admin_overview(request: Request) -> Response:
     ]
     recent = [
         {"job_id": j.job_id, "trace_id": j.trace_id, "state": j.state.value, "node_id": j.node_id,
-         "utterance_index": j.utterance_index, "pair": f"{j.src_lang}-{j.tgt_lang}",
+         "utterance_index": j.utterance_index, "pair": j.pair,
          "ms": round(((j.finished_at or now) - j.created_at) * 1000, 1)}
         for j in list(s.runner.finished.values())[-50:]
     ]  # fmt: skip
