@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -53,9 +53,9 @@ def enabled(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def wall_ns(monotonic_at: float) -> int:
-    """A ``time.monotonic()`` reading as the wall-clock nanoseconds spans are stamped with."""
-    return time.time_ns() - int((time.monotonic() - monotonic_at) * 1e9)
+def wall_ns(at: float, clock: Callable[[], float] = time.monotonic) -> int:
+    """A reading ``at`` of ``clock`` as the wall-clock nanoseconds spans are stamped with."""
+    return time.time_ns() - int((clock() - at) * 1e9)
 
 
 class TailSampler(SpanProcessor):
@@ -155,18 +155,19 @@ class Tracing:
         parent: Span | None = None,
         *,
         start: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, Any] | None = None,
         context: otel_context.Context | None = None,
     ) -> Span:
-        """A span started now, or at ``start`` (a ``time.monotonic()`` reading)."""
+        """A span started now, or at ``start`` (a reading of ``clock``)."""
         ctx = trace.set_span_in_context(parent) if parent is not None else context
         return self.tracer.start_span(
             name,
             context=ctx if ctx is not None else otel_context.Context(),
             kind=kind,
             attributes={k: v for k, v in (attributes or {}).items() if v is not None},
-            start_time=wall_ns(start) if start is not None else None,
+            start_time=wall_ns(start, clock) if start is not None else None,
         )
 
     def traceparent(self, span: Span) -> str:
@@ -206,13 +207,8 @@ def stage_span(stage: str, started: float, **attributes: Any) -> None:
     parent = trace.get_current_span()
     if not parent.get_span_context().is_valid:
         return
-    start_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
-    t.tracer.start_span(
-        f"stage.{stage}",
-        context=trace.set_span_in_context(parent),
-        attributes={f"linguamesh.{k}": v for k, v in attributes.items() if v is not None},
-        start_time=start_ns,
-    ).end()
+    attrs = {f"linguamesh.{k}": v for k, v in attributes.items()}
+    t.span(f"stage.{stage}", parent, start=started, clock=time.perf_counter, attributes=attrs).end()
 
 
 def trace_id_hex(span: Span | None) -> str | None:
