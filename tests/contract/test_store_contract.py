@@ -354,6 +354,28 @@ async def test_redis_sync_nodes_mirrors_the_registry(redis_url: str) -> None:
         await b.close()
 
 
+async def test_redis_late_heartbeat_leaves_no_stub_and_a_stub_is_no_node(redis_url: str) -> None:
+    """A heartbeat Redis runs after the node's removal (the soak's node-drain) wrote a record
+    with only ``hb`` and ``running``: it never expired, and every refresh of that node raised
+    KeyError('owner') in the inbox reader."""
+    a, b = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        await a.register_node(node("n3"), "A")
+        await a.heartbeat(NodeId("n3"), 1, time.monotonic())
+        await b.sync_nodes({"A"})
+        assert b.nodes().get(NodeId("n3")).running_jobs == 1  # type: ignore[union-attr]
+        await a.remove_node(NodeId("n3"), "A")
+        await a.heartbeat(NodeId("n3"), 0, time.monotonic())  # late: after the removal
+        assert await a.r.exists("sched:v1:node:n3") == 0
+        await a.r.hset("sched:v1:node:n3", mapping={"hb": 1, "running": 0})  # a stub from an old version
+        assert not await b.refresh_node(NodeId("n3"), {"A"})
+        assert b.nodes().get(NodeId("n3")) is None
+    finally:
+        await a.r.delete("sched:v1:node:n3")
+        await a.close()
+        await b.close()
+
+
 async def test_redis_inbox_comes_back_after_redis_lost_its_group(redis_url: str, redis_server: Any) -> None:
     store = RedisStateStore(redis_url)
     try:

@@ -41,6 +41,7 @@ from .redis_scripts import (
     CLAIM_ONE,
     CLAIM_SESSION,
     FINISH_JOB,
+    NODE_HEARTBEAT,
     RELEASE,
     REMOVE_NODE,
     RESERVE,
@@ -99,6 +100,7 @@ class RedisStateStore(RedisLink):
         self._claim_one = Script("claim_job", CLAIM_ONE)
         self._remove_node = Script("remove_node", REMOVE_NODE)
         self._restore_seq = Script("restore_seq", RESTORE_SEQ)
+        self._node_heartbeat = Script("node_heartbeat", NODE_HEARTBEAT)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
         super().__init__(url, scripts, client)
@@ -143,8 +145,8 @@ class RedisStateStore(RedisLink):
             self.owners.pop(node_id, None)
 
     async def heartbeat(self, node_id: NodeId, running_jobs: int, now: float) -> None:
-        await self._call(
-            self.r.hset, K.node(node_id), mapping={"hb": int(time.time() * 1000), "running": running_jobs}
+        await self._run(
+            self._node_heartbeat, keys=[K.node(node_id)], args=[int(time.time() * 1000), running_jobs]
         )
         view = self.index.get(node_id)
         if view is not None:
@@ -187,7 +189,7 @@ class RedisStateStore(RedisLink):
         self, node_id: NodeId, raw: dict[bytes, bytes], live: set[str] | None, used: int | None = None
     ) -> bool:
         """Put one node's record into the mirror; True when it offers more than before."""
-        if not raw:
+        if b"owner" not in raw or b"caps" not in raw:  # gone (or a stub no registration wrote)
             self.index.drop(node_id)
             self.owners.pop(node_id, None)
             return False

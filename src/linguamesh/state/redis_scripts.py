@@ -231,6 +231,15 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+NODE_HEARTBEAT = """
+-- KEYS: node  ARGV: heartbeat (ms), running jobs
+-- only a registered node's record: a heartbeat that Redis runs after the node's removal
+-- must not leave a record without owner or capabilities behind (it would never expire)
+if redis.call('HEXISTS', KEYS[1], 'owner') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'hb', ARGV[1], 'running', ARGV[2])
+return 1
+"""
+
 RESTORE_SEQ = """
 -- KEYS: seqno  ARGV: last seq, ttl: the numbering goes on from the larger of the two
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
