@@ -14,7 +14,15 @@ from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
 from linguamesh.core.ordering import AlreadyDelivered
-from linguamesh.state.base import Handover, JobEnd, JobRecord, Notify, SessionRecord, SessionStateLost
+from linguamesh.state.base import (
+    Handover,
+    JobEnd,
+    JobRecord,
+    KnownOrder,
+    Notify,
+    SessionRecord,
+    SessionStateLost,
+)
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
@@ -258,11 +266,23 @@ async def test_appends_can_tell_the_sessions_holder_in_the_same_step(store: Any)
     assert [
         (seq, data.encode()) for m in messages if isinstance(m, SessionEvents) for seq, data in m.events
     ] == got
-    quiet = Notify("B", "A.3", "A")
+    held = Notify("B", "A.3", "A")
     await store.expect_result(SID, "es", 2)
     await store.expect_result(SID, "es", 1)
-    assert await store.push_result(SID, "es", 2, res(2), None, quiet) == []  # waits for 1: nothing to tell
-    assert not quiet.sent and await store.read_inbox("B", block_ms=1) == []
+    assert await store.push_result(SID, "es", 2, res(2), None, held) == []  # waits for 1
+    # no events: the holder is told only of the result held, and keeps a copy of it
+    assert held.sent
+    (entry,) = await store.read_inbox("B", block_ms=100, ack=[e for e, _ in entries])
+    (message,) = decode_entry(entry[1])
+    assert isinstance(message, SessionEvents)
+    assert (message.id, message.events, message.seq) == ("A.3", [], 0)
+    assert [(tgt, index, data.encode()) for tgt, index, data in message.held] == [("es", 2, res(2))]
+    released = Notify("B", "A.4", "A")
+    out = await store.push_result(SID, "es", 1, res(1), None, released)
+    (entry,) = await store.read_inbox("B", block_ms=100, ack=[entry[0]])
+    (message,) = decode_entry(entry[1])
+    assert isinstance(message, SessionEvents) and message.held == []  # released: no copy to keep
+    assert [(seq, data.encode()) for seq, data in message.events] == out and len(out) == 2
 
 
 def _job(job_id: str, index: int) -> JobRecord:
@@ -331,6 +351,43 @@ async def test_redis_restore_session_keeps_its_numbering(redis_url: str, redis_s
         await store.restore_session(rec, 2, 60)
         assert (await store.load_session(SID)).max_index == 3  # type: ignore[union-attr]
         assert [s for s, _ in await store.append_events(SID, [ev(2)])] == [3]  # no seq is reused
+    finally:
+        await store.close()
+
+
+async def test_redis_restore_session_writes_back_the_ordering_state(
+    redis_url: str, redis_server: Any
+) -> None:
+    """What the holder knows of the ordering buffer goes back with the numbering: released
+    indices stay refused, held results wait again behind an expected index, and those behind
+    nothing expected are released by the restore itself."""
+    store = RedisStateStore(redis_url)
+    try:
+        rec = SessionRecord(SID, "t", "rt", "vt", {"tgt_langs": ["es", "fr"]}, "A", max_index=4)
+        await store.create_session(rec, 60)
+        for i in range(4):
+            await store.expect_result(SID, "es", i)
+        await store.expect_result(SID, "fr", 2)
+        await store.expect_result(SID, "fr", 3)
+        assert len(await store.push_result(SID, "es", 0, res(0))) == 1
+        assert await store.push_result(SID, "es", 2, res(2)) == []  # held behind 1
+        assert await store.push_result(SID, "es", 3, res(3)) == []
+        assert await store.push_result(SID, "fr", 3, res(3)) == []  # held behind fr 2
+        redis_server.flush()  # Redis restarted empty: the buffer is gone
+        await store.expect_result(SID, "es", 1)  # 1's job runs on: its owner wrote it back
+        order = {
+            "es": KnownOrder(released={0}, held={2: res(2), 3: res(3)}),
+            "fr": KnownOrder(held={3: res(3)}),  # fr 2's job is gone: nothing holds 3 back now
+        }
+        out = await store.restore_session(rec, 1, 60, order)
+        assert [(s, p.decode_event(d).utterance_index) for s, d in out] == [(2, 3)]  # type: ignore[union-attr]
+        with pytest.raises(AlreadyDelivered):  # a copy of a released result
+            await store.push_result(SID, "es", 0, res(0))
+        out = await store.push_result(SID, "es", 1, res(1))
+        assert [p.decode_event(d).utterance_index for _, d in out] == [1, 2, 3]  # type: ignore[union-attr]
+        assert [s for s, _ in out] == [3, 4, 5]  # numbered on after the restored seq
+        again = await store.restore_session(rec, 5, 60, order)  # a second restore: nothing twice
+        assert again == []
     finally:
         await store.close()
 

@@ -46,11 +46,15 @@ class NodeFrame(_Inbox, tag="node_msg", kw_only=True):
 
 class SessionEvents(_Inbox, tag="session", kw_only=True):
     """Session ``session_id`` has events up to ``seq`` in its history; ``events`` carries
-    them as ``(seq, event JSON)`` (empty: read them from the history)."""
+    them as ``(seq, event JSON)`` (empty: read them from the history). ``held`` carries
+    results the sender pushed that wait in the ordering buffer, as ``(tgt_lang, index,
+    result JSON)``: the holder keeps a copy until it sees them released, so an empty
+    Redis restart does not lose them."""
 
     session_id: str = msgspec.field(name="s")
     seq: int = msgspec.field(name="q", default=0)
     events: list[tuple[int, str]] = msgspec.field(name="e", default_factory=list)
+    held: list[tuple[str, int, str]] = msgspec.field(name="h", default_factory=list)
 
 
 class Moved(_Inbox, tag="moved", kw_only=True):

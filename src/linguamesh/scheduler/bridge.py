@@ -261,6 +261,12 @@ class Bridge:
         if session is not None:
             session.deliver(events, seq)
 
+    def hold(self, session_id: SessionId, held: list[tuple[str, int, bytes]]) -> None:
+        session = self.parts.desk.sessions.get(session_id)
+        if session is not None:
+            for tgt, index, payload in held:
+                session.hold(tgt, index, payload)
+
     async def capacity_changed(self) -> None:
         await self.parts.dispatcher.drain()
 
@@ -298,22 +304,23 @@ class Bridge:
         await runner.start(run, runner.resume_step(job.state) if expired else None)
 
     async def restore_shared_state(self) -> None:
-        """Redis came back empty: write back what this instance holds (its nodes, its
-        sessions with their event numbering, its jobs' records)."""
+        """Redis came back empty: write back what this instance holds (its nodes, its jobs'
+        records, its sessions with their event numbering and ordering state)."""
         registry, runner, desk = self.parts.registry, self.parts.runner, self.parts.desk
         store = self.store
         for nc in list(registry.nodes.values()):
             view = store.nodes().get(nc.node_id)
             if view is not None:
                 await store.register_node(view, self.me)
-        for session in list(desk.sessions.values()):
-            await desk.restore(session)
         for run in list(runner.runs.values()):
             job = run.job
             await store.save_job(
                 job_record(job, self.me, run.tts, run.partials, time.time() + 30, with_data=True)
             )
             await store.expect_result(job.session_id, job.tgt_lang, job.utterance_index)
+        # after the jobs: a held result behind a job running here waits for it again
+        for session in list(desk.sessions.values()):
+            await desk.restore(session)
         log.warning(
             "cluster.state_restored",
             nodes=len(registry.nodes),

@@ -319,9 +319,11 @@ class Cluster:
         return True
 
     def _deliver(self, msg: ib.SessionEvents) -> None:
-        self.handler.deliver(
-            SessionId(msg.session_id), [(seq, data.encode()) for seq, data in msg.events], msg.seq
-        )
+        sid = SessionId(msg.session_id)
+        if msg.held:
+            self.handler.hold(sid, [(tgt, index, data.encode()) for tgt, index, data in msg.held])
+        if msg.events or not msg.held:  # (no events and no copies: read the history)
+            self.handler.deliver(sid, [(seq, data.encode()) for seq, data in msg.events], msg.seq)
 
     async def _receive(self, msg: ib.InboxMessage) -> None:
         try:

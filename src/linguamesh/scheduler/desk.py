@@ -62,10 +62,19 @@ class Desk:
     async def restore(self, session: Session) -> None:
         """Write a session held here back into a store that lost it, numbering included."""
         last = max(session.written, session.published)
-        await self.store.restore_session(
-            session_record(session, self.config.instance_id), last, self.config.session_linger * 2
+        released = await self.store.restore_session(
+            session_record(session, self.config.instance_id),
+            last,
+            self.config.session_linger * 2,
+            session.order,
         )
-        log.warning("session.restored", session_id=session.session_id, last_seq=last)
+        held = sum(len(k.held) for k in session.order.values())
+        log.warning(
+            "session.restored", session_id=session.session_id, last_seq=last, held_results=held,
+            released_now=len(released),
+        )  # fmt: skip
+        if released:  # held results no longer behind an unfinished one
+            session.deliver(released, released[-1][0])
 
     # ------------------------------------------------------------------ open / resume
 

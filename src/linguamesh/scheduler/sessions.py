@@ -34,7 +34,7 @@ from ..core.ordering import AlreadyDelivered
 from ..core.ratelimit import TokenBucket
 from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError, encode
-from ..state.base import DependencyDown, JobEnd, Notify, SessionStateLost, StateStore
+from ..state.base import DependencyDown, JobEnd, KnownOrder, Notify, SessionStateLost, StateStore
 from .jobrun import LiveAudio
 from .tasks import stop_if_cancelled
 
@@ -145,11 +145,13 @@ async def store_batch(
     notify: Notify | None = None,
     heal: Heal | None = None,
     give_up: float | None = None,
+    on_held: Callable[[ResultItem], None] | None = None,
 ) -> list[tuple[int, bytes]]:
     """Put ``item`` into the session's history — with every event queued right behind
     it and a result queued after them, in one round trip — and return the events now
     numbered. A result's job ends in the same step (``ResultItem.end``); with ``notify``,
-    the session's holder is told in it too."""
+    the session's holder is told in it too. A result that waits in the ordering buffer
+    (behind an earlier, unfinished one) goes to ``on_held``."""
     payloads: list[bytes] = []
     result: ResultItem | None = None
     if isinstance(item, Append):
@@ -181,6 +183,11 @@ async def store_batch(
     except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
         events = await until_available(store.append_events, session_id, [result.payload], notify, **retry)
+    else:
+        # a push releases results only from the lowest expected index on, and the result
+        # pushed is that index then: it waits in the buffer exactly when none was released
+        if on_held is not None and not any(data.startswith(_RESULT_PREFIX) for _, data in events):
+            on_held(result)
     if result.on_end is not None:
         result.on_end()
     if events:  # none when earlier results are still missing
@@ -284,6 +291,9 @@ class Session:
     _cut: asyncio.Task[None] | None = None
     #: viewers (SSE): each gets every event after it is in the history
     subscribers: set[asyncio.Queue[tuple[int, bytes]]] = field(default_factory=set)
+    #: per target language: results seen released and results held in the ordering
+    #: buffer, written back if Redis restarts empty (``Desk.restore``)
+    order: dict[str, KnownOrder] = field(default_factory=dict)
 
     def start(self) -> None:
         self._pump = asyncio.get_running_loop().create_task(
@@ -316,6 +326,14 @@ class Session:
         """Another instance appended these events (up to ``seq``): write them in order."""
         self._queue.put_nowait(_Fetch(seq, events))
         self._queued(sum(len(d) for _, d in events))
+
+    def hold(self, tgt_lang: str, index: int, payload: bytes) -> None:
+        """A result of this session waits in the ordering buffer: keep a copy until it is
+        seen released (an empty Redis restart loses the buffer; the restore puts it back)."""
+        self.order.setdefault(tgt_lang, KnownOrder()).hold(index, payload)
+
+    def _held(self, item: ResultItem) -> None:
+        self.hold(item.tgt_lang, item.index, item.payload)
 
     def _queued(self, n: int) -> None:
         """Bytes waiting for the pump. A client that reads slower than its events come is cut
@@ -397,7 +415,13 @@ class Session:
         elif isinstance(item, (Append, ResultItem)):
             await self._deliver(
                 await store_batch(
-                    self.store, self.session_id, item, self._queue, self.trace_id, heal=self.heal
+                    self.store,
+                    self.session_id,
+                    item,
+                    self._queue,
+                    self.trace_id,
+                    heal=self.heal,
+                    on_held=self._held,
                 )
             )
         elif item.seq > self.written or item.seq > self.published:
@@ -428,9 +452,11 @@ class Session:
             if seq > self.published:
                 self.published = seq
                 self._publish(seq, data)
+            fields = self._fields(data) if data.startswith(_RESULT_PREFIX) else None
+            if fields is not None and "tgt_lang" in fields:
+                self.order.setdefault(fields["tgt_lang"], KnownOrder()).release(fields["utterance_index"])
             if seq <= self.written:
                 continue
-            fields = self._fields(data) if data.startswith(_RESULT_PREFIX) else None
             if fields is not None:
                 self.on_result(self, fields["job_id"])
             conn = self.conn

@@ -65,6 +65,34 @@ class Notify:
     sent: bool = False
 
 
+@dataclass(slots=True)
+class KnownOrder:
+    """What a session's holder knows of one target language's ordering state: the indices
+    whose results it saw released, and the results it knows are held in the buffer behind
+    an earlier, unfinished one (pushed here, or told by the instance that pushed them).
+    Redis keeps no copy of the buffer when it restarts empty; with this, the holder
+    writes it back (:meth:`StateStore.restore_session`)."""
+
+    released: set[int] = field(default_factory=set)
+    held: dict[int, bytes] = field(default_factory=dict)
+
+    def hold(self, index: int, payload: bytes) -> None:
+        if index not in self.released:
+            self.held[index] = payload
+
+    def release(self, index: int) -> None:
+        self.held.pop(index, None)
+        released = self.released
+        released.add(index)
+        if len(released) > REMEMBERED_RELEASED:  # bounded: the oldest are forgotten
+            for i in sorted(released)[: len(released) - REMEMBERED_RELEASED // 2]:
+                released.discard(i)
+
+
+#: Released indices a session's holder remembers per target language (see KnownOrder).
+REMEMBERED_RELEASED = 10_000
+
+
 class DependencyDown(Exception):
     """The shared state backend cannot be reached; fail closed."""
 
@@ -155,8 +183,17 @@ class StateStore(Protocol):
     # sessions ------------------------------------------------------------
     async def create_session(self, record: SessionRecord, ttl: float) -> None: ...
 
-    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
-        """Write a session back after the store lost it; its events go on after ``last_seq``."""
+    async def restore_session(
+        self,
+        record: SessionRecord,
+        last_seq: int,
+        ttl: float,
+        order: dict[str, KnownOrder] | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """Write a session back after the store lost it; its events go on after ``last_seq``.
+        With ``order`` (per target language), the ordering state is written back too: its
+        released indices stay refused, its held results wait again, and those no longer
+        behind an expected index are released — returned, for the holder to deliver."""
         ...
 
     async def load_session(self, session_id: SessionId) -> SessionRecord | None: ...

@@ -12,7 +12,7 @@ from ..core.nodes import NodeView
 from ..core.ordering import OrderedStream
 from ..core.reservation import NodeSlots
 from ..protocol import with_seq
-from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
+from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
 
 #: Bytes of events kept per session for resume, besides the count limit: results carry
 #: their translated speech, and a thousand of them would be hundreds of MB.
@@ -320,9 +320,17 @@ class MemoryStateStore:
     async def create_session(self, record: SessionRecord, ttl: float) -> None:
         self.sessions[SessionId(record.session_id)] = record
 
-    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
-        """Nothing is ever lost in memory: the record is written again, the numbering kept."""
+    async def restore_session(
+        self,
+        record: SessionRecord,
+        last_seq: int,
+        ttl: float,
+        order: dict[str, KnownOrder] | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """Nothing is ever lost in memory: the record is written again, the numbering and
+        the ordering state kept."""
         await self.create_session(record, ttl)
+        return []
 
     async def load_session(self, session_id: SessionId) -> SessionRecord | None:
         return self.sessions.get(session_id)

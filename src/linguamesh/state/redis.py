@@ -30,7 +30,7 @@ from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from ..core.ordering import AlreadyDelivered
 from . import redis_keys as K
-from .base import Handover, JobEnd, JobRecord, Notify, SessionRecord
+from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
 from .memory import MemoryNodeIndex
 from .redis_link import RedisLink
 from .redis_scripts import (
@@ -45,7 +45,7 @@ from .redis_scripts import (
     RELEASE,
     REMOVE_NODE,
     RESERVE,
-    RESTORE_SEQ,
+    RESTORE_SESSION,
     SAVE_JOB,
 )
 from .redis_wire import Script
@@ -99,7 +99,7 @@ class RedisStateStore(RedisLink):
         self._accept = Script("accept_utterance", ACCEPT)
         self._claim_one = Script("claim_job", CLAIM_ONE)
         self._remove_node = Script("remove_node", REMOVE_NODE)
-        self._restore_seq = Script("restore_seq", RESTORE_SEQ)
+        self._restore_session = Script("restore_session", RESTORE_SESSION)
         self._node_heartbeat = Script("node_heartbeat", NODE_HEARTBEAT)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
@@ -390,7 +390,7 @@ class RedisStateStore(RedisLink):
         inbox, note = self._notice(session_id, notify)
         keys = [K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
                 K.seqno(session_id), "", "", "", inbox]  # fmt: skip
-        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, "", *note]
+        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, "", *note, tgt_lang]
         if end is not None:
             keys[4:6] = [K.job(end.job_id), K.JOBS_ACTIVE]
             args[4:7] = [end.owner, end.job_id, 600]
@@ -507,10 +507,25 @@ class RedisStateStore(RedisLink):
                 out.append(rec)
         return out
 
-    async def restore_session(self, record: SessionRecord, last_seq: int, ttl: float) -> None:
-        """After Redis lost its data: write the session back, keeping its numbering."""
+    async def restore_session(
+        self,
+        record: SessionRecord,
+        last_seq: int,
+        ttl: float,
+        order: dict[str, KnownOrder] | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """After Redis lost its data: write the session back, keeping its numbering and
+        what its holder knows of the ordering state (one script)."""
         await self.create_session(record, ttl)
-        await self._run(self._restore_seq, keys=[K.seqno(record.session_id)], args=[last_seq, self._ttl()])
+        sid = SessionId(record.session_id)
+        keys: list[Any] = [K.seqno(sid), K.history(sid)]
+        args: list[Any] = [last_seq, self._ttl(), self.history_size]
+        for tgt, known in (order or {}).items():
+            keys += [K.pending(sid, tgt), K.done(sid, tgt)]
+            args += [len(known.released), len(known.held), *sorted(known.released)]
+            for index, payload in sorted(known.held.items()):
+                args += [index, payload]
+        return self._pairs(await self._run(self._restore_session, keys=keys, args=args))
 
 
 async def wait_for_redis(url: str, timeout: float = 10.0) -> None:

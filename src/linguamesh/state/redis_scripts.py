@@ -53,16 +53,20 @@ local function append(hist, seqkey, maxlen, p, out)
 end
 """
 
-# shared by APPEND and APPEND_PUSH: tell the session's holder about the events just
-# appended (out[first..]: seq, data, ...), carrying them; an inbox entry as protocol/inbox.py describes
-# them (a MessagePack array of messages). Returns 1 when a message was written.
+# shared by APPEND, APPEND_PUSH and RESTORE_SESSION: tell the session's holder about the
+# events just appended (out[first..]: seq, data, ...), carrying them, and about a result
+# held in the ordering buffer (``held``: {tgt, index, payload}; the holder keeps a copy of
+# it, see RESTORE_SESSION); an inbox entry as protocol/inbox.py describes them (a
+# MessagePack array of messages). Returns 1 when a message was written.
 _NOTIFY = """
-local function notify(inbox, id, sender, sid, out, first)
-  if id == '' or #out < first then return 0 end
+local function notify(inbox, id, sender, sid, out, first, held)
+  if id == '' or (#out < first and not held) then return 0 end
   local e = {}
   for i = first, #out, 2 do e[#e + 1] = {out[i], out[i + 1]} end
-  local m = cmsgpack.pack({{k = 'session', i = id, o = sender, s = sid, q = out[#out - 1], e = e}})
-  redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 'm', m)
+  local m = {k = 'session', i = id, o = sender, s = sid, e = e}
+  if #out >= first then m.q = out[#out - 1] end
+  if held then m.h = {held} end
+  redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 'm', cmsgpack.pack({m}))
   return 1
 end
 """
@@ -103,41 +107,52 @@ local function finish(job, active, slots, owner, job_id, ttl, member)
 end
 """
 
+# shared by APPEND_PUSH and RESTORE_SESSION: release, in index order, every result held
+# in ``done`` from the lowest expected index on, appending each to the history
+_RELEASE_HELD = """
+local function release_held(pending, done, hist, seqkey, maxlen, out)
+  while true do
+    local first = redis.call('ZRANGE', pending, 0, 0)[1]
+    if not first then break end
+    local p = redis.call('HGET', done, first)
+    if not p then break end
+    redis.call('ZREM', pending, first)
+    redis.call('HDEL', done, first)
+    redis.call('HSET', done, 'd' .. first, 1)  -- released: a copy of it is refused
+    append(hist, seqkey, maxlen, p, out)
+  end
+end
+"""
+
 APPEND_PUSH = (
     _APPEND_ONE
     + _FINISH_ONE
     + _NOTIFY
+    + _RELEASE_HELD
     + """
 -- KEYS: pending, done, history, seqno, job, jobs:active, slots, holder's inbox ('' = unused)
 -- ARGV: maxlen, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
 --       slot member ('' = none), message id ('' = no notice), sender, session id,
---       event payloads...
+--       target language, event payloads...
 -- the job ends first, then the events are appended, then the result goes through the
--- ordering buffer, then the holder is told;
+-- ordering buffer, then the holder is told (with a copy of the result if it is held);
 -- returns {expected (1; 0: unknown index; 2: released before), slots in use, notified (1|0),
 --          seq, data, seq, data...}
 if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
 local out = {1, -1, 0}
 if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
-for i = 12, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+for i = 13, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+local held = nil
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   -- 2: its result was released before (a copy); 0: the ordering state never knew it
   if redis.call('HEXISTS', KEYS[2], 'd' .. ARGV[3]) == 1 then out[1] = 2 else out[1] = 0 end
 else
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-  while true do
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-    if not first then break end
-    local p = redis.call('HGET', KEYS[2], first)
-    if not p then break end
-    redis.call('ZREM', KEYS[1], first)
-    redis.call('HDEL', KEYS[2], first)
-    redis.call('HSET', KEYS[2], 'd' .. first, 1)  -- released: a copy of it is refused
-    append(KEYS[3], KEYS[4], ARGV[1], p, out)
-  end
+  release_held(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], out)
+  if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then held = {ARGV[12], tonumber(ARGV[3]), ARGV[4]} end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4)
+out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4, held)
 return out
 """
 )
@@ -240,10 +255,43 @@ redis.call('HSET', KEYS[1], 'hb', ARGV[1], 'running', ARGV[2])
 return 1
 """
 
-RESTORE_SEQ = """
--- KEYS: seqno  ARGV: last seq, ttl: the numbering goes on from the larger of the two
+RESTORE_SESSION = (
+    _APPEND_ONE
+    + _RELEASE_HELD
+    + """
+-- after Redis lost its data, the session's holder writes back its numbering and, per target
+-- language, what it knows of the ordering state: the indices whose results it has seen
+-- released (a copy of one is refused again) and the results it knows are held (put back in
+-- the buffer; every one no longer behind an expected index is released now)
+-- KEYS: seqno, history, then pending, done per target language
+-- ARGV: last seq, ttl, maxlen, then per target language: n released, n held,
+--       the released indices, then (index, payload) per held result
+-- returns {seq, data, ...}: the results released (the caller delivers them)
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
+local out = {}
+local a = 4
+for k = 3, #KEYS, 2 do
+  local pending, done = KEYS[k], KEYS[k + 1]
+  local nr, nh = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  for i = a, a + nr - 1 do
+    redis.call('ZREM', pending, ARGV[i])
+    redis.call('HSET', done, 'd' .. ARGV[i], 1)
+  end
+  a = a + nr
+  for i = a, a + 2 * nh - 1, 2 do
+    if redis.call('HEXISTS', done, 'd' .. ARGV[i]) == 0 then
+      redis.call('ZADD', pending, ARGV[i], ARGV[i])
+      redis.call('HSET', done, ARGV[i], ARGV[i + 1])
+    end
+  end
+  a = a + 2 * nh
+  release_held(pending, done, KEYS[2], KEYS[1], ARGV[3], out)
+  redis.call('EXPIRE', pending, ARGV[2])
+  redis.call('EXPIRE', done, ARGV[2])
+end
+return out
 """
+)
