@@ -188,13 +188,18 @@ class Soak:
             "p99_ms": pct(0.99),
             "latency_samples": len(lat),
             "duplicates": [
-                {"session": s.name, "utterance": list(k), "outcomes": o.ends}
+                {
+                    "session": s.name,
+                    "session_id": s.session_ids.get(k[0], ""),
+                    "utterance": list(k),
+                    "outcomes": o.ends,
+                }
                 for s in self.speakers
                 for k, o in s.outcomes.items()
                 if len(o.ends) > 1
             ][:20],
             "lost_utterances": [
-                {"session": s.name, "utterance": list(k)}
+                {"session": s.name, "session_id": s.session_ids.get(k[0], ""), "utterance": list(k)}
                 for s in self.speakers
                 for k, o in s.outcomes.items()
                 if not o.ends
@@ -245,18 +250,26 @@ async def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the report")
     ap.add_argument("--keep", action="store_true", help="keep the logs (their folder is printed)")
+    ap.add_argument(
+        "--keep-on-failure",
+        action="store_true",
+        help="keep the logs when something was lost or duplicated (their folder is in the result's `logs`)",
+    )
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
         print("redis-server is not installed: run scripts/setup.sh test", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="linguamesh-soak-"))
     soak = Soak(args, workdir)
+    result: dict[str, object] = {}
     try:
         result = await soak.run()
     finally:
         soak.close()
-        if args.keep:
+        failed = not result or result["lost"] or result["duplicated"]
+        if args.keep or (args.keep_on_failure and failed):
             print(f"logs: {workdir}", file=sys.stderr)
+            result["logs"] = str(workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

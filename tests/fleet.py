@@ -262,10 +262,13 @@ class Speaker:
         self._online = asyncio.Event()
         self._closing = False
         self._booked = asyncio.Event()
+        #: the session id of each generation (for the trace tool)
+        self.session_ids: dict[int, str] = {}
 
     async def start(self) -> None:
         self.client = SessionClient(self.urls[0], src="en", tgt=self.tgt, tts=False, partials=False)
         await self.client.connect()
+        self.session_ids[self.generation] = self.client.session_id
         self._online.set()
         self._rx = asyncio.create_task(self._receive(), name=f"speaker-{self.name}")
 
@@ -352,6 +355,7 @@ class Speaker:
         c.unconfirmed.clear()
         c.last_seq = 0
         await c.connect()
+        self.session_ids[self.generation] = c.session_id
         self._online.set()
 
     def open(self) -> int:
