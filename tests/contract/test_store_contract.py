@@ -189,6 +189,33 @@ async def test_only_the_owner_moves_a_job_and_dead_owners_jobs_are_claimed(store
     assert await store.claim_expired_jobs("E", time.time() + 100, live={"E"}, limit=10) == []
 
 
+async def test_a_dead_owners_waiting_jobs_are_claimed_before_their_deadline(store: Any) -> None:
+    """After an instance died: its jobs that no node has (``created``) are taken at once with
+    ``unplaced``; one at a node waits for its deadline (the node may still send its result)."""
+    later = time.time() + 60
+    await store.save_job(JobRecord("w1", "A", "created", 1, None, later, {"x": 1}))
+    await store.save_job(JobRecord("w2", "A", "dispatched", 1, "n1", later, {"x": 2}))
+    assert await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10) == []
+    claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10, unplaced=True)
+    assert [c.job_id for c in claimed] == ["w1"] and claimed[0].owner == "B"
+    assert (await store.load_job(JobId("w2"))).owner == "A"  # type: ignore[union-attr]
+
+
+async def test_redis_claims_only_from_an_owner_whose_liveness_expired(redis_url: str) -> None:
+    """The caller's view of the live instances may be a moment old: an owner whose key is
+    back (restarted under its id) keeps its jobs; its own sweeper takes its previous run's."""
+    b, a = RedisStateStore(redis_url), RedisStateStore(redis_url)
+    try:
+        await a.save_job(JobRecord("r1", "A", "created", 1, None, time.time() - 1, {"x": 1}))
+        await a.instance_alive("A", 5)  # A came back after B last looked
+        assert await b.claim_expired_jobs("B", time.time(), live={"B"}, limit=10, unplaced=True) == []
+        claimed = await a.claim_expired_jobs("A", time.time(), live={"B"}, limit=10, unplaced=True)
+        assert [c.job_id for c in claimed] == ["r1"]  # A's own previous run: taken by A itself
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_racing_instances_reserve_the_last_slot_once(redis_url: str) -> None:
     a, b = RedisStateStore(redis_url), RedisStateStore(redis_url)
     try:

@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from ..conftest import SCALE
 from ..fleet import Fleet, Speaker, finish
 
@@ -52,3 +54,40 @@ async def test_jobs_taken_over_by_the_sweeper_are_offered_to_their_node_again(tm
     and sends its result when done — no second attempt, no duplicate."""
     flags = ("--pending-timeout", "8", "--ack-timeout", "1", "--result-timeout", "2")
     await _four_jobs_then_kill_a(tmp_path, flags, delay_ms=1500)
+
+
+def _logged(path: Path, event: str) -> bool:
+    return path.exists() and f'"event": "{event}"' in path.read_text()
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["dead", "restarted"])
+async def test_a_dead_instances_waiting_job_is_taken_over_at_once(tmp_path: Path, restarted: bool) -> None:
+    """The soak's lost utterance: A accepted it and the job waited for a node when A was
+    SIGKILLed; nobody took the job over before its deadline (the pending timeout), and Redis,
+    restarted empty meanwhile, took its record along: no result ever. Now the instance that
+    sees A dead (or A itself, started again under its id) takes A's waiting jobs at once; the
+    record is written back with the instance's jobs, and the job runs when a node comes."""
+    async with Fleet(tmp_path) as fleet:
+        flags = ("--pending-timeout", "120", "--ack-timeout", "2", "--result-timeout", "10")
+        a = await fleet.scheduler("A", *flags)
+        b = await fleet.scheduler("B", *flags)
+        speaker = Speaker([a.url, b.url], "s1")  # on A; resumes on B
+        await speaker.start()
+        await speaker.say()  # no node anywhere: the job waits (its deadline two minutes away)
+        await asyncio.sleep(0.5)
+        fleet.signal("A", signal.SIGKILL)
+        await asyncio.to_thread(fleet.wait_exit, "A", 10)
+        if restarted:
+            await fleet.start_scheduler("A")
+        end = time.monotonic() + 20 * SCALE
+        logs = [tmp_path / "B.1.log", tmp_path / "A.2.log"]
+        while not any(_logged(log, "job.taken_over") for log in logs):
+            assert time.monotonic() < end, "nobody took the waiting job over"
+            await asyncio.sleep(0.1)
+        assert fleet.redis is not None
+        fleet.restart_redis_empty()  # the second fault: the job's record is gone from Redis
+        await asyncio.sleep(2 * SCALE)  # the instances notice and write back what they hold
+        await speaker.say()
+        fleet.node("n1", [b.url, a.url], delay_ms=50, slots=4)
+        t = await finish([speaker], 30 * SCALE)
+        assert t.ok == 2, t.line()

@@ -49,6 +49,9 @@ INSTANCE_TTL = 3.0
 #: usually at once, from the registering instance's notice.
 HEARTBEAT = 0.5
 SEEN_IDS = 20_000
+#: Active jobs one claim of a dead owner's waiting jobs looks through (in deadline order);
+#: any beyond are taken at their deadline as before.
+UNPLACED_SCAN = 10_000
 
 
 class Cluster:
@@ -57,6 +60,8 @@ class Cluster:
         self.store = store
         self.me = instance_id
         self.live: set[str] = {self.me}
+        #: the next sweep also takes the waiting jobs of dead owners (see ``_sweeper``)
+        self._claim_unplaced = True
         self.job_owner: OrderedDict[str, str] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -247,7 +252,10 @@ class Cluster:
                 run_id = await self.store.server_run_id()
                 restarted = self.run_id is not None and run_id != self.run_id
                 await self.store.instance_alive(self.me, INSTANCE_TTL)
+                before = self.live
                 self.live = await self.store.live_instances() | {self.me}
+                if before - self.live:  # an instance died: its waiting jobs are taken at once
+                    self._claim_unplaced = True
                 if restarted:
                     log.warning("cluster.redis_restarted", instance_id=self.me)
                     await self.handler.restore_shared_state()
@@ -362,13 +370,19 @@ class Cluster:
             await asyncio.sleep(0.5)
             if not self.healthy:
                 continue
+            # after a start and after an instance died: jobs that no node has (waiting for
+            # one) are taken over at once, not at their deadline (pending timeout): their owner
+            # is gone, and with it everything that would have placed them
+            unplaced, self._claim_unplaced = self._claim_unplaced, False
             try:
                 # this instance counts as dead too, for jobs it does not run: those of its previous
                 # run under the same id (killed and restarted before they ended) are taken over
                 claimed = await self.store.claim_expired_jobs(
-                    self.me, time.time(), self.live - {self.me}, 100
-                )
+                    self.me, time.time(), self.live - {self.me}, UNPLACED_SCAN if unplaced else 100,
+                    unplaced=unplaced,
+                )  # fmt: skip
             except DependencyDown:
+                self._claim_unplaced = self._claim_unplaced or unplaced
                 continue
             for rec in claimed:
                 if self.handler.knows(rec.job_id):

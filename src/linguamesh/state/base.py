@@ -267,8 +267,13 @@ class StateStore(Protocol):
         ``release``, the slot of (node, attempt) is released in the same step."""
         ...
 
-    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
-        """Atomically take over jobs past their deadline whose owner is not in ``live``."""
+    async def claim_expired_jobs(
+        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+    ) -> list[JobRecord]:
+        """Atomically take over jobs past their deadline whose owner is not in ``live`` (and,
+        where the store knows instances, whose owner's liveness has expired there too, unless
+        the owner is ``owner``: its previous run). With ``unplaced``, jobs no node has (state
+        ``created``) are taken whatever their deadline: nothing else would move them before it."""
         ...
 
     # instances -----------------------------------------------------------

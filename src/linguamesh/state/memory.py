@@ -369,12 +369,15 @@ class MemoryStateStore:
         if rec is not None and rec.owner == owner:
             del self.jobs[job_id]
 
-    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
+    async def claim_expired_jobs(
+        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+    ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         for rec in list(self.jobs.values()):
             if len(claimed) >= limit:
                 break
-            if rec.deadline <= now and rec.owner not in live:
+            due = rec.deadline <= now or (unplaced and rec.state == "created")
+            if due and rec.owner not in live:
                 rec.owner = owner
                 claimed.append(rec)
         return claimed

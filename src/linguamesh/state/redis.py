@@ -494,11 +494,21 @@ class RedisStateStore(RedisLink):
             view.reserved = used
             self.index.refresh(node_id)
 
-    async def claim_expired_jobs(self, owner: str, now: float, live: set[str], limit: int) -> list[JobRecord]:
+    async def claim_expired_jobs(
+        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+    ) -> list[JobRecord]:
         ids = await self._run(
             self._claim,
             keys=[K.JOBS_ACTIVE],
-            args=[owner, int(now * 1000), limit, K.PREFIX + "job:", *sorted(live)],
+            args=[
+                owner,
+                int(now * 1000),
+                limit,
+                K.PREFIX + "job:",
+                K.instance(""),
+                int(unplaced),
+                *sorted(live),
+            ],
         )
         out = []
         for raw in ids:

@@ -176,18 +176,31 @@ return finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 )
 
 CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+-- KEYS: jobs:active
+-- ARGV: new owner, now (ms), limit, job key prefix, instance key prefix,
+--       unplaced ('1': also jobs no node has, whatever their deadline), live instances...
+-- a job past its deadline (or, with unplaced, one in state 'created') is taken when its
+-- owner is not live in the caller's view and, unless the owner is the caller (its previous
+-- run under the same id), the owner's instance key is gone in Redis as well: a view a
+-- moment old must not take a job from an instance that just came back
+local now = tonumber(ARGV[2])
+local hi = ARGV[2]
+if ARGV[6] == '1' then hi = '+inf' end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', hi, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local live = {}
-for i = 5, #ARGV do live[ARGV[i]] = true end
+for i = 7, #ARGV do live[ARGV[i]] = true end
 local out = {}
-for _, id in ipairs(ids) do
+for j = 1, #ids, 2 do
+  local id = ids[j]
   local key = ARGV[4] .. id
   local owner = redis.call('HGET', key, 'owner')
   if not owner then
     redis.call('ZREM', KEYS[1], id)
-  elseif not live[owner] then
-    redis.call('HSET', key, 'owner', ARGV[1])
-    out[#out + 1] = id
+  elseif not live[owner] and (owner == ARGV[1] or redis.call('EXISTS', ARGV[5] .. owner) == 0) then
+    if tonumber(ids[j + 1]) <= now or redis.call('HGET', key, 'state') == 'created' then
+      redis.call('HSET', key, 'owner', ARGV[1])
+      out[#out + 1] = id
+    end
   end
 end
 return out
