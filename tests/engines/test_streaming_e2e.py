@@ -7,10 +7,12 @@ import asyncio
 import itertools
 
 import numpy as np
+import pytest
 
 from linguamesh import protocol as p
 from linguamesh.audio import to_float32
 from linguamesh.client import SessionClient
+from linguamesh.node import live
 from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
@@ -36,7 +38,14 @@ async def play(c: SessionClient, audio: bytes, seq: int = 0) -> int:
     return seq
 
 
-async def test_live_captions_appear_while_a_sentence_is_spoken(cluster: Cluster) -> None:
+async def test_live_captions_appear_while_a_sentence_is_spoken(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # decodes keep to a share of the time spoken, so how many fit in one sentence depends on
+    # how fast the cores are at that moment; the suite shares two cores with the soak and
+    # other tests, and a budget left at 40 % made this test measure the machine (two slow
+    # decodes, nothing committed before the end): here the node may decode every step
+    monkeypatch.setattr(live, "DECODE_BUDGET", 1.0)
     s = await cluster.scheduler(result_timeout=60)
     await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=1)
     ref = "I would like to buy two tickets to the museum for tomorrow morning."
