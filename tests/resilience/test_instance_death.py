@@ -86,7 +86,11 @@ async def test_a_dead_instances_waiting_job_is_taken_over_at_once(tmp_path: Path
             await asyncio.sleep(0.1)
         assert fleet.redis is not None
         fleet.restart_redis_empty()  # the second fault: the job's record is gone from Redis
-        await asyncio.sleep(2 * SCALE)  # the instances notice and write back what they hold
+        live = logs if restarted else logs[:1]
+        end = time.monotonic() + 15 * SCALE  # the instances notice and write back what they hold
+        while not all(_logged(log, "cluster.state_restored") for log in live):
+            assert time.monotonic() < end, "an instance did not write its state back"
+            await asyncio.sleep(0.05)
         await speaker.say()
         fleet.node("n1", [b.url, a.url], delay_ms=50, slots=4)
         t = await finish([speaker], 30 * SCALE)

@@ -122,7 +122,11 @@ async def test_results_held_behind_an_unfinished_one_survive_an_empty_redis_rest
         await r.aclose()
         restarted = time.monotonic()
         fleet.restart_redis_empty()
-        await asyncio.sleep(2 * SCALE)  # both instances notice (0.5 s heartbeats) and write back
+        end = time.monotonic() + 15 * SCALE  # both instances notice (0.5 s heartbeats) and write back
+        logs = [tmp_path / "A.1.log", tmp_path / "B.1.log"]
+        while not all('"cluster.state_restored"' in log.read_text() for log in logs):
+            assert time.monotonic() < end, "an instance did not write its state back"
+            await asyncio.sleep(0.05)
         for (_, index), job in assigns.items():
             if not index:
                 await node.send(node.result_for(job, "utterance 0"))
