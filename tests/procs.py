@@ -177,12 +177,14 @@ async def wait_node(http_base: str, node_id: str) -> None:
     raise TimeoutError(f"node {node_id} did not register")
 
 
-async def wait_log(path: Path, needle: str, timeout: float = 10.0) -> None:
+async def wait_log(path: Path | list[Path], needle: str, timeout: float = 10.0) -> None:
+    """Until ``needle`` is in the log file ``path`` (a list: in any of them)."""
+    paths = path if isinstance(path, list) else [path]
     for _ in range(int(timeout * SCALE / 0.05)):
-        if path.exists() and needle in path.read_text():
+        if any(p.exists() and needle in p.read_text() for p in paths):
             return
         await asyncio.sleep(0.05 * SCALE)
-    raise TimeoutError(f"{needle!r} never appeared in {path}")
+    raise TimeoutError(f"{needle!r} never appeared in {', '.join(map(str, paths))}")
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import pytest
 
 from ..conftest import SCALE
 from ..fleet import Fleet, Speaker, finish
+from ..procs import wait_log
 
 FLAGS = ("--pending-timeout", "8", "--ack-timeout", "2", "--result-timeout", "20")
 
@@ -56,10 +57,6 @@ async def test_jobs_taken_over_by_the_sweeper_are_offered_to_their_node_again(tm
     await _four_jobs_then_kill_a(tmp_path, flags, delay_ms=1500)
 
 
-def _logged(path: Path, event: str) -> bool:
-    return path.exists() and f'"event": "{event}"' in path.read_text()
-
-
 @pytest.mark.parametrize("restarted", [False, True], ids=["dead", "restarted"])
 async def test_a_dead_instances_waiting_job_is_taken_over_at_once(tmp_path: Path, restarted: bool) -> None:
     """The soak's lost utterance: A accepted it and the job waited for a node when A was
@@ -79,18 +76,12 @@ async def test_a_dead_instances_waiting_job_is_taken_over_at_once(tmp_path: Path
         await asyncio.to_thread(fleet.wait_exit, "A", 10)
         if restarted:
             await fleet.start_scheduler("A")
-        end = time.monotonic() + 20 * SCALE
         logs = [tmp_path / "B.1.log", tmp_path / "A.2.log"]
-        while not any(_logged(log, "job.taken_over") for log in logs):
-            assert time.monotonic() < end, "nobody took the waiting job over"
-            await asyncio.sleep(0.1)
+        await wait_log(logs, '"event": "job.taken_over"', 20)  # by B, or by A started again
         assert fleet.redis is not None
         fleet.restart_redis_empty()  # the second fault: the job's record is gone from Redis
-        live = logs if restarted else logs[:1]
-        end = time.monotonic() + 15 * SCALE  # the instances notice and write back what they hold
-        while not all(_logged(log, "cluster.state_restored") for log in live):
-            assert time.monotonic() < end, "an instance did not write its state back"
-            await asyncio.sleep(0.05)
+        for log in logs if restarted else logs[:1]:  # each instance writes back what it holds
+            await wait_log(log, '"event": "cluster.state_restored"', 15)
         await speaker.say()
         fleet.node("n1", [b.url, a.url], delay_ms=50, slots=4)
         t = await finish([speaker], 30 * SCALE)

@@ -16,6 +16,7 @@ from linguamesh.state import redis_keys as K
 
 from ..conftest import SCALE
 from ..fleet import Fleet, Speaker, finish
+from ..procs import wait_log
 from ..scripted_node import ScriptedNode
 
 FLAGS = ("--pending-timeout", "8", "--ack-timeout", "2", "--result-timeout", "4")
@@ -122,11 +123,8 @@ async def test_results_held_behind_an_unfinished_one_survive_an_empty_redis_rest
         await r.aclose()
         restarted = time.monotonic()
         fleet.restart_redis_empty()
-        end = time.monotonic() + 15 * SCALE  # both instances notice (0.5 s heartbeats) and write back
-        logs = [tmp_path / "A.1.log", tmp_path / "B.1.log"]
-        while not all('"cluster.state_restored"' in log.read_text() for log in logs):
-            assert time.monotonic() < end, "an instance did not write its state back"
-            await asyncio.sleep(0.05)
+        for name in ("A", "B"):  # both notice (0.5 s heartbeats) and write back what they hold
+            await wait_log(tmp_path / f"{name}.1.log", '"event": "cluster.state_restored"', 15)
         for (_, index), job in assigns.items():
             if not index:
                 await node.send(node.result_for(job, "utterance 0"))
