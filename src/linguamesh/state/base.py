@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
+from ..core.ordering import REMEMBERED
 from ..core.selection import NodeSource
 
 
@@ -84,13 +85,10 @@ class KnownOrder:
         self.held.pop(index, None)
         released = self.released
         released.add(index)
-        if len(released) > REMEMBERED_RELEASED:  # bounded: the oldest are forgotten
-            for i in sorted(released)[: len(released) - REMEMBERED_RELEASED // 2]:
+        # bounded as the ordering state's own memory of delivered indices: the oldest go
+        if len(released) > REMEMBERED:
+            for i in sorted(released)[: len(released) - REMEMBERED // 2]:
                 released.discard(i)
-
-
-#: Released indices a session's holder remembers per target language (see KnownOrder).
-REMEMBERED_RELEASED = 10_000
 
 
 class DependencyDown(Exception):
