@@ -3,8 +3,9 @@
 * protocol and core import nothing else of the package; state only core, protocol
   and observability;
 * no module in ``src/linguamesh`` is over ``MAX_LINES`` lines;
-* no import cycle anywhere, counting every import: at module level, inside a
-  function, and under ``if TYPE_CHECKING:`` alike.
+* no runtime import cycle anywhere: imports at module level and inside functions
+  count; imports under ``if TYPE_CHECKING:`` do not (they name a type for a reader
+  and the type checker, they are no tie at run time).
 """
 
 from __future__ import annotations
@@ -61,10 +62,39 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def module_graph(root: Path) -> dict[str, set[str]]:
-    """``module -> modules of the package it imports``, for every ``.py`` under ``root``.
+def _type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``if typing.TYPE_CHECKING:``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
-    ``from X import a`` counts as importing ``X.a`` when that is a module, else ``X``."""
+
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except what sits in the body of an ``if TYPE_CHECKING:``
+    block (its ``else:`` runs, so it counts)."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if _type_checking_block(node):
+            assert isinstance(node, ast.If)
+            todo.append(node.test)
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """``module -> modules of the package it imports at run time``, for every ``.py``
+    under ``root``.
+
+    ``from X import a`` counts as importing ``X.a`` when that is a module, else ``X``.
+    Imports under ``if TYPE_CHECKING:`` are left out (:func:`runtime_nodes`)."""
     files = {module_name(root, p): p for p in root.rglob("*.py")}
     top = root.name
     graph: dict[str, set[str]] = {}
@@ -72,7 +102,7 @@ def module_graph(root: Path) -> dict[str, set[str]]:
         is_pkg = path.name == "__init__.py"
         here = mod.split(".") if is_pkg else mod.split(".")[:-1]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name == top or a.name.startswith(top + ".")]
                 deps.update(n for n in names if n in files)
@@ -141,18 +171,27 @@ def test_no_module_is_too_long() -> None:
 
 
 def test_the_cycle_check_finds_cycles(tmp_path: Path) -> None:
-    """The checker itself: a type-only cycle and one through a function-level import."""
+    """The checker itself: a cycle through a module-level import and one through a
+    function-level import are found; a type-only import makes no cycle."""
     pkg = tmp_path / "linguamesh"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "a.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .sub.b import B\n"
-    )
+    (pkg / "a.py").write_text("from .sub.b import B\n")
     (pkg / "sub" / "b.py").write_text("from .. import a\n")
+    (pkg / "f.py").write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    from . import g\nelse:\n    from . import h\n"
+    )
+    (pkg / "g.py").write_text("from . import f\n")  # only f's type-only import points back
+    (pkg / "h.py").write_text("from . import f\n")  # f's else branch imports h at run time
     (pkg / "c.py").write_text("def f():\n    from linguamesh import d\n")
     (pkg / "d.py").write_text("import linguamesh.c\n")
     (pkg / "e.py").write_text("from . import a\n")  # depends on a cycle, is not in one
     graph = module_graph(pkg)
     assert graph["linguamesh.sub.b"] == {"linguamesh.a"}
-    assert cycles(graph) == [["linguamesh.a", "linguamesh.sub.b"], ["linguamesh.c", "linguamesh.d"]]
+    assert graph["linguamesh.f"] == {"linguamesh.h"}
+    assert cycles(graph) == [
+        ["linguamesh.a", "linguamesh.sub.b"],
+        ["linguamesh.c", "linguamesh.d"],
+        ["linguamesh.f", "linguamesh.h"],
+    ]
