@@ -15,8 +15,8 @@ from .engines.registry import build
 from .node.agent import NodeAgent
 from .node.config import NodeConfig
 from .observability.logging import get_logger
-from .scheduler.app import create_app
 from .scheduler.config import SchedulerConfig
+from .scheduler.edge.app import create_app
 
 log = get_logger("linguamesh.runtime")
 

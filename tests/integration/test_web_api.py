@@ -8,7 +8,7 @@ import json
 import httpx
 
 from linguamesh.client import SessionClient
-from linguamesh.scheduler.access import operator_access
+from linguamesh.scheduler.edge.access import operator_access
 
 from ..conftest import SCALE, Cluster, pcm
 

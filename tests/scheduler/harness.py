@@ -7,11 +7,12 @@ import asyncio
 import json
 from typing import Any
 
+from linguamesh.scheduler.sessions.delivery import Session
+
 from linguamesh import protocol as p
 from linguamesh.scheduler.config import SchedulerConfig
-from linguamesh.scheduler.registry import NodeConn
+from linguamesh.scheduler.nodes.registry import NodeConn
 from linguamesh.scheduler.service import Scheduler
-from linguamesh.scheduler.sessions import Session
 from linguamesh.state.memory import MemoryStateStore
 
 from ..conftest import SCALE, pcm

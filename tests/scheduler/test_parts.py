@@ -13,13 +13,13 @@ from linguamesh import protocol as p
 from linguamesh.core.ids import JobId, NodeId
 from linguamesh.core.jobs import Job
 from linguamesh.core.nodes import NodeView
-from linguamesh.scheduler.credentials import NodeCredentials
-from linguamesh.scheduler.dispatch import Dispatcher, HandedOver, Reserved, Unavailable, Written
-from linguamesh.scheduler.jobrun import JobRun
-from linguamesh.scheduler.ports import Env, NoRemote
+from linguamesh.scheduler.cluster.remote import Env, NoRemote
+from linguamesh.scheduler.edge.credentials import NodeCredentials
+from linguamesh.scheduler.jobs.dispatch import Dispatcher, HandedOver, Reserved, Unavailable, Written
+from linguamesh.scheduler.jobs.jobrun import JobRun
+from linguamesh.scheduler.jobs.runner import Runner
+from linguamesh.scheduler.nodes.registry import Registry
 from linguamesh.scheduler.records import capabilities
-from linguamesh.scheduler.registry import Registry
-from linguamesh.scheduler.runner import Runner
 from linguamesh.scheduler.service import Scheduler
 
 from ..conftest import SCALE, eventually

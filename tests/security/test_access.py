@@ -15,8 +15,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
-from linguamesh.scheduler.app import create_app
 from linguamesh.scheduler.config import SchedulerConfig
+from linguamesh.scheduler.edge.app import create_app
 
 from ..conftest import SCALE, Cluster, eventually, free_port, of, pcm, receive_until
 from ..scripted_node import ScriptedNode

@@ -9,8 +9,7 @@ from datetime import timedelta
 
 import srt
 import webvtt
-
-from linguamesh.scheduler.transcript import cues, render
+from linguamesh.scheduler.sessions.transcript import cues, render
 
 
 def result(

@@ -112,7 +112,7 @@ class SchedulerConfig:
         return not is_loopback(self.host)
 
     def validate(self) -> None:
-        from .credentials import NodeCredentials
+        from .edge.credentials import NodeCredentials
 
         NodeCredentials.load(self.node_token, self.node_tokens)  # a bad file fails here, at start
         if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:

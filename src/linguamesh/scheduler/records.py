@@ -15,7 +15,7 @@ from ..core.ids import JobId, NodeId, SessionId, TraceId
 from ..core.jobs import Job, JobState
 from ..core.nodes import NodeCapabilities
 from ..state.base import JobRecord, SessionRecord
-from .sessions import Session, SessionSettings
+from .sessions.delivery import Session, SessionSettings
 
 _STATES = {s.value: s for s in JobState}
 

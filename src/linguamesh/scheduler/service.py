@@ -29,19 +29,19 @@ from ..observability.metrics import Metrics, model_stat_rows, register_model_met
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
 from ..state.redis import RedisStateStore
-from .bridge import Bridge
+from .cluster.bridge import Bridge
+from .cluster.remote import Env, NoRemote, Remote
 from .config import SchedulerConfig
-from .credentials import NodeCredentials
-from .desk import Desk
-from .dispatch import Dispatcher
-from .drain import Drain
-from .gate import Gate
-from .intake import Intake
-from .ports import Env, NoRemote, Remote
+from .edge.admission import Gate
+from .edge.credentials import NodeCredentials
+from .jobs.dispatch import Dispatcher
+from .jobs.runner import Runner
+from .nodes.registry import NodeConn, Registry
 from .records import limits
-from .registry import NodeConn, Registry
-from .runner import Runner
-from .sessions import Session, Transport
+from .sessions.delivery import Session, Transport
+from .sessions.intake import Intake
+from .sessions.table import Desk
+from .shutdown import Drain
 from .tasks import Tasks
 
 #: /readyz answers within this (a stalled state store makes it 503, not a hung request)

@@ -20,13 +20,13 @@ import time
 
 from .. import protocol as p
 from ..observability.logging import get_logger
-from .bridge import Bridge
+from .cluster.bridge import Bridge
 from .config import SchedulerConfig
-from .desk import Desk
-from .gate import SERVICE_RESTART, Gate
-from .registry import Registry
-from .runner import Runner
-from .sessions import close_quietly
+from .edge.admission import SERVICE_RESTART, Gate
+from .jobs.runner import Runner
+from .nodes.registry import Registry
+from .sessions.delivery import close_quietly
+from .sessions.table import Desk
 
 log = get_logger("linguamesh.scheduler")
 

@@ -11,15 +11,15 @@ import asyncio
 
 from starlette.websockets import WebSocket
 
-from .. import protocol as p
-from ..observability.logging import bind, get_logger
-from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown
+from ... import protocol as p
+from ...observability.logging import bind, get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import DependencyDown
+from ..nodes.registry import NodeConn
+from ..service import Scheduler
+from ..sessions.delivery import close_quietly
+from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER
 from .frames import admit, handshake_frames, peer_of, send_quietly
-from .gate import POLICY_VIOLATION, TRY_AGAIN_LATER
-from .registry import NodeConn
-from .service import Scheduler
-from .sessions import close_quietly
 
 log = get_logger("linguamesh.scheduler.node")
 

@@ -10,8 +10,8 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-from .. import protocol as p
-from ..audio import (
+from ... import protocol as p
+from ...audio import (
     FRAME_MS,
     BadAudio,
     duration_seconds,
@@ -20,18 +20,18 @@ from ..audio import (
     to_float32,
     voiced_frames,
 )
-from ..core.ids import NodeId, SessionId, new_job_id
-from ..core.jobs import Job, JobState
-from ..core.ratelimit import TokenBucket
-from ..core.stages import expand_stages
-from ..observability.logging import get_logger
-from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown
-from .jobrun import JobRun, LiveAudio
-from .ports import Env
-from .records import job_fields, job_record
-from .runner import Runner
-from .sessions import Session
+from ...core.ids import NodeId, SessionId, new_job_id
+from ...core.jobs import Job, JobState
+from ...core.ratelimit import TokenBucket
+from ...core.stages import expand_stages
+from ...observability.logging import get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import DependencyDown
+from ..cluster.remote import Env
+from ..jobs.jobrun import JobRun, LiveAudio
+from ..jobs.runner import Runner
+from ..records import job_fields, job_record
+from .delivery import Session
 
 log = get_logger("linguamesh.scheduler")
 

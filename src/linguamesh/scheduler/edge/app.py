@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from ..state.base import StateStore
-from ..state.memory import MemoryStateStore
-from . import api, web
-from .config import SchedulerConfig
-from .service import Scheduler
+from ...state.base import StateStore
+from ...state.memory import MemoryStateStore
+from ..config import SchedulerConfig
+from ..service import Scheduler
+from . import api, pages
 from .ws_node import node_endpoint
 from .ws_session import session_endpoint
 
@@ -23,7 +23,7 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         if store is not None:
             state: StateStore = store
         elif config.redis_url:
-            from ..state.redis import RedisStateStore
+            from ...state.redis import RedisStateStore
 
             state = RedisStateStore(config.redis_url, history_size=config.history_size)
         else:
@@ -46,6 +46,6 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         Route("/api/v1/pools", api.pools),
         Route("/api/v1/languages", api.languages),
         Route("/api/v1/jobs/{job_id}", api.job),
-        *web.routes,
+        *pages.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

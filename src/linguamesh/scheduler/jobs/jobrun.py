@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from ..core.ids import NodeId
-from ..core.jobs import Job
+from ...core.ids import NodeId
+from ...core.jobs import Job
 from .spans import JobSpans
 
 

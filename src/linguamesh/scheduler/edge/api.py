@@ -8,9 +8,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..observability.metrics import CONTENT_TYPE
+from ...observability.metrics import CONTENT_TYPE
+from ..service import Scheduler
 from .access import denied, operator_only
-from .service import Scheduler
 
 
 def _sched(request: Request) -> Scheduler:

@@ -15,23 +15,23 @@ import asyncio
 import time
 from typing import Any, NamedTuple
 
-from .. import protocol as p
-from ..core.ids import JobId, NodeId, SessionId
-from ..core.jobs import JobState
-from ..core.lifecycle import Assign, Status
-from ..observability.logging import get_logger
-from ..state.base import DependencyDown, JobRecord, Notify
-from ..state.redis import RedisStateStore
-from .cluster import Cluster
-from .config import SchedulerConfig
-from .desk import Desk
-from .dispatch import Dispatcher
-from .jobrun import JobRun
-from .records import job_fields, job_from_data, job_from_record, job_record
-from .registry import Registry
+from ... import protocol as p
+from ...core.ids import JobId, NodeId, SessionId
+from ...core.jobs import JobState
+from ...core.lifecycle import Assign, Status
+from ...observability.logging import get_logger
+from ...state.base import DependencyDown, JobRecord, Notify
+from ...state.redis import RedisStateStore
+from ..config import SchedulerConfig
+from ..jobs.dispatch import Dispatcher
+from ..jobs.jobrun import JobRun
+from ..jobs.runner import Runner
+from ..nodes.registry import Registry
+from ..records import job_fields, job_from_data, job_from_record, job_record
+from ..sessions.table import Desk
+from ..tasks import Tasks
+from .membership import Cluster
 from .relay import SessionRelay
-from .runner import Runner
-from .tasks import Tasks
 
 log = get_logger("linguamesh.scheduler")
 

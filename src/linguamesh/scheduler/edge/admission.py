@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from urllib.parse import urlsplit
 
-from .config import SchedulerConfig
+from ..config import SchedulerConfig
 
 #: Close codes (RFC 6455 §7.4.1): policy violation; try again later.
 POLICY_VIOLATION = 1008

@@ -17,10 +17,10 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .. import protocol as p
-from ..core.ids import JobId, NodeId
-from ..core.jobs import Job, JobState
-from ..core.lifecycle import (
+from ... import protocol as p
+from ...core.ids import JobId, NodeId
+from ...core.jobs import Job, JobState
+from ...core.lifecycle import (
     AckResult,
     Arm,
     Assign,
@@ -35,14 +35,14 @@ from ..core.lifecycle import (
     Status,
     TimerKind,
 )
-from ..observability import tracing
-from ..observability.logging import bound, get_logger
-from ..state.base import DependencyDown, JobEnd
+from ...observability import tracing
+from ...observability.logging import bound, get_logger
+from ...state.base import DependencyDown, JobEnd
+from ..cluster.remote import Env, Outbox
+from ..nodes.registry import Registry
+from ..records import job_fields, job_record
 from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable
 from .jobrun import JobRun
-from .ports import Env, Outbox
-from .records import job_fields, job_record
-from .registry import Registry
 from .results import failure_entry, stage_seconds, translation_result
 from .spans import JobSpans
 

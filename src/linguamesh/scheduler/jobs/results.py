@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import protocol as p
-from ..core.jobs import Job
-from ..core.lifecycle import Finish
+from ... import protocol as p
+from ...core.jobs import Job
+from ...core.lifecycle import Finish
 
 
 def translation_result(

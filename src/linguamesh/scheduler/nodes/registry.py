@@ -13,16 +13,16 @@ from typing import Any
 
 import msgspec
 
-from .. import protocol as p
-from ..core.ids import NodeId
-from ..core.nodes import NodeView
-from ..observability.logging import get_logger
-from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown
-from .credentials import NodeCredentials, Proof
-from .ports import Env
-from .records import capabilities
-from .sessions import Transport, close_quietly
+from ... import protocol as p
+from ...core.ids import NodeId
+from ...core.nodes import NodeView
+from ...observability.logging import get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import DependencyDown
+from ..cluster.remote import Env
+from ..edge.credentials import NodeCredentials, Proof
+from ..records import capabilities
+from ..sessions.delivery import Transport, close_quietly
 
 log = get_logger("linguamesh.scheduler")
 

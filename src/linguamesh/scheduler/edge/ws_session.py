@@ -11,14 +11,14 @@ import asyncio
 
 from starlette.websockets import WebSocket
 
-from .. import protocol as p
-from ..observability.logging import bound, get_logger
-from ..protocol import ErrorCode, ProtocolError
-from ..state.base import DependencyDown
+from ... import protocol as p
+from ...observability.logging import bound, get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import DependencyDown
+from ..service import Scheduler
+from ..sessions.delivery import Session, close_quietly
+from .admission import POLICY_VIOLATION, origin_allowed
 from .frames import admit, handshake_frames, peer_of, send_quietly
-from .gate import POLICY_VIOLATION, origin_allowed
-from .service import Scheduler
-from .sessions import Session, close_quietly
 
 log = get_logger("linguamesh.scheduler.session")
 

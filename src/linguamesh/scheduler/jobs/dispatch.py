@@ -20,18 +20,18 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from .. import protocol as p
-from ..core.ids import JobId, NodeId
-from ..core.jobs import Job, JobState
-from ..core.lifecycle import LifecycleConfig
-from ..core.selection import SELECTORS, Request
-from ..core.stages import requirements
-from ..observability.logging import get_logger
-from ..state.base import DependencyDown, Handover, JobRecord
+from ... import protocol as p
+from ...core.ids import JobId, NodeId
+from ...core.jobs import Job, JobState
+from ...core.lifecycle import LifecycleConfig
+from ...core.selection import SELECTORS, Request
+from ...core.stages import requirements
+from ...observability.logging import get_logger
+from ...state.base import DependencyDown, Handover, JobRecord
+from ..cluster.remote import Driver, Env
+from ..nodes.registry import Registry
+from ..records import job_data, job_fields
 from .jobrun import JobRun
-from .ports import Driver, Env
-from .records import job_data, job_fields
-from .registry import Registry
 
 log = get_logger("linguamesh.scheduler")
 

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .config import is_loopback
-from .records import same_token
+from ..config import is_loopback
+from ..records import same_token
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -33,13 +33,13 @@ from typing import Any
 
 import msgspec
 
-from ..core.ids import JobId, NodeId, SessionId
-from ..observability.logging import get_logger
-from ..protocol import inbox as ib
-from ..state.base import DependencyDown
-from ..state.redis import RedisStateStore
-from .ports import InboxHandler
-from .tasks import stop_if_cancelled
+from ...core.ids import JobId, NodeId, SessionId
+from ...observability.logging import get_logger
+from ...protocol import inbox as ib
+from ...state.base import DependencyDown
+from ...state.redis import RedisStateStore
+from ..tasks import stop_if_cancelled
+from .remote import InboxHandler
 
 log = get_logger("linguamesh.scheduler.cluster")
 

@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..protocol import ErrorCode, ProtocolError
+from ...protocol import ErrorCode, ProtocolError
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_ROOMS = 100_000

@@ -15,19 +15,19 @@ from typing import Any
 
 import msgspec
 
-from .. import protocol as p
-from ..core.history import ReplayGap
-from ..core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
-from ..core.jobs import Job
-from ..core.languages import pair_problem
-from ..observability import tracing
-from ..observability.logging import get_logger
-from ..protocol import ErrorCode, ProtocolError
-from ..state.base import JobEnd
-from .ports import Env, JobControl
-from .records import job_fields, same_token, session_record, settings_from_record
+from ... import protocol as p
+from ...core.history import ReplayGap
+from ...core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
+from ...core.jobs import Job
+from ...core.languages import pair_problem
+from ...observability import tracing
+from ...observability.logging import get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import JobEnd
+from ..cluster.remote import Env, JobControl
+from ..records import job_fields, same_token, session_record, settings_from_record
+from .delivery import Session, SessionSettings, Transport, close_quietly, until_available
 from .rooms import Rooms
-from .sessions import Session, SessionSettings, Transport, close_quietly, until_available
 
 log = get_logger("linguamesh.scheduler")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from opentelemetry.trace import Span, SpanKind
 
-from ..core.jobs import Job
-from ..observability.tracing import Tracing, fail, remote_parent, trace_id_hex
+from ...core.jobs import Job
+from ...observability.tracing import Tracing, fail, remote_parent, trace_id_hex
 
 
 class JobSpans:

@@ -28,18 +28,18 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import protocol as p
-from ..core.history import ReplayGap
-from ..core.ids import SessionId
-from ..observability.metrics import COUNTERS
+from ... import protocol as p
+from ...core.history import ReplayGap
+from ...core.ids import SessionId
+from ...observability.metrics import COUNTERS
+from ..records import same_token
+from ..service import Scheduler
+from ..sessions.delivery import Session
+from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
 from .access import bearer, error, operator_only
 from .api import nodes_data, pools_data
-from .records import same_token
-from .service import Scheduler
-from .sessions import Session
-from .transcript import FORMATS, MEDIA_TYPES, cues, render
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 KEEPALIVE_S = 15.0
 
 

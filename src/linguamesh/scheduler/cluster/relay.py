@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from ..core.ids import SessionId
-from ..observability.logging import get_logger
-from ..protocol import encode
-from ..state.base import DependencyDown, JobEnd, Notify, StateStore
-from .sessions import Append, ResultItem, store_batch, until_available
+from ...core.ids import SessionId
+from ...observability.logging import get_logger
+from ...protocol import encode
+from ...state.base import DependencyDown, JobEnd, Notify, StateStore
+from ..sessions.delivery import Append, ResultItem, store_batch, until_available
 
 log = get_logger("linguamesh.scheduler.delivery")
 

@@ -28,15 +28,15 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from ..core.history import ReplayGap
-from ..core.ids import JobId, SessionId, TraceId
-from ..core.ordering import AlreadyDelivered
-from ..core.ratelimit import TokenBucket
-from ..observability.logging import get_logger
-from ..protocol import ErrorCode, ProtocolError, encode
-from ..state.base import DependencyDown, JobEnd, KnownOrder, Notify, SessionStateLost, StateStore
-from .jobrun import LiveAudio
-from .tasks import stop_if_cancelled
+from ...core.history import ReplayGap
+from ...core.ids import JobId, SessionId, TraceId
+from ...core.ordering import AlreadyDelivered
+from ...core.ratelimit import TokenBucket
+from ...observability.logging import get_logger
+from ...protocol import ErrorCode, ProtocolError, encode
+from ...state.base import DependencyDown, JobEnd, KnownOrder, Notify, SessionStateLost, StateStore
+from ..jobs.jobrun import LiveAudio
+from ..tasks import stop_if_cancelled
 
 log = get_logger("linguamesh.scheduler.delivery")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from ..protocol import ErrorCode, ProtocolError
-from .records import same_token
+from ...protocol import ErrorCode, ProtocolError
+from ..records import same_token
 
 
 class Proof(Enum):

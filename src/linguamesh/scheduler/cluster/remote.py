@@ -13,14 +13,14 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from .. import protocol as p
-from ..core.ids import JobId, NodeId, SessionId
-from ..core.jobs import Job
-from ..observability.metrics import Metrics
-from ..state.base import JobEnd, JobRecord, StateStore
-from .config import SchedulerConfig
-from .jobrun import JobRun
-from .tasks import Tasks
+from ... import protocol as p
+from ...core.ids import JobId, NodeId, SessionId
+from ...core.jobs import Job
+from ...observability.metrics import Metrics
+from ...state.base import JobEnd, JobRecord, StateStore
+from ..config import SchedulerConfig
+from ..jobs.jobrun import JobRun
+from ..tasks import Tasks
 
 
 class Relay(Protocol):

@@ -8,11 +8,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from .. import protocol as p
-from ..observability.metrics import Metrics
-from ..protocol import ErrorCode
-from .gate import TRY_AGAIN_LATER, Gate
-from .sessions import close_quietly
+from ... import protocol as p
+from ...observability.metrics import Metrics
+from ...protocol import ErrorCode
+from ..sessions.delivery import close_quietly
+from .admission import TRY_AGAIN_LATER, Gate
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:

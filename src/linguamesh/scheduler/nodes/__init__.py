@@ -1,0 +1,1 @@
+"""The node sockets held by this instance: register, heartbeat, gone, sweep, send."""
