@@ -109,8 +109,8 @@ async def test_cut_connection_resumes_and_shows_every_result_once(
         await page.wait_for_function(f"window.lm.closes === {i + 1}")
     await eventually(lambda: len(s.sched.jobs) >= 1, 5, "jobs to be running")
     session = s.sched.sessions[sid]  # type: ignore[index]
-    assert session.conn is not None
-    await session.conn.close(4003)  # cut the connection from the server side while jobs run
+    assert session.delivery.conn is not None
+    await session.delivery.conn.close(4003)  # cut the connection from the server side while jobs run
     await page.wait_for_selector("#conn[data-state=reconnecting]", timeout=int(5000 * SCALE))
     await page.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
     await page.wait_for_function("window.lm.results.length >= 3", timeout=20_000)

@@ -13,7 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
-from linguamesh.core.ordering import AlreadyDelivered
+from linguamesh.core.ordering import AlreadyDelivered, NotExpected
 from linguamesh.state.base import (
     Handover,
     JobEnd,
@@ -126,7 +126,7 @@ async def test_results_are_released_in_order(store: Any) -> None:
         await store.push_result(SID, "es", 3, res(3))
     with pytest.raises(AlreadyDelivered):
         await store.push_result(SID, "es", 0, res(0))
-    with pytest.raises(KeyError) as unknown:  # an index the ordering state never knew
+    with pytest.raises(NotExpected) as unknown:  # an index the ordering state never knew
         await store.push_result(SID, "es", 7, res(7))
     assert not isinstance(unknown.value, AlreadyDelivered)
     assert await store.last_seq(SID) == 3
@@ -147,9 +147,9 @@ async def test_a_result_push_ends_its_job_and_releases_its_slot(store: Any) -> N
     assert await store.reserve(n1, JobId("j1"), 1, 30)  # the slot is free again
     claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10)
     assert [c.job_id for c in claimed] == ["j1"]  # j0 ended: nothing to take over
-    # an index nobody expects: KeyError, yet the job ends and the events stay
+    # an index nobody expects: NotExpected, yet the job ends and the events stay
     await store.save_job(JobRecord(JobId("j9"), "A", "running", 1, "n1", deadline=time.time() - 1))
-    with pytest.raises(KeyError):
+    with pytest.raises(NotExpected):
         await store.append_and_push(SID, [ev(9)], "es", 9, res(9), JobEnd(JobId("j9"), "A"))
     assert [s for s, _ in await store.events_since(SID, 2)] == [3]
     left = await store.claim_expired_jobs("C", time.time(), live={"C"}, limit=10)

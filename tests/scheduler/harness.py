@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from linguamesh.scheduler.sessions.delivery import Session
+from linguamesh.scheduler.sessions.session import Session
 
 from linguamesh import protocol as p
 from linguamesh.scheduler.config import SchedulerConfig

@@ -1,4 +1,4 @@
-"""The scheduler's parts in-process: runner, dispatcher and desk, with fake sockets and
+"""The scheduler's parts in-process: runner, dispatcher and session table, with fake sockets and
 the memory store. The same code runs behind uvicorn in the integration tests."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from linguamesh import protocol as p
 from linguamesh.core.ids import JobId, NodeId
 from linguamesh.core.jobs import Job
 from linguamesh.core.nodes import NodeView
-from linguamesh.scheduler.cluster.remote import Env, NoRemote
+from linguamesh.scheduler.cluster.remote import NoRemote
 from linguamesh.scheduler.edge.credentials import NodeCredentials
 from linguamesh.scheduler.jobs.dispatch import Dispatcher, HandedOver, Reserved, Unavailable, Written
 from linguamesh.scheduler.jobs.jobrun import JobRun
@@ -69,7 +69,7 @@ async def test_runner_assign_ack_result_finish(make: Make) -> None:
     (ack,) = await nsock.wait("job_result_ack")
     assert ack == {"type": "job_result_ack", "job_id": job_id, "attempt_id": 1}
     assert job_id not in sched.runner.runs and job_id in sched.runner.finished
-    assert not s.active_jobs
+    assert not s.life.running
     await eventually(lambda: sched.store.nodes().get(NodeId("n1")).reserved == 0, 2, "slot released")  # type: ignore[union-attr]
 
     # a copy of the result is acked again and dropped
@@ -178,17 +178,16 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     # n1's socket is held by instance B (the remote says so); its slots are in the shared store
     await sched.store.register_node(NodeView(NodeId("n1"), capabilities(CAPS), 2), "B")
     remote = HandingOver()
-    env = Env(sched.config, sched.store, remote, sched.metrics, sched.tasks, sched.clock)
-    registry = Registry(env, NodeCredentials())
-    d = Dispatcher(env, sched.lifecycle.config, registry)
-    runner = Runner(env, sched.lifecycle, d, registry, sched.desk)
-    d.driver = runner
+    c, store, m, tasks, clock = sched.config, sched.store, sched.metrics, sched.tasks, sched.clock
+    registry = Registry(c, store, remote, m, tasks, clock, NodeCredentials())
+    d = Dispatcher(c, store, remote, m, clock, sched.lifecycle.config, registry)
+    runner = Runner(c, store, remote, m, tasks, clock, sched.lifecycle, d, registry, sched.table)
 
     def job(job_id: str, index: int, tgt: str) -> JobRun:
         audio = b"\0\0" * 1600
         j = Job(JobId(job_id), s.trace_id, s.session_id, index, "en", tgt, ("asr", "nmt", "tts"), audio,
                 "pcm16", 16000, 0.1, sched.clock())  # fmt: skip
-        s.active_jobs.add(j.job_id)
+        s.life.job_added(j.job_id)
         return JobRun(j, tts=True, partials=True)
 
     # the outcomes one by one: a reserved slot (the memory store has no inboxes, so the
@@ -209,7 +208,7 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     run = job("j1", 1, "es")
     await runner.start(run, lambda j: runner.lifecycle.created(j, runner.clock()))
     assert run.gone and not run.timers and "j1" not in runner.runs and "j1" not in d.waiting
-    assert "j1" in s.active_jobs and len(remote.handed) == 2
+    assert "j1" in s.life.running and len(remote.handed) == 2
     await asyncio.sleep(0.05 * SCALE)
     assert not csock.of("job_status")  # the new owner reports the job's status
 
@@ -228,10 +227,10 @@ async def test_dispatcher_outcomes_and_hand_over(make: Make) -> None:
     assert await sched.dispatcher.dispatch(other, NodeId("ghost"), 1) == Written(False)
 
 
-# ---------------------------------------------------------------------- desk
+# ---------------------------------------------------------------------- the session table
 
 
-async def test_desk_resume_replays_what_the_client_missed(make: Make) -> None:
+async def test_session_table_resume_replays_what_the_client_missed(make: Make) -> None:
     sched = await make()
     nc, nsock = await node(sched, "n1", slots=2)
     s, sock1 = await session(sched)
@@ -241,11 +240,11 @@ async def test_desk_resume_replays_what_the_client_missed(make: Make) -> None:
     await sock1.wait("translation_result")
     seen = sock1.frames[-1]["seq"]
     sched.connection_closed(s, sock1)  # the client drops; results keep coming
-    assert s.conn is None and s.linger_timer is not None
+    assert s.delivery.conn is None and s.linger_timer is not None
     await say(sched, s, 1)
     a1 = (await nsock.wait("job_assign", 2))[1]
     await sched.node_message(nc, ok_result(a1, "dos"))
-    await eventually(lambda: s.published >= seen + 2, 2, "events of utterance 1 in the history")
+    await eventually(lambda: s.delivery.published >= seen + 2, 2, "events of utterance 1 in the history")
 
     sock2 = FakeSocket()
     info = p.ResumeInfo(session_id=s.session_id, resume_token=s.resume_token, last_seq=seen)
@@ -265,7 +264,7 @@ async def test_desk_resume_replays_what_the_client_missed(make: Make) -> None:
     assert err.value.code is p.ErrorCode.UNAUTHORIZED
 
 
-async def test_desk_linger_expiry_cancels_jobs_and_frees_slots(make: Make) -> None:
+async def test_session_table_linger_expiry_cancels_jobs_and_frees_slots(make: Make) -> None:
     sched = await make(session_linger=0.1 * SCALE)
     nc, nsock = await node(sched, "n1")
     s, csock = await session(sched)
@@ -287,7 +286,7 @@ async def test_desk_linger_expiry_cancels_jobs_and_frees_slots(make: Make) -> No
     await nsock.wait("job_result_ack")
 
 
-async def test_desk_close_waits_for_running_jobs(make: Make) -> None:
+async def test_session_table_close_waits_for_running_jobs(make: Make) -> None:
     sched = await make()
     nc, nsock = await node(sched, "n1")
     s, csock = await session(sched)

@@ -150,13 +150,13 @@ def test_history_ack_drops_exactly_up_to_the_seq() -> None:
 
 
 def test_ordered_stream_initial_state_and_errors() -> None:
-    from linguamesh.core.ordering import DuplicateIndex, OrderedStream
+    from linguamesh.core.ordering import DuplicateIndex, NotExpected, OrderedStream
 
     stream: OrderedStream[str] = OrderedStream()
     assert stream.delivered_up_to == -1 and stream.pending == 0
     stream.expect(0)  # index 0 is not below any floor
     assert stream.pending == 1
-    with pytest.raises(KeyError, match="index 5 was not expected or already completed"):
+    with pytest.raises(NotExpected, match="index 5 was not expected or already completed"):
         stream.complete(5, "x")
     assert stream.complete(0, "a") == ["a"] and stream.delivered_up_to == 0
     with pytest.raises(DuplicateIndex) as dup:

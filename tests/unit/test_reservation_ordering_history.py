@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from linguamesh.core.history import EventHistory, ReplayGap
-from linguamesh.core.ordering import OrderedStream
+from linguamesh.core.ordering import NotExpected, OrderedStream
 from linguamesh.core.reservation import NodeSlots
 
 
@@ -47,7 +47,7 @@ def test_ordered_stream_rejects_double_completion() -> None:
     stream.expect(0)
     stream.expect(1)
     assert stream.complete(1, "b") == []
-    with pytest.raises(KeyError):
+    with pytest.raises(NotExpected):
         stream.complete(1, "b")
     assert stream.complete(0, "a") == ["a", "b"]
 
@@ -114,7 +114,7 @@ def test_a_released_result_completed_again_is_already_delivered_not_unknown() ->
     assert stream.complete(0, "a") == ["a"]
     with pytest.raises(ordering.AlreadyDelivered):
         stream.complete(0, "a again")  # a copy: dropped by the caller
-    with pytest.raises(KeyError) as unknown:
+    with pytest.raises(NotExpected) as unknown:
         stream.complete(5, "never expected")  # an index the stream never knew
     assert not isinstance(unknown.value, ordering.AlreadyDelivered)
     assert stream.complete(1, "b") == ["b"]

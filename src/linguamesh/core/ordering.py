@@ -23,9 +23,18 @@ class DuplicateIndex(Exception):
     pass
 
 
-class AlreadyDelivered(KeyError):
+class OrderError(Exception):
+    """A result the ordering state cannot take."""
+
+
+class AlreadyDelivered(OrderError):
     """A result for an index whose result was released already: a copy, to be dropped (not
-    to be confused with an index the ordering state never knew, a plain KeyError)."""
+    to be confused with :class:`NotExpected`)."""
+
+
+class NotExpected(OrderError):
+    """A result for an index the ordering state does not expect: it never knew it (the
+    state was lost, e.g. Redis restarted empty) or the result came already."""
 
 
 class OrderedStream(Generic[T]):
@@ -52,7 +61,7 @@ class OrderedStream(Generic[T]):
         if index in self._delivered or (index <= self._floor and index not in self._expected):
             raise AlreadyDelivered(f"index {index} was delivered already")
         if index not in self._expected or index in self._done:
-            raise KeyError(f"index {index} was not expected or already completed")
+            raise NotExpected(f"index {index} was not expected or already completed")
         self._done[index] = item
         ready: list[T] = []
         while self._waiting and self._waiting[0] in self._done:

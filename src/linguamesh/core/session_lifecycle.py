@@ -32,9 +32,10 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from .ids import JobId
 
 
 class SessionState(StrEnum):
@@ -96,7 +97,7 @@ class SessionLifecycle:
     #: the linger timer is armed
     lingering: bool = False
     #: the session's jobs not yet ended (a closing session waits for them)
-    running: set[Hashable] = field(default_factory=set)
+    running: set[JobId] = field(default_factory=set)
 
     # ------------------------------------------------------------------ views
 
@@ -155,10 +156,10 @@ class SessionLifecycle:
         self.state = SessionState.CLOSING
         return self._maybe_finish()
 
-    def job_added(self, job_id: Hashable) -> None:
+    def job_added(self, job_id: JobId) -> None:
         self.running.add(job_id)
 
-    def job_done(self, job_id: Hashable) -> list[SessionCommand]:
+    def job_done(self, job_id: JobId) -> list[SessionCommand]:
         """A job of the session ended (its result is on its way to the client)."""
         if job_id not in self.running:
             return []

@@ -7,7 +7,6 @@ take a job over (audio included), and the way back from such a record.
 from __future__ import annotations
 
 import base64
-import hmac
 from typing import Any
 
 from .. import protocol as p
@@ -15,7 +14,7 @@ from ..core.ids import JobId, NodeId, SessionId, TraceId
 from ..core.jobs import Job, JobState
 from ..core.nodes import NodeCapabilities
 from ..state.base import JobRecord, SessionRecord
-from .sessions.delivery import Session, SessionSettings
+from .sessions.session import Session, SessionSettings
 
 _STATES = {s.value: s for s in JobState}
 
@@ -127,7 +126,7 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "end_of_speech_ms": st.end_of_speech_ms,
         },
         owner=owner,
-        max_index=session.max_index,
+        max_index=session.utterances.max_index,
     )
 
 
@@ -152,11 +151,6 @@ def capabilities(c: p.Capabilities) -> NodeCapabilities:
         nmt=frozenset((a, b) for a, b in c.nmt_pairs),
         tts=frozenset(c.tts_languages),
     )
-
-
-def same_token(a: str, b: str) -> bool:
-    """Compare secrets in constant time."""
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def limits(max_message_bytes: int, max_utterance_seconds: float) -> p.Limits:

@@ -1,23 +1,27 @@
 """The scheduler service: builds its parts, starts and stops them, and is the entry
 point the socket handlers and the HTTP API call.
 
-The parts (``docs/architecture.md`` shows how one job flows through them):
+The parts (``docs/architecture.md`` shows how an utterance flows through them):
 
-* :class:`~.registry.Registry` — node sockets: register, heartbeat, gone, sweep, send;
-* :class:`~.dispatch.Dispatcher` — the waiting queue, selection + reservation,
+* :class:`~.nodes.registry.Registry` — node sockets: register, heartbeat, gone, send;
+* :class:`~.jobs.dispatch.Dispatcher` — the waiting queue, selection + reservation,
   assign or hand-over;
-* :class:`~.runner.Runner` — the only caller of the lifecycle: jobs in flight,
-  per-job locks, commands, timers, the end of a job;
-* :class:`~.desk.Desk` — client sessions: open, resume, linger, close, events;
-* :class:`~.intake.Intake` — utterances and audio chunks become jobs;
-* the remote — :class:`~.ports.NoRemote` for one instance, :class:`~.bridge.Bridge`
-  when instances share Redis.
+* :class:`~.jobs.runner.Runner` — the only caller of the job lifecycle: jobs in flight,
+  per-job locks, commands, timers, the end of a job, retrying the waiting jobs;
+* :class:`~.sessions.table.SessionTable` — client sessions: open, resume, linger,
+  close, events (each session's delivery is its pump);
+* :class:`~.sessions.intake.Intake` — utterances become jobs;
+* :class:`~.sessions.stream.UtteranceStream` — streamed ``audio_chunk``s become utterances;
+* the remote — :class:`~.cluster.remote.NoRemote` for one instance,
+  :class:`~.cluster.bridge.Bridge` when instances share Redis;
+* :class:`~.shutdown.Shutdown` — the drain on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .. import protocol as p
@@ -29,8 +33,8 @@ from ..observability.metrics import Metrics, model_stat_rows, register_model_met
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
 from ..state.redis import RedisStateStore
-from .cluster.bridge import Bridge
-from .cluster.remote import Env, NoRemote, Remote
+from .cluster.bridge import Bridge, Parts
+from .cluster.remote import NoRemote, Remote
 from .config import SchedulerConfig
 from .edge.admission import Gate
 from .edge.credentials import NodeCredentials
@@ -38,11 +42,13 @@ from .jobs.dispatch import Dispatcher
 from .jobs.runner import Runner
 from .nodes.registry import NodeConn, Registry
 from .records import limits
-from .sessions.delivery import Session, Transport
 from .sessions.intake import Intake
-from .sessions.table import Desk
-from .shutdown import Drain
+from .sessions.session import Session
+from .sessions.stream import UtteranceStream
+from .sessions.table import SessionTable
+from .shutdown import Shutdown
 from .tasks import Tasks
+from .transport import Transport, close_quietly
 
 #: /readyz answers within this (a stalled state store makes it 503, not a hung request)
 READY_DEADLINE = 1.0
@@ -53,6 +59,10 @@ __all__ = ["NodeConn", "Scheduler"]
 
 
 class Scheduler:
+    """The parts are made here in the order they depend on each other; each takes what it
+    uses as constructor arguments. What a part reports (a node gone, capacity, the end of
+    a streamed utterance's speech) comes back here as a return value and is routed on."""
+
     def __init__(self, config: SchedulerConfig, store: StateStore) -> None:
         self.config = config
         self.store = store
@@ -64,21 +74,17 @@ class Scheduler:
         self.lifecycle = Lifecycle(config.lifecycle())
         self.bridge = Bridge(config, store, self.tasks) if isinstance(store, RedisStateStore) else None
         remote: Remote = self.bridge if self.bridge is not None else NoRemote()
-        env = Env(config, store, remote, self.metrics, self.tasks, self.clock)
-        self.registry = Registry(env, NodeCredentials.load(config.node_token, config.node_tokens))
-        self.dispatcher = Dispatcher(env, self.lifecycle.config, self.registry)
-        self.desk = Desk(env, self.init_ack)
-        self.runner = Runner(env, self.lifecycle, self.dispatcher, self.registry, self.desk)
-        self.intake = Intake(env, self.runner, self.desk.sessions)
-        self.runner.on_speech_end = self.intake.speech_end
-        # the late bindings, each to a port: no part imports one that depends on it
-        self.dispatcher.driver = self.runner
-        self.desk.jobs = self.runner
-        self.registry.on_lost = self.node_gone
-        self.registry.on_capacity = self.dispatcher.kick
-        if self.bridge is not None:
-            self.bridge.attach(self.registry, self.dispatcher, self.runner, self.desk)
-        self.draining = Drain(config, self.gate, self.registry, self.runner, self.desk, self.bridge)
+        m, tasks, clock = self.metrics, self.tasks, self.clock
+        credentials = NodeCredentials.load(config.node_token, config.node_tokens)
+        self.registry = Registry(config, store, remote, m, tasks, clock, credentials)
+        self.dispatcher = Dispatcher(config, store, remote, m, clock, self.lifecycle.config, self.registry)
+        self.table = SessionTable(config, store, remote, m, tasks, clock, self.init_ack, self._cancel_jobs)
+        self.runner = Runner(
+            config, store, remote, m, tasks, clock, self.lifecycle, self.dispatcher, self.registry, self.table
+        )
+        self.intake = Intake(config, store, m, clock, self.runner, self.table.sessions)
+        self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick)
+        self.shutdown = Shutdown(config, self.gate, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
         self._register_gauges()
 
@@ -86,7 +92,7 @@ class Scheduler:
 
     @property
     def sessions(self) -> dict[SessionId, Session]:
-        return self.desk.sessions
+        return self.table.sessions
 
     @property
     def nodes(self) -> dict[NodeId, NodeConn]:
@@ -106,8 +112,11 @@ class Scheduler:
             "sessions",
             "Sessions on this instance, by whether a client socket is attached",
             lambda: [
-                ({"connected": "true"}, sum(1 for x in self.sessions.values() if x.conn is not None)),
-                ({"connected": "false"}, sum(1 for x in self.sessions.values() if x.conn is None)),
+                (
+                    {"connected": "true"},
+                    sum(1 for x in self.sessions.values() if x.delivery.conn is not None),
+                ),
+                ({"connected": "false"}, sum(1 for x in self.sessions.values() if x.delivery.conn is None)),
             ],
         )
         m.gauge(
@@ -176,17 +185,19 @@ class Scheduler:
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
         if self.bridge is not None:
-            await self.bridge.start()
+            await self.bridge.start(Parts(self.registry, self.runner, self.table))
 
     async def stop(self) -> None:
-        """Stop timers and tasks. Idempotent. The state store's connections are closed
+        """Stop, in the reverse order of :meth:`start`, every step bounded: the cluster (its
+        relays get 2 s to write what they hold), the jobs' timers, the sessions' deliveries,
+        then every task and timer left. Idempotent. The state store's connections are closed
         whatever happens before (a stop cancelled half way must not leak them)."""
         try:
             if self.bridge is not None:
                 await self.bridge.stop()
             for run in self.runner.runs.values():
                 run.disarm()
-            await self.desk.stop()
+            await self.table.stop()
             await self.tasks.stop()
         finally:
             await self.store.close()
@@ -194,8 +205,14 @@ class Scheduler:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(self.config.heartbeat_interval, 1.0))
-            await self.dispatcher.drain()  # e.g. after the state store came back
-            await self.registry.sweep()
+            await self.runner.retry_waiting()  # e.g. after the state store came back
+            for nc in self.registry.silent():
+                await self.node_gone(nc, "heartbeat lost")
+                await close_quietly(nc.transport, 4002, "heartbeat lost")
+
+    async def _cancel_jobs(self, job_ids: Iterable[JobId], reason: str) -> None:
+        """A session was forgotten: its running jobs are cancelled."""
+        await self.runner.cancel(job_ids, reason)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         self.metrics.inc(name, n, **labels)
@@ -206,10 +223,10 @@ class Scheduler:
     # ------------------------------------------------------------------ /ws/session
 
     async def open_session(self, init: p.SessionInit, conn: Transport) -> Session:
-        return await self.desk.open(init, conn)
+        return await self.table.open(init, conn)
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
-        return await self.desk.resume(info, conn)
+        return await self.table.resume(info, conn)
 
     def init_ack(self, session: Session, replayed: int) -> bytes:
         return p.encode(
@@ -229,10 +246,10 @@ class Scheduler:
 
     async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
         self._refuse_when_draining(None)
-        await self.intake.audio_chunk(session, msg)
+        await self.stream.audio_chunk(session, msg)
 
     def _refuse_when_draining(self, ref: str | None) -> None:
-        if self.draining.active:
+        if self.shutdown.active:
             raise ProtocolError(
                 ErrorCode.DRAINING,
                 "the scheduler is shutting down: send it again after reconnecting",
@@ -240,28 +257,36 @@ class Scheduler:
             )
 
     async def ack_events(self, session: Session, seq: int) -> None:
-        await self.desk.ack_events(session, seq)
+        await self.table.ack_events(session, seq)
 
     async def close_session(self, session: Session, conn: Transport) -> None:
-        await self.desk.close(session)
+        await self.table.close(session)
 
     def connection_closed(self, session: Session, conn: Transport) -> None:
-        self.desk.connection_closed(session, conn)
+        self.table.connection_closed(session, conn)
 
     # ------------------------------------------------------------------ /ws/node
 
     async def register_node(self, msg: p.NodeRegister, conn: Transport) -> NodeConn:
-        return await self.registry.register(msg, conn, self.limits())
+        old = self.registry.admit(msg)
+        if old is not None:  # the node's own token replaces its first connection
+            await self.node_gone(old, "replaced by a new connection")
+            await close_quietly(old.transport, 4001, "replaced by a new connection")
+        nc = await self.registry.add(msg, conn, self.limits())
+        self.runner.kick()
+        return nc
 
     async def node_message(self, nc: NodeConn, msg: p.NodeMessage, frame: str = "") -> None:
         nc.last_seen = self.clock()
         if isinstance(msg, p.NodeHeartbeat):
             await self.registry.heartbeat(nc, msg)
-            await self.dispatcher.drain()
+            await self.runner.retry_waiting()
             return
         if isinstance(msg, p.NodeRegister):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "node is already registered")
-        await self.runner.node_message(nc.node_id, msg, frame)
+        ended = await self.runner.node_message(nc.node_id, msg, frame)
+        if ended is not None:  # a streamed utterance's speech ended: its stream closes it
+            await self.stream.speech_end(ended.run, ended.size)
 
     async def node_gone(self, nc: NodeConn, why: str) -> None:
         """The node's socket is gone (closed, replaced, or silent): its jobs fail over."""
@@ -277,8 +302,8 @@ class Scheduler:
     # ------------------------------------------------------------------ queries
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """SIGTERM: stop taking work, let what runs deliver, send everyone away (``drain.py``)."""
-        return await self.draining.run(timeout)
+        """SIGTERM: stop taking work, let what runs deliver, send everyone away (``shutdown.py``)."""
+        return await self.shutdown.run(timeout)
 
     def degraded(self) -> list[str]:
         """What keeps the scheduler from serving while it still takes sessions (it stays ready:
@@ -293,7 +318,7 @@ class Scheduler:
 
     async def readiness_problems(self) -> list[str]:
         problems = []
-        if self.draining.active:
+        if self.shutdown.active:
             problems.append("draining: shutting down")
         if self._sweeper is None or self._sweeper.done():
             problems.append("scheduler loop is not running")

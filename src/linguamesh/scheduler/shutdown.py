@@ -25,27 +25,27 @@ from .config import SchedulerConfig
 from .edge.admission import SERVICE_RESTART, Gate
 from .jobs.runner import Runner
 from .nodes.registry import Registry
-from .sessions.delivery import close_quietly
-from .sessions.table import Desk
+from .sessions.table import SessionTable
+from .transport import close_quietly
 
 log = get_logger("linguamesh.scheduler")
 
 
-class Drain:
+class Shutdown:
     def __init__(
         self,
         config: SchedulerConfig,
         gate: Gate,
         registry: Registry,
         runner: Runner,
-        desk: Desk,
+        table: SessionTable,
         bridge: Bridge | None,
     ) -> None:
         self.config = config
         self.gate = gate
         self.registry = registry
         self.runner = runner
-        self.desk = desk
+        self.table = table
         self.bridge = bridge
         self.started: float | None = None
 
@@ -68,7 +68,7 @@ class Drain:
         log.warning(
             "scheduler.draining",
             jobs=len(self.runner.runs),
-            sessions=len(self.desk.sessions),
+            sessions=len(self.table.sessions),
             nodes=len(self.registry.nodes),
             timeout_s=limit,
         )
@@ -89,12 +89,12 @@ class Drain:
 
     async def _send_clients_away(self) -> None:
         hint = p.encode_str(self.hint())
-        for session in list(self.desk.sessions.values()):
-            conn = session.conn
+        for session in list(self.table.sessions.values()):
+            conn = session.delivery.conn
             if conn is None:
                 continue
-            await session.drain()  # what is queued for the client goes first
-            session.detach(conn)
+            await session.delivery.flush()  # what is queued for the client goes first
+            session.delivery.detach(conn)
             try:
                 async with asyncio.timeout(2.0):
                     await conn.send_text(hint)
@@ -107,14 +107,14 @@ class Drain:
         while time.monotonic() < end:
             if not self.runner.runs:
                 remaining = max(0.1, end - time.monotonic())
-                for session in list(self.desk.sessions.values()):  # results into the histories
+                for session in list(self.table.sessions.values()):  # results into the histories
                     try:
-                        await asyncio.wait_for(session.drain(), remaining)
+                        await asyncio.wait_for(session.delivery.flush(), remaining)
                     except TimeoutError:
                         return False
                 if self.bridge is not None:
                     for relay in list(self.bridge.relays.values()):
-                        await relay.drained(timeout=max(0.1, end - time.monotonic()))
+                        await relay.flushed(timeout=max(0.1, end - time.monotonic()))
                 return True
             await asyncio.sleep(0.05)
         return False

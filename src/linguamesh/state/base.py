@@ -225,7 +225,7 @@ class StateStore(Protocol):
         notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
         """Record a finished result; append and return every result now deliverable, in order.
-        With ``end``, :meth:`finish_job` first, in the same step. Raises KeyError when
+        With ``end``, :meth:`finish_job` first, in the same step. Raises NotExpected when
         ``index`` is not expected (the ordering state was lost); ``end`` still applies."""
         ...
 
@@ -240,7 +240,7 @@ class StateStore(Protocol):
         notify: Notify | None = None,
     ) -> list[tuple[int, bytes]]:
         """:meth:`append_events` then :meth:`push_result`, in one round trip; returns both
-        lists of events together, in seq order. On KeyError the events stay appended."""
+        lists of events together, in seq order. On NotExpected the events stay appended."""
         ...
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..core.history import EventHistory
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
-from ..core.ordering import OrderedStream
+from ..core.ordering import NotExpected, OrderedStream
 from ..core.reservation import NodeSlots
 from ..protocol import with_seq
 from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
@@ -295,7 +295,7 @@ class MemoryStateStore:
             await self.finish_job(end.job_id, end.owner, end.release)
         stream = self.streams.get((session_id, tgt_lang))
         if stream is None:
-            raise KeyError(f"index {index} was not expected or already completed")
+            raise NotExpected(f"index {index} was not expected or already completed")
         ready = stream.complete(index, payload)
         return await self.append_events(session_id, ready)
 

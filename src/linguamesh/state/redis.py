@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..core.history import ReplayGap
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
-from ..core.ordering import AlreadyDelivered
+from ..core.ordering import AlreadyDelivered, NotExpected
 from . import redis_keys as K
 from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
 from .memory import MemoryNodeIndex
@@ -405,7 +405,7 @@ class RedisStateStore(RedisLink):
         if flat[0] == 2:  # a copy of a result released before: the appended events stand
             raise AlreadyDelivered(f"index {index} was delivered already")
         if not flat[0]:  # the appended events stand; the caller re-sends the result
-            raise KeyError(f"index {index} was not expected or already completed")
+            raise NotExpected(f"index {index} was not expected or already completed")
         return self._pairs(flat[3:])
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:

@@ -1,12 +1,14 @@
 """The bridge: this instance's side of a cluster of instances on Redis.
 
-It implements two ports: :class:`~linguamesh.scheduler.ports.Remote` (what the
-parts ask of other instances: route to a node held elsewhere, hand a job over,
-relay a session's events into its history) and
-:class:`~linguamesh.scheduler.ports.InboxHandler` (what other instances ask of
-this one through its inbox: adopt a job, write to a node, a session moved, a node
-changed, a dead instance's job to take over, Redis restarted empty). The inbox,
-liveness and the sweeper are :class:`~linguamesh.scheduler.cluster.Cluster`'s.
+It has two sides. It is the :class:`~linguamesh.scheduler.cluster.remote.Remote` the
+parts call (route to a node held elsewhere, hand a job over, relay a session's events
+into its history), and it carries out on the parts what other instances ask of this
+one through its inbox (adopt a job, write to a node, a session moved, a node changed,
+a dead instance's job to take over, Redis restarted empty). The parts need the remote
+when they are made, and the bridge acts on the parts: the service makes the bridge
+first and hands it the parts when it starts it (:meth:`Bridge.start`), before which
+no inbox is read. The inbox, liveness and the sweeper are
+:class:`~linguamesh.scheduler.cluster.membership.Cluster`'s.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from ...observability.logging import get_logger
 from ...state.base import DependencyDown, JobRecord, Notify
 from ...state.redis import RedisStateStore
 from ..config import SchedulerConfig
-from ..jobs.dispatch import Dispatcher
 from ..jobs.jobrun import JobRun
 from ..jobs.runner import Runner
 from ..nodes.registry import Registry
 from ..records import job_fields, job_from_data, job_from_record, job_record
-from ..sessions.table import Desk
+from ..sessions.table import SessionTable
 from ..tasks import Tasks
 from .membership import Cluster
 from .relay import SessionRelay
@@ -47,9 +48,8 @@ class Parts(NamedTuple):
     """This instance's parts, which the bridge acts on for other instances."""
 
     registry: Registry
-    dispatcher: Dispatcher
     runner: Runner
-    desk: Desk
+    table: SessionTable
 
 
 class Bridge:
@@ -68,20 +68,19 @@ class Bridge:
         #: owner, round)
         self._awaiting: dict[str, tuple[NodeId, str, str, int]] = {}
 
-    def attach(self, registry: Registry, dispatcher: Dispatcher, runner: Runner, desk: Desk) -> None:
-        self._parts = Parts(registry, dispatcher, runner, desk)
-
     @property
     def parts(self) -> Parts:
-        assert self._parts is not None, "Bridge.attach() was not called"
+        assert self._parts is not None, "the bridge acts on the parts once started"
         return self._parts
 
-    async def start(self) -> None:
+    async def start(self, parts: Parts) -> None:
+        """Join the cluster; from now on other instances' messages act on ``parts``."""
+        self._parts = parts
         await self.cluster.start()
 
     async def stop(self) -> None:
         # finished results go into their histories first: every relay at once, 2 s in all
-        await asyncio.gather(*(relay.drained(timeout=2.0) for relay in list(self.relays.values())))
+        await asyncio.gather(*(relay.flushed(timeout=2.0) for relay in list(self.relays.values())))
         for relay in list(self.relays.values()):  # what could not be written by now is given up
             relay.stop()
         await self.cluster.stop()
@@ -151,8 +150,9 @@ class Bridge:
         about the job within RESULT_WATCH (an ack), it is asked again — or, once it is no
         longer live, the job is claimed here and the result used (nothing is redone)."""
         self._awaiting[job_id] = (node_id, frame, owner, tries)
-        loop = asyncio.get_running_loop()
-        loop.call_later(RESULT_WATCH, lambda: self.tasks.spawn(self._recheck(job_id, tries), "result-watch"))
+        self.tasks.call_later(
+            RESULT_WATCH, lambda: self.tasks.spawn(self._recheck(job_id, tries), "result-watch")
+        )
 
     async def _recheck(self, job_id: str, tries: int) -> None:
         entry = self._awaiting.get(job_id)
@@ -193,7 +193,7 @@ class Bridge:
 
     async def _remote_holder(self, session_id: SessionId) -> str | None:
         """The live instance other than this one that holds the session, if any."""
-        if session_id in self.parts.desk.sessions:
+        if session_id in self.parts.table.sessions:
             return None
         owner = await self.cluster.session_holder(session_id)
         if owner is None or owner == self.me or not await self.cluster.is_live(owner):
@@ -211,15 +211,15 @@ class Bridge:
     async def _relayed(self, session_id: SessionId, events: list[tuple[int, bytes]]) -> None:
         """A relay put events into a session's history and the store did not announce
         them: deliver them here, or tell whoever holds the session now."""
-        session = self.parts.desk.sessions.get(session_id)
+        session = self.parts.table.sessions.get(session_id)
         if session is not None:  # it moved here meanwhile
-            session.deliver(events, events[-1][0])
+            session.delivery.deliver(events, events[-1][0])
             return
         owner = await self._remote_holder(session_id)
         if owner is not None:
             self.cluster.notify_session(owner, session_id, events)
 
-    # ------------------------------------------------------------------ InboxHandler
+    # ------------------------------------------------------------------ what other instances ask
 
     async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
         """Another instance handed us a job for a node we hold: dispatch and run it here."""
@@ -251,24 +251,24 @@ class Bridge:
         await self.parts.runner.node_message(node_id, msg, frame, routed=True)
 
     async def session_moved_away(self, session_id: SessionId, new_owner: str) -> None:
-        """Tell the new holder how far the history goes once the desk let the session go."""
-        last = await self.parts.desk.moved_away(session_id, new_owner)
+        """Tell the new holder how far the history goes once the table let the session go."""
+        last = await self.parts.table.moved_away(session_id, new_owner)
         if last is not None:
             self.cluster.notify_session(new_owner, session_id, [], up_to=last)
 
     def deliver(self, session_id: SessionId, events: list[tuple[int, bytes]], seq: int) -> None:
-        session = self.parts.desk.sessions.get(session_id)
+        session = self.parts.table.sessions.get(session_id)
         if session is not None:
-            session.deliver(events, seq)
+            session.delivery.deliver(events, seq)
 
     def hold(self, session_id: SessionId, held: list[tuple[str, int, bytes]]) -> None:
-        session = self.parts.desk.sessions.get(session_id)
+        session = self.parts.table.sessions.get(session_id)
         if session is not None:
             for tgt, index, payload in held:
-                session.hold(tgt, index, payload)
+                session.delivery.hold(tgt, index, payload)
 
     async def capacity_changed(self) -> None:
-        await self.parts.dispatcher.drain()
+        await self.parts.runner.retry_waiting()
 
     async def redis_recovered(self) -> None:
         await self.capacity_changed()
@@ -282,14 +282,14 @@ class Bridge:
 
     async def adopt_job(self, rec: JobRecord, *, expired: bool) -> None:
         """Take over a job of a dead instance and carry on with it here."""
-        runner, desk = self.parts.runner, self.parts.desk
+        runner, table = self.parts.runner, self.parts.table
         if JobId(rec.job_id) in runner.runs or not rec.data:
             return
         job, tts, partials = job_from_record(rec, runner.clock())
-        session = desk.sessions.get(job.session_id)
+        session = table.sessions.get(job.session_id)
         first = True if session is None else job.tgt_lang == session.settings.tgt_langs[0]
         if session is not None:
-            session.active_jobs.add(job.job_id)
+            session.life.job_added(job.job_id)
         node = NodeId(job.node_id) if job.node_id else None
         view = self.store.nodes().get(node) if node is not None else None
         reoffer = expired and job.state in IN_FLIGHT and view is not None and view.online
@@ -306,7 +306,7 @@ class Bridge:
     async def restore_shared_state(self) -> None:
         """Redis came back empty: write back what this instance holds (its nodes, its jobs'
         records, its sessions with their event numbering and ordering state)."""
-        registry, runner, desk = self.parts.registry, self.parts.runner, self.parts.desk
+        registry, runner, table = self.parts.registry, self.parts.runner, self.parts.table
         store = self.store
         for nc in list(registry.nodes.values()):
             view = store.nodes().get(nc.node_id)
@@ -319,12 +319,12 @@ class Bridge:
             )
             await store.expect_result(job.session_id, job.tgt_lang, job.utterance_index)
         # after the jobs: a held result behind a job running here waits for it again
-        for session in list(desk.sessions.values()):
-            await desk.restore(session)
+        for session in list(table.sessions.values()):
+            await table.restore(session)
         log.warning(
             "cluster.state_restored",
             nodes=len(registry.nodes),
-            sessions=len(desk.sessions),
+            sessions=len(table.sessions),
             jobs=len(runner.runs),
         )
-        await self.parts.dispatcher.drain()  # jobs that waited for a node Redis had forgotten
+        await self.parts.runner.retry_waiting()  # jobs that waited for a node Redis had forgotten

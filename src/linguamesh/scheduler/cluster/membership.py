@@ -14,8 +14,8 @@ entry (one XADD). Two kinds are also written by the store's Lua scripts, in the
 same step as the change they report: ``adopt`` by the reservation (the entry built
 here by :meth:`Cluster.adopt_entry`) and ``session`` by the history appends.
 
-What arrives is handed to an :class:`~linguamesh.scheduler.ports.InboxHandler`
-(the bridge); this module knows nothing else of the scheduler.
+What arrives is handed to the bridge (``bridge.py``); this module knows nothing else
+of the scheduler.
 
 Background loops: instance heartbeat (a key with a TTL), the live-instance
 set, node registry sync into the local mirror, the inbox reader, and the
@@ -29,7 +29,7 @@ import contextvars
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -39,7 +39,9 @@ from ...protocol import inbox as ib
 from ...state.base import DependencyDown
 from ...state.redis import RedisStateStore
 from ..tasks import stop_if_cancelled
-from .remote import InboxHandler
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
 
 log = get_logger("linguamesh.scheduler.cluster")
 
@@ -55,7 +57,7 @@ UNPLACED_SCAN = 10_000
 
 
 class Cluster:
-    def __init__(self, handler: InboxHandler, store: RedisStateStore, instance_id: str) -> None:
+    def __init__(self, handler: Bridge, store: RedisStateStore, instance_id: str) -> None:
         self.handler = handler
         self.store = store
         self.me = instance_id

@@ -17,7 +17,8 @@ from ...core.ids import SessionId
 from ...observability.logging import get_logger
 from ...protocol import encode
 from ...state.base import DependencyDown, JobEnd, Notify, StateStore
-from ..sessions.delivery import Append, ResultItem, store_batch, until_available
+from ..retry import until_available
+from ..sessions.delivery import Append, Mailbox, ResultItem, store_batch
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -49,11 +50,11 @@ class SessionRelay:
         self._notify = notify
         self._notice = notice
         self._on_idle = on_idle
-        self._queue: asyncio.Queue[Append | ResultItem] = asyncio.Queue()
+        self._queue: Mailbox[Append | ResultItem] = Mailbox()
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, msg: msgspec.Struct) -> None:
-        self._queue.put_nowait(Append([encode(msg)]))
+        self._queue.put(Append([encode(msg)]))
         self._wake()
 
     def emit_result(
@@ -64,10 +65,10 @@ class SessionRelay:
         end: JobEnd | None,
         on_end: Callable[[], None] | None,
     ) -> None:
-        self._queue.put_nowait(ResultItem(tgt_lang, index, encode(msg), end, on_end))
+        self._queue.put(ResultItem(tgt_lang, index, encode(msg), end, on_end))
         self._wake()
 
-    async def drained(self, timeout: float) -> None:
+    async def flushed(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until what was queued is in the history."""
         if self._task is not None:
             await asyncio.wait([self._task], timeout=timeout)
@@ -87,7 +88,7 @@ class SessionRelay:
     def stop(self) -> None:
         """The process stops: the relay's task is cancelled (what it holds is logged as lost)."""
         if self._task is not None:
-            log.warning("relay.stopped", session_id=self.session_id, queued=self._queue.qsize())
+            log.warning("relay.stopped", session_id=self.session_id, queued=len(self._queue.items))
             self._task.cancel()
 
     def _wake(self) -> None:
@@ -100,11 +101,11 @@ class SessionRelay:
     async def _run(self) -> None:
         sid = self.session_id
         try:
-            while not self._queue.empty():
+            while self._queue.items:
                 # every store step is retried through an outage: what a job produced is not
                 # dropped while the session may still exist (its holder restores it)
                 notice = await until_available(self._lookup, session_id=sid)
-                item = self._queue.get_nowait()
+                item = self._queue.items.popleft()
                 try:
                     events = await store_batch(
                         self.store, sid, item, self._queue, notify=notice, give_up=RELAY_GIVE_UP
@@ -116,5 +117,5 @@ class SessionRelay:
                     await until_available(self._notify, sid, events, session_id=sid)
         finally:
             self._task = None
-            if self._queue.empty():
+            if not self._queue.items:
                 self._on_idle(self)

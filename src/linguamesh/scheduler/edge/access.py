@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import is_loopback
-from ..records import same_token
+from ..tokens import same_token
 
 Handler = Callable[[Request], Awaitable[Response]]
 

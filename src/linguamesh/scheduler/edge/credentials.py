@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from ...protocol import ErrorCode, ProtocolError
-from ..records import same_token
+from ..tokens import same_token
 
 
 class Proof(Enum):

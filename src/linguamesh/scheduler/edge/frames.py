@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import msgspec
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected, WebSocketState
 
 from ... import protocol as p
 from ...observability.metrics import Metrics
 from ...protocol import ErrorCode
-from ..sessions.delivery import close_quietly
+from ..transport import close_quietly
 from .admission import TRY_AGAIN_LATER, Gate
 
 
@@ -20,11 +20,17 @@ async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
     frame gets a ``bad_message`` error and the connection stays open."""
     try:
         while True:
-            try:
-                yield await ws.receive_text()
-            except KeyError:  # a binary frame
+            if ws.application_state != WebSocketState.CONNECTED:
+                return  # we closed the socket (session moved, node replaced)
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+            text = message.get("text")
+            if text is None:  # a binary frame
                 err = p.Error(code=ErrorCode.BAD_MESSAGE.value, message="frames must be text (JSON)")
                 await send_quietly(ws, err)
+                continue
+            yield text
     except WebSocketDisconnect as exc:  # the peer left: how, for the log (a clean close or a loss)
         ws.state.close_code = exc.code
         return

@@ -32,10 +32,10 @@ from ... import protocol as p
 from ...core.history import ReplayGap
 from ...core.ids import SessionId
 from ...observability.metrics import COUNTERS
-from ..records import same_token
 from ..service import Scheduler
-from ..sessions.delivery import Session
+from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
+from ..tokens import same_token
 from .access import bearer, error, operator_only
 from .api import nodes_data, pools_data
 
@@ -50,7 +50,7 @@ def _sched(request: Request) -> Scheduler:
 def _viewer_session(request: Request) -> Session | JSONResponse:
     s = _sched(request)
     session = s.sessions.get(SessionId(request.path_params["session_id"]))
-    if session is None or session.closed:
+    if session is None or session.life.gone:
         return error(404, "session_not_found", "no such session (or it has expired)")
     token = request.query_params.get("token") or bearer(request) or ""
     if not same_token(token, session.view_token):
@@ -121,8 +121,12 @@ async def room(request: Request) -> Response:
     """``GET /api/v1/rooms/{room}`` — the session a room's viewer link shows now, with its
     view token (the room id in the link is the viewer's capability, as the token is)."""
     s = _sched(request)
-    found = s.desk.rooms.get(request.path_params["room"])
-    if found is None or found.session_id not in s.sessions or s.sessions[SessionId(found.session_id)].closed:
+    found = s.table.rooms.get(request.path_params["room"])
+    if (
+        found is None
+        or found.session_id not in s.sessions
+        or s.sessions[SessionId(found.session_id)].life.gone
+    ):
         return error(404, "session_not_found", "no session shows in this room now; it may start again soon")
     return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
 
@@ -137,7 +141,7 @@ async def stream(request: Request) -> Response:
     types = _types(request)
     store = _sched(request).store
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    session.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
+    session.delivery.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
     try:
         replay = await store.events_since(session.session_id, last)
     except ReplayGap:
@@ -168,7 +172,7 @@ async def stream(request: Request) -> Response:
                 if types is None or p.event_type(data) in types:
                     yield frame(seq, data)
         finally:
-            session.subscribers.discard(queue)
+            session.delivery.subscribers.discard(queue)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

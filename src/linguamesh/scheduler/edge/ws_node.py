@@ -17,7 +17,7 @@ from ...protocol import ErrorCode, ProtocolError
 from ...state.base import DependencyDown
 from ..nodes.registry import NodeConn
 from ..service import Scheduler
-from ..sessions.delivery import close_quietly
+from ..transport import close_quietly
 from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER
 from .frames import admit, handshake_frames, peer_of, send_quietly
 

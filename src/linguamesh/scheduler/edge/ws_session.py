@@ -16,7 +16,8 @@ from ...observability.logging import bound, get_logger
 from ...protocol import ErrorCode, ProtocolError
 from ...state.base import DependencyDown
 from ..service import Scheduler
-from ..sessions.delivery import Session, close_quietly
+from ..sessions.session import Session
+from ..transport import close_quietly
 from .admission import POLICY_VIOLATION, origin_allowed
 from .frames import admit, handshake_frames, peer_of, send_quietly
 
@@ -123,7 +124,7 @@ async def _send_error(ws: WebSocket, session: Session | None, exc: ProtocolError
     err = p.Error(code=exc.code.value, message=exc.message, ref=exc.ref)
     # ``draining`` is about this connection, not the session: written to the socket, never put
     # into the history (a resume elsewhere must not replay a refusal the client re-sent since)
-    if session is not None and session.conn is ws and exc.code is not ErrorCode.DRAINING:
-        session.emit(err)
+    if session is not None and session.delivery.conn is ws and exc.code is not ErrorCode.DRAINING:
+        session.delivery.emit(err)
     else:
         await send_quietly(ws, err)

@@ -8,7 +8,8 @@ the lifecycle. Outcomes:
 * :class:`HandedOver` — the node is held by instance ``holder``, which owns and
   runs the job from now on;
 * :class:`Unavailable` — no node could take it (``reason``); the job waits in
-  the queue and is tried again when capacity appears;
+  the queue and is tried again when capacity appears (the runner retries the waiting
+  jobs, in :meth:`Dispatcher.fair_order`);
 * :class:`Written` — the ``job_assign`` write finished (``ok``) or failed.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +29,10 @@ from ...core.lifecycle import LifecycleConfig
 from ...core.selection import SELECTORS, Request
 from ...core.stages import requirements
 from ...observability.logging import get_logger
-from ...state.base import DependencyDown, Handover, JobRecord
-from ..cluster.remote import Driver, Env
+from ...observability.metrics import Metrics
+from ...state.base import DependencyDown, Handover, JobRecord, StateStore
+from ..cluster.remote import Remote
+from ..config import SchedulerConfig
 from ..nodes.registry import Registry
 from ..records import job_data, job_fields
 from .jobrun import JobRun
@@ -53,6 +57,8 @@ class Unavailable:
     first: bool
     #: the reason for people (which pools exist when none serves the pair)
     detail: str | None = None
+    #: capacity is free but jobs of this kind waited first: retry the waiting jobs now
+    retry_waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,21 @@ Delivery = Written | HandedOver
 
 
 class Dispatcher:
-    def __init__(self, env: Env, timeouts: LifecycleConfig, registry: Registry) -> None:
-        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        remote: Remote,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        timeouts: LifecycleConfig,
+        registry: Registry,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.remote = remote
+        self.metrics = metrics
+        self.clock = clock
         self.timeouts = timeouts
         self.registry = registry
         self.select_fn = SELECTORS[self.config.selector]
@@ -76,8 +95,6 @@ class Dispatcher:
         self._per_session: Counter[str] = Counter()
         #: the session whose job took a slot last: the round robin goes on after it
         self._last_served: str | None = None
-        #: set by the service: runs a waiting job's selection again, under its lock
-        self.driver: Driver | None = None
 
     # ------------------------------------------------------------------ the queue
 
@@ -130,33 +147,10 @@ class Dispatcher:
 
     def _queued_behind(self, run: JobRun) -> bool:
         """Jobs of the same kind wait already (of any session, its own included): a new
-        job joins the queue rather than take the capacity they are waiting for; the drain
+        job joins the queue rather than take the capacity they are waiting for; the retry
         that follows serves them in fair order."""
-        kind = _kind(run.job)
-        return any(_kind(o.job) == kind for o in self.waiting.values())
-
-    def kick(self) -> None:
-        """Capacity may have appeared: try the waiting jobs (in a task of their own)."""
-        if self.waiting:
-            self.tasks.spawn(self.drain(), "drain-waiting")
-
-    async def drain(self) -> None:
-        """Try the waiting jobs in fair order; once a kind of job found no node, the
-        others of that kind wait (jobs with excluded nodes are tried anyway)."""
-        if not self.waiting or self.driver is None:
-            return
-        blocked: set[tuple[str, str, tuple[str, ...]]] = set()
-        for run in self.fair_order():
-            job = run.job
-            if run.gone or job.state is not JobState.CREATED:
-                self.forget(job.job_id)
-                continue
-            key = _kind(job)
-            if key in blocked and not job.excluded:
-                continue
-            await self.driver.reselect(run)
-            if job.state is JobState.CREATED and not job.excluded:
-                blocked.add(key)
+        kind = kind_of(run.job)
+        return any(kind_of(o.job) == kind for o in self.waiting.values())
 
     # ------------------------------------------------------------------ selection
 
@@ -193,8 +187,7 @@ class Dispatcher:
             self.metrics.inc("selections", outcome="queued", selector=out.selector)
             self.metrics.inc("selection_failures", reason="fair_share")
             log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
-            self.kick()
-            return Unavailable("no_capacity", first)
+            return Unavailable("no_capacity", first, retry_waiting=True)
         if out.fallback is not None:
             if counted:
                 self.metrics.inc("selection_fallbacks", reason=out.fallback.value)
@@ -363,6 +356,6 @@ class Dispatcher:
         return data
 
 
-def _kind(job: Job) -> tuple[str, str, tuple[str, ...]]:
+def kind_of(job: Job) -> tuple[str, str, tuple[str, ...]]:
     """Jobs of one kind need the same capacity (pair and stages)."""
     return job.src_lang, job.tgt_lang, job.stages

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...core.ids import NodeId
 from ...core.jobs import Job
 from .spans import JobSpans
 
-
-@dataclass(slots=True, eq=False)
-class LiveAudio:
-    """An utterance still being spoken, streamed as ``audio_chunk``s: its jobs (one per
-    target language) started at the first chunk and share this buffer. Each chunk is one
-    piece; ``job_audio.seq`` numbers the pieces."""
-
-    index: int
-    pcm: bytearray
-    pieces: int = 1
-    open: bool = True
-    runs: list[JobRun] = field(default_factory=list)
+if TYPE_CHECKING:
+    from ..sessions.stream import LiveUtterance
 
 
 @dataclass(slots=True, eq=False)
@@ -46,7 +37,7 @@ class JobRun:
     #: the runner no longer holds the job (it ended, or another instance runs it)
     gone: bool = False
     #: the utterance is still being spoken (streamed); its audio so far
-    live: LiveAudio | None = None
+    live: LiveUtterance | None = None
     #: the attempt (node, attempt) the live audio is forwarded to as it arrives
     streamed_to: tuple[NodeId, int] | None = None
     #: server-side end of speech: the node ends the utterance after this much silence

@@ -14,8 +14,9 @@ import asyncio
 import contextvars
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ... import protocol as p
 from ...core.ids import JobId, NodeId
@@ -37,14 +38,20 @@ from ...core.lifecycle import (
 )
 from ...observability import tracing
 from ...observability.logging import bound, get_logger
-from ...state.base import DependencyDown, JobEnd
-from ..cluster.remote import Env, Outbox
+from ...observability.metrics import Metrics
+from ...state.base import DependencyDown, JobEnd, StateStore
+from ..cluster.remote import Remote
+from ..config import SchedulerConfig
 from ..nodes.registry import Registry
 from ..records import job_fields, job_record
-from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable
+from ..tasks import Tasks
+from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable, kind_of
 from .jobrun import JobRun
 from .results import failure_entry, stage_seconds, translation_result
 from .spans import JobSpans
+
+if TYPE_CHECKING:
+    from ..sessions.table import SessionTable
 
 log = get_logger("linguamesh.scheduler")
 
@@ -57,11 +64,35 @@ FINISHED_JOBS_SECONDS = 600.0
 Step = Callable[[Job], Iterable[Command]]
 
 
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """A node heard the speech of a streamed utterance end ``size`` bytes into it (for the
+    utterance's stream)."""
+
+    run: JobRun
+    size: int
+
+
 class Runner:
     def __init__(
-        self, env: Env, lifecycle: Lifecycle, dispatcher: Dispatcher, registry: Registry, outbox: Outbox
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        remote: Remote,
+        metrics: Metrics,
+        tasks: Tasks,
+        clock: Callable[[], float],
+        lifecycle: Lifecycle,
+        dispatcher: Dispatcher,
+        registry: Registry,
+        outbox: SessionTable,
     ) -> None:
-        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+        self.config = config
+        self.store = store
+        self.remote = remote
+        self.metrics = metrics
+        self.tasks = tasks
+        self.clock = clock
         self.lifecycle = lifecycle
         self.dispatcher = dispatcher
         self.registry = registry
@@ -71,8 +102,6 @@ class Runner:
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
         #: the last failed jobs, newest last, for the operator page
         self.failures: deque[dict[str, Any]] = deque(maxlen=200)
-        #: set by the service: a node heard the end of a streamed utterance (at ``size`` bytes)
-        self.on_speech_end: Callable[[JobRun, int], Awaitable[None]] = _ignore_speech_end
 
     # ------------------------------------------------------------------ entry points
 
@@ -92,6 +121,30 @@ class Runner:
         """A waiting job's selection, again (capacity may have appeared)."""
         await self.apply(run, _retry_select)
 
+    def kick(self) -> None:
+        """Capacity may have appeared: retry the waiting jobs (in a task of their own)."""
+        if self.dispatcher.waiting:
+            self.tasks.spawn(self.retry_waiting(), "retry-waiting")
+
+    async def retry_waiting(self) -> None:
+        """Try the waiting jobs in fair order; once a kind of job found no node, the
+        others of that kind wait (jobs with excluded nodes are tried anyway)."""
+        dispatcher = self.dispatcher
+        if not dispatcher.waiting:
+            return
+        blocked: set[tuple[str, str, tuple[str, ...]]] = set()
+        for run in dispatcher.fair_order():
+            job = run.job
+            if run.gone or job.state is not JobState.CREATED:
+                dispatcher.forget(job.job_id)
+                continue
+            key = kind_of(job)
+            if key in blocked and not job.excluded:
+                continue
+            await self.reselect(run)
+            if job.state is JobState.CREATED and not job.excluded:
+                blocked.add(key)
+
     async def cancel(self, job_ids: Iterable[JobId], reason: str) -> None:
         now = self.clock()
         for job_id in list(job_ids):
@@ -110,16 +163,17 @@ class Runner:
 
     async def node_message(
         self, node_id: NodeId, msg: p.JobMessage, frame: str = "", *, routed: bool = False
-    ) -> None:
+    ) -> SpeechEnded | None:
         """A node's message about a job (ack, started, reject, partial, result). A job not
-        running here goes to its owner, unless the message was ``routed`` here by it."""
+        running here goes to its owner, unless the message was ``routed`` here by it. A
+        streamed utterance's end of speech is returned (for its stream)."""
         job_id = msg.job_id
         run = self.runs.get(JobId(job_id))
         if run is None and self.remote.shared and not routed:
             if await self.remote.forward(
                 node_id, job_id, frame or p.encode_str(msg), isinstance(msg, p.JobResult)
             ):
-                return
+                return None
             run = self.runs.get(JobId(job_id))  # taken over here by a result of a dead owner's job
         if (
             run is None
@@ -131,11 +185,11 @@ class Runner:
             run = self.runs.get(JobId(job_id))  # owned here by its record, from before a restart
         if run is None:
             await self._unknown(node_id, msg)
-            return
+            return None
         job = run.job
         if not job.authorized(node_id, msg.attempt_id):
             await self._refuse(node_id, msg, job)
-            return
+            return None
         now = self.clock()
         if isinstance(msg, p.JobAck):
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
@@ -153,7 +207,7 @@ class Runner:
             live = run.live
             if msg.attempt_id == job.attempt_id and live is not None and live.open:
                 log.info("job.speech_end", **job_fields(job), size=msg.size)
-                await self.on_speech_end(run, msg.size)
+                return SpeechEnded(run, msg.size)
         elif isinstance(msg, p.JobResult):
             log.info(
                 "job_result.received",
@@ -169,6 +223,7 @@ class Runner:
                     j, msg.attempt_id, node_id, msg.success, msg, code, message, now
                 ),
             )
+        return None
 
     def _partial(self, run: JobRun, msg: p.JobPartial) -> None:
         """A draft: the transcript so far (from the first target's job: one per utterance)
@@ -275,6 +330,8 @@ class Runner:
             if isinstance(sel, Reserved):
                 return self.lifecycle.selected(job, sel.node_id, self.clock())
             if isinstance(sel, Unavailable):
+                if sel.retry_waiting:
+                    self.kick()
                 return self.lifecycle.selection_failed(job, sel.reason, sel.first, sel.detail)
             self._handed_over(run, sel)
         elif isinstance(cmd, Assign):
@@ -317,7 +374,7 @@ class Runner:
         except DependencyDown:
             ok = False  # the slot's TTL frees it
         log.debug("reservation.released", **job_fields(run.job), released=ok)
-        self.dispatcher.kick()
+        self.kick()
 
     def _status(self, job: Job, cmd: Status) -> None:
         position = self.dispatcher.queue_position(job.job_id) if cmd.status == "queued" else None
@@ -450,7 +507,7 @@ class Runner:
     def _ended(self, release: tuple[NodeId, int] | None) -> None:
         """The job's record is finished and its slot released in the store."""
         if release is not None:
-            self.dispatcher.kick()
+            self.kick()
 
     async def _persist(self, run: JobRun) -> None:
         """Record a retried job (back to created) and its next deadline, so another instance
@@ -486,10 +543,6 @@ class Runner:
         else:
             step = lambda j: self.lifecycle.timer(j, TimerKind.RESULT, j.attempt_id, now)  # noqa: E731
         return step
-
-
-async def _ignore_speech_end(run: JobRun, size: int) -> None:
-    return None
 
 
 def _retry_select(job: Job) -> list[Command]:

@@ -7,7 +7,7 @@ node (capabilities, pools, slots) lives in the state store's node index.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +17,15 @@ from ... import protocol as p
 from ...core.ids import NodeId
 from ...core.nodes import NodeView
 from ...observability.logging import get_logger
+from ...observability.metrics import Metrics
 from ...protocol import ErrorCode, ProtocolError
-from ...state.base import DependencyDown
-from ..cluster.remote import Env
+from ...state.base import DependencyDown, StateStore
+from ..cluster.remote import Remote
+from ..config import SchedulerConfig
 from ..edge.credentials import NodeCredentials, Proof
 from ..records import capabilities
-from ..sessions.delivery import Transport, close_quietly
+from ..tasks import Tasks
+from ..transport import Transport
 
 log = get_logger("linguamesh.scheduler")
 
@@ -65,15 +68,28 @@ class NodeConn:
 
 
 class Registry:
-    def __init__(self, env: Env, credentials: NodeCredentials) -> None:
-        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        remote: Remote,
+        metrics: Metrics,
+        tasks: Tasks,
+        clock: Callable[[], float],
+        credentials: NodeCredentials,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.remote = remote
+        self.metrics = metrics
+        self.tasks = tasks
+        self.clock = clock
         self.credentials = credentials
         self.nodes: dict[NodeId, NodeConn] = {}
-        #: set by the service: a node left (its jobs fail over) / capacity appeared
-        self.on_lost: Callable[[NodeConn, str], Awaitable[None]] = _nothing_lost
-        self.on_capacity: Callable[[], None] = lambda: None
 
-    async def register(self, msg: p.NodeRegister, conn: Transport, limits: p.Limits) -> NodeConn:
+    def admit(self, msg: p.NodeRegister) -> NodeConn | None:
+        """Check a ``node_register``; returns the connection it replaces (the node's own token
+        lets a node replace its first connection): the caller makes that one gone first."""
         p.check_version(msg.protocol_version)
         if not msg.node_id or len(msg.node_id) > 128:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `node_id` must be 1-128 characters")
@@ -91,8 +107,11 @@ class Registry:
                     "gone (a node's own token from --node-tokens lets it replace the first)",
                 )
             log.info("node.replaced", node_id=node_id)
-            await self.on_lost(old, "replaced by a new connection")
-            await close_quietly(old.transport, 4001, "replaced by a new connection")
+        return old
+
+    async def add(self, msg: p.NodeRegister, conn: Transport, limits: p.Limits) -> NodeConn:
+        """Register an admitted node (:meth:`admit`) and answer it."""
+        node_id = NodeId(msg.node_id)
         caps = capabilities(msg.capabilities)
         now = self.clock()
         view = NodeView(node_id, caps, msg.max_concurrent_jobs, last_heartbeat=now)
@@ -117,11 +136,10 @@ class Registry:
                 limits=limits,
             )
         )
-        self.on_capacity()
         self.remote.node_changed("node", node_id)
         return nc
 
-    async def _drains(self, nc: NodeConn) -> None:
+    async def _node_draining(self, nc: NodeConn) -> None:
         """The node is shutting down: it counts as full everywhere (no slots), so no new job
         is sent to it; the jobs it runs finish. Its record keeps its capabilities."""
         nc.draining = True
@@ -157,7 +175,7 @@ class Registry:
     async def heartbeat(self, nc: NodeConn, msg: p.NodeHeartbeat) -> None:
         nc.last_seen = self.clock()
         if msg.draining and not nc.draining:
-            await self._drains(nc)
+            await self._node_draining(nc)
         if msg.model_stats is not None:
             nc.model_stats = msg.model_stats
         if msg.capabilities is not None:
@@ -232,17 +250,14 @@ class Registry:
         else:
             log.warning("send.local_failed", node_id=node_id, job_id=job_id)
 
-    async def sweep(self) -> None:
-        """Nodes that missed their heartbeats are gone."""
+    def silent(self) -> list[NodeConn]:
+        """The nodes that missed their heartbeats (the caller makes them gone)."""
         interval = self.config.heartbeat_interval
         now = self.clock()
         limit = interval * self.config.heartbeat_misses
+        out = []
         for nc in list(self.nodes.values()):
             if now - nc.last_seen > limit:
                 log.warning("node.heartbeat_lost", node_id=nc.node_id, silent_s=round(now - nc.last_seen, 1))
-                await self.on_lost(nc, "heartbeat lost")
-                await close_quietly(nc.transport, 4002, "heartbeat lost")
-
-
-async def _nothing_lost(nc: NodeConn, why: str) -> None:
-    pass
+                out.append(nc)
+        return out

@@ -1,4 +1,4 @@
-"""Client sessions: delivery of the session's events to its socket (DESIGN §6).
+"""A session's delivery: its events into its history and onto its socket.
 
 The state store numbers every event (``seq``) as it enters the session's
 history and releases translation results in order; the history is the one
@@ -8,10 +8,10 @@ Each session has one pump that, in order: appends what this instance emits,
 learns of events other instances appended (``notify``), and writes every
 event after the last one written to the socket, filling any gap from the
 history first. An event counts as delivered only when the socket write
-finished. A failed or timed-out write detaches the connection at once (seed
-002: never "send" into a dead socket); the session lingers, keeps collecting
-events, and a client that resumes gets every event after its ``last_seq``
-from the history, then live ones, in one ordered stream.
+finished. A failed or timed-out write detaches the connection at once (never
+"send" into a dead socket); the session lingers, keeps collecting events, and a
+client that resumes gets every event after its ``last_seq`` from the history,
+then live ones, in one ordered stream.
 
 When the store cannot be reached the pump keeps what it has to append and
 retries until the store is back: nothing accepted is lost while the process
@@ -24,19 +24,23 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
 from ...core.history import ReplayGap
-from ...core.ids import JobId, SessionId, TraceId
-from ...core.ordering import AlreadyDelivered
-from ...core.ratelimit import TokenBucket
+from ...core.ids import SessionId
+from ...core.ordering import AlreadyDelivered, NotExpected
 from ...observability.logging import get_logger
 from ...protocol import ErrorCode, ProtocolError, encode
-from ...state.base import DependencyDown, JobEnd, KnownOrder, Notify, SessionStateLost, StateStore
-from ..jobs.jobrun import LiveAudio
-from ..tasks import stop_if_cancelled
+from ...state.base import JobEnd, KnownOrder, Notify, StateStore
+from ..retry import Heal, until_available
+from ..tasks import Tasks, stop_if_cancelled
+from ..transport import Transport, close_quietly
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .table import SessionTable
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -47,65 +51,7 @@ VIEWER_QUEUE = 1000
 MAX_BACKLOG = 16 * 1024 * 1024
 #: Close code for a client cut for reading too slowly (an application code: 4000-4999).
 SLOW_READER = 4008
-RETRY_MAX = 2.0
 T = TypeVar("T")
-
-
-#: Heals what the store lost of a session (its holder writes the session back).
-Heal = Callable[[], Awaitable[None]]
-
-
-async def until_available(
-    fn: Callable[..., Awaitable[T]],
-    *args: Any,
-    heal: Heal | None = None,
-    give_up: float | None = None,
-    **log_fields: Any,
-) -> T:
-    """Call the store until it answers: what was accepted is never dropped for an outage.
-
-    When the store lost the session's numbering (:class:`SessionStateLost`), ``heal``
-    (the holder's) writes it back first; without one the call waits for the holder.
-    With ``give_up`` (seconds) the last error is raised after that long."""
-    delay = 0.05
-    loop = asyncio.get_running_loop()
-    end = loop.time() + give_up if give_up is not None else None
-    logged = False
-    while True:
-        stop_if_cancelled()
-        try:
-            result = await fn(*args)
-            if logged:
-                log.info("store.available_again", **log_fields)
-            return result
-        except DependencyDown as exc:
-            if end is not None and loop.time() >= end:
-                raise
-            if not logged:  # one record per outage, not one per try
-                log.warning("store.unavailable_retrying", error=str(exc), **log_fields)
-                logged = True
-            if isinstance(exc, SessionStateLost) and heal is not None:
-                try:
-                    await heal()
-                    continue
-                except DependencyDown:
-                    pass
-            await asyncio.sleep(delay)
-            delay = min(RETRY_MAX, delay * 2)
-
-
-class Transport(Protocol):
-    async def send_text(self, data: str) -> None: ...
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
-
-
-async def close_quietly(conn: Transport, code: int, reason: str) -> None:
-    """Close a socket that may already be gone."""
-    try:
-        await conn.close(code, reason)
-    except Exception:  # noqa: BLE001 - closing a dead socket may raise anything; it is closed either way
-        pass
 
 
 class _ResultHead(msgspec.Struct):
@@ -120,6 +66,27 @@ class _ResultHead(msgspec.Struct):
 
 _head = msgspec.json.Decoder(_ResultHead)
 _RESULT_PREFIX = b'{"type":"translation_result"'
+
+
+class Mailbox(Generic[T]):
+    """A pump's queue: items in order, one reader. Unlike ``asyncio.Queue`` its items can
+    be looked at (a batch takes what waits right behind its first item)."""
+
+    __slots__ = ("_ready", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[T] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item: T) -> None:
+        self.items.append(item)
+        self._ready.set()
+
+    async def get(self) -> T:
+        while not self.items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.items.popleft()
 
 
 @dataclass(slots=True)
@@ -140,7 +107,7 @@ async def store_batch(
     store: StateStore,
     session_id: SessionId,
     item: Append | ResultItem,
-    queue: asyncio.Queue[Any],
+    queue: Mailbox[Any],
     trace_id: str | None = None,
     notify: Notify | None = None,
     heal: Heal | None = None,
@@ -156,11 +123,11 @@ async def store_batch(
     result: ResultItem | None = None
     if isinstance(item, Append):
         payloads += item.payloads
-        queued = queue._queue  # type: ignore[attr-defined]
+        queued = queue.items
         while queued and isinstance(queued[0], Append):
-            payloads += queue.get_nowait().payloads
+            payloads += queued.popleft().payloads
         if queued and isinstance(queued[0], ResultItem):
-            result = queue.get_nowait()
+            result = queued.popleft()
     else:
         result = item
     retry: dict[str, Any] = {"heal": heal, "give_up": give_up, "session_id": session_id}
@@ -180,7 +147,7 @@ async def store_batch(
     except AlreadyDelivered:  # a copy of a result the client has (a job that ran twice): dropped
         log.warning("result.duplicate_dropped", session_id=session_id, utterance_index=result.index)
         events = []
-    except KeyError as exc:  # the ordering state was lost (Redis restarted empty)
+    except NotExpected as exc:  # the ordering state was lost (Redis restarted empty)
         log.warning("result.order_lost", session_id=session_id, error=str(exc))
         events = await until_available(store.append_events, session_id, [result.payload], notify, **retry)
     else:
@@ -224,88 +191,49 @@ class _Marker:
     done: asyncio.Future[int]
 
 
-@dataclass(slots=True)
-class SessionSettings:
-    src_lang: str
-    tgt_langs: list[str]
-    tts: bool
-    partials: bool
-    audio_format: str
-    sample_rate: int
-    preferred_node_id: str | None
-    #: server-side end of speech (streamed audio): ms of trailing silence that end an
-    #: utterance; None when the client ends its utterances
-    end_of_speech_ms: int | None = None
+#: What a session's pump reads, in order.
+PumpItem = Append | ResultItem | _Fetch | _Attach | _Marker
 
 
-@dataclass(eq=False)
-class Session:
-    session_id: SessionId
-    trace_id: TraceId
-    resume_token: str
-    view_token: str
-    settings: SessionSettings
-    store: StateStore
-    on_detached: Callable[[Session], None]
-    #: a translation_result was written to the client socket (``job_id``)
-    on_delivered: Callable[[str], None] = lambda job_id: None
-    #: a translation_result entered the stream to the client (``job_id``), whichever
-    #: instance produced it
-    on_result: Callable[[Session, str], None] = lambda session, job_id: None
-    conn: Transport | None = None
-    #: last seq written to ``conn`` (or, with no connection, the last seq seen)
-    written: int = 0
-    published: int = 0
-    closing: bool = False
-    #: the close is under way (session_closed queued): it happens once
-    finishing: bool = False
-    closed: bool = False
-    max_index: int = -1
-    active_jobs: set[JobId] = field(default_factory=set)
-    job_ids: list[JobId] = field(default_factory=list)
-    # streaming (audio_chunk)
-    chunk_buf: bytearray = field(default_factory=bytearray)
-    chunk_seq: int = -1
-    chunk_timer: asyncio.TimerHandle | None = None
-    #: the utterance being spoken, streamed to its node(s) as it arrives
-    live: LiveAudio | None = None
-    #: server-side end of speech: audio between utterances, until speech starts
-    preroll: bytearray = field(default_factory=bytearray)
-    linger_timer: asyncio.TimerHandle | None = None
-    #: the client address of the socket attached last (rate limits per address)
-    peer: str = ""
-    #: intake limits: (utterances, audio seconds) token buckets, made on first use
-    buckets: tuple[TokenBucket, TokenBucket] | None = None
-    #: utterances refused as rate_limited since the last log record about it
-    refused: int = 0
-    refused_logged_at: float = float("-inf")
-    #: writes the session back into the store when the store lost it (set by the desk)
-    heal: Heal | None = None
-    _queue: asyncio.Queue[Append | ResultItem | _Fetch | _Attach | _Marker] = field(
-        default_factory=asyncio.Queue
-    )
-    _pump: asyncio.Task[None] | None = None
-    #: bytes of events queued for the pump (see ``_queued``), and the most allowed
-    backlog: int = 0
-    max_backlog: int = MAX_BACKLOG
-    _cut: asyncio.Task[None] | None = None
-    #: viewers (SSE): each gets every event after it is in the history
-    subscribers: set[asyncio.Queue[tuple[int, bytes]]] = field(default_factory=set)
-    #: per target language: results seen released and results held in the ordering
-    #: buffer, written back if Redis restarts empty (``Desk.restore``)
-    order: dict[str, KnownOrder] = field(default_factory=dict)
+class Delivery:
+    """One session's pump (see the module's docstring). Owns the socket attached to the
+    session, what was written to it and published to viewers, and the results known
+    released or held. It tells the session table when the socket detaches (a failed write,
+    a slow reader), when a result is written, and when a result enters the stream."""
+
+    def __init__(self, session: Session, table: SessionTable, store: StateStore, tasks: Tasks) -> None:
+        self.session = session
+        self.session_id = session.session_id
+        self.table = table
+        self.store = store
+        self.tasks = tasks
+        self.conn: Transport | None = None
+        #: last seq written to ``conn`` (or, with no connection, the last seq seen)
+        self.written = 0
+        self.published = 0
+        self._queue: Mailbox[PumpItem] = Mailbox()
+        self._pump: asyncio.Task[None] | None = None
+        #: bytes of events queued for the pump (see ``_queued``), and the most allowed
+        self.backlog = 0
+        self.max_backlog = MAX_BACKLOG
+        #: viewers (SSE): each gets every event after it is in the history
+        self.subscribers: set[asyncio.Queue[tuple[int, bytes]]] = set()
+        #: per target language: results seen released and results held in the ordering
+        #: buffer, written back if Redis restarts empty (``SessionTable.restore``)
+        self.order: dict[str, KnownOrder] = {}
+
+    async def _heal(self) -> None:
+        await self.table.restore(self.session)
 
     def start(self) -> None:
-        self._pump = asyncio.get_running_loop().create_task(
-            self._run(), name=f"session-pump-{self.session_id}"
-        )
+        self._pump = self.tasks.spawn(self._run(), f"session-pump-{self.session_id}")
 
     # ------------------------------------------------------------------ producers
 
     def emit(self, msg: msgspec.Struct) -> None:
         """Queue an event (numbered by the store when it enters the history)."""
         data = encode(msg)
-        self._queue.put_nowait(Append([data]))
+        self._queue.put(Append([data]))
         self._queued(len(data))
 
     def emit_result(
@@ -319,12 +247,12 @@ class Session:
         """Queue a finished result; the store releases results in utterance order. With
         ``end``, its job ends in the same step; ``on_end`` runs after it."""
         data = encode(msg)
-        self._queue.put_nowait(ResultItem(tgt_lang, index, data, end, on_end))
+        self._queue.put(ResultItem(tgt_lang, index, data, end, on_end))
         self._queued(len(data))
 
     def deliver(self, events: list[tuple[int, bytes]], seq: int) -> None:
         """Another instance appended these events (up to ``seq``): write them in order."""
-        self._queue.put_nowait(_Fetch(seq, events))
+        self._queue.put(_Fetch(seq, events))
         self._queued(sum(len(d) for _, d in events))
 
     def hold(self, tgt_lang: str, index: int, payload: bytes) -> None:
@@ -344,8 +272,8 @@ class Session:
         if conn is not None and self.backlog > self.max_backlog:
             log.warning("session.slow_reader", session_id=self.session_id, backlog_bytes=self.backlog)
             self.detach(conn)
-            self._cut = asyncio.get_running_loop().create_task(
-                close_quietly(conn, SLOW_READER, "slow reader: resume to get the rest")
+            self.tasks.spawn(
+                close_quietly(conn, SLOW_READER, "slow reader: resume to get the rest"), "slow-reader-cut"
             )
 
     async def attach(self, conn: Transport, last_seq: int, greeting: Callable[[int], bytes] | None) -> int:
@@ -355,23 +283,24 @@ class Session:
         Returns n. Raises ReplayGap when some of those events are no longer kept.
         """
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Attach(conn, last_seq, done, greeting))
+        self._queue.put(_Attach(conn, last_seq, done, greeting))
         return await done
 
     def detach(self, conn: Transport) -> bool:
+        """The socket ``conn`` is no longer the session's (it closed, failed, or is cut)."""
         if self.conn is conn:
             self.conn = None
-            self.on_detached(self)
+            self.table.detached(self.session)
             return True
         return False
 
-    async def drain(self) -> None:
+    async def flush(self) -> None:
         """Wait until everything queued before this call went through the pump (at once
         when the pump has stopped)."""
         if self._pump is None or self._pump.done():
             return
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Marker(done))
+        self._queue.put(_Marker(done))
         await done
 
     async def stop(self) -> None:
@@ -382,8 +311,8 @@ class Session:
             except asyncio.CancelledError:
                 pass
         # nobody waits for a pump that is gone: markers and attaches still queued are answered
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._queue.items:
+            item = self._queue.items.popleft()
             if isinstance(item, _Marker) and not item.done.done():
                 item.done.set_result(0)
             elif isinstance(item, _Attach) and not item.done.done():
@@ -405,7 +334,7 @@ class Session:
 
     async def _step(self) -> None:
         """One item of the queue, in order."""
-        if self._queue.empty():
+        if not self._queue.items:
             self.backlog = 0
         item = await self._queue.get()
         if isinstance(item, _Marker):
@@ -419,16 +348,15 @@ class Session:
                     self.session_id,
                     item,
                     self._queue,
-                    self.trace_id,
-                    heal=self.heal,
+                    self.session.trace_id,
+                    heal=self._heal,
                     on_held=self._held,
                 )
             )
         elif item.seq > self.written or item.seq > self.published:
             await self._deliver(item.events)
         if self.backlog > self.max_backlog // 2:  # recount what still waits (rare: a backlog)
-            waiting: deque[object] = self._queue._queue  # type: ignore[attr-defined]
-            self.backlog = sum(map(_size, waiting))
+            self.backlog = sum(map(_size, self._queue.items))
 
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await until_available(fn, *args, session_id=self.session_id)
@@ -458,7 +386,7 @@ class Session:
             if seq <= self.written:
                 continue
             if fields is not None:
-                self.on_result(self, fields["job_id"])
+                self.table.result_entered(self.session, fields["job_id"])
             conn = self.conn
             if conn is None:
                 self.written = seq
@@ -471,7 +399,7 @@ class Session:
                 self.written = seq
                 if fields is not None:
                     log.info("result.sent", seq=seq, **fields)
-                    self.on_delivered(fields["job_id"])
+                    self.table.result_written(fields["job_id"])
             else:
                 if fields is not None:
                     log.warning("result.send_failed", seq=seq, **fields)
@@ -501,7 +429,7 @@ class Session:
         except msgspec.DecodeError:
             return {"session_id": self.session_id}
         return {
-            "trace_id": head.trace_id or self.trace_id,
+            "trace_id": head.trace_id or self.session.trace_id,
             "session_id": self.session_id,
             "job_id": head.job_id,
             "node_id": head.node_id,
@@ -532,9 +460,7 @@ class Session:
         # a session taken over from another instance starts here with nothing published:
         # what its viewers saw before is theirs, this pump publishes from here on
         self.published = max(self.published, item.last_seq)
-        if self.linger_timer is not None:
-            self.linger_timer.cancel()
-            self.linger_timer = None
+        self.table.attached(self.session)
         await self._deliver(events)
 
     async def _write(self, conn: Transport, data: bytes) -> bool:
@@ -545,7 +471,8 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - every transport error means the write did not finish
             log.warning("session.write_failed", session_id=self.session_id, error=repr(exc))
             if self.detach(conn):  # a socket that takes no writes is closed, not left open
-                self._cut = asyncio.get_running_loop().create_task(
-                    close_quietly(conn, SLOW_READER, "writes time out: resume to get the rest")
+                self.tasks.spawn(
+                    close_quietly(conn, SLOW_READER, "writes time out: resume to get the rest"),
+                    "slow-reader-cut",
                 )
             return False

@@ -1,37 +1,39 @@
-"""Utterance intake: whole utterances and streamed ``audio_chunk``s become jobs.
+"""Utterance intake: utterances become jobs.
 
-Checks what the client sent (index order, duplicates, audio), records the
-utterance and its jobs in one store step, and hands each job to the runner.
+Checks what the client sent (index order, duplicates, audio, rate limits), records
+the utterance and its jobs in one store step, and hands each job to the runner. Whole
+utterances come from the socket handler; streamed ones from the stream (``stream.py``),
+which opens a live utterance here at its first audio and hands a buffered one over
+whole when it closes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ... import protocol as p
 from ...audio import (
-    FRAME_MS,
     BadAudio,
     duration_seconds,
-    speech_onset,
-    split_points,
-    to_float32,
-    voiced_frames,
 )
 from ...core.ids import NodeId, SessionId, new_job_id
 from ...core.jobs import Job, JobState
 from ...core.ratelimit import TokenBucket
 from ...core.stages import expand_stages
 from ...observability.logging import get_logger
+from ...observability.metrics import Metrics
 from ...protocol import ErrorCode, ProtocolError
-from ...state.base import DependencyDown
-from ..cluster.remote import Env
-from ..jobs.jobrun import JobRun, LiveAudio
+from ...state.base import StateStore
+from ..config import SchedulerConfig
+from ..jobs.jobrun import JobRun
 from ..jobs.runner import Runner
 from ..records import job_fields, job_record
-from .delivery import Session
+from .session import Session
+
+if TYPE_CHECKING:
+    from .stream import LiveUtterance
 
 log = get_logger("linguamesh.scheduler")
 
@@ -42,8 +44,19 @@ STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.A
 
 
 class Intake:
-    def __init__(self, env: Env, runner: Runner, sessions: Mapping[SessionId, Session]) -> None:
-        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        runner: Runner,
+        sessions: Mapping[SessionId, Session],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
         self.runner = runner
         self.sessions = sessions
         #: per client address: (utterances, audio seconds) token buckets
@@ -55,8 +68,8 @@ class Intake:
         self, session: Session, now: float
     ) -> tuple[TokenBucket, TokenBucket, TokenBucket, TokenBucket]:
         c = self.config
-        if session.buckets is None:
-            session.buckets = (
+        if session.utterances.buckets is None:
+            session.utterances.buckets = (
                 TokenBucket(c.session_utterances_per_s, c.session_utterance_burst, stamp=now),
                 TokenBucket(c.session_audio_per_s, c.session_audio_burst, stamp=now),
             )
@@ -68,9 +81,9 @@ class Intake:
                 TokenBucket(c.ip_utterances_per_s, c.ip_utterance_burst, stamp=now),
                 TokenBucket(c.ip_audio_per_s, c.ip_audio_burst, stamp=now),
             )
-        return session.buckets[0], session.buckets[1], ip[0], ip[1]
+        return session.utterances.buckets[0], session.utterances.buckets[1], ip[0], ip[1]
 
-    def _limit(self, session: Session, index: int, seconds: float | None) -> None:
+    def limit(self, session: Session, index: int, seconds: float | None) -> None:
         """Take one utterance (or, with ``seconds``, that much audio) from the session's and
         the address's buckets; ``rate_limited`` when either is empty (nothing is taken)."""
         now = self.clock()
@@ -83,12 +96,14 @@ class Intake:
             wait = bucket.wait_for(amount, now)
             if wait > 0:
                 self.metrics.inc("rate_limited", scope=scope, kind=kind)
-                session.refused += 1
-                if now - session.refused_logged_at >= 1.0:  # one record a second for a flooding client
+                session.utterances.refused += 1
+                if (
+                    now - session.utterances.refused_logged_at >= 1.0
+                ):  # one record a second for a flooding client
                     log.info("utterance.rate_limited", session_id=session.session_id, utterance_index=index,
-                             scope=scope, kind=kind, peer=session.peer, refused=session.refused)  # fmt: skip
-                    session.refused_logged_at = now
-                    session.refused = 0
+                             scope=scope, kind=kind, peer=session.peer, refused=session.utterances.refused)  # fmt: skip
+                    session.utterances.refused_logged_at = now
+                    session.utterances.refused = 0
                 retry = f"; try again in {wait:.1f}s" if wait != float("inf") else ""
                 raise ProtocolError(
                     ErrorCode.RATE_LIMITED,
@@ -98,6 +113,15 @@ class Intake:
         mine.take(amount, now)
         address.take(amount, now)
 
+    def charge(self, session: Session, seconds: float) -> None:
+        """Streamed audio already accepted (a chunk of an open utterance): charged to the
+        session's and the address's audio buckets; a client streaming too fast waits at its
+        next utterance."""
+        now = self.clock()
+        _, session_audio, _, ip_audio = self._buckets(session, now)
+        for bucket in (session_audio, ip_audio):
+            bucket.charge(seconds, now)
+
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
         if msg.sample_rate is not None and not 0 < msg.sample_rate <= 192_000:
             raise ProtocolError(
@@ -106,12 +130,12 @@ class Intake:
         fmt = msg.audio_format or session.settings.audio_format
         rate = msg.sample_rate or session.settings.sample_rate
         try:
-            await self._new_utterance(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
+            await self.whole(session, msg.utterance_index, msg.audio, fmt, rate, msg.request_id)
         except ProtocolError as exc:  # every refusal says which utterance it concerns
             exc.ref = exc.ref or f"utterance {msg.utterance_index}"
             raise
 
-    async def _new_utterance(
+    async def whole(
         self,
         session: Session,
         index: int,
@@ -120,7 +144,8 @@ class Intake:
         rate: int,
         request_id: str | None,
     ) -> None:
-        if not await self._admit(session, index):
+        """A whole utterance: checked, recorded, its jobs started."""
+        if not await self.admit(session, index):
             return
         try:
             seconds = duration_seconds(audio, fmt, rate)
@@ -131,28 +156,30 @@ class Intake:
                 ErrorCode.AUDIO_TOO_LARGE,
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
-        self._limit(session, index, seconds)
-        await self._accept(session, index, audio, fmt, rate, request_id, seconds)
+        self.limit(session, index, seconds)
+        await self.accept(session, index, audio, fmt, rate, request_id, seconds)
 
-    async def _admit(self, session: Session, index: int) -> bool:
+    async def admit(self, session: Session, index: int) -> bool:
         """The checks of a new utterance index before its audio; False for a duplicate."""
-        if session.closing:
+        if not session.life.accepting:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "session is closing; no new utterances")
         if index < 0:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "utterance_index must not be negative")
-        self._limit(session, index, None)
-        if index <= session.max_index and await self.store.lookup_request(session.session_id, f"u:{index}"):
+        self.limit(session, index, None)
+        if index <= session.utterances.max_index and await self.store.lookup_request(
+            session.session_id, f"u:{index}"
+        ):
             log.info("utterance.duplicate", session_id=session.session_id, utterance_index=index)
             self.metrics.inc("utterances_duplicate")
             return False
-        if index < session.max_index:
+        if index < session.utterances.max_index:
             raise ProtocolError(
                 ErrorCode.BAD_MESSAGE,
-                f"utterance_index {index} is below {session.max_index}: indices must increase",
+                f"utterance_index {index} is below {session.utterances.max_index}: indices must increase",
             )
         return True
 
-    async def _accept(
+    async def accept(
         self,
         session: Session,
         index: int,
@@ -161,7 +188,7 @@ class Intake:
         rate: int,
         request_id: str | None,
         seconds: float,
-        live: LiveAudio | None = None,
+        live: LiveUtterance | None = None,
     ) -> bool:
         """Record the utterance and its jobs (one per target language) in one store step and
         start them. ``live``: the utterance is still being spoken (its jobs stream)."""
@@ -207,7 +234,7 @@ class Intake:
             )
             self.metrics.inc("utterances_duplicate")
             return False
-        session.max_index = max(session.max_index, index)
+        session.utterances.max_index = max(session.utterances.max_index, index)
         log.info(
             "utterance.received",
             trace_id=session.trace_id,
@@ -222,8 +249,7 @@ class Intake:
         self.metrics.inc("utterances_received")
         runs = []
         for job in jobs:
-            session.active_jobs.add(job.job_id)
-            session.job_ids.append(job.job_id)
+            session.life.job_added(job.job_id)
             self.metrics.inc("jobs_created")
             log.info(
                 "job.created",
@@ -241,250 +267,6 @@ class Intake:
                 run.end_of_speech_ms = st.end_of_speech_ms if first else None
                 live.runs.append(run)
             runs.append(run)
-        if live is not None:
-            session.live = live
         for run in runs:
             await self.runner.created(run)
         return True
-
-    # streaming ---------------------------------------------------------------
-
-    async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
-        if session.settings.audio_format != "pcm16":
-            raise ProtocolError(ErrorCode.BAD_AUDIO, "audio_chunk streaming needs audio_format pcm16")
-        if msg.seq < 0:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"field `seq`: {msg.seq} is negative")
-        if msg.seq <= session.chunk_seq:
-            log.info("audio_chunk.duplicate", session_id=session.session_id, seq=msg.seq)
-            return
-        if len(msg.audio) % 2:
-            raise ProtocolError(ErrorCode.BAD_AUDIO, "field `audio`: pcm16 chunk has an odd byte count")
-        session.chunk_seq = msg.seq
-        if session.chunk_timer is not None:
-            session.chunk_timer.cancel()
-            session.chunk_timer = None
-        if (
-            session.live is not None
-            or session.preroll
-            or (not session.chunk_buf and msg.audio and self._can_stream())
-        ):
-            await self._live_chunk(session, msg.audio, msg.is_final)
-            return
-        session.chunk_buf += msg.audio
-        max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
-        while len(session.chunk_buf) >= max_bytes:  # at the limit: cut in a pause
-            await self._close_chunked(session, "split", self._part(session.chunk_buf, session))
-        if msg.is_final:
-            await self._close_chunked(session, "final")
-        elif session.chunk_buf:
-            session.chunk_timer = asyncio.get_running_loop().call_later(
-                self.config.chunk_idle_gap,
-                lambda: self.tasks.spawn(self._close_chunked(session, "idle_gap"), "chunk-close"),
-            )
-
-    # streamed to a node as it arrives (issue 14; docs/protocol.md "Streaming jobs")
-
-    def _can_stream(self) -> bool:
-        return self.config.streaming and bool(self.runner.registry.streaming_nodes())
-
-    async def _live_chunk(self, session: Session, audio: bytes, is_final: bool) -> None:
-        live = session.live
-        if live is None:
-            if session.settings.end_of_speech_ms is not None:  # the server ends utterances
-                speech = self._wait_for_speech(session, audio)
-                if speech is None:
-                    return
-                audio = speech
-            await self._open_live(session, audio)
-        else:
-            await self._append(session, live, audio)
-        live = session.live
-        if live is None:
-            return
-        if is_final:
-            await self._close_live(session, live, "final")
-            return
-        max_bytes = int(self.config.max_utterance_seconds * session.settings.sample_rate) * 2
-        while session.live is not None and len(session.live.pcm) >= max_bytes:  # cut in a pause
-            live = session.live
-            await self._close_live(session, live, "split", self._cut(live.pcm, session))
-        self._arm_idle(session)
-
-    def _wait_for_speech(self, session: Session, audio: bytes) -> bytes | None:
-        """Server-side end of speech: the audio between two utterances waits here (the last
-        0.3 s of it) until speech starts; then the speech, with that much before it, starts
-        the next utterance. Silence alone makes no utterance (and no empty result)."""
-        buf = session.preroll
-        buf += audio
-        rate = session.settings.sample_rate
-        start = speech_onset(buf, rate, before=PREROLL_SECONDS)
-        if start is None:
-            keep = 2 * int((PREROLL_SECONDS + 0.1) * rate)
-            if len(buf) > keep:
-                del buf[: len(buf) - keep]
-            return None
-        speech = bytes(buf[start:])
-        buf.clear()
-        return speech
-
-    def _arm_idle(self, session: Session) -> None:
-        live = session.live
-        if live is None:
-            return
-        if session.chunk_timer is not None:
-            session.chunk_timer.cancel()
-        session.chunk_timer = asyncio.get_running_loop().call_later(
-            self.config.chunk_idle_gap,
-            lambda: self.tasks.spawn(self._close_live(session, live, "idle_gap"), "chunk-close"),
-        )
-
-    async def _open_live(self, session: Session, audio: bytes) -> None:
-        """The first audio of an utterance: its jobs start now, with this much audio."""
-        index = session.max_index + 1
-        rate = session.settings.sample_rate
-        seconds = len(audio) / 2 / rate
-        try:
-            if not await self._admit(session, index):
-                return
-            self._limit(session, index, seconds)
-            live = LiveAudio(index, bytearray(audio))
-            await self._accept(session, index, audio, "pcm16", rate, None, seconds, live)
-        except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
-            session.emit(p.Error(code=exc.code, message=exc.message, ref=exc.ref or f"utterance {index}"))
-        except DependencyDown as exc:
-            log.warning("session.dependency_down", session_id=session.session_id, utterance_index=index)
-            message = f"shared state unavailable, try again: {exc}"
-            session.emit(
-                p.Error(code=ErrorCode.DEPENDENCY_DOWN.value, message=message, ref=f"utterance {index}")
-            )
-
-    async def _append(self, session: Session, live: LiveAudio, audio: bytes) -> None:
-        if not audio:
-            return
-        now = self.clock()
-        seconds = len(audio) / 2 / session.settings.sample_rate
-        _, session_audio, _, ip_audio = self._buckets(session, now)
-        for bucket in (session_audio, ip_audio):
-            bucket.charge(seconds, now)  # accepted: a client streaming too fast waits at its next utterance
-        seq = live.pieces
-        live.pcm += audio
-        live.pieces += 1
-        for run in live.runs:
-            await self._forward(
-                run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=seq, audio=audio)
-            )
-
-    async def _forward(self, run: JobRun, make: Callable[[Job], p.JobAudio]) -> None:
-        """To the node of the job's current attempt, if its audio streams there."""
-        job = run.job
-        target = run.streamed_to
-        if (
-            target is None
-            or run.gone
-            or target != (job.node_id, job.attempt_id)
-            or job.state not in STREAMING_STATES
-        ):
-            return
-        await self.runner.registry.send(target[0], make(job), job_id=job.job_id)
-
-    async def speech_end(self, run: JobRun, size: int) -> None:
-        """The node heard the speech end ``size`` bytes into the utterance."""
-        live = run.live
-        session = self.sessions.get(run.job.session_id)
-        if session is None or live is None or not live.open or session.live is not live:
-            return
-        await self._close_live(session, live, "end_of_speech", max(0, min(size, len(live.pcm))))
-
-    async def _close_live(self, session: Session, live: LiveAudio, why: str, size: int | None = None) -> None:
-        """The utterance is complete: its first ``size`` bytes (all, without ``size``). The
-        audio after ``size`` starts the next utterance."""
-        if not live.open:
-            return
-        rest = b""
-        if size is not None and size < len(live.pcm):
-            rest = bytes(live.pcm[size:])
-            del live.pcm[size:]
-        live.open = False
-        if session.live is live:
-            session.live = None
-            if session.chunk_timer is not None:
-                session.chunk_timer.cancel()
-                session.chunk_timer = None
-        audio = bytes(live.pcm)
-        rate = session.settings.sample_rate
-        seconds = len(audio) / 2 / rate
-        log.info(
-            "utterance.closed",
-            session_id=session.session_id,
-            utterance_index=live.index,
-            why=why,
-            audio_seconds=round(seconds, 3),
-            streaming=True,
-        )
-        for run in live.runs:
-            job = run.job
-            if run.gone or job.state.terminal:
-                continue
-            job.audio = audio
-            job.audio_seconds = seconds
-            await self._forward(
-                run,
-                lambda j: p.JobAudio(
-                    job_id=j.job_id, attempt_id=j.attempt_id, seq=live.pieces, is_final=True, size=len(audio)
-                ),
-            )
-            if why == "split":
-                limit = self.config.max_utterance_seconds
-                reason = f"split: speech longer than {limit:g}s is cut at a pause; the rest follows as utterance {live.index + 1}"
-                status: p.JobStatusValue = "queued" if job.state is JobState.CREATED else "processing"
-                session.emit(
-                    p.JobStatus(
-                        utterance_index=live.index, tgt_lang=job.tgt_lang, status=status, reason=reason
-                    )
-                )
-        self.runner.dispatcher.kick()  # a job still waiting may go to any node now
-        if rest and not session.closed:  # the audio after the cut starts the next utterance
-            await self._live_chunk(session, rest, False)
-
-    def _cut(self, buf: bytearray, session: Session) -> int:
-        """Where a streamed utterance longer than the limit is cut (bytes into ``buf``): in a
-        pause, never inside a word when there is a pause to cut at."""
-        rate = session.settings.sample_rate
-        samples = to_float32(bytes(buf), "pcm16", rate, rate)
-        max_frames = int(self.config.max_utterance_seconds * 1000 / FRAME_MS)
-        # as if speech went on past the buffer: the cut falls in the buffer's last pause
-        cuts = split_points([*voiced_frames(samples, rate), True], max_frames)
-        return cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(buf)
-
-    def _part(self, buf: bytearray, session: Session) -> bytes:
-        """The first part of ``buf`` up to the cut (``_cut``), taken out of it."""
-        end = self._cut(buf, session)
-        part = bytes(buf[:end])
-        del buf[:end]
-        return part
-
-    async def _close_chunked(self, session: Session, why: str, audio: bytes | None = None) -> None:
-        """Close the streamed utterance (``audio``, or all that is buffered) as the next index."""
-        if audio is None:
-            session.chunk_timer = None
-            audio = bytes(session.chunk_buf)
-            session.chunk_buf.clear()
-        if not audio:
-            return
-        index = session.max_index + 1
-        log.info("utterance.closed", session_id=session.session_id, utterance_index=index, why=why)
-        if why == "split":  # the client learns why its speech became two utterances
-            limit = self.config.max_utterance_seconds
-            for tgt in session.settings.tgt_langs:
-                reason = f"split: speech longer than {limit:g}s is cut at a pause; the rest follows as utterance {index + 1}"
-                session.emit(p.JobStatus(utterance_index=index, tgt_lang=tgt, status="queued", reason=reason))
-        try:
-            await self._new_utterance(session, index, audio, "pcm16", session.settings.sample_rate, None)
-        except ProtocolError as exc:
-            session.emit(p.Error(code=exc.code, message=exc.message, ref=f"utterance {index}"))
-        except DependencyDown as exc:  # not accepted: the client is told which utterance (it may re-send)
-            log.warning("session.dependency_down", session_id=session.session_id, utterance_index=index)
-            message = f"shared state unavailable, try again: {exc}"
-            session.emit(
-                p.Error(code=ErrorCode.DEPENDENCY_DOWN.value, message=message, ref=f"utterance {index}")
-            )

@@ -1,16 +1,17 @@
-"""The session desk: client sessions held by this instance.
+"""The session table: the client sessions held by this instance.
 
 Opens, resumes (replaying what the client missed), takes over sessions another
 instance held, keeps a disconnected session for ``session_linger``, closes
 (after its running jobs delivered their results), and routes every event for a
-session — here to its pump, elsewhere through the remote's relay. It implements
-the :class:`~linguamesh.scheduler.ports.Outbox` port.
+session — here to its delivery, elsewhere through the remote's relay. Every change
+of a session's lifecycle goes through :class:`~linguamesh.core.session_lifecycle.SessionLifecycle`
+here, and the table carries out the commands it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -20,61 +21,114 @@ from ...core.history import ReplayGap
 from ...core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
 from ...core.jobs import Job
 from ...core.languages import pair_problem
+from ...core.session_lifecycle import (
+    ArmLinger,
+    CancelLinger,
+    Finish,
+    Forget,
+    SessionCommand,
+    SessionLifecycle,
+)
 from ...observability import tracing
 from ...observability.logging import get_logger
+from ...observability.metrics import Metrics
 from ...protocol import ErrorCode, ProtocolError
-from ...state.base import JobEnd
-from ..cluster.remote import Env, JobControl
-from ..records import job_fields, same_token, session_record, settings_from_record
-from .delivery import Session, SessionSettings, Transport, close_quietly, until_available
+from ...state.base import JobEnd, StateStore
+from ..cluster.remote import Remote
+from ..config import SchedulerConfig
+from ..records import job_fields, session_record, settings_from_record
+from ..retry import until_available
+from ..tasks import Tasks
+from ..tokens import same_token
+from ..transport import Transport, close_quietly
+from .delivery import Delivery
 from .rooms import Rooms
+from .session import Session, SessionSettings
 
 log = get_logger("linguamesh.scheduler")
 
 
-class Desk:
-    def __init__(self, env: Env, init_ack: Callable[[Session, int], bytes]) -> None:
-        self.config, self.store, self.remote, self.metrics, self.tasks, self.clock = env
+#: Cancels the running jobs of a session that is forgotten (the runner's ``cancel``).
+CancelJobs = Callable[[Iterable[JobId], str], Any]
+
+
+class SessionTable:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: StateStore,
+        remote: Remote,
+        metrics: Metrics,
+        tasks: Tasks,
+        clock: Callable[[], float],
+        init_ack: Callable[[Session, int], bytes],
+        cancel_jobs: CancelJobs,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.remote = remote
+        self.metrics = metrics
+        self.tasks = tasks
+        self.clock = clock
         self.init_ack = init_ack
+        self.cancel_jobs = cancel_jobs
         self.tracing = tracing.current("scheduler")
         self.sessions: dict[SessionId, Session] = {}
         #: viewer links that outlive a session
         self.rooms = Rooms()
-        #: set by the service: cancels a dropped session's jobs
-        self.jobs: JobControl | None = None
 
     def _session(self, **kw: Any) -> Session:
-        session = Session(
-            store=self.store,
-            on_detached=self._detached,
-            on_delivered=self._delivered,
-            on_result=self._result_delivered,
-            **kw,
-        )
-
-        async def heal() -> None:
-            await self.restore(session)
-
-        session.heal = heal
-        session.max_backlog = self.config.max_client_backlog_bytes
+        session = Session(life=SessionLifecycle(self.config.session_linger), **kw)
+        session.delivery = Delivery(session, self, self.store, self.tasks)
+        session.delivery.max_backlog = self.config.max_client_backlog_bytes
         return session
+
+    # ------------------------------------------------------------------ the lifecycle
+
+    def _apply(self, session: Session, commands: list[SessionCommand]) -> None:
+        """Carry out what the session's lifecycle decided, in order."""
+        for cmd in commands:
+            if isinstance(cmd, ArmLinger):
+                session.linger_timer = self.tasks.call_later(cmd.delay, lambda: self._linger_expired(session))
+            elif isinstance(cmd, CancelLinger):
+                self.tasks.cancel(session.linger_timer)
+                session.linger_timer = None
+            elif isinstance(cmd, Finish):
+                self.tasks.spawn(self._finish(session), "finish-close")
+            elif isinstance(cmd, Forget):
+                log.info(f"session.{cmd.reason}", trace_id=session.trace_id, session_id=session.session_id)
+                self.tasks.spawn(self._forget(session), f"drop-{session.session_id}")
+
+    def attached(self, session: Session) -> None:
+        """The delivery attached a socket (a new session's, or a resume's)."""
+        self._apply(session, session.life.attached_socket())
+
+    def detached(self, session: Session) -> None:
+        """The delivery's socket is gone (closed, cut, failed write): the session lingers."""
+        log.info("session.detached", trace_id=session.trace_id, session_id=session.session_id)
+        self._apply(session, session.life.detached_socket())
+
+    def _linger_expired(self, session: Session) -> None:
+        session.linger_timer = None
+        self._apply(session, session.life.linger_expired())
 
     async def restore(self, session: Session) -> None:
         """Write a session held here back into a store that lost it, numbering included."""
-        last = max(session.written, session.published)
+        delivery = session.delivery
+        last = max(delivery.written, delivery.published)
         released = await self.store.restore_session(
             session_record(session, self.config.instance_id),
             last,
             self.config.session_linger * 2,
-            session.order,
+            delivery.order,
         )
-        held = sum(len(k.held) for k in session.order.values())
+        held = sum(len(k.held) for k in delivery.order.values())
         log.warning(
             "session.restored", session_id=session.session_id, last_seq=last, held_results=held,
             released_now=len(released),
         )  # fmt: skip
         if released:  # held results no longer behind an unfinished one
-            session.deliver(released, released[-1][0])
+            delivery.deliver(released, released[-1][0])
 
     # ------------------------------------------------------------------ open / resume
 
@@ -119,8 +173,9 @@ class Desk:
         self.sessions[session.session_id] = session
         if init.room is not None and init.room_key is not None:
             self.rooms.claim(init.room, init.room_key, session.session_id, session.view_token)
-        session.start()
-        session.conn = conn
+        session.delivery.start()
+        session.delivery.conn = conn
+        self.attached(session)
         self.metrics.inc("sessions_created")
         log.info(
             "session.created",
@@ -134,26 +189,28 @@ class Desk:
 
     async def resume(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
         session = self.sessions.get(SessionId(info.session_id))
-        if (session is None or session.closed) and self.remote.shared:
+        if (session is None or session.life.gone) and self.remote.shared:
             session = await self._take(SessionId(info.session_id), info.resume_token)
-        if session is None or session.closed:
+        if session is None or session.life.gone:
             raise ProtocolError(
                 ErrorCode.SESSION_NOT_FOUND,
                 f"session {info.session_id} does not exist or has expired",
             )
         if not same_token(session.resume_token, info.resume_token):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "resume_token does not match")
-        old = session.conn
+        delivery = session.delivery
+        old = delivery.conn
         if old is not None:
-            session.conn = None
+            delivery.conn = None
             await close_quietly(old, 4000, "resumed elsewhere")
         try:
-            replayed = await session.attach(conn, info.last_seq, lambda n: self.init_ack(session, n))
+            replayed = await delivery.attach(conn, info.last_seq, lambda n: self.init_ack(session, n))
         except ReplayGap as exc:
+            self._unattached(session)
             raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"cannot resume: {exc}") from None
-        if session.linger_timer is not None:
-            session.linger_timer.cancel()
-            session.linger_timer = None
+        except BaseException:
+            self._unattached(session)
+            raise
         self.metrics.inc("sessions_resumed")
         self.metrics.inc("events_replayed", replayed)
         log.info(
@@ -181,77 +238,67 @@ class Desk:
             resume_token=rec.resume_token,
             view_token=rec.view_token,
             settings=settings_from_record(rec),
-            max_index=rec.max_index,
         )
+        session.utterances.max_index = rec.max_index
         self.sessions[session_id] = session
-        session.start()
+        session.delivery.start()
         await self.remote.session_claimed(session_id, prev)
         log.info("session.taken_over", session_id=session_id, trace_id=session.trace_id, from_instance=prev)
         return session
 
-    # ------------------------------------------------------------------ disconnect / linger / close
+    def _unattached(self, session: Session) -> None:
+        """A resume failed before its socket was attached: a session with no socket
+        lingers (a taken-over one would otherwise stay held here for ever)."""
+        if session.delivery.conn is None and not session.life.lingering:
+            self.detached(session)
+
+    # ------------------------------------------------------------------ disconnect / close
 
     def connection_closed(self, session: Session, conn: Transport) -> None:
-        """The socket is gone: unregister it at once (seed 002)."""
-        session.detach(conn)
+        """The socket is gone: unregister it at once (never "send" into a dead socket)."""
+        session.delivery.detach(conn)
 
-    def _detached(self, session: Session) -> None:
-        log.info("session.detached", trace_id=session.trace_id, session_id=session.session_id)
-        if session.linger_timer is None and not session.closed:
-            loop = asyncio.get_running_loop()
-            session.linger_timer = loop.call_later(self.config.session_linger, self._linger_expired, session)
-
-    def _linger_expired(self, session: Session) -> None:
-        session.linger_timer = None
-        if session.conn is None:
-            log.info("session.expired", trace_id=session.trace_id, session_id=session.session_id)
-            self.tasks.spawn(self.drop(session), f"drop-{session.session_id}")
-
-    async def drop(self, session: Session) -> None:
+    async def _forget(self, session: Session) -> None:
         """Forget the session: its running jobs are cancelled, its state deleted."""
-        session.closed = True
         self.sessions.pop(session.session_id, None)
-        if session.chunk_timer is not None:
-            session.chunk_timer.cancel()
-        if self.jobs is not None:
-            await self.jobs.cancel(session.active_jobs, "session_gone")
-        await session.stop()
+        self._apply(session, session.life.forgotten())
+        self.tasks.cancel(session.utterances.idle_timer)
+        await self.cancel_jobs(list(session.life.running), "session_gone")
+        await session.delivery.stop()
         await self.store.drop_session(session.session_id)
 
     async def close(self, session: Session) -> None:
         """``session_close``: finish running jobs, deliver their results, then close. A
-        repeated ``session_close`` changes nothing (one ``session_closed``)."""
-        if session.closing:
-            return
-        session.closing = True
-        await self._maybe_finish_close(session)
+        repeated ``session_close`` changes nothing (one ``session_closed``). With nothing
+        running, the close is finished before this returns."""
+        for cmd in session.life.close():
+            if isinstance(cmd, Finish):
+                await self._finish(session)
+            else:
+                self._apply(session, [cmd])
 
-    def _delivered(self, job_id: str) -> None:
+    def job_added(self, session: Session, job_id: JobId) -> None:
+        """A job of the session was accepted (a close waits for it)."""
+        session.life.job_added(job_id)
+
+    def result_written(self, job_id: str) -> None:
         """A translation_result's socket write completed."""
         self.metrics.inc("results_delivered")
         self.metrics.result_written(job_id, self.clock())
         if self.tracing is not None:
             self.tracing.delivered(job_id)
 
-    def _result_delivered(self, session: Session, job_id: str) -> None:
+    def result_entered(self, session: Session, job_id: str) -> None:
         """A result is on its way to the client: its job no longer keeps the session open
         (this is how a job handed over to another instance counts as done here)."""
-        if JobId(job_id) in session.active_jobs:
-            self._job_done(session, JobId(job_id))
+        self._apply(session, session.life.job_done(JobId(job_id)))
 
-    def _job_done(self, session: Session, job_id: JobId) -> None:
-        session.active_jobs.discard(job_id)
-        if session.closing and not session.active_jobs:
-            self.tasks.spawn(self._maybe_finish_close(session), "finish-close")
-
-    async def _maybe_finish_close(self, session: Session) -> None:
-        if not session.closing or session.active_jobs or session.closed or session.finishing:
-            return
-        session.finishing = True  # once: the last job's end and a close may both get here
-        session.emit(p.SessionClosed(reason="client_closed"))
-        await session.drain()
-        conn = session.conn
-        await self.drop(session)
+    async def _finish(self, session: Session) -> None:
+        delivery = session.delivery
+        delivery.emit(p.SessionClosed(reason="client_closed"))
+        await delivery.flush()
+        conn = delivery.conn
+        await self._forget(session)
         if conn is not None:
             await close_quietly(conn, 1000, "session closed")
         log.info("session.closed", trace_id=session.trace_id, session_id=session.session_id)
@@ -270,18 +317,23 @@ class Desk:
         log.info(
             "session.moved_away", session_id=session_id, trace_id=session.trace_id, to_instance=new_owner
         )
-        conn, session.conn = session.conn, None
-        if session.linger_timer is not None:
-            session.linger_timer.cancel()
+        delivery = session.delivery
+        conn, delivery.conn = delivery.conn, None
+        self._apply(session, session.life.moved_away())
+        self.tasks.cancel(session.utterances.idle_timer)
         if conn is not None:
             await close_quietly(conn, 4004, "session moved to another instance")
-        await session.drain()  # everything queued reaches the history: nothing is lost
-        session.closed = True
-        await session.stop()
+        await delivery.flush()  # everything queued reaches the history: nothing is lost
+        await delivery.stop()
         return int(await until_available(self.store.last_seq, session_id))
 
     async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in list(self.sessions.values())))
+        """Stop every session's delivery (the process stops; the sessions stay in the store
+        for a resume elsewhere)."""
+        for session in self.sessions.values():
+            self.tasks.cancel(session.linger_timer)
+            self.tasks.cancel(session.utterances.idle_timer)
+        await asyncio.gather(*(s.delivery.stop() for s in list(self.sessions.values())))
 
     # ------------------------------------------------------------------ the outbox
 
@@ -289,7 +341,7 @@ class Desk:
         """An event for a session held here (queued to its pump) or elsewhere (relayed)."""
         session = self.sessions.get(session_id)
         if session is not None:
-            session.emit(msg)
+            session.delivery.emit(msg)
             return
         relay = self.remote.relay(session_id)
         if relay is not None:
@@ -298,8 +350,8 @@ class Desk:
     def emit_result(self, job: Job, result: p.TranslationResult, end: JobEnd, on_end: Any) -> bool:
         session = self.sessions.get(job.session_id)
         if session is not None:
-            session.emit_result(job.tgt_lang, job.utterance_index, result, end, on_end)
-            self._job_done(session, job.job_id)
+            session.delivery.emit_result(job.tgt_lang, job.utterance_index, result, end, on_end)
+            self._apply(session, session.life.job_done(job.job_id))
             return True
         relay = self.remote.relay(job.session_id)
         if relay is None:

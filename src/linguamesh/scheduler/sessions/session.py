@@ -1,0 +1,73 @@
+"""A client session held by this instance, split by owner.
+
+* identity, settings and the lifecycle (:class:`~linguamesh.core.session_lifecycle.SessionLifecycle`)
+  — the session table (``table.py``) is the only one to change them;
+* ``delivery`` — the session's pump into its history and onto its socket (``delivery.py``);
+* ``utterances`` — what the intake knows of the session's utterances (``intake.py``) and
+  its streamed audio (``stream.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...core.ids import SessionId, TraceId
+from ...core.ratelimit import TokenBucket
+from ...core.segmenter import Segmenter
+from ...core.session_lifecycle import SessionLifecycle
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
+    from .stream import LiveUtterance
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    src_lang: str
+    tgt_langs: list[str]
+    tts: bool
+    partials: bool
+    audio_format: str
+    sample_rate: int
+    preferred_node_id: str | None
+    #: server-side end of speech (streamed audio): ms of trailing silence that end an
+    #: utterance; None when the client ends its utterances
+    end_of_speech_ms: int | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Utterances:
+    """The session's utterances as the intake sees them. Owned by the intake and the
+    stream."""
+
+    #: the highest utterance index accepted
+    max_index: int = -1
+    #: where the session's ``audio_chunk``s open and close utterances (made at the first)
+    segmenter: Segmenter | None = None
+    #: closes the open streamed utterance when no chunk came for ``chunk_idle_gap``
+    idle_timer: asyncio.TimerHandle | None = None
+    #: the utterance being spoken, streamed to its node(s) as it arrives
+    live: LiveUtterance | None = None
+    #: intake limits: (utterances, audio seconds) token buckets, made on first use
+    buckets: tuple[TokenBucket, TokenBucket] | None = None
+    #: utterances refused as rate_limited since the last log record about it
+    refused: int = 0
+    refused_logged_at: float = float("-inf")
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    session_id: SessionId
+    trace_id: TraceId
+    resume_token: str
+    view_token: str
+    settings: SessionSettings
+    life: SessionLifecycle
+    delivery: Delivery = field(init=False)
+    utterances: Utterances = field(default_factory=Utterances)
+    #: the linger timer (the table's), while the lifecycle says it lingers
+    linger_timer: asyncio.TimerHandle | None = None
+    #: the client address of the socket attached last (rate limits per address)
+    peer: str = ""

@@ -1,0 +1,270 @@
+"""The streamed utterance: a session's ``audio_chunk``s become utterances.
+
+The decisions — when an utterance opens, grows, closes, where a long one is cut, what
+waits for speech — are :class:`~linguamesh.core.segmenter.Segmenter`'s (one per session).
+This module carries them out: a live utterance's jobs start at its first audio (through
+the intake) and each later chunk is forwarded to the node of each job as it arrives
+(``job_audio``); a buffered utterance becomes one whole utterance when it closes. Both
+kinds close through :meth:`UtteranceStream._close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ... import protocol as p
+from ...audio import FRAME_MS, speech_onset, split_points, to_float32, voiced_frames
+from ...core.jobs import Job, JobState
+from ...core.segmenter import Append, ArmIdle, Close, Decision, DisarmIdle, Open, Segmenter
+from ...observability.logging import get_logger
+from ...protocol import ErrorCode, ProtocolError
+from ...state.base import DependencyDown
+from ..config import SchedulerConfig
+from ..jobs.jobrun import JobRun
+from ..nodes.registry import Registry
+from ..tasks import Tasks
+from .intake import Intake
+from .session import Session
+
+log = get_logger("linguamesh.scheduler")
+
+#: Server-side end of speech: the audio kept before the start of speech.
+PREROLL_SECONDS = 0.3
+#: A job in these states has its audio streamed to its node (the assign is written or on its way).
+STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
+
+
+@dataclass(slots=True, eq=False)
+class LiveUtterance:
+    """An utterance still being spoken: its jobs (one per target language) started at its
+    first audio and share this buffer. Each chunk is one piece; ``job_audio.seq`` numbers
+    the pieces. ``number`` is the segmenter's."""
+
+    number: int
+    index: int
+    pcm: bytearray
+    pieces: int = 1
+    open: bool = True
+    runs: list[JobRun] = field(default_factory=list)
+
+
+class UtteranceStream:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        tasks: Tasks,
+        intake: Intake,
+        registry: Registry,
+        kick: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.tasks = tasks
+        self.intake = intake
+        self.registry = registry
+        #: capacity may have appeared (the dispatcher's ``kick``)
+        self.kick = kick
+
+    # ------------------------------------------------------------------ events
+
+    async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
+        if session.settings.audio_format != "pcm16":
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "audio_chunk streaming needs audio_format pcm16")
+        if msg.seq < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"field `seq`: {msg.seq} is negative")
+        seg = self._segmenter(session)
+        if seg.repeated(msg.seq):
+            log.info("audio_chunk.duplicate", session_id=session.session_id, seq=msg.seq)
+            return
+        if len(msg.audio) % 2:
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "field `audio`: pcm16 chunk has an odd byte count")
+        await self._carry_out(session, seg.chunk(msg.seq, msg.audio, msg.is_final, self._can_stream))
+
+    async def speech_end(self, run: JobRun, size: int) -> None:
+        """The node heard the speech end ``size`` bytes into the utterance."""
+        live = run.live
+        session = self.intake.sessions.get(run.job.session_id)
+        if session is None or live is None or not live.open or session.utterances.live is not live:
+            return
+        await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
+
+    async def _idle(self, session: Session) -> None:
+        session.utterances.idle_timer = None
+        await self._carry_out(session, self._segmenter(session).idle())
+
+    # ------------------------------------------------------------------ carrying out decisions
+
+    def _segmenter(self, session: Session) -> Segmenter:
+        seg = session.utterances.segmenter
+        if seg is None:
+            rate = session.settings.sample_rate
+            onset = None
+            if session.settings.end_of_speech_ms is not None:  # the server ends utterances
+
+                def onset(pcm: bytes) -> int | None:
+                    return speech_onset(pcm, rate, before=PREROLL_SECONDS)
+
+            seg = session.utterances.segmenter = Segmenter(
+                max_bytes=max(2, int(self.config.max_utterance_seconds * rate) * 2),
+                cut=lambda pcm: self._cut(pcm, rate),
+                onset=onset,
+                preroll_bytes=2 * int((PREROLL_SECONDS + 0.1) * rate),
+            )
+        return seg
+
+    async def _carry_out(self, session: Session, decisions: list[Decision]) -> None:
+        """The segmenter's decisions, in order. An utterance the intake refused to open is
+        dropped: what follows about it in the list is skipped."""
+        utt = session.utterances
+        refused: set[int] = set()
+        for d in decisions:
+            if isinstance(d, DisarmIdle):
+                self.tasks.cancel(utt.idle_timer)
+                utt.idle_timer = None
+            elif isinstance(d, ArmIdle):
+                seg = utt.segmenter
+                if seg is not None and seg.open:
+                    self.tasks.cancel(utt.idle_timer)
+                    utt.idle_timer = self.tasks.call_later(
+                        self.config.chunk_idle_gap,
+                        lambda: self.tasks.spawn(self._idle(session), "chunk-close"),
+                    )
+            elif d.number in refused:
+                continue
+            elif isinstance(d, Open):
+                if not await self._open(session, d):
+                    refused.add(d.number)
+                    if utt.segmenter is not None:
+                        utt.segmenter.refused(d.number)
+            elif isinstance(d, Append):
+                await self._append(session, d)
+            else:
+                await self._close(session, d)
+
+    def _can_stream(self) -> bool:
+        return self.config.streaming and bool(self.registry.streaming_nodes())
+
+    async def _open(self, session: Session, d: Open) -> bool:
+        """The first audio of a live utterance: its jobs start now, with this much audio."""
+        if session.life.gone:
+            return False
+        index = session.utterances.max_index + 1
+        rate = session.settings.sample_rate
+        seconds = len(d.audio) / 2 / rate
+        try:
+            if not await self.intake.admit(session, index):
+                return False
+            self.intake.limit(session, index, seconds)
+            live = LiveUtterance(d.number, index, bytearray(d.audio))
+            if not await self.intake.accept(session, index, d.audio, "pcm16", rate, None, seconds, live):
+                return False
+        except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
+            session.delivery.emit(
+                p.Error(code=exc.code, message=exc.message, ref=exc.ref or f"utterance {index}")
+            )
+            return False
+        except DependencyDown as exc:
+            self._dependency_down(session, index, exc)
+            return False
+        session.utterances.live = live
+        return True
+
+    async def _append(self, session: Session, d: Append) -> None:
+        live = session.utterances.live
+        if live is None or live.number != d.number:
+            return
+        self.intake.charge(session, len(d.audio) / 2 / session.settings.sample_rate)
+        live.pcm += d.audio
+        live.pieces += 1
+        for run in live.runs:
+            await self._forward(
+                run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=d.seq, audio=d.audio)
+            )
+
+    async def _forward(self, run: JobRun, make: Callable[[Job], p.JobAudio]) -> None:
+        """To the node of the job's current attempt, if its audio streams there."""
+        job = run.job
+        target = run.streamed_to
+        if (
+            target is None
+            or run.gone
+            or target != (job.node_id, job.attempt_id)
+            or job.state not in STREAMING_STATES
+        ):
+            return
+        await self.registry.send(target[0], make(job), job_id=job.job_id)
+
+    async def _close(self, session: Session, d: Close) -> None:
+        """The utterance is complete: a live one's jobs get the rest of their audio and its
+        end; a buffered one becomes one whole utterance. A split is told to the client."""
+        live = session.utterances.live
+        if d.live and (live is None or live.number != d.number):
+            return  # refused when it opened
+        index = live.index if d.live and live is not None else session.utterances.max_index + 1
+        seconds = len(d.audio) / 2 / session.settings.sample_rate
+        log.info(
+            "utterance.closed",
+            session_id=session.session_id,
+            utterance_index=index,
+            why=d.why,
+            audio_seconds=round(seconds, 3),
+            streaming=d.live,
+        )
+        if d.why == "split":  # the client learns why its speech became two utterances
+            limit = self.config.max_utterance_seconds
+            reason = f"split: speech longer than {limit:g}s is cut at a pause; the rest follows as utterance {index + 1}"
+        if not d.live or live is None:
+            if d.why == "split":
+                for tgt in session.settings.tgt_langs:
+                    session.delivery.emit(
+                        p.JobStatus(utterance_index=index, tgt_lang=tgt, status="queued", reason=reason)
+                    )
+            await self._whole(session, index, d.audio)
+            return
+        del live.pcm[len(d.audio) :]
+        live.open = False
+        session.utterances.live = None
+        audio = bytes(live.pcm)
+        for run in live.runs:
+            job = run.job
+            if run.gone or job.state.terminal:
+                continue
+            job.audio = audio
+            job.audio_seconds = seconds
+            await self._forward(
+                run,
+                lambda j: p.JobAudio(
+                    job_id=j.job_id, attempt_id=j.attempt_id, seq=live.pieces, is_final=True, size=len(audio)
+                ),
+            )
+            if d.why == "split":
+                status: p.JobStatusValue = "queued" if job.state is JobState.CREATED else "processing"
+                session.delivery.emit(
+                    p.JobStatus(utterance_index=index, tgt_lang=job.tgt_lang, status=status, reason=reason)
+                )
+        self.kick()  # a job still waiting may go to any node now
+
+    async def _whole(self, session: Session, index: int, audio: bytes) -> None:
+        """A buffered utterance, closed: as if sent whole as utterance ``index``."""
+        try:
+            await self.intake.whole(session, index, audio, "pcm16", session.settings.sample_rate, None)
+        except ProtocolError as exc:
+            session.delivery.emit(p.Error(code=exc.code, message=exc.message, ref=f"utterance {index}"))
+        except DependencyDown as exc:  # not accepted: the client is told which utterance (it may re-send)
+            self._dependency_down(session, index, exc)
+
+    def _dependency_down(self, session: Session, index: int, exc: DependencyDown) -> None:
+        log.warning("session.dependency_down", session_id=session.session_id, utterance_index=index)
+        message = f"shared state unavailable, try again: {exc}"
+        session.delivery.emit(
+            p.Error(code=ErrorCode.DEPENDENCY_DOWN.value, message=message, ref=f"utterance {index}")
+        )
+
+    def _cut(self, pcm: bytes, rate: int) -> int:
+        """Where a streamed utterance longer than the limit is cut (bytes into ``pcm``): in a
+        pause, never inside a word when there is a pause to cut at."""
+        samples = to_float32(pcm, "pcm16", rate, rate)
+        max_frames = int(self.config.max_utterance_seconds * 1000 / FRAME_MS)
+        # as if speech went on past the buffer: the cut falls in the buffer's last pause
+        cuts = split_points([*voiced_frames(samples, rate), True], max_frames)
+        return cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(pcm)
