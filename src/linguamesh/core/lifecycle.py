@@ -18,10 +18,35 @@ from .ids import JobId, NodeId
 from .jobs import Job, JobState
 
 
+class NoteKind(StrEnum):
+    """What a :class:`Note` reports. The values are the stable names of the log events."""
+
+    DISPATCH_FAILED = "job.dispatch_failed"
+    RESULT_DUPLICATE = "job_result.duplicate"
+    PENDING_TIMEOUT = "job.pending_timeout"
+    ACK_TIMEOUT = "job.ack_timeout"
+    RESULT_TIMEOUT = "job.result_timeout"
+    NODE_LOST = "job.node_lost"
+    STALE_EVENT = "job.stale_event"
+    FAILOVER = "job.failover"
+
+    @property
+    def timeout(self) -> str | None:
+        """The timer of a timeout (``pending``, ``ack``, ``result``), else None."""
+        return _TIMEOUTS.get(self)
+
+
 class TimerKind(StrEnum):
     PENDING = "pending"
     ACK = "ack"
     RESULT = "result"
+
+
+_TIMEOUTS = {
+    NoteKind.PENDING_TIMEOUT: "pending",
+    NoteKind.ACK_TIMEOUT: "ack",
+    NoteKind.RESULT_TIMEOUT: "result",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +135,11 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """A decision worth a log line; ``event`` is a stable log event name."""
+    """A decision worth observing (a log record, a metric, a span event): what it is
+    (``kind``) and its facts. The observer in the shell decides by ``kind``."""
 
     job_id: JobId
-    event: str
+    kind: NoteKind
     fields: tuple[tuple[str, Any], ...] = ()
 
 
@@ -164,7 +190,7 @@ class Lifecycle:
         if job.state is not JobState.ASSIGNED or attempt_id != job.attempt_id:
             return [self._stale(job, "dispatched", attempt_id)]
         if not ok:
-            return [Note(job.job_id, "job.dispatch_failed")] + self._failover(
+            return [Note(job.job_id, NoteKind.DISPATCH_FAILED)] + self._failover(
                 job, "dispatch_failed", "node_failed", now, cancel=False
             )
         job.transition(JobState.DISPATCHED, now)
@@ -206,7 +232,7 @@ class Lifecycle:
         """A ``job_result`` arrived. The first valid result wins; copies are acked and dropped."""
         ack = AckResult(job.job_id, node_id, attempt_id)
         if job.state.terminal:
-            return [ack, Note(job.job_id, "job_result.duplicate", (("attempt_id", attempt_id),))]
+            return [ack, Note(job.job_id, NoteKind.RESULT_DUPLICATE, (("attempt_id", attempt_id),))]
         if attempt_id > job.attempt_id or attempt_id < 1:
             return [ack, self._stale(job, "job_result", attempt_id)]
         current = job.attempt_id == attempt_id and job.node_id == node_id
@@ -231,22 +257,22 @@ class Lifecycle:
             reason = job.last_reason or "no_available_pool"
             msg = f"no node could take the job within {self.config.pending_timeout:g}s ({reason})"
             return [
-                Note(job.job_id, "job.pending_timeout", (("reason", reason),)),
+                Note(job.job_id, NoteKind.PENDING_TIMEOUT, (("reason", reason),)),
                 *self._end(job, False, None, None, "no_available_node", msg, now),
             ]
         # a note names the node of the attempt: the failover that follows clears job.node_id
         if kind is TimerKind.ACK and job.state is JobState.DISPATCHED:
-            note = Note(job.job_id, "job.ack_timeout", (("node_id", job.node_id),))
+            note = Note(job.job_id, NoteKind.ACK_TIMEOUT, (("node_id", job.node_id),))
             return [note, *self._failover(job, "ack_timeout", "timeout", now)]
         if kind is TimerKind.RESULT and job.state in (JobState.ACCEPTED, JobState.RUNNING):
-            note = Note(job.job_id, "job.result_timeout", (("node_id", job.node_id),))
+            note = Note(job.job_id, NoteKind.RESULT_TIMEOUT, (("node_id", job.node_id),))
             return [note, *self._failover(job, "result_timeout", "timeout", now)]
         return [self._stale(job, f"timer.{kind}", attempt_id)]
 
     def node_gone(self, job: Job, node_id: NodeId, now: float) -> list[Command]:
         if job.state.terminal or job.node_id != node_id or job.state is JobState.CREATED:
             return []
-        note = Note(job.job_id, "job.node_lost", (("node_id", node_id),))
+        note = Note(job.job_id, NoteKind.NODE_LOST, (("node_id", node_id),))
         return [note, *self._failover(job, "node_lost", "node_failed", now, cancel=False)]
 
     def cancel(self, job: Job, reason: str, now: float) -> list[Command]:
@@ -275,7 +301,7 @@ class Lifecycle:
     def _stale(self, job: Job, what: str, attempt_id: int) -> Note:
         return Note(
             job.job_id,
-            "job.stale_event",
+            NoteKind.STALE_EVENT,
             (("what", what), ("attempt_id", attempt_id), ("state", job.state.value)),
         )
 
@@ -298,7 +324,7 @@ class Lifecycle:
         job.waiting_since = now
         job.last_reason = reason
         return cmds + [
-            Note(job.job_id, "job.failover", (("reason", reason), ("from_node", node))),
+            Note(job.job_id, NoteKind.FAILOVER, (("reason", reason), ("from_node", node))),
             Status(job.job_id, "retrying", reason=reason),
             Arm(job.job_id, TimerKind.PENDING, job.attempt_id, self.config.pending_timeout),
             Select(job.job_id),

@@ -218,7 +218,7 @@ async def admin_overview(request: Request) -> Response:
             "pools": pools_data(s),
             "jobs_in_flight": jobs,
             "recent_jobs": recent[::-1],
-            "failures": list(s.runner.failures)[::-1],
+            "failures": list(s.runner.observer.failures)[::-1],
             "counters": counters,
             "sessions": len(s.sessions),
             "queue_depth": len(s.dispatcher.waiting),

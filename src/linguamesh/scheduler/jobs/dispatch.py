@@ -19,14 +19,14 @@ import random
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ... import protocol as p
 from ...core.ids import JobId, NodeId
 from ...core.jobs import Job, JobState
 from ...core.lifecycle import LifecycleConfig
-from ...core.selection import SELECTORS, Request
+from ...core.selection import SELECTORS, Outcome, Request
 from ...core.stages import requirements
 from ...observability.logging import get_logger
 from ...observability.metrics import Metrics
@@ -40,14 +40,41 @@ from .jobrun import JobRun
 log = get_logger("linguamesh.scheduler")
 
 
+@dataclass(slots=True)
+class SelectionReport:
+    """What one selection found and did, for the observer (logs, metrics, spans)."""
+
+    #: the job's first selection
+    first: bool
+    #: counted in the metrics: once per attempt, not on every retry of a waiting job
+    counted: bool
+    #: the clock when the selection started
+    started: float
+    #: the pure selection's outcome (candidates, why nodes were passed over)
+    outcome: Outcome | None = None
+    #: ``ok``, ``queued`` (fair share) or ``failed``
+    ended: str = "failed"
+    node_id: NodeId | None = None
+    reason: str | None = None
+    detail: str | None = None
+    #: the reservations tried, in order: (node, reserved; None: the store did not answer)
+    tried: list[tuple[NodeId, bool | None]] = field(default_factory=list)
+    #: the pools there are (a failed selection that counts)
+    pools: list[str] | None = None
+    #: jobs waiting (a job queued behind them)
+    waiting: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Reserved:
     node_id: NodeId
+    report: SelectionReport | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class HandedOver:
     holder: str
+    report: SelectionReport | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +86,7 @@ class Unavailable:
     detail: str | None = None
     #: capacity is free but jobs of this kind waited first: retry the waiting jobs now
     retry_waiting: bool = False
+    report: SelectionReport | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +183,14 @@ class Dispatcher:
     # ------------------------------------------------------------------ selection
 
     async def select(self, run: JobRun) -> Selection:
+        """Choose a node for the job's current attempt and reserve a slot on it. Decides
+        only: what happened is in the outcome's :class:`SelectionReport`, which the
+        observer turns into logs, metrics and spans."""
         job = run.job
         first = run.first_selection
         run.first_selection = False
-        select_started = self.clock()
         # a job retried while it waits is counted once per attempt, not on every retry
-        counted = first or job.job_id not in self.waiting
+        report = SelectionReport(first, first or job.job_id not in self.waiting, self.clock())
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -170,40 +200,16 @@ class Dispatcher:
             # a job whose utterance is still spoken goes to a streaming node held here
             self.registry.streaming_nodes() if run.live is not None and run.live.open else None,
         )
-        if first or job.attempt_id > 1:
-            log.info(
-                "selection.started",
-                **job_fields(job),
-                request_id=job.request_id,
-                src_lang=job.src_lang,
-                tgt_lang=job.tgt_lang,
-                preferred_node_id=job.preferred_node_id,
-                excluded=sorted(job.excluded),
-            )
-        out = self.select_fn(self.store.nodes(), req, self.rng)
+        out = report.outcome = self.select_fn(self.store.nodes(), req, self.rng)
         if first and out.candidates and self.waiting and self._queued_behind(run):
             # a node has room, but jobs of this kind were waiting first: they go first
             self._enqueue(run)
-            self.metrics.inc("selections", outcome="queued", selector=out.selector)
-            self.metrics.inc("selection_failures", reason="fair_share")
-            log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=len(self.waiting))
-            return Unavailable("no_capacity", first, retry_waiting=True)
-        if out.fallback is not None:
-            if counted:
-                self.metrics.inc("selection_fallbacks", reason=out.fallback.value)
-            # once per attempt at info; a waiting job re-tried on every drain only at debug
-            (log.info if counted else log.debug)(
-                "selection.preferred_fallback",
-                **job_fields(job),
-                preferred_node_id=job.preferred_node_id,
-                fallback_reason=out.fallback.value,
-                selected_node=out.candidates[0] if out.candidates else None,
-            )
+            report.ended, report.reason, report.waiting = "queued", "fair_share", len(self.waiting)
+            return Unavailable("no_capacity", first, retry_waiting=True, report=report)
         result_deadline = self.timeouts.result_deadline(job.audio_seconds)
         ttl = self.config.ack_timeout + result_deadline + 30.0
         shared = self.remote.shared
         for node_id in out.candidates:
-            self.metrics.inc("reservations_attempted")
             handover = record = None
             try:
                 if shared:  # the job's record rides along with the reservation
@@ -223,66 +229,30 @@ class Dispatcher:
                     node_id, job.job_id, job.attempt_id, ttl, record, handover
                 )
             except DependencyDown:
-                if counted:
-                    self.metrics.inc("selections", outcome="failed", selector=out.selector)
-                    self.metrics.inc("selection_failures", reason="dependency_down")
+                report.tried.append((node_id, None))
                 self._enqueue(run)
-                log.warning("selection.failed", **job_fields(job), reason="dependency_down")
-                return Unavailable("dependency_down", first)
+                report.ended, report.reason = "failed", "dependency_down"
+                return Unavailable("dependency_down", first, report=report)
+            report.tried.append((node_id, reserved))
             if reserved:
                 self._last_served = job.session_id
-                self.metrics.inc("reservations_succeeded")
-                self.metrics.inc("selections", outcome="ok", selector=out.selector)
-                # the attempt waited since the job (or its failover) needed a node
-                self.metrics.queue_wait.labels(job.pair).observe(max(0.0, self.clock() - job.waiting_since))
-                if run.spans is not None:
-                    run.spans.reserved(job.waiting_since, select_started, node_id, job.attempt_id)
                 self.forget(job.job_id)
-                log.info(
-                    "selection.succeeded",
-                    **{**job_fields(job), "node_id": node_id},
-                    selected_node=node_id,
-                    selector=out.selector,
-                    preferred_used=out.preferred_used,
-                )
-                log.debug(
-                    "selection.pool_details",
-                    **job_fields(job),
-                    pool_count=out.pool_count,
-                    eligible_pools=out.eligible_pools,
-                    selected_pool=out.selected_pool,
-                    attempts=out.attempts,
-                )
-                log.info("reservation.succeeded", **{**job_fields(job), "node_id": node_id})
+                report.ended, report.node_id = "ok", node_id
                 if handover is not None and handover.sent:  # the node's instance runs it from here on
-                    return HandedOver(handover.to_instance)
-                return Reserved(node_id)
-            log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
+                    return HandedOver(handover.to_instance, report=report)
+                return Reserved(node_id, report=report)
         reason = out.reason.value if out.reason else "no_capacity"
         detail = None
-        if counted:
-            self.metrics.inc("selections", outcome="failed", selector=out.selector)
-            self.metrics.inc("selection_failures", reason=reason)
+        if report.counted:
             # what the operator and the client need when nothing serves the pair: which pools exist
-            pools = self.store.nodes().pool_names()
+            report.pools = self.store.nodes().pool_names()
             if reason == "no_available_pool":
                 detail = f"no node serves {job.src_lang}->{job.tgt_lang} now; " + (
-                    f"pools: {', '.join(pools)}" if pools else "no node is connected"
+                    f"pools: {', '.join(report.pools)}" if report.pools else "no node is connected"
                 )
-            log.warning(
-                "selection.failed",
-                **job_fields(job),
-                selector=out.selector,
-                reason=reason,
-                # why each node was passed over (none when no node serves the pair at all)
-                breakdown={k.value: v for k, v in out.breakdown.counts.items()} or None,
-                src_lang=job.src_lang,
-                tgt_lang=job.tgt_lang,
-                pools=pools,
-                detail=detail,
-            )
         self._enqueue(run)
-        return Unavailable(reason, first, detail)
+        report.ended, report.reason, report.detail = "failed", reason, detail
+        return Unavailable(reason, first, detail, report=report)
 
     # ------------------------------------------------------------------ dispatch
 

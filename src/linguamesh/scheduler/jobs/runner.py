@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ... import protocol as p
 from ...core.ids import JobId, NodeId
@@ -47,7 +47,8 @@ from ..records import job_fields, job_record
 from ..tasks import Tasks
 from .dispatch import Dispatcher, HandedOver, Reserved, Unavailable, kind_of
 from .jobrun import JobRun
-from .results import failure_entry, stage_seconds, translation_result
+from .observer import JobObserver
+from .results import translation_result
 from .spans import JobSpans
 
 if TYPE_CHECKING:
@@ -100,8 +101,8 @@ class Runner:
         self.tracing = tracing.current("scheduler")
         self.runs: dict[JobId, JobRun] = {}
         self.finished: OrderedDict[JobId, Job] = OrderedDict()
-        #: the last failed jobs, newest last, for the operator page
-        self.failures: deque[dict[str, Any]] = deque(maxlen=200)
+        #: logs, metrics and spans of what the runner and the dispatcher decided
+        self.observer = JobObserver(metrics)
 
     # ------------------------------------------------------------------ entry points
 
@@ -257,7 +258,7 @@ class Runner:
             and attempt_id == job.attempt_id
             and job.dispatched_at is not None
         ):
-            self.metrics.ack_latency.observe(max(0.0, now - job.dispatched_at))
+            self.observer.acked(job, max(0.0, now - job.dispatched_at))
         return self.lifecycle.acked(job, attempt_id, now)
 
     async def _refuse(self, node_id: NodeId, msg: p.JobMessage, job: Job) -> None:
@@ -327,6 +328,8 @@ class Runner:
         job = run.job
         if isinstance(cmd, Select):
             sel = await self.dispatcher.select(run)
+            if sel.report is not None:
+                self.observer.selection(run, sel.report, self.clock())
             if isinstance(sel, Reserved):
                 return self.lifecycle.selected(job, sel.node_id, self.clock())
             if isinstance(sel, Unavailable):
@@ -359,7 +362,7 @@ class Runner:
             if not run.gone:  # else handed over: its new owner reports
                 self._status(job, cmd)
         elif isinstance(cmd, Note):
-            self._note(run, cmd)
+            self.observer.note(run, cmd)
         elif isinstance(cmd, Finish):
             await self._finish(run, cmd)
         return []
@@ -390,29 +393,6 @@ class Runner:
                 detail=cmd.detail,
             ),
         )
-
-    def _note(self, run: JobRun, cmd: Note) -> None:
-        job = run.job
-        base = job_fields(job)
-        note = dict(cmd.fields)
-        if base.get("node_id") is None and note.get("node_id") is not None:
-            base["node_id"] = note.pop("node_id")  # the attempt's node, cleared by the failover since
-        # a note's own field named like a job field (a stale event's attempt_id) is the event's
-        fields = {(f"event_{k}" if k in base else k): v for k, v in note.items()}
-        if cmd.event == "job.stale_event":
-            log.debug(cmd.event, **base, **fields)
-        elif cmd.event == "job_result.duplicate":
-            self.metrics.inc("results_duplicate")
-            log.info(cmd.event, **base, **fields)
-        else:
-            if cmd.event == "job.failover":
-                reason = str(fields.get("reason", "")).split(":")[0]
-                self.metrics.inc("failovers", reason=reason)
-                if run.spans is not None:
-                    run.spans.attempt_over("failover", reason)
-            elif cmd.event.endswith("_timeout"):
-                self.metrics.inc("timeouts", kind=cmd.event.split(".")[1].removesuffix("_timeout"))
-            log.warning(cmd.event, **base, **fields)
 
     def _arm(self, run: JobRun, cmd: Arm) -> None:
         if run.gone:
@@ -453,31 +433,8 @@ class Runner:
         self._forget(run)
         now = self.clock()
         self._keep_finished(job, now)
-        self.metrics.inc("jobs_finished", state=job.state.value, code=cmd.error_code or "none")
-        if not cmd.ok:
-            self.failures.append(failure_entry(job, cmd, time.time()))
-        total_ms = (now - job.created_at) * 1000
-        self.metrics.end_to_end.labels("ok" if cmd.ok else "failed", job.pair).observe(total_ms / 1000)
-        for stage, seconds in stage_seconds(job, cmd):
-            self.metrics.stage_latency.labels(stage).observe(seconds)
-        result = translation_result(job, cmd, total_ms, now, run.tts)
-        otel_trace_id = None
-        if run.spans is not None and self.tracing is not None:
-            self.tracing.deliver(job.job_id, run.spans.finished(cmd.ok, cmd.error_code, cmd.node_id))
-            otel_trace_id = run.spans.trace_id
-        log.info(
-            "result.created",
-            **{**job_fields(job), "node_id": cmd.node_id},
-            otel_trace_id=otel_trace_id,
-            status=result.status,
-            error_code=cmd.error_code,
-            text_asr=result.text_asr,
-            text_translated=result.text_translated,
-            tts_audio_len=len(result.tts_audio or b""),
-            elapsed_ms=round(total_ms, 3),
-        )
-        self.metrics.inc("results_emitted")
-        self.metrics.result_created(job.job_id, now)
+        result = translation_result(job, cmd, (now - job.created_at) * 1000, now, run.tts)
+        self.observer.finished(run, cmd, result, now)
         release = run.pending_release
         # the job ends (record, slot) in the same store step that puts the result into the
         # history: no round trip of its own, none before the client gets the result
