@@ -17,6 +17,7 @@ from linguamesh.client import ClientError, SessionClient
 
 from ..conftest import SCALE, pcm
 from ..fleet import Fleet, Speaker, finish
+from ..procs import wait_log
 
 FLAGS = ("--pending-timeout", "10", "--ack-timeout", "2", "--result-timeout", "20")
 
@@ -143,5 +144,7 @@ async def test_a_second_sigterm_stops_a_draining_node_at_once(tmp_path: Path) ->
         fleet.node("n3", [s.url], delay_ms=50, slots=4)
         t = await finish([speaker], 40 * SCALE)  # n1's jobs fail over to n2, or n3
         assert t.ok == 4, t.line()
+        # n2 may have delivered every result before it died: its loss is logged by then or soon
+        await wait_log(tmp_path / "S.1.log", '"node_id": "n2", "why": "connection lost')
         gone = {r["node_id"]: (r["why"], r["level"]) for r in _events(tmp_path / "S.1.log", "node.gone")}
         assert gone["n2"][1] == "warning" and gone["n2"][0].startswith("connection lost"), gone

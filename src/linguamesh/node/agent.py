@@ -41,6 +41,8 @@ log = get_logger("linguamesh.node")
 MAX_FRAME = 64 * 1024 * 1024
 #: A stopping node waits this long for the scheduler's answer to its close frame.
 CLOSE_TIMEOUT = 2.0
+#: How long a stopping node waits for its cancelled jobs and sends to end.
+STOP_TIMEOUT = 5.0
 
 
 class FatalNodeError(Exception):
@@ -196,10 +198,22 @@ class NodeAgent:
                 i += 1
                 await asyncio.sleep(delay)
         finally:
-            for r in list(self.running.values()):
-                r.task.cancel()
+            await self._end_tasks()
+
+    async def _end_tasks(self) -> None:
+        """The connection is over for good: the jobs still running, then the sends still
+        queued, are cancelled and waited for (at most STOP_TIMEOUT: a stop is bounded)."""
+        tasks = [r.task for r in self.running.values()] + list(self._sends)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.warning("node.tasks_left_running", node_id=self.node_id, tasks=len(pending))
 
     async def stop(self) -> None:
+        """Stop at once: the socket is closed (within its close timeout) and :meth:`run`
+        ends, cancelling what still runs (see :meth:`drain` for a graceful stop)."""
         self._stopping = True
         if self.ws is not None:
             await self.ws.close()
@@ -463,7 +477,7 @@ class NodeAgent:
             def partial(stage: str, text: str) -> None:
                 # engines call this from their worker thread
                 msg = p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text)
-                loop.call_soon_threadsafe(lambda: loop.create_task(self._send(msg)))
+                loop.call_soon_threadsafe(self._send_soon, msg)
 
             return await run_pipeline(self.engines, job, partial, fields)
 

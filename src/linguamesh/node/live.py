@@ -121,140 +121,212 @@ async def run_streaming(
     on_speech_end: Callable[[int], None],
     log_fields: dict[str, object],
 ) -> PipelineOutput:
-    t0 = time.perf_counter()
-    asr = engines.asr_for(job.src_lang)
-    if asr is None:
-        raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
-    vad = engines.vad[0] if engines.vad else None
-    tr = StreamingTranscriber(asr, job.src_lang, RATE, keep_seconds=KEEP_SECONDS)
-    end_detect = EndOfSpeech(job.end_of_speech_ms) if job.end_of_speech_ms and vad is not None else None
-    totals = _Totals()
-    sentences: asyncio.Queue[str | None] = asyncio.Queue()
-    worker = asyncio.create_task(_sentence_worker(engines, job, sentences, totals, on_partial, log_fields))
-    fed = 0  # bytes of inp.pcm given to the transcriber
-    judged = 0  # 30 ms frames judged by the VAD
-    speech_end = 0.0  # seconds: the end of the last frame of speech (0: none yet)
-    silent = 0  # frames of silence since then
-    voiced = 0  # frames of speech in all
-    vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
-    stepped_at = 0.0  # seconds heard at the last decode
-    step: asyncio.Task[None] | None = None
-    last_text = ""
-    cut_bytes: int | None = None
+    """Run a streaming job to its result (see :class:`StreamingRun`)."""
+    return await StreamingRun(engines, job, inp, on_partial, on_speech_end, log_fields).run()
 
-    async def decode() -> None:
-        nonlocal last_text
-        t = time.perf_counter()
-        hyp = await tr.step()
-        totals.asr += time.perf_counter() - t
-        if hyp.text != last_text:
-            last_text = hyp.text
-            on_partial("asr", hyp.text, hyp.stable)
-        for s in hyp.sentences:
-            sentences.put_nowait(s)
 
-    try:
+class StreamingRun:
+    """One streaming job: hears the audio as it comes (``inp``), judges speech with the VAD,
+    decodes now and then for live captions, proposes the end of speech (server-side end of
+    speech), and once the utterance is final decodes what is left; committed sentences are
+    repaired, translated and synthesized by a worker as they come."""
+
+    def __init__(
+        self,
+        engines: EngineSet,
+        job: p.JobAssign,
+        inp: LiveInput,
+        on_partial: PartialSink,
+        on_speech_end: Callable[[int], None],
+        log_fields: dict[str, object],
+    ) -> None:
+        asr = engines.asr_for(job.src_lang)
+        if asr is None:
+            raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
+        self.engines = engines
+        self.job = job
+        self.inp = inp
+        self.on_partial = on_partial
+        self.on_speech_end = on_speech_end
+        self.log_fields = log_fields
+        self.asr = asr
+        self.vad = engines.vad[0] if engines.vad else None
+        self.tr = StreamingTranscriber(asr, job.src_lang, RATE, keep_seconds=KEEP_SECONDS)
+        self.end_detect = (
+            EndOfSpeech(job.end_of_speech_ms) if job.end_of_speech_ms and self.vad is not None else None
+        )
+        self.totals = _Totals()
+        self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        self.fed = 0  # bytes of inp.pcm given to the transcriber
+        self.judged = 0  # 30 ms frames judged by the VAD
+        self.speech_end = 0.0  # seconds: the end of the last frame of speech (0: none yet)
+        self.silent = 0  # frames of silence since then
+        self.voiced = 0  # frames of speech in all
+        self.vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
+        self.stepped_at = 0.0  # seconds heard at the last decode
+        self.step: asyncio.Task[None] | None = None
+        self.last_text = ""
+        #: the end of speech proposed to the scheduler (bytes), until it answers
+        self.cut_bytes: int | None = None
+
+    async def run(self) -> PipelineOutput:
+        t0 = time.perf_counter()
+        worker = asyncio.create_task(
+            _sentence_worker(
+                self.engines, self.job, self.sentences, self.totals, self.on_partial, self.log_fields
+            )
+        )
+        try:
+            await self._hear()
+            final_decode = await self._finish()
+            await worker
+        finally:
+            worker.cancel()
+            if self.step is not None:
+                self.step.cancel()
+        tr = self.tr
+        log.info(
+            "stage.done",
+            stage="asr",
+            duration_ms=round(self.totals.asr * 1000, 3),
+            engine=self.asr.name,
+            streaming=True,
+            decodes=tr.decodes,
+            decoded_seconds=round(tr.decoded_seconds, 3),
+            heard_seconds=round(tr.heard, 3),
+            final_decode=final_decode,
+            **self.log_fields,
+        )
+        return _output(self.job, self.totals, t0)
+
+    async def _hear(self) -> None:
+        """Until the utterance is final (or the stream stalls): feed, judge, decode."""
+        inp = self.inp
         while True:
-            if fed < len(inp.pcm) and cut_bytes is None:
-                piece = bytes(inp.pcm[fed:])
-                piece = piece[: len(piece) - len(piece) % 2]
-                try:
-                    samples = to_float32(piece, "pcm16", inp.rate, RATE)
-                except BadAudio as exc:
-                    raise EngineError(str(exc), "bad_audio", retryable=False) from None
-                tr.feed(samples)
-                fed += len(piece)
-                if vad is not None:
-                    frame = RATE * FRAME_MS // 1000
-                    audio = np.concatenate([vad_rest, samples])
-                    whole = audio.size - audio.size % frame
-                    vad_rest = audio[whole:]
-                    flags = await vad.voiced(Speech(audio[:whole], RATE)) if whole else []
-                    for v in flags:
-                        judged += 1
-                        if v:
-                            speech_end, silent = judged * FRAME_MS / 1000, 0
-                            voiced += 1
-                        else:
-                            silent += 1
-                    if end_detect is not None and end_detect.feed(flags) is not None:
-                        # the scheduler decides: it answers with job_audio is_final and the size
-                        # (the cut, or more when the client had ended the utterance already)
-                        seconds = end_detect.cut_seconds() or 0.0
-                        end_detect = None
-                        cut_bytes = min(len(inp.pcm), int(seconds * inp.rate) * 2)
-                        log.info("stream.speech_end", at_seconds=round(seconds, 3), **log_fields)
-                        on_speech_end(cut_bytes)
-            if inp.final and cut_bytes is not None and len(inp.pcm) > cut_bytes:
-                cut_bytes = None  # the utterance goes on past the cut: hear the rest
+            if self.fed < len(inp.pcm) and self.cut_bytes is None:
+                await self._feed()
+            if inp.final and self.cut_bytes is not None and len(inp.pcm) > self.cut_bytes:
+                self.cut_bytes = None  # the utterance goes on past the cut: hear the rest
                 continue
-            if inp.final and (fed >= len(inp.pcm) or cut_bytes is not None):
-                break  # (audio that came while the VAD ran is fed first)
-            # no decodes of silence or of a word's first syllable (Whisper invents text there)
-            heard_speech = vad is None or voiced >= MIN_SPEECH_FRAMES
-            # the speaker paused: decode now, so this decode has heard all the speech when the
-            # end comes (the end then needs no decode of its own)
-            settled = speech_end > 0 and silent >= SETTLE_FRAMES and stepped_at < speech_end + SETTLE_SECONDS
-            # decodes take at most DECODE_BUDGET of the time spoken (fewer when the cores are
-            # shared by several streams); a decode at a pause is always worth it
-            in_budget = totals.asr <= DECODE_BUDGET * tr.heard
-            due = tr.heard - stepped_at >= STEP_SECONDS and in_budget
-            if step is None and heard_speech and (due or settled):
-                stepped_at = tr.heard
-                step = asyncio.create_task(decode())
+            if inp.final and (self.fed >= len(inp.pcm) or self.cut_bytes is not None):
+                return  # (audio that came while the VAD ran is fed first)
+            self._maybe_decode()
             inp.changed.clear()
             # more to hear (not past a proposed end: that waits for the scheduler's answer)
-            if (fed < len(inp.pcm) and cut_bytes is None) or inp.final:
+            if (self.fed < len(inp.pcm) and self.cut_bytes is None) or inp.final:
                 continue
-            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(inp.changed.wait())]
-            if step is not None:
-                waiters.append(step)  # type: ignore[arg-type]
-            done, _ = await asyncio.wait(waiters, timeout=STALL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-            waiters[0].cancel()
-            if step is not None and step.done():
-                ended, step = step, None
-                ended.result()  # a decode's error is the job's
-            if not done:
-                log.warning("stream.stalled", heard_seconds=round(tr.heard, 3), **log_fields)
-                break
+            if not await self._wait():
+                log.warning("stream.stalled", heard_seconds=round(self.tr.heard, 3), **self.log_fields)
+                return
+
+    async def _feed(self) -> None:
+        """The audio not yet heard, to the transcriber and the VAD."""
+        inp = self.inp
+        piece = bytes(inp.pcm[self.fed :])
+        piece = piece[: len(piece) - len(piece) % 2]
+        try:
+            samples = to_float32(piece, "pcm16", inp.rate, RATE)
+        except BadAudio as exc:
+            raise EngineError(str(exc), "bad_audio", retryable=False) from None
+        self.tr.feed(samples)
+        self.fed += len(piece)
+        if self.vad is not None:
+            await self._judge(samples)
+
+    async def _judge(self, samples: np.ndarray) -> None:
+        """Speech or not, per 30 ms frame; proposes the end of speech once it is heard."""
+        assert self.vad is not None
+        frame = RATE * FRAME_MS // 1000
+        audio = np.concatenate([self.vad_rest, samples])
+        whole = audio.size - audio.size % frame
+        self.vad_rest = audio[whole:]
+        flags = await self.vad.voiced(Speech(audio[:whole], RATE)) if whole else []
+        for v in flags:
+            self.judged += 1
+            if v:
+                self.speech_end, self.silent = self.judged * FRAME_MS / 1000, 0
+                self.voiced += 1
+            else:
+                self.silent += 1
+        if self.end_detect is not None and self.end_detect.feed(flags) is not None:
+            # the scheduler decides: it answers with job_audio is_final and the size
+            # (the cut, or more when the client had ended the utterance already)
+            seconds = self.end_detect.cut_seconds() or 0.0
+            self.end_detect = None
+            self.cut_bytes = min(len(self.inp.pcm), int(seconds * self.inp.rate) * 2)
+            log.info("stream.speech_end", at_seconds=round(seconds, 3), **self.log_fields)
+            self.on_speech_end(self.cut_bytes)
+
+    def _maybe_decode(self) -> None:
+        """Start a decode (live captions) when one is due and none runs."""
+        tr = self.tr
+        # no decodes of silence or of a word's first syllable (Whisper invents text there)
+        heard_speech = self.vad is None or self.voiced >= MIN_SPEECH_FRAMES
+        # the speaker paused: decode now, so this decode has heard all the speech when the
+        # end comes (the end then needs no decode of its own)
+        settled = (
+            self.speech_end > 0
+            and self.silent >= SETTLE_FRAMES
+            and self.stepped_at < self.speech_end + SETTLE_SECONDS
+        )
+        # decodes take at most DECODE_BUDGET of the time spoken (fewer when the cores are
+        # shared by several streams); a decode at a pause is always worth it
+        in_budget = self.totals.asr <= DECODE_BUDGET * tr.heard
+        due = tr.heard - self.stepped_at >= STEP_SECONDS and in_budget
+        if self.step is None and heard_speech and (due or settled):
+            self.stepped_at = tr.heard
+            self.step = asyncio.create_task(self._decode())
+
+    async def _decode(self) -> None:
+        t = time.perf_counter()
+        hyp = await self.tr.step()
+        self.totals.asr += time.perf_counter() - t
+        if hyp.text != self.last_text:
+            self.last_text = hyp.text
+            self.on_partial("asr", hyp.text, hyp.stable)
+        for s in hyp.sentences:
+            self.sentences.put_nowait(s)
+
+    async def _wait(self) -> bool:
+        """For more audio or the decode's end; False when neither came in STALL_SECONDS."""
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self.inp.changed.wait())]
+        if self.step is not None:
+            waiters.append(self.step)  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(waiters, timeout=STALL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        waiters[0].cancel()
+        if self.step is not None and self.step.done():
+            ended, self.step = self.step, None
+            ended.result()  # a decode's error is the job's
+        return bool(done)
+
+    async def _finish(self) -> bool:
+        """The last decode (unless the latest one heard all the speech) and the last
+        sentences; True when a final decode ran."""
+        inp, tr = self.inp, self.tr
         if inp.broken:
             raise EngineError(inp.broken, "internal", retryable=True)
-        if step is not None:
-            await step
-        if len(inp.pcm) < fed:  # the scheduler cut the utterance short
-            cut_bytes = min(cut_bytes if cut_bytes is not None else fed, len(inp.pcm))
+        if self.step is not None:
+            await self.step
+        cut_bytes = self.cut_bytes
+        if len(inp.pcm) < self.fed:  # the scheduler cut the utterance short
+            cut_bytes = min(cut_bytes if cut_bytes is not None else self.fed, len(inp.pcm))
         # the latest decode heard all the speech (and nothing after the cut): it is the last
         limit = cut_bytes / 2 / inp.rate if cut_bytes is not None else float("inf")
-        heard_all = vad is not None and speech_end + SETTLE_SECONDS - 0.05 <= tr.covered <= limit + 0.05
+        heard_all = (
+            self.vad is not None and self.speech_end + SETTLE_SECONDS - 0.05 <= tr.covered <= limit + 0.05
+        )
         if cut_bytes is not None:
             tr.truncate(cut_bytes / 2 / inp.rate)
         t = time.perf_counter()
-        final_decode = not heard_all and (vad is None or speech_end > 0)
+        final_decode = not heard_all and (self.vad is None or self.speech_end > 0)
         final = await tr.finish(decode=final_decode)
-        totals.asr += time.perf_counter() - t
-        if final.text != last_text:
-            on_partial("asr", final.text, final.stable)
+        self.totals.asr += time.perf_counter() - t
+        if final.text != self.last_text:
+            self.on_partial("asr", final.text, final.stable)
         for sentence in final.sentences:
-            sentences.put_nowait(sentence)
-        sentences.put_nowait(None)
-        await worker
-    finally:
-        worker.cancel()
-        if step is not None:
-            step.cancel()
-    log.info(
-        "stage.done",
-        stage="asr",
-        duration_ms=round(totals.asr * 1000, 3),
-        engine=asr.name,
-        streaming=True,
-        decodes=tr.decodes,
-        decoded_seconds=round(tr.decoded_seconds, 3),
-        heard_seconds=round(tr.heard, 3),
-        final_decode=final_decode,
-        **log_fields,
-    )
-    return _output(job, totals, t0)
+            self.sentences.put_nowait(sentence)
+        self.sentences.put_nowait(None)
+        return final_decode
 
 
 async def _sentence_worker(
