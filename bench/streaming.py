@@ -1,4 +1,4 @@
-"""Streaming benchmark (issue 14): live captions and end-of-speech latency, default engines.
+"""Streaming benchmark: live captions and end-of-speech latency, default engines.
 
     python bench/streaming.py [--sentences 12] [--json]
 

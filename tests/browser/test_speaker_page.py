@@ -1,4 +1,4 @@
-"""The speaker page a person can rely on (issue 16): reloads and server restarts keep the
+"""The speaker page a person can rely on: reloads and server restarts keep the
 session or start a new one cleanly, clips play one at a time, taps and Space do what a
 person expects. Real Chromium, real scheduler and nodes on loopback."""
 

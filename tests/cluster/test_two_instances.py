@@ -1,4 +1,4 @@
-"""Many scheduler instances on one real redis-server, with real sockets (DESIGN §5, seed 003)."""
+"""Many scheduler instances on one real redis-server, with real sockets."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ async def node_on_a(cluster: Cluster, redis_url: str, delay_ms: int) -> tuple[An
 
 
 async def test_node_on_a_session_on_b_results_in_order(cluster: Cluster, redis_url: str) -> None:
-    """Seed 003's test, automated: node connected to instance A, session to instance B."""
+    """A node connected to instance A, session to instance B."""
     _a, b = await node_on_a(cluster, redis_url, delay_ms=5)
     async with SessionClient(b.url, src="en", tgt="es") as c:
         for i, secs in enumerate((0.6, 0.3, 0.1)):

@@ -1,4 +1,4 @@
-"""Streaming with the default engines through a real scheduler and node (issue 14):
+"""Streaming with the default engines through a real scheduler and node:
 speech played as 20 ms ``audio_chunk``s in real time."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Streaming jobs (issue 14) through a real scheduler and nodes with the test engines:
+"""Streaming jobs through a real scheduler and nodes with the test engines:
 the job starts at the first ``audio_chunk``, the node decodes while the audio arrives,
 and failover, non-streaming nodes and several target languages lose nothing."""
 

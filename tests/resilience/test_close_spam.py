@@ -1,4 +1,4 @@
-"""``session_close`` spammed while a result arrives (issue 18, row 8): one ``session_closed``,
+"""``session_close`` spammed while a result arrives: one ``session_closed``,
 the result once, and no handler left hanging (the process stops promptly)."""
 
 from __future__ import annotations

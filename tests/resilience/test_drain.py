@@ -1,4 +1,4 @@
-"""Graceful drain on SIGTERM (issue 18, rows 4 and 5): real scheduler and node processes."""
+"""Graceful drain on SIGTERM: real scheduler and node processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An instance dies with work in flight (issue 18, row 3): results a node finished for jobs
+"""An instance dies with work in flight: results a node finished for jobs
 whose owner died are accepted by the instance the node re-homes to, and delivered once."""
 
 from __future__ import annotations

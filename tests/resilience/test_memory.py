@@ -1,4 +1,4 @@
-"""Bounded memory (issue 18, rows 6 and 7), measured as the RSS of a real scheduler process."""
+"""Bounded memory, measured as the RSS of a real scheduler process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 003's case with little slack (issue 18, row 9): a node registers on instance A and
+"""A registration raced by a new instance, with little slack: a node registers on instance A and
 a session on instance B sends three utterances half a second later, with a pending timeout
 of 1.5 s. B must learn of the node within its stated bound (one instance heartbeat,
 0.5 s, usually at once through A's notice) and every waiting job must be woken by it."""

@@ -1,4 +1,4 @@
-"""Redis stalls and restarts under load (issue 18, rows 1 and 2): real redis-server,
+"""Redis stalls and restarts under load: real redis-server,
 two real scheduler processes, a real node process; every utterance is counted."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The short fault-injection soak (issue 18): ``bench/soak.py`` for about a minute, with
+"""The short fault-injection soak: ``bench/soak.py`` for about a minute, with
 every kind of fault once. Nothing may be lost or duplicated."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A node SIGKILLed while an utterance is streamed to it (issue 14): the next attempt
+"""A node SIGKILLed while an utterance is streamed to it: the next attempt
 gets all the audio buffered so far, then the live rest; every utterance is delivered
 once, with its whole audio."""
 

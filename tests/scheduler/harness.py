@@ -7,12 +7,11 @@ import asyncio
 import json
 from typing import Any
 
-from linguamesh.scheduler.sessions.session import Session
-
 from linguamesh import protocol as p
 from linguamesh.scheduler.config import SchedulerConfig
 from linguamesh.scheduler.nodes.registry import NodeConn
 from linguamesh.scheduler.service import Scheduler
+from linguamesh.scheduler.sessions.session import Session
 from linguamesh.state.memory import MemoryStateStore
 
 from ..conftest import SCALE, pcm

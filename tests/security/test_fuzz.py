@@ -1,4 +1,4 @@
-"""Fuzzing both WebSocket endpoints of a real scheduler (issue 13).
+"""Fuzzing both WebSocket endpoints of a real scheduler.
 
 Hypothesis draws frames — random text and bytes, random JSON, valid messages with
 fields removed, retyped or replaced, unknown types, deep nesting, oversized frames —

@@ -1,4 +1,4 @@
-"""Streaming (issue 14) with hostile or odd input: what a client may ask for, what a
+"""Streaming with hostile or odd input: what a client may ask for, what a
 node may claim about a streamed utterance, and the exact audio a streaming node gets."""
 
 from __future__ import annotations

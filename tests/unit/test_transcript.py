@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import srt
 import webvtt
+
 from linguamesh.scheduler.sessions.transcript import cues, render
 
 

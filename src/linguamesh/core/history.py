@@ -1,4 +1,4 @@
-"""A session's event history, for resume (DESIGN §6). Pure.
+"""A session's event history, for resume. Pure.
 
 Every event to a client gets the next ``seq``; the history keeps the last
 ``max_events`` events — and, with ``size``, at most ``max_bytes`` of them, the newest

@@ -1,4 +1,4 @@
-"""The job state machine (DESIGN §4) with checked transitions.
+"""The job state machine with checked transitions.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Job lifecycle decisions: events in, commands out (DESIGN §4). Pure: time is passed in.
+"""Job lifecycle decisions: events in, commands out. Pure: time is passed in.
 
 The shell feeds every event that concerns a job (selection outcome, socket
 write finished, node messages, timer fired, node gone) to :class:`Lifecycle`

@@ -1,4 +1,4 @@
-"""Per ``(session, tgt_lang)`` ordered delivery (DESIGN §3.1). Pure.
+"""Per ``(session, tgt_lang)`` ordered delivery. Pure.
 
 Results are released in ``utterance_index`` order among the jobs that exist:
 an index that was never received never blocks (gaps are allowed); a job

@@ -1,4 +1,4 @@
-"""Slot reservation rules (DESIGN §4). The Redis Lua script implements the same rules.
+"""Slot reservation rules. The Redis Lua script implements the same rules.
 
 A node has ``max_concurrent_jobs`` slots. A slot is held by one
 ``(job_id, attempt_id)`` until released or until its TTL passes, so a crashed

@@ -1,4 +1,4 @@
-"""Node selection (DESIGN §4, seed 000 §2.4, seed 003). Pure: no I/O, no clock.
+"""Node selection. Pure: no I/O, no clock.
 
 Two selectors share one outcome type:
 

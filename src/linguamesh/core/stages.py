@@ -1,4 +1,4 @@
-"""Stage expansion: the stages a job needs, from the request (DESIGN §4)."""
+"""Stage expansion: the stages a job needs, from the request."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The model manager (seed 004 §7): one cache of loaded models for all engines of a node.
+"""The model manager: one cache of loaded models for all engines of a node.
 
 * LRU: a model not used for the longest time is unloaded first when the
   estimated memory of loaded models exceeds ``memory_limit_bytes`` (the model

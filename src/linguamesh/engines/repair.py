@@ -1,4 +1,4 @@
-"""Rule-based text repair after ASR (the seeds' ``en-normalize`` and ``semantic-repair-zh``).
+"""Rule-based text repair after ASR (normalization for English and Spanish, semantic clean-up for Chinese).
 
 Per language: whitespace and punctuation clean-up, repeated-word removal,
 sentence case and final punctuation; for English and Spanish, digits become

@@ -2,7 +2,7 @@
 
 Decoding is greedy with ``temperature=0`` and no conditioning on previous
 text: the library's temperature fallback took 12.8 s on one bad 4.3 s clip
-(issue 3), which no live user waits for. ``max_new_tokens`` and
+which no live user waits for. ``max_new_tokens`` and
 ``no_repeat_ngram_size`` stop the hallucination loops Whisper falls into on
 noise.
 

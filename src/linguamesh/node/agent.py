@@ -1,4 +1,4 @@
-"""The node agent: dial the scheduler, register, heartbeat, run jobs (DESIGN §3.2).
+"""The node agent: dial the scheduler, register, heartbeat, run jobs (the node side of ``docs/protocol.md``).
 
 Connection: exponential backoff with jitter across the configured scheduler
 URLs, so a node started before its scheduler joins as soon as it is up.

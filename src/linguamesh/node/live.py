@@ -1,4 +1,4 @@
-"""A streaming job on the node (issue 14): the audio arrives while the person speaks.
+"""A streaming job on the node: the audio arrives while the person speaks.
 
 ``job_assign`` with ``streaming: true`` brings the audio so far; ``job_audio``
 messages bring the rest, the last with ``is_final``. Meanwhile:

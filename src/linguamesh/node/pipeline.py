@@ -1,4 +1,4 @@
-"""Run one job through the stages it asks for, timing each (DESIGN §7)."""
+"""Run one job through the stages it asks for, timing each."""
 
 from __future__ import annotations
 

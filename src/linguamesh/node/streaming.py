@@ -1,4 +1,4 @@
-"""Incremental ASR of speech that is still arriving (issue 14): the growing buffer is
+"""Incremental ASR of speech that is still arriving the growing buffer is
 decoded again on a cadence and the words two consecutive decodes agree on are committed
 (LocalAgreement-2, ``core/agreement.py``).
 

@@ -1,6 +1,6 @@
 """Rebuild a job's timeline from scheduler and node JSON-lines logs, and name what is missing.
 
-What seed 001 did by hand — reading two processes' logs side by side to find
+What an operator would do by hand — reading two processes' logs side by side to find
 the step where a job got lost — as a function: records in (any order, any
 number of files), per-job timelines and diagnoses out.
 

@@ -1,4 +1,4 @@
-"""Stable error codes of wire protocol v1 (DESIGN §3.3) and the protocol exception.
+"""Stable error codes of wire protocol v1 (``docs/protocol.md``) and the protocol exception.
 
 Exception tree::
 

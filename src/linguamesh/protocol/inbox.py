@@ -1,4 +1,4 @@
-"""Messages between scheduler instances (their inboxes on Redis, DESIGN §5).
+"""Messages between scheduler instances (their inboxes on Redis; ``docs/cluster.md``).
 
 An inbox entry is a MessagePack array of these, each a map tagged by ``k``.
 The short wire names (``i``, ``o``, ``s`` …) are kept because the store's Lua

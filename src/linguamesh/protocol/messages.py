@@ -1,4 +1,4 @@
-"""Every message of wire protocol v1 (DESIGN §3) as a typed msgspec Struct.
+"""Every message of wire protocol v1 (``docs/protocol.md``) as a typed msgspec Struct.
 
 One JSON object per WebSocket text frame, discriminated by ``type``. Audio
 travels as base64 in JSON; msgspec decodes ``bytes`` fields from base64 and

@@ -1,4 +1,4 @@
-"""The ``StateStore`` contract shared by the memory and Redis stores (DESIGN §5).
+"""The ``StateStore`` contract shared by the memory and Redis stores.
 
 All methods are async so a networked store fits; the memory store answers at
 once. One contract test suite (``tests/contract``) runs against both.

@@ -1,4 +1,4 @@
-"""``RedisStateStore``: the shared state of many scheduler instances (DESIGN §5).
+"""``RedisStateStore``: the shared state of many scheduler instances (``docs/cluster.md``).
 
 Multi-key changes are one Lua script each (``redis_scripts``), loaded on connect and run by SHA over
 the pipelined :class:`~.redis_wire.RedisWire` (the hot path; redis-py asyncio

@@ -1,4 +1,4 @@
-"""Every Redis key LinguaMesh uses, in one place. Versioned: ``sched:v1:`` (as in the seeds).
+"""Every Redis key LinguaMesh uses, in one place. Versioned: ``sched:v1:``.
 
 | key | type | holds |
 |---|---|---|

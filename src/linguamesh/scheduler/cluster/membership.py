@@ -1,4 +1,4 @@
-"""Many scheduler instances on one Redis (DESIGN §5): liveness, inboxes, takeover.
+"""Many scheduler instances on one Redis (``docs/cluster.md``): liveness, inboxes, takeover.
 
 Each instance owns the sockets it holds: its nodes and its sessions. A job is
 owned by the instance that created it (the session's owner at the time) until

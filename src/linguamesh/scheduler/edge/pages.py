@@ -3,7 +3,7 @@
 * ``/`` speaker page, ``/view/{session_id}`` viewer page, ``/admin`` operator page,
   ``/static/*`` their scripts and styles (shipped in the package; no CDN, no build step).
 * ``GET /api/v1/sessions/{id}/events?since=&types=&token=`` — the session's kept events
-  after ``since`` (seed 004 §8.3).
+  after ``since``.
 * ``GET /api/v1/sessions/{id}/events/stream?types=&token=`` — Server-Sent Events: replay
   after ``Last-Event-ID`` (header or ``last_event_id``), then live. ``id:`` is the event seq.
 * ``GET /api/v1/sessions/{id}/transcript?format=srt|vtt|txt&lang=&token=`` — subtitles

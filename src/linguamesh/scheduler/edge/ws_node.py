@@ -1,4 +1,4 @@
-"""``/ws/node``: the node side of protocol v1 (DESIGN §3.2).
+"""``/ws/node``: the node side of protocol v1 (``docs/protocol.md``).
 
 Only node programs connect here: a request with an ``Origin`` header (a web page)
 is refused before the handshake. Every frame is handled totally, as on

@@ -1,4 +1,4 @@
-"""``/ws/session``: the client side of protocol v1 (DESIGN §3.1).
+"""``/ws/session``: the client side of protocol v1 (``docs/protocol.md``).
 
 Every frame is handled totally: a frame that cannot be applied gets a coded
 ``error`` and the socket stays open (unless the error is fatal); nothing a client

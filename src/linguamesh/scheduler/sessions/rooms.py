@@ -1,4 +1,4 @@
-"""Rooms: a viewer link that outlives a session (issue 16).
+"""Rooms: a viewer link that outlives a session.
 
 A speaker page names a *room* (a random id in its share link) and proves it is the
 room's speaker with a *room key* only it knows (``session_init.room`` / ``room_key``,
