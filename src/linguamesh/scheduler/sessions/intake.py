@@ -14,12 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ... import protocol as p
-from ...audio import (
-    BadAudio,
-    duration_seconds,
-)
+from ...audio import BadAudio, duration_seconds
 from ...core.ids import NodeId, SessionId, new_job_id
-from ...core.jobs import Job, JobState
+from ...core.jobs import Job
 from ...core.ratelimit import TokenBucket
 from ...core.stages import expand_stages
 from ...observability.logging import get_logger
@@ -36,11 +33,6 @@ if TYPE_CHECKING:
     from .stream import LiveUtterance
 
 log = get_logger("linguamesh.scheduler")
-
-#: Server-side end of speech: the audio kept before the start of speech.
-PREROLL_SECONDS = 0.3
-#: A job in these states has its audio streamed to its node (the assign is written or on its way).
-STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
 
 
 class Intake:
