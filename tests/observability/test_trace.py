@@ -127,9 +127,11 @@ def test_trace_cli_errors(tmp_path: Path) -> None:
 def test_every_event_the_trace_tool_reads_is_logged_somewhere() -> None:
     """The trace tool matches records by event name: each name it relies on must be
     logged by the scheduler, the node or the core (a renamed event would silently break
-    the tool)."""
+    the tool). The lifecycle's notes are logged under their kind's value by the job
+    observer."""
     import re
 
+    from linguamesh.core.lifecycle import NoteKind
     from linguamesh.observability import trace
 
     src = Path(trace.__file__).resolve().parents[1]
@@ -140,7 +142,9 @@ def test_every_event_the_trace_tool_reads_is_logged_somewhere() -> None:
         text = path.read_text()
         for first_arg in re.findall(r"log\.\w+\(\s*([^,\n]*)", text):  # the event of each log call
             logged |= set(re.findall(r'"([a-z_]+\.[a-z_]+)"', first_arg))
-        logged |= set(re.findall(r'Note\([^,]+,\s*"([a-z_]+\.[a-z_]+)"', text))
+    observer = (src / "scheduler" / "jobs" / "observer.py").read_text()
+    assert "log.warning(kind.value" in observer  # every note is logged under its kind's value
+    logged |= {kind.value for kind in NoteKind}
     used = set(trace.CHAIN) | trace.NODE_EVENTS
     used |= set(
         re.findall(r'(?:event ==|_first\(steps,)\s*"([a-z_]+\.[a-z_]+)"', Path(trace.__file__).read_text())
