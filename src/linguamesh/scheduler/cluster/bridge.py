@@ -60,7 +60,7 @@ class Bridge:
         self.me = config.instance_id
         self.store = store
         self.tasks = tasks
-        self.cluster = Cluster(self, store, config.instance_id)
+        self.cluster = Cluster(self, store, config.instance_id, tasks)
         #: events for sessions held by other instances, produced by jobs handed over to us
         self.relays: dict[SessionId, SessionRelay] = {}
         self._parts: Parts | None = None
@@ -112,7 +112,9 @@ class Bridge:
     def relay(self, session_id: SessionId) -> SessionRelay:
         relay = self.relays.get(session_id)
         if relay is None:
-            relay = SessionRelay(session_id, self.store, self._relayed, self._relay_idle, self._relay_notice)
+            relay = SessionRelay(
+                session_id, self.store, self._relayed, self._relay_idle, self.tasks, self._relay_notice
+            )
             self.relays[session_id] = relay
         return relay
 

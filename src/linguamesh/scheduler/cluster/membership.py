@@ -25,7 +25,6 @@ sweeper that claims jobs past their deadline whose owner is dead.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 import uuid
 from collections import OrderedDict
@@ -38,7 +37,7 @@ from ...observability.logging import get_logger
 from ...protocol import inbox as ib
 from ...state.base import DependencyDown
 from ...state.redis import RedisStateStore
-from ..tasks import stop_if_cancelled
+from ..tasks import Tasks, stop_if_cancelled
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -57,9 +56,10 @@ UNPLACED_SCAN = 10_000
 
 
 class Cluster:
-    def __init__(self, handler: Bridge, store: RedisStateStore, instance_id: str) -> None:
+    def __init__(self, handler: Bridge, store: RedisStateStore, instance_id: str, tasks: Tasks) -> None:
         self.handler = handler
         self.store = store
+        self.tasks = tasks
         self.me = instance_id
         self.live: set[str] = {self.me}
         #: the next sweep also takes the waiting jobs of dead owners (see ``_sweeper``)
@@ -89,13 +89,12 @@ class Cluster:
         except DependencyDown as exc:
             self.healthy = False
             log.error("cluster.start_degraded", error=str(exc))
-        loop = asyncio.get_running_loop()
         for coro, name in (
             (self._heartbeat(), "cluster-heartbeat"),
             (self._inbox(), "cluster-inbox"),
             (self._sweeper(), "cluster-sweeper"),
         ):
-            self._tasks.append(loop.create_task(coro, name=name))
+            self._tasks.append(self.tasks.spawn(coro, name))
         log.info("cluster.joined", instance_id=self.me, live=sorted(self.live))
 
     async def stop(self) -> None:
@@ -153,10 +152,8 @@ class Cluster:
                 if not w.done():
                     w.set_result(ok)
 
-        # a fresh context: not the log context of whichever job queued the first message
-        task = asyncio.get_running_loop().create_task(
-            send(), name=f"cluster-send-{instance}", context=contextvars.Context()
-        )
+        # a fresh context (Tasks): not the log context of whichever job queued the first message
+        task = self.tasks.spawn(send(), f"cluster-send-{instance}")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 

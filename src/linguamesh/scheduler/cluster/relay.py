@@ -8,7 +8,6 @@ another instance: what the job emits goes into the session's history through a r
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -19,6 +18,7 @@ from ...protocol import encode
 from ...state.base import DependencyDown, JobEnd, Notify, StateStore
 from ..retry import until_available
 from ..sessions.delivery import Append, Mailbox, ResultItem, store_batch
+from ..tasks import Tasks
 
 log = get_logger("linguamesh.scheduler.delivery")
 
@@ -43,10 +43,12 @@ class SessionRelay:
         store: StateStore,
         notify: Callable[[SessionId, list[tuple[int, bytes]]], Awaitable[None]],
         on_idle: Callable[[SessionRelay], None],
+        tasks: Tasks,
         notice: Callable[[SessionId], Awaitable[Notify | None]] | None = None,
     ) -> None:
         self.session_id = session_id
         self.store = store
+        self.tasks = tasks
         self._notify = notify
         self._notice = notice
         self._on_idle = on_idle
@@ -93,10 +95,8 @@ class SessionRelay:
 
     def _wake(self) -> None:
         if self._task is None:
-            # a fresh context: the relay must not carry the log context of the job that woke it
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"session-relay-{self.session_id}", context=contextvars.Context()
-            )
+            # a fresh context (Tasks): the relay must not carry the log context of the job that woke it
+            self._task = self.tasks.spawn(self._run(), f"session-relay-{self.session_id}")
 
     async def _run(self) -> None:
         sid = self.session_id
