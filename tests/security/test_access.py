@@ -60,7 +60,7 @@ async def test_sockets_that_never_introduce_themselves_are_closed(cluster: Clust
         await c.send(p.Ack(seq=0))
         await c.send(p.Utterance(utterance_index=0, audio=pcm(0.1), sample_rate=0))
         assert (await c.recv(5 * SCALE)).code == "bad_message"  # type: ignore[union-attr]
-    assert s.sched.gate.total == 0 and not s.sched.gate.open
+    assert s.sched.admission.total == 0 and not s.sched.admission.open
 
 
 async def test_connection_limits(cluster: Cluster) -> None:

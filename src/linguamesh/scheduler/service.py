@@ -36,7 +36,7 @@ from ..state.redis import RedisStateStore
 from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .config import SchedulerConfig
-from .edge.admission import Gate
+from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
 from .jobs.dispatch import Dispatcher
 from .jobs.runner import Runner
@@ -70,7 +70,7 @@ class Scheduler:
         self.started_at = time.time()
         self.metrics = Metrics()
         self.tasks = Tasks()
-        self.gate = Gate(config)
+        self.admission = Admission(config)
         self.lifecycle = Lifecycle(config.lifecycle())
         self.bridge = Bridge(config, store, self.tasks) if isinstance(store, RedisStateStore) else None
         remote: Remote = self.bridge if self.bridge is not None else NoRemote()
@@ -84,7 +84,7 @@ class Scheduler:
         )
         self.intake = Intake(config, store, m, clock, self.runner, self.table.sessions)
         self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick)
-        self.shutdown = Shutdown(config, self.gate, self.registry, self.runner, self.table, self.bridge)
+        self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
         self._register_gauges()
 

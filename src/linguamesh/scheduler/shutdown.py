@@ -22,7 +22,7 @@ from .. import protocol as p
 from ..observability.logging import get_logger
 from .cluster.bridge import Bridge
 from .config import SchedulerConfig
-from .edge.admission import SERVICE_RESTART, Gate
+from .edge.admission import SERVICE_RESTART, Admission
 from .jobs.runner import Runner
 from .nodes.registry import Registry
 from .sessions.table import SessionTable
@@ -35,14 +35,14 @@ class Shutdown:
     def __init__(
         self,
         config: SchedulerConfig,
-        gate: Gate,
+        admission: Admission,
         registry: Registry,
         runner: Runner,
         table: SessionTable,
         bridge: Bridge | None,
     ) -> None:
         self.config = config
-        self.gate = gate
+        self.admission = admission
         self.registry = registry
         self.runner = runner
         self.table = table
@@ -64,7 +64,7 @@ class Shutdown:
             return False
         self.started = time.monotonic()
         limit = self.config.drain_timeout if timeout is None else timeout
-        self.gate.draining = True
+        self.admission.draining = True
         log.warning(
             "scheduler.draining",
             jobs=len(self.runner.runs),

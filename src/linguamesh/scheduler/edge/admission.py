@@ -35,7 +35,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
     return parts.netloc == host.strip().lower()
 
 
-class Gate:
+class Admission:
+    """Who may open a socket now: connection limits in all and per address, and none
+    while the scheduler drains."""
+
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.origins = config.origins()

@@ -12,7 +12,7 @@ from ... import protocol as p
 from ...observability.metrics import Metrics
 from ...protocol import ErrorCode
 from ..transport import close_quietly
-from .admission import TRY_AGAIN_LATER, Gate
+from .admission import TRY_AGAIN_LATER, Admission
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
@@ -77,16 +77,16 @@ async def send_quietly(ws: WebSocket, msg: msgspec.Struct) -> bool:
         return False
 
 
-async def admit(ws: WebSocket, gate: Gate, metrics: Metrics) -> str | None:
+async def admit(ws: WebSocket, admission: Admission, metrics: Metrics) -> str | None:
     """Accept the socket and count it against the connection limits; the client's address,
     or None when it was refused (``rate_limited``, then close 1013)."""
     await ws.accept()
     ip = peer_of(ws)
-    refused = gate.enter(ip)
+    refused = admission.enter(ip)
     if refused is None:
         return ip
-    code = ErrorCode.DRAINING if gate.draining else ErrorCode.RATE_LIMITED
-    metrics.inc("connections_refused", reason="draining" if gate.draining else "limit")
+    code = ErrorCode.DRAINING if admission.draining else ErrorCode.RATE_LIMITED
+    metrics.inc("connections_refused", reason="draining" if admission.draining else "limit")
     await send_quietly(ws, p.Error(code=code.value, message=refused))
-    await close_quietly(ws, TRY_AGAIN_LATER, "draining" if gate.draining else "too many connections")
+    await close_quietly(ws, TRY_AGAIN_LATER, "draining" if admission.draining else "too many connections")
     return None

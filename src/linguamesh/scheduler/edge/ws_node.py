@@ -31,7 +31,7 @@ async def node_endpoint(ws: WebSocket) -> None:
         sched.count("connections_refused", reason="origin")
         await ws.close(POLICY_VIOLATION)  # web pages never connect as nodes: HTTP 403
         return
-    ip = await admit(ws, sched.gate, sched.metrics)
+    ip = await admit(ws, sched.admission, sched.metrics)
     if ip is None:
         return
     nc: NodeConn | None = None
@@ -76,7 +76,7 @@ async def node_endpoint(ws: WebSocket) -> None:
                 err = p.Error(code=ErrorCode.INTERNAL.value, message="the message could not be handled")
                 await send_quietly(ws, err)
     finally:
-        sched.gate.leave(ip)
+        sched.admission.leave(ip)
         if nc is not None:
             code = getattr(ws.state, "close_code", None)
             graceful = code in (1000, 1001)  # the node closed its socket itself (a stop)

@@ -2,7 +2,7 @@
 
 Every frame is handled totally: a frame that cannot be applied gets a coded
 ``error`` and the socket stays open (unless the error is fatal); nothing a client
-sends can raise out of this handler. See ``gate.py`` for who may connect.
+sends can raise out of this handler. See ``admission.py`` for who may connect.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ log = get_logger("linguamesh.scheduler.session")
 
 async def session_endpoint(ws: WebSocket) -> None:
     sched: Scheduler = ws.app.state.scheduler
-    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), sched.gate.origins):
+    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), sched.admission.origins):
         log.warning("session.origin_refused", origin=ws.headers.get("origin"), peer=peer_of(ws))
         sched.count("connections_refused", reason="origin")
         await ws.close(POLICY_VIOLATION)  # before the handshake: the browser gets HTTP 403
         return
-    ip = await admit(ws, sched.gate, sched.metrics)
+    ip = await admit(ws, sched.admission, sched.metrics)
     if ip is None:
         return
     session: Session | None = None
@@ -104,7 +104,7 @@ async def session_endpoint(ws: WebSocket) -> None:
                     ws, session, ProtocolError(ErrorCode.INTERNAL, "the message could not be handled")
                 )
     finally:
-        sched.gate.leave(ip)
+        sched.admission.leave(ip)
         if session is not None:
             sched.connection_closed(session, ws)
 
