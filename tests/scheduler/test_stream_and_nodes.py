@@ -188,3 +188,18 @@ async def test_stop_cancels_the_timers_tasks_own() -> None:
     assert timer is not None and not timer.cancelled()
     await sched.stop()
     assert timer.cancelled()
+
+
+async def test_a_failed_resume_that_took_the_socket_away_leaves_the_session_lingering(
+    sched: Scheduler,
+) -> None:
+    s, sock1 = await _session(sched)
+    bad = p.ResumeInfo(session_id=s.session_id, resume_token=s.resume_token, last_seq=99)
+    with pytest.raises(p.ProtocolError) as err:  # events the client says it has do not exist
+        await sched.resume_session(bad, FakeSocket())
+    assert err.value.code is p.ErrorCode.BAD_MESSAGE
+    assert sock1.closed is not None and sock1.closed[0] == 4000  # the old socket was let go
+    assert s.delivery.conn is None and s.life.state.value == "detached" and s.linger_timer is not None
+    good = p.ResumeInfo(session_id=s.session_id, resume_token=s.resume_token, last_seq=0)
+    resumed, _ = await sched.resume_session(good, FakeSocket())
+    assert resumed is s and s.linger_timer is None and s.life.state.value == "attached"

@@ -211,6 +211,8 @@ class SessionTable:
         except BaseException:
             self._unattached(session)
             raise
+        if delivery.conn is not conn:  # the greeting could not be written: the socket is gone
+            self._unattached(session)
         self.metrics.inc("sessions_resumed")
         self.metrics.inc("events_replayed", replayed)
         log.info(
@@ -248,8 +250,8 @@ class SessionTable:
 
     def _unattached(self, session: Session) -> None:
         """A resume failed before its socket was attached: a session with no socket
-        lingers (a taken-over one would otherwise stay held here for ever)."""
-        if session.delivery.conn is None and not session.life.lingering:
+        lingers (it would otherwise stay held here for ever)."""
+        if session.delivery.conn is None and not session.life.lingering and not session.life.gone:
             self.detached(session)
 
     # ------------------------------------------------------------------ disconnect / close
