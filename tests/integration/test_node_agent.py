@@ -74,3 +74,42 @@ async def test_unacknowledged_results_are_kept_up_to_the_bound_newest_first() ->
     kept = registrations[1].unacked_results
     assert len(kept) == 2 and set(kept) == set(results[-2:])  # the two newest, the oldest dropped
     assert len(a.unacked) == 2
+
+
+async def test_a_reconnect_hint_sends_the_node_to_the_address_it_names_not_back() -> None:
+    """A draining scheduler (A, first in the node's list) names B in its ``reconnect``: the
+    node dials B next, not A again, and the hint does not grow the list."""
+    seen: list[str] = []
+    at_b = asyncio.Event()
+    port_a, port_b = free_port(), free_port()
+
+    async def a_handler(ws: ServerConnection) -> None:
+        await accept_node(ws)
+        seen.append("A")
+        await ws.send(
+            p.encode_str(p.Reconnect(delay_ms=50, reason="draining", url=f"ws://127.0.0.1:{port_b}"))
+        )
+        await ws.close(1012)
+
+    async def b_handler(ws: ServerConnection) -> None:
+        await accept_node(ws)
+        seen.append("B")
+        at_b.set()
+        await ws.wait_closed()
+
+    async with serve(a_handler, "127.0.0.1", port_a), serve(b_handler, "127.0.0.1", port_b):
+        cfg = NodeConfig(
+            scheduler_urls=[f"ws://127.0.0.1:{port_a}", f"ws://127.0.0.1:{port_b}", f"ws://127.0.0.1:{free_port()}"],
+            node_id="agent-1", engines=test_engines(), backoff_initial=0.05, backoff_max=0.2,
+        )  # fmt: skip
+        a = NodeAgent(cfg, build(cfg.engines))
+        task = asyncio.create_task(a.run())
+        try:
+            await asyncio.wait_for(at_b.wait(), 10 * SCALE)
+        finally:
+            await a.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            a.engines.close()
+    assert seen == ["A", "B"]
+    assert len(a.urls) == 3

@@ -87,8 +87,10 @@ class NodeAgent:
         self._rng = random.Random()
         #: shutting down: no new jobs; the running ones finish and their results are acked
         self.draining = False
-        #: the scheduler's ``reconnect`` hint: seconds to wait before the next connect
+        #: the scheduler's ``reconnect`` hint: seconds to wait before the next connect, and
+        #: the index in ``urls`` of the address to dial then (None: the next one in turn)
         self._reconnect_after: float | None = None
+        self._reconnect_to: int | None = None
         #: set when a job ends or a result is acked (the drain waits on it)
         self._progress = asyncio.Event()
         self._sends: set[asyncio.Task[bool]] = set()
@@ -195,7 +197,10 @@ class NodeAgent:
                 if self._reconnect_after is not None:  # the scheduler said when (it is draining)
                     delay, self._reconnect_after = self._reconnect_after, None
                 failures += 1
-                i += 1
+                if self._reconnect_to is not None:  # ... and where
+                    i, self._reconnect_to = self._reconnect_to, None
+                else:
+                    i += 1
                 await asyncio.sleep(delay)
         finally:
             await self._end_tasks()
@@ -238,7 +243,8 @@ class NodeAgent:
         while (self.running or self.unacked) and loop.time() < end:
             self._progress.clear()
             try:
-                await asyncio.wait_for(self._progress.wait(), end - loop.time())
+                async with asyncio.timeout(end - loop.time()):
+                    await self._progress.wait()
             except TimeoutError:
                 break
         done = not self.running and not self.unacked
@@ -275,7 +281,10 @@ class NodeAgent:
                 )
             )
         )
-        first = p.decode_to_node(await asyncio.wait_for(ws.recv(), 10))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # comes as the answer arrives, and a stopped node would then serve on
+        async with asyncio.timeout(10):
+            first = p.decode_to_node(await ws.recv())
         if isinstance(first, p.Error):
             if first.code in p.FATAL_CODES:
                 raise FatalNodeError(f"scheduler refused the node: {first.code}: {first.message}")
@@ -283,6 +292,8 @@ class NodeAgent:
         if not isinstance(first, p.NodeRegisterAck):
             raise ConnectionError(f"expected node_register_ack, got {type(first).__name__}")
         self.heartbeat_interval = first.heartbeat_interval_s
+        if self._stopping:  # stop() came while the registration was answered
+            return
         self.ws = ws
         self.connected.set()
         if self.draining:  # reconnected while draining: still full
@@ -348,8 +359,11 @@ class NodeAgent:
         elif isinstance(msg, p.Reconnect):
             log.info("node.reconnect_hint", node_id=self.node_id, delay_ms=msg.delay_ms, reason=msg.reason)
             self._reconnect_after = msg.delay_ms / 1000
-            if msg.url:
-                self.urls.insert(0, node_url(msg.url))
+            if msg.url:  # dialled next; afterwards the list goes on in turn from there
+                url = node_url(msg.url)
+                if url not in self.urls:
+                    self.urls.append(url)
+                self._reconnect_to = self.urls.index(url)
 
     async def _assign(self, job: p.JobAssign) -> None:
         fields = self._fields(job)
