@@ -106,10 +106,12 @@ async def test_events_are_numbered_kept_and_replayed(store: Any) -> None:
     assert await store.last_seq(SID) == 7
     since = await store.events_since(SID, 4)
     assert [s for s, _ in since] == [5, 6, 7]
-    with pytest.raises(ReplayGap):
+    with pytest.raises(ReplayGap) as gap:
         await store.events_since(SID, 0)  # history keeps 5: events 1-2 are gone
-    with pytest.raises(ReplayGap):
+    assert gap.value.kept_from == 3  # where what is kept starts
+    with pytest.raises(ReplayGap) as ahead:
         await store.events_since(SID, 99)
+    assert ahead.value.kept_from is None
     await store.ack_events(SID, 6)
     assert [s for s, _ in await store.events_since(SID, 6)] == [7]
 

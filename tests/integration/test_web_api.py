@@ -144,3 +144,36 @@ async def test_transcript_downloads_parse_and_match_the_results(cluster: Cluster
         r.text_translated for r in fr
     ]
     assert txt_res.text.splitlines() == [r.text_asr for r in es]
+
+
+async def test_a_late_viewer_gets_what_the_window_keeps_then_live_events(cluster: Cluster) -> None:
+    """The history keeps the last few events only: a viewer who opens the stream with no
+    Last-Event-ID, or with one the window has moved past, gets the kept events and then
+    live ones — not an error — and leaves no subscriber behind."""
+    s = await cluster.scheduler(history_size=6)
+    await cluster.node(s.url)
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        for i in range(5):
+            await c.send_utterance(i, pcm(0.1))
+        await c.results(5, timeout=10 * SCALE)
+        assert c.ack is not None
+        sid, token = c.ack.session_id, c.ack.view_token
+        session = s.sched.sessions[sid]  # type: ignore[index]
+        last_seq = await s.sched.store.last_seq(sid)  # type: ignore[arg-type]
+        assert last_seq > 6  # event 1 is gone from the window
+        stream_url = f"{s.http}/api/v1/sessions/{sid}/events/stream?token={token}"
+        for headers in ({}, {"Last-Event-ID": "1"}):
+            got: asyncio.Queue[int] = asyncio.Queue()
+            viewer = asyncio.create_task(_sse_events(stream_url, 7, headers, got))
+            kept = [await asyncio.wait_for(got.get(), 10 * SCALE) for _ in range(6)]
+            assert kept == list(range(last_seq - 5, last_seq + 1))  # the window, in order
+            await c.send_utterance(5 if not headers else 6, pcm(0.1))  # a live event follows
+            events = await asyncio.wait_for(viewer, 10 * SCALE)
+            assert events[-1][0] > last_seq
+            await c.results(1, timeout=10 * SCALE)
+            last_seq = await s.sched.store.last_seq(sid)  # type: ignore[arg-type]
+        for _ in range(100):  # both viewers left: their subscriptions are gone
+            if not session.delivery.subscribers:
+                break
+            await asyncio.sleep(0.05)
+        assert not session.delivery.subscribers

@@ -17,7 +17,12 @@ T = TypeVar("T")
 
 
 class ReplayGap(Exception):
-    """The events after ``last_seq`` are no longer all kept."""
+    """The events after ``last_seq`` are no longer all kept. ``kept_from``: the first
+    event still kept (None when ``last_seq`` is ahead of the session)."""
+
+    def __init__(self, message: str, kept_from: int | None = None) -> None:
+        super().__init__(message)
+        self.kept_from = kept_from
 
 
 class EventHistory(Generic[T]):
@@ -54,7 +59,7 @@ class EventHistory(Generic[T]):
             raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({self.last_seq})")
         first = self._events[0][0] if self._events else self.last_seq + 1
         if last_seq + 1 < first:
-            raise ReplayGap(f"events {last_seq + 1}..{first - 1} are no longer kept")
+            raise ReplayGap(f"events {last_seq + 1}..{first - 1} are no longer kept", first)
         # seqs are contiguous: start at the right offset instead of scanning
         return list(itertools.islice(self._events, max(0, last_seq + 1 - first), None))
 

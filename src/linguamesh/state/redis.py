@@ -420,7 +420,7 @@ class RedisStateStore(RedisLink):
         out = [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in entries]
         oldest = int(first[0][0].split(b"-")[0]) if first else current + 1
         if last_seq + 1 < oldest:
-            raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept")
+            raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept", oldest)
         return out
 
     async def last_seq(self, session_id: SessionId) -> int:

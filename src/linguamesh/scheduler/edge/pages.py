@@ -32,6 +32,7 @@ from ... import protocol as p
 from ...core.history import ReplayGap
 from ...core.ids import SessionId
 from ...observability.metrics import COUNTERS
+from ...state.base import StateStore
 from ..service import Scheduler
 from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
@@ -131,6 +132,19 @@ async def room(request: Request) -> Response:
     return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
 
 
+async def _kept_since(store: StateStore, session_id: SessionId, last: int) -> list[tuple[int, bytes]]:
+    """The events after ``last`` that are still kept: a viewer who joins late (or comes
+    back after the window moved on) gets what the history holds, never an error."""
+    for _ in range(3):  # the window may move on between two reads
+        try:
+            return await store.events_since(session_id, last)
+        except ReplayGap as gap:
+            if gap.kept_from is None:  # ahead of the session: nothing to replay, live from here
+                return []
+            last = gap.kept_from - 1
+    return []
+
+
 async def stream(request: Request) -> Response:
     session = _viewer_session(request)
     if isinstance(session, Response):
@@ -143,9 +157,10 @@ async def stream(request: Request) -> Response:
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
     session.delivery.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
     try:
-        replay = await store.events_since(session.session_id, last)
-    except ReplayGap:
-        replay = await store.events_since(session.session_id, 0) if last == 0 else []
+        replay = await _kept_since(store, session.session_id, last)
+    except BaseException:  # the store failed: no stream, and no subscriber left behind
+        session.delivery.subscribers.discard(queue)
+        raise
 
     def frame(seq: int, data: bytes) -> bytes:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, p.event_type(data).encode(), data)
