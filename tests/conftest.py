@@ -63,7 +63,7 @@ class SchedulerHandle:
 
     @property
     def sched(self) -> Scheduler:
-        return self.server.config.loaded_app.app.state.scheduler  # type: ignore[no-any-return]
+        return self.server.app.state.scheduler  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         # uvicorn waits up to 5 s for open sockets, then the scheduler's own bounded stop steps

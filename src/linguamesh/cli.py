@@ -141,6 +141,12 @@ def scheduler(
         str | None,
         typer.Option(help="Web origins allowed on /ws/session besides the page's own (comma-separated)"),
     ] = None,
+    trusted_proxies: Annotated[
+        str | None,
+        typer.Option(
+            help="Reverse proxies whose X-Forwarded-For / Forwarded are believed (CIDRs, comma-separated)"
+        ),
+    ] = None,
     handshake_timeout: Annotated[
         float | None, typer.Option(help="Seconds a new socket may take to send its first message [10]")
     ] = None,
@@ -194,6 +200,7 @@ def scheduler(
         operator_token=operator_token,
         metrics_public=metrics_public or None,
         allowed_origins=allowed_origins,
+        trusted_proxies=trusted_proxies,
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,

@@ -83,6 +83,9 @@ def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=5,
+        # who the client is behind a proxy is ours to say (--trusted-proxies,
+        # scheduler/edge/proxies.py): uvicorn's own default trusts 127.0.0.1's headers
+        proxy_headers=False,
     )
     return DrainingServer(uv, app)
 

@@ -80,7 +80,7 @@ SENTENCES = [  # long ones, as people speak in a meeting: about 5 s each
 
 
 async def test_a_45_second_upload_of_nine_sentences_keeps_every_sentence(cluster: Cluster) -> None:
-    """Issue 14 item 4: longer than the 30 s limit, the stream is cut in a pause (the client
+    """Longer than the 30 s limit, the stream is cut in a pause (the client
     is told), and no part loses sentences (Whisper used to stop at a pause in a long window)."""
     import numpy as np
 

@@ -1,4 +1,4 @@
-"""Issue 13, findings 2, 6 and 7: origins, the handshake deadline, connection and rate
+"""Origins, the handshake deadline, connection and rate
 limits, and operator data off loopback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, finding 6: one session flooding utterances must not starve another.
+"""One session flooding utterances must not starve another.
 
 Two nodes of two slots each, with engines that take ~20 ms a job. The other
 session sends 40 utterances, one every 100 ms, first alone, then while a flooder

@@ -1,4 +1,4 @@
-"""Issue 13, findings 4 and 8: odd frames get coded errors, fast, and nothing else breaks."""
+"""Odd frames get coded errors, fast, and nothing else breaks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13, finding 8: secrets never reach a log, tracebacks included."""
+"""Secrets never reach a log, tracebacks included."""
 
 from __future__ import annotations
 

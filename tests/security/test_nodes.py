@@ -1,4 +1,4 @@
-"""Issue 13, findings 1-3 and 5: who may speak for a job, who may register as which
+"""Who may speak for a job, who may register as which
 node, and a late answer that once dropped a node's socket. Real scheduler, real
 sockets, hand-written nodes."""
 

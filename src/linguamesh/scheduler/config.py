@@ -44,6 +44,9 @@ class SchedulerConfig:
     #: Origins (``scheme://host[:port]``, comma-separated) allowed on ``/ws/session``
     #: besides the page's own; ``*`` allows any.
     allowed_origins: str = ""
+    #: Reverse proxies whose forwarding headers are believed (comma-separated addresses or
+    #: CIDR networks); none by default: the socket's peer is the client.
+    trusted_proxies: str = ""
     #: Seconds a new socket may take to send ``session_init`` / ``node_register``.
     handshake_timeout: float = 10.0
     #: Open sockets (sessions and nodes), in all and per client address.
@@ -115,6 +118,9 @@ class SchedulerConfig:
         from .edge.credentials import NodeCredentials
 
         NodeCredentials.load(self.node_token, self.node_tokens)  # a bad file fails here, at start
+        from .edge.proxies import parse_networks
+
+        parse_networks(self.trusted_proxies)  # a bad network fails here, at start
         if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:
             raise ValueError(
                 f"bound to {self.host}, which other hosts can reach, with no node credentials: any "

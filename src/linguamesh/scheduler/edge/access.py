@@ -1,6 +1,7 @@
 """Who may read operator data over HTTP.
 
-On loopback everything is open (the operator is on the machine). Bound elsewhere,
+On loopback everything is open (the operator is on the machine), unless the request
+came through a trusted proxy (``--trusted-proxies``: its client is elsewhere). Bound elsewhere,
 the operator routes — ``/admin``'s data, ``/api/v1/nodes``, ``/api/v1/pools``,
 ``/api/v1/jobs/{id}`` and ``/metrics`` (unless ``--metrics-public``) — need
 ``--operator-token`` (``Authorization: Bearer …`` or ``?token=``); with no token
@@ -22,10 +23,13 @@ from ..tokens import same_token
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def operator_access(bind_host: str, configured: str | None, given: str | None) -> tuple[int, str] | None:
-    """None when allowed, else (HTTP status, message). Open on loopback unless a token is set."""
+def operator_access(
+    bind_host: str, configured: str | None, given: str | None, proxied: bool = False
+) -> tuple[int, str] | None:
+    """None when allowed, else (HTTP status, message). Open on loopback unless a token is
+    set — but not for a request a trusted proxy forwarded: its client is elsewhere."""
     if configured is None:
-        if is_loopback(bind_host):
+        if is_loopback(bind_host) and not proxied:
             return None
         return 403, "operator data is off: start the scheduler with --operator-token"
     if not same_token(given or "", configured):
@@ -44,9 +48,12 @@ def error(status: int, code: str, message: str) -> JSONResponse:
 
 def denied(request: Request) -> Response | None:
     """The refusal for a request to an operator route, or None when it may go on."""
-    config = request.app.state.scheduler.config
+    sched = request.app.state.scheduler
+    config = sched.config
     given = request.query_params.get("token") or bearer(request)
-    refused = operator_access(config.host, config.operator_token, given)
+    peer = request.client.host if request.client is not None else "unknown"
+    proxied = sched.admission.client(peer, request.headers).proxied
+    refused = operator_access(config.host, config.operator_token, given, proxied)
     return None if refused is None else error(refused[0], "unauthorized", refused[1])
 
 

@@ -3,17 +3,21 @@
 * ``/ws/node`` is for node programs, never for web pages: a request that carries an
   ``Origin`` header (every browser sends one) is refused.
 * ``/ws/session`` accepts requests without ``Origin`` (programs), from the page's own
-  origin (``Origin`` matches ``Host``), and from ``--allowed-origins``.
+  origin (``Origin`` matches ``Host``, or the host a trusted proxy forwarded), and from
+  ``--allowed-origins``.
 * At most ``max_connections`` sockets in all and ``max_connections_per_ip`` per client
-  address; past that a socket gets ``rate_limited`` and close 1013 (try again later).
+  address (behind ``--trusted-proxies``, the address they forwarded); past that a socket
+  gets ``rate_limited`` and close 1013 (try again later).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ..config import SchedulerConfig
+from .proxies import Client, client_of, parse_networks
 
 #: Close codes (RFC 6455 §7.4.1): policy violation; try again later.
 POLICY_VIOLATION = 1008
@@ -42,10 +46,15 @@ class Admission:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.origins = config.origins()
+        self.proxies = parse_networks(config.trusted_proxies)
         self.open: Counter[str] = Counter()
         self.total = 0
         #: shutting down: no new sockets (sessions, resumes, nodes)
         self.draining = False
+
+    def client(self, peer: str, headers: Mapping[str, str]) -> Client:
+        """Who the client is (through trusted proxies, ``proxies.py``)."""
+        return client_of(peer, headers, self.proxies)
 
     def enter(self, ip: str) -> str | None:
         """Count a new socket from ``ip``; the reason when it must be refused."""

@@ -78,10 +78,10 @@ async def send_quietly(ws: WebSocket, msg: msgspec.Struct) -> bool:
 
 
 async def admit(ws: WebSocket, admission: Admission, metrics: Metrics) -> str | None:
-    """Accept the socket and count it against the connection limits; the client's address,
-    or None when it was refused (``rate_limited``, then close 1013)."""
+    """Accept the socket and count it against the connection limits; the client's address
+    (through trusted proxies), or None when it was refused (``rate_limited``, then close 1013)."""
     await ws.accept()
-    ip = peer_of(ws)
+    ip = admission.client(peer_of(ws), ws.headers).address
     refused = admission.enter(ip)
     if refused is None:
         return ip

@@ -26,7 +26,9 @@ log = get_logger("linguamesh.scheduler.session")
 
 async def session_endpoint(ws: WebSocket) -> None:
     sched: Scheduler = ws.app.state.scheduler
-    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), sched.admission.origins):
+    # the host the browser used: Host, or what a trusted proxy forwarded
+    host = sched.admission.client(peer_of(ws), ws.headers).host
+    if not origin_allowed(ws.headers.get("origin"), host, sched.admission.origins):
         log.warning("session.origin_refused", origin=ws.headers.get("origin"), peer=peer_of(ws))
         sched.count("connections_refused", reason="origin")
         await ws.close(POLICY_VIOLATION)  # before the handshake: the browser gets HTTP 403
