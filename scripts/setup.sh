@@ -11,8 +11,9 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 # ---------------------------------------------------------------- system packages
 apt_pkgs=(espeak-ng apertium apertium-eng-spa libsndfile1 redis-server)
 if [ "$mode" = "test" ]; then
-  # prometheus: a real server and promtool for the dashboard and alert-rule tests
-  apt_pkgs+=(chromium prometheus)
+  # prometheus: a real server and promtool for the dashboard and alert-rule tests;
+  # nginx: the shipped load-balancer example runs in front of two schedulers
+  apt_pkgs+=(chromium prometheus nginx)
   command -v npm >/dev/null || apt_pkgs+=(npm)
 fi
 missing=()
