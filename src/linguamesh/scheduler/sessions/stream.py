@@ -156,18 +156,29 @@ class UtteranceStream:
                 return False
             self.intake.limit(session, index, seconds)
             live = LiveUtterance(d.number, index, bytearray(d.audio))
+            # the session's live utterance before its jobs start: a node may answer at once
+            session.utterances.live = live
             if not await self.intake.accept(session, index, d.audio, "pcm16", rate, None, seconds, live):
+                self._not_live(session, live)
                 return False
         except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
+            self._not_live(session, None)
             session.delivery.emit(
                 p.Error(code=exc.code, message=exc.message, ref=exc.ref or f"utterance {index}")
             )
             return False
         except DependencyDown as exc:
+            self._not_live(session, None)
             self._dependency_down(session, index, exc)
             return False
-        session.utterances.live = live
         return True
+
+    @staticmethod
+    def _not_live(session: Session, live: LiveUtterance | None) -> None:
+        """The utterance did not open: it is not the session's live one."""
+        cur = session.utterances.live
+        if cur is not None and (live is None or cur is live) and not cur.runs:
+            session.utterances.live = None
 
     async def _append(self, session: Session, d: Append) -> None:
         live = session.utterances.live
