@@ -82,7 +82,7 @@ class Scheduler:
         self.runner = Runner(
             config, store, remote, m, tasks, clock, self.lifecycle, self.dispatcher, self.registry, self.table
         )
-        self.intake = Intake(config, store, m, clock, self.runner, self.table.sessions)
+        self.intake = Intake(config, store, m, clock, self.runner, self.table)
         self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick)
         self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None

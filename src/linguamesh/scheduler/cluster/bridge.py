@@ -291,7 +291,7 @@ class Bridge:
         session = table.sessions.get(job.session_id)
         first = True if session is None else job.tgt_lang == session.settings.tgt_langs[0]
         if session is not None:
-            session.life.job_added(job.job_id)
+            table.job_added(session, job.job_id)
         node = NodeId(job.node_id) if job.node_id else None
         view = self.store.nodes().get(node) if node is not None else None
         reoffer = expired and job.state in IN_FLIGHT and view is not None and view.online

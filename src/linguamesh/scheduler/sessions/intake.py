@@ -10,12 +10,12 @@ whole when it closes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ... import protocol as p
 from ...audio import BadAudio, duration_seconds
-from ...core.ids import NodeId, SessionId, new_job_id
+from ...core.ids import NodeId, new_job_id
 from ...core.jobs import Job
 from ...core.ratelimit import TokenBucket
 from ...core.stages import expand_stages
@@ -31,6 +31,7 @@ from .session import Session
 
 if TYPE_CHECKING:
     from .stream import LiveUtterance
+    from .table import SessionTable
 
 log = get_logger("linguamesh.scheduler")
 
@@ -43,14 +44,15 @@ class Intake:
         metrics: Metrics,
         clock: Callable[[], float],
         runner: Runner,
-        sessions: Mapping[SessionId, Session],
+        table: SessionTable,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.clock = clock
         self.runner = runner
-        self.sessions = sessions
+        #: the sessions' owner: a session's new jobs are registered with it
+        self.table = table
         #: per client address: (utterances, audio seconds) token buckets
         self.by_ip: dict[str, tuple[TokenBucket, TokenBucket]] = {}
 
@@ -241,7 +243,7 @@ class Intake:
         self.metrics.inc("utterances_received")
         runs = []
         for job in jobs:
-            session.life.job_added(job.job_id)
+            self.table.job_added(session, job.job_id)
             self.metrics.inc("jobs_created")
             log.info(
                 "job.created",

@@ -83,7 +83,7 @@ class UtteranceStream:
     async def speech_end(self, run: JobRun, size: int) -> None:
         """The node heard the speech end ``size`` bytes into the utterance."""
         live = run.live
-        session = self.intake.sessions.get(run.job.session_id)
+        session = self.intake.table.sessions.get(run.job.session_id)
         if session is None or live is None or not live.open or session.utterances.live is not live:
             return
         await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
