@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: Where speech starts in pcm (a byte offset, some audio ahead of the first loud frames), or None.
-Onset = Callable[[bytes], "int | None"]
+Onset = Callable[[bytes | bytearray], "int | None"]
 #: Where to cut pcm longer than the limit: a byte offset in a pause (never 0).
 Cut = Callable[[bytes], int]
 
@@ -187,7 +187,7 @@ class Segmenter:
         assert self.onset is not None
         buf = self.preroll
         buf += audio
-        start = self.onset(bytes(buf))
+        start = self.onset(buf)
         if start is None:
             if len(buf) > self.preroll_bytes:
                 del buf[: len(buf) - self.preroll_bytes]

@@ -47,8 +47,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(addr: str, networks: tuple[Network, ...]) -> bool:
-    ip = _address(addr)
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, networks: tuple[Network, ...]) -> bool:
     return ip is not None and any(ip in net for net in networks)
 
 
@@ -82,7 +81,7 @@ def client_of(peer: str, headers: Mapping[str, str], trusted: tuple[Network, ...
     """Who sent this request: ``peer`` is the socket's remote address, ``headers`` the
     request's (lower-case names, as Starlette gives them)."""
     host = headers.get("host")
-    if not trusted or not _trusted(peer, trusted):
+    if not trusted or not _trusted(_address(peer), trusted):
         return Client(peer, False, host, None)
     fwd_host: str | None = None
     fwd_proto: str | None = None
@@ -104,7 +103,7 @@ def client_of(peer: str, headers: Mapping[str, str], trusted: tuple[Network, ...
         if ip is None:
             break  # a hop we cannot read (e.g. "unknown"): believe nothing left of it
         address = str(ip)
-        if not any(ip in net for net in trusted):
+        if not _trusted(ip, trusted):
             break
     fwd_host = fwd_host or headers.get("x-forwarded-host", "").split(",")[0].strip() or None
     fwd_proto = fwd_proto or headers.get("x-forwarded-proto", "").split(",")[0].strip() or None

@@ -51,7 +51,7 @@ class SelectionReport:
     #: the clock when the selection started
     started: float
     #: the pure selection's outcome (candidates, why nodes were passed over)
-    outcome: Outcome | None = None
+    outcome: Outcome
     #: ``ok``, ``queued`` (fair share) or ``failed``
     ended: str = "failed"
     node_id: NodeId | None = None
@@ -190,7 +190,8 @@ class Dispatcher:
         first = run.first_selection
         run.first_selection = False
         # a job retried while it waits is counted once per attempt, not on every retry
-        report = SelectionReport(first, first or job.job_id not in self.waiting, self.clock())
+        counted = first or job.job_id not in self.waiting
+        started = self.clock()
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -200,7 +201,8 @@ class Dispatcher:
             # a job whose utterance is still spoken goes to a streaming node held here
             self.registry.streaming_nodes() if run.live is not None and run.live.open else None,
         )
-        out = report.outcome = self.select_fn(self.store.nodes(), req, self.rng)
+        out = self.select_fn(self.store.nodes(), req, self.rng)
+        report = SelectionReport(first, counted, started, out)
         if first and out.candidates and self.waiting and self._queued_behind(run):
             # a node has room, but jobs of this kind were waiting first: they go first
             self._enqueue(run)

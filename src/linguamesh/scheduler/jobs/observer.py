@@ -45,13 +45,12 @@ class JobObserver:
                 preferred_node_id=job.preferred_node_id,
                 excluded=sorted(job.excluded),
             )
-        selector = out.selector if out is not None else None
         if r.ended == "queued":
-            m.inc("selections", outcome="queued", selector=str(selector))
+            m.inc("selections", outcome="queued", selector=out.selector)
             m.inc("selection_failures", reason="fair_share")
             log.info("selection.queued", **job_fields(job), reason="fair_share", waiting=r.waiting)
             return
-        if out is not None and out.fallback is not None:
+        if out.fallback is not None:
             if r.counted:
                 m.inc("selection_fallbacks", reason=out.fallback.value)
             # once per attempt at info; a waiting job re-tried on every retry only at debug
@@ -66,7 +65,7 @@ class JobObserver:
             m.inc("reservations_attempted")
             if reserved is False:
                 log.info("reservation.failed", **{**job_fields(job), "node_id": node_id})
-        if r.ended == "ok" and r.node_id is not None and out is not None:
+        if r.ended == "ok" and r.node_id is not None:
             node_id = r.node_id
             m.inc("reservations_succeeded")
             m.inc("selections", outcome="ok", selector=out.selector)
@@ -93,11 +92,11 @@ class JobObserver:
             return
         if r.reason == "dependency_down":
             if r.counted:
-                m.inc("selections", outcome="failed", selector=str(selector))
+                m.inc("selections", outcome="failed", selector=out.selector)
                 m.inc("selection_failures", reason="dependency_down")
             log.warning("selection.failed", **job_fields(job), reason="dependency_down")
             return
-        if r.counted and out is not None:
+        if r.counted:
             m.inc("selections", outcome="failed", selector=out.selector)
             m.inc("selection_failures", reason=str(r.reason))
             log.warning(

@@ -101,7 +101,7 @@ class UtteranceStream:
             onset = None
             if session.settings.end_of_speech_ms is not None:  # the server ends utterances
 
-                def onset(pcm: bytes) -> int | None:
+                def onset(pcm: bytes | bytearray) -> int | None:
                     return speech_onset(pcm, rate, before=PREROLL_SECONDS)
 
             seg = session.utterances.segmenter = Segmenter(
@@ -232,10 +232,10 @@ class UtteranceStream:
                     )
             await self._whole(session, index, d.audio)
             return
-        del live.pcm[len(d.audio) :]
+        audio = d.audio  # what the shell streamed, cut where the utterance ends
+        del live.pcm[len(audio) :]
         live.open = False
         session.utterances.live = None
-        audio = bytes(live.pcm)
         for run in live.runs:
             job = run.job
             if run.gone or job.state.terminal:
