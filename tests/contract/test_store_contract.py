@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +21,12 @@ from linguamesh.state.base import (
     JobRecord,
     KnownOrder,
     Notify,
+    RoomRecord,
     SessionRecord,
     SessionStateLost,
 )
+from linguamesh.state import redis_keys as K
+from linguamesh.state.limits import StoreLimits
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore
 
@@ -114,6 +118,101 @@ async def test_events_are_numbered_kept_and_replayed(store: Any) -> None:
     assert ahead.value.kept_from is None
     await store.ack_events(SID, 6)
     assert [s for s, _ in await store.events_since(SID, 6)] == [7]
+
+
+def make(kind: str, request: pytest.FixtureRequest, limits: StoreLimits) -> Any:
+    if kind == "memory":
+        return MemoryStateStore(limits=limits)
+    return RedisStateStore(request.getfixturevalue("redis_url"), limits=limits)
+
+
+def spoken(index: int, speech: int = 0) -> bytes:
+    """A result with ``speech`` bytes of synthesized audio."""
+    return p.encode(
+        p.TranslationResult(
+            utterance_index=index, tgt_lang="es", job_id=f"j{index}", status="ok", text_asr=f'said {index} ,"tts_audio":"x',
+            text_translated=f"dicho {index}", tts_audio=b"\x01" * speech if speech else None, tts_format="wav",
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_result(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    store = make(kind, request, StoreLimits(history_events=1000, history_bytes=20_000))
+    sid = SessionId(f"long-{kind}")
+    await store.create_session(SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60)
+    try:
+        for i in range(40):  # drafts and results with speech, far more than the window holds
+            await store.expect_result(sid, "es", i)
+            await store.append_and_push(sid, [ev(i), ev(i)], "es", i, spoken(i, 3000))
+        window = await store.events_since(sid, (await store.last_seq(sid)) - 3)
+        assert len(window) == 3
+        with pytest.raises(ReplayGap) as gap:
+            await store.events_since(sid, 0)
+        first_kept = gap.value.kept_from
+        assert first_kept is not None and first_kept > 1
+        if kind == "redis":  # the window's byte count matches what it holds
+            r = store.r
+            held = sum(len(f[b"d"]) for _, f in await r.xrange(K.history(sid)))
+            assert int(await r.get(K.history_bytes(sid))) == held <= 20_000
+            assert 15_000 < held
+        transcript = await store.transcript(sid)
+        assert [p.decode_event(d).utterance_index for _, d in transcript] == list(range(40))  # type: ignore[union-attr]
+        kept = [p.decode_event(d) for _, d in transcript]
+        assert all(k.tts_audio is None and k.text_asr.endswith('"tts_audio":"x') for k in kept)  # type: ignore[union-attr]
+        assert [s for s, _ in transcript] == [3 * i + 3 for i in range(40)]  # the seq each result had
+        # a client from the start gets every result, then the whole window: no gap, in order
+        replay = await store.replay(sid, 0)
+        seqs = [s for s, _ in replay]
+        assert seqs == sorted(set(seqs))
+        last = await store.last_seq(sid)
+        assert seqs == [3 * i + 3 for i in range(40) if 3 * i + 3 < first_kept] + list(range(first_kept, last + 1))
+        results = [d for _, d in replay if p.event_type(d) == "translation_result"]
+        assert [p.decode_event(d).utterance_index for d in results] == list(range(40))  # type: ignore[union-attr]
+        # a client that saw up to seq 60 gets only what came after
+        assert all(s > 60 for s in [s for s, _ in await store.replay(sid, 60)])
+        with pytest.raises(ReplayGap):
+            await store.replay(sid, 10_000)
+        # the session ends: its state goes, its transcript and what a viewer needs stay
+        info = await store.transcript_info(sid)
+        assert info is not None and info.view_token == "vt" and info.tgt_langs == ["es"] and info.ended_at is None
+        await store.drop_session(sid)
+        assert await store.load_session(sid) is None
+        assert len(await store.transcript(sid)) == 40
+        info = await store.transcript_info(sid)
+        assert info is not None and info.ended_at is not None and info.src_lang == "en"
+        assert await store.transcript_info(SessionId("never")) is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_an_ended_sessions_transcript_goes_after_the_retention_time(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    store = make(kind, request, StoreLimits(transcript_retention=1))
+    sid = SessionId(f"brief-{kind}")
+    await store.create_session(SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60)
+    try:
+        await store.expect_result(sid, "es", 0)
+        await store.push_result(sid, "es", 0, spoken(0))
+        await store.drop_session(sid)
+        assert len(await store.transcript(sid)) == 1
+        await asyncio.sleep(2.2)
+        assert await store.transcript(sid) == [] and await store.transcript_info(sid) is None
+    finally:
+        await store.close()
+
+
+async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any) -> None:
+    mine, other = hashlib.sha256(b"k1").digest(), hashlib.sha256(b"k2").digest()
+    assert await store.room("r" * 16) is None
+    assert await store.claim_room("r" * 16, RoomRecord(mine, "s-1", "v1"))
+    assert await store.claim_room("r" * 16, RoomRecord(mine, "s-2", "v2"))
+    assert not await store.claim_room("r" * 16, RoomRecord(other, "s-3", "v3"))
+    assert await store.room("r" * 16) == RoomRecord(mine, "s-2", "v2")
 
 
 async def test_results_are_released_in_order(store: Any) -> None:

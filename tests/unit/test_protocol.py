@@ -126,3 +126,32 @@ def test_deep_frames_are_bad_message_on_both_decoders() -> None:
             with pytest.raises(p.ProtocolError) as err:
                 decode(frame)
             assert err.value.code is p.ErrorCode.BAD_MESSAGE
+
+
+@given(
+    text=st.text(max_size=40),
+    speech=st.one_of(st.none(), st.binary(max_size=60)),
+    result=st.booleans(),
+)
+def test_a_transcript_keeps_a_result_without_its_speech_and_nothing_else(
+    text: str, speech: bytes | None, result: bool
+) -> None:
+    """Whatever the texts hold (quotes, the field's own name), only the speech goes."""
+    tricky = f'{text},"tts_audio":"{text}'
+    if result:
+        msg: msgspec.Struct = p.TranslationResult(
+            utterance_index=3, tgt_lang="es", job_id="j", status="ok", text_asr=tricky,
+            text_translated=text, tts_audio=speech, tts_format="wav",
+        )  # fmt: skip
+    else:
+        msg = p.AsrPartial(utterance_index=3, text=tricky)
+    data = p.with_seq(p.encode(msg), 7)
+    kept = p.transcript_form(data)
+    if not result:
+        assert kept is None
+        return
+    assert kept is not None
+    back = p.decode_event(kept)
+    assert isinstance(back, p.TranslationResult)
+    assert back.tts_audio is None and back.seq == 7
+    assert back.text_asr == tricky and back.text_translated == text and back.tts_format == "wav"

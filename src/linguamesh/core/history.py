@@ -54,6 +54,11 @@ class EventHistory(Generic[T]):
         if self._size is not None:
             self.bytes -= self._size(event)
 
+    @property
+    def first_kept(self) -> int:
+        """The seq of the oldest event kept (last_seq + 1 when none is)."""
+        return self._events[0][0] if self._events else self.last_seq + 1
+
     def since(self, last_seq: int) -> list[tuple[int, T]]:
         if last_seq > self.last_seq:
             raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({self.last_seq})")
@@ -69,3 +74,23 @@ class EventHistory(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+def compacted(
+    last_seq: int,
+    current: int,
+    window: list[tuple[int, T]],
+    first_kept: int,
+    transcript: list[tuple[int, T]],
+) -> list[tuple[int, T]]:
+    """What a client that has seen up to ``last_seq`` gets back: every event after it that
+    the window (``window``: the kept events from ``first_kept`` on, in order) still holds,
+    preceded by the transcript's entries for the part the window no longer holds — the
+    session's finished results, as a compacted log keeps the last word on each key. A
+    client never needs the drafts and statuses that the results overtook.
+
+    ``current`` is the session's last seq; a ``last_seq`` ahead of it raises ReplayGap."""
+    if last_seq > current:
+        raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({current})")
+    older = [(s, e) for s, e in transcript if last_seq < s < first_kept]
+    return older + [(s, e) for s, e in window if s > last_seq]

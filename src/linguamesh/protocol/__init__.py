@@ -10,6 +10,7 @@ from .codec import (
     encode,
     encode_str,
     event_type,
+    transcript_form,
     with_seq,
 )
 from .errors import FATAL_CODES, ErrorCode, ProtocolError
@@ -30,5 +31,6 @@ __all__ = [
     "encode",
     "encode_str",
     "event_type",
+    "transcript_form",
     "with_seq",
 ]

@@ -123,6 +123,21 @@ def with_seq(payload: bytes, seq: int) -> bytes:
     return b'%s,"seq":%d%s' % (payload[: end + 1], seq, payload[end + 1 :])
 
 
+#: The one event type a session's transcript keeps (see :func:`transcript_form`).
+TRANSCRIBED = b'{"type":"translation_result"'
+_SPEECH = re.compile(rb',"tts_audio":"[^"]*"')
+
+
+def transcript_form(data: bytes) -> bytes | None:
+    """What a session's transcript keeps of a numbered event: a ``translation_result``
+    without its speech audio (every other field, ``seq`` included); None for any other
+    event. A string value cannot hold an unescaped quote, so the pattern only matches the
+    field itself. The Redis store does the same in Lua (``redis_scripts``)."""
+    if not data.startswith(TRANSCRIBED):
+        return None
+    return _SPEECH.sub(b"", data, count=1)
+
+
 def event_type(payload: bytes) -> str:
     end = payload.index(b'"', 9)
     return payload[9:end].decode()

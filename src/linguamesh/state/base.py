@@ -14,6 +14,12 @@ once. One contract test suite (``tests/contract``) runs against both.
   The store numbers events (``seq``) as they enter it, and
   :meth:`push_result` releases translation results in ``utterance_index``
   order per ``(session, tgt_lang)`` — atomically, whichever instance calls.
+* Transcripts: a session's finished results (no speech audio), kept apart from the
+  replay window for the whole session and ``transcript_retention`` seconds after it
+  ends, with what a viewer needs to read them (:class:`TranscriptInfo`). Every result
+  the history numbers enters the transcript in the same step. :meth:`StateStore.replay`
+  joins the two: the transcript below the window, then the window.
+* Rooms: a viewer link's room and the session it shows now.
 * Jobs: records with owner, state and attempt, so a live instance can take
   over the jobs of a dead one; only the owner may change a job.
 * Instances: liveness and inboxes for cross-instance routing (Redis only; the
@@ -110,6 +116,29 @@ class SessionRecord:
     settings: dict[str, Any]
     owner: str
     max_index: int = -1
+
+
+@dataclass(slots=True)
+class TranscriptInfo:
+    """What a viewer needs to read a session's transcript on any instance, while the
+    session lives and after it ended (``ended_at``: epoch seconds)."""
+
+    session_id: str
+    view_token: str
+    src_lang: str
+    tgt_langs: list[str]
+    trace_id: str = ""
+    ended_at: float | None = None
+
+
+@dataclass(slots=True)
+class RoomRecord:
+    """A room: the session its viewer link shows now. ``key_hash``: SHA-256 of the key
+    that created it (only that key may point it elsewhere)."""
+
+    key_hash: bytes
+    session_id: str
+    view_token: str
 
 
 @dataclass
@@ -247,11 +276,34 @@ class StateStore(Protocol):
         """Every kept event after ``last_seq``; raises ReplayGap when some are gone."""
         ...
 
+    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        """Every event after ``last_seq`` a client needs, never a gap: the transcript's
+        results the window no longer holds, then the window (``core.history.compacted``).
+        Raises ReplayGap only when ``last_seq`` is ahead of the session."""
+        ...
+
+    async def transcript(self, session_id: SessionId) -> list[tuple[int, bytes]]:
+        """The session's finished results in seq order (each as numbered, without speech)."""
+        ...
+
+    async def transcript_info(self, session_id: SessionId) -> TranscriptInfo | None:
+        """None when the session never existed or its transcript's retention is over."""
+        ...
+
     async def last_seq(self, session_id: SessionId) -> int: ...
 
     async def ack_events(self, session_id: SessionId, seq: int) -> None: ...
 
-    async def drop_session(self, session_id: SessionId) -> None: ...
+    async def drop_session(self, session_id: SessionId) -> None:
+        """The session ended: its state goes; its transcript stays for the retention time."""
+        ...
+
+    # rooms ---------------------------------------------------------------
+    async def claim_room(self, room: str, record: RoomRecord) -> bool:
+        """Point ``room`` at ``record``'s session, unless another key created the room."""
+        ...
+
+    async def room(self, room: str) -> RoomRecord | None: ...
 
     # jobs ----------------------------------------------------------------
     async def save_job(self, record: JobRecord) -> bool:

@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
-from ..core.history import EventHistory
+from ..core.history import EventHistory, compacted
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
 from ..core.ordering import NotExpected, OrderedStream
 from ..core.reservation import NodeSlots
-from ..protocol import with_seq
-from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
+from ..protocol import transcript_form, with_seq
+from .base import (
+    Handover,
+    JobEnd,
+    JobRecord,
+    KnownOrder,
+    Notify,
+    RoomRecord,
+    SessionRecord,
+    TranscriptInfo,
+)
+from .limits import MAX_ROOMS, StoreLimits
 
-#: Bytes of events kept per session for resume, besides the count limit: results carry
-#: their translated speech, and a thousand of them would be hundreds of MB.
-HISTORY_BYTES = 32 * 1024 * 1024
+
+def transcript_info(record: SessionRecord) -> TranscriptInfo:
+    st = record.settings
+    return TranscriptInfo(
+        record.session_id, record.view_token, st.get("src_lang", ""), list(st.get("tgt_langs", [])),
+        record.trace_id,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Transcript:
+    info: TranscriptInfo
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    expires_at: float | None = None  # set when the session ends
 
 
 class _Members:
@@ -133,7 +156,13 @@ class MemoryNodeIndex:
 
 
 class MemoryStateStore:
-    def __init__(self, *, history_size: int = 1000, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        limits: StoreLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.index = MemoryNodeIndex()
         self.slots: dict[NodeId, NodeSlots] = {}
         self.owners: dict[NodeId, str] = {}
@@ -142,7 +171,9 @@ class MemoryStateStore:
         self.streams: dict[tuple[SessionId, str], OrderedStream[bytes]] = {}
         self.sessions: dict[SessionId, SessionRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
-        self.history_size = history_size
+        self.limits = limits or StoreLimits(history_events=history_size)
+        self.transcripts: dict[SessionId, _Transcript] = {}
+        self.rooms: OrderedDict[str, RoomRecord] = OrderedDict()
         self.clock = clock
 
     # nodes
@@ -264,8 +295,16 @@ class MemoryStateStore:
     def _history(self, session_id: SessionId) -> EventHistory[bytes]:
         h = self.histories.get(session_id)
         if h is None:
-            h = self.histories[session_id] = EventHistory(self.history_size, HISTORY_BYTES, len)
+            lim = self.limits
+            h = self.histories[session_id] = EventHistory(lim.history_events, lim.history_bytes, len)
         return h
+
+    def _transcript(self, session_id: SessionId) -> _Transcript | None:
+        t = self.transcripts.get(session_id)
+        if t is not None and t.expires_at is not None and t.expires_at <= self.clock():
+            del self.transcripts[session_id]
+            return None
+        return t
 
     async def append_events(
         self, session_id: SessionId, payloads: list[bytes], notify: Notify | None = None
@@ -277,6 +316,10 @@ class MemoryStateStore:
             data = with_seq(payload, seq)
             h.append(seq, data)
             out.append((seq, data))
+            kept = transcript_form(data)
+            if kept is not None and (t := self._transcript(session_id)) is not None:
+                t.entries.append((seq, kept))
+                del t.entries[: len(t.entries) - self.limits.transcript_entries]
         return out
 
     async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
@@ -318,7 +361,16 @@ class MemoryStateStore:
 
     # sessions
     async def create_session(self, record: SessionRecord, ttl: float) -> None:
-        self.sessions[SessionId(record.session_id)] = record
+        sid = SessionId(record.session_id)
+        self.sessions[sid] = record
+        t = self._transcript(sid)
+        if t is None:
+            self.transcripts[sid] = _Transcript(transcript_info(record))
+        else:
+            t.expires_at = None
+        now = self.clock()
+        for gone in [k for k, v in self.transcripts.items() if v.expires_at is not None and v.expires_at <= now]:
+            del self.transcripts[gone]
 
     async def restore_session(
         self,
@@ -392,15 +444,48 @@ class MemoryStateStore:
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         return self._history(session_id).since(last_seq)
 
+    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        h = self._history(session_id)
+        window = h.since(h.first_kept - 1)
+        t = self._transcript(session_id)
+        entries = t.entries if t is not None else []
+        return compacted(last_seq, h.last_seq, window, h.first_kept, entries)
+
+    async def transcript(self, session_id: SessionId) -> list[tuple[int, bytes]]:
+        t = self._transcript(session_id)
+        return list(t.entries) if t is not None else []
+
+    async def transcript_info(self, session_id: SessionId) -> TranscriptInfo | None:
+        t = self._transcript(session_id)
+        return t.info if t is not None else None
+
     async def ack_events(self, session_id: SessionId, seq: int) -> None:
         self._history(session_id).ack(seq)
 
     async def drop_session(self, session_id: SessionId) -> None:
+        t = self._transcript(session_id)
+        if t is not None:
+            t.info.ended_at = time.time()
+            t.expires_at = self.clock() + self.limits.transcript_retention
         self.histories.pop(session_id, None)
         self.requests.pop(session_id, None)
         self.sessions.pop(session_id, None)
         for key in [k for k in self.streams if k[0] == session_id]:
             del self.streams[key]
+
+    # rooms
+    async def claim_room(self, room: str, record: RoomRecord) -> bool:
+        held = self.rooms.get(room)
+        if held is not None and held.key_hash != record.key_hash:
+            return False
+        self.rooms[room] = record
+        self.rooms.move_to_end(room)
+        while len(self.rooms) > MAX_ROOMS:
+            self.rooms.popitem(last=False)
+        return True
+
+    async def room(self, room: str) -> RoomRecord | None:
+        return self.rooms.get(room)
 
     async def ping(self) -> None:
         pass

@@ -25,20 +25,32 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ..core.history import ReplayGap
+from ..core.history import ReplayGap, compacted
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeCapabilities, NodeView
 from ..core.ordering import AlreadyDelivered, NotExpected
 from . import redis_keys as K
-from .base import Handover, JobEnd, JobRecord, KnownOrder, Notify, SessionRecord
-from .memory import MemoryNodeIndex
+from .base import (
+    Handover,
+    JobEnd,
+    JobRecord,
+    KnownOrder,
+    Notify,
+    RoomRecord,
+    SessionRecord,
+    TranscriptInfo,
+)
+from .limits import ROOM_TTL, StoreLimits
+from .memory import MemoryNodeIndex, transcript_info
 from .redis_link import RedisLink
 from .redis_scripts import (
     ACCEPT,
+    ACK,
     APPEND,
     APPEND_PUSH,
     CLAIM,
     CLAIM_ONE,
+    CLAIM_ROOM,
     CLAIM_SESSION,
     FINISH_JOB,
     NODE_HEARTBEAT,
@@ -81,10 +93,12 @@ class RedisStateStore(RedisLink):
         url: str,
         *,
         history_size: int = 1000,
+        limits: StoreLimits | None = None,
         node_stale_after: float = 15.0,
         client: aioredis.Redis | None = None,
     ) -> None:
-        self.history_size = history_size
+        self.limits = limits or StoreLimits(history_events=history_size)
+        self._limits = self.limits.lua()
         self.node_stale_after = node_stale_after
         self.index = MemoryNodeIndex()
         self.owners: dict[NodeId, str] = {}
@@ -101,6 +115,8 @@ class RedisStateStore(RedisLink):
         self._remove_node = Script("remove_node", REMOVE_NODE)
         self._restore_session = Script("restore_session", RESTORE_SESSION)
         self._node_heartbeat = Script("node_heartbeat", NODE_HEARTBEAT)
+        self._ack = Script("ack_events", ACK)
+        self._claim_room = Script("claim_room", CLAIM_ROOM)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
         super().__init__(url, scripts, client)
@@ -300,6 +316,15 @@ class RedisStateStore(RedisLink):
         pipe.expire(key, int(ttl))
         # the numbering exists from the start: appends refuse a session without it (lost data)
         pipe.set(K.seqno(record.session_id), 0, nx=True, ex=self._ttl())
+        info = transcript_info(record)
+        meta = K.transcript_meta(record.session_id)
+        pipe.hset(
+            meta,
+            mapping={"view_token": info.view_token, "src_lang": info.src_lang,
+                     "tgt_langs": json.dumps(info.tgt_langs), "trace_id": info.trace_id},
+        )  # fmt: skip
+        pipe.hdel(meta, "ended_at")
+        pipe.expire(meta, self._ttl() + int(self.limits.transcript_retention))
         await self._call(pipe.execute)
 
     async def load_session(self, session_id: SessionId) -> SessionRecord | None:
@@ -347,7 +372,7 @@ class RedisStateStore(RedisLink):
         flat = await self._run(
             self._append,
             keys=[K.history(session_id), K.seqno(session_id), inbox],
-            args=[self.history_size, self._ttl(), *note, *payloads],
+            args=[self._limits, self._ttl(), *note, *payloads],
         )
         if notify is not None:
             notify.sent = bool(flat[0])
@@ -390,7 +415,7 @@ class RedisStateStore(RedisLink):
         inbox, note = self._notice(session_id, notify)
         keys = [K.pending(session_id, tgt_lang), K.done(session_id, tgt_lang), K.history(session_id),
                 K.seqno(session_id), "", "", "", inbox]  # fmt: skip
-        args: list[Any] = [self.history_size, self._ttl(), index, result, "", "", 0, "", *note, tgt_lang]
+        args: list[Any] = [self._limits, self._ttl(), index, result, "", "", 0, "", *note, tgt_lang]
         if end is not None:
             keys[4:6] = [K.job(end.job_id), K.JOBS_ACTIVE]
             args[4:7] = [end.owner, end.job_id, 600]
@@ -423,20 +448,84 @@ class RedisStateStore(RedisLink):
             raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept", oldest)
         return out
 
+    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(K.seqno(session_id))
+        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
+        pipe.xrange(K.history(session_id), min="-", max="+", count=1)
+        cur, entries, first = await self._call(pipe.execute)
+        current = int(cur) if cur else 0
+        window = self._numbered(entries)
+        first_kept = self._numbered(first)[0][0] if first else current + 1
+        older: list[tuple[int, bytes]] = []
+        if last_seq + 1 < first_kept <= current + 1:  # the window moved on: the transcript fills in
+            raw = await self._call(
+                self.r.xrange, K.transcript(session_id), min=f"({last_seq}-0", max=f"({first_kept}-0"
+            )
+            older = self._numbered(raw)
+        return compacted(last_seq, current, window, first_kept, older)
+
+    @staticmethod
+    def _numbered(raw: list[Any]) -> list[tuple[int, bytes]]:
+        return [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in raw]
+
+    async def transcript(self, session_id: SessionId) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        start = "-"
+        while True:  # in pages: a long session's transcript is thousands of entries
+            raw = await self._call(self.r.xrange, K.transcript(session_id), min=start, max="+", count=2000)
+            out += self._numbered(raw)
+            if len(raw) < 2000:
+                return out
+            start = f"({out[-1][0]}-0"
+
+    async def transcript_info(self, session_id: SessionId) -> TranscriptInfo | None:
+        raw = await self._call(self.r.hgetall, K.transcript_meta(session_id))
+        if not raw or b"view_token" not in raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        ended = d.get("ended_at")
+        return TranscriptInfo(
+            session_id, d["view_token"], d.get("src_lang", ""), json.loads(d.get("tgt_langs", "[]")),
+            d.get("trace_id", ""), float(ended) if ended else None,
+        )  # fmt: skip
+
     async def last_seq(self, session_id: SessionId) -> int:
         v = await self._call(self.r.get, K.seqno(session_id))
         return int(v) if v else 0
 
     async def ack_events(self, session_id: SessionId, seq: int) -> None:
-        await self._call(self.r.xtrim, K.history(session_id), minid=f"{seq + 1}-0", approximate=False)
+        await self._run(self._ack, keys=[K.history(session_id)], args=[seq])
 
     async def drop_session(self, session_id: SessionId) -> None:
         rec = await self.load_session(session_id)
-        keys = [K.session(session_id), K.seqno(session_id), K.history(session_id), K.requests(session_id)]
+        keys = [K.session(session_id), K.seqno(session_id), K.history(session_id),
+                K.history_bytes(session_id), K.requests(session_id)]  # fmt: skip
         if rec is not None:
             for tgt in rec.settings.get("tgt_langs", []):
                 keys += [K.pending(session_id, tgt), K.done(session_id, tgt)]
-        await self._call(self.r.delete, *keys)
+        keep = max(1, int(self.limits.transcript_retention))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*keys)
+        meta = K.transcript_meta(session_id)
+        if rec is not None:  # the transcript outlives the session by the retention time
+            pipe.hset(meta, "ended_at", repr(time.time()))
+        pipe.expire(meta, keep)
+        pipe.expire(K.transcript(session_id), keep)
+        await self._call(pipe.execute)
+
+    # ------------------------------------------------------------------ rooms
+
+    async def claim_room(self, room: str, record: RoomRecord) -> bool:
+        args = [record.key_hash.hex(), record.session_id, record.view_token, ROOM_TTL]
+        return bool(await self._run(self._claim_room, keys=[K.room(room)], args=args))
+
+    async def room(self, room: str) -> RoomRecord | None:
+        raw = await self._call(self.r.hgetall, K.room(room))
+        if not raw or b"session_id" not in raw:
+            return None
+        return RoomRecord(bytes.fromhex(raw[b"key"].decode()), raw[b"session_id"].decode(),
+                          raw[b"view_token"].decode())  # fmt: skip
 
     # ------------------------------------------------------------------ jobs
 
@@ -529,7 +618,7 @@ class RedisStateStore(RedisLink):
         await self.create_session(record, ttl)
         sid = SessionId(record.session_id)
         keys: list[Any] = [K.seqno(sid), K.history(sid)]
-        args: list[Any] = [last_seq, self._ttl(), self.history_size]
+        args: list[Any] = [last_seq, self._ttl(), self._limits]
         for tgt, known in (order or {}).items():
             keys += [K.pending(sid, tgt), K.done(sid, tgt)]
             args += [len(known.released), len(known.held), *sorted(known.released)]

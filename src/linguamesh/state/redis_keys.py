@@ -9,13 +9,19 @@
 | ``sched:v1:req:{session_id}`` | hash | request key (``r:<request_id>``, ``u:<index>``) -> job id |
 | ``sched:v1:session:{session_id}`` | hash | trace_id, tokens, settings (JSON), owner, max_index |
 | ``sched:v1:seqno:{session_id}`` | string | last event seq of the session |
-| ``sched:v1:history:{session_id}`` | stream | events, entry id ``<seq>-0``, field ``d`` = event JSON; MAXLEN ~ |
+| ``sched:v1:history:{session_id}`` | stream | the replay window: events, entry id ``<seq>-0``, field ``d`` = event JSON; bounded by count and bytes |
+| ``sched:v1:history:{session_id}:bytes`` | string | bytes of the events in the window |
+| ``sched:v1:transcript:{session_id}`` | stream | finished results without speech, entry id ``<seq>-0``, field ``d``; lives the retention time after the session |
+| ``sched:v1:transcript:{session_id}:meta`` | hash | view_token, src_lang, tgt_langs (JSON), trace_id, ended_at |
+| ``sched:v1:events:{session_id}`` | pub/sub channel | the session's last seq, after every append (viewers on any instance) |
+| ``sched:v1:room:{room}`` | hash | key (SHA-256 of the room key), session_id, view_token |
 | ``sched:v1:pending:{session_id}:{tgt}`` | zset | utterance indices whose result is not released yet |
 | ``sched:v1:done:{session_id}:{tgt}`` | hash | index -> finished result waiting for earlier ones |
 | ``sched:v1:job:{job_id}`` | hash | owner, state, attempt, node, deadline (ms), data (JSON) |
 | ``sched:v1:jobs:active`` | zset | job ids by deadline (ms): the sweeper's index |
 | ``sched:v1:instance:{id}`` | string | liveness of a scheduler instance (PX TTL) |
 | ``sched:v1:instances`` | set | instance ids seen |
+| ``sched:v1:instances:seen`` | hash | instance id -> last heartbeat (ms); ids silent past the prune bound go, with their inbox |
 | ``sched:v1:inbox:{id}`` | stream | messages for instance ``id`` (consumer group ``g``; field ``m``: a MessagePack array of messages, see ``protocol/inbox.py``) |
 """
 
@@ -25,6 +31,7 @@ PREFIX = "sched:v1:"
 NODES = PREFIX + "nodes"
 JOBS_ACTIVE = PREFIX + "jobs:active"
 INSTANCES = PREFIX + "instances"
+INSTANCES_SEEN = PREFIX + "instances:seen"
 INBOX_GROUP = "g"
 
 
@@ -54,6 +61,27 @@ def seqno(session_id: str) -> str:
 
 def history(session_id: str) -> str:
     return f"{PREFIX}history:{session_id}"
+
+
+def history_bytes(session_id: str) -> str:
+    return history(session_id) + ":bytes"  # the scripts derive it the same way
+
+
+def transcript(session_id: str) -> str:
+    return f"{PREFIX}transcript:{session_id}"  # the scripts derive it from history()
+
+
+def transcript_meta(session_id: str) -> str:
+    return transcript(session_id) + ":meta"
+
+
+def room(room_id: str) -> str:
+    return f"{PREFIX}room:{room_id}"
+
+
+def events_channel(session_id: str) -> str:
+    """Pub/sub: the session's last seq, published by every script that numbers events."""
+    return f"{PREFIX}events:{session_id}"
 
 
 def pending(session_id: str, tgt: str) -> str:

@@ -41,15 +41,46 @@ local n = redis.call('ZREM', KEYS[1], ARGV[1])
 return {n, redis.call('ZCARD', KEYS[1])}
 """
 
-# shared by APPEND and APPEND_PUSH: number one event and add it to the history
+# shared by APPEND, APPEND_PUSH and RESTORE_SESSION: the store's limits (``StoreLimits.lua()``:
+# window events, window bytes, transcript retention (s), transcript entries) and the keys
+# derived from the history's name (``redis_keys``: <history>:bytes, transcript:<sid>[:meta],
+# events:<sid>); number one event, add it to the window — dropping the oldest while the
+# window is over either bound, the newest always kept — and a result to the transcript
+# too, without its speech (``protocol.transcript_form``)
 _APPEND_ONE = """
-local function append(hist, seqkey, maxlen, p, out)
+local function limits(spec, hist)
+  local n, b, keep, tn = string.match(spec, '^(%d+) (%d+) (%d+) (%d+)$')
+  return {n = tonumber(n), b = tonumber(b), keep = tonumber(keep), tn = tonumber(tn),
+          bytes = hist .. ':bytes', t = (string.gsub(hist, ':history:', ':transcript:', 1)),
+          ch = (string.gsub(hist, ':history:', ':events:', 1))}
+end
+local function append(hist, seqkey, lim, p, out)
   local seq = redis.call('INCR', seqkey)
   local e = string.find(p, '"', 10, true)
   local data = string.sub(p, 1, e) .. ',"seq":' .. seq .. string.sub(p, e + 1)
-  redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
+  redis.call('XADD', hist, seq .. '-0', 'd', data)
+  local total = redis.call('INCRBY', lim.bytes, #data)
+  local n = redis.call('XLEN', hist)
+  while n > 1 and (n > lim.n or total > lim.b) do
+    local old = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', hist, old[1])
+    total = redis.call('DECRBY', lim.bytes, #old[2][2])
+    n = n - 1
+  end
+  if string.find(p, '{"type":"translation_result"', 1, true) == 1 then
+    local kept = string.gsub(data, ',"tts_audio":"[^"]*"', '', 1)
+    redis.call('XADD', lim.t, 'MAXLEN', '~', lim.tn, seq .. '-0', 'd', kept)
+  end
   out[#out + 1] = seq
   out[#out + 1] = data
+end
+-- the window's and the transcript's lifetimes; viewers on any instance learn the last seq
+local function keep(lim, ttl, out, first)
+  redis.call('EXPIRE', lim.bytes, ttl)
+  local life = tonumber(ttl) + lim.keep
+  redis.call('EXPIRE', lim.t, life)
+  redis.call('EXPIRE', lim.t .. ':meta', life)
+  if #out >= first then redis.call('PUBLISH', lim.ch, out[#out - 1]) end
 end
 """
 
@@ -76,13 +107,15 @@ APPEND = (
     + _NOTIFY
     + """
 -- KEYS: history, seqno, holder's inbox ('' = none)
--- ARGV: maxlen, ttl, message id ('' = no notice), sender, session id, event payloads...
+-- ARGV: limits, ttl, message id ('' = no notice), sender, session id, event payloads...
 -- returns {notified (1|0), seq, data, seq, data...}
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
+local lim = limits(ARGV[1], KEYS[1])
 local out = {0}
-for i = 6, #ARGV do append(KEYS[1], KEYS[2], ARGV[1], ARGV[i], out) end
+for i = 6, #ARGV do append(KEYS[1], KEYS[2], lim, ARGV[i], out) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+keep(lim, ARGV[2], out, 2)
 out[1] = notify(KEYS[3], ARGV[3], ARGV[4], ARGV[5], out, 2)
 return out
 """
@@ -110,7 +143,7 @@ end
 # shared by APPEND_PUSH and RESTORE_SESSION: release, in index order, every result held
 # in ``done`` from the lowest expected index on, appending each to the history
 _RELEASE_HELD = """
-local function release_held(pending, done, hist, seqkey, maxlen, out)
+local function release_held(pending, done, hist, seqkey, lim, out)
   while true do
     local first = redis.call('ZRANGE', pending, 0, 0)[1]
     if not first then break end
@@ -119,7 +152,7 @@ local function release_held(pending, done, hist, seqkey, maxlen, out)
     redis.call('ZREM', pending, first)
     redis.call('HDEL', done, first)
     redis.call('HSET', done, 'd' .. first, 1)  -- released: a copy of it is refused
-    append(hist, seqkey, maxlen, p, out)
+    append(hist, seqkey, lim, p, out)
   end
 end
 """
@@ -131,7 +164,7 @@ APPEND_PUSH = (
     + _RELEASE_HELD
     + """
 -- KEYS: pending, done, history, seqno, job, jobs:active, slots, holder's inbox ('' = unused)
--- ARGV: maxlen, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
+-- ARGV: limits, ttl, index, result, owner ('' = no job to end), job_id, job ttl,
 --       slot member ('' = none), message id ('' = no notice), sender, session id,
 --       target language, event payloads...
 -- the job ends first, then the events are appended, then the result goes through the
@@ -139,19 +172,21 @@ APPEND_PUSH = (
 -- returns {expected (1; 0: unknown index; 2: released before), slots in use, notified (1|0),
 --          seq, data, seq, data...}
 if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('LMNOSEQ session numbering lost') end
+local lim = limits(ARGV[1], KEYS[3])
 local out = {1, -1, 0}
 if ARGV[5] ~= '' then out[2] = finish(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
-for i = 13, #ARGV do append(KEYS[3], KEYS[4], ARGV[1], ARGV[i], out) end
+for i = 13, #ARGV do append(KEYS[3], KEYS[4], lim, ARGV[i], out) end
 local held = nil
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   -- 2: its result was released before (a copy); 0: the ordering state never knew it
   if redis.call('HEXISTS', KEYS[2], 'd' .. ARGV[3]) == 1 then out[1] = 2 else out[1] = 0 end
 else
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-  release_held(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], out)
+  release_held(KEYS[1], KEYS[2], KEYS[3], KEYS[4], lim, out)
   if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then held = {ARGV[12], tonumber(ARGV[3]), ARGV[4]} end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+keep(lim, ARGV[2], out, 4)
 out[3] = notify(KEYS[8], ARGV[9], ARGV[10], ARGV[11], out, 4, held)
 return out
 """
@@ -277,12 +312,13 @@ RESTORE_SESSION = (
 -- released (a copy of one is refused again) and the results it knows are held (put back in
 -- the buffer; every one no longer behind an expected index is released now)
 -- KEYS: seqno, history, then pending, done per target language
--- ARGV: last seq, ttl, maxlen, then per target language: n released, n held,
+-- ARGV: last seq, ttl, limits, then per target language: n released, n held,
 --       the released indices, then (index, payload) per held result
 -- returns {seq, data, ...}: the results released (the caller delivers them)
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+local lim = limits(ARGV[3], KEYS[2])
 local out = {}
 local a = 4
 for k = 3, #KEYS, 2 do
@@ -301,10 +337,37 @@ for k = 3, #KEYS, 2 do
     end
   end
   a = a + 2 * nh
-  release_held(pending, done, KEYS[2], KEYS[1], ARGV[3], out)
+  release_held(pending, done, KEYS[2], KEYS[1], lim, out)
   redis.call('EXPIRE', pending, ARGV[2])
   redis.call('EXPIRE', done, ARGV[2])
 end
+keep(lim, ARGV[2], out, 1)
 return out
 """
 )
+
+ACK = """
+-- KEYS: history  ARGV: seq
+-- the client has every event up to seq: they leave the window, and their bytes its count
+local gone = 0
+while true do
+  local batch = redis.call('XRANGE', KEYS[1], '-', ARGV[1] .. '-0', 'COUNT', 100)
+  if #batch == 0 then break end
+  for _, e in ipairs(batch) do
+    redis.call('XDEL', KEYS[1], e[1])
+    gone = gone + #e[2][2]
+  end
+end
+if gone > 0 then redis.call('DECRBY', KEYS[1] .. ':bytes', gone) end
+return gone
+"""
+
+CLAIM_ROOM = """
+-- KEYS: room  ARGV: key hash, session id, view token, ttl
+-- only the key that created the room points it elsewhere
+local cur = redis.call('HGET', KEYS[1], 'key')
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'key', ARGV[1], 'session_id', ARGV[2], 'view_token', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
