@@ -93,6 +93,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _duration(raw: str | None) -> float | None:
+    from .scheduler.config import parse_duration
+
+    try:
+        return None if raw is None else parse_duration(raw)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
 def _sched_config(**kw: Any) -> Any:
     from .scheduler.config import SchedulerConfig
 
@@ -108,7 +118,12 @@ def scheduler(
         str | None, typer.Option(help="Bind address [env LINGUAMESH_HOST, default 127.0.0.1]")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [env LINGUAMESH_PORT, default 5010]")] = None,
-    instance_id: Annotated[str | None, typer.Option(help="Instance name in logs")] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Instance id, unique among live instances [env LINGUAMESH_INSTANCE_ID, default: host-random]"
+        ),
+    ] = None,
     pending_timeout: Annotated[
         float | None, typer.Option(help="Seconds a job may wait for a node [10]")
     ] = None,
@@ -174,6 +189,16 @@ def scheduler(
         int | None,
         typer.Option(help="Default trailing silence (ms) that ends an utterance, server-side [500]"),
     ] = None,
+    transcript_retention: Annotated[
+        str | None,
+        typer.Option(
+            help="How long a session's transcript is kept after it ends (e.g. 3600, 90m, 24h, 7d) [24h]"
+        ),
+    ] = None,
+    history_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes of a session's newest events kept for resume (with speech) [8388608]"),
+    ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
     log_max_mb: LogMaxOpt = 20.0,
@@ -209,6 +234,8 @@ def scheduler(
         reconnect_url=reconnect_url,
         streaming=streaming,
         end_of_speech_ms=end_of_speech_ms,
+        transcript_retention=_duration(transcript_retention),
+        history_bytes=history_bytes,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text)
     err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")

@@ -142,7 +142,9 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
 ) -> None:
     store = make(kind, request, StoreLimits(history_events=1000, history_bytes=20_000))
     sid = SessionId(f"long-{kind}")
-    await store.create_session(SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60)
+    await store.create_session(
+        SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60
+    )
     try:
         for i in range(40):  # drafts and results with speech, far more than the window holds
             await store.expect_result(sid, "es", i)
@@ -168,7 +170,9 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
         seqs = [s for s, _ in replay]
         assert seqs == sorted(set(seqs))
         last = await store.last_seq(sid)
-        assert seqs == [3 * i + 3 for i in range(40) if 3 * i + 3 < first_kept] + list(range(first_kept, last + 1))
+        assert seqs == [3 * i + 3 for i in range(40) if 3 * i + 3 < first_kept] + list(
+            range(first_kept, last + 1)
+        )
         results = [d for _, d in replay if p.event_type(d) == "translation_result"]
         assert [p.decode_event(d).utterance_index for d in results] == list(range(40))  # type: ignore[union-attr]
         # a client that saw up to seq 60 gets only what came after
@@ -177,7 +181,12 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
             await store.replay(sid, 10_000)
         # the session ends: its state goes, its transcript and what a viewer needs stay
         info = await store.transcript_info(sid)
-        assert info is not None and info.view_token == "vt" and info.tgt_langs == ["es"] and info.ended_at is None
+        assert (
+            info is not None
+            and info.view_token == "vt"
+            and info.tgt_langs == ["es"]
+            and info.ended_at is None
+        )
         await store.drop_session(sid)
         assert await store.load_session(sid) is None
         assert len(await store.transcript(sid)) == 40
@@ -194,7 +203,9 @@ async def test_an_ended_sessions_transcript_goes_after_the_retention_time(
 ) -> None:
     store = make(kind, request, StoreLimits(transcript_retention=1))
     sid = SessionId(f"brief-{kind}")
-    await store.create_session(SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60)
+    await store.create_session(
+        SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60
+    )
     try:
         await store.expect_result(sid, "es", 0)
         await store.push_result(sid, "es", 0, spoken(0))

@@ -14,9 +14,14 @@ from ..conftest import SCALE, Cluster, pcm
 
 
 async def _sse_events(
-    url: str, n: int, headers: dict[str, str] | None = None, got: asyncio.Queue[int] | None = None
+    url: str,
+    n: int,
+    headers: dict[str, str] | None = None,
+    got: asyncio.Queue[int] | None = None,
+    stop_after: int | None = None,
 ) -> list[tuple[int, str, dict]]:  # type: ignore[type-arg]
-    """The first ``n`` events of an SSE stream; each one's seq also goes to ``got``."""
+    """The first ``n`` events of an SSE stream (0: the first one, or up to seq
+    ``stop_after``); each one's seq also goes to ``got``."""
     out = []
     async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", url, headers=headers or {}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -30,7 +35,10 @@ async def _sse_events(
                 if got is not None:
                     got.put_nowait(out[-1][0])
                 ev = {}
-                if len(out) == n:
+                if stop_after is not None:
+                    if out[-1][0] >= stop_after:
+                        return out
+                elif len(out) >= max(n, 1):
                     return out
     return out
 
@@ -84,7 +92,7 @@ async def test_operator_api_needs_the_token_when_one_is_set(cluster: Cluster) ->
         ok = await http.get(f"{s.http}/api/v1/admin/overview", headers={"Authorization": "Bearer op-secret"})
         page = await http.get(f"{s.http}/admin")
         icon = await http.get(f"{s.http}/favicon.ico")
-    assert ok.status_code == 200 and ok.json()["instance_id"] == "local"
+    assert ok.status_code == 200 and ok.json()["instance_id"] == s.sched.config.instance_id
     assert page.status_code == 200 and "operator" in page.text
     # counters read as Prometheus would write them, and series still at 0 are left out
     counters = ok.json()["counters"]
@@ -146,10 +154,11 @@ async def test_transcript_downloads_parse_and_match_the_results(cluster: Cluster
     assert txt_res.text.splitlines() == [r.text_asr for r in es]
 
 
-async def test_a_late_viewer_gets_what_the_window_keeps_then_live_events(cluster: Cluster) -> None:
-    """The history keeps the last few events only: a viewer who opens the stream with no
-    Last-Event-ID, or with one the window has moved past, gets the kept events and then
-    live ones — not an error — and leaves no subscriber behind."""
+async def test_a_late_viewer_gets_every_result_then_the_window_then_live_events(cluster: Cluster) -> None:
+    """The window keeps the last few events only: a viewer who opens the stream with no
+    Last-Event-ID, or with one the window has moved past, gets every result so far (the
+    transcript, without speech, where the window moved on), then the window, then live
+    events — never an error — and leaves no subscriber behind."""
     s = await cluster.scheduler(history_size=6)
     await cluster.node(s.url)
     async with SessionClient(s.url, src="en", tgt="es") as c:
@@ -162,14 +171,18 @@ async def test_a_late_viewer_gets_what_the_window_keeps_then_live_events(cluster
         last_seq = await s.sched.store.last_seq(sid)  # type: ignore[arg-type]
         assert last_seq > 6  # event 1 is gone from the window
         stream_url = f"{s.http}/api/v1/sessions/{sid}/events/stream?token={token}"
-        for headers in ({}, {"Last-Event-ID": "1"}):
-            got: asyncio.Queue[int] = asyncio.Queue()
-            viewer = asyncio.create_task(_sse_events(stream_url, 7, headers, got))
-            kept = [await asyncio.wait_for(got.get(), 10 * SCALE) for _ in range(6)]
-            assert kept == list(range(last_seq - 5, last_seq + 1))  # the window, in order
-            await c.send_utterance(5 if not headers else 6, pcm(0.1))  # a live event follows
-            events = await asyncio.wait_for(viewer, 10 * SCALE)
-            assert events[-1][0] > last_seq
+        for n, headers in enumerate(({}, {"Last-Event-ID": "1"})):
+            replay = await _sse_events(stream_url, 0, headers, stop_after=last_seq)
+            seqs = [seq for seq, _, _ in replay]
+            assert seqs == sorted(set(seqs)) and seqs[-1] == last_seq
+            assert seqs[-6:] == list(range(last_seq - 5, last_seq + 1))  # the window, in order
+            results = [d["utterance_index"] for _, kind, d in replay if kind == "translation_result"]
+            assert results == list(range(5 + n))  # every result, the window's and the transcript's
+            viewer = asyncio.create_task(_sse_events(stream_url, 0, {"Last-Event-ID": str(last_seq)}))
+            await asyncio.sleep(0.3)
+            await c.send_utterance(5 + n, pcm(0.1))  # a live event follows
+            live = await asyncio.wait_for(viewer, 10 * SCALE)
+            assert live and live[0][0] == last_seq + 1
             await c.results(1, timeout=10 * SCALE)
             last_seq = await s.sched.store.last_seq(sid)  # type: ignore[arg-type]
         for _ in range(100):  # both viewers left: their subscriptions are gone

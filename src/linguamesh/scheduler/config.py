@@ -4,17 +4,41 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, fields
+import re
+import secrets
+import socket
+from dataclasses import dataclass, field, fields
 
 from ..core.lifecycle import LifecycleConfig
 from ..protocol import DEFAULT_MAX_MESSAGE_BYTES
+from ..state.limits import StoreLimits
+
+
+def default_instance_id() -> str:
+    """Unique per process: the host name and a random suffix (two instances never share one)."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "scheduler"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(raw: str | float) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``24h`` or ``7d``."""
+    if isinstance(raw, int | float):
+        return float(raw)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", raw.lower())
+    if m is None:
+        raise ValueError(f"{raw!r} is not a duration (e.g. 3600, 90m, 24h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     host: str = "127.0.0.1"
     port: int = 5010
-    instance_id: str = "local"
+    #: Unique among live instances (a second one under the same id refuses to start).
+    instance_id: str = field(default_factory=default_instance_id)
     pending_timeout: float = 10.0
     ack_timeout: float = 5.0
     result_timeout: float = 30.0
@@ -31,7 +55,12 @@ class SchedulerConfig:
     streaming: bool = True
     #: Server-side end of speech: the default trailing silence that ends an utterance.
     end_of_speech_ms: int = 500
+    #: The replay window of a session: its newest events, for a client that reconnects
+    #: (older results come back from the transcript, without speech).
     history_size: int = 1000
+    history_bytes: int = 8 * 1024 * 1024
+    #: Seconds a session's transcript is kept after the session ended (``--transcript-retention``).
+    transcript_retention: float = 24 * 3600.0
     selector: str = "pooled"
     node_token: str | None = None
     #: A file of ``node_id token`` lines: each node's own credential (see ``credentials.py``).
@@ -94,8 +123,11 @@ class SchedulerConfig:
             raw = os.environ.get(f"LINGUAMESH_{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(getattr(cls(), f.name))
+            kind = type(getattr(cls(instance_id="x"), f.name))
             try:
+                if f.name in _DURATIONS:
+                    values[f.name] = parse_duration(raw)
+                    continue
                 if kind is bool:
                     values[f.name] = _flag(f.name, raw)
                     continue
@@ -143,9 +175,21 @@ class SchedulerConfig:
         for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.history_size < 1 or self.history_bytes < 1024:
+            raise ValueError("history_size must be at least 1 and history_bytes at least 1024")
+        if self.transcript_retention < 1:
+            raise ValueError("transcript_retention must be at least 1 second")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.instance_id):
+            raise ValueError("instance_id: 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'")
+
+    def store_limits(self) -> StoreLimits:
+        return StoreLimits(self.history_size, self.history_bytes, self.transcript_retention)
 
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
+
+
+_DURATIONS = frozenset({"transcript_retention"})
 
 
 def is_loopback(host: str) -> bool:

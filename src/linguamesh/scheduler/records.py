@@ -124,6 +124,8 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "sample_rate": st.sample_rate,
             "preferred_node_id": st.preferred_node_id,
             "end_of_speech_ms": st.end_of_speech_ms,
+            "room": st.room,
+            "room_key_hash": st.room_key_hash,
         },
         owner=owner,
         max_index=session.utterances.max_index,
@@ -141,6 +143,8 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         sample_rate=int(st["sample_rate"]),
         preferred_node_id=st.get("preferred_node_id"),
         end_of_speech_ms=st.get("end_of_speech_ms"),
+        room=st.get("room"),
+        room_key_hash=st.get("room_key_hash"),
     )
 
 

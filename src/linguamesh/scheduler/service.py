@@ -35,6 +35,7 @@ from ..state.base import StateStore
 from ..state.redis import RedisStateStore
 from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
+from .cluster.watch import EventWatch
 from .config import SchedulerConfig
 from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
@@ -84,6 +85,8 @@ class Scheduler:
         )
         self.intake = Intake(config, store, m, clock, self.runner, self.table)
         self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick)
+        #: viewers here of sessions other instances hold
+        self.watch = EventWatch(store, tasks) if isinstance(store, RedisStateStore) else None
         self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
         self._register_gauges()

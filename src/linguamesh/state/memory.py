@@ -369,7 +369,9 @@ class MemoryStateStore:
         else:
             t.expires_at = None
         now = self.clock()
-        for gone in [k for k, v in self.transcripts.items() if v.expires_at is not None and v.expires_at <= now]:
+        for gone in [
+            k for k, v in self.transcripts.items() if v.expires_at is not None and v.expires_at <= now
+        ]:
             del self.transcripts[gone]
 
     async def restore_session(

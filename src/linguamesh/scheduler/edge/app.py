@@ -25,9 +25,9 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         elif config.redis_url:
             from ...state.redis import RedisStateStore
 
-            state = RedisStateStore(config.redis_url, history_size=config.history_size)
+            state = RedisStateStore(config.redis_url, limits=config.store_limits())
         else:
-            state = MemoryStateStore(history_size=config.history_size)
+            state = MemoryStateStore(limits=config.store_limits())
         sched = Scheduler(config, state)
         app.state.scheduler = sched
         await sched.start()

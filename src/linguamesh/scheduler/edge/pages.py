@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from ... import protocol as p
 from ...core.history import ReplayGap
 from ...core.ids import SessionId
 from ...observability.metrics import COUNTERS
-from ...state.base import StateStore
+from ...state.base import DependencyDown, StateStore
 from ..service import Scheduler
+from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
 from ..tokens import same_token
@@ -48,15 +50,48 @@ def _sched(request: Request) -> Scheduler:
     return request.app.state.scheduler  # type: ignore[no-any-return]
 
 
-def _viewer_session(request: Request) -> Session | JSONResponse:
+@dataclass(slots=True)
+class Viewing:
+    """A session a viewer may read: held here (``local``), held by another instance, or
+    ended (its transcript is kept for the retention time)."""
+
+    session_id: SessionId
+    src_lang: str
+    tgt_langs: list[str]
+    local: Session | None
+    ended: bool
+
+
+async def _viewing(request: Request) -> Viewing | JSONResponse:
+    """Any instance answers for any session of the cluster: the session held here, or what
+    the shared store keeps for viewers (the transcript's record, with the view token)."""
     s = _sched(request)
-    session = s.sessions.get(SessionId(request.path_params["session_id"]))
-    if session is None or session.life.gone:
-        return error(404, "session_not_found", "no such session (or it has expired)")
+    sid = SessionId(request.path_params["session_id"])
     token = request.query_params.get("token") or bearer(request) or ""
-    if not same_token(token, session.view_token):
-        return error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
-    return session
+    local = s.sessions.get(sid)
+    if local is not None and not local.life.gone:
+        if not same_token(token, local.view_token):
+            return _unauthorized()
+        return Viewing(sid, local.settings.src_lang, list(local.settings.tgt_langs), local, False)
+    if len(sid) > 128:
+        return _not_found()
+    try:
+        info = await s.store.transcript_info(sid)
+    except DependencyDown:
+        return error(503, "dependency_down", "shared state unavailable, try again")
+    if info is None:
+        return _not_found()
+    if not same_token(token, info.view_token):
+        return _unauthorized()
+    return Viewing(sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None)
+
+
+def _not_found() -> JSONResponse:
+    return error(404, "session_not_found", "no such session (or its transcript's retention is over)")
+
+
+def _unauthorized() -> JSONResponse:
+    return error(401, "unauthorized", "a valid view token is needed (the share link carries it)")
 
 
 def _types(request: Request) -> set[str] | None:
@@ -76,44 +111,58 @@ def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
 
 
 async def history(request: Request) -> Response:
-    session = _viewer_session(request)
-    if isinstance(session, Response):
-        return session
+    """The session's events after ``since``: the results the replay window no longer holds
+    come from the transcript (without speech), then the window."""
+    v = await _viewing(request)
+    if isinstance(v, Response):
+        return v
     since = _int_param(request, "since", 0)
     if isinstance(since, Response):
         return since
     types = _types(request)
+    store = _sched(request).store
     try:
-        events = await _sched(request).store.events_since(session.session_id, since)
-    except ReplayGap as exc:
-        return error(410, "session_not_found", f"cannot replay: {exc}")
+        events = await _replay(store, v, since)
+        last_seq = await store.last_seq(v.session_id) if not v.ended else (events[-1][0] if events else since)
+    except DependencyDown:
+        return error(503, "dependency_down", "shared state unavailable, try again")
     out = [json.loads(data) for _, data in events if types is None or p.event_type(data) in types]
-    last_seq = await _sched(request).store.last_seq(session.session_id)
-    return JSONResponse({"session_id": session.session_id, "last_seq": last_seq, "events": out})
+    return JSONResponse({"session_id": v.session_id, "last_seq": last_seq, "events": out})
+
+
+async def _replay(store: StateStore, v: Viewing, last: int) -> list[tuple[int, bytes]]:
+    """What a viewer who saw up to ``last`` gets first: every result (from the transcript
+    where the window moved on) and the window's events; the transcript alone for a session
+    that ended. Never an error for a late viewer."""
+    if v.ended:
+        return [(seq, data) for seq, data in await store.transcript(v.session_id) if seq > last]
+    try:
+        return await store.replay(v.session_id, last)
+    except ReplayGap:  # ahead of the session (its numbering was lost): live from here
+        return []
 
 
 async def transcript(request: Request) -> Response:
     """``GET /api/v1/sessions/{id}/transcript?format=srt|vtt|txt&lang=…&token=…`` — the
     session's transcript (``lang`` = its source language) or translation as subtitles
     with utterance times, or plain text (``transcript.py``)."""
-    session = _viewer_session(request)
-    if isinstance(session, Response):
-        return session
+    v = await _viewing(request)
+    if isinstance(v, Response):
+        return v
     fmt = request.query_params.get("format", "srt")
     if fmt not in FORMATS:
         return error(400, "bad_message", f"format must be one of {', '.join(FORMATS)}")
-    st = session.settings
-    lang = request.query_params.get("lang") or st.tgt_langs[0]
-    if lang != st.src_lang and lang not in st.tgt_langs:
-        known = ", ".join([st.src_lang, *st.tgt_langs])
+    lang = request.query_params.get("lang") or (v.tgt_langs[0] if v.tgt_langs else v.src_lang)
+    if lang != v.src_lang and lang not in v.tgt_langs:
+        known = ", ".join([v.src_lang, *v.tgt_langs])
         return error(400, "bad_message", f"lang {lang!r} is not in this session ({known})")
-    try:
-        events = await _sched(request).store.events_since(session.session_id, 0)
-    except ReplayGap as exc:
-        return error(410, "session_not_found", f"cannot read the session's history: {exc}")
-    results = [json.loads(data) for _, data in events if p.event_type(data) == "translation_result"]
-    body = render(cues(results, lang, st.src_lang), fmt)
-    name = f"linguamesh-{session.session_id}-{lang}.{fmt}"
+    try:  # the whole session's results, however long it ran (the transcript, not the window)
+        entries = await _sched(request).store.transcript(v.session_id)
+    except DependencyDown:
+        return error(503, "dependency_down", "shared state unavailable, try again")
+    results = [json.loads(data) for _, data in entries]
+    body = render(cues(results, lang, v.src_lang), fmt)
+    name = f"linguamesh-{v.session_id}-{lang}.{fmt}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return Response(body, media_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8", headers=headers)
 
@@ -122,45 +171,49 @@ async def room(request: Request) -> Response:
     """``GET /api/v1/rooms/{room}`` — the session a room's viewer link shows now, with its
     view token (the room id in the link is the viewer's capability, as the token is)."""
     s = _sched(request)
-    found = s.table.rooms.get(request.path_params["room"])
-    if (
-        found is None
-        or found.session_id not in s.sessions
-        or s.sessions[SessionId(found.session_id)].life.gone
-    ):
+    room_id = request.path_params["room"]
+    try:
+        found = await s.table.rooms.get(room_id) if ROOM_ID.fullmatch(room_id) else None
+        live = found is not None and await s.store.load_session(SessionId(found.session_id)) is not None
+    except DependencyDown:
+        return error(503, "dependency_down", "shared state unavailable, try again")
+    if found is None or not live:
         return error(404, "session_not_found", "no session shows in this room now; it may start again soon")
     return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
 
 
-async def _kept_since(store: StateStore, session_id: SessionId, last: int) -> list[tuple[int, bytes]]:
-    """The events after ``last`` that are still kept: a viewer who joins late (or comes
-    back after the window moved on) gets what the history holds, never an error."""
-    for _ in range(3):  # the window may move on between two reads
-        try:
-            return await store.events_since(session_id, last)
-        except ReplayGap as gap:
-            if gap.kept_from is None:  # ahead of the session: nothing to replay, live from here
-                return []
-            last = gap.kept_from - 1
-    return []
-
-
 async def stream(request: Request) -> Response:
-    session = _viewer_session(request)
-    if isinstance(session, Response):
-        return session
+    v = await _viewing(request)
+    if isinstance(v, Response):
+        return v
     last = _int_param(request, "last_event_id", 0)
     if isinstance(last, Response):
         return last
     types = _types(request)
-    store = _sched(request).store
+    sched = _sched(request)
+    store = sched.store
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    session.delivery.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
+    session = v.local
+    if session is not None:  # held here: its pump publishes to the queue
+        session.delivery.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
+
+    def leave() -> None:
+        if session is not None:
+            session.delivery.subscribers.discard(queue)
+        elif sched.watch is not None:
+            sched.watch.unsubscribe(v.session_id, queue)
+
     try:
-        replay = await _kept_since(store, session.session_id, last)
-    except BaseException:  # the store failed: no stream, and no subscriber left behind
-        session.delivery.subscribers.discard(queue)
+        replay = await _replay(store, v, last)
+    except DependencyDown:  # the store failed: no stream, and no subscriber left behind
+        leave()
+        return error(503, "dependency_down", "shared state unavailable, try again")
+    except BaseException:
+        leave()
         raise
+    if session is None and sched.watch is not None and not v.ended:
+        # held by another instance: its events come through the store's notices
+        queue = sched.watch.subscribe(v.session_id, max([last, *(seq for seq, _ in replay)]))
 
     def frame(seq: int, data: bytes) -> bytes:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, p.event_type(data).encode(), data)
@@ -179,7 +232,7 @@ async def stream(request: Request) -> Response:
                 except TimeoutError:
                     yield b": keepalive\n\n"
                     continue
-                if seq < 0:  # dropped as too slow
+                if seq < 0:  # dropped as too slow, or the session left this instance: reconnect
                     return
                 if seq <= sent:
                     continue
@@ -187,7 +240,7 @@ async def stream(request: Request) -> Response:
                 if types is None or p.event_type(data) in types:
                     yield frame(seq, data)
         finally:
-            session.delivery.subscribers.discard(queue)
+            leave()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -280,7 +280,8 @@ class Delivery:
         """Attach a connection: write ``greeting(n)``, replay the n events after
         ``last_seq``, then go live — all in the pump, so nothing interleaves.
 
-        Returns n. Raises ReplayGap when some of those events are no longer kept.
+        Returns n. The events the window no longer holds come from the session's
+        transcript (its results, without speech): a resume at any point has every result.
         """
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put(_Attach(conn, last_seq, done, greeting))
@@ -318,6 +319,11 @@ class Delivery:
             elif isinstance(item, _Attach) and not item.done.done():
                 item.done.set_exception(ProtocolError(ErrorCode.SESSION_NOT_FOUND, "the session was closed"))
         self.backlog = 0
+        # viewers end their stream and come back (SSE reconnects with Last-Event-ID): to the
+        # session's new holder's events, or to the transcript of an ended session
+        for q in list(self.subscribers):
+            q.put_nowait((-1, b""))
+        self.subscribers.clear()
 
     # ------------------------------------------------------------------ the pump
 
@@ -447,8 +453,9 @@ class Delivery:
                     ErrorCode.BAD_MESSAGE,
                     f"field `resume.last_seq`: {item.last_seq} is ahead of the session's last event ({last})",
                 )
-            events = await self._store(self.store.events_since, self.session_id, item.last_seq)
-        except Exception as exc:  # noqa: BLE001 - ReplayGap or anything else goes to the resuming caller; the pump lives
+            # what the window no longer holds comes back from the transcript: never a gap
+            events = await self._store(self.store.replay, self.session_id, item.last_seq)
+        except Exception as exc:  # noqa: BLE001 - anything goes to the resuming caller; the pump lives
             item.done.set_exception(exc)
             return
         if item.greeting is not None and not await self._write(item.conn, item.greeting(len(events))):

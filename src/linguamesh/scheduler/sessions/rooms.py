@@ -7,35 +7,29 @@ expired session — points the room at itself; viewers follow the room
 (``GET /api/v1/rooms/{room}`` → the current session and its view token), so a share
 link is never stranded on a dead session.
 
-Rooms live in the memory of the instance that holds the session, as the viewer API
-does (``/api/v1/sessions/...`` answers on the session's instance). A restarted server
-starts with no rooms; the speaker's next session claims its room again.
+Rooms live in the state store (shared by every instance, like the transcripts): any
+instance answers a room's viewers, and a session claims its room again whenever it
+resumes or is taken over, so the room follows the speaker even after the store lost it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from ...protocol import ErrorCode, ProtocolError
+from ...state.base import RoomRecord, StateStore
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-MAX_ROOMS = 100_000
 
 
-@dataclass(slots=True)
-class Room:
-    key_hash: bytes
-    session_id: str
-    view_token: str
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Rooms:
-    def __init__(self) -> None:
-        self._rooms: OrderedDict[str, Room] = OrderedDict()
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
 
     @staticmethod
     def check(room: str, key: str | None) -> None:
@@ -48,16 +42,10 @@ class Rooms:
                 ErrorCode.BAD_MESSAGE, "field `room_key`: 16-128 characters are needed with `room`"
             )
 
-    def claim(self, room: str, key: str, session_id: str, view_token: str) -> None:
-        """Point ``room`` at the session; only the key that created the room may move it."""
-        digest = hashlib.sha256(key.encode()).digest()
-        held = self._rooms.get(room)
-        if held is not None and not hmac.compare_digest(held.key_hash, digest):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
-        self._rooms[room] = Room(digest, session_id, view_token)
-        self._rooms.move_to_end(room)
-        while len(self._rooms) > MAX_ROOMS:
-            self._rooms.popitem(last=False)
+    async def claim(self, room: str, digest: str, session_id: str, view_token: str) -> bool:
+        """Point ``room`` at the session; only the key that created the room may move it
+        (``digest``: :func:`key_hash` of that key). False when another key holds the room."""
+        return await self.store.claim_room(room, RoomRecord(bytes.fromhex(digest), session_id, view_token))
 
-    def get(self, room: str) -> Room | None:
-        return self._rooms.get(room)
+    async def get(self, room: str) -> RoomRecord | None:
+        return await self.store.room(room)

@@ -35,6 +35,9 @@ class SessionSettings:
     #: server-side end of speech (streamed audio): ms of trailing silence that end an
     #: utterance; None when the client ends its utterances
     end_of_speech_ms: int | None = None
+    #: the room whose viewer link follows this session, and the SHA-256 (hex) of its key
+    room: str | None = None
+    room_key_hash: str | None = None
 
 
 @dataclass(eq=False, slots=True)

@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 
 from ... import protocol as p
-from ...core.history import ReplayGap
 from ...core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
 from ...core.jobs import Job
 from ...core.languages import pair_problem
@@ -33,7 +32,7 @@ from ...observability import tracing
 from ...observability.logging import get_logger
 from ...observability.metrics import Metrics
 from ...protocol import ErrorCode, ProtocolError
-from ...state.base import JobEnd, StateStore
+from ...state.base import DependencyDown, JobEnd, StateStore
 from ..cluster.remote import Remote
 from ..config import SchedulerConfig
 from ..records import job_fields, session_record, settings_from_record
@@ -42,7 +41,7 @@ from ..tasks import Tasks
 from ..tokens import same_token
 from ..transport import Transport, close_quietly
 from .delivery import Delivery
-from .rooms import Rooms
+from .rooms import Rooms, key_hash
 from .session import Session, SessionSettings
 
 log = get_logger("linguamesh.scheduler")
@@ -75,7 +74,7 @@ class SessionTable:
         self.tracing = tracing.current("scheduler")
         self.sessions: dict[SessionId, Session] = {}
         #: viewer links that outlive a session
-        self.rooms = Rooms()
+        self.rooms = Rooms(store)
 
     def _session(self, **kw: Any) -> Session:
         session = Session(life=SessionLifecycle(self.config.session_linger), **kw)
@@ -159,6 +158,8 @@ class SessionTable:
             sample_rate=init.sample_rate,
             preferred_node_id=init.preferred_node_id,
             end_of_speech_ms=end_ms,
+            room=init.room,
+            room_key_hash=key_hash(init.room_key) if init.room is not None and init.room_key else None,
         )
         session = self._session(
             session_id=new_session_id(),
@@ -167,12 +168,12 @@ class SessionTable:
             view_token=new_token(),
             settings=settings,
         )
+        if not await self._point_room(session):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
         await self.store.create_session(
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
         self.sessions[session.session_id] = session
-        if init.room is not None and init.room_key is not None:
-            self.rooms.claim(init.room, init.room_key, session.session_id, session.view_token)
         session.delivery.start()
         session.delivery.conn = conn
         self.attached(session)
@@ -205,14 +206,15 @@ class SessionTable:
             await close_quietly(old, 4000, "resumed elsewhere")
         try:
             replayed = await delivery.attach(conn, info.last_seq, lambda n: self.init_ack(session, n))
-        except ReplayGap as exc:
-            self._unattached(session)
-            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"cannot resume: {exc}") from None
         except BaseException:
             self._unattached(session)
             raise
         if delivery.conn is not conn:  # the greeting could not be written: the socket is gone
             self._unattached(session)
+        try:  # the room follows the speaker (here after a take-over, or the store lost it)
+            await self._point_room(session)
+        except DependencyDown:
+            log.warning("session.room_not_claimed", session_id=session.session_id, trace_id=session.trace_id)
         self.metrics.inc("sessions_resumed")
         self.metrics.inc("events_replayed", replayed)
         log.info(
@@ -223,6 +225,14 @@ class SessionTable:
             replayed=replayed,
         )
         return session, replayed
+
+    async def _point_room(self, session: Session) -> bool:
+        """Point the session's room (if it names one) at it; False when the room is another
+        speaker's."""
+        st = session.settings
+        if st.room is None or st.room_key_hash is None:
+            return True
+        return await self.rooms.claim(st.room, st.room_key_hash, session.session_id, session.view_token)
 
     async def _take(self, session_id: SessionId, token: str) -> Session | None:
         """Resume here a session another instance held (it moved, or that instance died)."""

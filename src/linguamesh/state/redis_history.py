@@ -1,0 +1,98 @@
+"""The read side of a session's events in Redis: the replay window, the transcript, the
+compacted replay of both, and rooms. The writes (numbering, ordering) are the scripts'
+(``redis_scripts``), run by :class:`~.redis.RedisStateStore`, which builds on this."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..core.history import ReplayGap, compacted
+from ..core.ids import SessionId
+from . import redis_keys as K
+from .base import RoomRecord, TranscriptInfo
+from .limits import ROOM_TTL
+from .redis_link import RedisLink
+from .redis_wire import Script
+
+
+class RedisHistory(RedisLink):
+    _ack: Script
+    _claim_room: Script
+
+    async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(K.seqno(session_id))
+        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
+        pipe.xrange(K.history(session_id), min="-", max="+", count=1)
+        cur, entries, first = await self._call(pipe.execute)
+        current = int(cur) if cur else 0
+        if last_seq > current:
+            raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({current})")
+        out = [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in entries]
+        oldest = int(first[0][0].split(b"-")[0]) if first else current + 1
+        if last_seq + 1 < oldest:
+            raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept", oldest)
+        return out
+
+    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(K.seqno(session_id))
+        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
+        pipe.xrange(K.history(session_id), min="-", max="+", count=1)
+        cur, entries, first = await self._call(pipe.execute)
+        current = int(cur) if cur else 0
+        window = self._numbered(entries)
+        first_kept = self._numbered(first)[0][0] if first else current + 1
+        older: list[tuple[int, bytes]] = []
+        if last_seq + 1 < first_kept <= current + 1:  # the window moved on: the transcript fills in
+            raw = await self._call(
+                self.r.xrange, K.transcript(session_id), min=f"({last_seq}-0", max=f"({first_kept}-0"
+            )
+            older = self._numbered(raw)
+        return compacted(last_seq, current, window, first_kept, older)
+
+    @staticmethod
+    def _numbered(raw: list[Any]) -> list[tuple[int, bytes]]:
+        return [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in raw]
+
+    async def transcript(self, session_id: SessionId) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        start = "-"
+        while True:  # in pages: a long session's transcript is thousands of entries
+            raw = await self._call(self.r.xrange, K.transcript(session_id), min=start, max="+", count=2000)
+            out += self._numbered(raw)
+            if len(raw) < 2000:
+                return out
+            start = f"({out[-1][0]}-0"
+
+    async def transcript_info(self, session_id: SessionId) -> TranscriptInfo | None:
+        raw = await self._call(self.r.hgetall, K.transcript_meta(session_id))
+        if not raw or b"view_token" not in raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        ended = d.get("ended_at")
+        return TranscriptInfo(
+            session_id, d["view_token"], d.get("src_lang", ""), json.loads(d.get("tgt_langs", "[]")),
+            d.get("trace_id", ""), float(ended) if ended else None,
+        )  # fmt: skip
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        v = await self._call(self.r.get, K.seqno(session_id))
+        return int(v) if v else 0
+
+    async def ack_events(self, session_id: SessionId, seq: int) -> None:
+        await self._run(self._ack, keys=[K.history(session_id)], args=[seq])
+
+    # ------------------------------------------------------------------ rooms
+
+    async def claim_room(self, room: str, record: RoomRecord) -> bool:
+        args = [record.key_hash.hex(), record.session_id, record.view_token, ROOM_TTL]
+        return bool(await self._run(self._claim_room, keys=[K.room(room)], args=args))
+
+    async def room(self, room: str) -> RoomRecord | None:
+        raw = await self._call(self.r.hgetall, K.room(room))
+        if not raw or b"session_id" not in raw:
+            return None
+        return RoomRecord(bytes.fromhex(raw[b"key"].decode()), raw[b"session_id"].decode(),
+                          raw[b"view_token"].decode())  # fmt: skip
