@@ -66,7 +66,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(drain(), name="drain")
 
 
-def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
+def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
     app = create_app(config, store)
     uv = uvicorn.Config(
         app,
@@ -93,6 +93,9 @@ def make_server(config: SchedulerConfig, store: Any = None) -> uvicorn.Server:
 async def serve_scheduler(config: SchedulerConfig) -> None:
     server = make_server(config)
     await server.serve()
+    if not server.started:  # the application refused to start (its reason is logged too)
+        reason = getattr(server.app.state, "startup_error", None)
+        raise SystemExit(f"error: the scheduler did not start{': ' + reason if reason else ''}")
 
 
 def model_manager(config: NodeConfig) -> ModelManager:

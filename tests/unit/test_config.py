@@ -47,3 +47,16 @@ def test_log_level_spec() -> None:
     )
     with pytest.raises(ValueError, match="unknown log level"):
         parse_levels("loud")
+
+
+def test_the_default_instance_id_is_unique_and_durations_read_like_people_write_them() -> None:
+    from linguamesh.scheduler.config import SchedulerConfig, parse_duration
+
+    assert SchedulerConfig().instance_id != SchedulerConfig().instance_id
+    assert [parse_duration(x) for x in ("90", "90s", "15m", "24h", "7d", "1.5h")] == [
+        90, 90, 900, 86400, 7 * 86400, 5400,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("a day")
+    with pytest.raises(ValueError, match="instance_id"):
+        SchedulerConfig(instance_id="two words").validate()

@@ -104,6 +104,8 @@ class SchedulerConfig:
     reconnect_delay_ms: int = 1000
     #: Where clients and nodes should reconnect (e.g. the load balancer); unset: the same address.
     reconnect_url: str | None = None
+    #: Seconds an instance may stay dead before its id and inbox are pruned from Redis.
+    dead_instance_retention: float = 3600.0
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
 

@@ -26,6 +26,33 @@ from .redis_wire import RedisWire, Script
 T = TypeVar("T")
 
 
+_RELEASE_INSTANCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_PRUNE = """
+-- KEYS: instances, instances:seen  ARGV: cutoff (ms), now (ms), instance key prefix, inbox prefix
+-- an id whose liveness key is gone and whose last heartbeat is older than the cutoff goes, with
+-- its inbox; an id never seen gets its clock started now
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 then
+    local seen = tonumber(redis.call('HGET', KEYS[2], id) or '')
+    if not seen then
+      redis.call('HSET', KEYS[2], id, ARGV[2])
+    elseif seen < tonumber(ARGV[1]) then
+      redis.call('SREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('DEL', ARGV[4] .. id)
+      out[#out + 1] = id
+    end
+  end
+end
+return out
+"""
+
+
 class RedisLink:
     def __init__(self, url: str, scripts: Sequence[Script], client: aioredis.Redis | None = None) -> None:
         self.url = url
@@ -77,11 +104,36 @@ class RedisLink:
 
     # ------------------------------------------------------------------ instances and inboxes
 
-    async def instance_alive(self, instance_id: str, ttl: float) -> None:
+    async def instance_alive(self, instance_id: str, ttl: float, token: str = "") -> None:
+        """``instance_id`` is live for ``ttl`` s more; ``token``: which process holds it."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(K.instance(instance_id), str(time.time()), px=int(ttl * 1000))
+        pipe.set(K.instance(instance_id), token or str(time.time()), px=int(ttl * 1000))
         pipe.sadd(K.INSTANCES, instance_id)
+        pipe.hset(K.INSTANCES_SEEN, instance_id, int(time.time() * 1000))
         await self._call(pipe.execute)
+
+    async def claim_instance(self, instance_id: str, token: str, ttl: float) -> str | None:
+        """Hold ``instance_id`` for this process (``token``) unless another one holds it
+        live: then return that holder's token (None when claimed)."""
+        ok = await self._call(self.r.set, K.instance(instance_id), token, px=int(ttl * 1000), nx=True)
+        if ok:
+            return None
+        cur = await self._call(self.r.get, K.instance(instance_id))
+        return None if cur is None or cur.decode() == token else cur.decode()
+
+    async def release_instance(self, instance_id: str, token: str) -> None:
+        """A clean stop: the id is free at once (only if this process still holds it)."""
+        await self._call(self.r.eval, _RELEASE_INSTANCE, 1, K.instance(instance_id), token)
+
+    async def prune_instances(self, older_than: float) -> list[str]:
+        """Forget instances silent for ``older_than`` s (their liveness key gone): their id
+        leaves the set and their inbox is deleted. Returns the ids pruned."""
+        cutoff = int((time.time() - older_than) * 1000)
+        now = int(time.time() * 1000)
+        raw = await self._call(
+            self.r.eval, _PRUNE, 2, K.INSTANCES, K.INSTANCES_SEEN, cutoff, now, K.instance(""), K.inbox("")
+        )
+        return [x.decode() for x in raw]
 
     async def live_instances(self) -> set[str]:
         ids = [x.decode() for x in await self._call(self.r.smembers, K.INSTANCES)]

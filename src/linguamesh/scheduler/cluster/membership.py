@@ -53,11 +53,27 @@ SEEN_IDS = 20_000
 #: Active jobs one claim of a dead owner's waiting jobs looks through (in deadline order);
 #: any beyond are taken at their deadline as before.
 UNPLACED_SCAN = 10_000
+#: An instance silent this long (seconds) is forgotten, its inbox deleted; checked this often.
+PRUNE_AFTER = 3600.0
+PRUNE_EVERY = 30.0
+
+
+class InstanceIdTaken(Exception):
+    """Another live process holds this instance id: two instances must never share one
+    (one inbox, one owner identity for sessions and jobs)."""
 
 
 class Cluster:
-    def __init__(self, handler: Bridge, store: RedisStateStore, instance_id: str, tasks: Tasks) -> None:
+    def __init__(
+        self,
+        handler: Bridge,
+        store: RedisStateStore,
+        instance_id: str,
+        tasks: Tasks,
+        prune_after: float = PRUNE_AFTER,
+    ) -> None:
         self.handler = handler
+        self.prune_after = prune_after
         self.store = store
         self.tasks = tasks
         self.me = instance_id
@@ -80,9 +96,26 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _claim_id(self) -> None:
+        """Hold the instance id, or refuse to start: a previous run of ours that was killed
+        holds it at most INSTANCE_TTL more; a live instance keeps refreshing it."""
+        end = time.monotonic() + 2 * INSTANCE_TTL
+        holder = await self.store.claim_instance(self.me, self._boot, INSTANCE_TTL)
+        if holder is not None:
+            log.info("cluster.instance_id_held", instance_id=self.me, waiting_s=2 * INSTANCE_TTL)
+        while holder is not None:
+            if time.monotonic() > end:
+                raise InstanceIdTaken(
+                    f"instance id {self.me!r} is held by another live scheduler instance; give this one "
+                    "another --instance-id (or leave it unset for a unique one), or stop the other"
+                )
+            await asyncio.sleep(0.25)
+            holder = await self.store.claim_instance(self.me, self._boot, INSTANCE_TTL)
+
     async def start(self) -> None:
         try:
-            await self.store.instance_alive(self.me, INSTANCE_TTL)
+            await self._claim_id()
+            await self.store.instance_alive(self.me, INSTANCE_TTL, self._boot)
             self.live = await self.store.live_instances() | {self.me}
             await self.store.sync_nodes(self.live)
             self.run_id = await self.store.server_run_id()
@@ -106,11 +139,12 @@ class Cluster:
             _, left = await asyncio.wait(self._tasks, timeout=2.0)
             if left:
                 log.warning("cluster.tasks_left_running", tasks=sorted(t.get_name() for t in left))
-        if self._unacked:  # handled, not yet acked: a restart under this id must not see them again
-            try:
+        try:
+            if self._unacked:  # handled, not yet acked: a restart under this id must not see them again
                 await self.store.ack_inbox(self.me, self._unacked)
-            except DependencyDown:
-                pass
+            await self.store.release_instance(self.me, self._boot)  # a restart may take the id at once
+        except DependencyDown:
+            pass
 
     # ------------------------------------------------------------------ sending
 
@@ -250,7 +284,7 @@ class Cluster:
             try:
                 run_id = await self.store.server_run_id()
                 restarted = self.run_id is not None and run_id != self.run_id
-                await self.store.instance_alive(self.me, INSTANCE_TTL)
+                await self.store.instance_alive(self.me, INSTANCE_TTL, self._boot)
                 before = self.live
                 self.live = await self.store.live_instances() | {self.me}
                 if before - self.live:  # an instance died: its waiting jobs are taken at once
@@ -364,11 +398,20 @@ class Cluster:
             self._deliver(msg)
 
     async def _sweeper(self) -> None:
+        pruned_at = time.monotonic()
         while True:
             stop_if_cancelled()
             await asyncio.sleep(0.5)
             if not self.healthy:
                 continue
+            if time.monotonic() - pruned_at >= min(PRUNE_EVERY, self.prune_after):
+                pruned_at = time.monotonic()
+                try:
+                    gone = await self.store.prune_instances(self.prune_after)
+                except DependencyDown:
+                    gone = []
+                if gone:
+                    log.info("cluster.instances_pruned", instance_ids=gone, silent_s=self.prune_after)
             # after a start and after an instance died: jobs that no node has (waiting for
             # one) are taken over at once, not at their deadline (pending timeout): their owner
             # is gone, and with it everything that would have placed them

@@ -12,6 +12,7 @@ from ...state.base import StateStore
 from ...state.memory import MemoryStateStore
 from ..config import SchedulerConfig
 from ..service import Scheduler
+from ..cluster.membership import InstanceIdTaken
 from . import api, pages
 from .ws_node import node_endpoint
 from .ws_session import session_endpoint
@@ -30,7 +31,12 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
             state = MemoryStateStore(limits=config.store_limits())
         sched = Scheduler(config, state)
         app.state.scheduler = sched
-        await sched.start()
+        try:
+            await sched.start()
+        except InstanceIdTaken as exc:
+            app.state.startup_error = str(exc)
+            await state.close()
+            raise
         try:
             yield
         finally:
