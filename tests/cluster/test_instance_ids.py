@@ -55,7 +55,7 @@ async def test_instances_that_stayed_dead_are_pruned_with_their_inboxes(tmp_path
             fleet.signal("gone", signal.SIGKILL)
             fleet.wait_exit("gone", 10)
             end = time.monotonic() + 20 * SCALE
-            while time.monotonic() < end and await r.sismember(K.INSTANCES, "gone"):
+            while time.monotonic() < end and await r.sismember(K.INSTANCES, "gone"):  # noqa: ASYNC110 - polls Redis
                 await asyncio.sleep(0.2)
             assert not await r.sismember(K.INSTANCES, "gone")
             assert not await r.exists(K.inbox("gone"))

@@ -15,6 +15,7 @@ from linguamesh.core.history import ReplayGap
 from linguamesh.core.ids import JobId, NodeId, SessionId
 from linguamesh.core.nodes import NodeCapabilities, NodeView
 from linguamesh.core.ordering import AlreadyDelivered, NotExpected
+from linguamesh.state import redis_keys as K
 from linguamesh.state.base import (
     Handover,
     JobEnd,
@@ -25,7 +26,6 @@ from linguamesh.state.base import (
     SessionRecord,
     SessionStateLost,
 )
-from linguamesh.state import redis_keys as K
 from linguamesh.state.limits import StoreLimits
 from linguamesh.state.memory import MemoryStateStore
 from linguamesh.state.redis import RedisStateStore

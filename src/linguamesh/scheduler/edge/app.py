@@ -10,9 +10,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from ...state.base import StateStore
 from ...state.memory import MemoryStateStore
+from ..cluster.membership import InstanceIdTaken
 from ..config import SchedulerConfig
 from ..service import Scheduler
-from ..cluster.membership import InstanceIdTaken
 from . import api, pages
 from .ws_node import node_endpoint
 from .ws_session import session_endpoint
