@@ -169,3 +169,36 @@ async def test_events_reach_a_session_on_an_instance_that_joined_a_moment_ago(
         r = await c.next_result(10 * SCALE)
     assert r.status == "ok" and r.node_id == "node-on-a"
     assert "B" in a.sched.bridge.cluster.live
+
+
+async def test_a_session_on_b_gets_live_captions_from_a_streaming_node_on_a(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """The live utterance's job goes to the streaming node A holds: A gets the audio so
+    far with the job, B relays the rest as it arrives, the node's partials come back
+    before the end, and the result holds every chunk once."""
+    from ..integration.test_live_streaming import CHUNK, collecting, results, stream
+
+    a, b = await node_on_a(cluster, redis_url, delay_ms=0)
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a").streaming, 5, "B to see a streaming node")
+    async with SessionClient(b.url, src="en", tgt="es") as c, collecting(c) as events:
+        seq = await stream(c, 2.0)
+        await eventually(
+            lambda: any(isinstance(e, p.AsrPartial) and (e.stable or 0) >= 14 for e in events),
+            5 * SCALE,
+            "committed words before the end of the utterance",
+        )
+        await c.send_chunk(seq, pcm(CHUNK), is_final=True)
+        seq = await stream(c, 1.0, seq + 1)  # a second utterance, relayed too
+        await c.send_chunk(seq, b"", is_final=True)
+        await eventually(lambda: len(results(events)) == 2, 10 * SCALE, "both results")
+        await asyncio.sleep(0.3)  # nothing doubled follows
+    first, second = results(events)
+    assert (first.utterance_index, first.status, first.text_asr) == (0, "ok", "Test utterance 2.02.")
+    assert (second.utterance_index, second.status, second.text_asr) == (1, "ok", "Test utterance 1.00.")
+    assert first.node_id == "node-on-a"
+    assert len(results(events)) == 2
+    # A ran them as streaming jobs handed over by B
+    ran = list(a.sched.runner.finished.values())
+    assert len(ran) == 2 and all(j.attempt_id == 1 for j in ran)
+    assert not b.sched.runner.finished  # B held the sessions, A ran the jobs

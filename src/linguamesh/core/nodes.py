@@ -64,6 +64,8 @@ class NodeView:
     running_jobs: int = 0
     last_heartbeat: float = 0.0
     pool: str = field(default="")
+    #: takes streaming jobs (audio forwarded as it is spoken): live captions
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         if not self.pool:

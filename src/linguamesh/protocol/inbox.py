@@ -75,7 +75,29 @@ class NodeGone(_Inbox, tag="gone", kw_only=True):
     node_id: str = msgspec.field(name="n")
 
 
-InboxMessage = Adopt | ToNode | NodeFrame | SessionEvents | Moved | NodeChanged | NodeGone
+class StreamAudio(_Inbox, tag="audio", kw_only=True):
+    """More of the live utterance of job ``job_id`` (handed over to the instance holding
+    its node): ``audio`` starts ``offset`` bytes into the utterance; with ``size``, the
+    utterance ends there."""
+
+    job_id: str = msgspec.field(name="j")
+    offset: int = msgspec.field(name="at")
+    audio: bytes = msgspec.field(name="a", default=b"")
+    size: int | None = msgspec.field(name="z", default=None)
+
+
+class SpeechEnd(_Inbox, tag="speech_end", kw_only=True):
+    """The node of relayed live job ``job_id`` heard the speech end ``size`` bytes into
+    the utterance (to the instance holding session ``session_id``)."""
+
+    session_id: str = msgspec.field(name="s")
+    job_id: str = msgspec.field(name="j")
+    size: int = msgspec.field(name="z")
+
+
+InboxMessage = (
+    Adopt | ToNode | NodeFrame | SessionEvents | Moved | NodeChanged | NodeGone | StreamAudio | SpeechEnd
+)
 
 # MessagePack: audio travels as bytes, events as their JSON text (no base64, no escaping)
 _encoder = msgspec.msgpack.Encoder()

@@ -84,7 +84,7 @@ class Scheduler:
             config, store, remote, m, tasks, clock, self.lifecycle, self.dispatcher, self.registry, self.table
         )
         self.intake = Intake(config, store, m, clock, self.runner, self.table)
-        self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick)
+        self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick, remote)
         #: viewers here of sessions other instances hold
         self.watch = EventWatch(store, tasks) if isinstance(store, RedisStateStore) else None
         self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
@@ -188,7 +188,7 @@ class Scheduler:
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
         if self.bridge is not None:
-            await self.bridge.start(Parts(self.registry, self.runner, self.table))
+            await self.bridge.start(Parts(self.registry, self.runner, self.table, self.stream))
 
     async def stop(self) -> None:
         """Stop, in the reverse order of :meth:`start`, every step bounded: the cluster (its

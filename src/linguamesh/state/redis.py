@@ -135,6 +135,7 @@ class RedisStateStore(RedisHistory):
                 "pool": node.pool,
                 "hb": now_ms,
                 "running": node.running_jobs,
+                "streaming": int(node.streaming),
             },
         )
         pipe.sadd(K.NODES, node.node_id)
@@ -216,12 +217,14 @@ class RedisStateStore(RedisHistory):
             before = (old.online, old.free_slots)
             old.online = online
             old.running_jobs = int(d.get("running", "0"))
+            old.streaming = d.get("streaming") == "1"
             if used is not None:
                 old.reserved = used
             self.owners[node_id] = owner
             self.index.refresh(node_id)
             return online and (not before[0] or old.free_slots > before[1])
         view = NodeView(node_id, caps, int(d["max"]), reserved=used or 0, online=online)
+        view.streaming = d.get("streaming") == "1"
         view.running_jobs = int(d.get("running", "0"))
         self.owners[node_id] = owner
         self.index.put(view)

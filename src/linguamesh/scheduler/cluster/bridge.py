@@ -29,6 +29,7 @@ from ..jobs.jobrun import JobRun
 from ..jobs.runner import Runner
 from ..nodes.registry import Registry
 from ..records import job_fields, job_from_data, job_from_record, job_record
+from ..sessions.stream import LiveUtterance, UtteranceStream
 from ..sessions.table import SessionTable
 from ..tasks import Tasks
 from .membership import Cluster
@@ -50,6 +51,7 @@ class Parts(NamedTuple):
     registry: Registry
     runner: Runner
     table: SessionTable
+    stream: UtteranceStream
 
 
 class Bridge:
@@ -223,8 +225,10 @@ class Bridge:
 
     # ------------------------------------------------------------------ what other instances ask
 
-    async def adopt_handed_over(self, job_id: str, data: dict[str, Any]) -> None:
-        """Another instance handed us a job for a node we hold: dispatch and run it here."""
+    async def adopt_handed_over(self, job_id: str, data: dict[str, Any], sender: str = "") -> None:
+        """Another instance handed us a job for a node we hold: dispatch and run it here. A
+        live job (its utterance still spoken) streams to the node, and its holder relays
+        the rest of the audio here as it comes (``relayed_audio``)."""
         runner = self.parts.runner
         if self.knows(job_id):
             return  # a copy of the hand-over: the job runs, or ran, here
@@ -234,11 +238,34 @@ class Bridge:
         run = JobRun(job, tts, partials, first_tgt=bool(data.get("first_tgt", True)), first_selection=False)
         tp = data.get("traceparent")
         run.traceparent = tp if isinstance(tp, str) else None
-        log.info("job.adopted", **job_fields(job), reason="handed over")
+        live = data.get("live")
+        if isinstance(live, dict) and sender:
+            run.live = LiveUtterance(-1, job.utterance_index, bytearray(job.audio), int(live["pieces"]))
+            run.live.relayed_from = sender
+            run.live.runs.append(run)
+            eos = live.get("end_of_speech_ms")
+            run.end_of_speech_ms = int(eos) if eos is not None else None
+        log.info("job.adopted", **job_fields(job), reason="handed over", streaming=run.live is not None)
         node_id = NodeId(data["node_id"])
         await runner.start(
             run, lambda j: [Assign(j.job_id, node_id, j.attempt_id), Status(j.job_id, "assigned", node_id)]
         )
+
+    async def relayed_audio(self, job_id: str, offset: int, audio: bytes, size: int | None) -> None:
+        run = self.parts.runner.runs.get(JobId(job_id))
+        if run is not None:
+            await self.parts.stream.relay_audio(run, offset, audio, size)
+
+    async def relayed_speech_end(self, session_id: str, job_id: str, size: int) -> None:
+        await self.parts.stream.relayed_speech_end(session_id, job_id, size)
+
+    def stream_audio(
+        self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None
+    ) -> None:
+        self.cluster.stream_audio(holder, job_id, offset, audio, size)
+
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
+        self.cluster.speech_ended(holder, session_id, job_id, size)
 
     async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
         if job_id:  # the job's owner speaks to the node about it: it is alive and has the result

@@ -208,6 +208,12 @@ class Cluster:
         carried = [(seq, data.decode()) for seq, data in events]
         self._post(owner, ib.SessionEvents(session_id=session_id, seq=last, events=carried))
 
+    def stream_audio(self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None) -> None:
+        self._post(holder, ib.StreamAudio(job_id=job_id, offset=offset, audio=audio, size=size))
+
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
+        self._post(holder, ib.SpeechEnd(session_id=session_id, job_id=job_id, size=size))
+
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
         return await self._send(holder, ib.Adopt(job_id=job_id, data=data))
 
@@ -377,7 +383,11 @@ class Cluster:
     async def _handle(self, msg: ib.InboxMessage) -> None:
         h = self.handler
         if isinstance(msg, ib.Adopt):
-            await h.adopt_handed_over(msg.job_id, msg.data)
+            await h.adopt_handed_over(msg.job_id, msg.data, msg.sender)
+        elif isinstance(msg, ib.StreamAudio):
+            await h.relayed_audio(msg.job_id, msg.offset, msg.audio, msg.size)
+        elif isinstance(msg, ib.SpeechEnd):
+            await h.relayed_speech_end(msg.session_id, msg.job_id, msg.size)
         elif isinstance(msg, ib.ToNode):
             if msg.job_id:
                 self.remember_owner(msg.job_id, msg.sender)

@@ -58,6 +58,16 @@ class Remote(Protocol):
         """This instance took the session over from ``prev_owner``."""
         ...
 
+    def stream_audio(
+        self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None
+    ) -> None:
+        """Relay more of a live utterance to the instance running its job (in order)."""
+        ...
+
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
+        """Tell the session's holder that the node of a relayed live job heard the speech end."""
+        ...
+
 
 class NoRemote:
     """A single instance: there is nobody else."""
@@ -89,4 +99,12 @@ class NoRemote:
         return False
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
+        pass
+
+    def stream_audio(
+        self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None
+    ) -> None:
+        pass
+
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
         pass

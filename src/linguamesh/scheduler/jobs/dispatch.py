@@ -198,8 +198,7 @@ class Dispatcher:
             requirements(job.stages, job.src_lang, job.tgt_lang),
             frozenset(job.excluded),
             job.preferred_node_id,
-            # a job whose utterance is still spoken goes to a streaming node held here
-            self.registry.streaming_nodes() if run.live is not None and run.live.open else None,
+            self._streaming_only(run),
         )
         out = self.select_fn(self.store.nodes(), req, self.rng)
         report = SelectionReport(first, counted, started, out)
@@ -241,6 +240,7 @@ class Dispatcher:
                 self.forget(job.job_id)
                 report.ended, report.node_id = "ok", node_id
                 if handover is not None and handover.sent:  # the node's instance runs it from here on
+                    self._relayed(run, handover.to_instance)
                     return HandedOver(handover.to_instance, report=report)
                 return Reserved(node_id, report=report)
         reason = out.reason.value if out.reason else "no_capacity"
@@ -262,16 +262,17 @@ class Dispatcher:
         """Write ``job_assign`` to the node, or hand the job to the instance holding it."""
         job = run.job
         live = run.live if run.live is not None and run.live.open else None  # still being spoken
-        if live is not None and not self.registry.streams(node_id):
+        if live is not None and node_id in self.registry.nodes and not self.registry.streams(node_id):
             # the streaming node chosen for an utterance still spoken is gone: select again
             return Written(False)
         if node_id not in self.registry.nodes:
             holder = self.remote.node_holder(node_id)
-            if holder is not None:
+            if holder is not None and (live is None or live.relayed_from is None):
                 # the reservation did not already put the job into that instance's inbox
                 if await self.remote.hand_over(holder, job.job_id, self.handover_data(run, node_id)):
+                    self._relayed(run, holder)
                     return HandedOver(holder)
-                return Written(False)
+            return Written(False)
         deadline = self.config.ack_timeout + self.timeouts.result_deadline(job.audio_seconds)
         if live is not None:
             job.audio = bytes(live.pcm)  # the audio so far; the rest follows as job_audio
@@ -313,10 +314,41 @@ class Dispatcher:
             self.metrics.dispatch_latency.observe(latency)
         return Written(ok)
 
+    def _streaming_only(self, run: JobRun) -> frozenset[NodeId] | None:
+        """A job whose utterance is still spoken goes to a streaming node: any in the cluster
+        when the session is held here (the audio is relayed to the node's instance), one held
+        here when the job was relayed to us (it is not relayed twice). None: any node."""
+        live = run.live
+        if live is None or not live.open:
+            return None
+        if live.relayed_from is not None:
+            return self.registry.streaming_nodes()
+        return self.registry.streaming_anywhere()
+
+    def _relayed(self, run: JobRun, holder: str) -> None:
+        """A live job went to ``holder`` with the audio it had: what came meanwhile (and the
+        end, if the utterance ended meanwhile) follows; the stream relays the rest."""
+        live = run.live
+        if live is None or run.relayed_len == 0:  # it went as a whole utterance
+            return
+        run.relayed_to = holder
+        rest = bytes(live.pcm[run.relayed_len :])
+        if rest or not live.open:
+            size = None if live.open else len(live.pcm)
+            self.remote.stream_audio(holder, run.job.job_id, run.relayed_len, rest, size)
+            run.relayed_len = len(live.pcm)
+
     def handover_data(self, run: JobRun, node_id: NodeId) -> dict[str, Any]:
-        """What the node's instance needs to run the job (audio as bytes)."""
+        """What the node's instance needs to run the job (audio as bytes). A live job takes
+        the audio so far and streams; the rest is relayed (:meth:`_relayed`)."""
         job = run.job
+        live = run.live
+        if live is not None and live.open and live.relayed_from is None:
+            job.audio = bytes(live.pcm)
+            run.relayed_len = len(job.audio)
         data = job_data(job, run.tts, run.partials)
+        if live is not None and live.open and live.relayed_from is None:
+            data["live"] = {"pieces": live.pieces, "end_of_speech_ms": run.end_of_speech_ms}
         data.update(
             attempt_id=job.attempt_id,
             node_id=node_id,

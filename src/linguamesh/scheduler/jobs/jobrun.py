@@ -40,6 +40,10 @@ class JobRun:
     live: LiveUtterance | None = None
     #: the attempt (node, attempt) the live audio is forwarded to as it arrives
     streamed_to: tuple[NodeId, int] | None = None
+    #: a live job handed over to the instance holding its node: that instance, and how
+    #: many bytes of the utterance it has (the rest is relayed to it as it arrives)
+    relayed_to: str | None = None
+    relayed_len: int = 0
     #: server-side end of speech: the node ends the utterance after this much silence
     end_of_speech_ms: int | None = None
     #: the last partial transcript sent for the job (a translation draft repeats it)

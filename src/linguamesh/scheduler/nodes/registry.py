@@ -115,6 +115,7 @@ class Registry:
         caps = capabilities(msg.capabilities)
         now = self.clock()
         view = NodeView(node_id, caps, msg.max_concurrent_jobs, last_heartbeat=now)
+        view.streaming = msg.capabilities.streaming
         await self.store.register_node(view, self.config.instance_id)
         nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
         nc.streaming = msg.capabilities.streaming
@@ -184,7 +185,7 @@ class Registry:
             if view is not None:
                 new_caps = capabilities(msg.capabilities)
                 if new_caps != view.capabilities:
-                    nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs)
+                    nv = NodeView(nc.node_id, new_caps, view.max_concurrent_jobs, streaming=nc.streaming)
                     await self.store.register_node(nv, self.config.instance_id)
                     log.info("node.capabilities_changed", node_id=nc.node_id, pool=nv.pool)
         if not nc.heartbeat_writing:  # at most one write in flight per node, off the reading path
@@ -219,6 +220,21 @@ class Registry:
     def streaming_nodes(self) -> frozenset[NodeId]:
         """The streaming nodes held here (streamed audio is forwarded on their sockets)."""
         return frozenset(n for n, c in self.nodes.items() if c.streaming and not c.draining)
+
+    def streaming_anywhere(self) -> frozenset[NodeId]:
+        """The streaming nodes of the whole cluster: those held here, and (instances on
+        Redis) those other instances hold — their audio is relayed through their holder's
+        inbox (``UtteranceStream``), so a session gets live captions whichever instance
+        holds it."""
+        local = self.streaming_nodes()
+        if not self.remote.shared:
+            return local
+        remote = (
+            v.node_id
+            for v in self.store.nodes().all_nodes()
+            if v.streaming and v.online and v.max_concurrent_jobs > 0 and v.node_id not in self.nodes
+        )
+        return local | frozenset(remote)
 
     def streams(self, node_id: NodeId) -> bool:
         nc = self.nodes.get(node_id)

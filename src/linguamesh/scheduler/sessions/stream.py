@@ -6,6 +6,13 @@ This module carries them out: a live utterance's jobs start at its first audio (
 the intake) and each later chunk is forwarded to the node of each job as it arrives
 (``job_audio``); a buffered utterance becomes one whole utterance when it closes. Both
 kinds close through :meth:`UtteranceStream._close`.
+
+Instances on Redis: a live utterance's job may go to a streaming node another instance
+holds. The job is handed over to that instance with the audio so far, and the rest is
+relayed through its inbox as it arrives (``relay_audio``: byte offsets, so a piece that
+comes twice or early is placed right); the node's end of speech comes back the same way
+(``relayed_speech_end``). One extra Redis hop each way: live captions for every
+session, whichever instance holds it (``docs/cluster.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from ...core.segmenter import Append, ArmIdle, Close, Decision, DisarmIdle, Open
 from ...observability.logging import get_logger
 from ...protocol import ErrorCode, ProtocolError
 from ...state.base import DependencyDown
+from ...core.ids import SessionId
+from ..cluster.remote import Remote
 from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
 from ..nodes.registry import Registry
@@ -47,6 +56,12 @@ class LiveUtterance:
     pieces: int = 1
     open: bool = True
     runs: list[JobRun] = field(default_factory=list)
+    #: the instance that holds the session and relays the audio here (the job was handed over)
+    relayed_from: str | None = None
+    #: relayed pieces that came before the audio in front of them (byte offset -> audio)
+    early: dict[int, bytes] = field(default_factory=dict)
+    #: the relayed utterance's whole length, once its end was relayed
+    final_size: int | None = None
 
 
 class UtteranceStream:
@@ -57,8 +72,10 @@ class UtteranceStream:
         intake: Intake,
         registry: Registry,
         kick: Callable[[], None],
+        remote: Remote,
     ) -> None:
         self.config = config
+        self.remote = remote
         self.tasks = tasks
         self.intake = intake
         self.registry = registry
@@ -83,10 +100,65 @@ class UtteranceStream:
     async def speech_end(self, run: JobRun, size: int) -> None:
         """The node heard the speech end ``size`` bytes into the utterance."""
         live = run.live
+        if live is not None and live.relayed_from is not None:  # the session is held there
+            if live.open:
+                self.remote.speech_ended(live.relayed_from, run.job.session_id, run.job.job_id, size)
+            return
         session = self.intake.table.sessions.get(run.job.session_id)
         if session is None or live is None or not live.open or session.utterances.live is not live:
             return
         await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
+
+    async def relayed_speech_end(self, session_id: str, job_id: str, size: int) -> None:
+        """The node of a job relayed to another instance heard the speech end."""
+        session = self.intake.table.sessions.get(SessionId(session_id))
+        live = session.utterances.live if session is not None else None
+        run = next((r for r in live.runs if r.job.job_id == job_id), None) if live is not None else None
+        if session is not None and live is not None and run is not None and live.open:
+            await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
+
+    # ------------------------------------------------------------------ relayed audio (the node's instance)
+
+    async def relay_audio(self, run: JobRun, offset: int, audio: bytes, size: int | None) -> None:
+        """More of a relayed live utterance (``offset`` bytes into it; ``size``: its end):
+        appended in order and forwarded to the job's node as a piece of its own."""
+        live = run.live
+        if live is None or live.relayed_from is None or not live.open:
+            return
+        if audio:
+            live.early[offset] = audio
+        if size is not None:
+            live.final_size = size
+        while True:
+            have = len(live.pcm)
+            at = min((o for o in live.early if o <= have), default=None)
+            if at is None:
+                break
+            new = live.early.pop(at)[have - at :]
+            if not new:
+                continue
+            live.pcm += new
+            seq = live.pieces
+            live.pieces += 1
+            await self._forward(
+                run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=seq, audio=new)
+            )
+        end = live.final_size
+        if end is None or len(live.pcm) < end:
+            return
+        del live.pcm[end:]
+        live.open = False
+        live.early.clear()
+        job = run.job
+        job.audio = bytes(live.pcm)
+        job.audio_seconds = end / 2 / job.sample_rate
+        await self._forward(
+            run,
+            lambda j: p.JobAudio(
+                job_id=j.job_id, attempt_id=j.attempt_id, seq=live.pieces, is_final=True, size=end
+            ),
+        )
+        self.kick()  # still waiting: it may go to any node now
 
     async def _idle(self, session: Session) -> None:
         session.utterances.idle_timer = None
@@ -142,7 +214,7 @@ class UtteranceStream:
                 await self._close(session, d)
 
     def _can_stream(self) -> bool:
-        return self.config.streaming and bool(self.registry.streaming_nodes())
+        return self.config.streaming and bool(self.registry.streaming_anywhere())
 
     async def _open(self, session: Session, d: Open) -> bool:
         """The first audio of a live utterance: its jobs start now, with this much audio."""
@@ -188,6 +260,12 @@ class UtteranceStream:
         live.pcm += d.audio
         live.pieces += 1
         for run in live.runs:
+            if run.relayed_to is not None:  # its node's instance runs it: the audio goes there
+                self.remote.stream_audio(
+                    run.relayed_to, run.job.job_id, len(live.pcm) - len(d.audio), d.audio
+                )
+                run.relayed_len = len(live.pcm)
+                continue
             await self._forward(
                 run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=d.seq, audio=d.audio)
             )
@@ -238,6 +316,10 @@ class UtteranceStream:
         session.utterances.live = None
         for run in live.runs:
             job = run.job
+            if run.relayed_to is not None:  # the end goes to the instance that runs it
+                self.remote.stream_audio(run.relayed_to, job.job_id, len(audio), b"", size=len(audio))
+                run.relayed_len = len(audio)
+                continue
             if run.gone or job.state.terminal:
                 continue
             job.audio = audio
