@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 from ... import protocol as p
 from ...audio import FRAME_MS, speech_onset, split_points, to_float32, voiced_frames
+from ...core.ids import SessionId
 from ...core.jobs import Job, JobState
 from ...core.segmenter import Append, ArmIdle, Close, Decision, DisarmIdle, Open, Segmenter
 from ...observability.logging import get_logger
 from ...protocol import ErrorCode, ProtocolError
 from ...state.base import DependencyDown
-from ...core.ids import SessionId
 from ..cluster.remote import Remote
 from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
