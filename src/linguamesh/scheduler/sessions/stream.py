@@ -141,7 +141,8 @@ class UtteranceStream:
             seq = live.pieces
             live.pieces += 1
             await self._forward(
-                run, lambda j: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=seq, audio=new)
+                run,
+                lambda j, s=seq, a=new: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=s, audio=a),
             )
         end = live.final_size
         if end is None or len(live.pcm) < end:
