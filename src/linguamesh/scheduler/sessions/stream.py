@@ -18,6 +18,7 @@ session, whichever instance holds it (``docs/cluster.md``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 
 from ... import protocol as p
@@ -138,12 +139,8 @@ class UtteranceStream:
             if not new:
                 continue
             live.pcm += new
-            seq = live.pieces
+            await self._forward(run, partial(_piece, seq=live.pieces, audio=new))
             live.pieces += 1
-            await self._forward(
-                run,
-                lambda j, s=seq, a=new: p.JobAudio(job_id=j.job_id, attempt_id=j.attempt_id, seq=s, audio=a),
-            )
         end = live.final_size
         if end is None or len(live.pcm) < end:
             return
@@ -362,3 +359,7 @@ class UtteranceStream:
         # as if speech went on past the buffer: the cut falls in the buffer's last pause
         cuts = split_points([*voiced_frames(samples, rate), True], max_frames)
         return cuts[0] * (rate * FRAME_MS // 1000) * 2 if cuts else len(pcm)
+
+
+def _piece(job: Job, seq: int, audio: bytes) -> p.JobAudio:
+    return p.JobAudio(job_id=job.job_id, attempt_id=job.attempt_id, seq=seq, audio=audio)
