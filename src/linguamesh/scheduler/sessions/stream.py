@@ -18,8 +18,8 @@ session, whichever instance holds it (``docs/cluster.md``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 
 from ... import protocol as p
 from ...audio import FRAME_MS, speech_onset, split_points, to_float32, voiced_frames
