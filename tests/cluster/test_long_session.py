@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -86,7 +87,7 @@ async def test_a_compressed_hour_keeps_every_result_and_bounds_the_window(tmp_pa
                 assert [int(cue.identifier) for cue in cues] == list(range(UTTERANCES))
                 parsed = list(srt.parse(subs.text))
                 assert len(parsed) == UTTERANCES
-                assert all(a.start <= b.start for a, b in zip(parsed, parsed[1:], strict=False))
+                assert all(a.start <= b.start for a, b in itertools.pairwise(parsed))
 
                 # a viewer who joins at the end: every result so far, then the next ones live
                 stream = f"{s.http}/api/v1/sessions/{sid}/events/stream?token={token}"
@@ -111,8 +112,8 @@ async def test_a_compressed_hour_keeps_every_result_and_bounds_the_window(tmp_pa
                 try:
                     replayed = await reload.resume()
                     rows = []
-                    while reload._replayed:  # noqa: SLF001 - the replay the resume read
-                        ev = reload._replayed.popleft()  # noqa: SLF001
+                    while reload._replayed:
+                        ev = reload._replayed.popleft()
                         if isinstance(ev, p.TranslationResult):
                             rows.append(ev.utterance_index)
                     assert rows == list(range(UTTERANCES + 1)), (replayed, rows[:5], rows[-5:])
