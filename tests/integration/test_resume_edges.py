@@ -38,21 +38,31 @@ async def _first(url: str, frame: str) -> p.SessionEvent:
         return p.decode_event(await asyncio.wait_for(ws.recv(), 5 * SCALE))
 
 
-async def test_a_gap_in_the_history_is_refused_clearly(cluster: Cluster) -> None:
+async def test_a_resume_older_than_the_window_gets_every_result_from_the_transcript(cluster: Cluster) -> None:
+    """The window keeps 3 events: a resume from further back is not refused; the results
+    the window no longer holds come back from the transcript (without speech), then the
+    window, in seq order."""
     s = await cluster.scheduler(history_size=3)
     await cluster.node(s.url)
     c = SessionClient(s.url, src="en", tgt="es")
     await c.connect()
     for i in range(3):  # several events each (status, partial, result): more than 3 in all
         await c.send_utterance(i, pcm(0.1))
-    await c.results(3, timeout=10 * SCALE)
+        await c.results(1, timeout=10 * SCALE)
     await c.disconnect()
     last = c.last_seq
-    assert last > 3
-    err = await _first(s.url, _resume(c, 1))
-    assert isinstance(err, p.Error) and err.code == "session_not_found"
-    assert err.message == f"cannot resume: events 2..{last - 3} are no longer kept"
-    ok = await _first(s.url, _resume(c, last - 3))  # the last three are still there
+    assert last > 6
+    async with connect(s.url + "/ws/session") as ws:
+        await ws.send(_resume(c, 1))
+        ack = p.decode_event(await ws.recv())
+        assert isinstance(ack, p.SessionInitAck)
+        replay = [p.decode_event(await ws.recv()) for _ in range(ack.replayed)]
+    seqs = [e.seq for e in replay]
+    assert seqs == sorted(seqs) and seqs[-3:] == [last - 2, last - 1, last]  # then the window
+    results = [e for e in replay if isinstance(e, p.TranslationResult)]
+    assert [r.utterance_index for r in results] == [0, 1, 2]  # every result
+    assert results[0].tts_audio is None and results[-1].tts_audio  # the transcript's have no speech
+    ok = await _first(s.url, _resume(c, last - 3))  # the last three: the window alone
     assert isinstance(ok, p.SessionInitAck) and ok.replayed == 3
 
 

@@ -52,7 +52,9 @@ def test_log_level_spec() -> None:
 def test_the_default_instance_id_is_unique_and_durations_read_like_people_write_them() -> None:
     from linguamesh.scheduler.config import SchedulerConfig, parse_duration
 
-    assert SchedulerConfig().instance_id != SchedulerConfig().instance_id
+    on_redis = "redis://127.0.0.1:1/0"
+    assert SchedulerConfig(redis_url=on_redis).instance_id != SchedulerConfig(redis_url=on_redis).instance_id
+    assert SchedulerConfig().instance_id == "local"  # alone, a restart keeps its name
     assert [parse_duration(x) for x in ("90", "90s", "15m", "24h", "7d", "1.5h")] == [
         90, 90, 900, 86400, 7 * 86400, 5400,
     ]  # fmt: skip

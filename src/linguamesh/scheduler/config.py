@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from ..core.lifecycle import LifecycleConfig
 from ..protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -37,8 +37,9 @@ def parse_duration(raw: str | float) -> float:
 class SchedulerConfig:
     host: str = "127.0.0.1"
     port: int = 5010
-    #: Unique among live instances (a second one under the same id refuses to start).
-    instance_id: str = field(default_factory=default_instance_id)
+    #: Unique among live instances on Redis (a second one under the same id refuses to
+    #: start). Unset: the host name and a random suffix on Redis; ``local`` alone.
+    instance_id: str = ""
     pending_timeout: float = 10.0
     ack_timeout: float = 5.0
     result_timeout: float = 30.0
@@ -109,6 +110,12 @@ class SchedulerConfig:
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            object.__setattr__(
+                self, "instance_id", "local" if self.redis_url is None else default_instance_id()
+            )
+
     def lifecycle(self) -> LifecycleConfig:
         return LifecycleConfig(
             pending_timeout=self.pending_timeout,
@@ -125,7 +132,7 @@ class SchedulerConfig:
             raw = os.environ.get(f"LINGUAMESH_{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(getattr(cls(instance_id="x"), f.name))
+            kind = type(getattr(cls(), f.name))
             try:
                 if f.name in _DURATIONS:
                     values[f.name] = parse_duration(raw)
