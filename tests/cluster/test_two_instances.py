@@ -202,3 +202,28 @@ async def test_a_session_on_b_gets_live_captions_from_a_streaming_node_on_a(
     ran = list(a.sched.runner.finished.values())
     assert len(ran) == 2 and all(j.attempt_id == 1 for j in ran)
     assert not b.sched.runner.finished  # B held the sessions, A ran the jobs
+
+
+async def test_the_operator_api_answers_for_the_whole_cluster_on_any_instance(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """The node is held by A, the session by B, the job runs on A: B's node list, job
+    lookup (with the history only A has) and admin overview show all of it."""
+    import httpx
+
+    a, b = await node_on_a(cluster, redis_url, delay_ms=0)
+    async with SessionClient(b.url, src="en", tgt="es") as c:
+        await c.send_utterance(0, pcm(0.1))
+        r = await c.next_result(10 * SCALE)
+    async with httpx.AsyncClient(timeout=10) as http:
+        nodes = (await http.get(f"{b.http}/api/v1/nodes")).json()["nodes"]
+        job = (await http.get(f"{b.http}/api/v1/jobs/{r.job_id}")).json()
+        overview = (await http.get(f"{b.http}/api/v1/admin/overview")).json()
+        missing = await http.get(f"{b.http}/api/v1/jobs/job-NOSUCHJOB")
+    assert [(n["node_id"], n["instance_id"]) for n in nodes] == [("node-on-a", "A")]
+    assert job["instance_id"] == "A" and job["state"] == "completed" and job["node_id"] == "node-on-a"
+    assert [h["state"] for h in job["history"]][-1] == "completed"
+    assert set(overview["instances"]) == {"A", "B"} and overview["unanswered"] == []
+    assert [n["node_id"] for n in overview["nodes"]] == ["node-on-a"]
+    assert any(j["job_id"] == r.job_id and j["instance_id"] == "A" for j in overview["recent_jobs"])
+    assert missing.status_code == 404

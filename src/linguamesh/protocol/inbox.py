@@ -95,9 +95,25 @@ class SpeechEnd(_Inbox, tag="speech_end", kw_only=True):
     size: int = msgspec.field(name="z")
 
 
+class Query(_Inbox, tag="query", kw_only=True):
+    """The operator API asks what only the receiving instance knows (``kind``: ``job``
+    with a job id in ``arg``, ``overview``); the answer goes to the sender's inbox."""
+
+    kind: str = msgspec.field(name="q")
+    arg: str = msgspec.field(name="a", default="")
+
+
+class Answer(_Inbox, tag="answer", kw_only=True):
+    """The answer to query ``reply_to`` (None: nothing known)."""
+
+    reply_to: str = msgspec.field(name="r")
+    data: dict[str, Any] | None = msgspec.field(name="d", default=None)
+
+
 InboxMessage = (
     Adopt | ToNode | NodeFrame | SessionEvents | Moved | NodeChanged | NodeGone | StreamAudio | SpeechEnd
-)
+    | Query | Answer
+)  # fmt: skip
 
 # MessagePack: audio travels as bytes, events as their JSON text (no base64, no escaping)
 _encoder = msgspec.msgpack.Encoder()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from .. import protocol as p
@@ -33,6 +34,7 @@ from ..observability.metrics import Metrics, model_stat_rows, register_model_met
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
 from ..state.redis import RedisStateStore
+from . import overview
 from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .cluster.watch import EventWatch
@@ -75,6 +77,8 @@ class Scheduler:
         self.lifecycle = Lifecycle(config.lifecycle())
         self.bridge = Bridge(config, store, self.tasks) if isinstance(store, RedisStateStore) else None
         remote: Remote = self.bridge if self.bridge is not None else NoRemote()
+        #: the other instances (nobody, alone)
+        self.remote = remote
         m, tasks, clock = self.metrics, self.tasks, self.clock
         credentials = NodeCredentials.load(config.node_token, config.node_tokens)
         self.registry = Registry(config, store, remote, m, tasks, clock, credentials)
@@ -188,7 +192,8 @@ class Scheduler:
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
         if self.bridge is not None:
-            await self.bridge.start(Parts(self.registry, self.runner, self.table, self.stream))
+            answer = partial(overview.answer, self)
+            await self.bridge.start(Parts(self.registry, self.runner, self.table, self.stream, answer))
 
     async def stop(self) -> None:
         """Stop, in the reverse order of :meth:`start`, every step bounded: the cluster (its
@@ -337,28 +342,8 @@ class Scheduler:
         return problems
 
     def job_view(self, job_id: str) -> dict[str, Any] | None:
-        run = self.runner.runs.get(JobId(job_id))
-        job = run.job if run is not None else self.runner.finished.get(JobId(job_id))
-        if job is None:
-            return None
-        return {
-            "job_id": job.job_id,
-            "trace_id": job.trace_id,
-            "session_id": job.session_id,
-            "utterance_index": job.utterance_index,
-            "src_lang": job.src_lang,
-            "tgt_lang": job.tgt_lang,
-            "stages": list(job.stages),
-            "state": job.state.value,
-            "attempt_id": job.attempt_id,
-            "node_id": job.node_id,
-            "excluded_nodes": sorted(job.excluded),
-            "last_reason": job.last_reason,
-            "failure_code": job.failure_code,
-            "history": [
-                {"t": round(t - job.created_at, 6), "state": s, "attempt_id": a} for t, s, a in job.history
-            ],
-        }
+        """A job this instance runs or ran recently (``overview.job_view``)."""
+        return overview.job_view(self, job_id)
 
     def servable_pairs(self) -> list[tuple[str, str]]:
         pairs: set[tuple[str, str]] = set()

@@ -52,15 +52,18 @@ async function refresh() {
     $("notice").hidden = true;
     const conn = $("conn");
     conn.dataset.state = "connected";
-    conn.querySelector(".label").textContent = `instance ${data.instance_id} · ${data.sessions} sessions · queue ${data.queue_depth}`;
+    const instances = Object.keys(data.instances || {}).length || 1;
+    const missing = (data.unanswered || []).length ? ` · no answer from ${data.unanswered.join(", ")}` : "";
+    conn.querySelector(".label").textContent =
+      `instance ${data.instance_id} of ${instances} · ${data.sessions} sessions · queue ${data.queue_depth}${missing}`;
     fill("nodes", data.nodes.map((n) => [
-      n.node_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
+      n.node_id, n.instance_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
       `ASR ${n.capabilities.asr_languages.join(" ")} · TTS ${n.capabilities.tts_languages.length} langs`,
       n.capabilities.nmt_pairs.map((p) => p.join("→")).join(" "), `${n.last_heartbeat_s_ago.toFixed(1)} s ago`, n.version,
     ]));
     fill("pools", data.pools.map((p) => [p.name, p.nodes.join(", "), `${p.free_slots} / ${p.slots}`]));
     fill("jobs", data.jobs_in_flight.map((j) => [
-      jobLink(j.job_id), j.state, j.attempt_id, j.node_id, j.pair, `${j.age_s.toFixed(1)} s`, traceCell(j.job_id, j.trace_id),
+      jobLink(j.job_id), j.instance_id, j.state, j.attempt_id, j.node_id, j.pair, `${j.age_s.toFixed(1)} s`, traceCell(j.job_id, j.trace_id),
     ]));
     fill("recent", data.recent_jobs.map((j) => [
       jobLink(j.job_id), j.state, j.node_id, j.pair, `${j.ms} ms`, traceCell(j.job_id, j.trace_id),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ... import protocol as p
@@ -52,6 +53,8 @@ class Parts(NamedTuple):
     runner: Runner
     table: SessionTable
     stream: UtteranceStream
+    #: what this instance answers other instances' operator queries with (kind, arg)
+    answer: Callable[[str, str], dict[str, Any] | None]
 
 
 class Bridge:
@@ -250,6 +253,18 @@ class Bridge:
         await runner.start(
             run, lambda j: [Assign(j.job_id, node_id, j.attempt_id), Status(j.job_id, "assigned", node_id)]
         )
+
+    def answer(self, kind: str, arg: str) -> dict[str, Any] | None:
+        return self.parts.answer(kind, arg)
+
+    async def ask(self, instance: str, kind: str, arg: str = "") -> dict[str, Any] | None:
+        return await self.cluster.ask(instance, kind, arg)
+
+    async def ask_all(self, kind: str, arg: str = "") -> dict[str, dict[str, Any]]:
+        """Every other live instance's answer (those that answer in time)."""
+        others = sorted(self.cluster.live - {self.me})
+        answers = await asyncio.gather(*(self.cluster.ask(i, kind, arg) for i in others))
+        return {i: a for i, a in zip(others, answers, strict=True) if a is not None}
 
     async def relayed_audio(self, job_id: str, offset: int, audio: bytes, size: int | None) -> None:
         run = self.parts.runner.runs.get(JobId(job_id))

@@ -93,6 +93,8 @@ class Cluster:
         self._unacked: list[bytes] = []
         self._outbox: dict[str, tuple[list[ib.InboxMessage], list[asyncio.Future[bool]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        #: queries sent to other instances, waiting for their answer
+        self._asked: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,6 +209,24 @@ class Cluster:
         last = events[-1][0] if events else (up_to or 0)
         carried = [(seq, data.decode()) for seq, data in events]
         self._post(owner, ib.SessionEvents(session_id=session_id, seq=last, events=carried))
+
+    async def ask(
+        self, instance: str, kind: str, arg: str = "", timeout: float = 2.0
+    ) -> dict[str, Any] | None:
+        """Ask ``instance`` what only it knows (its answer comes to our inbox); None when it
+        does not know, or does not answer within ``timeout``."""
+        msg = ib.Query(kind=kind, arg=arg)
+        msg.id = self.next_message_id()
+        answer: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._asked[msg.id] = answer
+        try:
+            self._post(instance, msg)
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            log.info("cluster.query_unanswered", to_instance=instance, kind=kind)
+            return None
+        finally:
+            self._asked.pop(msg.id, None)
 
     def stream_audio(self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None) -> None:
         self._post(holder, ib.StreamAudio(job_id=job_id, offset=offset, audio=audio, size=size))
@@ -384,6 +404,12 @@ class Cluster:
         h = self.handler
         if isinstance(msg, ib.Adopt):
             await h.adopt_handed_over(msg.job_id, msg.data, msg.sender)
+        elif isinstance(msg, ib.Query):
+            self._post(msg.sender, ib.Answer(reply_to=msg.id, data=h.answer(msg.kind, msg.arg)))
+        elif isinstance(msg, ib.Answer):
+            waiting = self._asked.get(msg.reply_to)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(msg.data)
         elif isinstance(msg, ib.StreamAudio):
             await h.relayed_audio(msg.job_id, msg.offset, msg.audio, msg.size)
         elif isinstance(msg, ib.SpeechEnd):

@@ -58,6 +58,14 @@ class Remote(Protocol):
         """This instance took the session over from ``prev_owner``."""
         ...
 
+    async def ask(self, instance: str, kind: str, arg: str = "") -> dict[str, Any] | None:
+        """What only ``instance`` knows (a job it runs, its overview); None if it does not answer."""
+        ...
+
+    async def ask_all(self, kind: str, arg: str = "") -> dict[str, dict[str, Any]]:
+        """Every other live instance's answer, by instance id."""
+        ...
+
     def stream_audio(
         self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None
     ) -> None:
@@ -100,6 +108,12 @@ class NoRemote:
 
     async def session_claimed(self, session_id: SessionId, prev_owner: str | None) -> None:
         pass
+
+    async def ask(self, instance: str, kind: str, arg: str = "") -> dict[str, Any] | None:
+        return None
+
+    async def ask_all(self, kind: str, arg: str = "") -> dict[str, dict[str, Any]]:
+        return {}
 
     def stream_audio(
         self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None

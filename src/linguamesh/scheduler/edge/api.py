@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...observability.metrics import CONTENT_TYPE
+from ..overview import cluster_nodes, find_job, pools_data
 from ..service import Scheduler
 from .access import denied, operator_only
 
@@ -57,51 +57,9 @@ async def metrics(request: Request) -> Response:
     return refused or Response(s.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
-    now = s.clock()
-    out = []
-    for nc in s.nodes.values():
-        view = s.store.nodes().get(nc.node_id)
-        if view is None:
-            continue
-        caps = view.capabilities
-        out.append(
-            {
-                "node_id": nc.node_id,
-                "version": nc.version,
-                "pool": view.pool,
-                "online": view.online,
-                "max_concurrent_jobs": view.max_concurrent_jobs,
-                "reserved": view.reserved,
-                "running_jobs": view.running_jobs,
-                "last_heartbeat_s_ago": round(now - nc.last_seen, 3),
-                "capabilities": {
-                    "asr_languages": sorted(caps.asr),
-                    "repair_languages": sorted(caps.repair),
-                    "nmt_pairs": sorted([a, b] for a, b in caps.nmt),
-                    "tts_languages": sorted(caps.tts),
-                },
-                "models": [{"name": m.name, "kind": m.kind, "languages": m.languages} for m in nc.models],
-                "hardware": nc.hardware,
-                "model_stats": nc.model_stats,
-            }
-        )
-    return sorted(out, key=lambda n: str(n["node_id"]))
-
-
 @operator_only
 async def nodes(request: Request) -> Response:
-    return JSONResponse({"nodes": nodes_data(_sched(request))})
-
-
-def pools_data(s: Scheduler) -> list[dict[str, Any]]:
-    pools: dict[str, dict[str, Any]] = {}
-    for view in s.store.nodes().all_nodes():
-        entry = pools.setdefault(view.pool, {"name": view.pool, "nodes": [], "free_slots": 0, "slots": 0})
-        entry["nodes"].append(view.node_id)
-        entry["free_slots"] += max(view.free_slots, 0)
-        entry["slots"] += view.max_concurrent_jobs
-    return sorted(pools.values(), key=lambda e: str(e["name"]))
+    return JSONResponse({"nodes": await cluster_nodes(_sched(request))})
 
 
 @operator_only
@@ -125,8 +83,7 @@ async def languages(request: Request) -> Response:
 
 @operator_only
 async def job(request: Request) -> Response:
-    s = _sched(request)
-    view = s.job_view(request.path_params["job_id"])
+    view = await find_job(_sched(request), request.path_params["job_id"])
     if view is None:
         return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
     return JSONResponse(view)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,14 @@ from starlette.staticfiles import StaticFiles
 from ... import protocol as p
 from ...core.history import ReplayGap
 from ...core.ids import SessionId
-from ...observability.metrics import COUNTERS
 from ...state.base import DependencyDown, StateStore
+from ..overview import cluster_overview
 from ..service import Scheduler
 from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
 from ..tokens import same_token
 from .access import bearer, error, operator_only
-from .api import nodes_data, pools_data
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 KEEPALIVE_S = 15.0
@@ -248,50 +246,9 @@ async def stream(request: Request) -> Response:
 
 @operator_only
 async def admin_overview(request: Request) -> Response:
-    s = _sched(request)
-    now = s.clock()
-    jobs = [
-        {
-            "job_id": j.job_id,
-            "trace_id": j.trace_id,
-            "session_id": j.session_id,
-            "utterance_index": j.utterance_index,
-            "pair": j.pair,
-            "state": j.state.value,
-            "attempt_id": j.attempt_id,
-            "node_id": j.node_id,
-            "age_s": round(now - j.created_at, 3),
-            "last_reason": j.last_reason,
-        }
-        for j in (r.job for r in s.runner.runs.values())
-    ]
-    recent = [
-        {"job_id": j.job_id, "trace_id": j.trace_id, "state": j.state.value, "node_id": j.node_id,
-         "utterance_index": j.utterance_index, "pair": j.pair,
-         "ms": round(((j.finished_at or now) - j.created_at) * 1000, 1)}
-        for j in list(s.runner.finished.values())[-50:]
-    ]  # fmt: skip
-    counters: dict[str, float] = {}
-    for (name, labels), value in s.metrics.counters.values.items():
-        if value == 0 and labels:  # the label values published at 0 from the start: noise here
-            continue
-        names = COUNTERS[name][1]
-        pairs = ",".join(f"{k}={v}" for k, v in zip(names, labels, strict=True) if v)
-        counters[name + (f"{{{pairs}}}" if pairs else "")] = value
-    return JSONResponse(
-        {
-            "instance_id": s.config.instance_id,
-            "time": time.time(),
-            "nodes": nodes_data(s),
-            "pools": pools_data(s),
-            "jobs_in_flight": jobs,
-            "recent_jobs": recent[::-1],
-            "failures": list(s.runner.observer.failures)[::-1],
-            "counters": counters,
-            "sessions": len(s.sessions),
-            "queue_depth": len(s.dispatcher.waiting),
-        }
-    )
+    """Nodes, pools, jobs in flight, recent jobs and failures of the whole cluster (every
+    live instance answers for its own), and this instance's counters."""
+    return JSONResponse(await cluster_overview(_sched(request)))
 
 
 async def favicon(request: Request) -> Response:

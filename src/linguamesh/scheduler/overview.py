@@ -1,0 +1,220 @@
+"""What operators see of the cluster: nodes, pools, jobs, the overview of the admin page.
+
+Every instance answers for the whole cluster. What the shared store keeps (the node
+registry, job records) is read from it; what only one instance knows (the detail of the
+nodes it holds, the jobs it runs and their history, its recent failures) is asked of
+that instance through its inbox (a ``query``, answered within 2 s, or left out and
+named in ``unanswered``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..core.ids import JobId
+from ..observability.metrics import COUNTERS
+from ..state.base import DependencyDown
+
+if TYPE_CHECKING:
+    from .service import Scheduler
+
+
+def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
+    now = s.clock()
+    out = []
+    for nc in s.nodes.values():
+        view = s.store.nodes().get(nc.node_id)
+        if view is None:
+            continue
+        caps = view.capabilities
+        out.append(
+            {
+                "node_id": nc.node_id,
+                "instance_id": s.config.instance_id,
+                "version": nc.version,
+                "pool": view.pool,
+                "online": view.online,
+                "max_concurrent_jobs": view.max_concurrent_jobs,
+                "reserved": view.reserved,
+                "running_jobs": view.running_jobs,
+                "last_heartbeat_s_ago": round(now - nc.last_seen, 3),
+                "capabilities": {
+                    "asr_languages": sorted(caps.asr),
+                    "repair_languages": sorted(caps.repair),
+                    "nmt_pairs": sorted([a, b] for a, b in caps.nmt),
+                    "tts_languages": sorted(caps.tts),
+                },
+                "models": [{"name": m.name, "kind": m.kind, "languages": m.languages} for m in nc.models],
+                "hardware": nc.hardware,
+                "model_stats": nc.model_stats,
+            }
+        )
+    return sorted(out, key=lambda n: str(n["node_id"]))
+
+
+def pools_data(s: Scheduler) -> list[dict[str, Any]]:
+    pools: dict[str, dict[str, Any]] = {}
+    for view in s.store.nodes().all_nodes():
+        entry = pools.setdefault(view.pool, {"name": view.pool, "nodes": [], "free_slots": 0, "slots": 0})
+        entry["nodes"].append(view.node_id)
+        entry["free_slots"] += max(view.free_slots, 0)
+        entry["slots"] += view.max_concurrent_jobs
+    return sorted(pools.values(), key=lambda e: str(e["name"]))
+
+
+async def cluster_nodes(s: Scheduler) -> list[dict[str, Any]]:
+    """Every node of the cluster, with the detail its instance knows."""
+    out = nodes_data(s)
+    for answer in (await s.remote.ask_all("nodes")).values():
+        out += answer.get("nodes", [])
+    return sorted(out, key=lambda n: str(n["node_id"]))
+
+
+def job_view(s: Scheduler, job_id: str) -> dict[str, Any] | None:
+    """A job this instance runs or ran recently, with its history."""
+    run = s.runner.runs.get(JobId(job_id))
+    job = run.job if run is not None else s.runner.finished.get(JobId(job_id))
+    if job is None:
+        return None
+    return {
+        "job_id": job.job_id,
+        "instance_id": s.config.instance_id,
+        "trace_id": job.trace_id,
+        "session_id": job.session_id,
+        "utterance_index": job.utterance_index,
+        "src_lang": job.src_lang,
+        "tgt_lang": job.tgt_lang,
+        "stages": list(job.stages),
+        "state": job.state.value,
+        "attempt_id": job.attempt_id,
+        "node_id": job.node_id,
+        "excluded_nodes": sorted(job.excluded),
+        "last_reason": job.last_reason,
+        "failure_code": job.failure_code,
+        "history": [
+            {"t": round(t - job.created_at, 6), "state": st, "attempt_id": a} for t, st, a in job.history
+        ],
+    }
+
+
+async def find_job(s: Scheduler, job_id: str) -> dict[str, Any] | None:
+    """A job of the cluster: from here, else from its owner (its record names it), else
+    what its record says (the owner is gone or silent)."""
+    view = job_view(s, job_id)
+    if view is not None or not s.remote.shared:
+        return view
+    try:
+        rec = await s.store.load_job(JobId(job_id))
+    except DependencyDown:
+        return None
+    if rec is None:
+        return None
+    if rec.owner != s.config.instance_id:
+        view = await s.remote.ask(rec.owner, "job", job_id)
+        if view is not None:
+            return view
+    data = rec.data or {}
+    return {
+        "job_id": rec.job_id,
+        "instance_id": rec.owner,
+        "state": rec.state,
+        "attempt_id": rec.attempt_id,
+        "node_id": rec.node_id,
+        "session_id": data.get("session_id"),
+        "utterance_index": data.get("utterance_index"),
+        "detail": "from the shared record: the job's instance did not answer",
+    }
+
+
+def instance_overview(s: Scheduler) -> dict[str, Any]:
+    """What this instance knows: the nodes it holds, the jobs it runs, its recent jobs and
+    failures, its sessions and queue."""
+    now = s.clock()
+    me = s.config.instance_id
+    jobs = [
+        {
+            "job_id": j.job_id,
+            "instance_id": me,
+            "trace_id": j.trace_id,
+            "session_id": j.session_id,
+            "utterance_index": j.utterance_index,
+            "pair": j.pair,
+            "state": j.state.value,
+            "attempt_id": j.attempt_id,
+            "node_id": j.node_id,
+            "age_s": round(now - j.created_at, 3),
+            "last_reason": j.last_reason,
+        }
+        for j in (r.job for r in s.runner.runs.values())
+    ]
+    recent = [
+        {"job_id": j.job_id, "instance_id": me, "trace_id": j.trace_id, "state": j.state.value,
+         "node_id": j.node_id, "utterance_index": j.utterance_index, "pair": j.pair,
+         "ms": round(((j.finished_at or now) - j.created_at) * 1000, 1)}
+        for j in list(s.runner.finished.values())[-50:]
+    ]  # fmt: skip
+    return {
+        "nodes": nodes_data(s),
+        "jobs_in_flight": jobs,
+        "recent_jobs": recent[::-1],
+        "failures": [{**f, "instance_id": me} for f in list(s.runner.observer.failures)[::-1]],
+        "sessions": len(s.sessions),
+        "queue_depth": len(s.dispatcher.waiting),
+    }
+
+
+def counters(s: Scheduler) -> dict[str, float]:
+    """This instance's counters as Prometheus writes them, without series still at 0."""
+    out: dict[str, float] = {}
+    for (name, labels), value in s.metrics.counters.values.items():
+        if value == 0 and labels:  # the label values published at 0 from the start: noise here
+            continue
+        names = COUNTERS[name][1]
+        pairs = ",".join(f"{k}={v}" for k, v in zip(names, labels, strict=True) if v)
+        out[name + (f"{{{pairs}}}" if pairs else "")] = value
+    return out
+
+
+async def cluster_overview(s: Scheduler) -> dict[str, Any]:
+    """The admin overview: every live instance's own part, merged; this one's counters."""
+    mine = instance_overview(s)
+    parts = {s.config.instance_id: mine, **(await s.remote.ask_all("overview"))}
+    live = await _live(s)
+    merged: dict[str, Any] = {
+        "instance_id": s.config.instance_id,
+        "time": time.time(),
+        "instances": {
+            i: {"sessions": p["sessions"], "queue_depth": p["queue_depth"], "nodes": len(p["nodes"])}
+            for i, p in sorted(parts.items())
+        },
+        "unanswered": sorted(live - set(parts)),
+        "pools": pools_data(s),
+        "counters": counters(s),
+    }
+    for key in ("nodes", "jobs_in_flight", "recent_jobs", "failures"):
+        merged[key] = [x for p in parts.values() for x in p[key]]
+    merged["nodes"].sort(key=lambda n: str(n["node_id"]))
+    merged["sessions"] = sum(p["sessions"] for p in parts.values())
+    merged["queue_depth"] = sum(p["queue_depth"] for p in parts.values())
+    return merged
+
+
+async def _live(s: Scheduler) -> set[str]:
+    if not s.remote.shared:
+        return {s.config.instance_id}
+    try:
+        return await s.store.live_instances() | {s.config.instance_id}
+    except DependencyDown:
+        return {s.config.instance_id}
+
+
+def answer(s: Scheduler, kind: str, arg: str) -> dict[str, Any] | None:
+    """Another instance's query about what only this one knows."""
+    if kind == "job":
+        return job_view(s, arg)
+    if kind == "overview":
+        return instance_overview(s)
+    if kind == "nodes":
+        return {"nodes": nodes_data(s)}
+    return None
