@@ -211,7 +211,7 @@ async def test_the_operator_api_answers_for_the_whole_cluster_on_any_instance(
     lookup (with the history only A has) and admin overview show all of it."""
     import httpx
 
-    a, b = await node_on_a(cluster, redis_url, delay_ms=0)
+    _, b = await node_on_a(cluster, redis_url, delay_ms=0)
     async with SessionClient(b.url, src="en", tgt="es") as c:
         await c.send_utterance(0, pcm(0.1))
         r = await c.next_result(10 * SCALE)
