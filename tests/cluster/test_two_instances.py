@@ -227,3 +227,50 @@ async def test_the_operator_api_answers_for_the_whole_cluster_on_any_instance(
     assert [n["node_id"] for n in overview["nodes"]] == ["node-on-a"]
     assert any(j["job_id"] == r.job_id and j["instance_id"] == "A" for j in overview["recent_jobs"])
     assert missing.status_code == 404
+
+
+async def test_a_viewer_on_another_instance_gets_the_replay_then_live_events(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """The session is held by A; its viewer's stream is on B (Redis pub/sub notices): the
+    events so far, then each new one as it comes; a transcript download on B works too.
+    When the session ends, B still serves its transcript."""
+    import httpx
+
+    from ..integration.test_web_api import _sse_events
+
+    a, b = await node_on_a(cluster, redis_url, delay_ms=0)
+    async with SessionClient(a.url, src="en", tgt="es") as c:
+        assert c.ack is not None
+        await c.send_utterance(0, pcm(0.1))
+        await c.next_result(10 * SCALE)
+        sid, token = c.ack.session_id, c.ack.view_token
+        last = await a.sched.store.last_seq(sid)
+        stream = f"{b.http}/api/v1/sessions/{sid}/events/stream?token={token}"
+        replay = await _sse_events(stream, 0, stop_after=last)
+        assert [s for s, _, _ in replay] == list(range(1, last + 1))
+        got: asyncio.Queue[int] = asyncio.Queue()
+        viewer = asyncio.create_task(
+            _sse_events(stream, 0, {"Last-Event-ID": str(last)}, got, stop_after=10**9)
+        )
+        await eventually(lambda: b.sched.watch is not None and b.sched.watch.watching() == 1, 5, "B to watch")
+        await c.send_utterance(1, pcm(0.1))
+        await c.next_result(10 * SCALE)
+        end = await a.sched.store.last_seq(sid)
+        live = [await asyncio.wait_for(got.get(), 5 * SCALE) for _ in range(end - last)]
+        assert live == list(range(last + 1, end + 1))  # each new event, in order, once
+        viewer.cancel()
+        await c.close_session()
+        await asyncio.sleep(0.5)
+    async with httpx.AsyncClient(timeout=10) as http:
+        txt = await http.get(
+            f"{b.http}/api/v1/sessions/{sid}/transcript", params={"format": "txt", "token": token}
+        )
+        bad = await http.get(
+            f"{b.http}/api/v1/sessions/{sid}/transcript", params={"format": "txt", "token": "x"}
+        )
+    assert txt.status_code == 200 and len(txt.text.splitlines()) == 2
+    assert bad.status_code == 401
+    await eventually(
+        lambda: b.sched.watch is not None and b.sched.watch.watching() == 0, 5, "B to stop watching"
+    )
