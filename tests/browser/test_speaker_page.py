@@ -9,16 +9,20 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ..conftest import SCALE, Cluster, free_port, test_engines
 from ..procs import node_proc, start_scheduler_process, wait_node
 from .conftest import ARTIFACTS, new_page
 from .test_pages import _start_session, _tone_wav
 
 
+@pytest.mark.parametrize("window", [1000, 4], ids=["window-holds-all", "longer-than-the-window"])
 async def test_a_reload_mid_session_resumes_it_with_every_row(
-    cluster: Cluster, browser: Any, tmp_path: Path
+    cluster: Cluster, browser: Any, tmp_path: Path, window: int
 ) -> None:
-    s = await cluster.scheduler()
+    """With a replay window of 4 events, the first row comes back from the transcript."""
+    s = await cluster.scheduler(history_size=window)
     await cluster.node(s.url, "node-r", engines=test_engines())
     page = await new_page(browser, s.http)
     sid = await _start_session(page)
