@@ -146,3 +146,46 @@ async def test_operator_data_off_loopback_is_off_without_a_token() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_the_viewer_routes_refuse_odd_requests_with_clear_errors(
+    cluster: Cluster, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Any session id, token, Last-Event-ID or room a stranger may send: a coded answer,
+    never a 500, and the server serves the real viewer afterwards."""
+    cfg: dict[str, Any] = {}
+    if store == "redis":
+        from linguamesh.state.redis import RedisStateStore
+
+        cfg["store"] = RedisStateStore(request.getfixturevalue("redis_url"))
+    s = await cluster.scheduler(**cfg)
+    await cluster.node(s.url)
+    async with SessionClient(s.url, src="en", tgt="es") as c, httpx.AsyncClient(timeout=10) as http:
+        assert c.ack is not None
+        await c.send_utterance(0, pcm(0.1))
+        await c.next_result(10 * SCALE)
+        sid, token = c.session_id, c.ack.view_token
+        base = f"{s.http}/api/v1/sessions"
+        odd = {
+            f"{base}/{'x' * 5000}/events/stream?token={token}": 404,
+            f"{base}/no-such-session/transcript?token={token}": 404,
+            f"{base}/{sid}/events/stream": 401,
+            f"{base}/{sid}/events/stream?token={c.ack.resume_token}": 401,  # the speaker's token is not a view token
+            f"{base}/{sid}/events/stream?token={token}&last_event_id=-1": 400,
+            f"{base}/{sid}/events/stream?token={token}&last_event_id=1e9": 400,
+            f"{base}/{sid}/events?token={token}&since=%00": 400,
+            f"{base}/{sid}/transcript?token={token}&format=../../etc": 400,
+            f"{s.http}/api/v1/rooms/{'%2e' * 40}": 404,
+            f"{s.http}/api/v1/rooms/{'r' * 65}": 404,
+        }
+        for url, status in odd.items():
+            res = await http.get(url)
+            assert res.status_code == status, (url, res.text)
+            assert "code" in res.json()["error"]
+        ahead = await http.get(f"{base}/{sid}/events?token={token}&since=99999")
+        assert ahead.status_code == 200 and ahead.json()["events"] == []
+        ok = await http.get(
+            f"{base}/{sid}/transcript", params={"format": "txt", "lang": "en", "token": token}
+        )
+        assert ok.status_code == 200 and ok.text.strip() == "Test utterance 0.10."
