@@ -35,6 +35,9 @@ _to_node_decoder: msgspec.json.Decoder[SchedulerToNode] = msgspec.json.Decoder(S
 _generic = msgspec.json.Decoder(dict[str, Any])
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
+#: A value a client sent is echoed back (and logged) at most this long.
+ECHO_CHARS = 64
+_QUOTED = re.compile(r"(['`\"])([^'`\"]{" + str(ECHO_CHARS) + r"})[^'`\"]+\1")
 _AUDIO_FIELDS = ("audio", "tts_audio")
 
 T = TypeVar("T")
@@ -58,6 +61,19 @@ def _check_size(frame: str | bytes, max_bytes: int) -> None:
         )
 
 
+def excerpt(value: object, limit: int = ECHO_CHARS) -> str:
+    """``value`` as text, cut to ``limit`` characters (with how long it was)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _bounded(err: str) -> str:
+    """A decoder's message with every quoted value it echoes cut to ECHO_CHARS, and at
+    most a few hundred characters in all: nothing a client sends comes back at length."""
+    err = _QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}…{m.group(1)}", err)
+    return excerpt(err, 300)
+
+
 def _field_of(err: str) -> str | None:
     m = _PATH.search(err)
     return m.group(1) if m else None
@@ -70,7 +86,7 @@ def _decode(decoder: msgspec.json.Decoder[T], frame: str | bytes, max_bytes: int
     except msgspec.ValidationError as exc:
         raise _validation_error(frame, str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"frame is not valid JSON: {exc}") from None
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"frame is not valid JSON: {_bounded(str(exc))}") from None
     except RecursionError:  # msgspec's depth guard (the interpreter's recursion limit)
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "frame nests arrays/objects too deeply") from None
 
@@ -85,12 +101,14 @@ def _validation_error(frame: str | bytes, err: str) -> ProtocolError:
         kind = raw.get("type")
         if kind is None:
             return ProtocolError(ErrorCode.BAD_MESSAGE, "missing field `type`")
-        return ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {kind!r} (field `type`)")
+        return ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"unknown message type {excerpt(repr(kind))} (field `type`)"
+        )
     if field in _AUDIO_FIELDS and "base64" in err:
-        return ProtocolError(ErrorCode.BAD_AUDIO, f"field `{field}` is not valid base64")
+        return ProtocolError(ErrorCode.BAD_AUDIO, f"field `{excerpt(field)}` is not valid base64")
     if "Expected `object`" in err and field in (None, ""):
         return ProtocolError(ErrorCode.BAD_MESSAGE, "a frame must be one JSON object")
-    return ProtocolError(ErrorCode.BAD_MESSAGE, err)
+    return ProtocolError(ErrorCode.BAD_MESSAGE, _bounded(err))
 
 
 def decode_client(frame: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ClientMessage:

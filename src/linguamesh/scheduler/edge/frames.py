@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import msgspec
@@ -12,7 +13,44 @@ from ... import protocol as p
 from ...observability.metrics import Metrics
 from ...protocol import ErrorCode
 from ..transport import close_quietly
-from .admission import TRY_AGAIN_LATER, Admission
+from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER, Admission
+
+#: More bad frames than this within BAD_FRAME_WINDOW seconds close the socket (1008): a
+#: client or node that keeps sending what cannot be applied is cut, not answered for ever.
+MAX_BAD_FRAMES = 20
+BAD_FRAME_WINDOW = 10.0
+#: error codes that mean "this frame was bad" (others are about load or state)
+BAD_FRAME_CODES = frozenset({ErrorCode.BAD_MESSAGE, ErrorCode.BAD_AUDIO, ErrorCode.AUDIO_TOO_LARGE,
+                             ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNSUPPORTED_LANGUAGE_PAIR})  # fmt: skip
+
+
+class BadFrames:
+    """The times of a socket's recent bad frames."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+
+    def too_many(self) -> bool:
+        """Count one more bad frame; True when the socket has sent too many lately."""
+        now = asyncio.get_running_loop().time()
+        times = self.times
+        times.append(now)
+        while times and times[0] < now - BAD_FRAME_WINDOW:
+            times.popleft()
+        return len(times) > MAX_BAD_FRAMES
+
+
+def bad_frames(ws: WebSocket) -> BadFrames:
+    counter = getattr(ws.state, "bad_frames", None)
+    if counter is None:
+        counter = ws.state.bad_frames = BadFrames()
+    return counter
+
+
+async def cut_for_bad_frames(ws: WebSocket) -> None:
+    text = f"more than {MAX_BAD_FRAMES} bad frames in {BAD_FRAME_WINDOW:g}s: closing"
+    await send_quietly(ws, p.Error(code=ErrorCode.BAD_MESSAGE.value, message=text))
+    await close_quietly(ws, POLICY_VIOLATION, "too many bad frames")
 
 
 async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
@@ -27,6 +65,9 @@ async def text_frames(ws: WebSocket) -> AsyncGenerator[str, None]:
                 raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
             text = message.get("text")
             if text is None:  # a binary frame
+                if bad_frames(ws).too_many():
+                    await cut_for_bad_frames(ws)
+                    return
                 err = p.Error(code=ErrorCode.BAD_MESSAGE.value, message="frames must be text (JSON)")
                 await send_quietly(ws, err)
                 continue

@@ -19,7 +19,15 @@ from ..nodes.registry import NodeConn
 from ..service import Scheduler
 from ..transport import close_quietly
 from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER
-from .frames import admit, handshake_frames, peer_of, send_quietly
+from .frames import (
+    BAD_FRAME_CODES,
+    admit,
+    bad_frames,
+    cut_for_bad_frames,
+    handshake_frames,
+    peer_of,
+    send_quietly,
+)
 
 log = get_logger("linguamesh.scheduler.node")
 
@@ -63,6 +71,9 @@ async def node_endpoint(ws: WebSocket) -> None:
             except ProtocolError as exc:
                 log.info("node.bad_input", code=exc.code.value, message=exc.message)
                 sched.count("protocol_errors", code=exc.code.value)
+                if exc.code in BAD_FRAME_CODES and bad_frames(ws).too_many():
+                    await cut_for_bad_frames(ws)
+                    return
                 await send_quietly(ws, p.Error(code=exc.code.value, message=exc.message, ref=exc.ref))
                 if exc.fatal or (nc is None and exc.code is ErrorCode.NODE_ID_IN_USE):
                     await close_quietly(ws, POLICY_VIOLATION, exc.code.value)

@@ -19,7 +19,15 @@ from ..service import Scheduler
 from ..sessions.session import Session
 from ..transport import close_quietly
 from .admission import POLICY_VIOLATION, origin_allowed
-from .frames import admit, handshake_frames, peer_of, send_quietly
+from .frames import (
+    BAD_FRAME_CODES,
+    admit,
+    bad_frames,
+    cut_for_bad_frames,
+    handshake_frames,
+    peer_of,
+    send_quietly,
+)
 
 log = get_logger("linguamesh.scheduler.session")
 
@@ -48,7 +56,7 @@ async def session_endpoint(ws: WebSocket) -> None:
                 return
             msg = None
             try:
-                msg = p.decode_client(frame, sched.config.max_message_bytes)
+                msg = p.decode_client(frame, sched.config.max_message_bytes)  # msg stays None if not
                 if isinstance(msg, p.SessionInit):
                     if session is not None:
                         raise ProtocolError(ErrorCode.BAD_MESSAGE, "session_init was already sent")
@@ -87,7 +95,12 @@ async def session_endpoint(ws: WebSocket) -> None:
                         session_id=session.session_id if session else None,
                     )
                 sched.count("protocol_errors", code=exc.code.value)
-                await _send_error(ws, session, exc)
+                if exc.code in BAD_FRAME_CODES and bad_frames(ws).too_many():
+                    await cut_for_bad_frames(ws)
+                    return
+                # a frame that could not even be decoded is this socket's problem: its error
+                # goes to the socket only, never into the session's history
+                await _send_error(ws, session if msg is not None else None, exc)
                 if exc.fatal:
                     await close_quietly(ws, POLICY_VIOLATION, exc.code.value)
                     return
