@@ -169,6 +169,9 @@ def scheduler(
     max_connections_per_ip: Annotated[
         int | None, typer.Option(help="Open sockets per client address [200]")
     ] = None,
+    max_targets: Annotated[
+        int | None, typer.Option(help="Target languages per session (each is a job per utterance) [4]")
+    ] = None,
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
     ] = None,
@@ -229,6 +232,7 @@ def scheduler(
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
+        max_targets=max_targets,
         redis_url=redis_url,
         drain_timeout=drain_timeout,
         reconnect_url=reconnect_url,

@@ -82,7 +82,9 @@ class SchedulerConfig:
     #: Open sockets (sessions and nodes), in all and per client address.
     max_connections: int = 10_000
     max_connections_per_ip: int = 200
-    #: Token buckets on intake: utterances per second and seconds of audio per second,
+    #: Target languages a session may ask for (each is a job per utterance).
+    max_targets: int = 4
+    #: Token buckets on intake: jobs (an utterance per target language) per second and seconds of audio per second,
     #: with a burst, per session and per client address.
     session_utterances_per_s: float = 10.0
     session_utterance_burst: float = 30.0
@@ -181,7 +183,8 @@ class SchedulerConfig:
             raise ValueError("max_attempts must be at least 1")
         if self.selector not in ("pooled", "flat"):
             raise ValueError("selector must be 'pooled' or 'flat'")
-        for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries"):
+        for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries",
+                     "max_targets"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_size < 1 or self.history_bytes < 1024:

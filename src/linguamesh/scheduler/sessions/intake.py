@@ -82,8 +82,15 @@ class Intake:
         the address's buckets; ``rate_limited`` when either is empty (nothing is taken)."""
         now = self.clock()
         s_utt, s_audio, ip_utt, ip_audio = self._buckets(session, now)
-        if seconds is None:
-            mine, address, amount, kind, what = s_utt, ip_utt, 1.0, "utterances", "utterances"
+        if seconds is None:  # an utterance costs one job per target language
+            jobs = float(len(session.settings.tgt_langs))
+            mine, address, amount, kind, what = (
+                s_utt,
+                ip_utt,
+                jobs,
+                "utterances",
+                "jobs (utterances x targets)",
+            )
         else:
             mine, address, amount, kind, what = s_audio, ip_audio, seconds, "audio", "seconds of audio"
         for bucket, scope in ((mine, "session"), (address, "ip")):

@@ -134,6 +134,12 @@ class SessionTable:
     async def open(self, init: p.SessionInit, conn: Transport) -> Session:
         p.check_version(init.protocol_version)
         tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
+        if len(tgts) > self.config.max_targets:  # each target is a job per utterance
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                f"field `extra_tgt_langs`: at most {self.config.max_targets} target languages in all "
+                f"(got {len(tgts)})",
+            )
         for tgt in tgts:
             problem = pair_problem(init.src_lang, tgt)
             if problem:
