@@ -197,3 +197,25 @@ async def test_hands_free_mode_cuts_utterances_on_silence(cluster: Cluster, brow
     assert "museo" in (await row.locator(".mt").inner_text()).lower()
     assert not page.js_errors
     await page.screenshot(path=ARTIFACTS / "speaker-hands-free.png", full_page=True)
+
+
+async def test_the_speaker_pages_room_is_the_commitment_to_its_key(cluster: Cluster, browser: Any) -> None:
+    """The page's room is the first 22 characters of base64url(SHA-256(key)) (its own
+    SHA-256: plain-http pages have no crypto.subtle): the server takes it, and the room
+    shows the page's session to anyone."""
+    import httpx
+
+    from linguamesh.scheduler.sessions.rooms import room_of
+
+    s = await cluster.scheduler()
+    await cluster.node(s.url)
+    page = await new_page(browser, s.http)
+    sid = await _start_session(page)
+    ids = await page.evaluate(
+        "JSON.parse(Object.entries(sessionStorage).find(([k]) => k.endsWith('.room'))[1])"
+    )
+    assert ids["room"] == room_of(ids["key"]) and len(ids["key"]) == 32
+    async with httpx.AsyncClient() as http:
+        shown = (await http.get(f"{s.http}/api/v1/rooms/{ids['room']}")).json()
+    assert shown["session_id"] == sid
+    assert not page.js_errors

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
+from linguamesh.scheduler.sessions.rooms import room_of
 from linguamesh.state import redis_keys as K
 
 from ..conftest import SCALE, free_port, pcm
@@ -182,7 +183,8 @@ async def test_ten_speakers_stream_through_nginx_to_two_instances(tmp_path: Path
             url, http_url = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
             for i in range(10):
                 c = SessionClient(url, src="en", tgt="es")
-                c.init.room, c.init.room_key = f"room-of-speaker-{i:02d}", f"key-of-speaker-{i:02d}-secret"
+                c.init.room_key = f"key-of-speaker-{i:02d}-secret"
+                c.init.room = room_of(c.init.room_key)
                 await c.connect()
                 clients.append(c)
             captioned: list[list[int]] = [[] for _ in clients]

@@ -79,8 +79,11 @@ async def test_a_streaming_node_gets_every_piece_once_in_order_and_may_not_lie(c
 async def test_a_room_is_moved_only_by_its_own_key(cluster: Cluster) -> None:
     import httpx
 
+    from linguamesh.scheduler.sessions.rooms import room_of
+
     s = await cluster.scheduler()
-    room, key = "room-" + "a" * 20, "k" * 32
+    key = "k" * 32
+    room = room_of(key)
     c1 = SessionClient(s.url, src="en", tgt="es")
     c1.init.room, c1.init.room_key = room, key
     await c1.connect()
@@ -88,8 +91,9 @@ async def test_a_room_is_moved_only_by_its_own_key(cluster: Cluster) -> None:
         shown = (await http.get(f"{s.http}/api/v1/rooms/{room}")).json()
         assert shown["session_id"] == c1.session_id and shown["view_token"] == c1.ack.view_token  # type: ignore[union-attr]
         for extra, needle in (
-            ({"room": room, "room_key": "x" * 32}, "another speaker"),  # someone else's key
+            ({"room": room, "room_key": "x" * 32}, "base64url(SHA-256(room_key))"),  # someone else's key
             ({"room": "short", "room_key": key}, "field `room`"),
+            ({"room": "a" * 22, "room_key": key}, "base64url(SHA-256(room_key))"),  # not its key's room
             ({"room": room}, "room_key"),
         ):
             await _refused_init(s.url, extra, needle)

@@ -14,6 +14,7 @@ resumes or is taken over, so the room follows the speaker even after the store l
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 
@@ -25,6 +26,14 @@ ROOM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def room_of(key: str) -> str:
+    """The room a key commits to: the first 22 characters of the unpadded base64url
+    SHA-256 of the key (UTF-8). Only the key's holder can name a room that is its own, so
+    no one can claim it first — after a restart, on another instance, or after the room
+    was forgotten."""
+    return base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()).decode()[:22]
 
 
 class Rooms:
@@ -40,6 +49,11 @@ class Rooms:
         if key is None or not 16 <= len(key) <= 128:
             raise ProtocolError(
                 ErrorCode.BAD_MESSAGE, "field `room_key`: 16-128 characters are needed with `room`"
+            )
+        if room != room_of(key):
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                "field `room`: must be the first 22 characters of base64url(SHA-256(room_key)), unpadded",
             )
 
     async def claim(self, room: str, digest: str, session_id: str, view_token: str) -> bool:
