@@ -82,6 +82,11 @@ class SchedulerConfig:
     #: Open sockets (sessions and nodes), in all and per client address.
     max_connections: int = 10_000
     max_connections_per_ip: int = 200
+    #: Sessions held per client address (alive or lingering after their socket), and new
+    #: sessions a second per address (with a burst).
+    max_sessions_per_ip: int = 100
+    ip_sessions_per_s: float = 5.0
+    ip_session_burst: float = 60.0
     #: Target languages a session may ask for (each is a job per utterance).
     max_targets: int = 4
     #: Token buckets on intake: jobs (an utterance per target language) per second and seconds of audio per second,
@@ -184,7 +189,7 @@ class SchedulerConfig:
         if self.selector not in ("pooled", "flat"):
             raise ValueError("selector must be 'pooled' or 'flat'")
         for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries",
-                     "max_targets"):  # fmt: skip
+                     "max_targets", "max_sessions_per_ip"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_size < 1 or self.history_bytes < 1024:

@@ -230,8 +230,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ /ws/session
 
-    async def open_session(self, init: p.SessionInit, conn: Transport) -> Session:
-        return await self.table.open(init, conn)
+    async def open_session(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
+        return await self.table.open(init, conn, peer)
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
         return await self.table.resume(info, conn)

@@ -60,8 +60,9 @@ async def session_endpoint(ws: WebSocket) -> None:
                 if isinstance(msg, p.SessionInit):
                     if session is not None:
                         raise ProtocolError(ErrorCode.BAD_MESSAGE, "session_init was already sent")
-                    session = await _init(sched, ws, msg)
-                    session.peer = ip
+                    session = await _init(sched, ws, msg, ip)
+                    if session.peer != ip:  # resumed from another address
+                        sched.table.set_peer(session, ip)
                     continue
                 if session is None:
                     raise ProtocolError(
@@ -124,12 +125,12 @@ async def session_endpoint(ws: WebSocket) -> None:
             sched.connection_closed(session, ws)
 
 
-async def _init(sched: Scheduler, ws: WebSocket, msg: p.SessionInit) -> Session:
+async def _init(sched: Scheduler, ws: WebSocket, msg: p.SessionInit, ip: str) -> Session:
     if msg.resume is not None:
         p.check_version(msg.protocol_version)
         session, _ = await sched.resume_session(msg.resume, ws)
         return session
-    session = await sched.open_session(msg, ws)
+    session = await sched.open_session(msg, ws, ip)
     # the ack is connection-level (seq 0), written before any event of the session
     await ws.send_text(sched.init_ack(session, 0).decode())
     return session

@@ -11,6 +11,7 @@ here, and the table carries out the commands it returns.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,6 +42,7 @@ from ..tasks import Tasks
 from ..tokens import same_token
 from ..transport import Transport, close_quietly
 from .delivery import Delivery
+from ...core.ratelimit import TokenBucket
 from .rooms import Rooms, key_hash
 from .session import Session, SessionSettings
 
@@ -75,6 +77,10 @@ class SessionTable:
         self.sessions: dict[SessionId, Session] = {}
         #: viewer links that outlive a session
         self.rooms = Rooms(store)
+        #: sessions held here per client address (alive or lingering), and each address's
+        #: budget of new sessions
+        self.per_peer: Counter[str] = Counter()
+        self._opens: dict[str, TokenBucket] = {}
 
     def _session(self, **kw: Any) -> Session:
         session = Session(life=SessionLifecycle(self.config.session_linger), **kw)
@@ -131,8 +137,48 @@ class SessionTable:
 
     # ------------------------------------------------------------------ open / resume
 
-    async def open(self, init: p.SessionInit, conn: Transport) -> Session:
+    def _admit_new(self, peer: str) -> None:
+        """A new session from ``peer``: within its address's budgets (sessions held, new
+        sessions a second), or ``rate_limited``. Each lingers after its socket: without
+        these an address could make the process hold sessions without end."""
+        c = self.config
+        if not peer:  # opened in-process, not from a socket (tests, embedding)
+            return
+        if self.per_peer[peer] >= c.max_sessions_per_ip:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"{self.per_peer[peer]} sessions are held for {peer} (limit {c.max_sessions_per_ip}); "
+                "close one, or resume it instead of opening a new one",
+            )
+        now = self.clock()
+        bucket = self._opens.get(peer)
+        if bucket is None:
+            if len(self._opens) >= 10_000:  # forget addresses that have not opened one for a while
+                self._opens = {k: v for k, v in self._opens.items() if not v.full(now)}
+            bucket = self._opens[peer] = TokenBucket(c.ip_sessions_per_s, c.ip_session_burst, stamp=now)
+        if not bucket.take(1.0, now):
+            wait = bucket.wait_for(1.0, now)
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"new sessions from {peer} come faster than {c.ip_sessions_per_s:g}/s; try again in {wait:.1f}s",
+            )
+
+    def set_peer(self, session: Session, peer: str) -> None:
+        """The session's socket comes from ``peer`` now (opened, or resumed from elsewhere)."""
+        self._drop_peer(session)
+        session.peer = peer
+        self.per_peer[peer] += 1
+
+    def _drop_peer(self, session: Session) -> None:
+        if session.peer:
+            self.per_peer[session.peer] -= 1
+            if self.per_peer[session.peer] <= 0:
+                del self.per_peer[session.peer]
+        session.peer = ""
+
+    async def open(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
         p.check_version(init.protocol_version)
+        self._admit_new(peer)
         tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
         if len(tgts) > self.config.max_targets:  # each target is a job per utterance
             raise ProtocolError(
@@ -180,6 +226,7 @@ class SessionTable:
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
         self.sessions[session.session_id] = session
+        self.set_peer(session, peer)
         session.delivery.start()
         session.delivery.conn = conn
         self.attached(session)
@@ -279,6 +326,7 @@ class SessionTable:
     async def _forget(self, session: Session) -> None:
         """Forget the session: its running jobs are cancelled, its state deleted."""
         self.sessions.pop(session.session_id, None)
+        self._drop_peer(session)
         self._apply(session, session.life.forgotten())
         self.tasks.cancel(session.utterances.idle_timer)
         await self.cancel_jobs(list(session.life.running), "session_gone")
@@ -332,6 +380,7 @@ class SessionTable:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return None
+        self._drop_peer(session)
         log.info(
             "session.moved_away", session_id=session_id, trace_id=session.trace_id, to_instance=new_owner
         )

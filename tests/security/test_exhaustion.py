@@ -1,0 +1,142 @@
+"""Nobody can make the scheduler hold without bound: probes an attacker would run from
+one address on loopback against a real scheduler process, each with the figure it
+moves (RSS, log bytes, what the history keeps, a bystander's latency) and its bound.
+A bystander speaker runs alongside; its utterances are counted (0 lost, 0 duplicated)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from linguamesh import protocol as p
+from linguamesh.client import SessionClient
+
+from ..conftest import SCALE, pcm
+from ..fleet import Fleet, rss_mb
+
+INIT = json.dumps({"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es"})
+
+
+class Bystander:
+    """An honest speaker: one utterance at a time, its round trips timed and counted."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.results: dict[int, int] = {}
+        self.sent = 0
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        async with SessionClient(self.url, src="en", tgt="es") as c:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                await c.send_utterance(self.sent, pcm(0.1))
+                self.sent += 1
+                r = await c.next_result(30 * SCALE)
+                self.latencies.append((time.monotonic() - started) * 1000)
+                self.results[r.utterance_index] = self.results.get(r.utterance_index, 0) + 1
+                await asyncio.sleep(0.15)  # within the session's own rate limit (10/s)
+
+    def p50(self, since: int = 0) -> float:
+        return statistics.median(self.latencies[since:])
+
+    def tally(self) -> tuple[int, int]:
+        lost = sum(1 for i in range(self.sent) if i not in self.results)
+        return lost, sum(1 for n in self.results.values() if n > 1)
+
+
+async def _churn(url: str, seconds: float, frame: str, per_session: int) -> dict[str, int]:
+    """Open sessions as fast as the server lets us, send ``frame`` ``per_session`` times
+    on each, and leave (the sessions linger): what came back, by kind."""
+    seen: dict[str, int] = {}
+    longest = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            async with connect(url + "/ws/session", max_size=None) as ws:
+                await ws.send(INIT)
+                first = json.loads(await ws.recv())
+                if first["type"] == "error":
+                    seen[first["code"]] = seen.get(first["code"], 0) + 1
+                    continue
+                seen["opened"] = seen.get("opened", 0) + 1
+                for _ in range(per_session):
+                    await ws.send(frame)
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    longest = max(longest, len(reply.get("message", "")))
+        except (ConnectionClosed, InvalidStatus, OSError):
+            seen["closed"] = seen.get("closed", 0) + 1
+    seen["longest_reply"] = longest
+    return seen
+
+
+async def test_big_type_frames_and_session_churn_from_one_address_are_bounded(tmp_path: Path) -> None:
+    """Before: each `{"type": <4 MB>}` frame was echoed whole, kept in the history and
+    logged (5 MB of log a frame), and session_init was not limited: +1.07 GB in 7.8 s,
+    bystander p50 2.2 -> 115 ms. Now: the echo is cut to 64 characters, a frame that could
+    not be decoded is answered on the socket only, and an address opens at most 5
+    sessions a second (burst 60) and holds at most 100."""
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A")
+        log_file = tmp_path / "A.1.log"  # its JSON log
+        fleet.node("n1", [s.url], delay_ms=0, slots=4)
+        await fleet.wait_node("A", "n1")
+        bystander = Bystander(s.url)
+        speaking = asyncio.create_task(bystander.run())
+        await asyncio.sleep(2.0)
+        baseline = bystander.p50()
+        before = len(bystander.latencies)
+        rss_before = rss_mb(s.pid)
+        log_before = log_file.stat().st_size
+        frame = json.dumps({"type": "x" * (3 * 1024 * 1024)})
+        seen = await _churn(s.url, 3.0, frame, 3)  # big frames: ~50 sessions' worth
+        opens = await _churn(s.url, 3.0, "{}", 0)  # then as many sessions as it takes
+        await asyncio.sleep(0.5)
+        assert not speaking.done() or speaking.result() is None, speaking
+        assert len(bystander.latencies) > before, (before, bystander.sent, seen)
+        during = bystander.p50(before)
+        bystander.stop.set()
+        await asyncio.wait_for(speaking, 30 * SCALE)
+        rss_growth = rss_mb(s.pid) - rss_before
+        log_growth = log_file.stat().st_size - log_before
+        print(
+            f"\nchurn: {seen}; RSS +{rss_growth:.0f} MB; log +{log_growth / 1e6:.2f} MB; "
+            f"bystander p50 {baseline:.1f} -> {during:.1f} ms"
+        )
+        print(f"opens: {opens}")
+        assert seen.get("opened", 0) + opens.get("opened", 0) <= 60 + 5 * 7  # the burst and ~7 s at 5/s
+        assert opens.get("rate_limited", 0) > 100
+        assert seen["longest_reply"] <= 300
+        assert rss_growth < 150, rss_growth
+        assert log_growth < 2_000_000, log_growth
+        assert during < baseline + 100, (baseline, during)
+        assert bystander.tally() == (0, 0)
+        # nothing of the undecodable frames entered any session's history
+        async with httpx.AsyncClient() as http:
+            overview = (await http.get(f"{s.http}/api/v1/admin/overview")).json()
+        assert overview["sessions"] <= 100
+
+
+async def test_a_frame_that_cannot_be_decoded_never_enters_the_history(tmp_path: Path) -> None:
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A")
+        async with SessionClient(s.url, src="en", tgt="es") as c, httpx.AsyncClient() as http:
+            assert c.ack is not None and c.ws is not None
+            await c.ws.send(json.dumps({"type": "y" * 100_000}))
+            err = await c.recv(5 * SCALE)
+            assert isinstance(err, p.Error) and err.seq == 0 and len(err.message) < 200
+            await c.send_utterance(-1, pcm(0.1))  # decoded, then refused: the session's own error
+            own = await c.recv(5 * SCALE)
+            assert isinstance(own, p.Error) and own.seq > 0
+            events = (await http.get(
+                f"{s.http}/api/v1/sessions/{c.session_id}/events", params={"token": c.ack.view_token}
+            )).json()["events"]  # fmt: skip
+        assert [e["type"] for e in events] == ["error"] and "y" * 80 not in json.dumps(events)
