@@ -21,6 +21,7 @@ from ... import protocol as p
 from ...core.ids import JobId, SessionId, TraceId, new_session_id, new_token, new_trace_id
 from ...core.jobs import Job
 from ...core.languages import pair_problem
+from ...core.ratelimit import TokenBucket
 from ...core.session_lifecycle import (
     ArmLinger,
     CancelLinger,
@@ -42,7 +43,6 @@ from ..tasks import Tasks
 from ..tokens import same_token
 from ..transport import Transport, close_quietly
 from .delivery import Delivery
-from ...core.ratelimit import TokenBucket
 from .rooms import Rooms, key_hash
 from .session import Session, SessionSettings
 
