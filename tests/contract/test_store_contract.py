@@ -175,6 +175,12 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
         )
         results = [d for _, d in replay if p.event_type(d) == "translation_result"]
         assert [p.decode_event(d).utterance_index for d in results] == list(range(40))  # type: ignore[union-attr]
+        # read in pages, the replay is the same
+        paged: list[tuple[int, bytes]] = []
+        while page := await store.replay(sid, paged[-1][0] if paged else 0, limit=7):
+            assert len(page) <= 7
+            paged += page
+        assert paged == replay
         # a client that saw up to seq 60 gets only what came after
         assert all(s > 60 for s in [s for s, _ in await store.replay(sid, 60)])
         with pytest.raises(ReplayGap):

@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, pcm
+from ..conftest import SCALE, Cluster, eventually, pcm, test_engines
 from ..fleet import Fleet, rss_mb
+from ..integration.test_web_api import _sse_events
 
 INIT = json.dumps({"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es"})
 
@@ -140,3 +142,49 @@ async def test_a_frame_that_cannot_be_decoded_never_enters_the_history(tmp_path:
                 f"{s.http}/api/v1/sessions/{c.session_id}/events", params={"token": c.ack.view_token}
             )).json()["events"]  # fmt: skip
         assert [e["type"] for e in events] == ["error"] and "y" * 80 not in json.dumps(events)
+
+
+async def test_viewers_count_as_connections_are_capped_per_session_and_a_stalled_one_is_dropped(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: 2,000 SSE viewers from one address were all accepted, and 300 that never
+    read held +768 MB. Now a viewer is a connection of its address (the socket limit
+    applies), a session has at most ``max_viewers_per_session``, and a viewer that does
+    not read is dropped (its queue is bounded in bytes; a write waits at most the
+    deadline): the scheduler lets go of it while the session goes on."""
+    from linguamesh.scheduler.edge import pages
+    from linguamesh.scheduler.sessions import viewers
+
+    monkeypatch.setattr(pages, "WRITE_DEADLINE", 1.0)
+    monkeypatch.setattr(viewers, "VIEWER_BYTES", 256 * 1024)
+    fast = {"session_utterances_per_s": 1000.0, "session_utterance_burst": 1000.0,
+            "ip_utterances_per_s": 1000.0, "ip_utterance_burst": 1000.0,
+            "session_audio_burst": 1000.0, "ip_audio_burst": 1000.0}  # fmt: skip
+    s = await cluster.scheduler(max_viewers_per_session=3, max_connections_per_ip=6, **fast)
+    await cluster.node(s.url, max_concurrent_jobs=8, engines=test_engines(tts_seconds=2.0))  # ~85 KB a result
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        assert c.ack is not None
+        url = f"{s.http}/api/v1/sessions/{c.session_id}/events/stream?token={c.ack.view_token}"
+        host, port = s.http.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(3):  # viewers that never read a byte
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET {url.removeprefix(s.http)} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            stalled.append(writer)
+        await eventually(lambda: s.sched.admission.viewers[c.session_id] == 3, 5, "3 viewers")
+        async with httpx.AsyncClient(timeout=5) as http:
+            fourth = await http.get(url)
+        assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "rate_limited"
+        # the session talks: its viewers' queues fill; the stalled ones are let go
+        for i in range(150):  # ~13 MB of results: more than the sockets' buffers take
+            await c.send_utterance(i, pcm(0.2))
+        got = await c.results(150, timeout=60 * SCALE)
+        assert sorted(r.utterance_index for r in got) == list(range(150))
+        await eventually(lambda: not s.sched.admission.viewers, 15, "the stalled viewers to be dropped")
+        assert not s.sched.sessions[c.session_id].delivery.subscribers  # type: ignore[index]
+        for w in stalled:
+            w.close()
+        # and a viewer that reads is served again
+        replay = await _sse_events(url, 0, stop_after=3)
+        assert replay[-1][0] >= 3

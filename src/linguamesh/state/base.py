@@ -276,9 +276,12 @@ class StateStore(Protocol):
         """Every kept event after ``last_seq``; raises ReplayGap when some are gone."""
         ...
 
-    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+    async def replay(
+        self, session_id: SessionId, last_seq: int, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
         """Every event after ``last_seq`` a client needs, never a gap: the transcript's
-        results the window no longer holds, then the window (``core.history.compacted``).
+        results the window no longer holds, then the window (``core.history.compacted``);
+        with ``limit``, the first that many (read on from the last one for the rest).
         Raises ReplayGap only when ``last_seq`` is ahead of the session."""
         ...
 

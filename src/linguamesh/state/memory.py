@@ -446,12 +446,15 @@ class MemoryStateStore:
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         return self._history(session_id).since(last_seq)
 
-    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+    async def replay(
+        self, session_id: SessionId, last_seq: int, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
         h = self._history(session_id)
-        window = h.since(h.first_kept - 1)
+        window = h.since(max(last_seq, h.first_kept - 1)) if last_seq <= h.last_seq else []
         t = self._transcript(session_id)
         entries = t.entries if t is not None else []
-        return compacted(last_seq, h.last_seq, window, h.first_kept, entries)
+        out = compacted(last_seq, h.last_seq, window, h.first_kept, entries)
+        return out if limit is None else out[:limit]
 
     async def transcript(self, session_id: SessionId) -> list[tuple[int, bytes]]:
         t = self._transcript(session_id)

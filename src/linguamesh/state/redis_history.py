@@ -35,10 +35,12 @@ class RedisHistory(RedisLink):
             raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept", oldest)
         return out
 
-    async def replay(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
+    async def replay(
+        self, session_id: SessionId, last_seq: int, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
         pipe.get(K.seqno(session_id))
-        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
+        pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+", count=limit)
         pipe.xrange(K.history(session_id), min="-", max="+", count=1)
         cur, entries, first = await self._call(pipe.execute)
         current = int(cur) if cur else 0
@@ -47,10 +49,15 @@ class RedisHistory(RedisLink):
         older: list[tuple[int, bytes]] = []
         if last_seq + 1 < first_kept <= current + 1:  # the window moved on: the transcript fills in
             raw = await self._call(
-                self.r.xrange, K.transcript(session_id), min=f"({last_seq}-0", max=f"({first_kept}-0"
+                self.r.xrange,
+                K.transcript(session_id),
+                min=f"({last_seq}-0",
+                max=f"({first_kept}-0",
+                count=limit,
             )
             older = self._numbered(raw)
-        return compacted(last_seq, current, window, first_kept, older)
+        out = compacted(last_seq, current, window, first_kept, older)
+        return out if limit is None else out[:limit]
 
     @staticmethod
     def _numbered(raw: list[Any]) -> list[tuple[int, bytes]]:

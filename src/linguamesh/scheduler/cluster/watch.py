@@ -25,23 +25,22 @@ from ...observability.logging import get_logger
 from ...state import redis_keys as K
 from ...state.base import DependencyDown
 from ...state.redis import RedisStateStore
+from ..sessions.viewers import ViewerQueue, sse_frame
 from ..tasks import Tasks, stop_if_cancelled
 
 log = get_logger("linguamesh.scheduler")
 
 #: A watch reads the store this often even without a notice (one lost in a reconnect).
 POLL_S = 5.0
-#: Events a viewer may have waiting before it is dropped as too slow (it reconnects).
-MAX_QUEUED = 10_000
-
-Event = tuple[int, bytes]
+#: Events read from the store at a time (a watch far behind reads in pages).
+PAGE = 500
 
 
 @dataclass(eq=False)
 class _Watch:
     session_id: SessionId
     read_up_to: int
-    queues: set[asyncio.Queue[Event]] = field(default_factory=set)
+    queues: set[ViewerQueue] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -56,10 +55,9 @@ class EventWatch:
     def watching(self) -> int:
         return sum(len(w.queues) for w in self._watches.values())
 
-    def subscribe(self, session_id: SessionId, after: int) -> asyncio.Queue[Event]:
-        """A queue of the session's events after ``after`` (the viewer replayed up to it),
-        as they come; ``(-1, b"")`` when the viewer was dropped as too slow."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+    def subscribe(self, session_id: SessionId, after: int, queue: ViewerQueue) -> None:
+        """Feed ``queue`` the session's events after ``after`` (the viewer replayed up to
+        it), as they come; the queue ends when the viewer is dropped as too slow."""
         w = self._watches.get(session_id)
         if w is None:
             w = self._watches[session_id] = _Watch(session_id, after)
@@ -69,9 +67,8 @@ class EventWatch:
         w.wake.set()
         if self._listener is None or self._listener.done():
             self._listener = self.tasks.spawn(self._listen(), "session-watch-listener")
-        return queue
 
-    def unsubscribe(self, session_id: SessionId, queue: asyncio.Queue[Event]) -> None:
+    def unsubscribe(self, session_id: SessionId, queue: ViewerQueue) -> None:
         w = self._watches.get(session_id)
         if w is None:
             return
@@ -88,7 +85,7 @@ class EventWatch:
                 await asyncio.wait_for(w.wake.wait(), POLL_S)
             w.wake.clear()
             try:
-                events = await self.store.replay(w.session_id, w.read_up_to)
+                events = await self.store.replay(w.session_id, w.read_up_to, PAGE)
             except DependencyDown:
                 await asyncio.sleep(1.0)
                 continue
@@ -98,13 +95,13 @@ class EventWatch:
                 await asyncio.sleep(1.0)
                 continue
             for seq, data in events:
+                frame = sse_frame(seq, data)  # built once, the same bytes for every viewer
                 for q in list(w.queues):
-                    if q.qsize() >= MAX_QUEUED:
+                    if not q.offer(seq, data, frame):  # too slow: dropped (it reconnects)
                         w.queues.discard(q)
-                        q.put_nowait((-1, b""))
-                    else:
-                        q.put_nowait((seq, data))
                 w.read_up_to = max(w.read_up_to, seq)
+            if len(events) == PAGE:
+                w.wake.set()  # more to read
 
     async def _listen(self) -> None:
         """One pub/sub connection for every watched session: a notice wakes its watch."""

@@ -49,6 +49,8 @@ class Admission:
         self.proxies = parse_networks(config.trusted_proxies)
         self.open: Counter[str] = Counter()
         self.total = 0
+        #: viewer streams open per session
+        self.viewers: Counter[str] = Counter()
         #: shutting down: no new sockets (sessions, resumes, nodes)
         self.draining = False
 
@@ -67,6 +69,22 @@ class Admission:
         self.open[ip] += 1
         self.total += 1
         return None
+
+    def enter_viewer(self, ip: str, session_id: str) -> str | None:
+        """A viewer stream (SSE) from ``ip``: a connection of the address like a socket,
+        and at most ``max_viewers_per_session`` per session. The reason when refused."""
+        if self.viewers[session_id] >= self.config.max_viewers_per_session:
+            return f"session {session_id} has {self.viewers[session_id]} viewers (limit {self.config.max_viewers_per_session})"
+        refused = self.enter(ip)
+        if refused is None:
+            self.viewers[session_id] += 1
+        return refused
+
+    def leave_viewer(self, ip: str, session_id: str) -> None:
+        self.leave(ip)
+        self.viewers[session_id] -= 1
+        if self.viewers[session_id] <= 0:
+            del self.viewers[session_id]
 
     def leave(self, ip: str) -> None:
         self.total -= 1

@@ -18,30 +18,37 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ... import protocol as p
 from ...core.history import ReplayGap
 from ...core.ids import SessionId
+from ...observability.logging import get_logger
 from ...state.base import DependencyDown, StateStore
 from ..overview import cluster_overview
 from ..service import Scheduler
 from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
+from ..sessions.viewers import ViewerQueue, sse_frame
 from ..tokens import same_token
 from .access import bearer, error, operator_only
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 KEEPALIVE_S = 15.0
+#: a viewer that has not taken a write within this many seconds is closed
+WRITE_DEADLINE = 30.0
+#: events read from the store at a time for a viewer's replay
+REPLAY_PAGE = 200
+
+log = get_logger("linguamesh.scheduler.viewers")
 
 
 def _sched(request: Request) -> Scheduler:
@@ -128,14 +135,17 @@ async def history(request: Request) -> Response:
     return JSONResponse({"session_id": v.session_id, "last_seq": last_seq, "events": out})
 
 
-async def _replay(store: StateStore, v: Viewing, last: int) -> list[tuple[int, bytes]]:
+async def _replay(
+    store: StateStore, v: Viewing, last: int, limit: int | None = None
+) -> list[tuple[int, bytes]]:
     """What a viewer who saw up to ``last`` gets first: every result (from the transcript
     where the window moved on) and the window's events; the transcript alone for a session
-    that ended. Never an error for a late viewer."""
+    that ended. Never an error for a late viewer. ``limit``: the first that many."""
     if v.ended:
-        return [(seq, data) for seq, data in await store.transcript(v.session_id) if seq > last]
+        entries = [(seq, data) for seq, data in await store.transcript(v.session_id) if seq > last]
+        return entries if limit is None else entries[:limit]
     try:
-        return await store.replay(v.session_id, last)
+        return await store.replay(v.session_id, last, limit)
     except ReplayGap:  # ahead of the session (its numbering was lost): live from here
         return []
 
@@ -181,67 +191,106 @@ async def room(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
+    """Server-Sent Events: the replay (read from the store in pages), then live events. A
+    viewer counts as a connection of its address, and a session has at most
+    ``max_viewers_per_session``; a viewer that does not read within WRITE_DEADLINE is
+    closed, and one whose queue outgrows its bound is dropped (it reconnects with
+    ``Last-Event-ID``)."""
     v = await _viewing(request)
     if isinstance(v, Response):
         return v
     last = _int_param(request, "last_event_id", 0)
     if isinstance(last, Response):
         return last
-    types = _types(request)
     sched = _sched(request)
-    store = sched.store
-    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    session = v.local
-    if session is not None:  # held here: its pump publishes to the queue
-        session.delivery.subscribers.add(queue)  # subscribe first, then replay: nothing falls in between
+    peer = request.client.host if request.client is not None else "unknown"
+    ip = sched.admission.client(peer, request.headers).address
+    refused = sched.admission.enter_viewer(ip, v.session_id)
+    if refused is not None:
+        sched.count("connections_refused", reason="viewers")
+        return error(429, "rate_limited", refused)
+    return ViewerStream(sched, v, last, _types(request), ip)
 
-    def leave() -> None:
-        if session is not None:
-            session.delivery.subscribers.discard(queue)
-        elif sched.watch is not None:
-            sched.watch.unsubscribe(v.session_id, queue)
 
-    try:
-        replay = await _replay(store, v, last)
-    except DependencyDown:  # the store failed: no stream, and no subscriber left behind
-        leave()
-        return error(503, "dependency_down", "shared state unavailable, try again")
-    except BaseException:
-        leave()
-        raise
-    if session is None and sched.watch is not None and not v.ended:
-        # held by another instance: its events come through the store's notices
-        queue = sched.watch.subscribe(v.session_id, max([last, *(seq for seq, _ in replay)]))
+class ViewerStream(Response):
+    """One viewer's stream, as an ASGI response of its own: every write has a deadline."""
 
-    def frame(seq: int, data: bytes) -> bytes:
-        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, p.event_type(data).encode(), data)
+    def __init__(self, sched: Scheduler, v: Viewing, last: int, types: set[str] | None, ip: str) -> None:
+        super().__init__(
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        # a stream: no content-length (the base class would announce an empty body)
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.sched, self.v, self.last, self.types, self.ip = sched, v, last, types, ip
 
-    async def body() -> AsyncIterator[bytes]:
-        sent = last
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sched, v = self.sched, self.v
+        queue = ViewerQueue()
+        session = v.local
+        if session is not None:  # held here: its pump feeds the queue; subscribed before the replay
+            session.delivery.subscribers.add(queue)
+
+        async def gone() -> None:  # the viewer closed its connection
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        serving = asyncio.ensure_future(self._serve(send, queue))
+        watching = asyncio.ensure_future(gone())
         try:
-            yield b"retry: 1000\n\n"
-            for seq, data in replay:
-                if types is None or p.event_type(data) in types:
-                    yield frame(seq, data)
-                sent = max(sent, seq)
+            await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, watching):
+                task.cancel()
+            await asyncio.gather(serving, watching, return_exceptions=True)
+            if session is not None:
+                session.delivery.subscribers.discard(queue)
+            elif sched.watch is not None:
+                sched.watch.unsubscribe(v.session_id, queue)
+            queue.end()
+            sched.admission.leave_viewer(self.ip, v.session_id)
+
+    async def _serve(self, send: Any, queue: ViewerQueue) -> None:
+        sched, v = self.sched, self.v
+
+        async def write(chunk: bytes) -> None:
+            # asyncio.timeout, not wait_for: a cancellation must end the stream at once
+            async with asyncio.timeout(WRITE_DEADLINE):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await write(b"retry: 1000\n\n")
+            sent = self.last
+            while True:  # the replay, a page at a time: nothing pinned for a viewer that stalls
+                try:
+                    page = await _replay(sched.store, v, sent, REPLAY_PAGE)
+                except DependencyDown:
+                    return  # the browser reconnects with Last-Event-ID
+                for seq, data in page:
+                    if self.types is None or p.event_type(data) in self.types:
+                        await write(sse_frame(seq, data))
+                    sent = max(sent, seq)
+                if len(page) < REPLAY_PAGE:
+                    break
+            if v.local is None and sched.watch is not None and not v.ended:
+                sched.watch.subscribe(v.session_id, sent, queue)  # held elsewhere: the store's notices
             while True:
                 try:
-                    seq, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    item = await queue.get(KEEPALIVE_S)
                 except TimeoutError:
-                    yield b": keepalive\n\n"
+                    await write(b": keepalive\n\n")
                     continue
-                if seq < 0:  # dropped as too slow, or the session left this instance: reconnect
-                    return
+                if item is None:  # dropped as too slow, or the session left this instance: reconnect
+                    break
+                seq, data, frame = item
                 if seq <= sent:
                     continue
                 sent = seq
-                if types is None or p.event_type(data) in types:
-                    yield frame(seq, data)
-        finally:
-            leave()
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+                if self.types is None or p.event_type(data) in self.types:
+                    await write(frame)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (TimeoutError, OSError):  # the viewer does not read: its connection is dropped
+            log.info("viewer.dropped", session_id=v.session_id, peer=self.ip, reason="write deadline")
 
 
 @operator_only

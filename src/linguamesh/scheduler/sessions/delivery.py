@@ -37,6 +37,7 @@ from ...state.base import JobEnd, KnownOrder, Notify, StateStore
 from ..retry import Heal, until_available
 from ..tasks import Tasks, stop_if_cancelled
 from ..transport import Transport, close_quietly
+from .viewers import ViewerQueue, sse_frame
 
 if TYPE_CHECKING:
     from .session import Session
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 log = get_logger("linguamesh.scheduler.delivery")
 
 WRITE_TIMEOUT = 10.0
-#: Events buffered per viewer before a slow viewer is dropped (it can reconnect and replay).
-VIEWER_QUEUE = 1000
 #: Bytes of events waiting for a client's socket before the client is cut (close 4008).
 MAX_BACKLOG = 16 * 1024 * 1024
 #: Close code for a client cut for reading too slowly (an application code: 4000-4999).
@@ -217,7 +216,7 @@ class Delivery:
         self.backlog = 0
         self.max_backlog = MAX_BACKLOG
         #: viewers (SSE): each gets every event after it is in the history
-        self.subscribers: set[asyncio.Queue[tuple[int, bytes]]] = set()
+        self.subscribers: set[ViewerQueue] = set()
         #: per target language: results seen released and results held in the ordering
         #: buffer, written back if Redis restarts empty (``SessionTable.restore``)
         self.order: dict[str, KnownOrder] = {}
@@ -322,7 +321,7 @@ class Delivery:
         # viewers end their stream and come back (SSE reconnects with Last-Event-ID): to the
         # session's new holder's events, or to the transcript of an ended session
         for q in list(self.subscribers):
-            q.put_nowait((-1, b""))
+            q.end()
         self.subscribers.clear()
 
     # ------------------------------------------------------------------ the pump
@@ -422,12 +421,12 @@ class Delivery:
         return sorted(merged.items())
 
     def _publish(self, seq: int, data: bytes) -> None:
+        if not self.subscribers:
+            return
+        frame = sse_frame(seq, data)  # built once, the same bytes for every viewer
         for q in list(self.subscribers):
-            if q.qsize() < VIEWER_QUEUE:
-                q.put_nowait((seq, data))
-            else:  # a viewer that does not read: drop it, it reconnects with Last-Event-ID
+            if not q.offer(seq, data, frame):  # too slow: dropped, it reconnects with Last-Event-ID
                 self.subscribers.discard(q)
-                q.put_nowait((-1, b""))
 
     def _fields(self, data: bytes) -> dict[str, Any]:
         try:
