@@ -172,6 +172,12 @@ def scheduler(
     max_targets: Annotated[
         int | None, typer.Option(help="Target languages per session (each is a job per utterance) [4]")
     ] = None,
+    max_sessions_per_ip: Annotated[
+        int | None, typer.Option(help="Sessions an address may hold, alive or lingering [100]")
+    ] = None,
+    max_viewers_per_session: Annotated[
+        int | None, typer.Option(help="Viewer streams (SSE) of one session [1000]")
+    ] = None,
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
     ] = None,
@@ -233,6 +239,8 @@ def scheduler(
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
         max_targets=max_targets,
+        max_sessions_per_ip=max_sessions_per_ip,
+        max_viewers_per_session=max_viewers_per_session,
         redis_url=redis_url,
         drain_timeout=drain_timeout,
         reconnect_url=reconnect_url,
