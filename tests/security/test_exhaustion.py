@@ -188,3 +188,44 @@ async def test_viewers_count_as_connections_are_capped_per_session_and_a_stalled
         # and a viewer that reads is served again
         replay = await _sse_events(url, 0, stop_after=3)
         assert replay[-1][0] >= 3
+
+
+async def test_a_node_flooding_drafts_sends_a_few_a_second_and_evicts_nothing(cluster: Cluster) -> None:
+    """Before: 20,000 `job_partial` in 0.1 s became 20,000 history events: the results
+    were evicted, the transcript answered 410, a new viewer got a 500 and the speaker's
+    resume was refused. Now a job's drafts reach the client at most 5 a second (the
+    latest held back goes at the end of each interval), and results live in the
+    transcript whatever drafts do."""
+    from ..scripted_node import ScriptedNode
+
+    s = await cluster.scheduler(history_size=50)
+    node = ScriptedNode(s.url, "flooder", slots=2)
+    await node.connect()
+    async with SessionClient(s.url, src="en", tgt="es") as c, httpx.AsyncClient(timeout=10) as http:
+        assert c.ack is not None
+        await c.send_utterance(0, pcm(0.2))
+        job = await node.expect(p.JobAssign)
+        await node.send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+        started = time.monotonic()
+        for i in range(20_000):
+            await node.send(
+                p.JobPartial(job_id=job.job_id, attempt_id=job.attempt_id, stage="asr", text=f"w{i}")
+            )
+        flood_s = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        await node.send(node.result_for(job, "the result"))
+        result = await c.next_result(10 * SCALE)
+        assert result.text_asr == "the result"
+        events = (await http.get(
+            f"{s.http}/api/v1/sessions/{c.session_id}/events", params={"token": c.ack.view_token}
+        )).json()["events"]  # fmt: skip
+        drafts = [e for e in events if e["type"] == "asr_partial"]
+        assert 1 <= len(drafts) <= (flood_s + 0.5) / 0.2 + 2, (len(drafts), flood_s)
+        assert drafts[-1]["text"] == "w19999"  # the latest is the one that went out last
+        transcript = await http.get(
+            f"{s.http}/api/v1/sessions/{c.session_id}/transcript",
+            params={"format": "txt", "lang": "en", "token": c.ack.view_token},
+        )
+        assert transcript.status_code == 200 and transcript.text.strip() == "the result"
+        print(f"\n20,000 drafts in {flood_s:.2f}s -> {len(drafts)} sent")
+    await node.close()

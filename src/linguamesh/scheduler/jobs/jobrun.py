@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ...core.ids import NodeId
 from ...core.jobs import Job
+from ...protocol import AsrPartial
 from .spans import JobSpans
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ class JobRun:
     last_partial: str = ""
     #: a partial was sent to the client (time-to-first-partial metric)
     partial_sent: bool = False
+    #: drafts are sent at most one per PARTIAL_INTERVAL per kind: when the last went out,
+    #: the latest ones held back meanwhile (by stage), and the timer that sends them
+    partial_at: float = float("-inf")
+    held_partials: dict[str, AsrPartial] = field(default_factory=dict)
+    partial_timer: asyncio.TimerHandle | None = None
     #: the job's OpenTelemetry spans (tracing on); a job handed over by another instance
     #: continues that instance's trace (``traceparent``)
     spans: JobSpans | None = None

@@ -54,6 +54,10 @@ from .spans import JobSpans
 if TYPE_CHECKING:
     from ..sessions.table import SessionTable
 
+#: A job's drafts go to the client at most once per this many seconds (per kind: the
+#: transcript so far, the translation so far); the latest held back goes at the end of it.
+PARTIAL_INTERVAL = 0.2
+
 log = get_logger("linguamesh.scheduler")
 
 #: The window of finished jobs kept for ``/api/v1/jobs/{id}`` and for telling a late
@@ -245,10 +249,32 @@ class Runner:
             )
         else:
             return
+        now = self.clock()
+        if run.partial_timer is not None or now - run.partial_at < PARTIAL_INTERVAL:
+            # a node may send drafts as fast as it likes: the latest of each kind waits
+            run.held_partials[msg.stage] = event
+            if run.partial_timer is None:
+                delay = max(0.0, run.partial_at + PARTIAL_INTERVAL - now)
+                run.partial_timer = self.tasks.call_later(delay, lambda: self._send_held_partials(run))
+            return
+        self._send_partial(run, event, now)
+
+    def _send_partial(self, run: JobRun, event: p.AsrPartial, now: float) -> None:
+        job = run.job
+        run.partial_at = now
         if not run.partial_sent:
             run.partial_sent = True
-            self.metrics.first_partial.observe(max(0.0, self.clock() - job.created_at))
+            self.metrics.first_partial.observe(max(0.0, now - job.created_at))
         self.outbox.emit(job.session_id, event)
+
+    def _send_held_partials(self, run: JobRun) -> None:
+        run.partial_timer = None
+        held, run.held_partials = run.held_partials, {}
+        if run.gone or run.job.state.terminal:
+            return  # the result said the last word
+        now = self.clock()
+        for event in held.values():
+            self._send_partial(run, event, now)
 
     def _acked(self, job: Job, attempt_id: int, now: float) -> list[Command]:
         """The node took the job; the ack the dispatched attempt waits for is timed (checked
@@ -423,6 +449,9 @@ class Runner:
     def _forget(self, run: JobRun) -> None:
         run.gone = True
         run.disarm()
+        self.tasks.cancel(run.partial_timer)
+        run.partial_timer = None
+        run.held_partials.clear()
         self.runs.pop(run.job.job_id, None)
         self.dispatcher.forget(run.job.job_id)
 
