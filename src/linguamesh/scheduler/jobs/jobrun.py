@@ -53,7 +53,7 @@ class JobRun:
     partial_sent: bool = False
     #: drafts are sent at most one per PARTIAL_INTERVAL per kind: when the last went out,
     #: the latest ones held back meanwhile (by stage), and the timer that sends them
-    partial_at: float = float("-inf")
+    partial_at: dict[str, float] = field(default_factory=dict)
     held_partials: dict[str, AsrPartial] = field(default_factory=dict)
     partial_timer: asyncio.TimerHandle | None = None
     #: the job's OpenTelemetry spans (tracing on); a job handed over by another instance

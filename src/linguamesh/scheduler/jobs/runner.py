@@ -214,6 +214,8 @@ class Runner:
                 log.info("job.speech_end", **job_fields(job), size=msg.size)
                 return SpeechEnded(run, msg.size)
         elif isinstance(msg, p.JobResult):
+            if msg.attempt_id == job.attempt_id and run.held_partials:
+                self._send_held_partials(run)  # the latest drafts, then the result
             log.info(
                 "job_result.received",
                 **{**job_fields(job), "node_id": node_id},
@@ -250,31 +252,35 @@ class Runner:
         else:
             return
         now = self.clock()
-        if run.partial_timer is not None or now - run.partial_at < PARTIAL_INTERVAL:
+        last = run.partial_at.get(msg.stage, float("-inf"))
+        if msg.stage in run.held_partials or now - last < PARTIAL_INTERVAL:
             # a node may send drafts as fast as it likes: the latest of each kind waits
             run.held_partials[msg.stage] = event
             if run.partial_timer is None:
-                delay = max(0.0, run.partial_at + PARTIAL_INTERVAL - now)
+                delay = max(0.0, last + PARTIAL_INTERVAL - now)
                 run.partial_timer = self.tasks.call_later(delay, lambda: self._send_held_partials(run))
             return
-        self._send_partial(run, event, now)
+        self._send_partial(run, msg.stage, event, now)
 
-    def _send_partial(self, run: JobRun, event: p.AsrPartial, now: float) -> None:
+    def _send_partial(self, run: JobRun, stage: str, event: p.AsrPartial, now: float) -> None:
         job = run.job
-        run.partial_at = now
+        run.partial_at[stage] = now
         if not run.partial_sent:
             run.partial_sent = True
             self.metrics.first_partial.observe(max(0.0, now - job.created_at))
         self.outbox.emit(job.session_id, event)
 
     def _send_held_partials(self, run: JobRun) -> None:
+        """The drafts held back, now (their interval is over, or the result came: the latest
+        draft still goes before it)."""
+        self.tasks.cancel(run.partial_timer)
         run.partial_timer = None
         held, run.held_partials = run.held_partials, {}
         if run.gone or run.job.state.terminal:
-            return  # the result said the last word
+            return
         now = self.clock()
-        for event in held.values():
-            self._send_partial(run, event, now)
+        for stage, event in held.items():
+            self._send_partial(run, stage, event, now)
 
     def _acked(self, job: Job, attempt_id: int, now: float) -> list[Command]:
         """The node took the job; the ack the dispatched attempt waits for is timed (checked
