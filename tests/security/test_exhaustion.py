@@ -229,3 +229,43 @@ async def test_a_node_flooding_drafts_sends_a_few_a_second_and_evicts_nothing(cl
         assert transcript.status_code == 200 and transcript.text.strip() == "the result"
         print(f"\n20,000 drafts in {flood_s:.2f}s -> {len(drafts)} sent")
     await node.close()
+
+
+async def test_a_trickle_of_audio_cannot_hold_a_streaming_slot(cluster: Cluster) -> None:
+    """Before: a 2-byte chunk every 0.8 s kept a streamed utterance open for ever at no
+    audio cost; two such sessions held both slots of a streaming node. Now an utterance
+    whose audio falls more than the idle gap + 2 s behind the clock is closed, and the
+    session's next utterances are buffered for 30 s: the slot is free for a speaker."""
+    from ..scripted_node import ScriptedNode
+
+    s = await cluster.scheduler()
+    node = ScriptedNode(s.url, "streamer", slots=1, streaming=True)
+    await node.connect()
+    async with SessionClient(s.url, src="en", tgt="es") as squatter:
+        seq = 0
+        await squatter.send_chunk(seq, pcm(0.02))  # a live utterance opens: the slot is taken
+        job = await node.expect(p.JobAssign)
+        assert job.streaming
+        await node.send(p.JobAck(job_id=job.job_id, attempt_id=job.attempt_id))
+        started = time.monotonic()
+        final = None
+        while time.monotonic() - started < 8 * SCALE and final is None:
+            seq += 1
+            await squatter.send_chunk(seq, b"\x00\x00")  # a trickle: 2 bytes every 0.8 s
+            await asyncio.sleep(0.8)
+            final = next((m for m in node.received if isinstance(m, p.JobAudio) and m.is_final), None)
+        assert final is not None, "the trickle still holds its utterance open"
+        cut_after = time.monotonic() - started
+        await node.send(node.result_for(job, "trickle"))
+        for _ in range(3):  # the trickle goes on: buffered now, no new streaming job
+            seq += 1
+            await squatter.send_chunk(seq, b"\x00\x00")
+            await asyncio.sleep(0.8)
+        assert [m for m in node.received if isinstance(m, p.JobAssign)] == [job]
+        print(f"\nthe trickle's utterance was cut after {cut_after:.1f}s")
+        # a speaker streaming at the pace of speech gets the slot
+        async with SessionClient(s.url, src="en", tgt="es") as speaker:
+            await speaker.send_chunk(0, pcm(0.02))
+            other = await node.expect(p.JobAssign)
+            assert other.streaming and other.session_id == speaker.session_id
+    await node.close()

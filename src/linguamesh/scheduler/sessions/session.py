@@ -55,6 +55,9 @@ class Utterances:
     live: LiveUtterance | None = None
     #: intake limits: (utterances, audio seconds) token buckets, made on first use
     buckets: tuple[TokenBucket, TokenBucket] | None = None
+    #: a trickle (audio far slower than speech) was cut: until then the session's
+    #: utterances are buffered, holding no streaming slot while they are spoken
+    no_live_until: float = float("-inf")
     #: utterances refused as rate_limited since the last log record about it
     refused: int = 0
     refused_logged_at: float = float("-inf")

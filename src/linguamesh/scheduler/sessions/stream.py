@@ -41,6 +41,12 @@ log = get_logger("linguamesh.scheduler")
 
 #: Server-side end of speech: the audio kept before the start of speech.
 PREROLL_SECONDS = 0.3
+#: A live utterance whose audio falls this many seconds (plus the idle gap) behind the
+#: wall clock is a trickle, not speech: it is closed, and the session's next utterances
+#: for TRICKLE_PENALTY seconds are buffered (they hold no streaming slot while spoken).
+#: An utterance is also closed after twice the utterance limit in wall-clock time.
+TRICKLE_LAG = 2.0
+TRICKLE_PENALTY = 30.0
 #: A job in these states has its audio streamed to its node (the assign is written or on its way).
 STREAMING_STATES = frozenset({JobState.ASSIGNED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING})
 
@@ -55,6 +61,8 @@ class LiveUtterance:
     index: int
     pcm: bytearray
     pieces: int = 1
+    #: when its first audio came (the stream's clock)
+    opened_at: float = 0.0
     open: bool = True
     runs: list[JobRun] = field(default_factory=list)
     #: the instance that holds the session and relays the audio here (the job was handed over)
@@ -96,7 +104,38 @@ class UtteranceStream:
             return
         if len(msg.audio) % 2:
             raise ProtocolError(ErrorCode.BAD_AUDIO, "field `audio`: pcm16 chunk has an odd byte count")
-        await self._carry_out(session, seg.chunk(msg.seq, msg.audio, msg.is_final, self._can_stream))
+        await self._cut_trickle(session, seg)
+        now = self.intake.clock()
+        utt = session.utterances
+        await self._carry_out(
+            session,
+            seg.chunk(
+                msg.seq, msg.audio, msg.is_final, lambda: now >= utt.no_live_until and self._can_stream()
+            ),
+        )
+
+    async def _cut_trickle(self, session: Session, seg: Segmenter) -> None:
+        """A live utterance holds a streaming slot while it is spoken: one whose audio comes
+        far slower than speech (a few bytes now and then), or that stays open past twice
+        the utterance limit, is closed as if its speaker paused."""
+        live = session.utterances.live
+        if live is None or not live.open:
+            return
+        now = self.intake.clock()
+        elapsed = now - live.opened_at
+        heard = len(live.pcm) / 2 / session.settings.sample_rate
+        lag = elapsed - heard
+        if (
+            lag <= self.config.chunk_idle_gap + TRICKLE_LAG
+            and elapsed <= 2 * self.config.max_utterance_seconds
+        ):
+            return
+        log.warning(
+            "utterance.trickle_cut", session_id=session.session_id, utterance_index=live.index,
+            wall_seconds=round(elapsed, 3), audio_seconds=round(heard, 3), peer=session.peer,
+        )  # fmt: skip
+        session.utterances.no_live_until = now + TRICKLE_PENALTY
+        await self._carry_out(session, seg.idle())
 
     async def speech_end(self, run: JobRun, size: int) -> None:
         """The node heard the speech end ``size`` bytes into the utterance."""
@@ -225,7 +264,7 @@ class UtteranceStream:
             if not await self.intake.admit(session, index):
                 return False
             self.intake.limit(session, index, seconds)
-            live = LiveUtterance(d.number, index, bytearray(d.audio))
+            live = LiveUtterance(d.number, index, bytearray(d.audio), opened_at=self.intake.clock())
             # the session's live utterance before its jobs start: a node may answer at once
             session.utterances.live = live
             if not await self.intake.accept(session, index, d.audio, "pcm16", rate, None, seconds, live):
