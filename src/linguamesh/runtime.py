@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -16,6 +17,7 @@ from .node.agent import NodeAgent
 from .node.config import NodeConfig
 from .observability.logging import get_logger
 from .scheduler.config import SchedulerConfig
+from .scheduler.edge.http_guard import MAX_HEAD_BYTES, guarded
 from .scheduler.edge.app import create_app
 
 log = get_logger("linguamesh.runtime")
@@ -66,6 +68,24 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(drain(), name="drain")
 
 
+#: Bytes a WebSocket frame may exceed the message limit by and still get a coded error.
+WS_MARGIN = 64 * 1024
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard one (a server holds a descriptor per
+    socket; 1,024 is the usual soft default). Returns (soft, hard) after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
 def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
     app = create_app(config, store)
     uv = uvicorn.Config(
@@ -75,9 +95,15 @@ def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
         log_config=None,
         access_log=False,
         lifespan="on",
-        # four times our own limit: a frame up to that gets a coded audio_too_large error;
-        # past it the WebSocket layer closes with 1009 (message too big) before reading it
-        ws_max_size=config.max_message_bytes * 4,
+        # our own limit and a little: a frame just over it gets a coded audio_too_large
+        # error; past that the WebSocket layer closes with 1009 (message too big) before it
+        # holds more (a fragmented message is bounded by this size too)
+        ws_max_size=config.max_message_bytes + WS_MARGIN,
+        # a bounded request head, and a deadline for it (edge/http_guard.py)
+        http=guarded(config.request_head_timeout),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # past this many connections and requests at once, new requests get 503
+        limit_concurrency=config.max_connections + 1000,
         # audio is base64 of PCM/WAV: deflate buys little and costs a copy per frame
         ws_per_message_deflate=False,
         ws_ping_interval=20,
@@ -91,6 +117,8 @@ def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
 
 
 async def serve_scheduler(config: SchedulerConfig) -> None:
+    soft, hard = raise_open_files_limit()
+    log.info("process.open_files_limit", soft=soft, hard=hard)
     server = make_server(config)
     await server.serve()
     if not server.started:  # the application refused to start (its reason is logged too)

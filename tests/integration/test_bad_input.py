@@ -74,7 +74,7 @@ async def test_errors_inside_a_session_lose_nothing_already_accepted(cluster: Cl
             (_utt(1, "%%%not-base64%%%"), "bad_audio"),
             (_utt(1, "AAAA"), "bad_audio"),  # 3 bytes: odd pcm16 byte count
             (
-                '{"type": "utterance", "utterance_index": 1, "audio": "' + "A" * 300_000 + '"}',
+                '{"type": "utterance", "utterance_index": 1, "audio": "' + "A" * 220_000 + '"}',
                 "audio_too_large",
             ),
             (json.dumps({"type": "ack", "seq": "many"}), "bad_message"),

@@ -6,6 +6,7 @@ A bystander speaker runs alongside; its utterances are counted (0 lost, 0 duplic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -269,3 +270,54 @@ async def test_a_trickle_of_audio_cannot_hold_a_streaming_slot(cluster: Cluster)
             other = await node.expect(p.JobAssign)
             assert other.streaming and other.session_id == speaker.session_id
     await node.close()
+
+
+async def _raw_http(port: int, data: bytes, read_for: float = 2.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), read_for)
+    except (ConnectionError, TimeoutError):
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_http_heads_are_bounded_idle_connections_closed_and_descriptors_raised(tmp_path: Path) -> None:
+    """Before: an 8 MB header was answered 200, 50 parked connections held +432 MB, and
+    3,000 idle or slowloris connections stayed open. Now a head over 64 KB or 100 lines
+    is 431, a connection has 30 s (1 s here) to send its whole head, and the process
+    raised its open-files limit to the hard limit at start."""
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", env={"LINGUAMESH_REQUEST_HEAD_TIMEOUT": "1"})
+        rss_before = rss_mb(s.pid)
+        big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 * 1024 * 1024) + b"\r\n\r\n"
+        answer = await _raw_http(s.port, big)
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:80]
+        many = (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(150))
+            + b"\r\n"
+        )
+        assert (await _raw_http(s.port, many)).startswith(b"HTTP/1.1 431")
+        ok = await _raw_http(s.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200")
+        # idle and slowloris connections: closed by the head deadline
+        parked = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(50)]
+        for _, w in parked[:25]:
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        await asyncio.sleep(2.5)
+        closed = 0
+        for r, w in parked:
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                if await asyncio.wait_for(r.read(100), 1) == b"":
+                    closed += 1
+            w.close()
+        assert closed == 50, closed
+        assert rss_mb(s.pid) - rss_before < 50
+        limits = Path(f"/proc/{s.pid}/limits").read_text()
+        soft, hard = next(
+            line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files")
+        )
+        assert soft == hard, limits

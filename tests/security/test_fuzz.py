@@ -55,6 +55,7 @@ VALID = {
     ],
 }  # fmt: skip
 LIMIT = 64 * 1024
+WS_LIMIT = LIMIT + 64 * 1024  # the WebSocket layer's own bound (runtime.WS_MARGIN)
 
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=30)
 json_values = st.recursive(
@@ -203,6 +204,9 @@ def fuzz_one(sockets: Sockets, endpoint: str, phase: str, data: st.DataObject) -
         reason = closed.rcvd.reason if closed.rcvd is not None else ""
         if reason == "too many bad frames":  # the probes count too: a socket is cut after 20 in 10 s
             assert closed.rcvd is not None and closed.rcvd.code == 1008
+            return
+        if closed.rcvd is not None and closed.rcvd.code == 1009:  # over the frame limit + 64 KB
+            assert len(frame.encode()) > WS_LIMIT, (len(frame), reason)
             return
         assert reason in FATAL and codes & FATAL, f"closed ({closed}) after {frame!r:.200}: {replies}"
         return

@@ -64,7 +64,9 @@ async def test_lesser_cases_get_coded_errors(cluster: Cluster) -> None:
         await c.send(p.AudioChunk(seq=-1, audio=pcm(0.1)))
         err = await c.recv(5 * SCALE)
         assert isinstance(err, p.Error) and err.code == "bad_message" and "seq" in err.message
-        await c.ws.send(json.dumps({"type": "ack", "seq": 0, "pad": "x" * (600 * 1024)}))  # > limit
+        await c.ws.send(
+            json.dumps({"type": "ack", "seq": 0, "pad": "x" * (300 * 1024)})
+        )  # > limit, < limit + 64 KB
         err = await c.recv(5 * SCALE)
         assert isinstance(err, p.Error) and err.code == "audio_too_large", err
         await c.send(p.Ack(seq=0))

@@ -79,6 +79,8 @@ class SchedulerConfig:
     trusted_proxies: str = ""
     #: Seconds a new socket may take to send ``session_init`` / ``node_register``.
     handshake_timeout: float = 10.0
+    #: Seconds an HTTP connection may take to send a whole request head (slowloris, idle).
+    request_head_timeout: float = 30.0
     #: Open sockets (sessions and nodes), in all and per client address.
     max_connections: int = 10_000
     max_connections_per_ip: int = 200
