@@ -17,8 +17,8 @@ from .node.agent import NodeAgent
 from .node.config import NodeConfig
 from .observability.logging import get_logger
 from .scheduler.config import SchedulerConfig
-from .scheduler.edge.http_guard import MAX_HEAD_BYTES, guarded
 from .scheduler.edge.app import create_app
+from .scheduler.edge.http_guard import MAX_HEAD_BYTES, guarded
 
 log = get_logger("linguamesh.runtime")
 
