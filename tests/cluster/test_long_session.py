@@ -125,10 +125,16 @@ async def test_a_compressed_hour_keeps_every_result_and_bounds_the_window(tmp_pa
 
                 after = await http.get(base, params={"format": "txt", "lang": "es", "token": token})
                 assert after.status_code == 200 and len(after.text.splitlines()) == UTTERANCES + 1
-                info = json.loads(
-                    (await http.get(f"{s.http}/api/v1/sessions/{sid}/events?token={token}")).text
-                )
-                assert len([e for e in info["events"] if e["type"] == "translation_result"]) == UTTERANCES + 1
+                # the events API, page by page (1,000 at most each): every result of the ended session
+                results, after, pages = 0, 0, 0
+                while after is not None:
+                    page = json.loads((await http.get(
+                        f"{s.http}/api/v1/sessions/{sid}/events",
+                        params={"token": token, "after": after, "limit": 1000, "types": "translation_result"},
+                    )).text)  # fmt: skip
+                    results += len(page["events"])
+                    after, pages = page["next"], pages + 1
+                assert results == UTTERANCES + 1 and pages == 1 + (UTTERANCES + 1) // 1000
             finally:
                 await http.aclose()
                 await r.aclose()

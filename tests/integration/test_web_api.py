@@ -66,6 +66,16 @@ async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> No
         after3 = [e for e in full["events"] if e["seq"] > 3]
         assert after3 and since["events"] == after3 and since["last_seq"] == full["events"][-1]["seq"]
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        async with httpx.AsyncClient() as http:  # in pages: `next` is the `after` of the next one
+            paged, after = [], 0
+            while after is not None:
+                page = (
+                    await http.get(f"{base}/events", params={"token": token, "after": after, "limit": 2})
+                ).json()
+                assert len(page["events"]) <= 2
+                paged += page["events"]
+                after = page["next"]
+        assert paged == full["events"] and full["next"] is None
         assert missing.status_code == 404 and bad.status_code == 400
         # SSE: replay everything after Last-Event-ID, then live events
         stream_url = f"{base}/events/stream?token={token}&types=translation_result"

@@ -47,6 +47,9 @@ KEEPALIVE_S = 15.0
 WRITE_DEADLINE = 30.0
 #: events read from the store at a time for a viewer's replay
 REPLAY_PAGE = 200
+#: events in one page of the events API, by default and at most
+EVENTS_PAGE = 200
+EVENTS_PAGE_MAX = 1000
 
 log = get_logger("linguamesh.scheduler.viewers")
 
@@ -116,23 +119,36 @@ def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
 
 
 async def history(request: Request) -> Response:
-    """The session's events after ``since``: the results the replay window no longer holds
-    come from the transcript (without speech), then the window."""
+    """``GET …/events?after=&limit=&types=`` (``since`` is ``after``'s older name): the
+    session's events after ``after``, at most ``limit`` (200 by default, 1,000 at most) —
+    the results the replay window no longer holds from the transcript (without speech),
+    then the window. ``next`` is the ``after`` of the next page (None at the end). The
+    body is written from the stored bytes: nothing is parsed again."""
     v = await _viewing(request)
     if isinstance(v, Response):
         return v
-    since = _int_param(request, "since", 0)
-    if isinstance(since, Response):
-        return since
+    after = _int_param(request, "after" if "after" in request.query_params else "since", 0)
+    limit = _int_param(request, "limit", EVENTS_PAGE)
+    for bad in (after, limit):
+        if isinstance(bad, Response):
+            return bad
+    assert isinstance(after, int) and isinstance(limit, int)
+    limit = max(1, min(limit, EVENTS_PAGE_MAX))
     types = _types(request)
     store = _sched(request).store
     try:
-        events = await _replay(store, v, since)
-        last_seq = await store.last_seq(v.session_id) if not v.ended else (events[-1][0] if events else since)
+        events = await _replay(store, v, after, limit)
+        last_seq = await store.last_seq(v.session_id) if not v.ended else None
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
-    out = [json.loads(data) for _, data in events if types is None or p.event_type(data) in types]
-    return JSONResponse({"session_id": v.session_id, "last_seq": last_seq, "events": out})
+    more = len(events) == limit
+    if last_seq is None:
+        last_seq = events[-1][0] if events else after
+    chosen = b",".join(data for _, data in events if types is None or p.event_type(data) in types)
+    page = b'{"session_id":%s,"last_seq":%d,"next":%s,"events":[%s]}' % (
+        json.dumps(v.session_id).encode(), last_seq, str(events[-1][0]).encode() if more else b"null", chosen
+    )
+    return Response(page, media_type="application/json")
 
 
 async def _replay(
