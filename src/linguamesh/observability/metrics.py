@@ -63,6 +63,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "results_duplicate": ("Duplicate or late job_result messages acked and dropped", ()),
     "protocol_errors": ("Bad input answered with an error, by code", ("code",)),
     "nodes_registered": ("Node registrations", ()),
+    "nodes_sat_out": ("Nodes that sat out after ack timeouts in a row (outliers)", ()),
     "node_messages_refused": ("Job messages from a node the attempt was not assigned to, by kind", ("kind",)),
     "rate_limited": ("Utterances refused with rate_limited, by scope and kind", ("scope", "kind")),
     "connections_refused": ("Sockets refused, by reason (origin, limit, handshake_timeout)", ("reason",)),

@@ -31,6 +31,7 @@ def nodes_data(s: Scheduler) -> list[dict[str, Any]]:
         out.append(
             {
                 "node_id": nc.node_id,
+                "sitting_out_s": round(nc.sitting_out_until - now, 1) if nc.sitting_out_until else None,
                 "instance_id": s.config.instance_id,
                 "version": nc.version,
                 "pool": view.pool,

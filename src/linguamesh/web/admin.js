@@ -57,7 +57,8 @@ async function refresh() {
     conn.querySelector(".label").textContent =
       `instance ${data.instance_id} of ${instances} · ${data.sessions} sessions · queue ${data.queue_depth}${missing}`;
     fill("nodes", data.nodes.map((n) => [
-      n.node_id, n.instance_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
+      n.sitting_out_s ? `${n.node_id} (sitting out ${Math.round(n.sitting_out_s)} s: acks timed out)` : n.node_id,
+      n.instance_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
       `ASR ${n.capabilities.asr_languages.join(" ")} · TTS ${n.capabilities.tts_languages.length} langs`,
       n.capabilities.nmt_pairs.map((p) => p.join("→")).join(" "), `${n.last_heartbeat_s_ago.toFixed(1)} s ago`, n.version,
     ]));

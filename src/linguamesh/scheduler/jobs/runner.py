@@ -31,6 +31,7 @@ from ...core.lifecycle import (
     Finish,
     Lifecycle,
     Note,
+    NoteKind,
     Release,
     Select,
     Status,
@@ -197,6 +198,8 @@ class Runner:
             return None
         now = self.clock()
         if isinstance(msg, p.JobAck):
+            if msg.attempt_id == job.attempt_id:
+                self.registry.acked(node_id)
             log.info("job.acked", **job_fields(job), from_node=node_id, acked_attempt=msg.attempt_id)
             await self.apply(run, lambda j: self._acked(j, msg.attempt_id, now))
         elif isinstance(msg, p.JobStarted):
@@ -395,6 +398,10 @@ class Runner:
                 self._status(job, cmd)
         elif isinstance(cmd, Note):
             self.observer.note(run, cmd)
+            if cmd.kind is NoteKind.ACK_TIMEOUT:
+                node = dict(cmd.fields).get("node_id")
+                if node is not None:
+                    await self.registry.ack_timed_out(NodeId(str(node)))
         elif isinstance(cmd, Finish):
             await self._finish(run, cmd)
         return []

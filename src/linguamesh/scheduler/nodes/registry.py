@@ -33,6 +33,10 @@ log = get_logger("linguamesh.scheduler")
 SEND_TIMEOUT = 10.0
 
 
+#: Ack timeouts in a row that make a node an outlier, and how long it then sits out.
+OUTLIER_MISSES = 3
+OUTLIER_SIT_OUT = 60.0
+
 @dataclass(eq=False)
 class NodeConn:
     node_id: NodeId
@@ -49,6 +53,11 @@ class NodeConn:
     draining: bool = False
     #: the node takes streaming jobs (capability ``streaming``)
     streaming: bool = False
+    #: the slots it registered with (its record has 0 while it drains or sits out)
+    slots: int = 0
+    #: ack timeouts in a row (an outlier sits out OUTLIER_SIT_OUT after OUTLIER_MISSES)
+    ack_misses: int = 0
+    sitting_out_until: float | None = None
 
     async def send(self, msg: msgspec.Struct) -> bool:
         """Write one message; True only when the write finished."""
@@ -119,6 +128,7 @@ class Registry:
         await self.store.register_node(view, self.config.instance_id)
         nc = NodeConn(node_id, conn, msg.version, msg.models, msg.hardware, now, now)
         nc.streaming = msg.capabilities.streaming
+        nc.slots = msg.max_concurrent_jobs
         self.nodes[node_id] = nc
         self.metrics.inc("nodes_registered")
         log.info(
@@ -151,6 +161,50 @@ class Registry:
                 NodeView(nc.node_id, view.capabilities, 0), self.config.instance_id
             )
             self.remote.node_changed("node", nc.node_id)
+
+    # ------------------------------------------------------------------ outliers
+
+    def acked(self, node_id: NodeId) -> None:
+        """The node acked a job in time: its run of ack timeouts ends."""
+        nc = self.nodes.get(node_id)
+        if nc is not None:
+            nc.ack_misses = 0
+
+    async def ack_timed_out(self, node_id: NodeId) -> None:
+        """A job the node was sent was not acked in time. OUTLIER_MISSES in a row: the node
+        sits out OUTLIER_SIT_OUT seconds (no slots in the shared view, like a draining
+        node; its jobs in flight carry on), as a load balancer's outlier detection does."""
+        nc = self.nodes.get(node_id)
+        if nc is None or nc.draining:
+            return
+        nc.ack_misses += 1
+        if nc.ack_misses < OUTLIER_MISSES or nc.sitting_out_until is not None:
+            return
+        nc.sitting_out_until = self.clock() + OUTLIER_SIT_OUT
+        self.metrics.inc("nodes_sat_out")
+        log.warning("node.sitting_out", node_id=node_id, ack_timeouts=nc.ack_misses, seconds=OUTLIER_SIT_OUT)
+        await self._set_slots(nc, 0)
+        self.tasks.call_later(OUTLIER_SIT_OUT, lambda: self.tasks.spawn(self._back_in(nc), "node-back-in"))
+
+    async def _back_in(self, nc: NodeConn) -> None:
+        nc.sitting_out_until = None
+        nc.ack_misses = 0
+        if nc.closed or nc.draining or self.nodes.get(nc.node_id) is not nc:
+            return
+        log.info("node.back_in", node_id=nc.node_id, slots=nc.slots)
+        await self._set_slots(nc, nc.slots)
+
+    async def _set_slots(self, nc: NodeConn, slots: int) -> None:
+        view = self.store.nodes().get(nc.node_id)
+        if view is None:
+            return
+        try:
+            nv = NodeView(nc.node_id, view.capabilities, slots, streaming=nc.streaming and slots > 0)
+            await self.store.register_node(nv, self.config.instance_id)
+        except DependencyDown as exc:
+            log.warning("node.slots_not_written", node_id=nc.node_id, error=str(exc))
+            return
+        self.remote.node_changed("node", nc.node_id)
 
     def _check_slots(self, slots: int) -> None:
         if not 1 <= slots <= self.config.max_node_slots:
