@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from linguamesh import protocol as p
-from linguamesh.client import SessionClient
+from linguamesh.client import ClientError, SessionClient
 
 from ..conftest import SCALE, Cluster, eventually, pcm, test_engines
 from ..fleet import Fleet, rss_mb
@@ -350,3 +350,40 @@ async def test_a_node_that_never_acks_sits_out_after_three_timeouts(cluster: Clu
         == 1
     )
     await deaf.close()
+
+
+async def test_the_process_memory_budget_refuses_new_work_before_it_is_exceeded(cluster: Cluster) -> None:
+    """Per-session and per-address bounds, summed over many sessions, could still add up:
+    past ``memory_budget_mb`` of events held for clients, new sessions, utterances and
+    viewers are refused with ``overloaded``; what was accepted is delivered, and once the
+    sessions let go, work is taken again."""
+    fast = {"session_audio_burst": 1000.0, "ip_audio_burst": 1000.0}
+    s = await cluster.scheduler(memory_budget_mb=1, **fast)
+    await cluster.node(s.url, max_concurrent_jobs=8, engines=test_engines(tts_seconds=2.0))  # ~85 KB a result
+    async with SessionClient(s.url, src="en", tgt="es") as c, httpx.AsyncClient() as http:
+        assert c.ack is not None
+        for i in range(20):  # ~1.7 MB of results kept in the session's window
+            await c.send_utterance(i, pcm(0.1))
+        got = await c.results(20, timeout=30 * SCALE)
+        assert sorted(r.utterance_index for r in got) == list(range(20))  # accepted: all delivered
+        await asyncio.sleep(0.3)
+        assert s.sched.budget.held > 1024 * 1024
+        await c.send_utterance(20, pcm(0.1))
+        err = await c.recv(5 * SCALE)
+        assert isinstance(err, p.Error) and err.code == "overloaded" and err.ref == "utterance 20", err
+        with pytest.raises(ClientError) as refused:
+            async with SessionClient(s.url, src="en", tgt="es"):
+                pass
+        assert refused.value.code == "overloaded"
+        viewer = await http.get(
+            f"{s.http}/api/v1/sessions/{c.session_id}/events/stream", params={"token": c.ack.view_token}
+        )
+        assert viewer.status_code == 503 and viewer.json()["error"]["code"] == "overloaded"
+        metrics = (await http.get(f"{s.http}/metrics")).text
+        assert "linguamesh_held_bytes" in metrics
+        await c.close_session()
+    # the session ended: its window is let go, and new work is taken again
+    await asyncio.sleep(0.5)
+    async with SessionClient(s.url, src="en", tgt="es") as again:
+        await again.send_utterance(0, pcm(0.1))
+        assert (await again.next_result(10 * SCALE)).status == "ok"

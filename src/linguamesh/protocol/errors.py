@@ -34,6 +34,9 @@ class ErrorCode(StrEnum):
     #: the scheduler is draining (shutting down): the utterance was not accepted; send it
     #: again after reconnecting
     DRAINING = "draining"
+    #: our addition: the scheduler holds as much as its memory budget allows; new work
+    #: (a session, an utterance, a viewer) is refused for now, what was accepted goes on
+    OVERLOADED = "overloaded"
 
 
 #: Codes after which the connection is closed; every other error leaves it open.

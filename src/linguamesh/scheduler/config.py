@@ -91,6 +91,9 @@ class SchedulerConfig:
     ip_session_burst: float = 60.0
     #: Viewer streams (SSE) of one session; each also counts as a connection of its address.
     max_viewers_per_session: int = 1000
+    #: Megabytes of events the process may hold for clients (windows and transcripts in
+    #: memory, sockets' backlogs, viewers' queues); past it new work is ``overloaded``.
+    memory_budget_mb: int = 2048
     #: Target languages a session may ask for (each is a job per utterance).
     max_targets: int = 4
     #: Token buckets on intake: jobs (an utterance per target language) per second and seconds of audio per second,
@@ -193,7 +196,8 @@ class SchedulerConfig:
         if self.selector not in ("pooled", "flat"):
             raise ValueError("selector must be 'pooled' or 'flat'")
         for name in ("max_connections", "max_connections_per_ip", "max_node_slots", "max_capability_entries",
-                     "max_targets", "max_sessions_per_ip", "max_viewers_per_session"):  # fmt: skip
+                     "max_targets", "max_sessions_per_ip", "max_viewers_per_session",
+                     "memory_budget_mb"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_size < 1 or self.history_bytes < 1024:

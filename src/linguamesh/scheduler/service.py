@@ -33,8 +33,10 @@ from ..observability.logging import get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
 from ..state.base import StateStore
+from ..state.memory import MemoryStateStore
 from ..state.redis import RedisStateStore
 from . import overview
+from .budget import MemoryBudget
 from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .cluster.watch import EventWatch
@@ -93,6 +95,7 @@ class Scheduler:
         self.watch = EventWatch(store, tasks) if isinstance(store, RedisStateStore) else None
         self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
+        self.budget = MemoryBudget(config.memory_budget_mb * 1024 * 1024, self.held_bytes, self.clock)
         self._register_gauges()
 
     # ------------------------------------------------------------------ views of the parts' state
@@ -113,6 +116,11 @@ class Scheduler:
     def _register_gauges(self) -> None:
         m = self.metrics
         m.gauge("queue_depth", "Jobs waiting for a node", lambda: [({}, len(self.dispatcher.waiting))])
+        m.gauge(
+            "held_bytes",
+            "Bytes of events held for clients (the memory budget's measure)",
+            lambda: [({}, float(self.budget.held))],
+        )
         m.gauge("jobs_in_flight", "Jobs not yet ended", lambda: [({}, len(self.runner.runs))])
         m.gauge("connected_nodes", "Nodes connected to this instance", lambda: [({}, len(self.nodes))])
         m.gauge(
@@ -231,6 +239,7 @@ class Scheduler:
     # ------------------------------------------------------------------ /ws/session
 
     async def open_session(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
+        self.budget.check()
         return await self.table.open(init, conn, peer)
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
@@ -250,11 +259,28 @@ class Scheduler:
 
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
         self._refuse_when_draining(f"utterance {msg.utterance_index}")
+        self.budget.check(f"utterance {msg.utterance_index}")
         await self.intake.utterance(session, msg)
 
     async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
         self._refuse_when_draining(None)
+        seg = session.utterances.segmenter
+        if seg is None or not seg.open:  # a chunk that would start an utterance
+            self.budget.check(f"utterance {session.utterances.max_index + 1}")
         await self.stream.audio_chunk(session, msg)
+
+    def held_bytes(self) -> int:
+        """Bytes of events this process holds for clients: sockets' backlogs, viewers'
+        queues, and the memory store's windows and transcripts."""
+        total = 0
+        for s in self.sessions.values():
+            d = s.delivery
+            total += d.backlog + sum(q.bytes for q in d.subscribers)
+        if self.watch is not None:
+            total += self.watch.queued_bytes()
+        if isinstance(self.store, MemoryStateStore):
+            total += self.store.held_bytes()
+        return total
 
     def _refuse_when_draining(self, ref: str | None) -> None:
         if self.shutdown.active:

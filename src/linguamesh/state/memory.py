@@ -40,6 +40,7 @@ class _Transcript:
     info: TranscriptInfo
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     expires_at: float | None = None  # set when the session ends
+    bytes: int = 0
 
 
 class _Members:
@@ -319,7 +320,11 @@ class MemoryStateStore:
             kept = transcript_form(data)
             if kept is not None and (t := self._transcript(session_id)) is not None:
                 t.entries.append((seq, kept))
-                del t.entries[: len(t.entries) - self.limits.transcript_entries]
+                t.bytes += len(kept)
+                over = len(t.entries) - self.limits.transcript_entries
+                if over > 0:
+                    t.bytes -= sum(len(e) for _, e in t.entries[:over])
+                    del t.entries[:over]
         return out
 
     async def expect_result(self, session_id: SessionId, tgt_lang: str, index: int) -> None:
@@ -442,6 +447,11 @@ class MemoryStateStore:
 
     async def live_instances(self) -> set[str]:
         return set(getattr(self, "_live", set()))
+
+    def held_bytes(self) -> int:
+        """Bytes of events kept: every window and transcript."""
+        windows = sum(h.bytes for h in self.histories.values())
+        return windows + sum(t.bytes for t in self.transcripts.values())
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         return self._history(session_id).since(last_seq)

@@ -52,6 +52,9 @@ class EventWatch:
         self._watches: dict[SessionId, _Watch] = {}
         self._listener: asyncio.Task[None] | None = None
 
+    def queued_bytes(self) -> int:
+        return sum(q.bytes for w in self._watches.values() for q in w.queues)
+
     def watching(self) -> int:
         return sum(len(w.queues) for w in self._watches.values())
 

@@ -146,7 +146,10 @@ async def history(request: Request) -> Response:
         last_seq = events[-1][0] if events else after
     chosen = b",".join(data for _, data in events if types is None or p.event_type(data) in types)
     page = b'{"session_id":%s,"last_seq":%d,"next":%s,"events":[%s]}' % (
-        json.dumps(v.session_id).encode(), last_seq, str(events[-1][0]).encode() if more else b"null", chosen
+        json.dumps(v.session_id).encode(),
+        last_seq,
+        str(events[-1][0]).encode() if more else b"null",
+        chosen,
     )
     return Response(page, media_type="application/json")
 
@@ -219,6 +222,9 @@ async def stream(request: Request) -> Response:
     if isinstance(last, Response):
         return last
     sched = _sched(request)
+    over = sched.budget.over()
+    if over is not None:
+        return error(503, "overloaded", over)
     peer = request.client.host if request.client is not None else "unknown"
     ip = sched.admission.client(peer, request.headers).address
     refused = sched.admission.enter_viewer(ip, v.session_id)

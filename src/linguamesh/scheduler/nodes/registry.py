@@ -37,6 +37,7 @@ SEND_TIMEOUT = 10.0
 OUTLIER_MISSES = 3
 OUTLIER_SIT_OUT = 60.0
 
+
 @dataclass(eq=False)
 class NodeConn:
     node_id: NodeId
