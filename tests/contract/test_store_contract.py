@@ -223,6 +223,32 @@ async def test_an_ended_sessions_transcript_goes_after_the_retention_time(
         await store.close()
 
 
+async def test_drafts_collapse_to_the_latest_and_a_result_ends_them(store: Any) -> None:
+    """The window keeps the last word on each draft: a newer draft of an utterance (per
+    kind: the transcript so far, a translation so far) takes the older one's place, and
+    the utterance's result ends them. The holes are not gaps."""
+
+    def draft(index: int, text: str, tgt: str | None = None) -> bytes:
+        msg = p.AsrPartial(utterance_index=index, text=text, tgt_lang=tgt, translation=text if tgt else None)
+        return p.encode(msg)
+
+    big = await store.create_session(
+        SessionRecord(SessionId("drafty"), "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60
+    )
+    assert big is None
+    sid = SessionId("drafty")
+    await store.expect_result(sid, "es", 0)
+    await store.append_events(sid, [draft(0, "a"), draft(0, "a b"), draft(0, "uno", "es"), draft(1, "x")])
+    await store.append_events(sid, [draft(0, "a b c"), draft(1, "x y"), draft(0, "uno dos", "es")])
+    kept = [(s, p.decode_event(d)) for s, d in await store.events_since(sid, 0)]
+    assert [(s, e.text) for s, e in kept] == [(5, "a b c"), (6, "x y"), (7, "uno dos")]  # type: ignore[union-attr]
+    await store.push_result(sid, "es", 0, res(0))
+    kept = [(s, p.decode_event(d)) for s, d in await store.events_since(sid, 0)]
+    assert [(s, type(e).__name__) for s, e in kept] == [(6, "AsrPartial"), (8, "TranslationResult")]
+    assert [s for s, _ in await store.replay(sid, 0)] == [6, 8]
+    assert [s for s, _ in await store.replay(sid, 6)] == [8]
+
+
 async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any) -> None:
     mine, other = hashlib.sha256(b"k1").digest(), hashlib.sha256(b"k2").digest()
     assert await store.room("r" * 16) is None

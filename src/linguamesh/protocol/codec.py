@@ -156,6 +156,30 @@ def transcript_form(data: bytes) -> bytes | None:
     return _SPEECH.sub(b"", data, count=1)
 
 
+_DRAFT = b'{"type":"asr_partial"'
+_INDEX = re.compile(rb'"utterance_index":(\d+)')
+_TGT = re.compile(rb'"tgt_lang":"([^"]*)"')
+
+
+def draft_keys(data: bytes) -> tuple[bytes | None, tuple[bytes, ...]]:
+    """How an event stands to the drafts in a session's window: an ``asr_partial`` is the
+    draft ``<utterance>:<tgt_lang>`` (no target for the transcript so far) and takes the
+    place of the one before it; a ``translation_result`` ends its utterance's drafts. The
+    Redis store does the same in Lua (``redis_scripts``). Values are top-level fields of
+    our own encoding (an index is a number, a language code has no quote)."""
+    if data.startswith(_DRAFT):
+        utt, tgt = _INDEX.search(data), _TGT.search(data)
+        if utt is None:
+            return None, ()
+        return b"%s:%s" % (utt.group(1), tgt.group(1) if tgt else b""), ()
+    if data.startswith(TRANSCRIBED):
+        utt, tgt = _INDEX.search(data), _TGT.search(data)
+        if utt is None:
+            return None, ()
+        return None, (b"%s:" % utt.group(1), b"%s:%s" % (utt.group(1), tgt.group(1) if tgt else b""))
+    return None, ()
+
+
 def event_type(payload: bytes) -> str:
     end = payload.index(b'"', 9)
     return payload[9:end].decode()

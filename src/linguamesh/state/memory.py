@@ -13,7 +13,7 @@ from ..core.ids import JobId, NodeId, SessionId
 from ..core.nodes import NodeView
 from ..core.ordering import NotExpected, OrderedStream
 from ..core.reservation import NodeSlots
-from ..protocol import transcript_form, with_seq
+from ..protocol import draft_keys, transcript_form, with_seq
 from .base import (
     Handover,
     JobEnd,
@@ -315,7 +315,8 @@ class MemoryStateStore:
         for payload in payloads:
             seq = h.last_seq + 1
             data = with_seq(payload, seq)
-            h.append(seq, data)
+            key, ends = draft_keys(data)
+            h.append(seq, data, key, ends)
             out.append((seq, data))
             kept = transcript_form(data)
             if kept is not None and (t := self._transcript(session_id)) is not None:

@@ -436,7 +436,8 @@ class RedisStateStore(RedisHistory):
     async def drop_session(self, session_id: SessionId) -> None:
         rec = await self.load_session(session_id)
         keys = [K.session(session_id), K.seqno(session_id), K.history(session_id),
-                K.history_bytes(session_id), K.requests(session_id)]  # fmt: skip
+                K.history_bytes(session_id), K.history_drafts(session_id), K.history_evicted(session_id),
+                K.requests(session_id)]  # fmt: skip
         if rec is not None:
             for tgt in rec.settings.get("tgt_langs", []):
                 keys += [K.pending(session_id, tgt), K.done(session_id, tgt)]

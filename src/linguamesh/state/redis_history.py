@@ -25,14 +25,16 @@ class RedisHistory(RedisLink):
         pipe.get(K.seqno(session_id))
         pipe.xrange(K.history(session_id), min=f"({last_seq}-0", max="+")
         pipe.xrange(K.history(session_id), min="-", max="+", count=1)
-        cur, entries, first = await self._call(pipe.execute)
+        pipe.get(K.history_evicted(session_id))
+        cur, entries, first, evicted = await self._call(pipe.execute)
         current = int(cur) if cur else 0
         if last_seq > current:
             raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({current})")
         out = [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in entries]
         oldest = int(first[0][0].split(b"-")[0]) if first else current + 1
-        if last_seq + 1 < oldest:
-            raise ReplayGap(f"events {last_seq + 1}..{oldest - 1} are no longer kept", oldest)
+        gone = int(evicted) if evicted else 0  # superseded drafts leave holes, not gaps
+        if last_seq < gone:
+            raise ReplayGap(f"events {last_seq + 1}..{gone} are no longer kept", oldest)
         return out
 
     async def replay(

@@ -11,6 +11,8 @@
 | ``sched:v1:seqno:{session_id}`` | string | last event seq of the session |
 | ``sched:v1:history:{session_id}`` | stream | the replay window: events, entry id ``<seq>-0``, field ``d`` = event JSON; bounded by count and bytes |
 | ``sched:v1:history:{session_id}:bytes`` | string | bytes of the events in the window |
+| ``sched:v1:history:{session_id}:evicted`` | string | every event up to this seq left the window by its bounds or an ack (a gap for a replay; a superseded draft is a hole, not a gap) |
+| ``sched:v1:history:{session_id}:drafts`` | hash | draft key (``<utterance>:<tgt_lang>``) -> the seq of its latest draft in the window |
 | ``sched:v1:transcript:{session_id}`` | stream | finished results without speech, entry id ``<seq>-0``, field ``d``; lives the retention time after the session |
 | ``sched:v1:transcript:{session_id}:meta`` | hash | view_token, src_lang, tgt_langs (JSON), trace_id, ended_at |
 | ``sched:v1:events:{session_id}`` | pub/sub channel | the session's last seq, after every append (viewers on any instance) |
@@ -65,6 +67,14 @@ def history(session_id: str) -> str:
 
 def history_bytes(session_id: str) -> str:
     return history(session_id) + ":bytes"  # the scripts derive it the same way
+
+
+def history_drafts(session_id: str) -> str:
+    return history(session_id) + ":drafts"  # the scripts derive it the same way
+
+
+def history_evicted(session_id: str) -> str:
+    return history(session_id) + ":evicted"  # the scripts derive it the same way
 
 
 def transcript(session_id: str) -> str:

@@ -51,23 +51,50 @@ _APPEND_ONE = """
 local function limits(spec, hist)
   local n, b, keep, tn = string.match(spec, '^(%d+) (%d+) (%d+) (%d+)$')
   return {n = tonumber(n), b = tonumber(b), keep = tonumber(keep), tn = tonumber(tn),
-          bytes = hist .. ':bytes', t = (string.gsub(hist, ':history:', ':transcript:', 1)),
+          bytes = hist .. ':bytes', drafts = hist .. ':drafts', evicted = hist .. ':evicted',
+          t = (string.gsub(hist, ':history:', ':transcript:', 1)),
           ch = (string.gsub(hist, ':history:', ':events:', 1))}
+end
+-- the draft an event is (an asr_partial: <utterance>:<tgt_lang>), and the drafts it ends (a
+-- result ends its utterance's); as protocol.draft_keys does
+local function drafts_of(p, result)
+  local utt = string.match(p, '"utterance_index":(%d+)')
+  if not utt then return nil, {} end
+  local tgt = string.match(p, '"tgt_lang":"([^"]*)"') or ''
+  if result then return nil, {utt .. ':', utt .. ':' .. tgt} end
+  if string.find(p, '{"type":"asr_partial"', 1, true) == 1 then return utt .. ':' .. tgt, {} end
+  return nil, {}
 end
 local function append(hist, seqkey, lim, p, out)
   local seq = redis.call('INCR', seqkey)
   local e = string.find(p, '"', 10, true)
   local data = string.sub(p, 1, e) .. ',"seq":' .. seq .. string.sub(p, e + 1)
+  local result = string.find(p, '{"type":"translation_result"', 1, true) == 1
+  local dkey, ends = drafts_of(p, result)
+  if dkey then ends[#ends + 1] = dkey end
+  for _, k in ipairs(ends) do  -- a newer draft, or the result, takes the older draft's place
+    local old = redis.call('HGET', lim.drafts, k)
+    if old then
+      redis.call('HDEL', lim.drafts, k)
+      local gone = redis.call('XRANGE', hist, old .. '-0', old .. '-0')[1]
+      if gone then
+        redis.call('XDEL', hist, gone[1])
+        redis.call('DECRBY', lim.bytes, #gone[2][2])
+      end
+    end
+  end
   redis.call('XADD', hist, seq .. '-0', 'd', data)
+  if dkey then redis.call('HSET', lim.drafts, dkey, seq) end
   local total = redis.call('INCRBY', lim.bytes, #data)
   local n = redis.call('XLEN', hist)
   while n > 1 and (n > lim.n or total > lim.b) do
     local old = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)[1]
     redis.call('XDEL', hist, old[1])
+    redis.call('SET', lim.evicted, string.match(old[1], '^(%d+)'))
     total = redis.call('DECRBY', lim.bytes, #old[2][2])
     n = n - 1
   end
-  if string.find(p, '{"type":"translation_result"', 1, true) == 1 then
+  if result then
     local kept = string.gsub(data, ',"tts_audio":"[^"]*"', '', 1)
     redis.call('XADD', lim.t, 'MAXLEN', '~', lim.tn, seq .. '-0', 'd', kept)
   end
@@ -77,6 +104,8 @@ end
 -- the window's and the transcript's lifetimes; viewers on any instance learn the last seq
 local function keep(lim, ttl, out, first)
   redis.call('EXPIRE', lim.bytes, ttl)
+  redis.call('EXPIRE', lim.drafts, ttl)
+  redis.call('EXPIRE', lim.evicted, ttl)
   local life = tonumber(ttl) + lim.keep
   redis.call('EXPIRE', lim.t, life)
   redis.call('EXPIRE', lim.t .. ':meta', life)
@@ -350,6 +379,8 @@ ACK = """
 -- KEYS: history  ARGV: seq
 -- the client has every event up to seq: they leave the window, and their bytes its count
 local gone = 0
+local cur = tonumber(redis.call('GET', KEYS[1] .. ':evicted') or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1] .. ':evicted', ARGV[1], 'KEEPTTL') end
 while true do
   local batch = redis.call('XRANGE', KEYS[1], '-', ARGV[1] .. '-0', 'COUNT', 100)
   if #batch == 0 then break end
