@@ -366,14 +366,14 @@ class Delivery:
     async def _store(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await until_available(fn, *args, session_id=self.session_id)
 
-    async def _deliver(self, events: list[tuple[int, bytes]]) -> None:
-        """Publish and write ``events`` (and any gap before them) in seq order."""
+    async def _deliver(self, events: list[tuple[int, bytes]], fill: bool = True) -> None:
+        """Publish and write ``events`` (and any gap before them) in seq order. A replay
+        (``fill`` False) has its holes on purpose: superseded drafts, the window's past."""
         if events:
-            first = events[0][0]
             floor = min(self.written, self.published)
-            if first > floor + 1:
+            if fill and events[0][0] > floor + 1:
                 events = await self._fill_gap(floor, events)
-        elif self.conn is not None or self.subscribers:
+        elif fill and (self.conn is not None or self.subscribers):
             try:
                 events = await self._store(
                     self.store.events_since, self.session_id, min(self.written, self.published)
@@ -467,7 +467,7 @@ class Delivery:
         # what its viewers saw before is theirs, this pump publishes from here on
         self.published = max(self.published, item.last_seq)
         self.table.attached(self.session)
-        await self._deliver(events)
+        await self._deliver(events, fill=False)
 
     async def _write(self, conn: Transport, data: bytes) -> bool:
         try:
