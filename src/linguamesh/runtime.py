@@ -18,7 +18,7 @@ from .node.config import NodeConfig
 from .observability.logging import get_logger
 from .scheduler.config import SchedulerConfig
 from .scheduler.edge.app import create_app
-from .scheduler.edge.http_guard import MAX_HEAD_BYTES, guarded
+from .scheduler.edge.http_guard import MAX_HEAD_BYTES, GuardedWebSocketProtocol, guarded
 
 log = get_logger("linguamesh.runtime")
 
@@ -101,6 +101,8 @@ def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
         ws_max_size=config.max_message_bytes + WS_MARGIN,
         # a bounded request head, and a deadline for it (edge/http_guard.py)
         http=guarded(config.request_head_timeout),
+        # websockets' sans-I/O protocol, with a deadline on a fragmented message
+        ws=GuardedWebSocketProtocol,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         # past this many connections and requests at once, new requests get 503
         limit_concurrency=config.max_connections + 1000,

@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -387,3 +388,35 @@ async def test_the_process_memory_budget_refuses_new_work_before_it_is_exceeded(
     async with SessionClient(s.url, src="en", tgt="es") as again:
         await again.send_utterance(0, pcm(0.1))
         assert (await again.next_result(10 * SCALE)).status == "ok"
+
+
+async def test_a_fragmented_message_must_be_finished_in_time(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a fragmented message held at ~15 MiB while answering pings was kept for
+    ever (the WebSocket bound was 4x the message limit): 40 sockets +579 MB. Now the
+    bound is the message limit + 64 KB across fragments, and a message not finished
+    within 10 s (1 s here) closes the socket (1008); the session is left to resume."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed as Closed
+
+    from linguamesh.scheduler.edge.http_guard import GuardedWebSocketProtocol
+
+    monkeypatch.setattr(GuardedWebSocketProtocol, "fragment_deadline", 1.0)
+    s = await cluster.scheduler()
+    async with ws_connect(s.url + "/ws/session") as ws:
+        await ws.send(INIT)
+        assert json.loads(await ws.recv())["type"] == "session_init_ack"
+
+        async def never_ends() -> Any:
+            yield '{"type": "utterance", "utterance_index": 0, "audio": "' + "A" * 100_000
+            await asyncio.sleep(60)
+            yield '"}'
+
+        sending = asyncio.create_task(ws.send(never_ends()))
+        started = time.monotonic()
+        with pytest.raises(Closed) as closed:
+            await asyncio.wait_for(ws.recv(), 10 * SCALE)
+        sending.cancel()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert time.monotonic() - started < 5 * SCALE

@@ -22,6 +22,8 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -91,3 +93,54 @@ class GuardedH11Protocol(H11Protocol):
 def guarded(head_timeout: float) -> type[GuardedH11Protocol]:
     """The protocol class for one server, with its request-head deadline."""
     return type("GuardedH11", (GuardedH11Protocol,), {"head_timeout": head_timeout})
+
+
+#: Seconds a fragmented WebSocket message may take from its first frame to its last.
+FRAGMENT_DEADLINE = 10.0
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O websockets protocol, with a deadline on fragmented messages: a
+    client that sends the first frames of a message and then only answers pings would
+    hold up to the frame limit for ever; past FRAGMENT_DEADLINE the socket is closed
+    (1008). A message's size is bounded by ``ws_max_size`` across its fragments."""
+
+    fragment_deadline = FRAGMENT_DEADLINE
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._fragment_timer: asyncio.TimerHandle | None = None
+
+    def handle_text(self, event: Frame) -> None:
+        self._fragment(event.fin)
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        self._fragment(event.fin)
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if event.fin:
+            self._fragment(True)
+        super().handle_cont(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fragment(True)
+        super().connection_lost(exc)
+
+    def _fragment(self, finished: bool) -> None:
+        if finished:
+            if self._fragment_timer is not None:
+                self._fragment_timer.cancel()
+                self._fragment_timer = None
+        elif self._fragment_timer is None:
+            self._fragment_timer = self.loop.call_later(self.fragment_deadline, self._fragment_late)
+
+    def _fragment_late(self) -> None:
+        self._fragment_timer = None
+        if self.transport.is_closing():
+            return
+        self.frames = []
+        self.conn.send_close(1008, "message not finished in time")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
