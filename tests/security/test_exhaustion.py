@@ -420,3 +420,53 @@ async def test_a_fragmented_message_must_be_finished_in_time(
         sending.cancel()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert time.monotonic() - started < 5 * SCALE
+
+
+async def test_viewer_floods_and_wrong_room_keys_from_one_address_hold_nothing(tmp_path: Path) -> None:
+    """Before: 2,000 SSE viewers of one session from one address were all accepted
+    (bystander p50 1.7 -> 126 ms), and 5,000 room claims with a wrong key leaked 5,000
+    sessions in 0.65 s. Now a viewer is a connection of its address (200), and a claim
+    that does not match its key is refused before anything is registered."""
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", env={"LINGUAMESH_IP_SESSION_BURST": "100000",
+                                            "LINGUAMESH_IP_SESSIONS_PER_S": "100000"})  # fmt: skip
+        fleet.node("n1", [s.url], delay_ms=0, slots=4)
+        await fleet.wait_node("A", "n1")
+        bystander = Bystander(s.url)
+        speaking = asyncio.create_task(bystander.run())
+        await asyncio.sleep(1.5)
+        baseline, before = bystander.p50(), len(bystander.latencies)
+        rss_before = rss_mb(s.pid)
+        limits = httpx.Limits(max_connections=400)
+        async with (
+            SessionClient(s.url, src="en", tgt="es") as c,
+            httpx.AsyncClient(timeout=10, limits=limits) as http,
+        ):
+            assert c.ack is not None
+            url = f"{s.http}/api/v1/sessions/{c.session_id}/events/stream?token={c.ack.view_token}"
+            streams = [http.stream("GET", url) for _ in range(300)]
+            opened = await asyncio.gather(*(st.__aenter__() for st in streams), return_exceptions=True)
+            codes = [r.status_code for r in opened if not isinstance(r, BaseException)]
+            accepted, refused = codes.count(200), codes.count(429)
+            for st, r in zip(streams, opened, strict=True):
+                if not isinstance(r, BaseException):
+                    await st.__aexit__(None, None, None)
+            await asyncio.sleep(0.5)  # the viewers' connections are let go
+            wrong = 0  # room claims with a key that is not the room's: refused, nothing left behind
+            for i in range(500):
+                async with connect(s.url + "/ws/session") as ws:
+                    init = json.loads(INIT) | {"room": "r" * 22, "room_key": f"not-the-key-{i:08d}"}
+                    await ws.send(json.dumps(init))
+                    if json.loads(await ws.recv())["code"] == "bad_message":
+                        wrong += 1
+            overview = (await http.get(f"{s.http}/api/v1/admin/overview")).json()
+        during = bystander.p50(before)
+        bystander.stop.set()
+        await asyncio.wait_for(speaking, 30 * SCALE)
+        growth = rss_mb(s.pid) - rss_before
+        print(f"\nviewers: {accepted} accepted, {refused} refused; wrong room keys refused: {wrong}; "
+              f"sessions held: {overview['sessions']}; RSS +{growth:.0f} MB; bystander p50 {baseline:.1f} -> {during:.1f} ms")  # fmt: skip
+        assert accepted <= 200 - 2 and refused >= 100  # the bystander's and this session's sockets count too
+        assert wrong == 500 and overview["sessions"] == 2  # the bystander's and this one
+        assert growth < 100 and during < baseline + 100
+        assert bystander.tally() == (0, 0)
