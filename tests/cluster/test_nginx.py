@@ -232,7 +232,8 @@ async def test_ten_speakers_stream_through_nginx_to_two_instances(tmp_path: Path
                 await victim.resume()
                 assert (await r.hget(K.session(victim.session_id), "owner")).decode() == "B"
                 await victim.send_utterance(3, pcm(0.5))
-                (res,) = await victim.results(1, timeout=15 * SCALE)
+                # worst case: A's death seen (3 s), its orphan given its node's grace (5 s), then run
+                (res,) = await victim.results(1, timeout=30 * SCALE)
                 assert res.utterance_index == 3 and res.status == "ok"
                 room = await http.get(f"{http_url}/api/v1/rooms/{victim.init.room}")
                 assert room.status_code == 200 and room.json()["session_id"] == victim.session_id

@@ -343,6 +343,9 @@ async def test_a_dead_owners_waiting_jobs_are_claimed_before_their_deadline(stor
     claimed = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10, unplaced=True)
     assert [c.job_id for c in claimed] == ["w1"] and claimed[0].owner == "B"
     assert (await store.load_job(JobId("w2"))).owner == "A"  # type: ignore[union-attr]
+    # once its node had its chance to come back with it: every job of the dead owner
+    orphans = await store.claim_expired_jobs("B", time.time(), live={"B"}, limit=10, orphaned=True)
+    assert [c.job_id for c in orphans] == ["w2"] and orphans[0].owner == "B"
 
 
 async def test_redis_claims_only_from_an_owner_whose_liveness_expired(redis_url: str) -> None:

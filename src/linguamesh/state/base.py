@@ -321,12 +321,21 @@ class StateStore(Protocol):
         ...
 
     async def claim_expired_jobs(
-        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+        self,
+        owner: str,
+        now: float,
+        live: set[str],
+        limit: int,
+        *,
+        unplaced: bool = False,
+        orphaned: bool = False,
     ) -> list[JobRecord]:
         """Atomically take over jobs past their deadline whose owner is not in ``live`` (and,
         where the store knows instances, whose owner's liveness has expired there too, unless
         the owner is ``owner``: its previous run). With ``unplaced``, jobs no node has (state
-        ``created``) are taken whatever their deadline: nothing else would move them before it."""
+        ``created``) are taken whatever their deadline: nothing else would move them before it.
+        With ``orphaned``, every job of a dead owner is (its node had its chance to come back
+        with the result: the caller waits an ack timeout after the death)."""
         ...
 
     # instances -----------------------------------------------------------

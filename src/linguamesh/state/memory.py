@@ -430,13 +430,20 @@ class MemoryStateStore:
             del self.jobs[job_id]
 
     async def claim_expired_jobs(
-        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+        self,
+        owner: str,
+        now: float,
+        live: set[str],
+        limit: int,
+        *,
+        unplaced: bool = False,
+        orphaned: bool = False,
     ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         for rec in list(self.jobs.values()):
             if len(claimed) >= limit:
                 break
-            due = rec.deadline <= now or (unplaced and rec.state == "created")
+            due = orphaned or rec.deadline <= now or (unplaced and rec.state == "created")
             if due and rec.owner not in live:
                 rec.owner = owner
                 claimed.append(rec)

@@ -508,7 +508,14 @@ class RedisStateStore(RedisHistory):
             self.index.refresh(node_id)
 
     async def claim_expired_jobs(
-        self, owner: str, now: float, live: set[str], limit: int, *, unplaced: bool = False
+        self,
+        owner: str,
+        now: float,
+        live: set[str],
+        limit: int,
+        *,
+        unplaced: bool = False,
+        orphaned: bool = False,
     ) -> list[JobRecord]:
         ids = await self._run(
             self._claim,
@@ -519,7 +526,7 @@ class RedisStateStore(RedisHistory):
                 limit,
                 K.PREFIX + "job:",
                 K.instance(""),
-                int(unplaced),
+                2 if orphaned else int(unplaced),
                 *sorted(live),
             ],
         )

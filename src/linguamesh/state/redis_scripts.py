@@ -249,7 +249,8 @@ CLAIM = """
 -- moment old must not take a job from an instance that just came back
 local now = tonumber(ARGV[2])
 local hi = ARGV[2]
-if ARGV[6] == '1' then hi = '+inf' end
+-- '1': also jobs no node has ('created'); '2': every job of a dead owner, whatever its deadline
+if ARGV[6] == '1' or ARGV[6] == '2' then hi = '+inf' end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', hi, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local live = {}
 for i = 7, #ARGV do live[ARGV[i]] = true end
@@ -261,7 +262,7 @@ for j = 1, #ids, 2 do
   if not owner then
     redis.call('ZREM', KEYS[1], id)
   elseif not live[owner] and (owner == ARGV[1] or redis.call('EXISTS', ARGV[5] .. owner) == 0) then
-    if tonumber(ids[j + 1]) <= now or redis.call('HGET', key, 'state') == 'created' then
+    if ARGV[6] == '2' or tonumber(ids[j + 1]) <= now or redis.call('HGET', key, 'state') == 'created' then
       redis.call('HSET', key, 'owner', ARGV[1])
       out[#out + 1] = id
     end

@@ -65,7 +65,9 @@ class Bridge:
         self.me = config.instance_id
         self.store = store
         self.tasks = tasks
-        self.cluster = Cluster(self, store, config.instance_id, tasks, config.dead_instance_retention)
+        self.cluster = Cluster(
+            self, store, config.instance_id, tasks, config.dead_instance_retention, config.ack_timeout
+        )
         #: events for sessions held by other instances, produced by jobs handed over to us
         self.relays: dict[SessionId, SessionRelay] = {}
         self._parts: Parts | None = None

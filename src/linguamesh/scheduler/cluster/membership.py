@@ -71,9 +71,14 @@ class Cluster:
         instance_id: str,
         tasks: Tasks,
         prune_after: float = PRUNE_AFTER,
+        orphan_grace: float = 5.0,
     ) -> None:
         self.handler = handler
         self.prune_after = prune_after
+        #: after an instance died, how long its jobs at a node wait for that node to come
+        #: back with them (through another instance) before they are taken over
+        self.orphan_grace = orphan_grace
+        self._orphans_at: float | None = None
         self.store = store
         self.tasks = tasks
         self.me = instance_id
@@ -313,8 +318,9 @@ class Cluster:
                 await self.store.instance_alive(self.me, INSTANCE_TTL, self._boot)
                 before = self.live
                 self.live = await self.store.live_instances() | {self.me}
-                if before - self.live:  # an instance died: its waiting jobs are taken at once
-                    self._claim_unplaced = True
+                if before - self.live:  # an instance died: its waiting jobs are taken at once,
+                    self._claim_unplaced = True  # the rest once their nodes had time to come back
+                    self._orphans_at = time.monotonic() + self.orphan_grace
                 if restarted:
                     log.warning("cluster.redis_restarted", instance_id=self.me)
                     await self.handler.restore_shared_state()
@@ -452,15 +458,20 @@ class Cluster:
             # one) are taken over at once, not at their deadline (pending timeout): their owner
             # is gone, and with it everything that would have placed them
             unplaced, self._claim_unplaced = self._claim_unplaced, False
+            orphaned = self._orphans_at is not None and time.monotonic() >= self._orphans_at
+            if orphaned:
+                self._orphans_at = None
             try:
                 # this instance counts as dead too, for jobs it does not run: those of its previous
                 # run under the same id (killed and restarted before they ended) are taken over
                 claimed = await self.store.claim_expired_jobs(
-                    self.me, time.time(), self.live - {self.me}, UNPLACED_SCAN if unplaced else 100,
-                    unplaced=unplaced,
+                    self.me, time.time(), self.live - {self.me},
+                    UNPLACED_SCAN if unplaced or orphaned else 100, unplaced=unplaced, orphaned=orphaned,
                 )  # fmt: skip
             except DependencyDown:
                 self._claim_unplaced = self._claim_unplaced or unplaced
+                if orphaned:
+                    self._orphans_at = time.monotonic()
                 continue
             for rec in claimed:
                 if self.handler.knows(rec.job_id):
