@@ -102,7 +102,7 @@ def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
         # a bounded request head, and a deadline for it (edge/http_guard.py)
         http=guarded(config.request_head_timeout),
         # websockets' sans-I/O protocol, with a deadline on a fragmented message
-        ws=GuardedWebSocketProtocol,
+        ws=GuardedWebSocketProtocol.with_deadline(config.ws_fragment_deadline),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         # past this many connections and requests at once, new requests get 503
         limit_concurrency=config.max_connections + 1000,

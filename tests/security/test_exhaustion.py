@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from linguamesh import protocol as p
 from linguamesh.client import ClientError, SessionClient
 
-from ..conftest import SCALE, Cluster, eventually, pcm, receive_until, test_engines
+from ..conftest import SCALE, pcm, receive_until
 from ..fleet import Fleet, rss_mb
 from ..integration.test_web_api import _sse_events
 
@@ -147,49 +147,57 @@ async def test_a_frame_that_cannot_be_decoded_never_enters_the_history(tmp_path:
 
 
 async def test_viewers_count_as_connections_are_capped_per_session_and_a_stalled_one_is_dropped(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Before: 2,000 SSE viewers from one address were all accepted, and 300 that never
-    read held +768 MB. Now a viewer is a connection of its address (the socket limit
-    applies), a session has at most ``max_viewers_per_session``, and a viewer that does
-    not read is dropped (its queue is bounded in bytes; a write waits at most the
-    deadline): the scheduler lets go of it while the session goes on."""
-    from linguamesh.scheduler.edge import pages
-    from linguamesh.scheduler.sessions import viewers
+    read held +768 MB, still held 20 s after the session closed. Now a viewer is a
+    connection of its address (the socket limit applies), a session has at most
+    ``max_viewers_per_session``, and a viewer that does not read is dropped (its queue is
+    bounded in bytes; a write waits at most the deadline: 256 KB and 1 s here): the
+    scheduler lets go of it while the session goes on."""
+    env = {"LINGUAMESH_MAX_VIEWERS_PER_SESSION": "3", "LINGUAMESH_VIEWER_WRITE_DEADLINE": "1",
+           "LINGUAMESH_VIEWER_QUEUE_BYTES": str(256 * 1024), "LINGUAMESH_SESSION_UTTERANCES_PER_S": "1000",
+           "LINGUAMESH_SESSION_UTTERANCE_BURST": "1000", "LINGUAMESH_SESSION_AUDIO_BURST": "1000"}  # fmt: skip
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", env=env)
+        fleet.node("n1", [s.url], delay_ms=0, slots=8, engine="tts_seconds = 2.0\n")  # ~85 KB a result
+        await fleet.wait_node("A", "n1")
+        rss_before = rss_mb(s.pid)
+        async with SessionClient(s.url, src="en", tgt="es") as c, httpx.AsyncClient(timeout=5) as http:
+            assert c.ack is not None
+            url = f"{s.http}/api/v1/sessions/{c.session_id}/events/stream?token={c.ack.view_token}"
 
-    monkeypatch.setattr(pages, "WRITE_DEADLINE", 1.0)
-    monkeypatch.setattr(viewers, "VIEWER_BYTES", 256 * 1024)
-    fast = {"session_utterances_per_s": 1000.0, "session_utterance_burst": 1000.0,
-            "ip_utterances_per_s": 1000.0, "ip_utterance_burst": 1000.0,
-            "session_audio_burst": 1000.0, "ip_audio_burst": 1000.0}  # fmt: skip
-    s = await cluster.scheduler(max_viewers_per_session=3, max_connections_per_ip=6, **fast)
-    await cluster.node(s.url, max_concurrent_jobs=8, engines=test_engines(tts_seconds=2.0))  # ~85 KB a result
-    async with SessionClient(s.url, src="en", tgt="es") as c:
-        assert c.ack is not None
-        url = f"{s.http}/api/v1/sessions/{c.session_id}/events/stream?token={c.ack.view_token}"
-        host, port = s.http.removeprefix("http://").split(":")
-        stalled = []
-        for _ in range(3):  # viewers that never read a byte
-            _, writer = await asyncio.open_connection(host, int(port))
-            writer.write(f"GET {url.removeprefix(s.http)} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            await writer.drain()
-            stalled.append(writer)
-        await eventually(lambda: s.sched.admission.viewers[c.session_id] == 3, 5, "3 viewers")
-        async with httpx.AsyncClient(timeout=5) as http:
+            async def viewers() -> int:
+                return int((await http.get(f"{s.http}/api/v1/admin/overview")).json()["viewers"])
+
+            stalled = []
+            for _ in range(3):  # viewers that never read a byte
+                _, writer = await asyncio.open_connection("127.0.0.1", s.port)
+                writer.write(f"GET {url.removeprefix(s.http)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await writer.drain()
+                stalled.append(writer)
+            end = time.monotonic() + 5 * SCALE
+            while await viewers() < 3 and time.monotonic() < end:  # noqa: ASYNC110 - polls HTTP
+                await asyncio.sleep(0.05)
             fourth = await http.get(url)
-        assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "rate_limited"
-        # the session talks: its viewers' queues fill; the stalled ones are let go
-        for i in range(150):  # ~13 MB of results: more than the sockets' buffers take
-            await c.send_utterance(i, pcm(0.2))
-        got = await c.results(150, timeout=60 * SCALE)
-        assert sorted(r.utterance_index for r in got) == list(range(150))
-        await eventually(lambda: not s.sched.admission.viewers, 15, "the stalled viewers to be dropped")
-        assert not s.sched.sessions[c.session_id].delivery.subscribers  # type: ignore[index]
-        for w in stalled:
-            w.close()
-        # and a viewer that reads is served again
-        replay = await _sse_events(url, 0, stop_after=3)
-        assert replay[-1][0] >= 3
+            assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "rate_limited"
+            # the session talks: its viewers' queues fill; the stalled ones are let go
+            for i in range(150):  # ~13 MB of results: more than the sockets' buffers take
+                await c.send_utterance(i, pcm(0.2))
+            got = await c.results(150, timeout=60 * SCALE)
+            assert sorted(r.utterance_index for r in got) == list(range(150))  # the session went on
+            end = time.monotonic() + 15 * SCALE
+            while await viewers() and time.monotonic() < end:  # noqa: ASYNC110 - polls HTTP
+                await asyncio.sleep(0.1)
+            assert await viewers() == 0
+            growth = rss_mb(s.pid) - rss_before
+            print(f"\n3 stalled viewers of ~13 MB of results: let go; RSS +{growth:.0f} MB")
+            assert growth < 100
+            for w in stalled:
+                w.close()
+            # and a viewer that reads is served again
+            replay = await _sse_events(url, 0, stop_after=3)
+            assert replay[-1][0] >= 3
 
 
 async def test_a_node_flooding_drafts_sends_a_few_a_second_and_evicts_nothing(tmp_path: Path) -> None:
@@ -401,9 +409,7 @@ async def test_the_process_memory_budget_refuses_new_work_before_it_is_exceeded(
     fleet.close()
 
 
-async def test_a_fragmented_message_must_be_finished_in_time(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_fragmented_message_must_be_finished_in_time(tmp_path: Path) -> None:
     """Before: a fragmented message held at ~15 MiB while answering pings was kept for
     ever (the WebSocket bound was 4x the message limit): 40 sockets +579 MB. Now the
     bound is the message limit + 64 KB across fragments, and a message not finished
@@ -411,26 +417,32 @@ async def test_a_fragmented_message_must_be_finished_in_time(
     from websockets.asyncio.client import connect as ws_connect
     from websockets.exceptions import ConnectionClosed as Closed
 
-    from linguamesh.scheduler.edge.http_guard import GuardedWebSocketProtocol
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", env={"LINGUAMESH_WS_FRAGMENT_DEADLINE": "1"})
+        rss_before = rss_mb(s.pid)
+        held = []
+        for _ in range(20):
+            ws = await ws_connect(s.url + "/ws/session", max_size=None)
+            await ws.send(INIT)
+            assert json.loads(await ws.recv())["type"] == "session_init_ack"
 
-    monkeypatch.setattr(GuardedWebSocketProtocol, "fragment_deadline", 1.0)
-    s = await cluster.scheduler()
-    async with ws_connect(s.url + "/ws/session") as ws:
-        await ws.send(INIT)
-        assert json.loads(await ws.recv())["type"] == "session_init_ack"
+            async def never_ends() -> Any:
+                yield '{"type": "utterance", "utterance_index": 0, "audio": "' + "A" * 3_000_000
+                await asyncio.sleep(60)
+                yield '"}'
 
-        async def never_ends() -> Any:
-            yield '{"type": "utterance", "utterance_index": 0, "audio": "' + "A" * 100_000
-            await asyncio.sleep(60)
-            yield '"}'
-
-        sending = asyncio.create_task(ws.send(never_ends()))
+            held.append((ws, asyncio.create_task(ws.send(never_ends()))))
         started = time.monotonic()
-        with pytest.raises(Closed) as closed:
-            await asyncio.wait_for(ws.recv(), 10 * SCALE)
-        sending.cancel()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
-    assert time.monotonic() - started < 5 * SCALE
+        codes = []
+        for ws, sending in held:
+            with pytest.raises(Closed) as closed:
+                await asyncio.wait_for(ws.recv(), 10 * SCALE)
+            sending.cancel()
+            codes.append(closed.value.rcvd.code if closed.value.rcvd is not None else None)
+        took = time.monotonic() - started
+        growth = rss_mb(s.pid) - rss_before
+        print(f"\n20 unfinished 3 MB messages: closed {set(codes)} within {took:.1f}s; RSS +{growth:.0f} MB")
+        assert set(codes) == {1008} and took < 5 * SCALE and growth < 100
 
 
 async def test_viewer_floods_and_wrong_room_keys_from_one_address_hold_nothing(tmp_path: Path) -> None:
@@ -481,3 +493,25 @@ async def test_viewer_floods_and_wrong_room_keys_from_one_address_hold_nothing(t
         assert wrong == 500 and overview["sessions"] == 2  # the bystander's and this one
         assert growth < 100 and during < baseline + 100
         assert bystander.tally() == (0, 0)
+
+
+async def test_targets_are_capped_and_every_job_counts_against_the_rate_limits(tmp_path: Path) -> None:
+    """Before: 1,500 ``extra_tgt_langs`` made 1,501 jobs per utterance (the limits counted
+    utterances) and a 20-utterance burst delayed another user's connect by 4.4 s. Now a
+    session asks for at most 4 targets, and an utterance costs one job per target: a
+    session with 4 has its burst of 30 jobs after 7 utterances."""
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", "--pending-timeout", "0.5")
+        fleet.node("n1", [s.url], delay_ms=0)
+        await fleet.wait_node("A", "n1")
+        many = [f"x{i:04d}" for i in range(1500)]
+        with pytest.raises(ClientError) as refused:
+            async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=many):
+                pass
+        assert refused.value.code == "bad_message" and "at most 4 target languages" in refused.value.message
+        async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["fr", "de", "it"]) as c:
+            for i in range(8):
+                await c.send_utterance(i, pcm(0.1))
+            events = await receive_until(c, lambda evs: any(isinstance(e, p.Error) for e in evs), 10)
+        err = next(e for e in events if isinstance(e, p.Error))
+        assert isinstance(err, p.Error) and err.code == "rate_limited" and err.ref == "utterance 7", err

@@ -81,6 +81,12 @@ class SchedulerConfig:
     handshake_timeout: float = 10.0
     #: Seconds an HTTP connection may take to send a whole request head (slowloris, idle).
     request_head_timeout: float = 30.0
+    #: Seconds a fragmented WebSocket message may take from its first frame to its last.
+    ws_fragment_deadline: float = 10.0
+    #: A viewer (SSE) that has not taken a write within this many seconds is closed; the
+    #: events that may wait for one viewer, in bytes, before it is dropped as too slow.
+    viewer_write_deadline: float = 30.0
+    viewer_queue_bytes: int = 4 * 1024 * 1024
     #: Open sockets (sessions and nodes), in all and per client address.
     max_connections: int = 10_000
     max_connections_per_ip: int = 200

@@ -161,6 +161,7 @@ def instance_overview(s: Scheduler) -> dict[str, Any]:
         "recent_jobs": recent[::-1],
         "failures": [{**f, "instance_id": me} for f in list(s.runner.observer.failures)[::-1]],
         "sessions": len(s.sessions),
+        "viewers": sum(s.admission.viewers.values()),
         "queue_depth": len(s.dispatcher.waiting),
     }
 
@@ -197,6 +198,7 @@ async def cluster_overview(s: Scheduler) -> dict[str, Any]:
         merged[key] = [x for p in parts.values() for x in p[key]]
     merged["nodes"].sort(key=lambda n: str(n["node_id"]))
     merged["sessions"] = sum(p["sessions"] for p in parts.values())
+    merged["viewers"] = sum(p.get("viewers", 0) for p in parts.values())
     merged["queue_depth"] = sum(p["queue_depth"] for p in parts.values())
     return merged
 

@@ -136,6 +136,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         elif self._fragment_timer is None:
             self._fragment_timer = self.loop.call_later(self.fragment_deadline, self._fragment_late)
 
+    @classmethod
+    def with_deadline(cls, seconds: float) -> type[GuardedWebSocketProtocol]:
+        """The protocol class for one server, with its fragment deadline."""
+        return type("GuardedWebSocket", (cls,), {"fragment_deadline": seconds})
+
     def _fragment_late(self) -> None:
         self._fragment_timer = None
         if self.transport.is_closing():

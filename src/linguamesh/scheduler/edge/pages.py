@@ -43,8 +43,6 @@ from .access import bearer, error, operator_only
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 KEEPALIVE_S = 15.0
-#: a viewer that has not taken a write within this many seconds is closed
-WRITE_DEADLINE = 30.0
 #: events read from the store at a time for a viewer's replay
 REPLAY_PAGE = 200
 #: events in one page of the events API, by default and at most
@@ -212,7 +210,7 @@ async def room(request: Request) -> Response:
 async def stream(request: Request) -> Response:
     """Server-Sent Events: the replay (read from the store in pages), then live events. A
     viewer counts as a connection of its address, and a session has at most
-    ``max_viewers_per_session``; a viewer that does not read within WRITE_DEADLINE is
+    ``max_viewers_per_session``; a viewer that does not read within ``viewer_write_deadline`` is
     closed, and one whose queue outgrows its bound is dropped (it reconnects with
     ``Last-Event-ID``)."""
     v = await _viewing(request)
@@ -247,7 +245,7 @@ class ViewerStream(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         sched, v = self.sched, self.v
-        queue = ViewerQueue()
+        queue = ViewerQueue(max_bytes=sched.config.viewer_queue_bytes)
         session = v.local
         if session is not None:  # held here: its pump feeds the queue; subscribed before the replay
             session.delivery.subscribers.add(queue)
@@ -276,7 +274,7 @@ class ViewerStream(Response):
 
         async def write(chunk: bytes) -> None:
             # asyncio.timeout, not wait_for: a cancellation must end the stream at once
-            async with asyncio.timeout(WRITE_DEADLINE):
+            async with asyncio.timeout(sched.config.viewer_write_deadline):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         try:
