@@ -205,8 +205,9 @@ def fuzz_one(sockets: Sockets, endpoint: str, phase: str, data: st.DataObject) -
         if reason == "too many bad frames":  # the probes count too: a socket is cut after 20 in 10 s
             assert closed.rcvd is not None and closed.rcvd.code == 1008
             return
-        if closed.rcvd is not None and closed.rcvd.code == 1009:  # over the frame limit + 64 KB
-            assert len(frame.encode()) > WS_LIMIT, (len(frame), reason)
+        if len(frame.encode()) > WS_LIMIT:  # over the frame limit + 64 KB: the WebSocket layer
+            # closes (1009; or the connection is cut while the frame is still being sent)
+            assert closed.rcvd is None or closed.rcvd.code == 1009, reason
             return
         assert reason in FATAL and codes & FATAL, f"closed ({closed}) after {frame!r:.200}: {replies}"
         return
@@ -246,7 +247,13 @@ def test_fuzzed_frames_get_coded_answers_and_leave_the_scheduler_clean(served: S
     served.__exit__(None, None, None)
     text = served.log_file.read_text()
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    bad = [r for r in records if r.get("level") in ("error", "critical") or "exception" in r]
+    # (the fuzzing client runs in this process too: its own complaints about a connection
+    # the server cut are not the server's)
+    bad = [
+        r for r in records
+        if (r.get("level") in ("error", "critical") or "exception" in r)
+        and not str(r.get("logger", "")).startswith("websockets.client")
+    ]  # fmt: skip
     assert not bad, bad[:3]
     assert "Traceback" not in text
     assert sockets.tokens and not any(t in text for t in sockets.tokens)
