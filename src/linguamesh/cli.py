@@ -172,6 +172,15 @@ def scheduler(
     max_targets: Annotated[
         int | None, typer.Option(help="Target languages per session (each is a job per utterance) [4]")
     ] = None,
+    api_keys: Annotated[
+        str | None,
+        typer.Option(
+            help="File of `KEY_ID SECRET [name=value ...]` lines: speakers and viewers need access tokens"
+        ),
+    ] = None,
+    allow_anonymous: Annotated[
+        bool, typer.Option("--allow-anonymous", help="Bound off loopback without --api-keys: start anyway")
+    ] = False,
     max_sessions_per_ip: Annotated[
         int | None, typer.Option(help="Sessions an address may hold, alive or lingering [100]")
     ] = None,
@@ -239,6 +248,8 @@ def scheduler(
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
         max_targets=max_targets,
+        api_keys=api_keys,
+        allow_anonymous=allow_anonymous or None,
         max_sessions_per_ip=max_sessions_per_ip,
         max_viewers_per_session=max_viewers_per_session,
         redis_url=redis_url,
@@ -261,6 +272,33 @@ def _node_config(config: Path | None, **kw: Any) -> Any:
         return NodeConfig.load(config, **kw)
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
+
+
+@app.command()
+def token(
+    api_keys: Annotated[Path, typer.Option(help="The API keys file (as --api-keys of the scheduler)")],
+    key: Annotated[str, typer.Option(help="KEY_ID of the key that signs")],
+    identity: Annotated[str, typer.Option(help="Who the token is for (its `sub`)")],
+    room: Annotated[str | None, typer.Option(help="The only room it may use")] = None,
+    ttl: Annotated[float, typer.Option(help="Seconds the token is valid")] = 3600.0,
+    view_only: Annotated[bool, typer.Option("--view-only", help="Grant view, not speak")] = False,
+    langs: Annotated[str | None, typer.Option(help="Languages it may use (comma-separated)")] = None,
+) -> None:
+    """Print an access token (a JWT signed with the key's secret), on the last line."""
+    from .scheduler.edge.access_tokens import ApiKeys, mint
+
+    try:
+        keys = ApiKeys.load(str(api_keys))
+    except ValueError as exc:
+        _fail(str(exc))
+    if key not in keys.keys:
+        _fail(f"no key {key!r} in {api_keys}")
+    grants: dict[str, Any] = {"speak": not view_only, "view": True}
+    if room is not None:
+        grants["room"] = room
+    if langs:
+        grants["langs"] = [x.strip() for x in langs.split(",") if x.strip()]
+    print(mint(keys.keys[key], identity, grants, ttl))
 
 
 @app.command()

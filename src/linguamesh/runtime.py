@@ -46,7 +46,22 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        # SIGHUP (systemctl reload, log rotation) reads the keys and credentials files again;
+        # without a handler it would end the process
+        self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+        try:
+            await super().serve(sockets)
+        finally:
+            self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def _reload(self) -> None:
+        sched = getattr(self.app.state, "scheduler", None)
+        if sched is None:
+            return
+        try:
+            sched.reload()
+        except ValueError as exc:  # a bad file: nothing changes, and the operator is told why
+            log.error("scheduler.reload_failed", error=str(exc))
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         sched = getattr(self.app.state, "scheduler", None)

@@ -100,7 +100,7 @@ async def test_rate_limits_answer_rate_limited_with_the_utterance(cluster: Clust
 async def _exposed_app(**cfg: Any) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:
     """The scheduler's app configured as if bound to 0.0.0.0, served on loopback."""
     port = free_port()
-    config = SchedulerConfig(host="0.0.0.0", port=port, node_token="nodes-token", **cfg)
+    config = SchedulerConfig(host="0.0.0.0", port=port, node_token="nodes-token", allow_anonymous=True, **cfg)
     server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_config=None))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -37,6 +37,8 @@ class ErrorCode(StrEnum):
     #: our addition: the scheduler holds as much as its memory budget allows; new work
     #: (a session, an utterance, a viewer) is refused for now, what was accepted goes on
     OVERLOADED = "overloaded"
+    #: our addition: a limit of the session's API key (its targets, ...) refuses this
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 #: Codes after which the connection is closed; every other error leaves it open.

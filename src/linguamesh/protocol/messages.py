@@ -91,6 +91,9 @@ class SessionInit(_Msg, tag="session_init", kw_only=True):
     #: Our additions: a viewer link that outlives the session (``scheduler/rooms.py``).
     room: str | None = None
     room_key: str | None = None
+    #: Our addition: an access token (a JWT from the operator's backend) when the
+    #: scheduler requires one (``--api-keys``; ``docs/protocol.md``).
+    token: str | None = None
 
 
 class Utterance(_Msg, tag="utterance", kw_only=True):

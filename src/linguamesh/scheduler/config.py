@@ -97,6 +97,11 @@ class SchedulerConfig:
     ip_session_burst: float = 60.0
     #: Viewer streams (SSE) of one session; each also counts as a connection of its address.
     max_viewers_per_session: int = 1000
+    #: A file of API keys (``KEY_ID SECRET [name=value ...]``): sessions and viewers then
+    #: need an access token signed with one (``edge/access_tokens.py``).
+    api_keys: str | None = None
+    #: Bound off loopback without ``api_keys``: start anyway, anyone may open sessions.
+    allow_anonymous: bool = False
     #: Megabytes of events the process may hold for clients (windows and transcripts in
     #: memory, sockets' backlogs, viewers' queues); past it new work is ``overloaded``.
     memory_budget_mb: int = 2048
@@ -182,11 +187,20 @@ class SchedulerConfig:
         from .edge.proxies import parse_networks
 
         parse_networks(self.trusted_proxies)  # a bad network fails here, at start
+        from .edge.access_tokens import ApiKeys
+
+        ApiKeys.load(self.api_keys)  # a bad keys file fails here, at start
         if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:
             raise ValueError(
                 f"bound to {self.host}, which other hosts can reach, with no node credentials: any "
                 "program could register as a node and receive users' audio. Set --node-token or "
                 "--node-tokens FILE, or pass --insecure to run like this anyway"
+            )
+        if self.exposed and self.api_keys is None and not self.allow_anonymous:
+            raise ValueError(
+                f"bound to {self.host}, which other hosts can reach, with no API keys: anyone could open "
+                "sessions and spend the nodes' time. Set --api-keys FILE (speakers and viewers then need "
+                "access tokens), or pass --allow-anonymous to run like this anyway"
             )
         for name in (
             "pending_timeout",

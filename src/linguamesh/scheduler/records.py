@@ -126,6 +126,8 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "end_of_speech_ms": st.end_of_speech_ms,
             "room": st.room,
             "room_key_hash": st.room_key_hash,
+            "identity": st.identity,
+            "key_id": st.key_id,
         },
         owner=owner,
         max_index=session.utterances.max_index,
@@ -145,6 +147,8 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         end_of_speech_ms=st.get("end_of_speech_ms"),
         room=st.get("room"),
         room_key_hash=st.get("room_key_hash"),
+        identity=st.get("identity"),
+        key_id=st.get("key_id"),
     )
 
 

@@ -41,6 +41,7 @@ from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .cluster.watch import EventWatch
 from .config import SchedulerConfig
+from .edge.access_tokens import AccessToken, ApiKeys, TokenError
 from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
 from .jobs.dispatch import Dispatcher
@@ -83,6 +84,8 @@ class Scheduler:
         self.remote = remote
         m, tasks, clock = self.metrics, self.tasks, self.clock
         credentials = NodeCredentials.load(config.node_token, config.node_tokens)
+        #: API keys: who may speak and watch (``--api-keys``; none: anyone on loopback)
+        self.api_keys = ApiKeys.load(config.api_keys)
         self.registry = Registry(config, store, remote, m, tasks, clock, credentials)
         self.dispatcher = Dispatcher(config, store, remote, m, clock, self.lifecycle.config, self.registry)
         self.table = SessionTable(config, store, remote, m, tasks, clock, self.init_ack, self._cancel_jobs)
@@ -240,7 +243,53 @@ class Scheduler:
 
     async def open_session(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
         self.budget.check()
-        return await self.table.open(init, conn, peer)
+        access = self.admit_speaker(init)
+        who = (access.identity, access.key.key_id) if access is not None else None
+        return await self.table.open(init, conn, peer, who)
+
+    def admit_speaker(self, init: p.SessionInit) -> AccessToken | None:
+        """With API keys, a new session needs an access token that grants ``speak`` (and,
+        when its grants name them, this room and these languages); ``unauthorized``
+        otherwise, and ``quota_exceeded`` past its key's ``max_targets``."""
+        if not self.api_keys.enabled:
+            return None
+        if not init.token:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "an access token is needed (session_init.token, from the operator's backend)",
+            )
+        try:
+            access = self.api_keys.verify(init.token)
+        except TokenError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"access token refused: {exc}") from None
+        g = access.grants
+        if not g.speak:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "the access token does not grant speak")
+        if g.room is not None and init.room != g.room:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"the access token grants room {g.room!r} only")
+        langs = {init.src_lang, init.tgt_lang, *init.extra_tgt_langs}
+        if g.langs is not None and not langs <= g.langs:
+            outside = ", ".join(sorted(langs - g.langs))
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"the access token does not grant {outside}")
+        targets = len({init.tgt_lang, *init.extra_tgt_langs})
+        most = access.key.options.get("max_targets")
+        if most is not None and targets > most:
+            raise ProtocolError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"key {access.key.key_id!r} allows {most} target languages (asked {targets})",
+            )
+        return access
+
+    def reload(self) -> dict[str, Any]:
+        """Read the API keys and node credentials files again (SIGHUP, or the operator's
+        ``POST /api/v1/admin/reload``): a new key admits sessions at once, a removed one
+        no new session; sessions already open stay open. A bad file changes nothing."""
+        keys = ApiKeys.load(self.config.api_keys)
+        credentials = NodeCredentials.load(self.config.node_token, self.config.node_tokens)
+        self.api_keys = keys
+        self.registry.credentials = credentials
+        log.info("scheduler.reloaded", api_keys=len(keys.keys), node_credentials=credentials.configured)
+        return {"api_keys": len(keys.keys), "node_credentials": credentials.configured}
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
         return await self.table.resume(info, conn)

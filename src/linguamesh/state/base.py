@@ -129,6 +129,8 @@ class TranscriptInfo:
     tgt_langs: list[str]
     trace_id: str = ""
     ended_at: float | None = None
+    #: the room whose viewer link showed the session (access tokens may grant a room)
+    room: str | None = None
 
 
 @dataclass(slots=True)

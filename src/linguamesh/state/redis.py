@@ -321,7 +321,8 @@ class RedisStateStore(RedisHistory):
         pipe.hset(
             meta,
             mapping={"view_token": info.view_token, "src_lang": info.src_lang,
-                     "tgt_langs": json.dumps(info.tgt_langs), "trace_id": info.trace_id},
+                     "tgt_langs": json.dumps(info.tgt_langs), "trace_id": info.trace_id,
+                     "room": info.room or ""},
         )  # fmt: skip
         pipe.hdel(meta, "ended_at")
         pipe.expire(meta, self._ttl() + int(self.limits.transcript_retention))

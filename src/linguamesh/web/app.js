@@ -119,6 +119,9 @@ function connect() {
       end_of_speech: "server",
       room: roomIds().room, room_key: roomIds().key,
     };
+    // an access token from the operator's backend (?token=… in the page's address)
+    const access = new URLSearchParams(location.search).get("token");
+    if (access) init.token = access;
     if (resume) {
       init.resume = { session_id: state.ack.session_id, resume_token: state.ack.resume_token, last_seq: state.lastSeq };
     }

@@ -98,7 +98,10 @@ function follow(id, viewToken) {
 // a room: which session shows now (polled: the speaker may start a new one at any time)
 async function findRoom() {
   try {
-    const res = await fetch(`/api/v1/rooms/${encodeURIComponent(room)}`);
+    // with access tokens on, the room answers a viewer whose token grants it (?access_token=…)
+    const access = params.get("access_token");
+    const res = await fetch(`/api/v1/rooms/${encodeURIComponent(room)}`
+      + (access ? `?access_token=${encodeURIComponent(access)}` : ""));
     if (res.ok) {
       const cur = await res.json();
       if (cur.session_id !== sessionId) follow(cur.session_id, cur.view_token);

@@ -87,3 +87,13 @@ async def job(request: Request) -> Response:
     if view is None:
         return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
     return JSONResponse(view)
+
+
+@operator_only
+async def reload(request: Request) -> Response:
+    """``POST /api/v1/admin/reload`` — read the API keys and node credentials files again
+    (as SIGHUP does). A bad file changes nothing: 400 with the reason."""
+    try:
+        return JSONResponse(_sched(request).reload())
+    except ValueError as exc:
+        return JSONResponse({"error": {"code": "bad_message", "message": str(exc)}}, status_code=400)

@@ -52,6 +52,7 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         Route("/api/v1/pools", api.pools),
         Route("/api/v1/languages", api.languages),
         Route("/api/v1/jobs/{job_id}", api.job),
+        Route("/api/v1/admin/reload", api.reload, methods=["POST"]),
         *pages.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -40,6 +40,7 @@ from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
 from ..sessions.viewers import ViewerQueue, sse_frame
 from ..tokens import same_token
 from .access import bearer, error, operator_only
+from .access_tokens import TokenError
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 KEEPALIVE_S = 15.0
@@ -74,9 +75,10 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
     s = _sched(request)
     sid = SessionId(request.path_params["session_id"])
     token = request.query_params.get("token") or bearer(request) or ""
+    access = request.query_params.get("access_token") or token
     local = s.sessions.get(sid)
     if local is not None and not local.life.gone:
-        if not same_token(token, local.view_token):
+        if not same_token(token, local.view_token) and not _may_view(s, access, local.settings.room):
             return _unauthorized()
         return Viewing(sid, local.settings.src_lang, list(local.settings.tgt_langs), local, False)
     if len(sid) > 128:
@@ -87,9 +89,21 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
         return error(503, "dependency_down", "shared state unavailable, try again")
     if info is None:
         return _not_found()
-    if not same_token(token, info.view_token):
+    if not same_token(token, info.view_token) and not _may_view(s, access, info.room):
         return _unauthorized()
     return Viewing(sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None)
+
+
+def _may_view(s: Scheduler, token: str, room: str | None) -> bool:
+    """An access token (``--api-keys``) that grants ``view``, for the session's room when
+    its grants name one."""
+    if not s.api_keys.enabled or token.count(".") != 2:
+        return False
+    try:
+        access = s.api_keys.verify(token)
+    except TokenError:
+        return False
+    return access.grants.view and (access.grants.room is None or access.grants.room == room)
 
 
 def _not_found() -> JSONResponse:
@@ -197,6 +211,10 @@ async def room(request: Request) -> Response:
     view token (the room id in the link is the viewer's capability, as the token is)."""
     s = _sched(request)
     room_id = request.path_params["room"]
+    if s.api_keys.enabled:  # the room's view token goes only to a viewer its access token admits
+        access = request.query_params.get("access_token") or bearer(request) or ""
+        if not _may_view(s, access, room_id):
+            return error(401, "unauthorized", "an access token that grants view for this room is needed")
     try:
         found = await s.table.rooms.get(room_id) if ROOM_ID.fullmatch(room_id) else None
         live = found is not None and await s.store.load_session(SessionId(found.session_id)) is not None

@@ -38,6 +38,9 @@ class SessionSettings:
     #: the room whose viewer link follows this session, and the SHA-256 (hex) of its key
     room: str | None = None
     room_key_hash: str | None = None
+    #: who the access token said the speaker is, and its API key (``--api-keys``)
+    identity: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(eq=False, slots=True)

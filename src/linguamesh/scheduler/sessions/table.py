@@ -176,7 +176,10 @@ class SessionTable:
                 del self.per_peer[session.peer]
         session.peer = ""
 
-    async def open(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
+    async def open(
+        self, init: p.SessionInit, conn: Transport, peer: str = "", who: tuple[str, str] | None = None
+    ) -> Session:
+        """A new session; ``who``: the (identity, key id) of its access token."""
         p.check_version(init.protocol_version)
         self._admit_new(peer)
         tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
@@ -212,6 +215,8 @@ class SessionTable:
             end_of_speech_ms=end_ms,
             room=init.room,
             room_key_hash=key_hash(init.room_key) if init.room is not None and init.room_key else None,
+            identity=who[0] if who else None,
+            key_id=who[1] if who else None,
         )
         session = self._session(
             session_id=new_session_id(),
@@ -238,6 +243,8 @@ class SessionTable:
             src_lang=init.src_lang,
             tgt_lang=init.tgt_lang,
             extra_tgt_langs=tgts[1:],
+            identity=settings.identity,
+            key_id=settings.key_id,
         )
         return session
 

@@ -1,0 +1,167 @@
+"""Access tokens against a real scheduler process: tokens minted here with PyJWT,
+independently of the project's own minting; keys rotated by SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from linguamesh.client import ClientError, SessionClient
+from linguamesh.scheduler.sessions.rooms import room_of
+
+from ..conftest import SCALE, pcm
+from ..fleet import Fleet
+from ..procs import cli
+
+S1, S2, S3 = ("secret-one-" + "1" * 32, "secret-two-" + "2" * 32, "secret-three-" + "3" * 32)
+
+
+def token(iss: str, secret: str, grants: dict[str, Any] | None = None, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": iss, "sub": "alice", "exp": now + 600, "grants": grants or {"speak": True, "view": True}}
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+async def refused(url: str, tok: str | None, **init: Any) -> str:
+    c = SessionClient(url, src="en", tgt="es")
+    c.init.token = tok
+    for k, v in init.items():
+        setattr(c.init, k, v)
+    with pytest.raises(ClientError) as err:
+        await c.connect()
+    return f"{err.value.code}: {err.value.message}"
+
+
+async def test_speakers_and_viewers_need_tokens_that_grant_them(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# the operator's keys\nk1 {S1} max_targets=2\nk2 {S2}\n")
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", "--api-keys", str(keys))
+        fleet.node("n1", [s.url], delay_ms=0)
+        await fleet.wait_node("A", "n1")
+        now = int(time.time())
+        unsigned = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+        body = base64.urlsafe_b64encode(
+            json.dumps({"iss": "k1", "exp": now + 600, "grants": {"speak": True}}).encode()
+        )
+        cases = {
+            "no token": None,
+            "expired": token("k1", S1, exp=now - 120),
+            "not yet valid": token("k1", S1, nbf=now + 300),
+            "bad signature": token("k1", S1)[:-4] + "AAAA",
+            "unknown iss": token("k9", S1),
+            "alg none": f"{unsigned}.{body.rstrip(b'=').decode()}.",
+            "another key's secret": token("k1", S2),
+            "speak false": token("k1", S1, {"speak": False, "view": True}),
+            "no exp": jwt.encode({"iss": "k1", "grants": {"speak": True}}, S1, algorithm="HS256"),
+        }
+        for name, tok in cases.items():
+            answer = await refused(s.url, tok)
+            assert answer.startswith("unauthorized"), (name, answer)
+        key = "room-key-0123456789"
+        answer = await refused(s.url, token("k1", S1, {"speak": True, "room": "other-room-0123456789x"}),
+                               room=room_of(key), room_key=key)  # fmt: skip
+        assert answer.startswith("unauthorized") and "room" in answer
+        answer = await refused(s.url, token("k1", S1, {"speak": True, "langs": ["en", "fr"]}))
+        assert answer.startswith("unauthorized") and "es" in answer
+        answer = await refused(s.url, token("k1", S1), extra_tgt_langs=["fr", "de"])
+        assert answer.startswith("quota_exceeded"), answer  # k1 allows 2 targets
+
+
+async def test_a_valid_token_opens_a_session_viewers_use_theirs_and_keys_rotate_on_sighup(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"k1 {S1}\nk2 {S2}\n")
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", "--api-keys", str(keys))
+        fleet.node("n1", [s.url], delay_ms=0)
+        await fleet.wait_node("A", "n1")
+        room_key = "speaker-room-key-0123"
+        room = room_of(room_key)
+        speaker = SessionClient(s.url, src="en", tgt="es")
+        speaker.init.token = token("k1", S1, {"speak": True, "view": True, "room": room})
+        speaker.init.room, speaker.init.room_key = room, room_key
+        await speaker.connect()
+        await speaker.send_utterance(0, pcm(0.1))
+        assert (await speaker.next_result(10 * SCALE)).status == "ok"
+        log = (tmp_path / "A.1.log").read_text()
+        created = next(json.loads(x) for x in log.splitlines() if '"session.created"' in x)
+        assert created["identity"] == "alice" and created["key_id"] == "k1"
+
+        async with httpx.AsyncClient(timeout=5) as http:
+            viewer = token("k2", S2, {"view": True, "room": room})
+            stranger = token("k2", S2, {"view": True, "room": "another-room-0123456789"})
+            no_view = token("k2", S2, {"speak": True})
+            # the room hands its view token only to a viewer whose token grants the room
+            assert (await http.get(f"{s.http}/api/v1/rooms/{room}")).status_code == 401
+            assert (
+                await http.get(f"{s.http}/api/v1/rooms/{room}", params={"access_token": stranger})
+            ).status_code == 401
+            assert (
+                await http.get(f"{s.http}/api/v1/rooms/{room}", params={"access_token": no_view})
+            ).status_code == 401
+            shown = await http.get(f"{s.http}/api/v1/rooms/{room}", params={"access_token": viewer})
+            assert shown.status_code == 200 and shown.json()["session_id"] == speaker.session_id
+            base = f"{s.http}/api/v1/sessions/{speaker.session_id}"
+            txt = await http.get(
+                f"{base}/transcript", params={"format": "txt", "lang": "en", "access_token": viewer}
+            )
+            assert txt.status_code == 200 and txt.text.strip()
+            bearer = await http.get(f"{base}/events", headers={"Authorization": f"Bearer {viewer}"})
+            assert bearer.status_code == 200
+            assert (await http.get(f"{base}/events", params={"access_token": stranger})).status_code == 401
+
+            # the CLI's token is accepted
+            out = subprocess.run(
+                cli("token", "--api-keys", str(keys), "--key", "k2", "--identity", "bob", "--ttl", "600"),
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            minted = out.stdout.strip().splitlines()[-1]
+            bob = SessionClient(s.url, src="en", tgt="es")
+            bob.init.token = minted
+            await bob.connect()
+            await bob.disconnect()
+
+            # rotation: k3 added, k1 removed; SIGHUP; the open session goes on
+            keys.write_text(f"k2 {S2}\nk3 {S3}\n")
+            fleet.signal("A", signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            assert fleet.schedulers["A"].proc is not None and fleet.schedulers["A"].proc.proc.poll() is None
+            assert "scheduler.reloaded" in (tmp_path / "A.1.log").read_text()
+            assert (await refused(s.url, token("k1", S1))).startswith("unauthorized")
+            fresh = SessionClient(s.url, src="en", tgt="es")
+            fresh.init.token = token("k3", S3)
+            await fresh.connect()
+            await fresh.disconnect()
+            await speaker.send_utterance(1, pcm(0.1))  # opened with k1: stays open
+            assert (await speaker.next_result(10 * SCALE)).status == "ok"
+            # a bad file changes nothing (and says why)
+            keys.write_text("k4 short\n")
+            reload = await http.post(f"{s.http}/api/v1/admin/reload")
+            assert reload.status_code == 400 and "shorter than 32" in reload.json()["error"]["message"]
+            fresh = SessionClient(s.url, src="en", tgt="es")
+            fresh.init.token = token("k3", S3)
+            await fresh.connect()
+            await fresh.disconnect()
+        await speaker.disconnect()
+
+
+def test_a_scheduler_bound_off_loopback_without_api_keys_refuses_to_start() -> None:
+    out = subprocess.run(
+        cli("scheduler", "--port", "1", "--host", "0.0.0.0", "--node-token", "nodes-token-0123"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "--api-keys" in out.stderr and "--allow-anonymous" in out.stderr, out.stderr
