@@ -249,6 +249,31 @@ async def test_drafts_collapse_to_the_latest_and_a_result_ends_them(store: Any) 
     assert [s for s, _ in await store.replay(sid, 6)] == [8]
 
 
+async def test_key_quotas_hold_and_usage_adds_up(store: Any) -> None:
+    """Concurrent sessions of a key (a repeat of one counts once; a closed one frees its
+    place; one not renewed lapses), audio seconds per clock hour, and usage totals."""
+    assert await store.open_key_session("k", "s1", 2, 60)
+    assert await store.open_key_session("k", "s1", 2, 60)  # the same session again
+    assert await store.open_key_session("k", "s2", 2, 60)
+    assert not await store.open_key_session("k", "s3", 2, 60)
+    assert await store.open_key_session("other", "s3", 2, 60)  # another key's own count
+    await store.close_key_session("k", "s1")
+    assert await store.open_key_session("k", "s3", 2, 60)
+    assert await store.open_key_session("k2", "x", 1, 0.2)
+    await asyncio.sleep(0.4)
+    assert await store.open_key_session("k2", "y", 1, 60)  # x lapsed
+    hour = 3600.0 * 500_000
+    assert await store.charge_key("k", 50.0, 100, hour + 10)
+    assert not await store.charge_key("k", 60.0, 100, hour + 20)  # nothing charged
+    assert await store.charge_key("k", 50.0, 100, hour + 30)
+    assert await store.charge_key("k", 60.0, 100, hour + 3600)  # the next hour
+    assert await store.charge_key("k", 1e6, None, hour + 3601)  # no limit
+    await store.add_usage("k", sessions=2, utterances=3)
+    usage = await store.usage()
+    assert usage["k"]["audio_seconds"] == 50 + 50 + 60 + 1e6
+    assert usage["k"]["sessions"] == 2 and usage["k"]["utterances"] == 3
+
+
 async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any) -> None:
     mine, other = hashlib.sha256(b"k1").digest(), hashlib.sha256(b"k2").digest()
     assert await store.room("r" * 16) is None

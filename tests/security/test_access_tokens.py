@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 
+from linguamesh import protocol as p
 from linguamesh.client import ClientError, SessionClient
 from linguamesh.scheduler.sessions.rooms import room_of
 
@@ -165,3 +166,33 @@ def test_a_scheduler_bound_off_loopback_without_api_keys_refuses_to_start() -> N
     )  # fmt: skip
     assert out.returncode != 0
     assert "--api-keys" in out.stderr and "--allow-anonymous" in out.stderr, out.stderr
+
+
+async def test_key_quotas_sessions_and_audio_per_hour_and_usage(tmp_path: Path) -> None:
+    """A key's concurrent sessions (the second refused, free again once the first closed),
+    its audio seconds per hour (the utterance past it refused, naming it) and its usage."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"k1 {S1} max_sessions=1 audio_seconds_per_hour=1\n")
+    async with Fleet(tmp_path, redis=True) as fleet:
+        s = await fleet.scheduler("A", "--api-keys", str(keys))
+        fleet.node("n1", [s.url], delay_ms=0)
+        await fleet.wait_node("A", "n1")
+        first = SessionClient(s.url, src="en", tgt="es")
+        first.init.token = token("k1", S1)
+        await first.connect()
+        assert (await refused(s.url, token("k1", S1))).startswith("quota_exceeded")
+        await first.send_utterance(0, pcm(0.6))
+        assert (await first.next_result(10 * SCALE)).status == "ok"
+        await first.send_utterance(1, pcm(0.6))  # 1.2 s: past the hour's 1 s
+        err = await first.recv(5 * SCALE)
+        assert isinstance(err, p.Error) and err.code == "quota_exceeded" and err.ref == "utterance 1", err
+        await first.close_session()
+        await asyncio.sleep(0.5)
+        second = SessionClient(s.url, src="en", tgt="es")
+        second.init.token = token("k1", S1)
+        await second.connect()  # the first closed: its place is free
+        await second.disconnect()
+        async with httpx.AsyncClient(timeout=5) as http:
+            usage = (await http.get(f"{s.http}/api/v1/usage")).json()["keys"]["k1"]
+        assert usage["sessions"] == 2 and usage["utterances"] == 1 and usage["jobs"] == 1
+        assert abs(usage["audio_seconds"] - 0.6) < 0.01

@@ -93,6 +93,7 @@ class Scheduler:
             config, store, remote, m, tasks, clock, self.lifecycle, self.dispatcher, self.registry, self.table
         )
         self.intake = Intake(config, store, m, clock, self.runner, self.table)
+        self.intake.key_limits = lambda kid: dict(k.options) if (k := self.api_keys.keys.get(kid)) else {}
         self.stream = UtteranceStream(config, tasks, self.intake, self.registry, self.runner.kick, remote)
         #: viewers here of sessions other instances hold
         self.watch = EventWatch(store, tasks) if isinstance(store, RedisStateStore) else None
@@ -244,7 +245,7 @@ class Scheduler:
     async def open_session(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
         self.budget.check()
         access = self.admit_speaker(init)
-        who = (access.identity, access.key.key_id) if access is not None else None
+        who = (access.identity, access.key.key_id, access.key.options.get("max_sessions")) if access else None
         return await self.table.open(init, conn, peer, who)
 
     def admit_speaker(self, init: p.SessionInit) -> AccessToken | None:

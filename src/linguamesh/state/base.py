@@ -310,6 +310,36 @@ class StateStore(Protocol):
 
     async def room(self, room: str) -> RoomRecord | None: ...
 
+    # API keys: quotas and usage ------------------------------------------
+    async def open_key_session(self, key_id: str, session_id: str, most: int | None, ttl: float) -> bool:
+        """Count a session of ``key_id`` open (for ``ttl`` s unless renewed or closed) if the
+        key has fewer than ``most`` open; False when it has as many. Across instances."""
+        ...
+
+    async def close_key_session(self, key_id: str, session_id: str) -> None: ...
+
+    async def charge_key(
+        self,
+        key_id: str,
+        seconds: float,
+        per_hour: int | None,
+        now: float,
+        utterances: int = 0,
+        jobs: int = 0,
+    ) -> bool:
+        """Charge ``seconds`` of audio to the key's clock hour; False (nothing charged) when
+        that would pass ``per_hour`` (None: no limit). What is charged is counted in the
+        key's usage, with ``utterances`` and ``jobs``: one round trip."""
+        ...
+
+    async def add_usage(self, key_id: str, **amounts: float) -> None:
+        """Add to the key's usage totals (sessions, utterances, jobs, audio_seconds)."""
+        ...
+
+    async def usage(self) -> dict[str, dict[str, float]]:
+        """Every key's usage totals, across instances."""
+        ...
+
     # jobs ----------------------------------------------------------------
     async def save_job(self, record: JobRecord) -> bool:
         """Write the record if ``record.owner`` owns the job (or it is new); False otherwise."""

@@ -175,6 +175,9 @@ class MemoryStateStore:
         self.limits = limits or StoreLimits(history_events=history_size)
         self.transcripts: dict[SessionId, _Transcript] = {}
         self.rooms: OrderedDict[str, RoomRecord] = OrderedDict()
+        self.key_sessions: dict[str, dict[str, float]] = {}
+        self.key_audio: dict[tuple[str, int], float] = {}
+        self.key_usage: dict[str, dict[str, float]] = {}
         self.clock = clock
 
     # nodes
@@ -509,6 +512,46 @@ class MemoryStateStore:
 
     async def room(self, room: str) -> RoomRecord | None:
         return self.rooms.get(room)
+
+    # API keys
+    async def open_key_session(self, key_id: str, session_id: str, most: int | None, ttl: float) -> bool:
+        now = self.clock()
+        open_ = self.key_sessions.setdefault(key_id, {})
+        for sid in [s for s, until in open_.items() if until <= now]:
+            del open_[sid]
+        if session_id not in open_ and most is not None and len(open_) >= most:
+            return False
+        open_[session_id] = now + ttl
+        return True
+
+    async def close_key_session(self, key_id: str, session_id: str) -> None:
+        self.key_sessions.get(key_id, {}).pop(session_id, None)
+
+    async def charge_key(
+        self,
+        key_id: str,
+        seconds: float,
+        per_hour: int | None,
+        now: float,
+        utterances: int = 0,
+        jobs: int = 0,
+    ) -> bool:
+        hour = int(now // 3600)
+        used = self.key_audio.get((key_id, hour), 0.0)
+        if per_hour is not None and used + seconds > per_hour:
+            return False
+        self.key_audio = {k: v for k, v in self.key_audio.items() if k[1] >= hour - 1}
+        self.key_audio[(key_id, hour)] = used + seconds
+        await self.add_usage(key_id, audio_seconds=seconds, utterances=utterances, jobs=jobs)
+        return True
+
+    async def add_usage(self, key_id: str, **amounts: float) -> None:
+        totals = self.key_usage.setdefault(key_id, {})
+        for name, value in amounts.items():
+            totals[name] = totals.get(name, 0.0) + value
+
+    async def usage(self) -> dict[str, dict[str, float]]:
+        return {k: dict(v) for k, v in self.key_usage.items()}
 
     async def ping(self) -> None:
         pass

@@ -45,12 +45,14 @@ from .redis_scripts import (
     ACK,
     APPEND,
     APPEND_PUSH,
+    CHARGE_KEY_AUDIO,
     CLAIM,
     CLAIM_ONE,
     CLAIM_ROOM,
     CLAIM_SESSION,
     FINISH_JOB,
     NODE_HEARTBEAT,
+    OPEN_KEY_SESSION,
     RELEASE,
     REMOVE_NODE,
     RESERVE,
@@ -114,6 +116,8 @@ class RedisStateStore(RedisHistory):
         self._node_heartbeat = Script("node_heartbeat", NODE_HEARTBEAT)
         self._ack = Script("ack_events", ACK)
         self._claim_room = Script("claim_room", CLAIM_ROOM)
+        self._open_key_session = Script("open_key_session", OPEN_KEY_SESSION)
+        self._charge_key = Script("charge_key_audio", CHARGE_KEY_AUDIO)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
         super().__init__(url, scripts, client)

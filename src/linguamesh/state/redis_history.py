@@ -5,6 +5,7 @@ compacted replay of both, and rooms. The writes (numbering, ordering) are the sc
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ..core.history import ReplayGap, compacted
@@ -19,6 +20,8 @@ from .redis_wire import Script
 class RedisHistory(RedisLink):
     _ack: Script
     _claim_room: Script
+    _open_key_session: Script
+    _charge_key: Script
 
     async def events_since(self, session_id: SessionId, last_seq: int) -> list[tuple[int, bytes]]:
         pipe = self.r.pipeline(transaction=True)
@@ -98,6 +101,46 @@ class RedisHistory(RedisLink):
     async def claim_room(self, room: str, record: RoomRecord) -> bool:
         args = [record.key_hash.hex(), record.session_id, record.view_token, ROOM_TTL]
         return bool(await self._run(self._claim_room, keys=[K.room(room)], args=args))
+
+    # ------------------------------------------------------------------ API keys
+
+    async def open_key_session(self, key_id: str, session_id: str, most: int | None, ttl: float) -> bool:
+        now = int(time.time() * 1000)
+        args = [session_id, "" if most is None else most, now + int(ttl * 1000), now]
+        return bool(await self._run(self._open_key_session, keys=[K.key_sessions(key_id)], args=args))
+
+    async def close_key_session(self, key_id: str, session_id: str) -> None:
+        await self._call(self.r.zrem, K.key_sessions(key_id), session_id)
+
+    async def charge_key(
+        self,
+        key_id: str,
+        seconds: float,
+        per_hour: int | None,
+        now: float,
+        utterances: int = 0,
+        jobs: int = 0,
+    ) -> bool:
+        keys = [K.key_audio(key_id, int(now // 3600)), K.key_usage(key_id), K.KEYS_USED]
+        args = [repr(seconds), "" if per_hour is None else per_hour, key_id, utterances, jobs]
+        return bool(await self._run(self._charge_key, keys=keys, args=args))
+
+    async def add_usage(self, key_id: str, **amounts: float) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for name, value in amounts.items():
+            pipe.hincrbyfloat(K.key_usage(key_id), name, value)
+        pipe.sadd(K.KEYS_USED, key_id)
+        await self._call(pipe.execute)
+
+    async def usage(self) -> dict[str, dict[str, float]]:
+        ids = sorted(x.decode() for x in await self._call(self.r.smembers, K.KEYS_USED))
+        pipe = self.r.pipeline(transaction=False)
+        for kid in ids:
+            pipe.hgetall(K.key_usage(kid))
+        rows = await self._call(pipe.execute) if ids else []
+        return {
+            kid: {k.decode(): float(v) for k, v in row.items()} for kid, row in zip(ids, rows, strict=True)
+        }
 
     async def room(self, room: str) -> RoomRecord | None:
         raw = await self._call(self.r.hgetall, K.room(room))

@@ -16,6 +16,10 @@
 | ``sched:v1:transcript:{session_id}`` | stream | finished results without speech, entry id ``<seq>-0``, field ``d``; lives the retention time after the session |
 | ``sched:v1:transcript:{session_id}:meta`` | hash | view_token, src_lang, tgt_langs (JSON), trace_id, ended_at |
 | ``sched:v1:events:{session_id}`` | pub/sub channel | the session's last seq, after every append (viewers on any instance) |
+| ``sched:v1:key:{key_id}:sessions`` | zset | the key's open sessions, score = when their count lapses (ms) |
+| ``sched:v1:key:{key_id}:audio:{hour}`` | string | seconds of audio charged to the key in that clock hour |
+| ``sched:v1:key:{key_id}:usage`` | hash | the key's usage totals: sessions, utterances, jobs, audio_seconds |
+| ``sched:v1:keys`` | set | key ids with usage |
 | ``sched:v1:room:{room}`` | hash | key (SHA-256 of the room key), session_id, view_token |
 | ``sched:v1:pending:{session_id}:{tgt}`` | zset | utterance indices whose result is not released yet |
 | ``sched:v1:done:{session_id}:{tgt}`` | hash | index -> finished result waiting for earlier ones |
@@ -87,6 +91,21 @@ def transcript_meta(session_id: str) -> str:
 
 def room(room_id: str) -> str:
     return f"{PREFIX}room:{room_id}"
+
+
+def key_sessions(key_id: str) -> str:
+    return f"{PREFIX}key:{key_id}:sessions"
+
+
+def key_audio(key_id: str, hour: int) -> str:
+    return f"{PREFIX}key:{key_id}:audio:{hour}"
+
+
+def key_usage(key_id: str) -> str:
+    return f"{PREFIX}key:{key_id}:usage"
+
+
+KEYS_USED = PREFIX + "keys"
 
 
 def events_channel(session_id: str) -> str:

@@ -403,3 +403,27 @@ redis.call('HSET', KEYS[1], 'key', ARGV[1], 'session_id', ARGV[2], 'view_token',
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+
+OPEN_KEY_SESSION = """
+-- KEYS: the key's sessions  ARGV: session id, most ('' = no limit), lapse (ms), now (ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if ARGV[2] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1])
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+
+CHARGE_KEY_AUDIO = """
+-- KEYS: the key's hour, its usage, keys used
+-- ARGV: seconds, per hour ('' = no limit), key id, utterances, jobs
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[2] ~= '' and used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 7200)
+redis.call('HINCRBYFLOAT', KEYS[2], 'audio_seconds', ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'utterances', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'jobs', ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""

@@ -97,3 +97,10 @@ async def reload(request: Request) -> Response:
         return JSONResponse(_sched(request).reload())
     except ValueError as exc:
         return JSONResponse({"error": {"code": "bad_message", "message": str(exc)}}, status_code=400)
+
+
+@operator_only
+async def usage(request: Request) -> Response:
+    """``GET /api/v1/usage`` — every API key's totals across instances: sessions,
+    utterances, jobs and seconds of audio."""
+    return JSONResponse({"keys": await _sched(request).store.usage()})

@@ -53,6 +53,7 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
         Route("/api/v1/languages", api.languages),
         Route("/api/v1/jobs/{job_id}", api.job),
         Route("/api/v1/admin/reload", api.reload, methods=["POST"]),
+        Route("/api/v1/usage", api.usage),
         *pages.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

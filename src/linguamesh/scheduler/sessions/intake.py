@@ -27,7 +27,7 @@ from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
 from ..jobs.runner import Runner
 from ..records import job_fields, job_record
-from .session import Session
+from .session import KEY_SESSION_LAPSE, Session
 
 if TYPE_CHECKING:
     from .stream import LiveUtterance
@@ -51,6 +51,8 @@ class Intake:
         self.metrics = metrics
         self.clock = clock
         self.runner = runner
+        #: a key's options (``--api-keys``), read when a session of it is charged
+        self.key_limits: Callable[[str], dict[str, int]] = lambda _key: {}
         #: the sessions' owner: a session's new jobs are registered with it
         self.table = table
         #: per client address: (utterances, audio seconds) token buckets
@@ -158,7 +160,33 @@ class Intake:
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
         self.limit(session, index, seconds)
+        await self.charge_key(session, index, seconds)
         await self.accept(session, index, audio, fmt, rate, request_id, seconds)
+
+    async def charge_key(
+        self, session: Session, index: int, seconds: float, *, debt: bool = False, counted: bool = True
+    ) -> None:
+        """The session's API key pays for ``seconds`` of audio (its ``audio_seconds_per_hour``):
+        ``quota_exceeded`` naming the utterance when the hour's budget is spent. With
+        ``debt``, charged whatever the budget (audio already streamed). Also the key's usage
+        (an utterance, a job per target). Renews the session's count among the key's open
+        sessions now and then."""
+        key_id = session.settings.key_id
+        if key_id is None:
+            return
+        limits = self.key_limits(key_id)
+        per_hour = None if debt else limits.get("audio_seconds_per_hour")
+        utterances, jobs = (1, len(session.settings.tgt_langs)) if counted else (0, 0)
+        if not await self.store.charge_key(key_id, seconds, per_hour, time.time(), utterances, jobs):
+            raise ProtocolError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"key {key_id!r} has used its {per_hour} seconds of audio this hour",
+                f"utterance {index}",
+            )
+        now = self.clock()
+        if now - session.key_renewed_at >= 60.0:
+            session.key_renewed_at = now
+            await self.store.open_key_session(key_id, session.session_id, None, KEY_SESSION_LAPSE)
 
     async def admit(self, session: Session, index: int) -> bool:
         """The checks of a new utterance index before its audio; False for a duplicate."""

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from .stream import LiveUtterance
 
 
+#: A session of an API key counts among the key's open sessions this long (seconds) unless
+#: an utterance renews it: the sessions of an instance that died stop counting by themselves.
+KEY_SESSION_LAPSE = 600.0
+
+
 @dataclass(slots=True)
 class SessionSettings:
     src_lang: str
@@ -80,3 +85,5 @@ class Session:
     linger_timer: asyncio.TimerHandle | None = None
     #: the client address of the socket attached last (rate limits per address)
     peer: str = ""
+    #: when the session's count among its API key's open sessions was last renewed
+    key_renewed_at: float = 0.0

@@ -61,8 +61,9 @@ class LiveUtterance:
     index: int
     pcm: bytearray
     pieces: int = 1
-    #: when its first audio came (the stream's clock)
+    #: when its first audio came (the stream's clock), and how long that audio was
     opened_at: float = 0.0
+    opened_seconds: float = 0.0
     open: bool = True
     runs: list[JobRun] = field(default_factory=list)
     #: the instance that holds the session and relays the audio here (the job was handed over)
@@ -264,7 +265,10 @@ class UtteranceStream:
             if not await self.intake.admit(session, index):
                 return False
             self.intake.limit(session, index, seconds)
-            live = LiveUtterance(d.number, index, bytearray(d.audio), opened_at=self.intake.clock())
+            await self.intake.charge_key(session, index, seconds)  # its API key's hour (--api-keys)
+            live = LiveUtterance(
+                d.number, index, bytearray(d.audio), opened_at=self.intake.clock(), opened_seconds=seconds
+            )
             # the session's live utterance before its jobs start: a node may answer at once
             session.utterances.live = live
             if not await self.intake.accept(session, index, d.audio, "pcm16", rate, None, seconds, live):
@@ -348,6 +352,7 @@ class UtteranceStream:
             await self._whole(session, index, d.audio)
             return
         audio = d.audio  # what the shell streamed, cut where the utterance ends
+        first = live.opened_seconds
         del live.pcm[len(audio) :]
         live.open = False
         session.utterances.live = None
@@ -373,6 +378,10 @@ class UtteranceStream:
                     p.JobStatus(utterance_index=index, tgt_lang=job.tgt_lang, status=status, reason=reason)
                 )
         self.kick()  # a job still waiting may go to any node now
+        try:  # the rest of its audio, streamed already: charged to its API key whatever its budget
+            await self.intake.charge_key(session, index, max(0.0, seconds - first), debt=True, counted=False)
+        except DependencyDown:
+            pass
 
     async def _whole(self, session: Session, index: int, audio: bytes) -> None:
         """A buffered utterance, closed: as if sent whole as utterance ``index``."""

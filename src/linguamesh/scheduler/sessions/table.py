@@ -44,7 +44,7 @@ from ..tokens import same_token
 from ..transport import Transport, close_quietly
 from .delivery import Delivery
 from .rooms import Rooms, key_hash
-from .session import Session, SessionSettings
+from .session import KEY_SESSION_LAPSE, Session, SessionSettings
 
 log = get_logger("linguamesh.scheduler")
 
@@ -177,9 +177,14 @@ class SessionTable:
         session.peer = ""
 
     async def open(
-        self, init: p.SessionInit, conn: Transport, peer: str = "", who: tuple[str, str] | None = None
+        self,
+        init: p.SessionInit,
+        conn: Transport,
+        peer: str = "",
+        who: tuple[str, str, int | None] | None = None,
     ) -> Session:
-        """A new session; ``who``: the (identity, key id) of its access token."""
+        """A new session; ``who``: the identity and key id of its access token, and the key's
+        max_sessions."""
         p.check_version(init.protocol_version)
         self._admit_new(peer)
         tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
@@ -227,6 +232,13 @@ class SessionTable:
         )
         if not await self._point_room(session):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
+        if who is not None:  # the key's concurrent sessions, across instances
+            _, key_id, most = who
+            if not await self.store.open_key_session(key_id, session.session_id, most, KEY_SESSION_LAPSE):
+                raise ProtocolError(
+                    ErrorCode.QUOTA_EXCEEDED, f"key {key_id!r} has {most} sessions open (its max_sessions)"
+                )
+            await self.store.add_usage(key_id, sessions=1)
         await self.store.create_session(
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
@@ -335,6 +347,11 @@ class SessionTable:
         self.sessions.pop(session.session_id, None)
         self._drop_peer(session)
         self._apply(session, session.life.forgotten())
+        if session.settings.key_id is not None:
+            try:
+                await self.store.close_key_session(session.settings.key_id, session.session_id)
+            except DependencyDown:  # its count lapses by itself
+                pass
         self.tasks.cancel(session.utterances.idle_timer)
         await self.cancel_jobs(list(session.life.running), "session_gone")
         await session.delivery.stop()
