@@ -219,3 +219,37 @@ async def test_the_speaker_pages_room_is_the_commitment_to_its_key(cluster: Clus
         shown = (await http.get(f"{s.http}/api/v1/rooms/{ids['room']}")).json()
     assert shown["session_id"] == sid
     assert not page.js_errors
+
+
+async def test_with_api_keys_the_speaker_page_sends_the_token_of_its_address(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    """With --api-keys, the page opened with ``?token=…`` (from the operator's backend)
+    gets its session; opened without one, it is refused (and says so)."""
+    import time
+
+    import jwt
+
+    secret = "browser-secret-" + "9" * 32
+    keys = tmp_path / "keys"
+    keys.write_text(f"web {secret}\n")
+    s = await cluster.scheduler(api_keys=str(keys))
+    await cluster.node(s.url)
+    tok = jwt.encode(
+        {"iss": "web", "sub": "page", "exp": int(time.time()) + 600, "grants": {"speak": True, "view": True}},
+        secret,
+        algorithm="HS256",
+    )
+    page = await new_page(browser, s.http)
+    await page.goto(f"/?token={tok}")
+    await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
+    await page.click("#start")
+    await page.wait_for_selector("#conn[data-state=connected]")
+    assert str(await page.evaluate("window.lm.ack.session_id")).startswith("s-")
+    anonymous = await new_page(browser, s.http)
+    await anonymous.goto("/")
+    await anonymous.wait_for_function("document.querySelectorAll('#src option').length > 0")
+    await anonymous.click("#start")
+    await anonymous.wait_for_function(
+        "document.querySelector('#notice') && document.querySelector('#notice').textContent.includes('token')"
+    )

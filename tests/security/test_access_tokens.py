@@ -182,7 +182,11 @@ async def test_key_quotas_sessions_and_audio_per_hour_and_usage(tmp_path: Path) 
         await first.connect()
         assert (await refused(s.url, token("k1", S1))).startswith("quota_exceeded")
         await first.send_utterance(0, pcm(0.6))
-        assert (await first.next_result(10 * SCALE)).status == "ok"
+        done = await first.next_result(10 * SCALE)
+        assert done.status == "ok"
+        async with httpx.AsyncClient(timeout=5) as http:  # the job says who spoke it
+            job = (await http.get(f"{s.http}/api/v1/jobs/{done.job_id}")).json()
+        assert job["identity"] == "alice" and job["key_id"] == "k1"
         await first.send_utterance(1, pcm(0.6))  # 1.2 s: past the hour's 1 s
         err = await first.recv(5 * SCALE)
         assert isinstance(err, p.Error) and err.code == "quota_exceeded" and err.ref == "utterance 1", err
@@ -196,3 +200,7 @@ async def test_key_quotas_sessions_and_audio_per_hour_and_usage(tmp_path: Path) 
             usage = (await http.get(f"{s.http}/api/v1/usage")).json()["keys"]["k1"]
         assert usage["sessions"] == 2 and usage["utterances"] == 1 and usage["jobs"] == 1
         assert abs(usage["audio_seconds"] - 0.6) < 0.01
+        async with httpx.AsyncClient(timeout=5) as http:
+            metrics = (await http.get(f"{s.http}/metrics")).text
+        assert 'linguamesh_key_usage_total{key="k1",kind="utterances"} 1.0' in metrics, metrics[-2000:]
+        assert 'linguamesh_quota_refused_total{key="k1"} 2.0' in metrics

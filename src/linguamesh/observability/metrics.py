@@ -36,6 +36,11 @@ RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5)
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     # scheduler
     "sessions_created": ("Sessions opened", ()),
+    "quota_refused": ("Sessions and utterances an API key's quota refused", ("key",)),
+    "key_usage": (
+        "Use of each API key (--api-keys) on this instance, by kind: sessions, utterances, jobs, audio_seconds",
+        ("key", "kind"),
+    ),
     "sessions_resumed": ("Sessions resumed after a reconnect", ()),
     "events_replayed": ("Session events replayed on resume", ()),
     "utterances_received": ("Utterances accepted", ()),

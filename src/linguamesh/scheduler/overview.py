@@ -78,9 +78,14 @@ def job_view(s: Scheduler, job_id: str) -> dict[str, Any] | None:
     job = run.job if run is not None else s.runner.finished.get(JobId(job_id))
     if job is None:
         return None
+    session = s.sessions.get(job.session_id)
+    st = session.settings if session is not None else None
     return {
         "job_id": job.job_id,
         "instance_id": s.config.instance_id,
+        # who spoke it, by the session's access token (--api-keys)
+        "identity": st.identity if st is not None else None,
+        "key_id": st.key_id if st is not None else None,
         "trace_id": job.trace_id,
         "session_id": job.session_id,
         "utterance_index": job.utterance_index,

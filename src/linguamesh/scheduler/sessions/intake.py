@@ -178,11 +178,15 @@ class Intake:
         per_hour = None if debt else limits.get("audio_seconds_per_hour")
         utterances, jobs = (1, len(session.settings.tgt_langs)) if counted else (0, 0)
         if not await self.store.charge_key(key_id, seconds, per_hour, time.time(), utterances, jobs):
+            self.metrics.inc("quota_refused", key=key_id)
             raise ProtocolError(
                 ErrorCode.QUOTA_EXCEEDED,
                 f"key {key_id!r} has used its {per_hour} seconds of audio this hour",
                 f"utterance {index}",
             )
+        for kind, amount in (("utterances", utterances), ("jobs", jobs), ("audio_seconds", seconds)):
+            if amount:
+                self.metrics.inc("key_usage", amount, key=key_id, kind=kind)
         now = self.clock()
         if now - session.key_renewed_at >= 60.0:
             session.key_renewed_at = now

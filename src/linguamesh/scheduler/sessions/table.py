@@ -235,10 +235,12 @@ class SessionTable:
         if who is not None:  # the key's concurrent sessions, across instances
             _, key_id, most = who
             if not await self.store.open_key_session(key_id, session.session_id, most, KEY_SESSION_LAPSE):
+                self.metrics.inc("quota_refused", key=key_id)
                 raise ProtocolError(
                     ErrorCode.QUOTA_EXCEEDED, f"key {key_id!r} has {most} sessions open (its max_sessions)"
                 )
             await self.store.add_usage(key_id, sessions=1)
+            self.metrics.inc("key_usage", key=key_id, kind="sessions")
         await self.store.create_session(
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
