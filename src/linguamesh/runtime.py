@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -48,11 +49,14 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         # SIGHUP (systemctl reload, log rotation) reads the keys and credentials files again;
         # without a handler it would end the process
-        self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+        hup = threading.current_thread() is threading.main_thread()  # (a server in a thread: none)
+        if hup:
+            self._loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             await super().serve(sockets)
         finally:
-            self._loop.remove_signal_handler(signal.SIGHUP)
+            if hup:
+                self._loop.remove_signal_handler(signal.SIGHUP)
 
     def _reload(self) -> None:
         sched = getattr(self.app.state, "scheduler", None)
