@@ -230,17 +230,20 @@ class SessionTable:
             view_token=new_token(),
             settings=settings,
         )
-        if not await self._point_room(session):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
-        if who is not None:  # the key's concurrent sessions, across instances
+        if who is not None:  # the key's concurrent sessions, across instances (before the room moves)
             _, key_id, most = who
             if not await self.store.open_key_session(key_id, session.session_id, most, KEY_SESSION_LAPSE):
                 self.metrics.inc("quota_refused", key=key_id)
                 raise ProtocolError(
                     ErrorCode.QUOTA_EXCEEDED, f"key {key_id!r} has {most} sessions open (its max_sessions)"
                 )
-            await self.store.add_usage(key_id, sessions=1)
-            self.metrics.inc("key_usage", key=key_id, kind="sessions")
+        if not await self._point_room(session):
+            if who is not None:  # refused: it holds no place among its key's sessions
+                await self.store.close_key_session(who[1], session.session_id)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
+        if who is not None:
+            await self.store.add_usage(who[1], sessions=1)
+            self.metrics.inc("key_usage", key=who[1], kind="sessions")
         await self.store.create_session(
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
