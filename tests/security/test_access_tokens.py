@@ -204,3 +204,18 @@ async def test_key_quotas_sessions_and_audio_per_hour_and_usage(tmp_path: Path) 
             metrics = (await http.get(f"{s.http}/metrics")).text
         assert 'linguamesh_key_usage_total{key="k1",kind="utterances"} 1.0' in metrics, metrics[-2000:]
         assert 'linguamesh_quota_refused_total{key="k1"} 2.0' in metrics
+
+
+async def test_a_refused_session_init_holds_no_place_among_its_keys_sessions(tmp_path: Path) -> None:
+    """A key allows one session: a session_init refused for its room (not its key's) leaves
+    the key's place free for the next."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"k1 {S1} max_sessions=1\n")
+    async with Fleet(tmp_path, redis=False) as fleet:
+        s = await fleet.scheduler("A", "--api-keys", str(keys))
+        answer = await refused(s.url, token("k1", S1), room="a" * 22, room_key="the-wrong-key-0123456789")
+        assert answer.startswith("bad_message") and "room" in answer
+        c = SessionClient(s.url, src="en", tgt="es")
+        c.init.token = token("k1", S1)
+        await c.connect()  # the refused one holds no place
+        await c.disconnect()

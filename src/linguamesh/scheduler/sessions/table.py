@@ -237,9 +237,7 @@ class SessionTable:
                 raise ProtocolError(
                     ErrorCode.QUOTA_EXCEEDED, f"key {key_id!r} has {most} sessions open (its max_sessions)"
                 )
-        if not await self._point_room(session):
-            if who is not None:  # refused: it holds no place among its key's sessions
-                await self.store.close_key_session(who[1], session.session_id)
+        if not await self._point_room(session):  # (a room commits to its key: another key's is refused above)
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
         if who is not None:
             await self.store.add_usage(who[1], sessions=1)
