@@ -79,6 +79,8 @@ class Cluster:
         #: back with them (through another instance) before they are taken over
         self.orphan_grace = orphan_grace
         self._orphans_at: float | None = None
+        #: deaths seen before this (monotonic) time are not believed yet (see ``_heartbeat``)
+        self._believe_deaths_at = float("-inf")
         self.store = store
         self.tasks = tasks
         self.me = instance_id
@@ -317,7 +319,15 @@ class Cluster:
                 restarted = self.run_id is not None and run_id != self.run_id
                 await self.store.instance_alive(self.me, INSTANCE_TTL, self._boot)
                 before = self.live
-                self.live = await self.store.live_instances() | {self.me}
+                live = await self.store.live_instances() | {self.me}
+                if not self.healthy or restarted:
+                    # Redis was away (or lost its data): every instance's liveness may have lapsed
+                    # meanwhile, alive or not; a death is believed once they had a heartbeat's time
+                    # since Redis came back to say they are there
+                    self._believe_deaths_at = time.monotonic() + INSTANCE_TTL
+                if time.monotonic() < self._believe_deaths_at:
+                    live |= before
+                self.live = live
                 if before - self.live:  # an instance died: its waiting jobs are taken at once,
                     self._claim_unplaced = True  # the rest once their nodes had time to come back
                     self._orphans_at = time.monotonic() + self.orphan_grace
