@@ -33,8 +33,8 @@ class RedisHistory(RedisLink):
         current = int(cur) if cur else 0
         if last_seq > current:
             raise ReplayGap(f"last_seq {last_seq} is ahead of the session ({current})")
-        out = [(int(eid.split(b"-")[0]), fields[b"d"]) for eid, fields in entries]
-        oldest = int(first[0][0].split(b"-")[0]) if first else current + 1
+        out = self._numbered(entries)
+        oldest = self._numbered(first)[0][0] if first else current + 1
         gone = int(evicted) if evicted else 0  # superseded drafts leave holes, not gaps
         if last_seq < gone:
             raise ReplayGap(f"events {last_seq + 1}..{gone} are no longer kept", oldest)

@@ -21,6 +21,8 @@ from typing import Any
 
 import jwt
 
+from .linefiles import entries
+
 #: The only algorithm accepted (``alg: none`` and every other one are refused).
 ALGORITHMS = ["HS256"]
 #: Seconds of clock skew allowed on ``exp`` and ``nbf``.
@@ -74,11 +76,7 @@ class ApiKeys:
             text = Path(path).read_text()
         except OSError as exc:
             raise ValueError(f"--api-keys {path}: {exc.strerror or exc}") from None
-        for n, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
+        for n, parts in entries(text):
             if len(parts) < 2:
                 raise ValueError(f"--api-keys {path}, line {n}: expected `KEY_ID SECRET [name=value ...]`")
             key_id, secret, *rest = parts

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ...protocol import ErrorCode, ProtocolError
 from ..tokens import same_token
+from .linefiles import entries
 
 
 class Proof(Enum):
@@ -46,11 +47,7 @@ class NodeCredentials:
                 text = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ValueError(f"cannot read the node tokens file {path}: {exc.strerror}") from None
-            for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
+            for n, parts in entries(text):
                 if len(parts) != 2:
                     raise ValueError(f"{path}:{n}: expected `node_id token`, got {len(parts)} field(s)")
                 node_id, token = parts
