@@ -170,11 +170,14 @@ class Fleet:
             measure=self.measure,
         )  # fmt: skip
 
-    async def wait_node(self, scheduler: str, node_id: str, timeout: float = 20) -> None:
+    async def wait_node(
+        self, scheduler: str, node_id: str, timeout: float = 20, operator_token: str | None = None
+    ) -> None:
         """Until ``scheduler`` lists ``node_id`` (connected to it or to another instance)."""
         s = self.schedulers[scheduler]
         end = time.monotonic() + timeout * SCALE
-        async with httpx.AsyncClient() as http:
+        auth = {"Authorization": f"Bearer {operator_token}"} if operator_token else {}
+        async with httpx.AsyncClient(headers=auth) as http:
             while time.monotonic() < end:
                 try:
                     pools = (await http.get(f"{s.http}/api/v1/pools", timeout=2)).json()["pools"]

@@ -149,6 +149,10 @@ def scheduler(
     operator_token: Annotated[
         str | None, typer.Option(help="Token for /admin and the operator API (required off loopback)")
     ] = None,
+    operator_token_file: Annotated[
+        str | None,
+        typer.Option(help="File of operator tokens, one per line, each accepted (re-read on SIGHUP)"),
+    ] = None,
     metrics_public: Annotated[
         bool, typer.Option("--metrics-public", help="Serve /metrics without the operator token off loopback")
     ] = False,
@@ -177,6 +181,10 @@ def scheduler(
         typer.Option(
             help="File of `KEY_ID SECRET [name=value ...]` lines: speakers and viewers need access tokens"
         ),
+    ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(help="POST signed session_started / session_ended webhooks here (needs --api-keys)"),
     ] = None,
     allow_anonymous: Annotated[
         bool, typer.Option("--allow-anonymous", help="Bound off loopback without --api-keys: start anyway")
@@ -241,6 +249,7 @@ def scheduler(
         node_tokens=node_tokens,
         insecure=insecure or None,
         operator_token=operator_token,
+        operator_token_file=operator_token_file,
         metrics_public=metrics_public or None,
         allowed_origins=allowed_origins,
         trusted_proxies=trusted_proxies,
@@ -249,6 +258,7 @@ def scheduler(
         max_connections_per_ip=max_connections_per_ip,
         max_targets=max_targets,
         api_keys=api_keys,
+        webhook_url=webhook_url,
         allow_anonymous=allow_anonymous or None,
         max_sessions_per_ip=max_sessions_per_ip,
         max_viewers_per_session=max_viewers_per_session,

@@ -272,6 +272,14 @@ async def test_key_quotas_hold_and_usage_adds_up(store: Any) -> None:
     usage = await store.usage()
     assert usage["k"]["audio_seconds"] == 50 + 50 + 60 + 1e6
     assert usage["k"]["sessions"] == 2 and usage["k"]["utterances"] == 3
+    # a session's own usage, on its record while it exists (none made for one that is gone)
+    assert await store.charge_key("k", 1.5, None, hour + 3602, 1, 2, session_id=SID)
+    assert await store.charge_key("k", 2.0, None, hour + 3603, 1, 2, session_id=SID)
+    assert not await store.charge_key("k", 1e9, 10, hour + 3604, 1, 2, session_id=SID)  # refused: not counted
+    assert await store.charge_key("k", 2.0, None, hour + 3605, 1, 2, session_id="gone")
+    rec = await store.load_session(SID)
+    assert rec is not None and rec.usage == {"audio_seconds": 3.5, "utterances": 2, "jobs": 4}
+    assert await store.load_session("gone") is None
 
 
 async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any) -> None:

@@ -219,3 +219,98 @@ async def test_a_refused_session_init_holds_no_place_among_its_keys_sessions(tmp
         c.init.token = token("k1", S1)
         await c.connect()  # the refused one holds no place
         await c.disconnect()
+
+
+async def test_rotation_by_sighup_under_load_loses_nothing(tmp_path: Path) -> None:
+    """Two instances on Redis under steady load rotate their API keys, node tokens and
+    operator tokens by SIGHUP, twice (add the new, then remove the old): the sessions
+    already open speak on and every utterance gets exactly one result (0 lost, 0
+    duplicated); a new key admits sessions at once, a removed one no new session; an
+    added node token lets its node in; the operator tokens follow the file."""
+    keys, nodes, operators = tmp_path / "keys", tmp_path / "node-tokens", tmp_path / "operator-tokens"
+    keys.write_text(f"k1 {S1}\n")
+    nodes.write_text("n1 node-one-token-0123456789\nn2 node-two-token-0123456789\n")
+    op_old, op_new = "operator-old-0123456789", "operator-new-0123456789"
+    operators.write_text(f"{op_old}\n")
+    flags = ("--api-keys", str(keys), "--node-tokens", str(nodes), "--operator-token-file", str(operators))
+    async with Fleet(tmp_path, redis=True) as fleet:
+        a = await fleet.scheduler("A", *flags)
+        b = await fleet.scheduler("B", *flags)
+        fleet.node("n1", [a.url], delay_ms=50, env={"LINGUAMESH_NODE_TOKEN": "node-one-token-0123456789"})
+        fleet.node("n2", [b.url], delay_ms=50, env={"LINGUAMESH_NODE_TOKEN": "node-two-token-0123456789"})
+        await fleet.wait_node("A", "n1", operator_token=op_old)
+        await fleet.wait_node("B", "n2", operator_token=op_old)
+        utterances = 30
+        speakers: list[SessionClient] = []
+
+        async def open_speaker(url: str, tok: str) -> SessionClient:
+            c = SessionClient(url, src="en", tgt="es")
+            c.init.token = tok
+            await c.connect()
+            speakers.append(c)
+            return c
+
+        async def speak(c: SessionClient) -> None:
+            for i in range(utterances):
+                await c.send_utterance(i, pcm(0.2))
+                await asyncio.sleep(0.08)
+
+        def sighup() -> None:
+            fleet.signal("A", signal.SIGHUP)
+            fleet.signal("B", signal.SIGHUP)
+
+        async def operator(base: str, tok: str) -> int:
+            async with httpx.AsyncClient(timeout=5) as http:
+                got = await http.get(f"{base}/api/v1/nodes", headers={"Authorization": f"Bearer {tok}"})
+            return got.status_code
+
+        first = [
+            await open_speaker(s.url, token("k1", S1, sub=f"k1-{n}")) for n, s in enumerate([a, b, a, b])
+        ]
+        load = [asyncio.create_task(speak(c)) for c in first]
+        await asyncio.sleep(0.4)
+        # 1: the new key, node token and operator token are added beside the old
+        keys.write_text(f"k1 {S1}\nk2 {S2}\n")
+        nodes.write_text(
+            "n1 node-one-token-0123456789\nn2 node-two-token-0123456789\nn3 node-three-token-0123456789\n"
+        )
+        operators.write_text(f"{op_old}\n{op_new}\n")
+        sighup()
+        await asyncio.sleep(0.5)
+        second = [await open_speaker(s.url, token("k2", S2, sub=f"k2-{n}")) for n, s in enumerate([a, b])]
+        load += [asyncio.create_task(speak(c)) for c in second]
+        fleet.node("n3", [a.url], delay_ms=50, env={"LINGUAMESH_NODE_TOKEN": "node-three-token-0123456789"})
+        await fleet.wait_node("A", "n3", operator_token=op_new)
+        assert {await operator(s.http, op_old) for s in (a, b)} == {200}
+        assert {await operator(s.http, op_new) for s in (a, b)} == {200}
+        # 2: the old ones are removed
+        keys.write_text(f"k2 {S2}\n")
+        operators.write_text(f"{op_new}\n")
+        sighup()
+        await asyncio.sleep(0.5)
+        for s in (a, b):
+            assert (await refused(s.url, token("k1", S1))).startswith("unauthorized")
+            assert await operator(s.http, op_old) == 401 and await operator(s.http, op_new) == 200
+        await asyncio.gather(*load)
+        lost = dup = 0
+        for c in speakers:
+            got: dict[int, int] = {}
+            for r in await c.results(utterances, timeout=30 * SCALE):
+                assert r.status == "ok", r
+                got[r.utterance_index] = got.get(r.utterance_index, 0) + 1
+            await asyncio.sleep(0.3)
+            while True:  # anything more is a duplicate
+                try:
+                    extra = await c.recv(0.05)
+                except TimeoutError:
+                    break
+                if isinstance(extra, p.TranslationResult):
+                    got[extra.utterance_index] = got.get(extra.utterance_index, 0) + 1
+            lost += sum(1 for i in range(utterances) if i not in got)
+            dup += sum(n - 1 for n in got.values() if n > 1)
+        assert (lost, dup) == (0, 0)
+        for s in ("A", "B"):
+            assert fleet.schedulers[s].proc is not None and fleet.schedulers[s].proc.proc.poll() is None
+            assert (tmp_path / f"{s}.1.log").read_text().count("scheduler.reloaded") == 2
+        for c in speakers:
+            await c.disconnect()

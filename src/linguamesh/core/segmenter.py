@@ -138,11 +138,11 @@ class Segmenter:
             self._live(audio, is_final, out)
         else:
             self._buffered(audio, is_final, out)
-        return out
+        return self._settled(out)
 
     def idle(self) -> list[Decision]:
         """No chunk came for the idle gap: the open utterance closes."""
-        return self._close("idle_gap", None)
+        return self._settled(self._close("idle_gap", None))
 
     def speech_end(self, number: int, size: int) -> list[Decision]:
         """The node heard the speech of live utterance ``number`` end ``size`` bytes into it
@@ -150,7 +150,7 @@ class Segmenter:
         cur = self.current
         if cur is None or cur.number != number or not cur.live:
             return []
-        return self._close("end_of_speech", max(0, min(size, len(cur.audio))))
+        return self._settled(self._close("end_of_speech", max(0, min(size, len(cur.audio)))))
 
     def refused(self, number: int) -> None:
         """The shell could not open utterance ``number``: forget it."""
@@ -174,12 +174,9 @@ class Segmenter:
             cur.audio += audio
             cur.pieces += 1
             out.append(Append(cur.number, audio, seq))
-        if is_final:
+        self._split(out)
+        if is_final:  # (what is left after the cuts: never longer than the limit)
             out.extend(self._close("final", None))
-            return
-        while self.current is not None and len(self.current.audio) >= self.max_bytes:  # cut in a pause
-            out.extend(self._close("split", self.cut(bytes(self.current.audio))))
-        self._arm(out)
 
     def _wait_for_speech(self, audio: bytes) -> bytes | None:
         """Audio between two utterances waits (the last ``preroll_bytes`` of it) until
@@ -207,17 +204,21 @@ class Segmenter:
         else:
             cur.audio += audio
             cur.pieces += 1
-        while self.current is not None and len(self.current.audio) >= self.max_bytes:  # cut in a pause
-            out.extend(self._close("split", self.cut(bytes(self.current.audio))))
+        self._split(out)
         if is_final:
             out.extend(self._close("final", None))
-        else:
-            self._arm(out)
 
-    def _arm(self, out: list[Decision]) -> None:
-        """The idle timer runs while an utterance is open (armed once per list)."""
-        if self.current is not None and not (out and isinstance(out[-1], ArmIdle)):
+    def _split(self, out: list[Decision]) -> None:
+        while self.current is not None and len(self.current.audio) >= self.max_bytes:  # cut in a pause
+            out.extend(self._close("split", self.cut(bytes(self.current.audio))))
+
+    def _settled(self, out: list[Decision]) -> list[Decision]:
+        """The decisions with the idle timer's last word: it runs while an utterance is
+        open (one ``ArmIdle``, last), whatever opened and closed on the way."""
+        out = [d for d in out if not isinstance(d, ArmIdle)]
+        if self.current is not None:
             out.append(ArmIdle())
+        return out
 
     # ------------------------------------------------------------------ closing
 

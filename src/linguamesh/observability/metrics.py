@@ -41,6 +41,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Use of each API key (--api-keys) on this instance, by kind: sessions, utterances, jobs, audio_seconds",
         ("key", "kind"),
     ),
+    "webhooks": (
+        "Webhooks (--webhook-url) by event and outcome: delivered, retried, failed, dropped",
+        ("event", "outcome"),
+    ),
     "sessions_resumed": ("Sessions resumed after a reconnect", ()),
     "events_replayed": ("Session events replayed on resume", ()),
     "utterances_received": ("Utterances accepted", ()),

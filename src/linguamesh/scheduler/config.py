@@ -69,6 +69,8 @@ class SchedulerConfig:
     #: Allow a non-loopback bind address without node credentials (logged as a warning).
     insecure: bool = False
     operator_token: str | None = None
+    #: A file of operator tokens, one per line (each accepted; read again on SIGHUP).
+    operator_token_file: str | None = None
     #: Serve ``/metrics`` without the operator token when bound off loopback.
     metrics_public: bool = False
     #: Origins (``scheme://host[:port]``, comma-separated) allowed on ``/ws/session``
@@ -100,6 +102,9 @@ class SchedulerConfig:
     #: A file of API keys (``KEY_ID SECRET [name=value ...]``): sessions and viewers then
     #: need an access token signed with one (``edge/access_tokens.py``).
     api_keys: str | None = None
+    #: Where session_started / session_ended webhooks are posted, signed with the keys'
+    #: secrets (``webhooks.py``); needs ``api_keys``.
+    webhook_url: str | None = None
     #: Bound off loopback without ``api_keys``: start anyway, anyone may open sessions.
     allow_anonymous: bool = False
     #: Megabytes of events the process may hold for clients (windows and transcripts in
@@ -190,6 +195,9 @@ class SchedulerConfig:
         from .edge.access_tokens import ApiKeys
 
         ApiKeys.load(self.api_keys)  # a bad keys file fails here, at start
+        from .edge.access import operator_tokens
+
+        operator_tokens(self.operator_token, self.operator_token_file)  # and a bad operator token file
         if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:
             raise ValueError(
                 f"bound to {self.host}, which other hosts can reach, with no node credentials: any "
@@ -202,6 +210,14 @@ class SchedulerConfig:
                 "sessions and spend the nodes' time. Set --api-keys FILE (speakers and viewers then need "
                 "access tokens), or pass --allow-anonymous to run like this anyway"
             )
+        if self.webhook_url is not None:
+            if self.api_keys is None:
+                raise ValueError(
+                    "--webhook-url needs --api-keys: webhooks are about the sessions of API keys and "
+                    "are signed with their secrets"
+                )
+            if not re.match(r"https?://[^/\s]+", self.webhook_url):
+                raise ValueError(f"--webhook-url {self.webhook_url!r}: an http:// or https:// URL is needed")
         for name in (
             "pending_timeout",
             "ack_timeout",

@@ -128,6 +128,7 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "room_key_hash": st.room_key_hash,
             "identity": st.identity,
             "key_id": st.key_id,
+            "started_at": st.started_at,
         },
         owner=owner,
         max_index=session.utterances.max_index,
@@ -149,6 +150,7 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         room_key_hash=st.get("room_key_hash"),
         identity=st.get("identity"),
         key_id=st.get("key_id"),
+        started_at=float(st.get("started_at") or 0.0),
     )
 
 

@@ -41,6 +41,7 @@ from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .cluster.watch import EventWatch
 from .config import SchedulerConfig
+from .edge.access import operator_tokens
 from .edge.access_tokens import AccessToken, ApiKeys, TokenError
 from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
@@ -49,12 +50,13 @@ from .jobs.runner import Runner
 from .nodes.registry import NodeConn, Registry
 from .records import limits
 from .sessions.intake import Intake
-from .sessions.session import Session
+from .sessions.session import Session, Speaker
 from .sessions.stream import UtteranceStream
 from .sessions.table import SessionTable
 from .shutdown import Shutdown
 from .tasks import Tasks
 from .transport import Transport, close_quietly
+from .webhooks import SessionEvents, Webhooks
 
 #: /readyz answers within this (a stalled state store makes it 503, not a hung request)
 READY_DEADLINE = 1.0
@@ -86,9 +88,16 @@ class Scheduler:
         credentials = NodeCredentials.load(config.node_token, config.node_tokens)
         #: API keys: who may speak and watch (``--api-keys``; none: anyone on loopback)
         self.api_keys = ApiKeys.load(config.api_keys)
+        #: who may read operator data off loopback (``--operator-token``, ``--operator-token-file``)
+        self.operator_tokens = operator_tokens(config.operator_token, config.operator_token_file)
         self.registry = Registry(config, store, remote, m, tasks, clock, credentials)
         self.dispatcher = Dispatcher(config, store, remote, m, clock, self.lifecycle.config, self.registry)
-        self.table = SessionTable(config, store, remote, m, tasks, clock, self.init_ack, self._cancel_jobs)
+        #: signed webhooks to the operator's backend (``--webhook-url``)
+        self.webhooks = Webhooks(config.webhook_url, config.instance_id, m, tasks)
+        events = SessionEvents(self.webhooks, self._secret_of)
+        self.table = SessionTable(
+            config, store, remote, m, tasks, clock, self.init_ack, self._cancel_jobs, events
+        )
         self.runner = Runner(
             config, store, remote, m, tasks, clock, self.lifecycle, self.dispatcher, self.registry, self.table
         )
@@ -203,6 +212,7 @@ class Scheduler:
                 "any program can register as a node and receive users' audio",
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
+        self.webhooks.start()
         if self.bridge is not None:
             answer = partial(overview.answer, self)
             await self.bridge.start(Parts(self.registry, self.runner, self.table, self.stream, answer))
@@ -218,6 +228,7 @@ class Scheduler:
             for run in self.runner.runs.values():
                 run.disarm()
             await self.table.stop()
+            await self.webhooks.stop()  # (what the sessions' ends queued gets its few seconds)
             await self.tasks.stop()
         finally:
             await self.store.close()
@@ -245,8 +256,15 @@ class Scheduler:
     async def open_session(self, init: p.SessionInit, conn: Transport, peer: str = "") -> Session:
         self.budget.check()
         access = self.admit_speaker(init)
-        who = (access.identity, access.key.key_id, access.key.options.get("max_sessions")) if access else None
+        who = None
+        if access is not None:
+            key = access.key
+            who = Speaker(access.identity, key.key_id, key.options.get("max_sessions"), key.secret)
         return await self.table.open(init, conn, peer, who)
+
+    def _secret_of(self, key_id: str) -> str | None:
+        key = self.api_keys.keys.get(key_id)
+        return key.secret if key is not None else None
 
     def admit_speaker(self, init: p.SessionInit) -> AccessToken | None:
         """With API keys, a new session needs an access token that grants ``speak`` (and,
@@ -282,15 +300,24 @@ class Scheduler:
         return access
 
     def reload(self) -> dict[str, Any]:
-        """Read the API keys and node credentials files again (SIGHUP, or the operator's
-        ``POST /api/v1/admin/reload``): a new key admits sessions at once, a removed one
-        no new session; sessions already open stay open. A bad file changes nothing."""
-        keys = ApiKeys.load(self.config.api_keys)
-        credentials = NodeCredentials.load(self.config.node_token, self.config.node_tokens)
+        """Read the API keys, node credentials and operator token files again (SIGHUP, or
+        the operator's ``POST /api/v1/admin/reload``): a new key admits sessions at once, a
+        removed one no new session; sessions already open stay open. A bad file changes
+        nothing (all three are read before any is used)."""
+        cfg = self.config
+        keys = ApiKeys.load(cfg.api_keys)
+        credentials = NodeCredentials.load(cfg.node_token, cfg.node_tokens)
+        operators = operator_tokens(cfg.operator_token, cfg.operator_token_file)
         self.api_keys = keys
         self.registry.credentials = credentials
-        log.info("scheduler.reloaded", api_keys=len(keys.keys), node_credentials=credentials.configured)
-        return {"api_keys": len(keys.keys), "node_credentials": credentials.configured}
+        self.operator_tokens = operators
+        done = {
+            "api_keys": len(keys.keys),
+            "node_credentials": credentials.configured,
+            "operator_tokens": len(operators),
+        }
+        log.info("scheduler.reloaded", **done)
+        return done
 
     async def resume_session(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
         return await self.table.resume(info, conn)

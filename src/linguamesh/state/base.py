@@ -116,6 +116,8 @@ class SessionRecord:
     settings: dict[str, Any]
     owner: str
     max_index: int = -1
+    #: what the session used, charged to its API key: audio_seconds, utterances, jobs
+    usage: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -326,10 +328,12 @@ class StateStore(Protocol):
         now: float,
         utterances: int = 0,
         jobs: int = 0,
+        session_id: str | None = None,
     ) -> bool:
         """Charge ``seconds`` of audio to the key's clock hour; False (nothing charged) when
         that would pass ``per_hour`` (None: no limit). What is charged is counted in the
-        key's usage, with ``utterances`` and ``jobs``: one round trip."""
+        key's usage, with ``utterances`` and ``jobs``, and in the usage of the session
+        ``session_id`` (its record's ``usage``) while it exists: one round trip."""
         ...
 
     async def add_usage(self, key_id: str, **amounts: float) -> None:

@@ -535,6 +535,7 @@ class MemoryStateStore:
         now: float,
         utterances: int = 0,
         jobs: int = 0,
+        session_id: str | None = None,
     ) -> bool:
         hour = int(now // 3600)
         used = self.key_audio.get((key_id, hour), 0.0)
@@ -542,7 +543,12 @@ class MemoryStateStore:
             return False
         self.key_audio = {k: v for k, v in self.key_audio.items() if k[1] >= hour - 1}
         self.key_audio[(key_id, hour)] = used + seconds
-        await self.add_usage(key_id, audio_seconds=seconds, utterances=utterances, jobs=jobs)
+        amounts = {"audio_seconds": seconds, "utterances": float(utterances), "jobs": float(jobs)}
+        await self.add_usage(key_id, **amounts)
+        rec = self.sessions.get(SessionId(session_id)) if session_id is not None else None
+        if rec is not None:
+            for name, value in amounts.items():
+                rec.usage[name] = rec.usage.get(name, 0.0) + value
         return True
 
     async def add_usage(self, key_id: str, **amounts: float) -> None:

@@ -345,6 +345,7 @@ class RedisStateStore(RedisHistory):
             settings=json.loads(d["settings"]),
             owner=d["owner"],
             max_index=int(d.get("max_index", "-1")),
+            usage={k[6:]: float(v) for k, v in d.items() if k.startswith("usage_")},
         )
 
     async def claim_session(self, session_id: SessionId, owner: str, ttl: float) -> str | None:

@@ -120,8 +120,11 @@ class RedisHistory(RedisLink):
         now: float,
         utterances: int = 0,
         jobs: int = 0,
+        session_id: str | None = None,
     ) -> bool:
-        keys = [K.key_audio(key_id, int(now // 3600)), K.key_usage(key_id), K.KEYS_USED]
+        # (a session's own usage: on its hash, where it is, when given)
+        session = K.session(session_id) if session_id is not None else K.session("-")
+        keys = [K.key_audio(key_id, int(now // 3600)), K.key_usage(key_id), K.KEYS_USED, session]
         args = [repr(seconds), "" if per_hour is None else per_hour, key_id, utterances, jobs]
         return bool(await self._run(self._charge_key, keys=keys, args=args))
 

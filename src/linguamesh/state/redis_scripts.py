@@ -415,7 +415,7 @@ return 1
 """
 
 CHARGE_KEY_AUDIO = """
--- KEYS: the key's hour, its usage, keys used
+-- KEYS: the key's hour, its usage, keys used, the session's hash (its usage, if it exists)
 -- ARGV: seconds, per hour ('' = no limit), key id, utterances, jobs
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if ARGV[2] ~= '' and used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
@@ -425,5 +425,10 @@ redis.call('HINCRBYFLOAT', KEYS[2], 'audio_seconds', ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'utterances', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'jobs', ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[4], 'usage_audio_seconds', ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'usage_utterances', ARGV[4])
+  redis.call('HINCRBY', KEYS[4], 'usage_jobs', ARGV[5])
+end
 return 1
 """

@@ -4,8 +4,10 @@ On loopback everything is open (the operator is on the machine), unless the requ
 came through a trusted proxy (``--trusted-proxies``: its client is elsewhere). Bound elsewhere,
 the operator routes — ``/admin``'s data, ``/api/v1/nodes``, ``/api/v1/pools``,
 ``/api/v1/jobs/{id}`` and ``/metrics`` (unless ``--metrics-public``) — need
-``--operator-token`` (``Authorization: Bearer …`` or ``?token=``); with no token
-configured they are off. Open to all: ``/healthz``, ``/readyz``,
+an operator token (``Authorization: Bearer …`` or ``?token=``) from ``--operator-token``
+or ``--operator-token-file`` (one token per line, each accepted: a new one is added, the
+file reloaded with SIGHUP, then the old one removed); with no token configured they are
+off. Open to all: ``/healthz``, ``/readyz``,
 ``/api/v1/languages`` (the speaker page offers the servable pairs from it) and the
 viewer routes, which check the session's view token themselves.
 """
@@ -13,26 +15,54 @@ viewer routes, which check the session's view token themselves.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import is_loopback
 from ..tokens import same_token
+from .linefiles import entries
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def operator_tokens(flag: str | None, path: str | None) -> tuple[str, ...]:
+    """The operator tokens: ``--operator-token`` and each line of ``--operator-token-file``.
+    ValueError names the file's line at fault."""
+    tokens = [flag] if flag else []
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--operator-token-file {path}: {exc.strerror or exc}") from None
+        found = 0
+        for n, parts in entries(text):
+            if len(parts) != 1 or len(parts[0]) < 16:
+                raise ValueError(
+                    f"--operator-token-file {path}, line {n}: expected one token of 16+ characters"
+                )
+            tokens.append(parts[0])
+            found += 1
+        if not found:
+            raise ValueError(f"--operator-token-file {path}: no token in the file")
+    return tuple(tokens)
+
+
 def operator_access(
-    bind_host: str, configured: str | None, given: str | None, proxied: bool = False
+    bind_host: str, configured: str | tuple[str, ...] | None, given: str | None, proxied: bool = False
 ) -> tuple[int, str] | None:
     """None when allowed, else (HTTP status, message). Open on loopback unless a token is
-    set — but not for a request a trusted proxy forwarded: its client is elsewhere."""
-    if configured is None:
+    set — but not for a request a trusted proxy forwarded: its client is elsewhere. Any
+    of several configured tokens is accepted (rotation); each is compared in constant time."""
+    accepted = (configured,) if isinstance(configured, str) else (configured or ())
+    if not accepted:
         if is_loopback(bind_host) and not proxied:
             return None
-        return 403, "operator data is off: start the scheduler with --operator-token"
-    if not same_token(given or "", configured):
+        return 403, "operator data is off: start the scheduler with --operator-token or --operator-token-file"
+    # every token is compared, so the time taken does not say which one came close
+    matches = [same_token(given or "", token) for token in accepted]
+    if not any(matches):
         return 401, "operator token missing or wrong"
     return None
 
@@ -53,7 +83,7 @@ def denied(request: Request) -> Response | None:
     given = request.query_params.get("token") or bearer(request)
     peer = request.client.host if request.client is not None else "unknown"
     proxied = sched.admission.client(peer, request.headers).proxied
-    refused = operator_access(config.host, config.operator_token, given, proxied)
+    refused = operator_access(config.host, sched.operator_tokens, given, proxied)
     return None if refused is None else error(refused[0], "unauthorized", refused[1])
 
 

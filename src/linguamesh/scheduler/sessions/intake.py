@@ -177,7 +177,10 @@ class Intake:
         limits = self.key_limits(key_id)
         per_hour = None if debt else limits.get("audio_seconds_per_hour")
         utterances, jobs = (1, len(session.settings.tgt_langs)) if counted else (0, 0)
-        if not await self.store.charge_key(key_id, seconds, per_hour, time.time(), utterances, jobs):
+        charged = await self.store.charge_key(
+            key_id, seconds, per_hour, time.time(), utterances, jobs, session_id=session.session_id
+        )
+        if not charged:
             self.metrics.inc("quota_refused", key=key_id)
             raise ProtocolError(
                 ErrorCode.QUOTA_EXCEEDED,

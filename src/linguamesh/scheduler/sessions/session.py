@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 KEY_SESSION_LAPSE = 600.0
 
 
+@dataclass(frozen=True, slots=True)
+class Speaker:
+    """Who an access token admitted: its identity, its API key's id, the key's
+    ``max_sessions`` and secret (signs the session's webhooks)."""
+
+    identity: str
+    key_id: str
+    max_sessions: int | None
+    secret: str
+
+
 @dataclass(slots=True)
 class SessionSettings:
     src_lang: str
@@ -46,6 +57,8 @@ class SessionSettings:
     #: who the access token said the speaker is, and its API key (``--api-keys``)
     identity: str | None = None
     key_id: str | None = None
+    #: when the session was opened (epoch seconds)
+    started_at: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -87,3 +100,6 @@ class Session:
     peer: str = ""
     #: when the session's count among its API key's open sessions was last renewed
     key_renewed_at: float = 0.0
+    #: the secret of its API key when it was opened here (signs its webhooks should the key
+    #: be removed meanwhile; never written to the store)
+    key_secret: str | None = None

@@ -11,6 +11,7 @@ here, and the table carries out the commands it returns.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,9 +43,10 @@ from ..retry import until_available
 from ..tasks import Tasks
 from ..tokens import same_token
 from ..transport import Transport, close_quietly
+from ..webhooks import SessionEvents
 from .delivery import Delivery
 from .rooms import Rooms, key_hash
-from .session import KEY_SESSION_LAPSE, Session, SessionSettings
+from .session import KEY_SESSION_LAPSE, Session, SessionSettings, Speaker
 
 log = get_logger("linguamesh.scheduler")
 
@@ -64,6 +66,7 @@ class SessionTable:
         clock: Callable[[], float],
         init_ack: Callable[[Session, int], bytes],
         cancel_jobs: CancelJobs,
+        events: SessionEvents,
     ) -> None:
         self.config = config
         self.store = store
@@ -73,6 +76,8 @@ class SessionTable:
         self.clock = clock
         self.init_ack = init_ack
         self.cancel_jobs = cancel_jobs
+        #: the webhooks of sessions opened with an access token (``--webhook-url``)
+        self.events = events
         self.tracing = tracing.current("scheduler")
         self.sessions: dict[SessionId, Session] = {}
         #: viewer links that outlive a session
@@ -102,7 +107,7 @@ class SessionTable:
                 self.tasks.spawn(self._finish(session), "finish-close")
             elif isinstance(cmd, Forget):
                 log.info(f"session.{cmd.reason}", trace_id=session.trace_id, session_id=session.session_id)
-                self.tasks.spawn(self._forget(session), f"drop-{session.session_id}")
+                self.tasks.spawn(self._forget(session, cmd.reason), f"drop-{session.session_id}")
 
     def attached(self, session: Session) -> None:
         """The delivery attached a socket (a new session's, or a resume's)."""
@@ -181,10 +186,9 @@ class SessionTable:
         init: p.SessionInit,
         conn: Transport,
         peer: str = "",
-        who: tuple[str, str, int | None] | None = None,
+        who: Speaker | None = None,
     ) -> Session:
-        """A new session; ``who``: the identity and key id of its access token, and the key's
-        max_sessions."""
+        """A new session; ``who``: whom its access token admitted (with API keys)."""
         p.check_version(init.protocol_version)
         self._admit_new(peer)
         tgts = [init.tgt_lang] + [t for t in dict.fromkeys(init.extra_tgt_langs) if t != init.tgt_lang]
@@ -220,8 +224,9 @@ class SessionTable:
             end_of_speech_ms=end_ms,
             room=init.room,
             room_key_hash=key_hash(init.room_key) if init.room is not None and init.room_key else None,
-            identity=who[0] if who else None,
-            key_id=who[1] if who else None,
+            identity=who.identity if who else None,
+            key_id=who.key_id if who else None,
+            started_at=time.time(),
         )
         session = self._session(
             session_id=new_session_id(),
@@ -231,7 +236,8 @@ class SessionTable:
             settings=settings,
         )
         if who is not None:  # the key's concurrent sessions, across instances (before the room moves)
-            _, key_id, most = who
+            session.key_secret = who.secret
+            key_id, most = who.key_id, who.max_sessions
             if not await self.store.open_key_session(key_id, session.session_id, most, KEY_SESSION_LAPSE):
                 self.metrics.inc("quota_refused", key=key_id)
                 raise ProtocolError(
@@ -240,8 +246,8 @@ class SessionTable:
         if not await self._point_room(session):  # (a room commits to its key: another key's is refused above)
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "field `room`: this room belongs to another speaker")
         if who is not None:
-            await self.store.add_usage(who[1], sessions=1)
-            self.metrics.inc("key_usage", key=who[1], kind="sessions")
+            await self.store.add_usage(who.key_id, sessions=1)
+            self.metrics.inc("key_usage", key=who.key_id, kind="sessions")
         await self.store.create_session(
             session_record(session, self.config.instance_id), self.config.session_linger * 2
         )
@@ -261,6 +267,7 @@ class SessionTable:
             identity=settings.identity,
             key_id=settings.key_id,
         )
+        self.events.started(session)
         return session
 
     async def resume(self, info: p.ResumeInfo, conn: Transport) -> tuple[Session, int]:
@@ -345,16 +352,23 @@ class SessionTable:
         """The socket is gone: unregister it at once (never "send" into a dead socket)."""
         session.delivery.detach(conn)
 
-    async def _forget(self, session: Session) -> None:
-        """Forget the session: its running jobs are cancelled, its state deleted."""
+    async def _forget(self, session: Session, reason: str) -> None:
+        """Forget the session: its running jobs are cancelled, its state deleted. It has
+        ended (``reason``): a session of an API key leaves the key's count and tells the
+        operator's backend what it used (``session_ended``)."""
         self.sessions.pop(session.session_id, None)
         self._drop_peer(session)
         self._apply(session, session.life.forgotten())
         if session.settings.key_id is not None:
+            usage: dict[str, float] = {}
             try:
                 await self.store.close_key_session(session.settings.key_id, session.session_id)
-            except DependencyDown:  # its count lapses by itself
-                pass
+                if self.events.webhooks.enabled:
+                    rec = await self.store.load_session(session.session_id)
+                    usage = rec.usage if rec is not None else {}
+            except DependencyDown:  # its count lapses by itself; its usage is in the key's totals
+                log.warning("session.usage_unknown", session_id=session.session_id, trace_id=session.trace_id)
+            self.events.ended(session, reason, usage)
         self.tasks.cancel(session.utterances.idle_timer)
         await self.cancel_jobs(list(session.life.running), "session_gone")
         await session.delivery.stop()
@@ -391,7 +405,7 @@ class SessionTable:
         delivery.emit(p.SessionClosed(reason="client_closed"))
         await delivery.flush()
         conn = delivery.conn
-        await self._forget(session)
+        await self._forget(session, "client_closed")
         if conn is not None:
             await close_quietly(conn, 1000, "session closed")
         log.info("session.closed", trace_id=session.trace_id, session_id=session.session_id)
