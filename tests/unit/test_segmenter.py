@@ -50,6 +50,17 @@ def never() -> bool:
     return False
 
 
+def test_a_final_chunk_that_passes_the_limit_is_cut_first_and_the_timer_is_left_off() -> None:
+    """(Found by the state machine below.) The last chunk takes a live utterance past the
+    limit: it is cut in a pause, the rest closes as the final utterance, no ArmIdle."""
+    seg = Segmenter(MAX, halfway)
+    seg.chunk(0, b"\0" * 26, False, always)
+    out = seg.chunk(1, b"\0" * 15, True, never)
+    closes = [d for d in out if isinstance(d, Close)]
+    assert [(c.why, len(c.audio)) for c in closes] == [("split", 39), ("final", 2)]
+    assert not any(isinstance(d, ArmIdle) for d in out) and seg.current is None
+
+
 def test_a_live_utterance_opens_grows_and_closes_on_is_final() -> None:
     seg = Segmenter(MAX, halfway)
     out = seg.chunk(0, b"\1" * 4, False, always)
