@@ -6,7 +6,9 @@ and sends each to ``/ws/session`` or ``/ws/node``, before or after the handshake
 over real sockets to a scheduler serving in a thread of its own. After every frame
 the socket must still answer (or have been closed for a fatal code only). After the
 run: no error record and no traceback in the scheduler's log, no secret in it, no
-task left at shutdown, bounded RSS growth, and a normal client is served.
+task left at shutdown, bounded RSS growth, and a normal client is served. It runs
+twice: anonymous (loopback, no keys) and with API keys on (``session_init`` carries an
+access token, which the fuzzer mutates like any field).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import base64
 import json
 import resource
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,14 +39,20 @@ from linguamesh.scheduler.config import SchedulerConfig
 from ..conftest import SCALE, free_port, pcm, start_node, test_engines
 
 AUDIO = base64.b64encode(pcm(0.1)).decode()
+SECRET = "fuzz-key-secret-" + "f" * 32
+TOKEN = jwt.encode(
+    {"iss": "fz", "sub": "fuzzer", "exp": int(time.time()) + 86400, "grants": {"speak": True, "view": True}},
+    SECRET,
+    algorithm="HS256",
+)
 CAPS = {"asr_languages": ["en"], "nmt_pairs": [["en", "es"]], "tts_languages": ["es"]}
 VALID = {
     "session": [
-        {"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es"},
+        {"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es", "token": TOKEN},
         {"type": "utterance", "utterance_index": 0, "audio": AUDIO},
         {"type": "audio_chunk", "seq": 0, "audio": AUDIO, "is_final": True},
         {"type": "ack", "seq": 1},
-        {"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es",
+        {"type": "session_init", "protocol_version": 1, "src_lang": "en", "tgt_lang": "es", "token": TOKEN,
          "resume": {"session_id": "s-0", "resume_token": "t", "last_seq": 0}},
     ],
     "node": [
@@ -98,9 +108,11 @@ class Served:
     """A scheduler serving in a thread with its own event loop (so hypothesis's
     synchronous examples can talk to it over real sockets)."""
 
-    def __init__(self, log_file: Path) -> None:
+    def __init__(self, log_file: Path, api_keys: str | None = None) -> None:
         self.port = free_port()
-        self.config = SchedulerConfig(port=self.port, max_message_bytes=LIMIT, handshake_timeout=30)
+        self.config = SchedulerConfig(
+            port=self.port, max_message_bytes=LIMIT, handshake_timeout=30, api_keys=api_keys
+        )
         self.server = make_server(self.config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.log_file = log_file
@@ -130,12 +142,17 @@ class Served:
         assert not self.thread.is_alive(), "the scheduler did not stop"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    log_file = tmp_path_factory.mktemp("fuzz") / "sched.log"
+@pytest.fixture(params=["anonymous", "api_keys"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    log_file = tmp / "sched.log"
+    keys = None
+    if request.param == "api_keys":
+        keys = tmp / "keys"
+        keys.write_text(f"fz {SECRET}\n")
     configure("info", json_file=log_file, console=False, cache=False)
     try:
-        with Served(log_file) as s:
+        with Served(log_file, str(keys) if keys else None) as s:
             yield s
     finally:
         reset()
@@ -226,6 +243,7 @@ def rss_mb() -> float:
 
 def test_fuzzed_frames_get_coded_answers_and_leave_the_scheduler_clean(served: Served) -> None:
     sockets = Sockets(served.port)
+    keys_on = served.config.api_keys is not None
     try:
         fuzz_one(sockets)
     finally:
@@ -236,7 +254,9 @@ def test_fuzzed_frames_get_coded_answers_and_leave_the_scheduler_clean(served: S
         url = f"ws://127.0.0.1:{served.port}"
         node = await start_node(url, "after-fuzz", engines=test_engines())
         try:
-            async with SessionClient(url, src="en", tgt="es") as c:
+            c = SessionClient(url, src="en", tgt="es")
+            c.init.token = TOKEN if keys_on else None
+            async with c:
                 await c.send_utterance(0, pcm(0.3))
                 result = await c.next_result(30 * SCALE)
                 assert result.status == "ok", result
@@ -257,6 +277,7 @@ def test_fuzzed_frames_get_coded_answers_and_leave_the_scheduler_clean(served: S
     assert not bad, bad[:3]
     assert "Traceback" not in text
     assert sockets.tokens and not any(t in text for t in sockets.tokens)
+    assert SECRET not in text and TOKEN not in text
     assert not served.leftover, served.leftover
     growth = rss_mb() - served.rss_at_start
     print(f"\nfuzz: {len(records)} log records; RSS {served.rss_at_start:.0f} -> {rss_mb():.0f} MB")
