@@ -29,6 +29,12 @@ connect to one instance and the sessions to the other. Then also:
        so use fewer jobs (e.g. --c1-jobs 50 --jobs 2000 --paced-seconds 0)
   Redis round trips per job (requests each instance sent, from its /metrics) and
   Redis commands per job (INFO commandstats, scripts' inner calls included)
+  sessions: --session-opens sessions opened and closed one after another (after the
+       other phases): wall time, and with --instructions / --redis-url the instructions
+       and Redis commands per session
+  --tokens: API keys on (--api-keys, a key with quotas): every session_init carries an
+       access token, every utterance is charged to the key. Run with and without it to
+       get the cost of token checks and quotas per session and per utterance (job).
 
 The simulated node answers like the real agent (job_ack, job_started, job_result)
 but does no work. Bounded: every phase has a job count and a time limit.
@@ -153,13 +159,12 @@ class SimSession:
         self.next_index = 0
         self.waiters: dict[int, asyncio.Future[None]] = {}
 
-    async def open(self) -> None:
+    async def open(self, token: str | None = None) -> None:
         self.ws = await connect(self.url + "/ws/session", max_size=None, compression=None)
-        await self.ws.send(
-            p.encode_str(
-                p.SessionInit(protocol_version=1, src_lang="en", tgt_lang="es", tts=False, partials=False)
-            )
+        init = p.SessionInit(
+            protocol_version=1, src_lang="en", tgt_lang="es", tts=False, partials=False, token=token
         )
+        await self.ws.send(p.encode_str(init))
         ack = p.decode_event(await self.ws.recv())
         assert isinstance(ack, p.SessionInitAck), ack
         self.session_id = ack.session_id
@@ -207,6 +212,24 @@ class SimSession:
         self.reader.cancel()
 
 
+async def open_and_close(url: str, count: int, token: str | None, limit_s: float) -> tuple[int, float]:
+    """Open a session, close it (``session_close``, wait for ``session_closed``), ``count``
+    times one after another; the sessions done and the seconds taken."""
+    start = time.perf_counter()
+    done = 0
+    while done < count and time.perf_counter() - start < limit_s:
+        async with connect(url + "/ws/session", max_size=None, compression=None) as ws:
+            init = p.SessionInit(protocol_version=1, src_lang="en", tgt_lang="es", tts=False, token=token)
+            await ws.send(p.encode_str(init))
+            ack = p.decode_event(await ws.recv())
+            assert isinstance(ack, p.SessionInitAck), ack
+            await ws.send(p.encode_str(p.SessionClose()))
+            while not isinstance(p.decode_event(await ws.recv()), p.SessionClosed):
+                pass
+        done += 1
+    return done, time.perf_counter() - start
+
+
 async def run_phase(sessions: list[SimSession], jobs: int, concurrency: int, limit_s: float) -> float:
     remaining = jobs
     start = time.perf_counter()
@@ -241,6 +264,7 @@ async def run_paced(sessions: list[SimSession], jobs: int, rate: float, limit_s:
 INTAKE_LIMITS = (
     "SESSION_UTTERANCES_PER_S", "SESSION_UTTERANCE_BURST", "SESSION_AUDIO_PER_S", "SESSION_AUDIO_BURST",
     "IP_UTTERANCES_PER_S", "IP_UTTERANCE_BURST", "IP_AUDIO_PER_S", "IP_AUDIO_BURST",
+    "IP_SESSIONS_PER_S", "IP_SESSION_BURST",
 )  # fmt: skip
 
 
@@ -413,6 +437,14 @@ async def main() -> None:
         help="count the schedulers' instructions per job under valgrind's callgrind (slow; repeatable)",
     )
     ap.add_argument(
+        "--tokens",
+        action="store_true",
+        help="API keys on: sessions open with access tokens, utterances are charged to a key with quotas",
+    )
+    ap.add_argument(
+        "--session-opens", type=int, default=200, help="sessions opened and closed in the last phase"
+    )
+    ap.add_argument(
         "--callgrind-dir",
         help="with --instructions: keep callgrind's output files here (for callgrind_annotate)",
     )
@@ -445,6 +477,23 @@ async def main() -> None:
             out_dir = tmp.name
         wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p"]
 
+    token: str | None = None
+    keys_args: list[str] = []
+    if args.tokens:
+        if args.url:
+            ap.error("--tokens starts the schedulers itself (with --api-keys): no --url")
+        from linguamesh.scheduler.edge.access_tokens import ApiKeys, mint
+
+        keys_dir = tempfile.mkdtemp(prefix="lm-bench-keys-")
+        keys_file = os.path.join(keys_dir, "keys")
+        with open(keys_file, "w") as f:  # quotas that hold nothing back but are checked
+            f.write(
+                f"bench {'b' * 40} max_sessions=1000000 audio_seconds_per_hour=1000000000 max_targets=4\n"
+            )
+        key = ApiKeys.load(keys_file).keys["bench"]
+        token = mint(key, "bench", {"speak": True, "view": True, "langs": ["en", "es"]}, ttl=3600)
+        keys_args = ["--api-keys", keys_file]
+
     procs: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
     if args.url:
@@ -452,7 +501,7 @@ async def main() -> None:
     else:
         for i in range(args.instances):
             port = free_port()
-            extra = list(args.scheduler_arg)
+            extra = list(args.scheduler_arg) + keys_args
             if args.redis_url:
                 url = database(args.redis_url, i) if args.separate else args.redis_url
                 extra += ["--redis-url", url, "--instance-id", f"bench-{i}"]
@@ -480,7 +529,7 @@ async def main() -> None:
     try:
         sessions = [SimSession(session_urls[i % len(session_urls)], stats) for i in range(args.sessions)]
         for s in sessions:
-            await s.open()
+            await s.open(token)
         # warm-up
         await run_phase(sessions, 200, 8, 10)
         stats.rtt.clear()
@@ -547,6 +596,12 @@ async def main() -> None:
         dup = sum(n - 1 for n in stats.results.values() if n > 1)
         for s in sessions:
             await s.close()
+        # sessions opened and closed, one after another (on the sessions' instance)
+        sir0 = [instructions(pr.pid) for pr in procs] if wrap else []
+        scmd0 = await redis_commands(args.redis_url) if args.redis_url else 0
+        opened, open_s = await open_and_close(session_urls[-1], args.session_opens, token, args.time_limit)
+        sir1 = [instructions(pr.pid) for pr in procs] if wrap else []
+        scmd1 = await redis_commands(args.redis_url) if args.redis_url else 0
     finally:
         stop.set()
         for t in node_tasks:
@@ -566,6 +621,8 @@ async def main() -> None:
         mode = "Redis, 2 independent single instances (no job crosses)"
     if args.contend:
         mode += ", a busy process beside it in the c64 phase"
+    if args.tokens:
+        mode += ", API keys on (access tokens, quotas)"
     names = ("instance 0", "instance 1") if args.separate else ("nodes' instance", "sessions' instance")
     print(f"LinguaMesh dispatch benchmark (loopback, zero-work nodes, {mode})")
     print(
@@ -625,6 +682,14 @@ async def main() -> None:
         detail = ", ".join(f"{op} {v / n:.2f}" for op, v in sorted(per_op.items(), key=lambda x: -x[1]) if v)
         print(f"  Redis round trips per job: {total / n:.2f} ({detail})")
         print(f"  Redis commands per job (INFO commandstats): {(cmd1 - cmd0) / n:.1f}")
+    if opened:
+        per = max(opened, 1)
+        line = f"  sessions opened and closed one after another: {opened} in {open_s:.2f} s, {open_s / per * 1000:.2f} ms each"
+        if sir0:
+            line += f"; {sum(b - a for a, b in zip(sir0, sir1, strict=True)) / per:,.0f} instructions each"
+        if args.redis_url:
+            line += f"; {(scmd1 - scmd0) / per:.1f} Redis commands each"
+        print(line)
     for line in selection_cost():
         print(line)
     print(f"  sent {sent}  results {got}  lost {sent - got}  duplicated {dup}  failed {stats.failed}")
