@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
+import pytest
 
 from linguamesh.client import SessionClient
-from linguamesh.scheduler.edge.access import operator_access
+from linguamesh.scheduler.edge.access import operator_access, operator_tokens
 
 from ..conftest import SCALE, Cluster, pcm
 
@@ -116,10 +118,34 @@ def test_operator_access_rules() -> None:
     assert operator_access("::1", None, None) is None
     assert operator_access("0.0.0.0", None, None) == (
         403,
-        "operator data is off: start the scheduler with --operator-token",
+        "operator data is off: start the scheduler with --operator-token or --operator-token-file",
     )
+    assert operator_access("0.0.0.0", (), None)[0] == 403  # type: ignore[index]
     assert operator_access("10.0.0.5", "t", "t") is None
     assert operator_access("10.0.0.5", "t", "x")[0] == 401  # type: ignore[index]
+    assert operator_access("10.0.0.5", ("old", "new"), "new") is None  # during a rotation
+    assert operator_access("10.0.0.5", ("old", "new"), "x")[0] == 401  # type: ignore[index]
+
+
+def test_the_operator_token_file_lists_one_token_a_line(tmp_path: Path) -> None:
+    f = tmp_path / "ops"
+    f.write_text("# rotated 2026-12\noperator-token-aaaaaaaa\n\noperator-token-bbbbbbbb  # new\n")
+    assert operator_tokens("flag-token", str(f)) == (
+        "flag-token",
+        "operator-token-aaaaaaaa",
+        "operator-token-bbbbbbbb",
+    )
+    assert operator_tokens(None, None) == ()
+    for text, problem in (
+        ("short\n", "line 1"),
+        ("a" * 20 + " " + "b" * 20 + "\n", "line 1"),
+        ("# none\n", "no token"),
+    ):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=problem):
+            operator_tokens(None, str(f))
+    with pytest.raises(ValueError, match="--operator-token-file"):
+        operator_tokens(None, str(tmp_path / "missing"))
 
 
 async def test_transcript_downloads_parse_and_match_the_results(cluster: Cluster) -> None:
