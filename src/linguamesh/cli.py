@@ -198,6 +198,22 @@ def scheduler(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
     ] = None,
+    redis_sentinels: Annotated[
+        str | None,
+        typer.Option(help="Sentinels HOST:PORT,... naming the Redis master (follows a failover)"),
+    ] = None,
+    redis_service: Annotated[
+        str | None, typer.Option(help="The master's name at the Sentinels [mymaster]")
+    ] = None,
+    redis_replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="Replicas that confirm each write before it is acted on (WAIT) [1 with Sentinels, else 0]"
+        ),
+    ] = None,
+    redis_wait_ms: Annotated[
+        int | None, typer.Option(help="Milliseconds a write waits for its replica's confirmation [100]")
+    ] = None,
     drain_timeout: Annotated[
         float | None, typer.Option(help="On SIGTERM, seconds to let jobs in flight deliver [30]")
     ] = None,
@@ -263,6 +279,10 @@ def scheduler(
         max_sessions_per_ip=max_sessions_per_ip,
         max_viewers_per_session=max_viewers_per_session,
         redis_url=redis_url,
+        redis_sentinels=redis_sentinels,
+        redis_service=redis_service,
+        redis_replicas=redis_replicas,
+        redis_wait_ms=redis_wait_ms,
         drain_timeout=drain_timeout,
         reconnect_url=reconnect_url,
         streaming=streaming,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from ..core.lifecycle import LifecycleConfig
 from ..protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ..state.limits import StoreLimits
+from ..state.redis_sentinel import SentinelConfig, parse_sentinels
 
 
 def default_instance_id() -> str:
@@ -139,12 +140,39 @@ class SchedulerConfig:
     dead_instance_retention: float = 3600.0
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
+    #: Sentinels (``host:port,...``) that name the master of ``redis_service``: every
+    #: connection follows a failover (``redis_url`` then gives password, db and TLS only).
+    redis_sentinels: str = ""
+    redis_service: str = "mymaster"
+    #: The Sentinels' own password, if they have one.
+    redis_sentinel_password: str | None = None
+    #: Replicas that must confirm each hot-path write before it is acted on (``WAIT``);
+    #: -1: 1 with Sentinels (a failover then loses nothing acknowledged), else 0.
+    redis_replicas: int = -1
+    #: Milliseconds a write waits for that confirmation; past it the write goes on
+    #: unreplicated (the replica is away: logged once, ``linguamesh_redis_unreplicated_total``).
+    redis_wait_ms: int = 100
 
     def __post_init__(self) -> None:
         if not self.instance_id:
-            object.__setattr__(
-                self, "instance_id", "local" if self.redis_url is None else default_instance_id()
-            )
+            object.__setattr__(self, "instance_id", default_instance_id() if self.shared_state else "local")
+
+    @property
+    def shared_state(self) -> bool:
+        """State in Redis (shared with other instances), not in this process's memory."""
+        return self.redis_url is not None or bool(self.redis_sentinels)
+
+    def sentinel(self) -> SentinelConfig | None:
+        if not self.redis_sentinels:
+            return None
+        return SentinelConfig(
+            parse_sentinels(self.redis_sentinels), self.redis_service, self.redis_sentinel_password
+        )
+
+    def replicas_to_confirm(self) -> int:
+        if self.redis_replicas >= 0:
+            return self.redis_replicas
+        return 1 if self.redis_sentinels else 0
 
     def lifecycle(self) -> LifecycleConfig:
         return LifecycleConfig(
@@ -236,6 +264,9 @@ class SchedulerConfig:
                      "memory_budget_mb"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        self.sentinel()  # bad Sentinel addresses fail here, at start
+        if self.redis_wait_ms < 1 or self.redis_wait_ms > 1500:
+            raise ValueError("redis_wait_ms must be 1-1500 (below the Redis call timeout)")
         if self.history_size < 1 or self.history_bytes < 1024:
             raise ValueError("history_size must be at least 1 and history_bytes at least 1024")
         if self.transcript_retention < 1:

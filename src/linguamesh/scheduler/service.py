@@ -191,6 +191,13 @@ class Scheduler:
             "Requests sent to Redis by this instance (a pipeline or a script counts once), by operation",
             lambda: [({"op": op}, float(n)) for op, n in getattr(self.store, "round_trips", {}).items()],
         )
+        wire = getattr(self.store, "wire", None)
+        if wire is not None and wire.replicas > 0:
+            m.counter(
+                "redis_unreplicated",
+                "Batches of writes no replica confirmed within --redis-wait-ms (they went on unreplicated)",
+                lambda: [({}, float(wire.unreplicated))],
+            )
 
         def node_model_rows() -> dict[str, list[Any]]:  # reported by the nodes in heartbeats
             out: dict[str, list[Any]] = {}

@@ -59,6 +59,7 @@ from .redis_scripts import (
     RESTORE_SESSION,
     SAVE_JOB,
 )
+from .redis_sentinel import SentinelConfig
 from .redis_wire import Script
 
 T = TypeVar("T")
@@ -95,6 +96,9 @@ class RedisStateStore(RedisHistory):
         limits: StoreLimits | None = None,
         node_stale_after: float = 15.0,
         client: aioredis.Redis | None = None,
+        sentinel: SentinelConfig | None = None,
+        replicas: int = 0,
+        wait_ms: int = 100,
     ) -> None:
         self.limits = limits or StoreLimits(history_events=history_size)
         self._limits = self.limits.lua()
@@ -120,7 +124,7 @@ class RedisStateStore(RedisHistory):
         self._charge_key = Script("charge_key_audio", CHARGE_KEY_AUDIO)
         scripts = (self._reserve, self._release, self._append, self._append_push, self._save_job,
                    self._finish_job, self._claim, self._claim_session, self._accept, self._claim_one)  # fmt: skip
-        super().__init__(url, scripts, client)
+        super().__init__(url, scripts, client, sentinel, replicas, wait_ms)
 
     # ------------------------------------------------------------------ nodes
 

@@ -3,7 +3,11 @@
 :class:`RedisLink` holds the connections (redis-py asyncio for the cold paths, the
 pipelined :class:`~.redis_wire.RedisWire` for the hot path, one more wire for
 blocking inbox reads), counts every round trip by operation, and turns any
-connection problem into :class:`~.base.DependencyDown`. It also carries what
+connection problem — and any error reply it does not expect: a server that cannot
+take writes now (``READONLY`` after a failover, ``LOADING``, ``MASTERDOWN``, ``OOM``…)
+or one it does not know — into :class:`~.base.DependencyDown`, a coded answer for
+the caller, logged once per kind and minute. With Sentinels
+(:mod:`~.redis_sentinel`) every connection follows the master they name. It also carries what
 instances need of each other: liveness keys and the inbox streams (read with a
 consumer group, acked after handling). :class:`~.redis.RedisStateStore` builds on it.
 """
@@ -15,13 +19,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..observability.logging import get_logger
 from . import redis_keys as K
 from .base import DependencyDown, SessionStateLost
+from .redis_sentinel import MasterLocator, SentinelConfig
 from .redis_wire import RedisWire, Script
+
+log = get_logger("linguamesh.state")
+
+#: Error replies the callers handle themselves (the inbox's consumer group).
+_EXPECTED = ("BUSYGROUP", "NOGROUP")
 
 T = TypeVar("T")
 
@@ -53,19 +66,54 @@ return out
 """
 
 
+def sentinel_client(url: str, sentinel: SentinelConfig, **kw: Any) -> Any:
+    """redis-py's client of the master the Sentinels name (it follows a failover); the
+    password, database and TLS of ``url``."""
+    opts: dict[str, Any] = {k: v for k, v in parse_url(url).items() if k in ("username", "password", "db")}
+    if url.startswith("rediss://"):
+        opts["ssl"] = True
+    sentinels = Sentinel(
+        list(sentinel.sentinels),
+        socket_timeout=0.5,
+        sentinel_kwargs={"password": sentinel.password} if sentinel.password else {},
+    )
+    return sentinels.master_for(sentinel.service, redis_class=aioredis.Redis, **opts, **kw)
+
+
 class RedisLink:
-    def __init__(self, url: str, scripts: Sequence[Script], client: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        scripts: Sequence[Script],
+        client: aioredis.Redis | None = None,
+        sentinel: SentinelConfig | None = None,
+        replicas: int = 0,
+        wait_ms: int = 100,
+    ) -> None:
         self.url = url
+        self.sentinel = sentinel
+        opts: dict[str, Any] = {
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 1.0,
+            "health_check_interval": 5,
+        }
         # redis-py's own annotations are too loose to help here (bytes|str|Any unions)
-        self.r: Any = client or aioredis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
+        self.r: Any = client or (
+            sentinel_client(url, sentinel, **opts) if sentinel else aioredis.Redis.from_url(url, **opts)
         )
-        #: the hot path: scripts and inbox writes, pipelined over one connection
+        locator = MasterLocator(sentinel) if sentinel else None
+        #: the hot path: scripts and inbox writes, pipelined over one connection; with
+        #: ``replicas``, each write is confirmed on that many replicas (WAIT, ``wait_ms``)
         self.wire = RedisWire(
-            url, timeout=2.0, connect_timeout=1.0, name="linguamesh", scripts=tuple(scripts)
-        )
+            url, timeout=2.0, connect_timeout=1.0, name="linguamesh", scripts=tuple(scripts),
+            locator=locator, replicas=replicas, wait_ms=wait_ms,
+        )  # fmt: skip
         #: blocking inbox reads, on a connection of their own
-        self._inbox_wire = RedisWire(url, timeout=2.0, connect_timeout=1.0, name="linguamesh-inbox")
+        self._inbox_wire = RedisWire(
+            url, timeout=2.0, connect_timeout=1.0, name="linguamesh-inbox", locator=locator
+        )
+        #: when each kind of unexpected error reply was last logged
+        self._logged: dict[str, float] = {}
         self.groups_made: set[str] = set()
         #: one entry per request sent to Redis (a pipeline or a script is one round trip)
         self.round_trips: dict[str, int] = {}
@@ -85,10 +133,24 @@ class RedisLink:
             self.errors += 1
             raise DependencyDown(f"redis unreachable: {exc}") from None
         except ResponseError as exc:
-            self.up = True
-            if str(exc).startswith("LMNOSEQ"):
-                raise SessionStateLost(str(exc)) from None
-            raise
+            text = str(exc)
+            if text.startswith("LMNOSEQ"):
+                self.up = True
+                raise SessionStateLost(text) from None
+            if text.startswith(_EXPECTED):
+                self.up = True
+                raise
+            # a server that cannot take writes now (redis-py's ReadOnlyError, BusyLoadingError,
+            # MasterDownError, OutOfMemoryError...) or an error we do not know: the caller
+            # answers with a code (dependency_down), never with silence
+            kind = f"{type(exc).__name__}:{getattr(exc, 'status_code', None) or text.split(' ', 1)[0]}"
+            now = time.monotonic()
+            if now - self._logged.get(kind, -1e9) >= 60.0:
+                self._logged[kind] = now
+                log.error("redis.error_reply", op=op, kind=kind, error=text[:300])
+            self.up = False
+            self.errors += 1
+            raise DependencyDown(f"redis answered {op} with an error: {text[:200]}") from None
         self.up = True
         return out
 

@@ -13,9 +13,22 @@ callers in order, as Redis answers a connection's commands in order.
 
 Errors: a connection that cannot be made, breaks, or stays silent for
 ``timeout`` seconds with calls outstanding fails every outstanding call with
-``redis.exceptions.ConnectionError`` and is made again on the next call. A
-Redis error reply raises ``redis.exceptions.ResponseError`` for that call only.
-Commands that block (``XREADGROUP BLOCK``) belong on a wire of their own.
+``redis.exceptions.ConnectionError`` and is made again on the next call. An answer
+that says the server cannot take writes now (``READONLY``: a master demoted to a
+replica; ``MASTERDOWN``, ``LOADING``, ``MISCONF``, ``NOREPLICAS``, ``TRYAGAIN``)
+does the same: the server is not the master we need. Any other Redis error reply
+raises ``redis.exceptions.ResponseError`` for that call only. Commands that block
+(``XREADGROUP BLOCK``) belong on a wire of their own.
+
+With a :class:`~.redis_sentinel.MasterLocator` the wire asks the Sentinels where the
+master is on every connect and checks with ``ROLE`` that it reached one.
+
+Replica confirmation (``replicas`` > 0): each batch written is followed by ``WAIT
+replicas wait_ms``, and no call of the batch is answered before the ``WAIT`` is: a
+write the scheduler acts on is on a replica (group commit: one ``WAIT`` per write, not
+per call). A ``WAIT`` that times out (no replica confirmed within ``wait_ms``) still
+answers the calls: the service goes on unreplicated while its replicas are away, and
+says so (``unreplicated``, logged once per episode by the store).
 """
 
 from __future__ import annotations
@@ -31,6 +44,8 @@ import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from .redis_sentinel import MasterLocator
 
 #: Prepended to every script: its first argument is a deadline in Redis's clock (ms);
 #: past it the script changes nothing and answers ``LMFENCE``. A call that timed out
@@ -60,6 +75,27 @@ class Fenced(RedisConnectionError):
     """A script reached Redis after its deadline and did nothing (a stall): a connection problem."""
 
 
+class NotMaster(RedisConnectionError):
+    """The server cannot take our writes now (a replica, loading, no master): an outage."""
+
+
+#: Error replies that mean "this server cannot serve us now", not "this call is wrong".
+OUTAGE_REPLIES = ("READONLY", "MASTERDOWN", "LOADING", "MISCONF", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def outage(reply: object) -> bool:
+    return str(reply).startswith(OUTAGE_REPLIES)
+
+
+class _WaitMark:
+    """The place of a batch's ``WAIT`` among the replies (see the module's docstring)."""
+
+    __slots__ = ()
+
+
+_WAIT_MARK = _WaitMark()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, wire: RedisWire, generation: int) -> None:
         self.wire = wire
@@ -83,6 +119,9 @@ class RedisWire:
         connect_timeout: float = 1.0,
         name: str = "linguamesh",
         scripts: tuple[Script, ...] = (),
+        locator: MasterLocator | None = None,
+        replicas: int = 0,
+        wait_ms: int = 100,
     ) -> None:
         opts = parse_url(url)
         self.url = url
@@ -97,9 +136,17 @@ class RedisWire:
         self.connect_timeout = connect_timeout
         self.name = name
         self.scripts = scripts
+        self.locator = locator
+        self.replicas = replicas
+        self.wait_ms = wait_ms
+        #: batches whose WAIT timed out (no replica confirmed), and the last WAIT's count
+        self.unreplicated = 0
+        self.confirmed_by = 0
         self._transport: asyncio.Transport | None = None
         self._reader: Any = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._waiting: deque[asyncio.Future[Any] | _WaitMark] = deque()
+        #: replies that arrived for the current batch, answered at its WAIT
+        self._held: list[tuple[asyncio.Future[Any], Any]] = []
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._connecting: asyncio.Task[None] | None = None
@@ -121,6 +168,9 @@ class RedisWire:
         """Send one command; return its reply (bytes, int, list, None)."""
         reply = await self._send(hiredis.pack_command(args))
         if isinstance(reply, hiredis.ReplyError):
+            if outage(reply):
+                self._abort(str(reply))
+                raise NotMaster(f"{self._where()}: {reply}")
             raise ResponseError(str(reply))
         return reply
 
@@ -130,6 +180,10 @@ class RedisWire:
             await self._connect()
         futs = [self._queue(hiredis.pack_command(c)) for c in commands]
         replies = [await f for f in futs]
+        for r in replies:
+            if isinstance(r, hiredis.ReplyError) and outage(r):
+                self._abort(str(r))
+                raise NotMaster(f"{self._where()}: {r}")
         return [ResponseError(str(r)) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
     async def transaction(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -186,9 +240,14 @@ class RedisWire:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._transport is not None and self._out:
+        transport = self._transport
+        if transport is not None and self._out and not transport.is_closing():
+            if self.replicas > 0:  # the batch is answered once a replica has it
+                wait: Any = ("WAIT", self.replicas, self.wait_ms)
+                self._out.append(hiredis.pack_command(wait))
+                self._waiting.append(_WAIT_MARK)
             self.writes += 1
-            self._transport.write(b"".join(self._out))
+            transport.write(b"".join(self._out))
         self._out.clear()
 
     def _received(self, data: bytes) -> None:
@@ -202,7 +261,17 @@ class RedisWire:
                 self._abort("unexpected reply")
                 return
             fut = waiting.popleft()
-            if not fut.done():
+            if isinstance(fut, _WaitMark):  # the batch is on a replica (or the wait is over)
+                self.confirmed_by = reply if isinstance(reply, int) else 0
+                if self.confirmed_by < self.replicas:
+                    self.unreplicated += 1
+                held, self._held = self._held, []
+                for f, r in held:
+                    if not f.done():
+                        f.set_result(r)
+            elif self.replicas > 0:
+                self._held.append((fut, reply))
+            elif not fut.done():
                 fut.set_result(reply)
         self._progress = time.monotonic()
 
@@ -214,8 +283,13 @@ class RedisWire:
             self._watchdog.cancel()
             self._watchdog = None
         err = RedisConnectionError(f"connection to {self._where()} lost" + (f": {exc}" if exc else ""))
+        # (a reply held for its batch's WAIT was not confirmed on a replica: not answered)
+        held, self._held = [f for f, _ in self._held], []
         while self._waiting:
             fut = self._waiting.popleft()
+            if not isinstance(fut, _WaitMark):
+                held.append(fut)
+        for fut in held:
             if not fut.done():
                 fut.set_exception(err)
 
@@ -242,11 +316,16 @@ class RedisWire:
             raise RedisConnectionError("wire closed")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(self._open())
+            # its failure is every waiting caller's (each raises it); retrieved here so a
+            # connect nobody waits for any more (cancelled callers) logs nothing
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.shield(self._connecting)
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         gen = self._generation
+        if self.locator is not None:  # the master the Sentinels name now
+            self.host, self.port = await self.locator.master()
         try:
             if self.path:
                 coro = loop.create_unix_connection(lambda: _Protocol(self, gen), self.path)
@@ -266,16 +345,21 @@ class RedisWire:
         if self.db:
             hello.append(("SELECT", self.db))
         hello.append(("CLIENT", "SETNAME", self.name))
+        if self.locator is not None:
+            hello.append(("ROLE",))
         # loaded on every connect: a new connection may be to a restarted server
         hello += [("SCRIPT", "LOAD", s.source) for s in self.scripts]
         hello.append(("TIME",))
         sent = time.time() * 1000
         futs = [self._queue(hiredis.pack_command(c)) for c in hello]
-        for f in futs:
+        for c, f in zip(hello, futs, strict=True):
             reply = await f
             if isinstance(reply, hiredis.ReplyError):
                 self._abort(str(reply))
                 raise RedisConnectionError(f"{self._where()} refused the connection: {reply}")
+            if c[0] == "ROLE" and reply[0] != b"master":  # the Sentinels' news is older than the switch
+                self._abort("not a master")
+                raise NotMaster(f"{self._where()} is a {reply[0].decode()}, not the master")
         # the server's clock at the midpoint of the round trip (a restarted or another server
         # may have another clock: measured on every connect)
         now = time.time() * 1000

@@ -23,10 +23,16 @@ def create_app(config: SchedulerConfig, store: StateStore | None = None) -> Star
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if store is not None:
             state: StateStore = store
-        elif config.redis_url:
+        elif config.shared_state:
             from ...state.redis import RedisStateStore
 
-            state = RedisStateStore(config.redis_url, limits=config.store_limits())
+            state = RedisStateStore(
+                config.redis_url or "redis://localhost:6379/0",
+                limits=config.store_limits(),
+                sentinel=config.sentinel(),
+                replicas=config.replicas_to_confirm(),
+                wait_ms=config.redis_wait_ms,
+            )
         else:
             state = MemoryStateStore(limits=config.store_limits())
         sched = Scheduler(config, state)
