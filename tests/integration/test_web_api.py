@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from linguamesh.client import SessionClient
-from linguamesh.scheduler.edge.access import operator_access, operator_tokens
+from linguamesh.scheduler.edge.access import operator_access
+from linguamesh.scheduler.edge.operator_tokens import operator_tokens
 
 from ..conftest import SCALE, Cluster, pcm
 

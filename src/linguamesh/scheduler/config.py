@@ -223,7 +223,7 @@ class SchedulerConfig:
         from .edge.access_tokens import ApiKeys
 
         ApiKeys.load(self.api_keys)  # a bad keys file fails here, at start
-        from .edge.access import operator_tokens
+        from .edge.operator_tokens import operator_tokens
 
         operator_tokens(self.operator_token, self.operator_token_file)  # and a bad operator token file
         if self.exposed and self.node_token is None and self.node_tokens is None and not self.insecure:

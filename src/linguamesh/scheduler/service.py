@@ -41,10 +41,10 @@ from .cluster.bridge import Bridge, Parts
 from .cluster.remote import NoRemote, Remote
 from .cluster.watch import EventWatch
 from .config import SchedulerConfig
-from .edge.access import operator_tokens
 from .edge.access_tokens import AccessToken, ApiKeys, TokenError
 from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
+from .edge.operator_tokens import operator_tokens
 from .jobs.dispatch import Dispatcher
 from .jobs.runner import Runner
 from .nodes.registry import NodeConn, Registry
@@ -195,7 +195,7 @@ class Scheduler:
         if wire is not None and wire.replicas > 0:
             m.counter(
                 "redis_unreplicated",
-                "Batches of writes no replica confirmed within --redis-wait-ms (they went on unreplicated)",
+                "Times writes went on unconfirmed by a replica (a WAIT past --redis-wait-ms, or a check each second while replicas are away)",
                 lambda: [({}, float(wire.unreplicated))],
             )
 

@@ -27,8 +27,11 @@ Replica confirmation (``replicas`` > 0): each batch written is followed by ``WAI
 replicas wait_ms``, and no call of the batch is answered before the ``WAIT`` is: a
 write the scheduler acts on is on a replica (group commit: one ``WAIT`` per write, not
 per call). A ``WAIT`` that times out (no replica confirmed within ``wait_ms``) still
-answers the calls: the service goes on unreplicated while its replicas are away, and
-says so (``unreplicated``, logged once per episode by the store).
+answers the calls: the service goes on unreplicated while its replicas are away (after
+a failover the new master has none until the old one rejoins), and counts it
+(``unreplicated``). Then no ``WAIT`` is sent — each would stall the connection for
+``wait_ms`` — until a ``ROLE`` probe (every :data:`REPLICA_PROBE` seconds, in a batch)
+shows enough replicas connected again.
 """
 
 from __future__ import annotations
@@ -88,12 +91,18 @@ def outage(reply: object) -> bool:
 
 
 class _WaitMark:
-    """The place of a batch's ``WAIT`` among the replies (see the module's docstring)."""
+    """The place of a batch's ``WAIT`` (or of a ``ROLE`` probe) among the replies."""
 
-    __slots__ = ()
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
 
 
-_WAIT_MARK = _WaitMark()
+_WAIT_MARK = _WaitMark(False)
+_PROBE_MARK = _WaitMark(True)
+#: Seconds between ROLE probes while no replica confirms writes.
+REPLICA_PROBE = 1.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -142,6 +151,9 @@ class RedisWire:
         #: batches whose WAIT timed out (no replica confirmed), and the last WAIT's count
         self.unreplicated = 0
         self.confirmed_by = 0
+        #: replicas are away: no WAIT until a ROLE probe (due at ``_probe_at``) finds them
+        self.replicas_away = False
+        self._probe_at = 0.0
         self._transport: asyncio.Transport | None = None
         self._reader: Any = None
         self._waiting: deque[asyncio.Future[Any] | _WaitMark] = deque()
@@ -242,10 +254,15 @@ class RedisWire:
         self._flush_scheduled = False
         transport = self._transport
         if transport is not None and self._out and not transport.is_closing():
-            if self.replicas > 0:  # the batch is answered once a replica has it
+            if self.replicas > 0 and not self.replicas_away:  # answered once a replica has it
                 wait: Any = ("WAIT", self.replicas, self.wait_ms)
                 self._out.append(hiredis.pack_command(wait))
                 self._waiting.append(_WAIT_MARK)
+            elif self.replicas > 0 and time.monotonic() >= self._probe_at:  # are they back?
+                self._probe_at = time.monotonic() + REPLICA_PROBE
+                role: Any = ("ROLE",)
+                self._out.append(hiredis.pack_command(role))
+                self._waiting.append(_PROBE_MARK)
             self.writes += 1
             transport.write(b"".join(self._out))
         self._out.clear()
@@ -262,9 +279,17 @@ class RedisWire:
                 return
             fut = waiting.popleft()
             if isinstance(fut, _WaitMark):  # the batch is on a replica (or the wait is over)
-                self.confirmed_by = reply if isinstance(reply, int) else 0
-                if self.confirmed_by < self.replicas:
-                    self.unreplicated += 1
+                if fut.probe:  # ROLE of a master: [b"master", offset, [[ip, port, offset], ...]]
+                    connected = len(reply[2]) if isinstance(reply, list) and len(reply) > 2 else 0
+                    self.replicas_away = connected < self.replicas
+                    if self.replicas_away:
+                        self.unreplicated += 1
+                else:
+                    self.confirmed_by = reply if isinstance(reply, int) else 0
+                    if self.confirmed_by < self.replicas:
+                        self.unreplicated += 1
+                        self.replicas_away = True
+                        self._probe_at = time.monotonic() + REPLICA_PROBE
                 held, self._held = self._held, []
                 for f, r in held:
                     if not f.done():

@@ -15,38 +15,14 @@ viewer routes, which check the session's view token themselves.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import is_loopback
 from ..tokens import same_token
-from .linefiles import entries
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def operator_tokens(flag: str | None, path: str | None) -> tuple[str, ...]:
-    """The operator tokens: ``--operator-token`` and each line of ``--operator-token-file``.
-    ValueError names the file's line at fault."""
-    tokens = [flag] if flag else []
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"--operator-token-file {path}: {exc.strerror or exc}") from None
-        found = 0
-        for n, parts in entries(text):
-            if len(parts) != 1 or len(parts[0]) < 16:
-                raise ValueError(
-                    f"--operator-token-file {path}, line {n}: expected one token of 16+ characters"
-                )
-            tokens.append(parts[0])
-            found += 1
-        if not found:
-            raise ValueError(f"--operator-token-file {path}: no token in the file")
-    return tuple(tokens)
 
 
 def operator_access(
