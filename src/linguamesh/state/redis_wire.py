@@ -91,16 +91,18 @@ def outage(reply: object) -> bool:
 
 
 class _WaitMark:
-    """The place of a batch's ``WAIT`` (or of a ``ROLE`` probe) among the replies."""
+    """The end of a batch among the replies: its ``WAIT``, a ``ROLE`` probe, or (``kind``
+    "end", no command) nothing to wait for."""
 
-    __slots__ = ("probe",)
+    __slots__ = ("kind",)
 
-    def __init__(self, probe: bool) -> None:
-        self.probe = probe
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
 
 
-_WAIT_MARK = _WaitMark(False)
-_PROBE_MARK = _WaitMark(True)
+_WAIT_MARK = _WaitMark("wait")
+_PROBE_MARK = _WaitMark("probe")
+_END_MARK = _WaitMark("end")
 #: Seconds between ROLE probes while no replica confirms writes.
 REPLICA_PROBE = 1.0
 
@@ -263,6 +265,8 @@ class RedisWire:
                 role: Any = ("ROLE",)
                 self._out.append(hiredis.pack_command(role))
                 self._waiting.append(_PROBE_MARK)
+            elif self.replicas > 0:  # the batch's replies are answered as they come
+                self._waiting.append(_END_MARK)
             self.writes += 1
             transport.write(b"".join(self._out))
         self._out.clear()
@@ -279,7 +283,7 @@ class RedisWire:
                 return
             fut = waiting.popleft()
             if isinstance(fut, _WaitMark):  # the batch is on a replica (or the wait is over)
-                if fut.probe:  # ROLE of a master: [b"master", offset, [[ip, port, offset], ...]]
+                if fut.kind == "probe":  # ROLE of a master: [b"master", offset, [[ip, port, offset], ...]]
                     connected = len(reply[2]) if isinstance(reply, list) and len(reply) > 2 else 0
                     self.replicas_away = connected < self.replicas
                     if self.replicas_away:
@@ -296,6 +300,12 @@ class RedisWire:
                         f.set_result(r)
             elif self.replicas > 0:
                 self._held.append((fut, reply))
+                if waiting and waiting[0] is _END_MARK:  # the last reply of a batch with no WAIT
+                    waiting.popleft()
+                    held, self._held = self._held, []
+                    for f, r in held:
+                        if not f.done():
+                            f.set_result(r)
             elif not fut.done():
                 fut.set_result(reply)
         self._progress = time.monotonic()
