@@ -713,3 +713,21 @@ async def test_a_session_whose_numbering_was_lost_is_not_numbered_again_until_re
     assert [s for s, _ in await store.append_events(SID, [ev(2)])] == [3]
     await store.restore_session(rec, 1, 60)  # an older view never turns the numbering back
     assert [s for s, _ in await store.append_events(SID, [ev(3)])] == [4]
+
+
+async def test_the_reservation_writes_the_jobs_trace_into_its_record(store: Any) -> None:
+    """A job taken over from a dead instance continues its trace: the reservation that
+    dispatches it writes the trace context into the shared record, which keeps it."""
+    n1 = node("n1", 4)
+    await store.register_node(n1, "A")
+    assert await store.accept_utterance(SID, 0, None, [_job("jt", 0)], ["es"]) is None
+    tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    rec = JobRecord("jt", "A", "dispatched", 1, "n1", time.time() + 30, traceparent=tp)
+    assert await store.reserve(NodeId("n1"), JobId("jt"), 1, 30, rec)
+    got = await store.load_job(JobId("jt"))
+    assert got is not None and got.traceparent == tp and got.data == {"utterance_index": 0}
+    # a later reservation (a retry) with no trace keeps the one recorded
+    again = JobRecord("jt", "A", "dispatched", 2, "n1", time.time() + 30)
+    assert await store.reserve(NodeId("n1"), JobId("jt"), 2, 30, again)
+    got = await store.load_job(JobId("jt"))
+    assert got is not None and got.traceparent == tp and got.attempt_id == 2

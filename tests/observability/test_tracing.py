@@ -189,3 +189,41 @@ def test_tracing_is_off_unless_the_environment_asks() -> None:
     assert enabled({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
     assert not enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
     assert not enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"})
+
+
+async def test_a_job_taken_over_from_a_killed_instance_keeps_its_trace(tmp_path: Path) -> None:
+    """A holds the session and dispatched the job; A is SIGKILLed while the node runs it.
+    B takes the job over (its record carries the trace context): B's ``job`` span continues
+    A's, in the same trace as the node's span of A's attempt; one result, 0 lost, 0
+    duplicated."""
+    import signal
+
+    from ..fleet import Fleet, Speaker, finish
+
+    with OtlpReceiver() as receiver:
+        env = _env(receiver)
+        async with Fleet(tmp_path) as fleet:
+            flags = ("--ack-timeout", "2", "--result-timeout", "4")
+            a = await fleet.scheduler("A", *flags, env=env)
+            b = await fleet.scheduler("B", *flags, env=env)
+            fleet.node("node-k", [a.url, b.url], delay_ms=600, env=env)
+            await fleet.wait_node("B", "node-k")
+            speaker = Speaker([a.url, b.url], "s-k")
+            await speaker.start()
+            await speaker.say()
+            for _ in range(int(100 * SCALE)):  # the node has A's attempt
+                if _records(tmp_path / "node-k.1.log", "job.received"):
+                    break
+                await asyncio.sleep(0.05)
+            fleet.signal("A", signal.SIGKILL)
+            await finish([speaker], 30 * SCALE)  # 0 lost, 0 duplicated
+            spans = await _until(
+                receiver,
+                lambda ss: any(s.name == "job" and s.instance == "B" for s in ss)
+                and any(s.name == "node.job" for s in ss),
+                "B's job span and the node's",
+            )
+    taken = next(s for s in spans if s.name == "job" and s.instance == "B")
+    node_job = next(s for s in spans if s.name == "node.job")
+    assert taken.attributes["linguamesh.adopted"] is True
+    assert taken.parent_id != "" and taken.trace_id == node_job.trace_id, "one job, one trace"

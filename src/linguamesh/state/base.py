@@ -156,6 +156,9 @@ class JobRecord:
     node_id: str | None
     deadline: float  # wall-clock seconds; the sweeper claims jobs past it whose owner is dead
     data: dict[str, Any] = field(default_factory=dict)  # the job itself (audio included)
+    #: the job's trace (W3C ``traceparent`` of its root span): an instance that takes the
+    #: job over continues it
+    traceparent: str | None = None
 
 
 class StateStore(Protocol):

@@ -237,6 +237,7 @@ class MemoryStateStore:
             if old is None or old.owner == record.owner:
                 new_owner = handover.to_instance if handover is not None else record.owner
                 keep = old.data if old is not None else {}
+                trace = record.traceparent or (old.traceparent if old is not None else None)
                 self.jobs[record.job_id] = JobRecord(
                     record.job_id,
                     new_owner,
@@ -245,6 +246,7 @@ class MemoryStateStore:
                     record.node_id,
                     record.deadline,
                     keep,
+                    trace,
                 )
         return ok
 

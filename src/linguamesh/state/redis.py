@@ -255,7 +255,7 @@ class RedisStateStore(RedisHistory):
             keys += [K.job(job_id), K.JOBS_ACTIVE]
             new_owner = handover.to_instance if handover is not None else record.owner
             args += [record.owner, record.state, record.attempt_id, record.node_id or "",
-                     int(record.deadline * 1000), job_id, new_owner]  # fmt: skip
+                     int(record.deadline * 1000), job_id, new_owner, record.traceparent or ""]  # fmt: skip
             if handover is not None:
                 keys.append(K.inbox(handover.to_instance))
                 args.append(handover.message)
@@ -494,6 +494,7 @@ class RedisStateStore(RedisHistory):
             node_id=d.get("node") or None,
             deadline=int(d.get("deadline", "0")) / 1000,
             data=json.loads(d["data"]) if d.get("data") else {},
+            traceparent=d.get("traceparent") or None,
         )
 
     async def job_owner(self, job_id: str) -> str | None:

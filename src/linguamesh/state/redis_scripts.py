@@ -5,8 +5,8 @@ reads on its own; the key and argument lists are documented at the top of each.
 
 RESERVE = """
 -- KEYS: slots, node[, job, jobs:active[, new owner's inbox]]
--- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner
---       [, hand-over message (an inbox entry, written as given)]]
+-- ARGV: member, ttl_ms[, expected owner, state, attempt, node, deadline_ms, job_id, new owner,
+--       traceparent ('' = none) [, hand-over message (an inbox entry, written as given)]]
 -- returns {reserved, slots in use, handed over (the message was written)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,8 +27,9 @@ if KEYS[3] then
     redis.call('HSET', KEYS[3], 'owner', ARGV[9], 'state', ARGV[4], 'attempt', ARGV[5], 'node', ARGV[6],
                'deadline', ARGV[7])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+    if ARGV[10] ~= '' then redis.call('HSET', KEYS[3], 'traceparent', ARGV[10]) end
     if KEYS[5] then
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', ARGV[10])
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'm', ARGV[11])
       handed = 1
     end
   end

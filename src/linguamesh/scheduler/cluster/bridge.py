@@ -341,6 +341,7 @@ class Bridge:
         reoffer = expired and job.state in IN_FLIGHT and view is not None and view.online
         log.warning("job.adopted", **job_fields(job), state=job.state.value, expired=expired, reoffer=reoffer)
         run = JobRun(job, tts, partials, first_tgt=first)
+        run.traceparent = rec.traceparent  # the dead instance's trace goes on here
         if reoffer and node is not None:
             # its node is still here: offer it the same attempt again; a node still running it
             # acks, one that finished sends its kept result — the work is not done twice

@@ -221,6 +221,8 @@ class Dispatcher:
                         job.attempt_id,
                         node_id,
                         time.time() + self.config.ack_timeout + result_deadline,
+                        # an instance that takes the job over continues its trace
+                        traceparent=run.spans.traceparent() if run.spans is not None else None,
                     )
                     holder = self.remote.node_holder(node_id)
                     if holder is not None:  # and the job goes to the node's instance
