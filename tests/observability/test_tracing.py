@@ -219,8 +219,10 @@ async def test_a_job_taken_over_from_a_killed_instance_keeps_its_trace(tmp_path:
             await finish([speaker], 30 * SCALE)  # 0 lost, 0 duplicated
             spans = await _until(
                 receiver,
-                lambda ss: any(s.name == "job" and s.instance == "B" for s in ss)
-                and any(s.name == "node.job" for s in ss),
+                lambda ss: (
+                    any(s.name == "job" and s.instance == "B" for s in ss)
+                    and any(s.name == "node.job" for s in ss)
+                ),
                 "B's job span and the node's",
             )
     taken = next(s for s in spans if s.name == "job" and s.instance == "B")

@@ -32,7 +32,7 @@ from ..core.lifecycle import Lifecycle
 from ..observability.logging import get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
-from ..state.base import StateStore
+from ..state.base import DependencyDown, StateStore
 from ..state.memory import MemoryStateStore
 from ..state.redis import RedisStateStore
 from . import overview
@@ -108,6 +108,9 @@ class Scheduler:
         self.watch = EventWatch(store, tasks) if isinstance(store, RedisStateStore) else None
         self.shutdown = Shutdown(config, self.admission, self.registry, self.runner, self.table, self.bridge)
         self._sweeper: asyncio.Task[None] | None = None
+        #: what in the state store's settings risks the shared state (``/readyz``)
+        self.store_warnings: list[str] = []
+        self._settings_checked = float("-inf")
         self.budget = MemoryBudget(config.memory_budget_mb * 1024 * 1024, self.held_bytes, self.clock)
         self._register_gauges()
 
@@ -220,6 +223,7 @@ class Scheduler:
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
         self.webhooks.start()
+        await self._check_store_settings()
         if self.bridge is not None:
             answer = partial(overview.answer, self)
             await self.bridge.start(Parts(self.registry, self.runner, self.table, self.stream, answer))
@@ -434,7 +438,24 @@ class Scheduler:
             return ["no node connected: sessions are accepted, utterances wait for a node"]
         return []
 
+    async def _check_store_settings(self) -> None:
+        """Warn (log, ``/readyz``'s ``warnings``) about Redis settings that risk the shared
+        state; checked at start and then at most once a minute."""
+        check = getattr(self.store, "config_warnings", None)
+        if check is None:
+            return
+        self._settings_checked = self.clock()
+        try:
+            warnings = await check()
+        except DependencyDown:
+            return  # (readiness says why)
+        for w in set(warnings) - set(self.store_warnings):
+            log.warning("redis.settings_risky", warning=w)
+        self.store_warnings = warnings
+
     async def readiness_problems(self) -> list[str]:
+        if self.clock() - self._settings_checked >= 60.0:
+            await self._check_store_settings()
         problems = []
         if self.shutdown.active:
             problems.append("draining: shutting down")

@@ -273,6 +273,31 @@ class RedisLink:
         info = await self._call(self.r.info, "server")
         return str(info["run_id"])
 
+    async def config_warnings(self) -> list[str]:
+        """What in the server's settings puts the shared state at risk: an eviction policy
+        that may drop the scheduler's keys, and no persistence at all."""
+        memory = await self._call(self.r.info, "memory")
+        persistence = await self._call(self.r.info, "persistence")
+        out = []
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction":
+            out.append(
+                f"Redis maxmemory-policy is {policy}: at maxmemory it may evict the scheduler's keys "
+                "(sessions, jobs, held results); set noeviction (new work is then refused with "
+                "dependency_down instead of losing state)"
+            )
+        try:
+            save = str((await self._call(self.r.config_get, "save")).get("save", ""))
+        except DependencyDown:  # CONFIG renamed or refused: the last save tells
+            save = "?" if persistence.get("rdb_last_save_time") else ""
+        if not int(persistence.get("aof_enabled", 0) or 0) and not save.strip():
+            out.append(
+                "Redis persistence is off (no appendonly, no save): a Redis restart loses the shared "
+                "state; live instances write back what they hold, but ended sessions' transcripts and "
+                "usage totals are gone"
+            )
+        return out
+
     async def command_count(self) -> int:
         """Commands processed by the server so far (for round-trip accounting in the benchmark)."""
         info = await self._call(self.r.info, "stats")

@@ -44,6 +44,7 @@ async def readyz(request: Request) -> Response:
         "status": status,
         "problems": problems,
         "degraded": degraded,
+        "warnings": s.store_warnings,
         "instance_id": s.config.instance_id,
     }
     strict = request.query_params.get("strict") in ("1", "true", "yes")
