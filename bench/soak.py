@@ -16,6 +16,12 @@ While they talk it works through a schedule of faults, one at a time, over and o
   redis-restart   restart redis-server empty (no persistence)
   client-drop     cut half the clients' sockets (they resume, on either instance)
   instance-drain  SIGTERM instance B (it drains), start it again once it exited
+  master-kill     (with --sentinel) SIGKILL the Redis master; once the Sentinels promoted
+                  the replica, start the old master again (it rejoins as a replica)
+
+With --sentinel the instances share a Redis master with one replica and three Sentinels
+(``--redis-sentinels``) instead of one redis-server, and the default schedule replaces
+the redis-* faults with master-kill.
 
 Every utterance is booked (``tests/fleet.py``): its result, or an error naming it. It
 prints sent, ok, failed by code, lost (no outcome: must be 0), duplicated (more than
@@ -45,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from tests.fleet import Fleet, Speaker, tally  # noqa: E402
+from tests.sentinel_set import SentinelSet  # noqa: E402
 
 FLAGS = ("--pending-timeout", "15", "--ack-timeout", "3", "--result-timeout", "10", "--drain-timeout", "10")
 SETTLE = 5.0  # seconds after a fault still counted as its window
@@ -53,7 +60,8 @@ SETTLE = 5.0  # seconds after a fault still counted as its window
 class Soak:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
-        self.fleet = Fleet(workdir, measure=False)
+        self.sentinels = SentinelSet(workdir / "redis") if args.sentinel else None
+        self.fleet = Fleet(workdir, measure=False, redis=self.sentinels is None)
         self.speakers: list[Speaker] = []
         self.windows: list[tuple[float, float]] = []
         self.faults: list[dict[str, object]] = []
@@ -63,8 +71,12 @@ class Soak:
     async def start(self) -> dict[str, float]:
         f = self.fleet
         await f.__aenter__()
-        a = await f.scheduler("A", *FLAGS)
-        b = await f.scheduler("B", *FLAGS)
+        store: tuple[str, ...] = ()
+        if self.sentinels is not None:
+            await asyncio.to_thread(self.sentinels.start)
+            store = ("--redis-sentinels", self.sentinels.addresses)
+        a = await f.scheduler("A", *FLAGS, *store, *(("--instance-id", "A") if store else ()))
+        b = await f.scheduler("B", *FLAGS, *store, *(("--instance-id", "B") if store else ()))
         for i in range(self.args.nodes):
             urls = [a.url, b.url] if i % 2 == 0 else [b.url, a.url]
             f.node(f"n{i}", urls, delay_ms=self.rng.choice((80, 120, 160)), slots=4)
@@ -124,6 +136,14 @@ class Soak:
         elif kind == "instance-drain":
             f.signal("B", signal.SIGTERM)
             await self._restart_when_exited("B", lambda: f.start_scheduler("B"))
+        elif kind == "master-kill":
+            ss = self.sentinels
+            if ss is None:
+                raise ValueError("master-kill needs --sentinel")
+            old = ss.kill_master()
+            await asyncio.to_thread(ss.wait_failover, old)
+            ss.restart(old)
+            await asyncio.to_thread(ss.wait_synced)
         else:
             raise ValueError(kind)
 
@@ -174,6 +194,7 @@ class Soak:
         )
         return {
             "duration_s": self.args.duration,
+            "sentinel": self.sentinels is not None,
             "sessions": self.args.sessions,
             "nodes": self.args.nodes,
             "sent": t.sent,
@@ -211,10 +232,13 @@ class Soak:
 
     def close(self) -> None:
         self.fleet.close()
+        if self.sentinels is not None:
+            self.sentinels.stop()
 
 
 def report(r: dict[str, object]) -> None:
-    print(f"soak: {r['duration_s']} s, {r['sessions']} sessions, {r['nodes']} nodes, 2 instances on Redis")
+    redis = "Redis with Sentinel" if r.get("sentinel") else "Redis"
+    print(f"soak: {r['duration_s']} s, {r['sessions']} sessions, {r['nodes']} nodes, 2 instances on {redis}")
     print(f"  faults: {', '.join(str(f['fault']) for f in r['faults'])}")  # type: ignore[union-attr]
     print(f"  sent {r['sent']}  ok {r['ok']}  failed {r['failed']}")
     print(f"  lost {r['lost']}  duplicated {r['duplicated']}  (both must be 0)")
@@ -243,8 +267,12 @@ async def main() -> int:
     ap.add_argument("--fault-every", type=float, default=12.0, help="seconds between faults")
     ap.add_argument(
         "--faults",
-        default="node-kill,redis-stall,client-drop,instance-kill,node-drain,redis-restart,instance-drain",
-        help="the schedule, cycled",
+        help="the schedule, cycled (default: node-kill,redis-stall,client-drop,instance-kill,node-drain,"
+        "redis-restart,instance-drain; with --sentinel: node-kill,master-kill,client-drop,instance-kill,"
+        "node-drain,master-kill,instance-drain)",
+    )
+    ap.add_argument(
+        "--sentinel", action="store_true", help="a Redis master, a replica and three Sentinels (master-kill)"
     )
     ap.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the last outcomes")
     ap.add_argument("--seed", type=int, default=1)
@@ -256,6 +284,9 @@ async def main() -> int:
         help="keep the logs when something was lost or duplicated (their folder is in the result's `logs`)",
     )
     args = ap.parse_args()
+    if args.faults is None:
+        redis_faults = ("master-kill", "master-kill") if args.sentinel else ("redis-stall", "redis-restart")
+        args.faults = f"node-kill,{redis_faults[0]},client-drop,instance-kill,node-drain,{redis_faults[1]},instance-drain"
     if shutil.which("redis-server") is None:
         print("redis-server is not installed: run scripts/setup.sh test", file=sys.stderr)
         return 2
