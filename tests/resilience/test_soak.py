@@ -69,3 +69,29 @@ def test_short_soak_loses_and_duplicates_nothing() -> None:
     assert r["unattributed_errors"] == []
     assert r["ok"] >= r["sent"] * 0.8, r  # failures are coded, and few
     assert proc.returncode == 0
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+def test_short_soak_on_sentinel_loses_and_duplicates_nothing() -> None:
+    """The same on a Redis master with a replica and three Sentinels: the master is killed
+    (and comes back as a replica) besides the process faults."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--sentinel", "--duration", "40",
+         "--fault-every", "9", "--faults", "master-kill,node-kill,instance-kill,master-kill",
+         "--sessions", "6", "--nodes", "3", "--settle", str(60 * SCALE), "--keep-on-failure"],
+        capture_output=True, text=True, timeout=240 * SCALE, env=unmeasured_env(),
+    )  # fmt: skip
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps({k: v for k, v in r.items() if k not in ("faults", "lost_utterances")}, indent=1))
+    try:
+        assert sum(f["ok"] for f in r["faults"] if f["fault"] == "master-kill") >= 1, r["faults"]
+        if r["lost"] or r["duplicated"]:
+            print("\n".join(diagnose(r, [*r["lost_utterances"][:2], *r["duplicates"][:2]])))
+        assert (r["lost"], r["duplicated"]) == (0, 0), (r["lost_utterances"], r["duplicates"])
+    finally:
+        if r.get("logs"):
+            shutil.rmtree(str(r["logs"]), ignore_errors=True)
+    assert r["unattributed_errors"] == []
+    assert proc.returncode == 0
