@@ -4,6 +4,7 @@ job observer (notes told apart by kind) and the timers ``Tasks`` owns."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -203,3 +204,46 @@ async def test_a_failed_resume_that_took_the_socket_away_leaves_the_session_ling
     good = p.ResumeInfo(session_id=s.session_id, resume_token=s.resume_token, last_seq=0)
     resumed, _ = await sched.resume_session(good, FakeSocket())
     assert resumed is s and s.linger_timer is None and s.life.state.value == "attached"
+
+
+class _StallingSocket(FakeSocket):
+    """A node's socket whose writes stop getting through (a node that stopped reading:
+    the registry's write times out), from ``stall`` on."""
+
+    stall = False
+
+    async def send_text(self, data: str) -> None:
+        if self.stall:
+            raise TimeoutError("the node stopped reading")
+        await super().send_text(data)
+
+
+async def test_a_piece_of_speech_that_cannot_reach_its_node_fails_the_job_over_with_all_of_it(
+    sched: Scheduler,
+) -> None:
+    """The job's node stops taking writes mid-utterance: the piece is not dropped (the node
+    would transcribe speech with a hole); the job fails over, and the next node gets the
+    whole utterance so far and the rest of it."""
+    stalled = _StallingSocket()
+    msg = p.NodeRegister(
+        protocol_version=1, node_id="n1", version="test", capabilities=STREAMING_CAPS, max_concurrent_jobs=2
+    )
+    n1 = await sched.register_node(msg, stalled)
+    s, csock = await _session(sched)
+    speech = pcm(0.3)
+    await _chunk(sched, s, 0, speech)
+    (assign,) = await stalled.wait("job_assign")
+    assert assign.get("streaming") is True
+    await sched.node_message(n1, p.JobAck(job_id=assign["job_id"], attempt_id=1))
+    _n2, healthy = await _node(sched, "n2", STREAMING_CAPS)
+    stalled.stall = True
+    await _chunk(sched, s, 1, speech)  # cannot reach n1
+    (again,) = await healthy.wait("job_assign")
+    assert (again["job_id"], again["attempt_id"]) == (assign["job_id"], 2)
+    sent = base64.b64decode(again["audio"])
+    assert len(sent) == 2 * len(speech), "the new attempt starts with everything spoken so far"
+    await _chunk(sched, s, 2, speech, final=True)
+    await eventually(lambda: any(a.get("is_final") for a in healthy.of("job_audio")))
+    rest = [base64.b64decode(a.get("audio") or "") for a in healthy.of("job_audio")]
+    assert sum(map(len, rest)) == len(speech)  # the rest of the utterance, once
+    assert not csock.of("error")

@@ -23,7 +23,7 @@ from functools import partial
 
 from ... import protocol as p
 from ...audio import FRAME_MS, speech_onset, split_points, to_float32, voiced_frames
-from ...core.ids import SessionId
+from ...core.ids import NodeId, SessionId
 from ...core.jobs import Job, JobState
 from ...core.segmenter import Append, ArmIdle, Close, Decision, DisarmIdle, Open, Segmenter
 from ...observability.logging import get_logger
@@ -32,6 +32,7 @@ from ...state.base import DependencyDown
 from ..cluster.remote import Remote
 from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
+from ..records import job_fields
 from ..nodes.registry import Registry
 from ..tasks import Tasks
 from .intake import Intake
@@ -322,7 +323,15 @@ class UtteranceStream:
             or job.state not in STREAMING_STATES
         ):
             return
-        await self.registry.send(target[0], make(job), job_id=job.job_id)
+        node_id = target[0]
+        if await self.registry.send(node_id, make(job), job_id=job.job_id):
+            return
+        # the piece did not reach the node (the write failed or timed out): the node cannot
+        # go on without it (it would transcribe speech with a hole), so the job fails over as
+        # if that node were gone; the next attempt gets all the audio so far
+        log.warning("job_audio.undelivered", **job_fields(job), to_node=node_id)
+        run.streamed_to = None
+        await self.intake.runner.node_lost(NodeId(node_id), [run])
 
     async def _close(self, session: Session, d: Close) -> None:
         """The utterance is complete: a live one's jobs get the rest of their audio and its
