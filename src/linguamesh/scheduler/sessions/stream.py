@@ -32,8 +32,8 @@ from ...state.base import DependencyDown
 from ..cluster.remote import Remote
 from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
-from ..records import job_fields
 from ..nodes.registry import Registry
+from ..records import job_fields
 from ..tasks import Tasks
 from .intake import Intake
 from .session import Session
