@@ -198,6 +198,10 @@ def scheduler(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for many instances, e.g. redis://127.0.0.1:6379/0")
     ] = None,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(help="TLS certificate (PEM, with its chain): serve https:// and wss://")
+    ] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
     redis_sentinels: Annotated[
         str | None,
         typer.Option(help="Sentinels HOST:PORT,... naming the Redis master (follows a failover)"),
@@ -279,6 +283,8 @@ def scheduler(
         max_sessions_per_ip=max_sessions_per_ip,
         max_viewers_per_session=max_viewers_per_session,
         redis_url=redis_url,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         redis_sentinels=redis_sentinels,
         redis_service=redis_service,
         redis_replicas=redis_replicas,
@@ -291,7 +297,8 @@ def scheduler(
         history_bytes=history_bytes,
     )
     _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text)
-    err.print(f"LinguaMesh scheduler on http://{cfg.host}:{cfg.port}")
+    scheme = "https" if cfg.ssl_certfile else "http"
+    err.print(f"LinguaMesh scheduler on {scheme}://{cfg.host}:{cfg.port}")
     _run_logged(serve_scheduler(cfg), {"scheduler": {"port": cfg.port, "instance_id": cfg.instance_id}})
 
 
@@ -341,6 +348,9 @@ def node(
     node_id: Annotated[str | None, typer.Option(help="Node id (default node-HOSTNAME)")] = None,
     max_concurrent_jobs: Annotated[int | None, typer.Option(help="Jobs run at once")] = None,
     token: Annotated[str | None, typer.Option(envvar="LINGUAMESH_NODE_TOKEN", help="Node token")] = None,
+    ca_file: Annotated[
+        str | None, typer.Option(help="PEM bundle of the CA that signed a wss:// scheduler's certificate")
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Local port for the node's /healthz and /metrics (0 = off)")
     ] = None,
@@ -365,6 +375,7 @@ def node(
         node_id=node_id,
         max_concurrent_jobs=max_concurrent_jobs,
         token=token,
+        ca_file=ca_file,
         metrics_port=metrics_port,
         drain_timeout=drain_timeout,
     )

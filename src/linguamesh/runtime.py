@@ -133,6 +133,9 @@ def make_server(config: SchedulerConfig, store: Any = None) -> DrainingServer:
         # who the client is behind a proxy is ours to say (--trusted-proxies,
         # scheduler/edge/proxies.py): uvicorn's own default trusts 127.0.0.1's headers
         proxy_headers=False,
+        # TLS terminated here (--ssl-certfile/--ssl-keyfile): https:// and wss://
+        ssl_certfile=config.ssl_certfile,
+        ssl_keyfile=config.ssl_keyfile,
     )
     return DrainingServer(uv, app)
 

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from .. import protocol as p
+from ..tls import client_context
 
 
 class ClientError(Exception):
@@ -64,8 +65,11 @@ class SessionClient:
         open_timeout: float = 10.0,
         end_of_speech: str = "client",
         end_of_speech_ms: int | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = session_url(url)
+        #: for a ``wss://`` scheduler with a private certificate authority (PEM bundle)
+        self.ca_file = ca_file
         self.init = p.SessionInit(
             protocol_version=p.PROTOCOL_VERSION,
             src_lang=src,
@@ -105,7 +109,11 @@ class SessionClient:
 
     async def _open(self, init: p.SessionInit) -> p.SessionInitAck:
         self.ws = await connect(
-            self.url, max_size=64 * 1024 * 1024, open_timeout=self.open_timeout, compression=None
+            self.url,
+            ssl=client_context(self.url, self.ca_file),
+            max_size=64 * 1024 * 1024,
+            open_timeout=self.open_timeout,
+            compression=None,
         )
         try:
             await self.ws.send(p.encode_str(init))

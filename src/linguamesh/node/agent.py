@@ -32,6 +32,7 @@ from ..engines.registry import EngineSet
 from ..observability import tracing
 from ..observability.logging import bind, get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
+from ..tls import client_context
 from .config import NodeConfig
 from .live import LiveInput, run_streaming
 from .pipeline import PipelineOutput, run_pipeline
@@ -168,6 +169,7 @@ class NodeAgent:
                 try:
                     async with connect(
                         url,
+                        ssl=client_context(url, self.config.ca_file),
                         max_size=MAX_FRAME,
                         open_timeout=5,
                         ping_interval=20,

@@ -14,6 +14,9 @@ class NodeConfig:
     scheduler_urls: list[str] = field(default_factory=lambda: ["ws://127.0.0.1:5010"])
     node_id: str = field(default_factory=lambda: f"node-{socket.gethostname()}")
     token: str | None = None
+    #: A PEM bundle of the certificate authorities a ``wss://`` scheduler's certificate is
+    #: checked against (a private CA); unset: the system's.
+    ca_file: str | None = None
     max_concurrent_jobs: int = 2
     engines: list[dict[str, Any]] = field(default_factory=list)
     backoff_initial: float = 0.2

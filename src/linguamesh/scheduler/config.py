@@ -138,6 +138,9 @@ class SchedulerConfig:
     reconnect_url: str | None = None
     #: Seconds an instance may stay dead before its id and inbox are pruned from Redis.
     dead_instance_retention: float = 3600.0
+    #: TLS: the server's certificate (chain) and key, PEM; then it serves https:// and wss://.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     #: Shared state for many instances (``redis://host:6379/0``); in memory when unset.
     redis_url: str | None = None
     #: Sentinels (``host:port,...``) that name the master of ``redis_service``: every
@@ -265,6 +268,12 @@ class SchedulerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         self.sentinel()  # bad Sentinel addresses fail here, at start
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"--{name.replace('_', '-')} {path}: not a readable file")
         if self.redis_wait_ms < 1 or self.redis_wait_ms > 1500:
             raise ValueError("redis_wait_ms must be 1-1500 (below the Redis call timeout)")
         if self.history_size < 1 or self.history_bytes < 1024:
