@@ -35,6 +35,14 @@ RedactOpt = Annotated[
         help="Log transcripts and translations as their length only",
     ),
 ]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="LINGUAMESH_LOG_FORMAT",
+        help="Console log lines: text (readable) or json (one JSON object a line, for log pipelines)",
+    ),
+]
 LogMaxOpt = Annotated[
     float, typer.Option("--log-max-mb", envvar="LINGUAMESH_LOG_MAX_MB", help="Rotate log files at this size")
 ]
@@ -50,10 +58,14 @@ def _logging(
     backups: int,
     instance_id: str | None = None,
     redact: bool = False,
+    fmt: str = "text",
 ) -> None:
+    if fmt not in ("text", "json"):
+        _fail(f"--log-format {fmt!r}: use text or json")
     try:
         configure(
             spec,
+            json_console=fmt == "json",
             json_file=log_file,
             max_bytes=int(max_mb * 1024 * 1024),
             backup_count=backups,
@@ -250,6 +262,7 @@ def scheduler(
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
     redact_text: RedactOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run a scheduler instance."""
     from .runtime import serve_scheduler
@@ -296,9 +309,10 @@ def scheduler(
         transcript_retention=_duration(transcript_retention),
         history_bytes=history_bytes,
     )
-    _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text)
+    _logging(log, log_file, log_max_mb, log_backups, cfg.instance_id, redact_text, log_format)
     scheme = "https" if cfg.ssl_certfile else "http"
-    err.print(f"LinguaMesh scheduler on {scheme}://{cfg.host}:{cfg.port}")
+    if log_format == "text":  # (json: every line on the console is a JSON object)
+        err.print(f"LinguaMesh scheduler on {scheme}://{cfg.host}:{cfg.port}")
     _run_logged(serve_scheduler(cfg), {"scheduler": {"port": cfg.port, "instance_id": cfg.instance_id}})
 
 
@@ -362,13 +376,14 @@ def node(
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
     redact_text: RedactOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run a worker node that dials in to a scheduler."""
     from .node.agent import FatalNodeError
     from .node.defaults import default_engines
     from .runtime import serve_node
 
-    _logging(log, log_file, log_max_mb, log_backups, redact=redact_text)
+    _logging(log, log_file, log_max_mb, log_backups, redact=redact_text, fmt=log_format)
     cfg = _node_config(
         config,
         scheduler_urls=scheduler or None,
@@ -397,17 +412,19 @@ def up(
     log_max_mb: LogMaxOpt = 20.0,
     log_backups: LogBackupsOpt = 5,
     redact_text: RedactOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Scheduler + one local node + web page, in one process, with the default offline engines."""
     from .node.defaults import default_engines
     from .runtime import serve_all
 
     sched = _sched_config(host=host, port=port)
-    _logging(log, log_file, log_max_mb, log_backups, sched.instance_id, redact_text)
+    _logging(log, log_file, log_max_mb, log_backups, sched.instance_id, redact_text, log_format)
     ncfg = _node_config(node_config, scheduler_urls=[f"ws://127.0.0.1:{port}"], node_id="local-node")
     if not ncfg.engines:
         ncfg.engines = default_engines()
-    err.print(f"LinguaMesh is up on http://{host}:{port}  (Ctrl-C to stop)")
+    if log_format == "text":
+        err.print(f"LinguaMesh is up on http://{host}:{port}  (Ctrl-C to stop)")
     roles = {"scheduler": {"port": port, "instance_id": sched.instance_id}, "node": {"node_id": ncfg.node_id}}
     _run_logged(serve_all(sched, ncfg), roles)
 
