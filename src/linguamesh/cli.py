@@ -366,7 +366,11 @@ def node(
         str | None, typer.Option(help="PEM bundle of the CA that signed a wss:// scheduler's certificate")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Local port for the node's /healthz and /metrics (0 = off)")
+        int | None, typer.Option(help="Port for the node's /healthz, /readyz and /metrics (0 = off; e.g. 9310)")
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(help="Address of that port [127.0.0.1]; 0.0.0.0 for probes and Prometheus elsewhere"),
     ] = None,
     drain_timeout: Annotated[
         float | None, typer.Option(help="On SIGTERM, seconds to finish running jobs [30]")
@@ -392,6 +396,7 @@ def node(
         token=token,
         ca_file=ca_file,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         drain_timeout=drain_timeout,
     )
     if not cfg.engines:

@@ -189,7 +189,7 @@ async def serve_node(config: NodeConfig, handle_signals: bool = True) -> None:
         http = uvicorn.Server(
             uvicorn.Config(
                 create_node_app(agent),
-                host="127.0.0.1",
+                host=config.metrics_host,
                 port=config.metrics_port,
                 log_config=None,
                 lifespan="off",

@@ -142,7 +142,11 @@ async def test_scheduler_metrics_parse_and_move(cluster: Cluster) -> None:
 
 async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
     port = free_port()
-    async with node_proc(tmp_path, f"ws://127.0.0.1:{free_port()}", "node-alone", metrics_port=port):
+    # bound to every address (--metrics-host 0.0.0.0: a probe from another pod reaches it)
+    flags = ("--metrics-host", "0.0.0.0")
+    async with node_proc(
+        tmp_path, f"ws://127.0.0.1:{free_port()}", "node-alone", metrics_port=port, flags=flags
+    ):
         async with httpx.AsyncClient() as http:  # no scheduler to connect to: alive, not ready
             for _ in range(int(100 * SCALE)):
                 try:
@@ -151,6 +155,12 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             alive = await http.get(f"http://127.0.0.1:{port}/healthz")
+        listening = {  # (local address, port) of the listening TCP sockets, from the kernel's table
+            (line.split()[1].split(":")[0], int(line.split()[1].split(":")[1], 16))
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if line.split()[3] == "0A"
+        }
+        assert ("00000000", port) in listening, "not bound to 0.0.0.0"
     assert alive.status_code == 200 and alive.json()["connected"] is False
     assert alive.json()["status"] == "disconnected"
     assert ready.status_code == 503 and "not connected" in ready.json()["problems"][0]

@@ -25,8 +25,11 @@ class NodeConfig:
     max_unacked_results: int = 1000
     #: Model manager: ``memory_limit_mb`` (LRU eviction above it), ``preload`` (load all at start).
     models: dict[str, Any] = field(default_factory=dict)
-    #: Local health/metrics HTTP port (0 = off).
+    #: The node's HTTP port for /healthz, /readyz and /metrics (0 = off; 9310 in the examples:
+    #: node_exporter has 9100), and the address it binds (loopback unless told: a probe or
+    #: Prometheus on another host or pod needs ``0.0.0.0``).
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     #: On SIGTERM: seconds to finish running jobs and get their results acked before exiting.
     drain_timeout: float = 30.0
     #: Take streaming jobs (audio forwarded while the person speaks; live captions).
