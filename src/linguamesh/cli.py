@@ -366,7 +366,8 @@ def node(
         str | None, typer.Option(help="PEM bundle of the CA that signed a wss:// scheduler's certificate")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Port for the node's /healthz, /readyz and /metrics (0 = off; e.g. 9310)")
+        int | None,
+        typer.Option(help="Port for the node's /healthz, /readyz and /metrics (0 = off; e.g. 9310)"),
     ] = None,
     metrics_host: Annotated[
         str | None,

@@ -170,6 +170,9 @@ async def test_node_exposes_health_and_metrics(tmp_path: Path) -> None:
             await wait_node(url.replace("ws", "http"), "node-p")
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"http://127.0.0.1:{port}/readyz")).json()["ready"] is True
+                listed = (await http.get(f"{url.replace('ws', 'http')}/api/v1/nodes")).json()["nodes"]
+            (hw,) = [n["hardware"] for n in listed if n["node_id"] == "node-p"]
+            assert hw["cpus"] >= 1 and hw["memory_mb"] > 0 and hw["cpu_model"] and hw["gpus"] == 0
             async with SessionClient(url, src="en", tgt="es") as c:
                 await c.send_utterance(0, pcm(0.1))
                 await c.next_result(10 * SCALE)

@@ -34,6 +34,7 @@ from ..observability.logging import bind, get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..tls import client_context
 from .config import NodeConfig
+from .hardware import describe
 from .live import LiveInput, run_streaming
 from .pipeline import PipelineOutput, run_pipeline
 
@@ -73,6 +74,8 @@ class NodeAgent:
         self.engines = engines
         self.node_id = config.node_id
         self.urls = [node_url(u) for u in config.scheduler_urls]
+        #: what this machine is (CPU, memory, GPUs), read once
+        self.hardware = describe()
         self.running: dict[str, _Running] = {}
         self.unacked: OrderedDict[tuple[str, int], p.JobResult] = OrderedDict()
         #: log fields of each kept result's job, so the ack is logged with its trace_id
@@ -280,6 +283,7 @@ class NodeAgent:
                     models=self.engines.models(),
                     max_concurrent_jobs=self.config.max_concurrent_jobs,
                     unacked_results=[job_id for job_id, _ in self.unacked],
+                    hardware=self.hardware,
                 )
             )
         )
