@@ -41,6 +41,23 @@ def test_faster_whisper_base_transcribes_speech(default_set: EngineSet) -> None:
     assert partials and partials[-1] == text
 
 
+def test_faster_whisper_takes_beams_workers_and_a_device_index() -> None:
+    """The GPU options, run on CPU (their plumbing: the library takes them, decoding works)."""
+    from linguamesh.engines.whisper import FasterWhisperASR
+
+    models = ModelManager()
+    cfg = {"model": "bundled:whisper-base", "languages": ["en"], "beam_size": 3, "num_workers": 2}
+    asr = FasterWhisperASR({**cfg, "device_index": 0}, models)
+    ref = "I would like to buy two tickets to the museum, please."
+    assert wer(ref, asr._transcribe(speech(espeak_wav(ref)), "en", None, NO_STOP)) <= 0.25
+    words = asr._words(speech(espeak_wav(ref)), "en", NO_STOP)  # the short-window decode too
+    assert wer(ref, " ".join(w.text for w in words)) <= 0.25
+    model = models.get(asr.key, lambda: None, 0)
+    assert model.model.num_workers == 2  # the library's own count of parallel decoders
+    with pytest.raises(ModelLoadError, match="num_workers"):
+        FasterWhisperASR({**cfg, "num_workers": 0}, models)
+
+
 def test_bundled_whisper_base_is_joined_and_checked() -> None:
     path = whisper_base_dir()
     assert (path / "model.bin").stat().st_size > 100_000_000
@@ -64,6 +81,17 @@ def test_ctranslate2_families_load_translate_and_cache(family: str, tiny_models:
         assert token not in out1 and token not in out2
     st = models.snapshot()[mt.key]
     assert st["loads"] == 1 and st["cache_hits"] == 2 and st["inferences"] == 3
+
+
+def test_ctranslate2_takes_workers_and_a_device_index(tiny_models: dict[str, Path]) -> None:
+    models = ModelManager()
+    cfg = {"family": "m2m100", "model": str(tiny_models["m2m100"]), "languages": ["en", "es"]}
+    mt = CTranslate2MT({**cfg, "num_workers": 2, "device_index": 0, "beam_size": 1}, models)
+    assert mt._translate("hello world", "en", "es", NO_STOP).strip()
+    translator = models.get(mt.key, lambda: None, 0).translator
+    assert translator.num_translators == 2  # inter_threads: translations at once
+    with pytest.raises(ModelLoadError, match="device_index"):
+        CTranslate2MT({**cfg, "device_index": -1}, models)
 
 
 def test_ctranslate2_errors_are_clear(tiny_models: dict[str, Path], tmp_path: Path) -> None:

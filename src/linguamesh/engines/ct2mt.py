@@ -53,10 +53,17 @@ class CTranslate2MT(MTEngine):
         self.device = str(cfg.get("device", "cpu"))
         self.compute_type = str(cfg.get("compute_type", "int8"))
         self.beam_size = int(cfg.get("beam_size", 2))
+        #: which GPU, and translations that may run at once (CTranslate2's inter_threads)
+        self.device_index = int(cfg.get("device_index", 0))
+        self.num_workers = int(cfg.get("num_workers", 1))
+        if self.num_workers < 1 or self.beam_size < 1 or self.device_index < 0:
+            raise ModelLoadError(
+                "ctranslate2: num_workers and beam_size must be at least 1, device_index >= 0"
+            )
         self.max_length = int(cfg.get("max_decoding_length", 256))
         self.models = models
         self.name = f"ctranslate2-{self.family}:{self.path.name}"
-        self.key = f"ct2:{self.path}:{self.compute_type}"
+        self.key = f"ct2:{self.path}:{self.compute_type}:{self.device}:{self.device_index}"
         if self.family == "opus-mt":
             pair = str(cfg.get("pair", ""))
             src, _, tgt = pair.partition("-")
@@ -94,7 +101,11 @@ class CTranslate2MT(MTEngine):
 
             try:
                 translator = ctranslate2.Translator(
-                    str(self.path), device=self.device, compute_type=self.compute_type
+                    str(self.path),
+                    device=self.device,
+                    device_index=self.device_index,
+                    compute_type=self.compute_type,
+                    inter_threads=self.num_workers,
                 )
             except (RuntimeError, ValueError) as exc:
                 raise ModelLoadError(f"cannot load CTranslate2 model {self.path}: {exc}") from None
