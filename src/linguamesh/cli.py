@@ -472,6 +472,27 @@ def translate(
 
 
 @app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="Directory the schemas are written to")] = Path("docs/schema"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when the files differ from the code")
+    ] = False,
+) -> None:
+    """The wire protocol's JSON Schemas (one per direction of each socket) and AsyncAPI document."""
+    from .protocol.schema import documents, write
+
+    if check:
+        stale = [
+            n for n, text in documents().items() if not (out / n).exists() or (out / n).read_text() != text
+        ]
+        if stale:
+            _fail(f"{', '.join(stale)} in {out} differ from the code: run `linguamesh schema --out {out}`")
+        return
+    for path in write(out):
+        print(path)
+
+
+@app.command()
 def models(
     command: Annotated[str, typer.Argument(help="list | check | preload")] = "list",
     config: Annotated[Path | None, typer.Option(help="Node TOML config (default: the offline set)")] = None,
