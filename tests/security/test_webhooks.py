@@ -67,6 +67,7 @@ async def test_sessions_of_a_key_post_signed_webhooks_with_their_usage(tmp_path:
             assert ended["session"]["session_id"] == alice.session_id and ended["session"]["key_id"] == "k1"
             assert ended["session"]["tgt_langs"] == ["es"]
             assert ended["usage"]["utterances"] == 2 and ended["usage"]["jobs"] == 2
+            assert isinstance(ended["usage"]["utterances"], int)
             assert ended["usage"]["audio_seconds"] == pytest.approx(1.0, abs=0.01)
             assert by[("bob", "session_ended")]["reason"] == "expired"
             assert by[("bob", "session_ended")]["usage"]["utterances"] == 0

@@ -218,8 +218,11 @@ class SessionEvents:
     def ended(self, session: Session, reason: str, usage: dict[str, float]) -> None:
         """``reason``: ``client_closed`` (the speaker closed it) or ``expired`` (nobody
         came back within the linger)."""
-        used = {name: usage.get(name, 0.0) for name in ("utterances", "jobs", "audio_seconds")}
-        used["audio_seconds"] = round(used["audio_seconds"], 3)
+        used: dict[str, float | int] = {
+            "utterances": int(usage.get("utterances", 0)),
+            "jobs": int(usage.get("jobs", 0)),
+            "audio_seconds": round(usage.get("audio_seconds", 0.0), 3),
+        }
         started = session.settings.started_at
         fields = {
             "reason": reason,
