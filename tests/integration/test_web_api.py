@@ -13,7 +13,7 @@ from linguamesh.client import SessionClient
 from linguamesh.scheduler.edge.access import operator_access
 from linguamesh.scheduler.edge.operator_tokens import operator_tokens
 
-from ..conftest import SCALE, Cluster, pcm
+from ..conftest import SCALE, Cluster, pcm, test_engines
 
 
 async def _sse_events(
@@ -44,6 +44,31 @@ async def _sse_events(
                 elif len(out) >= max(n, 1):
                     return out
     return out
+
+
+async def test_viewers_get_the_translated_speech_only_when_they_ask_for_it(cluster: Cluster) -> None:
+    """A result's speech is most of its bytes and the viewer page does not play it: an SSE
+    viewer gets results without ``tts_audio`` unless it asks (``audio=1``), in the replay
+    and live alike."""
+    s = await cluster.scheduler()
+    await cluster.node(s.url, engines=test_engines(tts_seconds=0.5))
+    async with SessionClient(s.url, src="en", tgt="es") as c:
+        await c.send_utterance(0, pcm(0.1))
+        assert (await c.next_result(10 * SCALE)).tts_audio  # the speaker gets the speech
+        assert c.ack is not None
+        url = f"{s.http}/api/v1/sessions/{c.ack.session_id}/events/stream?token={c.ack.view_token}"
+        url += "&types=translation_result"
+        got_quiet: asyncio.Queue[int] = asyncio.Queue()
+        got_loud: asyncio.Queue[int] = asyncio.Queue()
+        quiet = asyncio.create_task(_sse_events(url, 2, got=got_quiet))
+        loud = asyncio.create_task(_sse_events(url + "&audio=1", 2, got=got_loud))
+        await asyncio.wait_for(got_quiet.get(), 10)  # the replayed result
+        await asyncio.wait_for(got_loud.get(), 10)
+        await c.send_utterance(1, pcm(0.1))  # and a live one
+        quiet_events, loud_events = await asyncio.wait_for(asyncio.gather(quiet, loud), 10 * SCALE)
+    assert [e[2]["utterance_index"] for e in quiet_events] == [0, 1]
+    assert all("tts_audio" not in e[2] and e[2]["text_translated"] for e in quiet_events)
+    assert all(e[2]["tts_audio"] for e in loud_events) and len(loud_events) == 2
 
 
 async def test_history_and_sse_replay_with_last_event_id(cluster: Cluster) -> None:

@@ -171,9 +171,10 @@ async def test_viewers_count_as_connections_are_capped_per_session_and_a_stalled
                 return int((await http.get(f"{s.http}/api/v1/admin/overview")).json()["viewers"])
 
             stalled = []
-            for _ in range(3):  # viewers that never read a byte
+            for _ in range(3):  # viewers that never read a byte (and asked for the speech: the heavy case)
                 _, writer = await asyncio.open_connection("127.0.0.1", s.port)
-                writer.write(f"GET {url.removeprefix(s.http)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                path = url.removeprefix(s.http) + "&audio=1"
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 await writer.drain()
                 stalled.append(writer)
             end = time.monotonic() + 5 * SCALE

@@ -25,7 +25,7 @@ from ...observability.logging import get_logger
 from ...state import redis_keys as K
 from ...state.base import DependencyDown
 from ...state.redis import RedisStateStore
-from ..sessions.viewers import ViewerQueue, sse_frame
+from ..sessions.viewers import Frames, ViewerQueue
 from ..tasks import Tasks, stop_if_cancelled
 
 log = get_logger("linguamesh.scheduler")
@@ -98,9 +98,9 @@ class EventWatch:
                 await asyncio.sleep(1.0)
                 continue
             for seq, data in events:
-                frame = sse_frame(seq, data)  # built once, the same bytes for every viewer
+                frames = Frames(seq, data)  # built once, the same bytes for every viewer
                 for q in list(w.queues):
-                    if not q.offer(seq, data, frame):  # too slow: dropped (it reconnects)
+                    if not q.offer(frames):  # too slow: dropped (it reconnects)
                         w.queues.discard(q)
                 w.read_up_to = max(w.read_up_to, seq)
             if len(events) == PAGE:

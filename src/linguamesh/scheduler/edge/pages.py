@@ -37,7 +37,7 @@ from ..service import Scheduler
 from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
 from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
-from ..sessions.viewers import ViewerQueue, sse_frame
+from ..sessions.viewers import Frames, ViewerQueue
 from ..tokens import same_token
 from .access import bearer, error, operator_only
 from .access_tokens import TokenError
@@ -247,23 +247,28 @@ async def stream(request: Request) -> Response:
     if refused is not None:
         sched.count("connections_refused", reason="viewers")
         return error(429, "rate_limited", refused)
-    return ViewerStream(sched, v, last, _types(request), ip)
+    audio = request.query_params.get("audio") in ("1", "true", "yes")
+    return ViewerStream(sched, v, last, _types(request), ip, audio)
 
 
 class ViewerStream(Response):
     """One viewer's stream, as an ASGI response of its own: every write has a deadline."""
 
-    def __init__(self, sched: Scheduler, v: Viewing, last: int, types: set[str] | None, ip: str) -> None:
+    def __init__(
+        self, sched: Scheduler, v: Viewing, last: int, types: set[str] | None, ip: str, audio: bool = False
+    ) -> None:
         super().__init__(
             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         # a stream: no content-length (the base class would announce an empty body)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.sched, self.v, self.last, self.types, self.ip = sched, v, last, types, ip
+        #: results come with their translated speech only when the viewer asked (``audio=1``)
+        self.audio = audio
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         sched, v = self.sched, self.v
-        queue = ViewerQueue(max_bytes=sched.config.viewer_queue_bytes)
+        queue = ViewerQueue(max_bytes=sched.config.viewer_queue_bytes, audio=self.audio)
         session = v.local
         if session is not None:  # held here: its pump feeds the queue; subscribed before the replay
             session.delivery.subscribers.add(queue)
@@ -306,7 +311,7 @@ class ViewerStream(Response):
                     return  # the browser reconnects with Last-Event-ID
                 for seq, data in page:
                     if self.types is None or p.event_type(data) in self.types:
-                        await write(sse_frame(seq, data))
+                        await write(Frames(seq, data).get(self.audio))
                     sent = max(sent, seq)
                 if len(page) < REPLAY_PAGE:
                     break

@@ -37,7 +37,7 @@ from ...state.base import JobEnd, KnownOrder, Notify, StateStore
 from ..retry import Heal, until_available
 from ..tasks import Tasks, stop_if_cancelled
 from ..transport import Transport, close_quietly
-from .viewers import ViewerQueue, sse_frame
+from .viewers import Frames, ViewerQueue
 
 if TYPE_CHECKING:
     from .session import Session
@@ -423,9 +423,9 @@ class Delivery:
     def _publish(self, seq: int, data: bytes) -> None:
         if not self.subscribers:
             return
-        frame = sse_frame(seq, data)  # built once, the same bytes for every viewer
+        frames = Frames(seq, data)  # built once, the same bytes for every viewer
         for q in list(self.subscribers):
-            if not q.offer(seq, data, frame):  # too slow: dropped, it reconnects with Last-Event-ID
+            if not q.offer(frames):  # too slow: dropped, it reconnects with Last-Event-ID
                 self.subscribers.discard(q)
 
     def _fields(self, data: bytes) -> dict[str, Any]:
