@@ -256,3 +256,50 @@ async def test_with_api_keys_the_speaker_page_sends_the_token_of_its_address(
     await anonymous.wait_for_function(
         "document.querySelector('#notice') && document.querySelector('#notice').textContent.includes('token')"
     )
+
+
+async def test_a_viewer_whose_server_freezes_says_the_connection_is_lost_and_comes_back(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The scheduler freezes (SIGSTOP): the viewer's socket looks open, but no heartbeat
+    comes; the page says "connection lost" (within twice the heartbeat), opens a new stream
+    once the server is back, and shows every subtitle once."""
+    import signal
+
+    from linguamesh.client import SessionClient
+
+    from ..conftest import free_port, pcm
+    from ..procs import launch, node_proc, wait_node, wait_ready
+
+    port = free_port()
+    sched = launch("scheduler", "--port", str(port), log=tmp_path / "s.log",
+                   env={"LINGUAMESH_VIEWER_HEARTBEAT": "0.5"})  # fmt: skip
+    http, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+    try:
+        await wait_ready(port, sched)
+        async with node_proc(tmp_path, ws, "node-f"), SessionClient(ws, src="en", tgt="es") as c:
+            await wait_node(http, "node-f")
+            await c.send_utterance(0, pcm(0.2))
+            await c.next_result(10 * SCALE)
+            assert c.ack is not None
+            viewer = await new_page(browser, http)
+            await viewer.goto(f"/view/{c.session_id}?token={c.ack.view_token}")
+            await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1")
+            await viewer.wait_for_selector("#conn[data-state=connected]")
+            await asyncio.sleep(1.5)  # a quiet stream: the page hears heartbeats (every 0.5 s here)
+            sched.proc.send_signal(signal.SIGSTOP)
+            try:
+                await viewer.wait_for_selector("#conn[data-state=lost]", timeout=5_000)
+            finally:
+                sched.proc.send_signal(signal.SIGCONT)
+            await viewer.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
+            await c.send_utterance(1, pcm(0.2))
+            await c.next_result(10 * SCALE)
+            await viewer.wait_for_function(
+                "document.querySelectorAll('#subtitles p').length === 2", timeout=10_000
+            )
+            await asyncio.sleep(1.0)  # (anything replayed twice would show by now)
+            assert len(await viewer.locator("#subtitles p").all_inner_texts()) == 2
+            assert not viewer.js_errors
+    finally:
+        sched.stop()

@@ -33,6 +33,8 @@ async def _sse_events(
             if line.startswith(("id:", "event:", "data:")):
                 k, _, v = line.partition(":")
                 ev[k] = v.strip()
+            elif line == "" and "data" in ev and "id" not in ev:  # a heartbeat: not a session event
+                ev = {}
             elif line == "" and "data" in ev:
                 out.append((int(ev["id"]), ev["event"], json.loads(ev["data"])))
                 if got is not None:

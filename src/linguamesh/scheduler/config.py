@@ -89,6 +89,9 @@ class SchedulerConfig:
     #: A viewer (SSE) that has not taken a write within this many seconds is closed; the
     #: events that may wait for one viewer, in bytes, before it is dropped as too slow.
     viewer_write_deadline: float = 30.0
+    #: Seconds between ``heartbeat`` events on a quiet viewer stream (a page that hears none
+    #: for twice this long knows its connection is gone, though the socket looks open).
+    viewer_heartbeat: float = 5.0
     viewer_queue_bytes: int = 4 * 1024 * 1024
     #: Open sockets (sessions and nodes), in all and per client address.
     max_connections: int = 10_000
@@ -255,6 +258,7 @@ class SchedulerConfig:
             "result_timeout",
             "heartbeat_interval",
             "handshake_timeout",
+            "viewer_heartbeat",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -76,16 +76,28 @@ $("lang").addEventListener("change", () => { state.lang = $("lang").value; links
 $("original").addEventListener("change", render);
 
 let es = null;
+let lastSeq = 0; // the last event of the session followed (a new stream goes on after it)
 function follow(id, viewToken) {
   if (es) es.close();
+  if (id !== sessionId || !state.sessions.includes(id)) { // another session: a new generation
+    gen += 1;
+    state.sessions.push(id);
+    lastSeq = 0;
+  }
   sessionId = id;
   token = viewToken;
-  gen += 1;
-  state.sessions.push(id);
   links();
-  const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}&types=translation_result,asr_partial,session_closed`;
+  const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/events/stream?token=${encodeURIComponent(token)}`
+    + `&types=translation_result,asr_partial,session_closed&last_event_id=${lastSeq}`;
   es = new EventSource(url);
-  es.onopen = () => { setConn("connected", "live"); $("notice").hidden = true; };
+  es.onopen = () => { heard(); setConn("connected", "live"); $("notice").hidden = true; };
+  // a quiet stream sends a heartbeat every `every_s` seconds: twice that without a word and
+  // the connection is gone, however open the socket looks (a server that froze, a dead proxy)
+  es.addEventListener("heartbeat", (m) => {
+    const every = Number(JSON.parse(m.data).every_s);
+    if (every > 0) silentAfterMs = 2000 * every;
+    heard();
+  });
   es.onerror = () => onError(es);
   es.addEventListener("translation_result", onResult);
   es.addEventListener("asr_partial", onDraft);
@@ -104,7 +116,7 @@ async function findRoom() {
       + (access ? `?access_token=${encodeURIComponent(access)}` : ""));
     if (res.ok) {
       const cur = await res.json();
-      if (cur.session_id !== sessionId) follow(cur.session_id, cur.view_token);
+      if (cur.session_id !== sessionId || !es) follow(cur.session_id, cur.view_token);
       return;
     }
   } catch (e) { /* the server is away: try again */ }
@@ -127,7 +139,24 @@ function onError(source) {
     setConn("reconnecting", "reconnecting…");
   }
 };
+let lastHeard = Date.now();
+let silentAfterMs = 10000;
+function heard() {
+  lastHeard = Date.now();
+  if ($("conn").dataset.state === "lost") setConn("connected", "live");
+}
+setInterval(() => {
+  if (!es || es.readyState !== EventSource.OPEN || Date.now() - lastHeard < silentAfterMs) return;
+  setConn("lost", "connection lost: reconnecting…");
+  const id = sessionId, t = token;
+  es.close();
+  es = null;
+  if (room) findRoom(); else follow(id, t); // a new stream (it resumes after Last-Event-ID)
+}, 1000);
+
 function onResult(m) {
+  heard();
+  lastSeq = Math.max(lastSeq, Number(m.lastEventId) || 0);
   const r = { ...JSON.parse(m.data), gen };
   state.results.set(`${gen}:${r.tgt_lang}:${r.utterance_index}`, r);
   state.drafts.delete(`${gen}:${r.tgt_lang}:${r.utterance_index}`);
@@ -136,6 +165,8 @@ function onResult(m) {
 }
 
 function onDraft(m) {
+  heard();
+  lastSeq = Math.max(lastSeq, Number(m.lastEventId) || 0);
   const d = JSON.parse(m.data);
   if (!d.translation || !d.tgt_lang) return;
   const key = `${gen}:${d.tgt_lang}:${d.utterance_index}`;

@@ -43,7 +43,6 @@ from .access import bearer, error, operator_only
 from .access_tokens import TokenError
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-KEEPALIVE_S = 15.0
 #: events read from the store at a time for a viewer's replay
 REPLAY_PAGE = 200
 #: events in one page of the events API, by default and at most
@@ -317,11 +316,13 @@ class ViewerStream(Response):
                     break
             if v.local is None and sched.watch is not None and not v.ended:
                 sched.watch.subscribe(v.session_id, sent, queue)  # held elsewhere: the store's notices
+            beat = sched.config.viewer_heartbeat
+            heartbeat = b'event: heartbeat\ndata: {"every_s": %g}\n\n' % beat
             while True:
                 try:
-                    item = await queue.get(KEEPALIVE_S)
-                except TimeoutError:
-                    await write(b": keepalive\n\n")
+                    item = await queue.get(beat)
+                except TimeoutError:  # a quiet stream says it is alive (no id: Last-Event-ID stays)
+                    await write(heartbeat)
                     continue
                 if item is None:  # dropped as too slow, or the session left this instance: reconnect
                     break
