@@ -123,12 +123,20 @@ class SentinelSet:
         return port
 
     def wait_failover(self, old: int, timeout: float = 30.0) -> float:
-        """Until the Sentinels name another master than ``old``; returns the monotonic time."""
+        """Until every live Sentinel names the same master, not ``old``, for a second in a
+        row (a failover can be tried and abandoned); returns the monotonic time it was first
+        named."""
         deadline = time.monotonic() + timeout
+        since: tuple[int, float] | None = None
         while time.monotonic() < deadline:
-            now = self.master_port()
-            if now is not None and now != old:
-                return time.monotonic()
+            named = {self.master_port(p) for p, proc in self.sentinels.items() if proc.poll() is None}
+            now = named.pop() if len(named) == 1 else None
+            if now is None or now == old:
+                since = None
+            elif since is None or since[0] != now:
+                since = (now, time.monotonic())
+            elif time.monotonic() - since[1] >= 1.0:
+                return since[1]
             time.sleep(0.05)
         raise TimeoutError("no failover")
 

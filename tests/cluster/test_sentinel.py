@@ -33,9 +33,12 @@ async def _start(fleet: Fleet, ss: SentinelSet) -> list[Speaker]:
     return speakers
 
 
-async def _talk(speakers: list[Speaker], seconds: float, every: float = 0.1) -> None:
+async def _talk(
+    speakers: list[Speaker], seconds: float, every: float = 0.1, until: asyncio.Event | None = None
+) -> None:
+    """Speak for ``seconds``, or (with ``until``) until it is set."""
     end = time.monotonic() + seconds * SCALE
-    while time.monotonic() < end:
+    while (until is not None and not until.is_set()) or (until is None and time.monotonic() < end):
         for s in speakers:
             await s.say()
         await asyncio.sleep(every)
@@ -70,8 +73,11 @@ async def test_master_killed_under_load_the_promoted_replica_serves_and_nothing_
             await _talk(speakers, 3)
             killed_at = time.monotonic()
             old = ss.kill_master()
-            talking = asyncio.create_task(_talk(speakers, 12))
+            done = asyncio.Event()
+            talking = asyncio.create_task(_talk(speakers, 0, until=done))
             switched = await asyncio.to_thread(ss.wait_failover, old)
+            await asyncio.sleep(max(0.0, switched + 10 - time.monotonic()))  # 10 s after the switch
+            done.set()
             await talking
             t = await finish(speakers, 30 * SCALE)
             served = _after(speakers, switched)
@@ -87,13 +93,16 @@ async def test_fail_over_and_back(tmp_path: Path) -> None:
             speakers = await _start(fleet, ss)
             await _talk(speakers, 2)
             first = ss.kill_master()
-            talking = asyncio.create_task(_talk(speakers, 24))
+            done = asyncio.Event()
+            talking = asyncio.create_task(_talk(speakers, 0, until=done))
             await asyncio.to_thread(ss.wait_failover, first)
             ss.restart(first)  # empty; the Sentinels make it a replica of the new master
             await asyncio.to_thread(ss.wait_synced)
             second = ss.kill_master()
             switched = await asyncio.to_thread(ss.wait_failover, second)
-            assert ss.master_port() == first
+            assert ss.master_port() == first  # back on the first server
+            await asyncio.sleep(max(0.0, switched + 10 - time.monotonic()))  # 10 s after the switch
+            done.set()
             await talking
             t = await finish(speakers, 30 * SCALE)
             served = _after(speakers, switched + 1)
@@ -112,8 +121,11 @@ async def test_writes_acknowledged_by_a_stalled_master_survive_its_death(tmp_pat
             ss.signal_master(signal.SIGSTOP)
             await _talk(speakers, 0.5, every=0.05)
             old = ss.kill_master()
-            talking = asyncio.create_task(_talk(speakers, 10))
+            done = asyncio.Event()
+            talking = asyncio.create_task(_talk(speakers, 0, until=done))
             switched = await asyncio.to_thread(ss.wait_failover, old)
+            await asyncio.sleep(max(0.0, switched + 8 - time.monotonic()))
+            done.set()
             await talking
             t = await finish(speakers, 30 * SCALE)
             served = _after(speakers, switched)
