@@ -21,7 +21,7 @@ from typing import Any
 
 from .base import Cancelled, EngineError, MTEngine
 from .bundled import resolve
-from .models import ModelLoadError, ModelManager, path_size
+from .models import ModelLoadError, ModelManager, device_options, path_size
 
 NLLB_CODES = {
     "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "de": "deu_Latn", "it": "ita_Latn",
@@ -50,16 +50,10 @@ class CTranslate2MT(MTEngine):
         if "model" not in cfg:
             raise ModelLoadError('ctranslate2 engine needs `model = "/path/to/ct2-model-dir"`')
         self.path = resolve(str(cfg["model"]))
-        self.device = str(cfg.get("device", "cpu"))
-        self.compute_type = str(cfg.get("compute_type", "int8"))
-        self.beam_size = int(cfg.get("beam_size", 2))
         #: which GPU, and translations that may run at once (CTranslate2's inter_threads)
-        self.device_index = int(cfg.get("device_index", 0))
-        self.num_workers = int(cfg.get("num_workers", 1))
-        if self.num_workers < 1 or self.beam_size < 1 or self.device_index < 0:
-            raise ModelLoadError(
-                "ctranslate2: num_workers and beam_size must be at least 1, device_index >= 0"
-            )
+        self.device, self.compute_type, self.device_index, self.num_workers, self.beam_size = device_options(
+            cfg, "ctranslate2", beam_size=2
+        )
         self.max_length = int(cfg.get("max_decoding_length", 256))
         self.models = models
         self.name = f"ctranslate2-{self.family}:{self.path.name}"

@@ -31,6 +31,20 @@ class ModelLoadError(Exception):
     """A model could not be loaded; the message says why and where."""
 
 
+def device_options(cfg: dict[str, Any], engine: str, beam_size: int) -> tuple[str, str, int, int, int]:
+    """The options of a CTranslate2-backed engine (faster-whisper, ctranslate2): ``device``,
+    ``compute_type``, ``device_index`` (which GPU), ``num_workers`` (decodes of one model at
+    once) and ``beam_size`` (``beam_size``: its default), checked."""
+    device = str(cfg.get("device", "cpu"))
+    compute_type = str(cfg.get("compute_type", "int8"))
+    device_index = int(cfg.get("device_index", 0))
+    num_workers = int(cfg.get("num_workers", 1))
+    beams = int(cfg.get("beam_size", beam_size))
+    if num_workers < 1 or beams < 1 or device_index < 0:
+        raise ModelLoadError(f"{engine}: num_workers and beam_size must be at least 1, device_index >= 0")
+    return device, compute_type, device_index, num_workers, beams
+
+
 @dataclass
 class ModelStats:
     loads: int = 0

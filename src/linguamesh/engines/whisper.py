@@ -27,7 +27,7 @@ from typing import Any
 from ..core.agreement import Word
 from .base import ASREngine, Cancelled, EngineError, PartialCallback, Speech
 from .bundled import resolve
-from .models import ModelLoadError, ModelManager, path_size
+from .models import ModelLoadError, ModelManager, device_options, path_size
 
 #: The shortest encoder window of a streaming decode, in mel frames (10 ms each).
 MIN_WINDOW_FRAMES = 1000
@@ -54,19 +54,13 @@ def check_whisper_dir(path: Path) -> None:
 class FasterWhisperASR(ASREngine):
     def __init__(self, cfg: dict[str, Any], models: ModelManager) -> None:
         self.spec = str(cfg.get("model", "bundled:whisper-base"))
-        self.device = str(cfg.get("device", "cpu"))
-        self.compute_type = str(cfg.get("compute_type", "int8"))
         self.threads = int(cfg.get("cpu_threads", 0))
         self.max_new_tokens = int(cfg.get("max_new_tokens", 128))
         #: which GPU (``device = "cuda"``); decodes that may run at once on one model (one
         #: worker serialises concurrent jobs); beams (1: greedy, see the module's docstring)
-        self.device_index = int(cfg.get("device_index", 0))
-        self.num_workers = int(cfg.get("num_workers", 1))
-        self.beam_size = int(cfg.get("beam_size", 1))
-        if self.num_workers < 1 or self.beam_size < 1 or self.device_index < 0:
-            raise ModelLoadError(
-                "faster-whisper: num_workers and beam_size must be at least 1, device_index >= 0"
-            )
+        self.device, self.compute_type, self.device_index, self.num_workers, self.beam_size = device_options(
+            cfg, "faster-whisper", beam_size=1
+        )
         self.models = models
         self.path = resolve(self.spec)
         check_whisper_dir(self.path)
