@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything LinguaMesh needs on a fresh Debian/Ubuntu machine, idempotently:
 #   system packages (apt-get, only those missing), a virtualenv in .venv, pip packages.
-# Usage: scripts/setup.sh [run|test]   ("test" adds redis-server, chromium and the test tools)
+# Usage: scripts/setup.sh [run|test|container]   ("test" adds redis-server, chromium and the test
+# tools; "container" adds podman, runc and mmdebstrap for the container image's test as well)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -10,6 +11,10 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------- system packages
 apt_pkgs=(espeak-ng apertium apertium-eng-spa libsndfile1 redis-server)
+if [ "$mode" = "container" ]; then
+  apt_pkgs+=(podman runc mmdebstrap)
+  mode=test
+fi
 if [ "$mode" = "test" ]; then
   # prometheus: a real server and promtool for the dashboard and alert-rule tests;
   # nginx: the shipped load-balancer example runs in front of two schedulers

@@ -356,25 +356,48 @@ def token(
 def node(
     scheduler: Annotated[
         list[str] | None,
-        typer.Option("--scheduler", help="Scheduler URL (repeat for failover), e.g. ws://127.0.0.1:5010"),
+        typer.Option(
+            "--scheduler",
+            envvar="LINGUAMESH_NODE_SCHEDULER",
+            help="Scheduler URL (repeat for failover; in the variable: space-separated), e.g. ws://127.0.0.1:5010",
+        ),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Node TOML config (engines, limits)")] = None,
-    node_id: Annotated[str | None, typer.Option(help="Node id (default node-HOSTNAME)")] = None,
-    max_concurrent_jobs: Annotated[int | None, typer.Option(help="Jobs run at once")] = None,
+    config: Annotated[
+        Path | None, typer.Option(envvar="LINGUAMESH_NODE_CONFIG", help="Node TOML config (engines, limits)")
+    ] = None,
+    node_id: Annotated[
+        str | None, typer.Option(envvar="LINGUAMESH_NODE_ID", help="Node id (default node-HOSTNAME)")
+    ] = None,
+    max_concurrent_jobs: Annotated[
+        int | None, typer.Option(envvar="LINGUAMESH_NODE_MAX_CONCURRENT_JOBS", help="Jobs run at once")
+    ] = None,
     token: Annotated[str | None, typer.Option(envvar="LINGUAMESH_NODE_TOKEN", help="Node token")] = None,
     ca_file: Annotated[
-        str | None, typer.Option(help="PEM bundle of the CA that signed a wss:// scheduler's certificate")
+        str | None,
+        typer.Option(
+            envvar="LINGUAMESH_NODE_CA_FILE",
+            help="PEM bundle of the CA that signed a wss:// scheduler's certificate",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Port for the node's /healthz, /readyz and /metrics (0 = off; e.g. 9310)"),
+        typer.Option(
+            envvar="LINGUAMESH_NODE_METRICS_PORT",
+            help="Port for the node's /healthz, /readyz and /metrics (0 = off; e.g. 9310)",
+        ),
     ] = None,
     metrics_host: Annotated[
         str | None,
-        typer.Option(help="Address of that port [127.0.0.1]; 0.0.0.0 for probes and Prometheus elsewhere"),
+        typer.Option(
+            envvar="LINGUAMESH_NODE_METRICS_HOST",
+            help="Address of that port [127.0.0.1]; 0.0.0.0 for probes and Prometheus elsewhere",
+        ),
     ] = None,
     drain_timeout: Annotated[
-        float | None, typer.Option(help="On SIGTERM, seconds to finish running jobs [30]")
+        float | None,
+        typer.Option(
+            envvar="LINGUAMESH_NODE_DRAIN_TIMEOUT", help="On SIGTERM, seconds to finish running jobs [30]"
+        ),
     ] = None,
     log: LogOpt = "info",
     log_file: LogFileOpt = None,
@@ -553,6 +576,26 @@ def trace(
     else:
         typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def healthcheck(
+    urls: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="/healthz URLs to try [the scheduler's on LINGUAMESH_PORT (5010) and the node's on "
+            "LINGUAMESH_NODE_METRICS_PORT (9310), on loopback]"
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each")] = 3.0,
+) -> None:
+    """Exit 0 when one of the URLs answers 200 (a container's HEALTHCHECK: whichever role runs)."""
+    from .health import probe
+
+    found = probe(urls or None, timeout)
+    if found is None:
+        _fail("no /healthz answered 200")
+    print(found)
 
 
 def main() -> None:
