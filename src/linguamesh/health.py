@@ -31,7 +31,7 @@ def probe(urls: list[str] | None = None, timeout: float = 3.0) -> str | None:
     unverified.verify_mode = ssl.CERT_NONE
     for url in urls or default_urls():
         try:
-            with urllib.request.urlopen(url, timeout=timeout, context=unverified) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout, context=unverified) as resp:
                 if resp.status == 200:
                     return url
         except (urllib.error.URLError, OSError, ValueError):

@@ -6,23 +6,15 @@ and a node container (a rolling upgrade: a new node takes over) while three spea
 talk, and nothing is lost or duplicated. The image's HEALTHCHECK is run for both roles.
 
 Marked ``container`` (``scripts/test.sh`` leaves it out; ``.ci/run`` runs it after the
-everyday suite). No image registry is reachable here: the Dockerfile's base image is
-made from Debian packages by ``deploy/image/debian-base.sh`` when it is missing, under
-the very name the Dockerfile pulls elsewhere. podman runs with ``runc`` and explicit
-ulimits (crun cannot start containers on these machines).
+everyday suite); how the image is built here: ``podman.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,62 +26,9 @@ from ..conftest import free_port
 from ..engines.conftest import espeak_wav
 from ..fleet import Speaker, finish
 from ..redis_server import RedisServer
+from .podman import RUNTIME, needs_podman, podman
 
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.timeout(1500),
-    # .ci/run sets LINGUAMESH_CONTAINER_TESTS=1: there a missing podman is a failure
-    pytest.mark.skipif(
-        shutil.which("podman") is None and os.environ.get("LINGUAMESH_CONTAINER_TESTS") != "1",
-        reason="podman is not installed (scripts/setup.sh container)",
-    ),
-]
-
-ROOT = Path(__file__).resolve().parents[2]
-PODMAN = shutil.which("podman")
-#: what these machines need to start a container (see the module's docstring)
-RUNTIME = ["--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
-IMAGE = "localhost/linguamesh:test"
-
-
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    if PODMAN is None:
-        pytest.fail("podman is not installed: run `scripts/setup.sh container`")
-    out = subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args[:3])}… failed ({out.returncode}): {out.stderr[-2000:]}")
-    return out
-
-
-def base_image() -> str:
-    """The name the Dockerfile's ``BASE_IMAGE`` defaults to."""
-    found = re.search(r"^ARG BASE_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
-    assert found, "the Dockerfile names its base image in ARG BASE_IMAGE"
-    return found.group(1)
-
-
-def pip_ca() -> str | None:
-    """The CA bundle pip uses on this machine (a proxy that intercepts TLS signs with it)."""
-    for path in (os.environ.get("PIP_CERT"), "/etc/ssl/certs/ca-certificates.crt"):
-        if path and Path(path).is_file():
-            return path
-    return None
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[str]:
-    base = base_image()
-    if podman("image", "exists", base, check=False).returncode != 0:
-        started = time.monotonic()
-        subprocess.run([str(ROOT / "deploy/image/debian-base.sh"), base], check=True, timeout=600)
-        print(f"base image {base} made from Debian packages in {time.monotonic() - started:.0f} s")
-    secret = ["--secret", f"id=pip-ca,src={ca}"] if (ca := pip_ca()) else []
-    started = time.monotonic()
-    podman("build", "--format", "docker", *RUNTIME, *secret, "-t", IMAGE, str(ROOT), timeout=1200)
-    built = time.monotonic() - started
-    size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip())
-    print(f"image {IMAGE}: built in {built:.0f} s, {size / 1e6:.0f} MB")
-    yield IMAGE
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1500), needs_podman]
 
 
 class Containers:
