@@ -92,7 +92,7 @@ async def test_compose_serves_an_utterance_through_nginx(image: str, standins: N
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         for service in ("scheduler-a", "scheduler-b", "node"):  # the image's HEALTHCHECK
-            await until(lambda: healthy(project, service), 180, f"{service} never became healthy")
+            await until(lambda s=service: healthy(project, s), 180, f"{service} never became healthy")
         await until(lambda: ready(f"http://127.0.0.1:{port}"), 60, "no scheduler ready behind nginx")
         await until(lambda: node_registered(project), 60, "the node never registered")
 
