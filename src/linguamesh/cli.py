@@ -593,8 +593,9 @@ def healthcheck(
     from .health import probe
 
     found = probe(urls or None, timeout)
-    if found is None:
-        _fail("no /healthz answered 200")
+    if found is None:  # 1: unhealthy (a HEALTHCHECK's 2 is reserved)
+        err.print("[red]error:[/red] no /healthz answered 200")
+        raise typer.Exit(1)
     print(found)
 
 
