@@ -548,10 +548,7 @@ def trace(
 
     Exit status: 0 when every job has a complete chain, 1 when something is missing.
     """
-    import json as _json
-    import time as _time
-
-    from .observability.trace import build_report, read_records, render
+    from .observability.trace import report_files
 
     files = list(logfiles or [])
     if (session is not None or job is not None) and trace_id is not None:
@@ -564,18 +561,9 @@ def trace(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         _fail(f"no such log file: {', '.join(missing)}")
-    started = _time.monotonic()
-    records, n = read_records(files)
-    if not as_json and _time.monotonic() - started > 2:
-        err.print(f"read {len(records):,} records from {n} file(s) in {_time.monotonic() - started:.1f} s")
-    report = build_report(
-        records, trace_id=trace_id, session_id=session, job_id=job, utterance=utterance, files=n
-    )
-    if as_json:
-        typer.echo(_json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str))
-    else:
-        typer.echo(render(report))
-    raise typer.Exit(0 if report.ok else 1)
+    text, ok = report_files(files, trace_id, session, job, utterance, as_json, progress=err.print)
+    typer.echo(text)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command()

@@ -151,8 +151,11 @@ async def serve_scheduler(config: SchedulerConfig) -> None:
 
 
 def model_manager(config: NodeConfig) -> ModelManager:
+    """Host memory budget ``memory_limit_mb`` (files' size), GPU budget ``gpu_memory_limit_mb``
+    per GPU (measured on the device; unset: no limit)."""
     limit_mb = float(config.models.get("memory_limit_mb", 8192))
-    return ModelManager(int(limit_mb * 1024 * 1024))
+    gpu_mb = config.models.get("gpu_memory_limit_mb")
+    return ModelManager(int(limit_mb * 2**20), None if gpu_mb is None else int(float(gpu_mb) * 2**20))
 
 
 async def serve_node(config: NodeConfig, handle_signals: bool = True) -> None:

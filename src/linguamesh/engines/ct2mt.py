@@ -21,7 +21,7 @@ from typing import Any
 
 from .base import Cancelled, EngineError, MTEngine
 from .bundled import resolve
-from .models import ModelLoadError, ModelManager, device_options, path_size
+from .models import ModelLoadError, ModelManager, device_options, path_size, placement
 
 NLLB_CODES = {
     "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "de": "deu_Latn", "it": "ita_Latn",
@@ -114,7 +114,9 @@ class CTranslate2MT(MTEngine):
                 raise ModelLoadError(f"bad SentencePiece model in {self.path}: {exc}") from None
             return _Loaded(translator, src_sp, tgt_sp)
 
-        loaded: _Loaded = self.models.get(self.key, loader, path_size(self.path))
+        loaded: _Loaded = self.models.get(
+            self.key, loader, path_size(self.path), device=placement(self.device, self.device_index)
+        )
         return loaded
 
     def _tokens(self, m: _Loaded, text: str, src: str, tgt: str) -> tuple[list[str], list[str] | None]:

@@ -27,7 +27,7 @@ from typing import Any
 from ..core.agreement import Word
 from .base import ASREngine, Cancelled, EngineError, PartialCallback, Speech
 from .bundled import resolve
-from .models import ModelLoadError, ModelManager, device_options, path_size
+from .models import ModelLoadError, ModelManager, device_options, path_size, placement
 
 #: The shortest encoder window of a streaming decode, in mel frames (10 ms each).
 MIN_WINDOW_FRAMES = 1000
@@ -89,7 +89,9 @@ class FasterWhisperASR(ASREngine):
             except (RuntimeError, ValueError, OSError) as exc:
                 raise ModelLoadError(f"cannot load Whisper model {self.path}: {exc}") from None
 
-        return self.models.get(self.key, loader, path_size(self.path))
+        return self.models.get(
+            self.key, loader, path_size(self.path), device=placement(self.device, self.device_index)
+        )
 
     def _segments(self, speech: Speech, lang: str, stop: threading.Event, *, words: bool) -> Iterator[Any]:
         """Decode, one segment at a time (greedy, see the module's docstring); with ``words``

@@ -23,7 +23,8 @@ class NodeConfig:
     backoff_max: float = 10.0
     #: Results kept for a scheduler that has not acknowledged them.
     max_unacked_results: int = 1000
-    #: Model manager: ``memory_limit_mb`` (LRU eviction above it), ``preload`` (load all at start).
+    #: Model manager: ``memory_limit_mb`` (host memory, LRU eviction above it),
+    #: ``gpu_memory_limit_mb`` (per GPU, measured on the device), ``preload`` (load all at start).
     models: dict[str, Any] = field(default_factory=dict)
     #: The node's HTTP port for /healthz, /readyz and /metrics (0 = off; 9310 in the examples:
     #: node_exporter has 9100), and the address it binds (loopback unless told: a probe or

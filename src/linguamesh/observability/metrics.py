@@ -331,3 +331,8 @@ def register_model_metrics(metrics: Metrics, prefix: str, rows: Callable[[], dic
             lambda stat=stat: rows().get(stat, []),  # type: ignore[misc]
         )
     metrics.gauge(f"{prefix}model_loaded", "1 while the model is loaded", lambda: rows().get("loaded", []))
+    metrics.gauge(
+        f"{prefix}model_memory_bytes",
+        "Memory a loaded model takes: measured on the device on a GPU, its files' size in host memory",
+        lambda: [(labels, mb * 2**20) for labels, mb in rows().get("memory_mb", [])],
+    )

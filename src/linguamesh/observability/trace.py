@@ -15,7 +15,8 @@ The expected chain of one job (scheduler S, node N)::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -491,3 +492,26 @@ def render(report: TraceReport) -> str:
         else:
             lines.append("  ok: complete chain, nothing missing")
     return "\n".join(lines)
+
+
+def report_files(
+    files: list[Path],
+    trace_id: str | None,
+    session_id: str | None,
+    job_id: str | None,
+    utterance: int | None,
+    as_json: bool,
+    progress: Callable[[str], None],
+) -> tuple[str, bool]:
+    """``linguamesh trace``: the report on what ``files`` say (text or JSON), and whether
+    every job has a complete chain; ``progress`` hears how long reading took when slow."""
+    started = time.monotonic()
+    records, n = read_records(files)
+    if not as_json and time.monotonic() - started > 2:
+        progress(f"read {len(records):,} records from {n} file(s) in {time.monotonic() - started:.1f} s")
+    report = build_report(
+        records, trace_id=trace_id, session_id=session_id, job_id=job_id, utterance=utterance, files=n
+    )
+    if as_json:
+        return json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str), report.ok
+    return render(report), report.ok
