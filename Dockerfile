@@ -13,9 +13,14 @@
 # See docs/operations.md ("Container image").
 
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
+# --build-arg CUDA=true: nodes on NVIDIA GPUs (cuBLAS and cuDNN 9 for CUDA 12 from NVIDIA's
+# pip wheels, about 1.5 GB more; the driver and nvidia-smi come from the host's container
+# toolkit). docs/gpu.md.
+ARG CUDA=false
 
 # ---------------------------------------------------------------- build: a venv in /opt/linguamesh
 FROM ${BASE_IMAGE} AS build
+ARG CUDA
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -26,6 +31,10 @@ COPY src ./src
 RUN --mount=type=secret,id=pip-ca,required=false \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     /opt/linguamesh/bin/pip install --no-cache-dir --disable-pip-version-check ".[engines]" \
+ && if [ "$CUDA" = true ]; then \
+      /opt/linguamesh/bin/pip install --no-cache-dir --disable-pip-version-check \
+        "nvidia-cublas-cu12>=12.4,<13" "nvidia-cudnn-cu12>=9.1,<10"; \
+    fi \
  && /opt/linguamesh/bin/python -m compileall -q /opt/linguamesh/lib
 
 # ---------------------------------------------------------------- run: the venv, the system engines, a user
@@ -43,7 +52,8 @@ ENV PATH=/opt/linguamesh/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     LINGUAMESH_HOST=0.0.0.0 \
     LINGUAMESH_NODE_METRICS_HOST=0.0.0.0 \
-    LINGUAMESH_NODE_METRICS_PORT=9310
+    LINGUAMESH_NODE_METRICS_PORT=9310 \
+    LD_LIBRARY_PATH=/opt/linguamesh/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/linguamesh/lib/python3.11/site-packages/nvidia/cudnn/lib
 USER 10001:10001
 WORKDIR /var/lib/linguamesh
 # 5010: the scheduler (clients, nodes, pages, /metrics); 9310: a node's /healthz, /readyz, /metrics

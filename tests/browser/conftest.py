@@ -64,8 +64,27 @@ async def browser(spoken_wav: Path) -> AsyncIterator[object]:
             await b.close()
 
 
+#: Runs before the page's scripts: records what the SDK's objects announce (each session's
+#: results, captions and utterance ends, the playback queue's clips) in ``window.seen``,
+#: so tests listen to the SDK's events instead of reading the page's own state.
+RECORDER = """
+const seen = window.seen = { results: [], captions: 0, ends: 0, played: [] };
+let lm;
+Object.defineProperty(window, "lm", { configurable: true, get: () => lm, set: (value) => {
+  lm = value;
+  value.addEventListener("session", (e) => {
+    e.detail.addEventListener("result", (r) => seen.results.push(r.detail));
+    e.detail.addEventListener("caption", () => { seen.captions += 1; });
+    e.detail.addEventListener("utterance-end", () => { seen.ends += 1; });
+  });
+  value.playback.addEventListener("ended", (e) => seen.played.push(e.detail));
+} });
+"""
+
+
 async def new_page(browser: object, base: str) -> object:
     ctx = await browser.new_context(permissions=["microphone"], base_url=base)  # type: ignore[attr-defined]
+    await ctx.add_init_script(RECORDER)
     page = await ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ..conftest import Cluster, test_engines
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, RECORDER
 from .test_pages import _start_session, _tone_wav
 
 AXE = Path(__file__).resolve().parents[2] / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
@@ -42,6 +42,7 @@ async def test_no_serious_accessibility_violations_in_light_and_dark(
             color_scheme=scheme,
             viewport={"width": 1280, "height": 900},
         )
+        await ctx.add_init_script(RECORDER)
         page = await ctx.new_page()
         await page.goto("/")
         await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
@@ -50,7 +51,7 @@ async def test_no_serious_accessibility_violations_in_light_and_dark(
         await _start_session(page)
         for i in range(2):
             await page.set_input_files("#file", str(_tone_wav(tmp_path, f"a{scheme}{i}.wav", 0.3 + 0.1 * i)))
-            await page.wait_for_function(f"window.lm.results.length === {i + 1}")
+            await page.wait_for_function(f"window.seen.results.length === {i + 1}")
         problems += await _check(page, "speaker", scheme)
         link = await page.get_attribute("#share-link", "href")
         viewer = await ctx.new_page()

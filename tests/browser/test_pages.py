@@ -23,12 +23,12 @@ async def _start_session(page: Any, src: str = "en", tgt: str = "es") -> str:
     await page.select_option("#tgt", tgt)
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
-    return str(await page.evaluate("window.lm.ack.session_id"))
+    return str(await page.evaluate("window.lm.session.sessionId"))
 
 
 async def _results(page: Any) -> list[dict[str, Any]]:
     return await page.evaluate(
-        "window.lm.results.map(r => ({i: r.utterance_index, s: r.status, asr: r.text_asr, mt: r.text_translated}))"
+        "window.seen.results.map(r => ({i: r.utterance_index, s: r.status, asr: r.text_asr, mt: r.text_translated}))"
     )
 
 
@@ -43,7 +43,7 @@ async def test_microphone_speech_is_captioned_live_then_translated_and_spoken(
     held = loop.time()
     await page.evaluate("window.lm.talkStart()")  # push-to-talk: hold while the sentence plays
     # a live caption while the button is still held (streaming: the speech is decoded as it comes)
-    await page.wait_for_function("window.lm.captions > 0", timeout=4500)
+    await page.wait_for_function("window.seen.captions > 0", timeout=4500)
     caption = await page.locator("li.utt .asr").first.inner_text()
     assert caption.strip(), caption
     # the microphone level meter moves (read while the speech plays, not at one instant:
@@ -53,7 +53,7 @@ async def test_microphone_speech_is_captioned_live_then_translated_and_spoken(
     )
     await page.screenshot(path=ARTIFACTS / "speaker-live-caption.png", full_page=True)
     await asyncio.sleep(max(0.0, 4.6 - (loop.time() - held)))  # held for the length of the speech
-    assert await page.evaluate("window.lm.closes") == 0  # the caption came before the speaker stopped
+    assert await page.evaluate("window.seen.ends") == 0  # the caption came before the speaker stopped
     await page.evaluate("window.lm.talkStop()")
     row = page.locator("li.utt[data-status=ok]").first
     await row.wait_for(timeout=60_000)
@@ -109,14 +109,14 @@ async def test_cut_connection_resumes_and_shows_every_result_once(
     sid = await _start_session(page)
     for i in range(3):
         await page.set_input_files("#file", str(_tone_wav(tmp_path, f"t{i}.wav", 0.3 + 0.1 * i)))
-        await page.wait_for_function(f"window.lm.closes === {i + 1}")
+        await page.wait_for_function(f"window.seen.ends === {i + 1}")
     await eventually(lambda: len(s.sched.jobs) >= 1, 5, "jobs to be running")
     session = s.sched.sessions[sid]  # type: ignore[index]
     assert session.delivery.conn is not None
     await session.delivery.conn.close(4003)  # cut the connection from the server side while jobs run
     await page.wait_for_selector("#conn[data-state=reconnecting]", timeout=int(5000 * SCALE))
     await page.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
-    await page.wait_for_function("window.lm.results.length >= 3", timeout=20_000)
+    await page.wait_for_function("window.seen.results.length >= 3", timeout=20_000)
     await asyncio.sleep(0.5 * SCALE)  # anything duplicated would arrive now
     results = await _results(page)
     assert sorted(r["i"] for r in results) == [0, 1, 2]
@@ -137,7 +137,7 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     await _start_session(speaker)
     for i in range(2):
         await speaker.set_input_files("#file", str(_tone_wav(tmp_path, f"v{i}.wav", 0.3)))
-        await speaker.wait_for_function(f"window.lm.results.length === {i + 1}")
+        await speaker.wait_for_function(f"window.seen.results.length === {i + 1}")
     link = await speaker.get_attribute("#share-link", "href")
     assert link and "/view/room/" in link  # a room: it outlives the session
     viewer = await new_page(browser, s.http)
@@ -152,7 +152,7 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     assert await viewer.locator("#lang option").all_inner_texts() == ["Spanish (es)"]
     await viewer.screenshot(path=ARTIFACTS / "viewer.png", full_page=True)
     # the session's own link with a wrong token is refused
-    sid = await speaker.evaluate("window.lm.ack.session_id")
+    sid = await speaker.evaluate("window.lm.session.sessionId")
     bad = await new_page(browser, s.http)
     await bad.goto(f"/view/{sid}?token=nope")
     await bad.wait_for_selector("#notice:not([hidden])", timeout=10_000)
@@ -167,8 +167,8 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     page = await new_page(browser, s.http)
     await _start_session(page)
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "a.wav", 0.3)))
-    await page.wait_for_function("window.lm.results.length === 1")
-    job_id = await page.evaluate("window.lm.results[0].job_id")
+    await page.wait_for_function("window.seen.results.length === 1")
+    job_id = await page.evaluate("window.seen.results[0].job_id")
     admin = await new_page(browser, s.http)
     await admin.goto("/admin")
     await admin.wait_for_selector("#nodes td:text('op-node')")
@@ -191,7 +191,7 @@ async def test_hands_free_mode_cuts_utterances_on_silence(cluster: Cluster, brow
     await _start_session(page)
     await page.select_option("#mode", "free")
     await page.click("#listen")  # the fake microphone plays: speech, then 2.5 s of silence
-    await page.wait_for_function("window.lm.closes >= 1", timeout=15_000)  # the page's VAD closed it
+    await page.wait_for_function("window.seen.ends >= 1", timeout=15_000)  # the page's VAD closed it
     row = page.locator("li.utt[data-status=ok]").first
     await row.wait_for(timeout=60_000)
     await page.click("#listen")
@@ -248,7 +248,7 @@ async def test_with_api_keys_the_speaker_page_sends_the_token_of_its_address(
     await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
-    assert str(await page.evaluate("window.lm.ack.session_id")).startswith("s-")
+    assert str(await page.evaluate("window.lm.session.sessionId")).startswith("s-")
     anonymous = await new_page(browser, s.http)
     await anonymous.goto("/")
     await anonymous.wait_for_function("document.querySelectorAll('#src option').length > 0")

@@ -28,11 +28,11 @@ async def test_a_reload_mid_session_resumes_it_with_every_row(
     sid = await _start_session(page)
     for i in range(2):
         await page.set_input_files("#file", str(_tone_wav(tmp_path, f"r{i}.wav", 0.3 + 0.1 * i)))
-        await page.wait_for_function(f"window.lm.results.length === {i + 1}")
+        await page.wait_for_function(f"window.seen.results.length === {i + 1}")
     await page.reload()
     await page.wait_for_selector("#conn[data-state=connected]")
     await page.wait_for_function("document.querySelectorAll('li.utt[data-status=ok]').length === 2")
-    assert await page.evaluate("window.lm.ack.session_id") == sid  # the same session
+    assert await page.evaluate("window.lm.session.sessionId") == sid  # the same session
     texts = await page.locator("li.utt .asr").all_inner_texts()
     assert texts == ["Test utterance 0.30.", "Test utterance 0.40."]
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "r2.wav", 0.5)))  # and it goes on
@@ -52,8 +52,8 @@ async def test_two_results_arriving_together_play_one_after_the_other(
     await _start_session(page)
     for i in range(2):  # both jobs run at once and finish together
         await page.set_input_files("#file", str(_tone_wav(tmp_path, f"p{i}.wav", 0.3)))
-    await page.wait_for_function("window.lm.played.length >= 2", timeout=int(10_000 * SCALE))
-    played = await page.evaluate("window.lm.played")
+    await page.wait_for_function("window.seen.played.length >= 2", timeout=int(10_000 * SCALE))
+    played = await page.evaluate("window.seen.played")
     assert [p["index"] for p in played] == [0, 1]
     first, second = played
     assert first["end"] - first["start"] >= 600  # really played (0.8 s clip), not skipped
@@ -74,7 +74,7 @@ async def test_a_tap_sends_nothing_and_space_talks_anywhere_on_the_page(
     await asyncio.sleep(0.1)
     await page.evaluate("window.lm.talkStop()")  # a 100 ms tap
     await asyncio.sleep(0.3)
-    assert await page.evaluate("window.lm.chunkSeq") == 0  # nothing sent
+    assert await page.evaluate("window.lm.session.chunkSeq") == 0  # nothing sent
     assert await page.locator("li.utt").count() == 0  # no empty row
     assert "Hold the button" in await page.inner_text("#notice")
     await page.click("#notice .dismiss")
@@ -86,7 +86,7 @@ async def test_a_tap_sends_nothing_and_space_talks_anywhere_on_the_page(
     await page.keyboard.up("Space")
     assert await page.is_hidden("#rec")
     await page.wait_for_function("document.querySelectorAll('li.utt[data-status=ok]').length === 1")
-    assert await page.evaluate("window.lm.closes") == 1
+    assert await page.evaluate("window.seen.ends") == 1
     assert not page.js_errors
 
 
@@ -131,7 +131,7 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1")
             assert (await viewer.inner_text("#subtitles p")).lower().rstrip(".") == "[es] test utterance 0.70"
             sessions = await viewer.evaluate("window.lmView.sessions")
-            assert sessions[-1] == await page.evaluate("window.lm.ack.session_id") and len(sessions) == 2
+            assert sessions[-1] == await page.evaluate("window.lm.session.sessionId") and len(sessions) == 2
             assert not viewer.js_errors
             await page.screenshot(path=ARTIFACTS / "speaker-server-restarted.png", full_page=True)
             assert not page.js_errors
@@ -153,8 +153,8 @@ async def test_transcript_downloads_on_both_pages_parse_and_match(
     await _start_session(page)
     for i in range(2):
         await page.set_input_files("#file", str(_tone_wav(tmp_path, f"d{i}.wav", 0.3 + 0.2 * i)))
-        await page.wait_for_function(f"window.lm.results.length === {i + 1}")
-    results = await page.evaluate("window.lm.results.map(r => [r.text_asr, r.text_translated])")
+        await page.wait_for_function(f"window.seen.results.length === {i + 1}")
+    results = await page.evaluate("window.seen.results.map(r => [r.text_asr, r.text_translated])")
     srt_link = await page.get_attribute("#downloads a[data-format=srt][data-lang=es]", "href")
     vtt_link = await page.get_attribute("#downloads a[data-format=vtt][data-lang=en]", "href")
     assert srt_link and vtt_link
@@ -177,14 +177,14 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     page = await new_page(browser, s.http)
     first = await _start_session(page)
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "e0.wav", 0.3)))
-    await page.wait_for_function("window.lm.results.length === 1")
+    await page.wait_for_function("window.seen.results.length === 1")
     await page.click("#end")
     await page.wait_for_selector("#setup:not([hidden])")  # after the session_closed
     assert await page.get_attribute("#conn", "data-state") == "offline"
     assert await page.evaluate("sessionStorage.getItem('linguamesh.session')") is None
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
-    second = await page.evaluate("window.lm.ack.session_id")
+    second = await page.evaluate("window.lm.session.sessionId")
     assert second != first
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "e1.wav", 0.5)))
     await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]")

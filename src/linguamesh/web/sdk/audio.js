@@ -1,4 +1,5 @@
 // Audio helpers: resample to 16 kHz, float -> pcm16 -> base64, a small energy VAD.
+// (No DOM: they run in browsers and in node.)
 
 export const RATE = 16000;
 
