@@ -75,4 +75,9 @@ if [ "$mode" = "test" ] && [ ! -f ".venv/npm/node_modules/axe-core/axe.min.js" ]
   say "installing axe-core $AXE_VERSION (npm)"
   npm install --prefix .venv/npm --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null
 fi
+# the JavaScript SDK's test dependency (ws: node 20 has no WebSocket), from its lock file
+if [ "$mode" = "test" ] && [ ! -d clients/js/node_modules/ws ]; then
+  say "installing the JavaScript SDK's test dependencies (npm ci in clients/js)"
+  npm ci --prefix clients/js --no-audit --no-fund --silent >/dev/null
+fi
 say "ready"

@@ -247,6 +247,10 @@ export class Session extends EventTarget {
           this._onFirstAck.reject(Object.assign(new Error(`${ev.code}: ${ev.message}`), { code: ev.code }));
           this._onFirstAck = null;
           this._emit("error", ev);
+          const ws = this.ws;
+          this.ws = null;
+          if (ws) ws.close();
+          this._setState("offline");
         } else {
           this._emit("error", ev);
         }
