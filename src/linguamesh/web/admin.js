@@ -1,5 +1,5 @@
 // Operator page: polls /api/v1/admin/overview every second.
-const $ = (id) => document.getElementById(id);
+import { $ } from "./ui.js";
 const token = new URLSearchParams(location.search).get("token") || "";
 
 function cell(value) {
