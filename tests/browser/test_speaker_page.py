@@ -178,10 +178,27 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     first = await _start_session(page)
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "e0.wav", 0.3)))
     await page.wait_for_function("window.seen.results.length === 1")
-    await page.click("#end")
+    dialogs: list[str] = []
+
+    async def answer(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await (dialog.dismiss() if len(dialogs) == 1 else dialog.accept())
+
+    page.on("dialog", answer)
+    await page.click("#end")  # asked first: "no" keeps the session
+    await asyncio.sleep(0.3)
+    assert await page.get_attribute("#conn", "data-state") == "connected" and len(dialogs) == 1
+    assert await page.evaluate("window.lm.mic.open")  # asked for at Start session
+    await page.click("#end")  # "yes"
     await page.wait_for_selector("#setup:not([hidden])")  # after the session_closed
     assert await page.get_attribute("#conn", "data-state") == "offline"
     assert await page.evaluate("sessionStorage.getItem('linguamesh.session')") is None
+    # what the organiser wants now stays: the transcript and the viewer link; the
+    # microphone is released, and the focus is on the next thing to do
+    assert await page.is_visible("#transcript") and await page.is_visible("#share")
+    assert "transcript" in (await page.get_attribute("#downloads a[data-format=srt]", "href") or "")
+    assert not await page.evaluate("window.lm.mic.open")
+    assert await page.evaluate("document.activeElement.id") == "start"
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
     second = await page.evaluate("window.lm.session.sessionId")
@@ -190,4 +207,116 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]")
     assert await page.locator("li.utt[data-gen='0'][data-status=ok]").count() == 1  # the old row stays
     assert await page.inner_text("li.utt[data-gen='1'] .asr") == "Test utterance 0.50."
+    assert not page.js_errors
+
+
+async def test_space_on_a_focused_control_works_the_control_not_the_microphone(
+    cluster: Cluster, browser: Any
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-sp", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.focus("#autoplay")
+    before = await page.is_checked("#autoplay")
+    await page.keyboard.press("Space")  # toggles the checkbox (WCAG 2.1.1)
+    assert await page.is_checked("#autoplay") != before
+    await page.focus("#copy")
+    await page.keyboard.down("Space")
+    await asyncio.sleep(0.6)
+    await page.keyboard.up("Space")
+    assert await page.is_hidden("#rec")
+    assert (
+        await page.evaluate("window.seen.ends") == 0
+        and await page.evaluate("window.lm.session.chunkSeq") == 0
+    )
+    assert not page.js_errors
+
+
+async def test_a_release_while_the_browser_asks_for_the_microphone_records_nothing(
+    cluster: Cluster, browser: Any
+) -> None:
+    """The permission race: the speaker releases the button to answer the browser's
+    question; no recording may start afterwards with nobody holding the button."""
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-pr", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await page.add_init_script(  # the browser's question takes a second to answer
+        """const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+        window.micAsks = 0;
+        navigator.mediaDevices.getUserMedia = async (c) => {
+          window.micAsks += 1; await new Promise((r) => setTimeout(r, 1000)); return real(c); };"""
+    )
+    await page.goto("/")
+    await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
+    await page.click("#start")  # asked here, at Start session
+    await page.evaluate("window.lm.talkStart()")  # pressed while the question is open...
+    await page.evaluate("window.lm.talkStop()")  # ... and released to answer it
+    await page.wait_for_selector("#conn[data-state=connected]")
+    await asyncio.sleep(1.5)
+    assert await page.is_hidden("#rec")
+    assert await page.evaluate("window.micAsks") == 1
+    assert await page.evaluate("window.lm.session.chunkSeq") == 0
+    assert not page.js_errors
+
+
+async def test_a_long_session_scrolls_to_the_newest_row_and_hides_operator_ids(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-sc", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await page.set_viewport_size({"width": 400, "height": 500})  # a phone
+    await _start_session(page)
+    for i in range(8):
+        await page.set_input_files("#file", str(_tone_wav(tmp_path, f"sc{i}.wav", 0.3)))
+        await page.wait_for_function(f"window.seen.results.length === {i + 1}")
+    await asyncio.sleep(0.3)
+    last = page.locator("li.utt").last
+    box = await last.bounding_box()
+    assert box is not None and 0 <= box["y"] < 500, box  # the newest row is in view
+    text = await page.inner_text("#utterances")
+    assert "trace" not in text and "job-" not in text  # operator data is in a tooltip only
+    assert "job-" in (await last.get_attribute("title") or "")
+    assert await page.get_attribute("#utterances", "aria-live") is None  # partials are not re-announced
+    assert (await page.inner_text("#announce")).strip()  # the newest translation is
+    assert await page.get_attribute("li.utt .asr", "lang") == "en"
+    assert not page.js_errors
+
+
+async def test_a_reload_keeps_hands_free_listening_and_says_so(cluster: Cluster, browser: Any) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-hf", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.select_option("#mode", "free")
+    await page.click("#listen")
+    await page.wait_for_selector("#rec:not([hidden])")
+    await page.reload()
+    await page.wait_for_selector("#conn[data-state=connected]")
+    assert await page.input_value("#mode") == "free"
+    await page.wait_for_selector("#notice:not([hidden])")
+    assert "Hands-free listening" in await page.inner_text("#notice")
+    # this browser lets the page open the microphone again (the tests' Chromium does)
+    await page.wait_for_selector("#rec:not([hidden])")
+    assert not page.js_errors
+
+
+async def test_translations_wait_while_the_microphone_is_open_and_stale_ones_are_skipped(
+    cluster: Cluster, browser: Any
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-v", engines=test_engines(tts_seconds=0.3))
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.evaluate("window.lm.playback.maxLagMs = 1000")
+    await page.select_option("#mode", "free")
+    await page.click("#listen")  # hands-free: the microphone stays open
+    await page.wait_for_function("window.seen.results.length >= 1", timeout=int(20_000 * SCALE))
+    await asyncio.sleep(1.5)
+    assert await page.evaluate("window.seen.played.length") == 0  # not over the speaker's voice
+    await page.click("#listen")  # stop listening: the clip is too late to be worth hearing
+    await page.wait_for_selector("#player:not([hidden])")
+    assert "Skipped" in await page.inner_text("#now-playing")
+    assert 0 not in [p["index"] for p in await page.evaluate("window.seen.played")]
     assert not page.js_errors

@@ -34,7 +34,9 @@ async def test_audio_after_a_proposed_end_waits_without_spinning_and_the_answer_
     inp = LiveInput(job)
     proposed: list[int] = []
     task = asyncio.create_task(
-        run_streaming(engines, job, inp, lambda *a: None, proposed.append, {"job_id": "j1"})
+        run_streaming(
+            engines, job, inp, lambda *a: None, lambda size, _why: proposed.append(size), {"job_id": "j1"}
+        )
     )
     seq = 0
     for at in range(0, len(audio), 640):  # 20 ms pieces, paced: the loop must leave time for us

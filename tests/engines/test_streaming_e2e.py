@@ -105,3 +105,44 @@ async def test_a_burst_with_a_pause_and_an_end_mark_loses_no_speech(cluster: Clu
     text = " ".join(r.text_asr for r in sorted(results(events), key=lambda r: r.utterance_index))
     assert wer(f"{one} {two}", text) <= 0.25, text
     assert len({r.utterance_index for r in results(events)}) == len(results(events))
+
+
+LECTURE = [  # fluent speech: a quarter second between sentences, far below a pause
+    ("The harbour was built by fishermen almost four hundred years ago.", ("harbour", "fishermen")),
+    ("Wooden ships carried cotton and sugar across the ocean.", ("wooden", "cotton")),
+    ("After the railway arrived the town grew very quickly.", ("railway", "quickly")),
+    ("Many families moved here from the countryside to find work.", ("families", "countryside")),
+]
+
+
+async def test_fluent_speech_comes_out_sentence_by_sentence_each_once(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pause long enough to end speech: the node cuts after sentences, each sentence is
+    in exactly one result, and results come while the lecture goes on."""
+    monkeypatch.setattr(live, "DECODE_BUDGET", 1.0)  # (see the first test: shared cores)
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "default-node", engines=default_engines(), max_concurrent_jobs=2)
+    gap = b"\0\0" * 4000
+    audio = gap.join(pcm16(espeak_wav(text)) for text, _ in LECTURE) + b"\0\0" * 16000
+    async with SessionClient(s.url, src="en", tgt="es", end_of_speech="server") as c, collecting(c) as events:
+        await play(c, audio)
+        during = len(results(events))
+
+        def every_sentence() -> bool:
+            text = " ".join(r.text_asr.lower() for r in results(events))
+            return all(all(w in text for w in words) for _, words in LECTURE)
+
+        await eventually(every_sentence, 30 * SCALE, "every sentence")
+        await asyncio.sleep(1.5)  # nothing more follows
+    rs = sorted(results(events), key=lambda r: r.utterance_index)
+    assert [r.utterance_index for r in rs] == list(range(len(rs)))
+    holders = [
+        [r.utterance_index for r in rs if all(w in r.text_asr.lower() for w in words)] for _, words in LECTURE
+    ]
+    assert all(len(h) == 1 for h in holders), [r.text_asr for r in rs]  # none twice, none lost
+    assert len(rs) >= 3, [r.text_asr for r in rs]  # sentences, not one block
+    assert during >= 1  # the first sentences' results came while the lecture went on
+    assert all(r.status == "ok" and (r.audio_seconds or 0) <= 12 for r in rs), [r.audio_seconds for r in rs]
+    text = " ".join(r.text_asr for r in rs)
+    assert wer(" ".join(t for t, _ in LECTURE), text) <= 0.2, text

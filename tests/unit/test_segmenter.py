@@ -129,6 +129,20 @@ def test_a_refused_open_drops_the_utterance_and_the_next_chunk_tries_again() -> 
     assert out[1] == Open(2, b"\1" * 4)
 
 
+def test_after_a_sentence_cut_a_client_ended_stream_waits_for_speech_and_keeps_it_all() -> None:
+    seg = Segmenter(MAX, halfway, speech=first_loud)
+    seg.chunk(0, b"\1\1\1\1\0\0", False, always)  # a sentence, then a gap
+    out = seg.speech_end(0, 4, "sentence")
+    assert [(c.why, c.audio) for c in out if isinstance(c, Close)] == [("sentence", b"\1\1\1\1")]
+    assert not any(isinstance(d, Open) for d in out)  # the gap waits: no utterance of silence
+    out = seg.chunk(1, b"\0\0\2", False, always)  # the next sentence starts
+    (opened,) = [d for d in out if isinstance(d, Open)]
+    assert opened.audio == b"\0\0\0\0\2"  # all of it, the gap included: nothing is lost
+    seg.speech_end(1, 5, "sentence")
+    out = seg.chunk(2, b"\0\0", True, always)  # the button is released after a silence
+    assert not any(isinstance(d, Open | Close) for d in out) and seg.awaiting is None
+
+
 def test_repeated_chunks() -> None:
     seg = Segmenter(MAX, halfway)
     assert not seg.repeated(0)
@@ -151,11 +165,15 @@ class SegmenterMachine(RuleBasedStateMachine):
         self.idle_armed = False
         self.seq = -1
         self.refuse_next = False
+        self.node_cut = False  # a node cut a client-ended stream: silence after it may go
 
     @rule(server=st.booleans())
     def start(self, server: bool) -> None:
         if self.seg is None:
-            self.seg = Segmenter(MAX, halfway, onset=first_loud if server else None, preroll_bytes=6)
+            self.seg = Segmenter(
+                MAX, halfway, onset=first_loud if server else None, preroll_bytes=6,
+                speech=None if server else first_loud,
+            )  # fmt: skip
 
     def _do(self, out: list[Decision]) -> None:
         assert self.seg is not None
@@ -217,11 +235,12 @@ class SegmenterMachine(RuleBasedStateMachine):
         if self.seg is not None and self.idle_armed:
             self._do(self.seg.idle())
 
-    @rule(size=st.integers(0, 60), back=st.integers(0, 2))
-    def speech_end(self, size: int, back: int) -> None:
+    @rule(size=st.integers(0, 60), back=st.integers(0, 2), why=st.sampled_from(["end_of_speech", "sentence"]))
+    def speech_end(self, size: int, back: int, why: str) -> None:
         if self.seg is None or self.seg.made == 0:
             return
-        self._do(self.seg.speech_end(max(0, self.seg.made - 1 - back), size))
+        self._do(self.seg.speech_end(max(0, self.seg.made - 1 - back), size, why))
+        self.node_cut = self.node_cut or self.seg.awaiting is not None
 
     @invariant()
     def no_audio_lost_or_doubled(self) -> None:
@@ -236,11 +255,12 @@ class SegmenterMachine(RuleBasedStateMachine):
         if cur is not None:
             assert cur.number > max(ended, default=-1)
             kept += bytes(cur.audio)
-        kept += bytes(seg.preroll)
-        if seg.onset is None:
+        kept += bytes(seg.preroll) + bytes(seg.awaiting or b"")
+        # only silence (zero bytes) may be let go: from before a start of speech, or after
+        # a node's cut up to the client's end
+        assert kept.replace(b"\0", b"") == bytes(self.fed).replace(b"\0", b"")
+        if seg.onset is None and not self.node_cut:
             assert kept == bytes(self.fed)
-        else:  # only silence (zero bytes) may be let go, from before a start of speech
-            assert kept.replace(b"\0", b"") == bytes(self.fed).replace(b"\0", b"")
 
     @invariant()
     def one_open_utterance_and_the_idle_timer_follows_it(self) -> None:

@@ -77,3 +77,24 @@ test("the playback queue plays clips one at a time, in utterance order", async (
   assert.deepEqual(ended, [1, 2, 3, 4]);
   assert.equal(q.current, null);
 });
+
+test("clips that waited too long are skipped, and a held queue waits", async () => {
+  class Clip extends EventTarget {
+    play() { setTimeout(() => this.dispatchEvent(new Event("ended")), 5); }
+    pause() {}
+  }
+  const q = new PlaybackQueue({ maxLagMs: 50 });
+  const played = [];
+  const skipped = [];
+  q.addEventListener("play", (e) => played.push(e.detail.index));
+  q.addEventListener("skipped", (e) => skipped.push(e.detail.index));
+  q.hold(); // the speaker talks: nothing plays
+  q.add(0, new Clip());
+  await new Promise((r) => setTimeout(r, 80));
+  q.add(1, new Clip());
+  assert.deepEqual(played, []);
+  q.release(); // 0 waited 80 ms > 50: skipped, and said so; 1 is fresh: it plays
+  await new Promise((r) => setTimeout(r, 30));
+  assert.deepEqual(skipped, [0]);
+  assert.deepEqual(played, [1]);
+});

@@ -84,6 +84,15 @@ class LocalAgreement:
         self.committed += done
         return done
 
+    def drop_after(self, seconds: float) -> int:
+        """The utterance ends at ``seconds``: words that end after it are not part of it
+        (committed ones included: the next utterance hears them). How many were dropped."""
+        keep = [w for w in self.committed if w.end <= seconds + OVERLAP_SECONDS]
+        dropped = len(self.committed) - len(keep)
+        self.committed = keep
+        self._previous = [w for w in self._previous if w.end <= seconds + OVERLAP_SECONDS]
+        return dropped
+
     def _after_committed(self, hypothesis: list[Word]) -> list[Word]:
         """The decode without the words it repeats of what is committed already."""
         end = self.committed_end

@@ -16,7 +16,11 @@ closes on the first of:
 
 With server-side end of speech, audio between utterances waits in a short pre-roll
 until speech starts (silence alone makes no utterance); the next utterance starts with
-that speech and a little of the audio before it.
+that speech and a little of the audio before it. When the client ends utterances and
+the node cut one (after a sentence), the audio after the cut waits too, all of it,
+until speech starts (then all of it opens the next utterance) or the client's
+``is_final`` (then it was silence and is let go): a speaker who holds the button a
+little after the last sentence gets no empty result.
 
 Decisions are data: each carries what the shell needs (the audio, as bytes), and the
 shell keeps its own view of an utterance by applying them in order (a list may open,
@@ -35,6 +39,8 @@ from dataclasses import dataclass, field
 Onset = Callable[[bytes | bytearray], "int | None"]
 #: Where to cut pcm longer than the limit: a byte offset in a pause (never 0).
 Cut = Callable[[bytes], int]
+#: The node's proposals (``speech_end``'s ``why``).
+NODE_CUTS = frozenset({"end_of_speech", "sentence", "length"})
 
 
 @dataclass(eq=False, slots=True)
@@ -72,7 +78,8 @@ class Append:
 class Close:
     """Utterance ``number`` is complete: ``audio`` is all of it (a live one: its first
     ``len(audio)`` bytes; ``pieces`` chunks went into it). ``why`` is ``final``,
-    ``idle_gap``, ``end_of_speech`` or ``split``. A buffered one becomes a whole
+    ``idle_gap``, ``end_of_speech``, ``sentence``, ``length`` (the node's proposals) or
+    ``split``. A buffered one becomes a whole
     utterance now."""
 
     number: int
@@ -106,6 +113,10 @@ class Segmenter:
     cut: Cut
     onset: Onset | None = None
     preroll_bytes: int = 0
+    #: client-ended streams: where speech starts in the audio after a node's cut
+    speech: Onset | None = None
+    #: that audio, while it waits for speech (None: not waiting)
+    awaiting: bytearray | None = None
     #: the last chunk ``seq`` taken
     seq: int = -1
     current: Segment | None = None
@@ -134,7 +145,12 @@ class Segmenter:
         self.seq = seq
         out: list[Decision] = [DisarmIdle()]
         cur = self.current
-        if (cur is not None and cur.live) or self.preroll or (cur is None and audio and can_stream()):
+        if (
+            (cur is not None and cur.live)
+            or self.preroll
+            or self.awaiting is not None
+            or (cur is None and audio and can_stream())
+        ):
             self._live(audio, is_final, out)
         else:
             self._buffered(audio, is_final, out)
@@ -144,13 +160,14 @@ class Segmenter:
         """No chunk came for the idle gap: the open utterance closes."""
         return self._settled(self._close("idle_gap", None))
 
-    def speech_end(self, number: int, size: int) -> list[Decision]:
-        """The node heard the speech of live utterance ``number`` end ``size`` bytes into it
-        (nothing when that utterance is no longer open)."""
+    def speech_end(self, number: int, size: int, why: str = "end_of_speech") -> list[Decision]:
+        """The node proposes that live utterance ``number`` ends ``size`` bytes into it: it
+        heard the speech end (``end_of_speech``), or a sentence (``sentence``, ``length``;
+        nothing when that utterance is no longer open)."""
         cur = self.current
         if cur is None or cur.number != number or not cur.live:
             return []
-        return self._settled(self._close("end_of_speech", max(0, min(size, len(cur.audio)))))
+        return self._settled(self._close(why, max(0, min(size, len(cur.audio)))))
 
     def refused(self, number: int) -> None:
         """The shell could not open utterance ``number``: forget it."""
@@ -164,6 +181,11 @@ class Segmenter:
         if cur is None:
             if self.onset is not None:  # the server ends utterances: wait for speech
                 speech = self._wait_for_speech(audio)
+                if speech is None:
+                    return
+                audio = speech
+            elif self.awaiting is not None:  # after a node's cut: wait for speech, keep it all
+                speech = self._await_speech(audio, is_final)
                 if speech is None:
                     return
                 audio = speech
@@ -192,6 +214,20 @@ class Segmenter:
         speech = bytes(buf[start:])
         buf.clear()
         return speech
+
+    def _await_speech(self, audio: bytes, is_final: bool) -> bytes | None:
+        """All the audio after a node's cut, once speech starts in it (or it is as long as
+        an utterance may be); None while it waits, and at the client's end with no speech
+        in it (silence: let go)."""
+        assert self.awaiting is not None and self.speech is not None
+        buf = self.awaiting
+        buf += audio
+        if self.speech(buf) is None and len(buf) < self.max_bytes:
+            if is_final:
+                self.awaiting = None
+            return None
+        self.awaiting = None
+        return bytes(buf)
 
     # ------------------------------------------------------------------ buffered
 
@@ -239,6 +275,8 @@ class Segmenter:
             rest = bytes(cur.audio[size:])
             del cur.audio[size:]
         self.current = None
+        if why in NODE_CUTS and cur.live and self.onset is None and self.speech is not None:
+            self.awaiting = bytearray()
         out: list[Decision] = [DisarmIdle(), Close(cur.number, why, cur.live, bytes(cur.audio), cur.pieces)]
         if rest:
             if cur.live:

@@ -504,8 +504,8 @@ class NodeAgent:
         def live_partial(stage: str, text: str, stable: int | None) -> None:
             self._send_soon(p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text, stable=stable))
 
-        def speech_end(size: int) -> None:
-            self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size))
+        def speech_end(size: int, reason: str) -> None:
+            self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size, reason=reason))
 
         return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
 

@@ -10,7 +10,10 @@ messages bring the rest, the last with ``is_final``. Meanwhile:
   by a worker of its own, and the translation so far is sent as a ``job_partial``
   (stage ``nmt``); at the end only the last sentence is left to do;
 * with ``end_of_speech_ms``, the node's VAD watches for the end of speech and, once
-  heard, sends ``job_speech_end`` and finishes the job on the audio before the cut.
+  heard, sends ``job_speech_end`` and finishes the job on the audio before the cut;
+* when the speaker goes on without such a pause, the node proposes a cut after the
+  last committed sentence with a gap after it (``core/sentences.py``; reason
+  ``sentence``, or ``length`` past ``soft_max`` without one): results follow sentences.
 
 The result has the shape of a whole-utterance job's result.
 """
@@ -27,6 +30,7 @@ import numpy as np
 from .. import protocol as p
 from ..audio import FRAME_MS, BadAudio, to_float32, to_wav
 from ..core.endpoint import EndOfSpeech
+from ..core.sentences import SentencePolicy, sentence_cut
 from ..engines.base import EngineError, Speech
 from ..engines.registry import EngineSet
 from ..observability.logging import get_logger
@@ -55,8 +59,13 @@ STALL_SECONDS = 15.0
 SENTENCE_GAP_SECONDS = 0.15
 RATE = 16000
 
+#: Where a streamed utterance is cut when the speaker does not pause (core/sentences.py).
+SENTENCES = SentencePolicy()
+
 #: (stage, text, stable) -> sent as ``job_partial``
 PartialSink = Callable[[str, str, "int | None"], None]
+#: (size in bytes, reason) -> sent as ``job_speech_end``
+SpeechEndSink = Callable[[int, str], None]
 
 
 class LiveInput:
@@ -118,7 +127,7 @@ async def run_streaming(
     job: p.JobAssign,
     inp: LiveInput,
     on_partial: PartialSink,
-    on_speech_end: Callable[[int], None],
+    on_speech_end: SpeechEndSink,
     log_fields: dict[str, object],
 ) -> PipelineOutput:
     """Run a streaming job to its result (see :class:`StreamingRun`)."""
@@ -137,7 +146,7 @@ class StreamingRun:
         job: p.JobAssign,
         inp: LiveInput,
         on_partial: PartialSink,
-        on_speech_end: Callable[[int], None],
+        on_speech_end: SpeechEndSink,
         log_fields: dict[str, object],
     ) -> None:
         asr = engines.asr_for(job.src_lang)
@@ -252,10 +261,15 @@ class StreamingRun:
             # the scheduler decides: it answers with job_audio is_final and the size
             # (the cut, or more when the client had ended the utterance already)
             seconds = self.end_detect.cut_seconds() or 0.0
-            self.end_detect = None
-            self.cut_bytes = min(len(self.inp.pcm), int(seconds * self.inp.rate) * 2)
-            log.info("stream.speech_end", at_seconds=round(seconds, 3), **self.log_fields)
-            self.on_speech_end(self.cut_bytes)
+            self._propose(seconds, "pause")
+
+    def _propose(self, seconds: float, reason: str) -> None:
+        """Propose the end of the utterance at ``seconds``; hearing stops there until the
+        scheduler answers (with ``job_audio`` ``is_final`` and the size it chose)."""
+        self.end_detect = None
+        self.cut_bytes = min(len(self.inp.pcm), int(seconds * self.inp.rate) * 2)
+        log.info("stream.speech_end", at_seconds=round(seconds, 3), reason=reason, **self.log_fields)
+        self.on_speech_end(self.cut_bytes, reason)
 
     def _maybe_decode(self) -> None:
         """Start a decode (live captions) when one is due and none runs."""
@@ -286,6 +300,11 @@ class StreamingRun:
             self.on_partial("asr", hyp.text, hyp.stable)
         for s in hyp.sentences:
             self.sentences.put_nowait(s)
+        if self.cut_bytes is None and not self.inp.final:
+            agreement = self.tr.agreement
+            cut = sentence_cut(agreement.committed, agreement.tentative(), self.tr.covered, SENTENCES)
+            if cut is not None:
+                self._propose(cut.seconds, cut.reason)
 
     async def _wait(self) -> bool:
         """For more audio or the decode's end; False when neither came in STALL_SECONDS."""

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.agreement import LocalAgreement, Word, text_of
+from ..core.sentences import ends_sentence
 from ..engines.base import ASREngine, Speech
 
-SENTENCE_END = (".", "?", "!", "…")
 #: A word ending this close to the end of the audio decoded is not committed yet.
 HOLD_SECONDS = 0.5
+#: ... and the first words of an utterance wait for more right context: a decode of the
+#: first second of speech guesses ("Don't" for "Good morning"), and a committed word is
+#: never taken back
+FIRST_HOLD_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +59,14 @@ class StreamingTranscriber:
         return self._heard
 
     def truncate(self, seconds: float) -> None:
-        """The speech ends at ``seconds`` (from the start of all audio heard): drop the rest."""
+        """The speech ends at ``seconds`` (from the start of all audio heard): drop the rest,
+        and the words heard in it (the next utterance hears them)."""
         keep = max(0, round((seconds - self._offset) * self.rate))
         if keep < self._audio.size:
             self._audio = self._audio[:keep]
             self._heard = self._offset + keep / self.rate
+        self.agreement.drop_after(seconds)
+        self._sentence_from = min(self._sentence_from, len(self.agreement.committed))
 
     def feed(self, samples: np.ndarray) -> None:
         self._audio = np.concatenate([self._audio, samples.astype(np.float32, copy=False)])
@@ -69,7 +76,8 @@ class StreamingTranscriber:
         """Decode what is buffered; commit what the last two decodes agree on, except words
         that end in the last HOLD_SECONDS of the audio (maybe still being spoken)."""
         words = await self._decode()
-        self.agreement.update(words, until=self._covered - HOLD_SECONDS)
+        hold = HOLD_SECONDS if self.agreement.committed else FIRST_HOLD_SECONDS
+        self.agreement.update(words, until=self._covered - hold)
         self._trim()
         return self._hypothesis()
 
@@ -101,7 +109,7 @@ class StreamingTranscriber:
         if self._audio.size / self.rate <= self.keep or not self.agreement.committed:
             return
         committed = self.agreement.committed
-        ends = [w.end for w in committed if w.text.rstrip().endswith(SENTENCE_END)]
+        ends = [w.end for w in committed if ends_sentence(w.text)]
         cut = (ends[-1] if ends else committed[-1].end) - self._offset
         if cut <= 0:
             return
@@ -114,11 +122,7 @@ class StreamingTranscriber:
         tentative = text_of(self.agreement.tentative())
         text = f"{committed} {tentative}".strip()
         words = self.agreement.committed
-        done = [
-            i + 1
-            for i in range(self._sentence_from, len(words))
-            if words[i].text.rstrip().endswith(SENTENCE_END)
-        ]
+        done = [i + 1 for i in range(self._sentence_from, len(words)) if ends_sentence(words[i].text)]
         if final and len(words) > self._sentence_from:
             done.append(len(words))
         sentences = []

@@ -259,14 +259,17 @@ class JobPartial(_Msg, tag="job_partial", kw_only=True):
 
 
 class JobSpeechEnd(_Msg, tag="job_speech_end", kw_only=True):
-    """Our addition: in a streaming job with ``end_of_speech_ms``, the node's VAD heard the
-    speech end; the utterance is the first ``size`` bytes of the job's audio (the node
-    finishes the job on them). The scheduler closes the utterance there and starts the
-    next one with the audio after it."""
+    """Our addition: in a streaming job the node proposes where the utterance ends: the
+    first ``size`` bytes of the job's audio (the node finishes the job on them). The
+    scheduler closes the utterance there and starts the next one with the audio after it.
+    ``reason``: ``pause`` (the VAD heard ``end_of_speech_ms`` of silence), ``sentence``
+    (a committed sentence and a gap after it) or ``length`` (too long without one)."""
 
     job_id: str
     attempt_id: int
     size: int
+    #: Our addition (absent: ``pause``).
+    reason: str | None = None
 
 
 class JobResult(_Msg, tag="job_result", kw_only=True):

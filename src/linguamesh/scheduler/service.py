@@ -408,7 +408,7 @@ class Scheduler:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "node is already registered")
         ended = await self.runner.node_message(nc.node_id, msg, frame)
         if ended is not None:  # a streamed utterance's speech ended: its stream closes it
-            await self.stream.speech_end(ended.run, ended.size)
+            await self.stream.speech_end(ended.run, ended.size, ended.reason)
 
     async def node_gone(self, nc: NodeConn, why: str) -> None:
         """The node's socket is gone (closed, replaced, or silent): its jobs fail over."""

@@ -14,8 +14,9 @@ const PREROLL_BLOCKS = 30; // blocks kept before hands-free speech starts (its f
 const TAP_MS = 250; // a press shorter than this is a tap, not speech: nothing is sent
 
 const store = new SessionStore(sessionStorage); // this tab's session survives a reload
-const rows = new Rows();
-const playback = new PlaybackQueue();
+const params = new URLSearchParams(location.search);
+const rows = new Rows(undefined, { debug: params.has("debug") });
+const playback = new PlaybackQueue({ maxLagMs: 5000 }); // the voice never falls far behind
 const mic = new Microphone();
 // what tests and automation see: the SDK's objects (and a "session" event for each new one)
 const lm = Object.assign(new EventTarget(), { session: null, playback, mic, rows });
@@ -40,10 +41,12 @@ async function loadLanguages() {
   if (!pairs.length) {
     notice("No language pair can be served right now: no translation node is connected. This page checks again every few seconds.");
     $("start").disabled = true;
+    if (!lm.session) setConn("offline", "no translation node");
     setTimeout(loadLanguages, 3000);
   } else {
     if (!notices.error && !notices.sticky) notice(null);
     $("start").disabled = false;
+    if (!lm.session) setConn("ready");
   }
 }
 
@@ -65,15 +68,19 @@ function newSession(src, tgt) {
     url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`,
     src, tgt, store, room, roomKey: key,
     // an access token from the operator's backend (?token=… in the page's address)
-    token: new URLSearchParams(location.search).get("token"),
+    token: params.get("token"),
   });
+  rows.src = src;
   session.addEventListener("connection", (e) => setConn(e.detail.state));
   session.addEventListener("open", (e) => {
     if (!notices.error && !notices.sticky) notice(null);
     if (shownSession !== e.detail.ack.session_id) onSessionStarted(session);
   });
   session.addEventListener("status", (e) => rows.status(e.detail));
-  session.addEventListener("caption", (e) => rows.caption(e.detail, session.tgt));
+  session.addEventListener("caption", (e) => {
+    rows.caption(e.detail, session.tgt);
+    rows.reveal(e.detail.utterance_index);
+  });
   session.addEventListener("result", (e) => onResult(e.detail));
   session.addEventListener("error", (e) => notice(`${e.detail.code}: ${e.detail.message}`, true));
   session.addEventListener("lost", (e) => {
@@ -94,6 +101,7 @@ function onSessionStarted(session) {
   $("setup").hidden = true;
   $("howto").hidden = true;
   $("controls").hidden = false;
+  $("end-row").hidden = false;
   // the room link survives this session: viewers follow the speaker's next session too
   const link = session.viewerUrl();
   $("share-link").href = link;
@@ -102,28 +110,34 @@ function onSessionStarted(session) {
   showDownloads(session);
 }
 
-function onSessionClosed() { // after "End session": its last results are in
+// after "End session": its last results are in. The transcript links and the viewer link
+// stay (they go on working: the organiser wants them now); the microphone is released.
+function onSessionClosed() {
   rows.close("New session");
   shownSession = null;
   $("setup").hidden = false;
   $("howto").hidden = false;
   $("controls").hidden = true;
-  $("share").hidden = true;
-  $("transcript").hidden = true;
+  $("end-row").hidden = true;
   $("end").disabled = false;
   setConn("offline", "session ended");
-  notice("The session ended. Start a new one when you like; its rows follow below.", false, true);
+  notice("The session ended: its transcript stays available above. Start a new one when you like.", false, true);
+  $("start").focus();
 }
 
 function onResult(ev) {
   if (ev.status === "ok" && notices.error) notice(null); // it works again: an old error is no longer news
   const clip = ev.status === "ok" && ev.tts_audio ? clipFromResult(ev) : null;
   rows.result(ev, clip);
+  rows.reveal(ev.utterance_index);
+  if (ev.status === "ok" && ev.text_translated) $("announce").textContent = ev.text_translated;
   if (clip && $("autoplay").checked) playback.add(ev.utterance_index, clip);
 }
 
 function endSession() {
+  if (!confirm("End the session? Viewers stop receiving captions; the transcript stays available.")) return;
   if (recording) { mode === "ptt" ? talkStop() : toggleListen(); }
+  mic.stop(); // the browser's recording indicator goes off
   lm.session.close();
   $("end").disabled = true;
   notice("Ending the session once its last results are in…");
@@ -163,14 +177,22 @@ async function copyTranslation() {
 
 // ------------------------------------------------------------------ playback
 
+let skipped = 0; // clips skipped since the last one played: said until the next plays
 function showPlayer() {
   const item = playback.current;
-  $("player").hidden = !item;
-  $("now-playing").textContent = item
-    ? `Playing #${item.index}${playback.waiting ? ` · ${playback.waiting} waiting` : ""}`
+  const note = skipped
+    ? `Skipped ${skipped} translation${skipped > 1 ? "s" : ""} that came too late to be worth hearing`
     : "";
+  $("player").hidden = !item && !note;
+  $("now-playing").textContent = [
+    item ? `Playing #${item.index}${playback.waiting ? ` · ${playback.waiting} waiting` : ""}` : "", note,
+  ].filter(Boolean).join(" · ");
+  $("skip").hidden = !item;
+  $("stop-playback").hidden = !item;
 }
 playback.addEventListener("change", showPlayer);
+playback.addEventListener("skipped", () => { skipped += 1; showPlayer(); });
+playback.addEventListener("play", () => { skipped = 0; showPlayer(); });
 
 // ------------------------------------------------------------------ microphone
 
@@ -234,25 +256,41 @@ async function micReady() {
     await mic.start();
     return true;
   } catch (e) {
-    notice(`The microphone is not available: ${e.message}`, true);
+    notice(`The microphone is not available (${e.message}). Allow it for this site — the microphone ` +
+      "icon in the address bar, or the site settings — then press the button again; or send a file.", true);
     return false;
   }
 }
 
+// the microphone is open for the speaker: translated speech waits (it would talk over them
+// and be heard again by the microphone); clips that waited too long are skipped
+function recordingChanged() {
+  if (recording) playback.hold();
+  else playback.release();
+  showRecording();
+}
+
+let pressed = false; // the talk button (or Space) is held now
 async function talkStart() {
-  if (recording || !(await micReady())) return;
+  if (recording || pressed) return;
+  pressed = true;
+  if (!(await micReady()) || !pressed) { // released while the browser asked: nothing starts
+    pressed = false;
+    return;
+  }
   heldAt = performance.now();
   tap = [];
   recording = true;
-  showRecording();
+  recordingChanged();
   $("talk").setAttribute("aria-pressed", "true");
   $("talk").textContent = "Release to send";
 }
 
 function talkStop() {
+  pressed = false;
   if (!recording) return;
   recording = false;
-  showRecording();
+  recordingChanged();
   $("talk").setAttribute("aria-pressed", "false");
   $("talk").textContent = "Hold to talk";
   if (performance.now() - heldAt < TAP_MS) { // a tap: nothing was sent, nothing is
@@ -270,19 +308,29 @@ function showRecording() {
 async function toggleListen() {
   if (recording) {
     recording = false;
-    showRecording();
+    recordingChanged();
     if (vad && vad.speaking) finishUtterance();
     $("listen").setAttribute("aria-pressed", "false");
     $("listen").textContent = "Start listening";
+    store.set("mic", { mode, listening: false });
     return;
   }
   if (!(await micReady())) return;
   vad = new EnergyVad();
   preroll = [];
   recording = true;
-  showRecording();
+  recordingChanged();
   $("listen").setAttribute("aria-pressed", "true");
   $("listen").textContent = "Stop listening";
+  store.set("mic", { mode, listening: true });
+}
+
+function setMode(value) {
+  mode = value;
+  $("mode").value = value;
+  $("talk").hidden = mode !== "ptt";
+  $("listen").hidden = mode !== "free";
+  store.set("mic", { mode, listening: recording && mode === "free" });
 }
 
 async function sendFile(file) {
@@ -297,27 +345,28 @@ async function sendFile(file) {
 // ------------------------------------------------------------------ wiring
 
 $("src").addEventListener("change", fillTargets);
-$("setup").addEventListener("submit", (e) => {
+$("setup").addEventListener("submit", async (e) => {
   e.preventDefault();
+  if (notices.sticky) notice(null); // an old "the session ended" is no longer news
+  // the microphone is asked for now, not at the first press: answering the browser's
+  // question must not leave a recording running with nobody holding the button
+  await micReady();
   newSession($("src").value, $("tgt").value).start().catch((err) => notice(err.message, true));
 });
-$("mode").addEventListener("change", () => {
-  mode = $("mode").value;
-  $("talk").hidden = mode !== "ptt";
-  $("listen").hidden = mode !== "free";
-});
+$("mode").addEventListener("change", () => setMode($("mode").value));
 const talk = $("talk");
 talk.addEventListener("pointerdown", (e) => { e.preventDefault(); talkStart(); });
 talk.addEventListener("pointerup", talkStop);
 talk.addEventListener("pointerleave", talkStop);
 talk.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.repeat) { e.preventDefault(); talkStart(); } });
 talk.addEventListener("keyup", (e) => { if (e.key === "Enter") talkStop(); });
-// Space is push-to-talk anywhere on the page, except while typing or choosing in a field
+// Space is push-to-talk anywhere on the page, except on a control that Space works
+// (a button, a checkbox, a field: WCAG 2.1.1) — the talk button itself excepted
 function spaceIsForTalk(e) {
   if (e.code !== "Space" || mode !== "ptt" || $("controls").hidden) return false;
   const t = e.target;
-  return !(t instanceof HTMLElement && (t.isContentEditable || ["TEXTAREA", "SELECT"].includes(t.tagName) ||
-    (t.tagName === "INPUT" && !["checkbox", "radio", "button", "file"].includes(t.type))));
+  if (!(t instanceof HTMLElement) || t === $("talk")) return true;
+  return !(t.isContentEditable || t.closest("button, input, select, textarea, a[href], summary, [role=button]"));
 }
 document.addEventListener("keydown", (e) => {
   if (!spaceIsForTalk(e)) return;
@@ -336,8 +385,25 @@ $("file").addEventListener("change", (e) => {
 });
 Object.assign(lm, { talkStart, talkStop, toggleListen }); // for tests and automation
 
-// a reload resumes the session of this tab (its rows come back from the server's replay)
+// a reload resumes the session of this tab (its rows come back from the server's replay),
+// in the microphone mode it had; hands-free listening goes on if the browser lets it
 const saved = store.load();
-if (saved) newSession(saved.src, saved.tgt).restore();
-else setConn("ready");
+if (saved) {
+  newSession(saved.src, saved.tgt).restore();
+  const micState = store.get("mic");
+  if (micState && micState.mode) setMode(micState.mode);
+  if (micState && micState.mode === "free" && micState.listening) resumeListening();
+} else {
+  setConn("ready");
+}
 loadLanguages();
+
+async function resumeListening() {
+  const started = await Promise.race([
+    toggleListen().then(() => recording),
+    new Promise((resolve) => setTimeout(() => resolve(false), 2000)), // the browser waits for a click
+  ]);
+  notice(started
+    ? "Hands-free listening goes on after the reload; the sentence you were saying when it reloaded was cut."
+    : "Hands-free listening stopped with the reload: press Start listening to go on.", false, true);
+}

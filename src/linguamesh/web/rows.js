@@ -3,9 +3,15 @@
 // Rows of an ended session stay, marked, before a divider; the next session's rows follow.
 import { $ } from "./ui.js";
 
+//: the speaker's stop time goes to an utterance the server names this soon after it
+const STOP_MATCH_MS = 1500;
+
 export class Rows {
-  constructor(list = $("utterances")) {
+  // `debug`: show each row's trace and job ids (operator data) in the page, not only in a tooltip
+  constructor(list = $("utterances"), { debug = false } = {}) {
     this.list = list;
+    this.debug = debug;
+    this.src = "";
     this.rows = new Map();
     this.gen = 0;               // sessions this page has shown
     this.open = new Set();      // indices with no result and no stop time yet
@@ -34,6 +40,7 @@ export class Rows {
     meta.append(badge, num, latency, ids);
     const asr = document.createElement("p");
     asr.className = "asr draft";
+    if (this.src) asr.lang = this.src;
     const mt = document.createElement("p");
     mt.className = "mt";
     mt.lang = lang;
@@ -45,16 +52,24 @@ export class Rows {
     row = { li, badge, asr, asrStable, asrDraft, mt, latency, ids, status: "", final: false };
     this.rows.set(index, row);
     this.open.add(index);
-    if (this.pendingStop !== null) {
-      this.stopTimes.set(index, this.pendingStop);
+    if (this.pendingStop !== null) { // the speaker stopped just before the server named it
+      if (performance.now() - this.pendingStop < STOP_MATCH_MS) {
+        this.stopTimes.set(index, this.pendingStop);
+        this.open.delete(index);
+      }
       this.pendingStop = null;
-      this.open.delete(index);
     }
     const after = [...this.list.children].find(
       (c) => c.dataset.gen === String(this.gen) && Number(c.dataset.index) > index,
     );
     this.list.insertBefore(li, after || null);
     return row;
+  }
+
+  // the row was updated: keep it in view (the live caption is what the speaker reads)
+  reveal(index) {
+    const row = this.rows.get(index);
+    if (row) row.li.scrollIntoView({ block: "nearest" });
   }
 
   // the speaker stopped: the open utterances (or the next one the server names) end now
@@ -119,8 +134,9 @@ export class Rows {
     if (t0 !== undefined) parts.push(`${Math.round(performance.now() - t0)} ms after you stopped`);
     if (ev.timings && ev.timings.total_ms) parts.push(`server ${Math.round(ev.timings.total_ms)} ms`);
     row.latency.textContent = parts.join(" · ");
-    row.ids.textContent = `trace ${ev.trace_id || "?"} · job ${ev.job_id}`;
-    row.ids.title = "For an operator: linguamesh trace --job " + ev.job_id + " <log files>";
+    // operator data: in a tooltip of the row (and shown with ?debug=1)
+    row.li.title = `trace ${ev.trace_id || "?"} · job ${ev.job_id} — linguamesh trace --job ${ev.job_id} <log files>`;
+    if (this.debug) row.ids.textContent = `trace ${ev.trace_id || "?"} · job ${ev.job_id}`;
   }
 
   // the translations shown so far, one a line

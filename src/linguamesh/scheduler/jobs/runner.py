@@ -77,6 +77,8 @@ class SpeechEnded:
 
     run: JobRun
     size: int
+    #: the node's reason: ``pause``, ``sentence`` or ``length``
+    reason: str = "pause"
 
 
 class Runner:
@@ -214,8 +216,9 @@ class Runner:
         elif isinstance(msg, p.JobSpeechEnd):
             live = run.live
             if msg.attempt_id == job.attempt_id and live is not None and live.open:
-                log.info("job.speech_end", **job_fields(job), size=msg.size)
-                return SpeechEnded(run, msg.size)
+                reason = msg.reason or "pause"
+                log.info("job.speech_end", **job_fields(job), size=msg.size, reason=reason)
+                return SpeechEnded(run, msg.size, reason)
         elif isinstance(msg, p.JobResult):
             if msg.attempt_id == job.attempt_id and run.held_partials:
                 self._send_held_partials(run)  # the latest drafts, then the result

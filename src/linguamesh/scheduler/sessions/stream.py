@@ -139,8 +139,9 @@ class UtteranceStream:
         session.utterances.no_live_until = now + TRICKLE_PENALTY
         await self._carry_out(session, seg.idle())
 
-    async def speech_end(self, run: JobRun, size: int) -> None:
-        """The node heard the speech end ``size`` bytes into the utterance."""
+    async def speech_end(self, run: JobRun, size: int, reason: str = "pause") -> None:
+        """The node proposes the end of the utterance ``size`` bytes into it (``reason``:
+        ``pause``, ``sentence`` or ``length``; a relayed proposal carries no reason)."""
         live = run.live
         if live is not None and live.relayed_from is not None:  # the session is held there
             if live.open:
@@ -149,7 +150,8 @@ class UtteranceStream:
         session = self.intake.table.sessions.get(run.job.session_id)
         if session is None or live is None or not live.open or session.utterances.live is not live:
             return
-        await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
+        why = "end_of_speech" if reason == "pause" else reason
+        await self._carry_out(session, self._segmenter(session).speech_end(live.number, size, why))
 
     async def relayed_speech_end(self, session_id: str, job_id: str, size: int) -> None:
         """The node of a job relayed to another instance heard the speech end."""
@@ -209,17 +211,17 @@ class UtteranceStream:
         seg = session.utterances.segmenter
         if seg is None:
             rate = session.settings.sample_rate
-            onset = None
-            if session.settings.end_of_speech_ms is not None:  # the server ends utterances
 
-                def onset(pcm: bytes | bytearray) -> int | None:
-                    return speech_onset(pcm, rate, before=PREROLL_SECONDS)
+            def onset(pcm: bytes | bytearray) -> int | None:
+                return speech_onset(pcm, rate, before=PREROLL_SECONDS)
 
+            server_ends = session.settings.end_of_speech_ms is not None
             seg = session.utterances.segmenter = Segmenter(
                 max_bytes=max(2, int(self.config.max_utterance_seconds * rate) * 2),
                 cut=lambda pcm: self._cut(pcm, rate),
-                onset=onset,
+                onset=onset if server_ends else None,  # the server ends utterances
                 preroll_bytes=2 * int((PREROLL_SECONDS + 0.1) * rate),
+                speech=None if server_ends else onset,  # after a node's cut (a sentence)
             )
         return seg
 

@@ -99,8 +99,9 @@ export class ViewerStream extends EventTarget {
 
 export interface Clip { play(): Promise<void> | void; pause(): void; addEventListener(type: "ended", l: () => void): void; removeEventListener(type: "ended", l: () => void): void }
 export class PlaybackQueue extends EventTarget {
-  current: { index: number; clip: Clip } | null; readonly waiting: number;
-  add(index: number, clip: Clip): void; skip(): void; stop(): void;
+  constructor(options?: { maxLagMs?: number });
+  current: { index: number; clip: Clip } | null; readonly waiting: number; held: boolean; maxLagMs: number;
+  add(index: number, clip: Clip): void; skip(): void; stop(): void; hold(): void; release(): void;
 }
 export function clipFromResult(result: TranslationResult): HTMLAudioElement;
 

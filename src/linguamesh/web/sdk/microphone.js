@@ -11,23 +11,35 @@ export class Microphone extends EventTarget {
     this.ctx = null;
     this.stream = null;
     this.level = 0;
+    this._opening = null;
   }
 
   get open() { return this.ctx !== null; }
 
-  // ask for the microphone (the browser's prompt) and start capturing; throws when refused
+  // ask for the microphone (the browser's prompt) and start capturing; throws when refused.
+  // Calls while the browser asks share that one question.
   async start() {
     if (!this.ctx) {
-      this.stream = await navigator.mediaDevices.getUserMedia({ audio: this.constraints });
-      const ctx = new AudioContext();
-      await ctx.audioWorklet.addModule(this.workletUrl);
-      const node = new AudioWorkletNode(ctx, "lm-capture");
-      const resampler = new Resampler(ctx.sampleRate);
-      node.port.onmessage = (e) => this._block(resampler.push(e.data));
-      ctx.createMediaStreamSource(this.stream).connect(node);
-      this.ctx = ctx;
+      this._opening = this._opening || this._open();
+      try {
+        await this._opening;
+      } finally {
+        this._opening = null;
+      }
     }
     await this.ctx.resume();
+  }
+
+  async _open() {
+    if (this.ctx) return;
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: this.constraints });
+    const ctx = new AudioContext();
+    await ctx.audioWorklet.addModule(this.workletUrl);
+    const node = new AudioWorkletNode(ctx, "lm-capture");
+    const resampler = new Resampler(ctx.sampleRate);
+    node.port.onmessage = (e) => this._block(resampler.push(e.data));
+    ctx.createMediaStreamSource(this.stream).connect(node);
+    this.ctx = ctx;
   }
 
   // release the microphone (the browser's recording indicator goes off)

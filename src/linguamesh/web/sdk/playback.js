@@ -1,23 +1,39 @@
-// Translated clips play one at a time, in utterance order, never over each other.
-// A clip is anything with play() (a Promise), pause() and an "ended" event: an
-// HTMLAudioElement in a page (clipFromResult makes one from a translation_result).
-// Events: "play" {index}, "ended" {index, start, end} (performance.now() times), "change".
+// Translated clips play one at a time, in utterance order, never over each other, and
+// never far behind: a clip that waited longer than `maxLagMs` when its turn comes is
+// skipped (a "skipped" event says so), so the voice keeps up with continuous speech.
+// hold() keeps clips from starting (while the speaker's microphone is open), release()
+// lets them go on. A clip is anything with play() (a Promise), pause() and an "ended"
+// event: an HTMLAudioElement in a page (clipFromResult makes one from a result).
+// Events: "play" {index}, "ended" {index, start, end} (performance.now() times),
+// "skipped" {index, waitedMs}, "change".
 import { unb64 } from "./audio.js";
 
 export class PlaybackQueue extends EventTarget {
-  constructor() {
+  constructor({ maxLagMs = 5000 } = {}) {
     super();
+    this.maxLagMs = maxLagMs;
     this.queue = [];
     this.current = null;
+    this.held = false;
   }
 
   get waiting() { return this.queue.length; }
 
   add(index, clip) {
-    this.queue.push({ index, clip });
+    this.queue.push({ index, clip, added: performance.now() });
     this.queue.sort((a, b) => a.index - b.index);
-    if (!this.current) this._next();
+    if (!this.current && !this.held) this._next();
     else this._emit("change", {});
+  }
+
+  // clips wait (the one playing finishes); release() lets them go on
+  hold() {
+    this.held = true;
+  }
+
+  release() {
+    this.held = false;
+    if (!this.current) this._next();
   }
 
   // stop the clip that plays; the next one starts
@@ -37,7 +53,13 @@ export class PlaybackQueue extends EventTarget {
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   _next() {
-    const item = this.queue.shift() || null;
+    let item = null;
+    while (!this.held && this.queue.length) {
+      const head = this.queue.shift();
+      const waited = performance.now() - head.added;
+      if (waited <= this.maxLagMs) { item = head; break; }
+      this._emit("skipped", { index: head.index, waitedMs: Math.round(waited) }); // too late to be worth hearing
+    }
     this.current = item;
     this._emit("change", {});
     if (!item) return;
@@ -48,7 +70,7 @@ export class PlaybackQueue extends EventTarget {
       done = true;
       item.clip.removeEventListener("ended", item.finish);
       this._emit("ended", { index: item.index, start, end: performance.now() });
-      if (this.current === item) this._next();
+      if (this.current === item) { this.current = null; this._next(); }
     };
     item.clip.addEventListener("ended", item.finish);
     this._emit("play", { index: item.index });

@@ -1,0 +1,99 @@
+"""Where a streamed utterance ends when the speaker does not pause: after a sentence. Pure.
+
+Fluent speech has short gaps between sentences (a quarter of a second), far below a
+pause that ends speech (``end_of_speech_ms``), so without this an utterance would run to
+the length limit and be cut there, mid-sentence. The streaming node knows better: its
+committed words carry punctuation and times. Once a committed word ends a sentence and
+a gap follows it (the next word starts later, or nothing was heard after it), the node
+proposes to end the utterance in that gap; the scheduler decides, as for any end of
+speech, and the audio after the cut starts the next utterance.
+
+The cut goes after the *last* committed sentence: every sentence the node reported
+(translated, spoken) is before it, and what is committed after it (the start of the next
+sentence) is dropped from this utterance and heard again in the next one — so nothing
+is transcribed twice and nothing is lost. A speaker who never ends a sentence is cut
+after ``soft_max`` seconds at the best word boundary (a comma first, else the longest gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .agreement import Word
+
+SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
+CLAUSE_END = (",", ";", ":", "，", "；")
+#: Words ending with a period that do not end a sentence.
+ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "no"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """End the utterance at ``seconds``: after a ``sentence``, or at a word boundary once
+    it is too long (``length``)."""
+
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SentencePolicy:
+    #: an utterance shorter than this is not cut (a cut costs a new job)
+    min_seconds: float = 1.5
+    #: the gap after a sentence that makes it a place to cut
+    min_gap: float = 0.12
+    #: seconds of audio after which an utterance with no sentence end is cut anyway
+    soft_max: float = 10.0
+    #: how far into the gap the cut goes (at most; half the gap when it is shorter)
+    margin: float = 0.2
+
+
+def ends_sentence(word: str) -> bool:
+    text = word.rstrip("\"'»”)]")
+    if not text.endswith(SENTENCE_END):
+        return False
+    if text.endswith(".") and text[:-1].lower().lstrip("(\"'«“") in ABBREVIATIONS:
+        return False
+    return not (text.endswith(".") and len(text) > 1 and text[-2].isdigit() and "." in text[:-1])
+
+
+def _cut_after(word: Word, following: Word | None, heard: float, policy: SentencePolicy) -> float | None:
+    """The cut in the gap after ``word``, or None when there is no gap (yet)."""
+    gap = (following.start if following is not None else heard) - word.end
+    if gap < policy.min_gap:
+        return None
+    return word.end + min(gap / 2, policy.margin)
+
+
+def sentence_cut(
+    committed: list[Word], tentative: list[Word], heard: float, policy: SentencePolicy = SentencePolicy()
+) -> Cut | None:
+    """Where to end the utterance whose committed words (times from its start) are
+    ``committed``, with ``tentative`` words after them and ``heard`` seconds of audio; None
+    to go on."""
+    words = committed + tentative
+    last = max((i for i, w in enumerate(committed) if ends_sentence(w.text)), default=None)
+    if last is not None and committed[last].end >= policy.min_seconds:
+        following = words[last + 1] if last + 1 < len(words) else None
+        at = _cut_after(committed[last], following, heard, policy)
+        if at is not None:
+            return Cut(at, "sentence")
+        return None  # the speaker ran on: wait for the next sentence (or the length bound)
+    if heard < policy.soft_max:
+        return None
+    # too long without a sentence end: the best boundary between committed words after the
+    # last sentence (a clause end first, then the longest gap)
+    start = 0 if last is None else last + 1
+    best: tuple[int, float, float] | None = None
+    for i in range(start, len(committed)):
+        w = committed[i]
+        if w.end < policy.min_seconds:
+            continue
+        following = words[i + 1] if i + 1 < len(words) else None
+        gap = (following.start if following is not None else heard) - w.end
+        key = (1 if w.text.rstrip().endswith(CLAUSE_END) else 0, gap)
+        if best is None or key > best[:2]:
+            best = (key[0], gap, w.end + max(0.0, min(gap / 2, policy.margin)))
+    return None if best is None else Cut(best[2], "length")
