@@ -167,7 +167,10 @@ async def test_transcript_downloads_on_both_pages_parse_and_match(
     await viewer.goto(await page.get_attribute("#share-link", "href") or "")
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
     txt = await (await viewer.request.get(await viewer.get_attribute("#dl-txt", "href") or "")).text()
-    assert txt.splitlines() == [mt for _, mt in results]
+    head, _, body = txt.partition("\n\n")
+    assert "translation from en, in es" in head and "Started " in head  # whose, when, which languages
+    assert [line.split("] ", 1)[1] for line in body.splitlines()] == [mt for _, mt in results]
+    assert all(line.startswith("[00:00:") for line in body.splitlines())  # each line's time
     assert not page.js_errors and not viewer.js_errors
 
 
@@ -199,6 +202,7 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     assert "transcript" in (await page.get_attribute("#downloads a[data-format=srt]", "href") or "")
     assert not await page.evaluate("window.lm.mic.open")
     assert await page.evaluate("document.activeElement.id") == "start"
+    room_txt = await page.get_attribute("#downloads a[data-room][data-format=txt]", "href")
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
     second = await page.evaluate("window.lm.session.sessionId")
@@ -207,6 +211,18 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]")
     assert await page.locator("li.utt[data-gen='0'][data-status=ok]").count() == 1  # the old row stays
     assert await page.inner_text("li.utt[data-gen='1'] .asr") == "Test utterance 0.50."
+    # the whole event: both sessions of the room, in one download, on one clock
+    await page.wait_for_function("window.seen.results.length === 2")
+    assert room_txt and room_txt == await page.get_attribute(
+        "#downloads a[data-room][data-format=txt]", "href"
+    )
+    event = await (await page.request.get(room_txt)).text()
+    head, _, body = event.partition("\n\n")
+    assert "(2 sessions)" in head, event
+    assert [line.split("] ", 1)[1] for line in body.splitlines()] == [
+        "[es] Test utterance 0.30.",
+        "[es] Test utterance 0.50.",
+    ]
     assert not page.js_errors
 
 
@@ -319,4 +335,20 @@ async def test_translations_wait_while_the_microphone_is_open_and_stale_ones_are
     await page.wait_for_selector("#player:not([hidden])")
     assert "Skipped" in await page.inner_text("#now-playing")
     assert 0 not in [p["index"] for p in await page.evaluate("window.seen.played")]
+    assert not page.js_errors
+
+
+async def test_a_file_over_the_intake_limit_is_paced_and_what_is_refused_is_said(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler(session_audio_per_s=0.2, session_audio_burst=2.0)
+    await cluster.node(s.url, "node-f", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await _start_session(page)
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "f0.wav", 3.0)))  # over the burst: charged
+    await page.wait_for_function("window.seen.results.length === 1")
+    await page.set_input_files("#file", str(_tone_wav(tmp_path, "f1.wav", 1.0)))  # refused: said so
+    await page.wait_for_function("document.querySelector('#notice').innerText.includes('refused')")
+    text = await page.inner_text("#notice")
+    assert "f1.wav" in text and "rate_limited" in text, text
     assert not page.js_errors

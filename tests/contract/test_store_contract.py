@@ -289,6 +289,9 @@ async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any
     assert await store.claim_room("r" * 16, RoomRecord(mine, "s-2", "v2"))
     assert not await store.claim_room("r" * 16, RoomRecord(other, "s-3", "v3"))
     assert await store.room("r" * 16) == RoomRecord(mine, "s-2", "v2")
+    assert await store.claim_room("r" * 16, RoomRecord(mine, "s-1", "v1"))  # s-1 resumed: claimed again
+    assert await store.room_sessions("r" * 16) == ["s-1", "s-2"]  # the event's sessions, once each
+    assert await store.room_sessions("q" * 16) == []
 
 
 async def test_results_are_released_in_order(store: Any) -> None:

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 from datetime import timedelta
 
 import srt
 import webvtt
 
-from linguamesh.scheduler.sessions.transcript import cues, render
+from linguamesh.scheduler.sessions.transcript import (
+    CUE_SECONDS,
+    LINE_CHARS,
+    Cue,
+    Header,
+    cues,
+    render,
+    subtitles,
+)
 
 
 def result(
@@ -64,8 +73,38 @@ def test_webvtt_parses_and_escapes() -> None:
 
 
 def test_plain_text_and_results_without_times() -> None:
-    assert render(cues(RESULTS, "fr", "en"), "txt") == "Première ligne.\n"
+    assert render(cues(RESULTS, "fr", "en"), "txt") == "[00:00:00] Première ligne.\n"
+    head = Header("LinguaMesh session s-1", 1000.0, "en", "es")
+    assert render(cues(RESULTS, "es", "en"), "txt", head).splitlines() == [
+        "LinguaMesh session s-1: translation from en, in es",
+        "Started 1970-01-01 00:16 UTC",
+        "",
+        "[00:00:00] Primera línea.",
+        "[00:00:04] Segunda <línea> & más.",
+        "[01:00:00] Cuarta.",
+    ]
     untimed = [result(0, "a", "uno", None, 2.0), result(1, "b", "dos", None, 1.0)]
     items = cues(untimed, "es", "en")
     assert [(c.start, c.end) for c in items] == [(0.0, 2.0), (2.0, 3.0)]  # one after the other
     assert render([], "srt") == "" and render([], "vtt") == "WEBVTT\n\n"
+
+
+def test_a_long_utterance_becomes_cues_within_subtitle_norms() -> None:
+    text = (
+        "After the railway arrived the town grew very quickly and many families moved here from the "
+        "countryside to find work in the new factories near the harbour, where wooden ships carried cotton."
+    )
+    (one,) = cues([result(0, text, "x", 1000.0, 14.0)], "en", "en")
+    parts = subtitles([one])
+    assert len(parts) >= 3
+    assert " ".join(" ".join(p.text.split()) for p in parts) == text  # every word, once, in order
+    assert parts[0].start == 0.0 and abs(parts[-1].end - 14.0) < 1e-6
+    for a, b in itertools.pairwise(parts):
+        assert abs(a.end - b.start) < 1e-9  # back to back
+    for p in parts:
+        lines = p.text.split("\n")
+        assert len(lines) <= 2 and all(len(x) <= LINE_CHARS for x in lines), p.text
+        assert p.end - p.start <= CUE_SECONDS + 1e-6
+    parsed = list(srt.parse(render([one], "srt")))  # and players read it
+    assert len(parsed) == len(parts)
+    assert subtitles([Cue(0, 0.0, 1.0, "Short.")]) == [Cue(0, 0.0, 1.0, "Short.")]

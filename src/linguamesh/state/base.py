@@ -315,6 +315,11 @@ class StateStore(Protocol):
 
     async def room(self, room: str) -> RoomRecord | None: ...
 
+    async def room_sessions(self, room: str) -> list[str]:
+        """Every session that showed in ``room``, oldest first (the newest
+        ``MAX_ROOM_SESSIONS``): the whole event's transcript."""
+        ...
+
     # API keys: quotas and usage ------------------------------------------
     async def open_key_session(self, key_id: str, session_id: str, most: int | None, ttl: float) -> bool:
         """Count a session of ``key_id`` open (for ``ttl`` s unless renewed or closed) if the

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 #: Rooms remembered (the oldest go first); in Redis a room lives ``ROOM_TTL`` after its last claim.
 MAX_ROOMS = 100_000
 ROOM_TTL = 7 * 24 * 3600
+#: Sessions a room remembers (its event's transcript: the newest ones).
+MAX_ROOM_SESSIONS = 200
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from .base import (
     SessionRecord,
     TranscriptInfo,
 )
-from .limits import MAX_ROOMS, StoreLimits
+from .limits import MAX_ROOM_SESSIONS, MAX_ROOMS, StoreLimits
 
 
 def transcript_info(record: SessionRecord) -> TranscriptInfo:
@@ -175,6 +175,7 @@ class MemoryStateStore:
         self.limits = limits or StoreLimits(history_events=history_size)
         self.transcripts: dict[SessionId, _Transcript] = {}
         self.rooms: OrderedDict[str, RoomRecord] = OrderedDict()
+        self.room_history: dict[str, list[str]] = {}
         self.key_sessions: dict[str, dict[str, float]] = {}
         self.key_audio: dict[tuple[str, int], float] = {}
         self.key_usage: dict[str, dict[str, float]] = {}
@@ -508,12 +509,20 @@ class MemoryStateStore:
             return False
         self.rooms[room] = record
         self.rooms.move_to_end(room)
+        history = self.room_history.setdefault(room, [])
+        if record.session_id not in history:
+            history.append(record.session_id)
+            del history[:-MAX_ROOM_SESSIONS]
         while len(self.rooms) > MAX_ROOMS:
-            self.rooms.popitem(last=False)
+            gone, _ = self.rooms.popitem(last=False)
+            self.room_history.pop(gone, None)
         return True
 
     async def room(self, room: str) -> RoomRecord | None:
         return self.rooms.get(room)
+
+    async def room_sessions(self, room: str) -> list[str]:
+        return list(self.room_history.get(room, []))
 
     # API keys
     async def open_key_session(self, key_id: str, session_id: str, most: int | None, ttl: float) -> bool:

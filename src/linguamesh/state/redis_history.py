@@ -12,7 +12,7 @@ from ..core.history import ReplayGap, compacted
 from ..core.ids import SessionId
 from . import redis_keys as K
 from .base import RoomRecord, TranscriptInfo
-from .limits import ROOM_TTL
+from .limits import MAX_ROOM_SESSIONS, ROOM_TTL
 from .redis_link import RedisLink
 from .redis_wire import Script
 
@@ -99,8 +99,11 @@ class RedisHistory(RedisLink):
     # ------------------------------------------------------------------ rooms
 
     async def claim_room(self, room: str, record: RoomRecord) -> bool:
-        args = [record.key_hash.hex(), record.session_id, record.view_token, ROOM_TTL]
-        return bool(await self._run(self._claim_room, keys=[K.room(room)], args=args))
+        args = [record.key_hash.hex(), record.session_id, record.view_token, ROOM_TTL, MAX_ROOM_SESSIONS]
+        return bool(await self._run(self._claim_room, keys=[K.room(room), K.room_sessions(room)], args=args))
+
+    async def room_sessions(self, room: str) -> list[str]:
+        return [x.decode() for x in await self._call(self.r.lrange, K.room_sessions(room), 0, -1)]
 
     # ------------------------------------------------------------------ API keys
 

@@ -93,6 +93,10 @@ def room(room_id: str) -> str:
     return f"{PREFIX}room:{room_id}"
 
 
+def room_sessions(room_id: str) -> str:
+    return f"{PREFIX}room:{room_id}:sessions"
+
+
 def key_sessions(key_id: str) -> str:
     return f"{PREFIX}key:{key_id}:sessions"
 

@@ -396,12 +396,17 @@ return gone
 """
 
 CLAIM_ROOM = """
--- KEYS: room  ARGV: key hash, session id, view token, ttl
--- only the key that created the room points it elsewhere
+-- KEYS: room, its sessions  ARGV: key hash, session id, view token, ttl, sessions kept
+-- only the key that created the room points it elsewhere; every session it showed is listed
 local cur = redis.call('HGET', KEYS[1], 'key')
 if cur and cur ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'key', ARGV[1], 'session_id', ARGV[2], 'view_token', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 

@@ -162,7 +162,23 @@ function showDownloads(session) {
   src.textContent = `${langName(session.src)}: `;
   const tgt = document.createElement("span");
   tgt.textContent = ` · ${langName(session.tgt)}: `;
-  $("downloads").replaceChildren(src, ...spaced(items.slice(0, 3)), tgt, ...spaced(items.slice(3)));
+  const parts = [src, ...spaced(items.slice(0, 3)), tgt, ...spaced(items.slice(3))];
+  if (session.room) { // the whole event: every session of this room (after a restart, a new session)
+    const event = document.createElement("span");
+    event.textContent = " · whole event: ";
+    const links = [["srt", "SRT"], ["txt", "text"]].map(([fmt, label]) => {
+      const a = document.createElement("a");
+      a.href = session.roomTranscriptUrl(session.tgt, fmt);
+      a.textContent = label;
+      a.dataset.format = fmt;
+      a.dataset.room = "1";
+      a.setAttribute("aria-label", `Download the whole event's translation (every session of this room) as ${label}`);
+      a.download = "";
+      return a;
+    });
+    parts.push(event, ...spaced(links));
+  }
+  $("downloads").replaceChildren(...parts);
   $("transcript").hidden = false;
 }
 
@@ -333,12 +349,35 @@ function setMode(value) {
   store.set("mic", { mode, listening: recording && mode === "free" });
 }
 
+// a file: decoded by the browser, sent at three times real time (the server's intake takes
+// about four seconds of audio a second), with its progress, and what was refused said
 async function sendFile(file) {
+  let samples;
   try {
-    lm.session.sendAudio(await decodeFile(file));
-    finishUtterance();
+    samples = await decodeFile(file);
   } catch (e) {
     notice(`That file could not be read as audio: ${e.message || e}`, true);
+    return;
+  }
+  const session = lm.session;
+  const refused = [];
+  const onError = (e) => refused.push(e.detail);
+  session.addEventListener("error", onError);
+  const long = samples.length > 16000 * 10;
+  try {
+    await session.streamAudio(samples, {
+      onProgress: (f) => { if (long) notice(`Sending ${file.name}: ${Math.round(f * 100)} %`); },
+    });
+    rows.stopped();
+  } finally {
+    session.removeEventListener("error", onError);
+  }
+  if (refused.length) {
+    const first = refused[0];
+    notice(`${refused.length} part${refused.length > 1 ? "s" : ""} of ${file.name} ${refused.length > 1 ? "were" : "was"} refused ` +
+      `(${first.code}: ${first.message}). Send the rest again later, or a shorter file.`, true, true);
+  } else if (long) {
+    notice(`${file.name} is sent; its translations follow.`);
   }
 }
 

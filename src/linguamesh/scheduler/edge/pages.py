@@ -36,7 +36,7 @@ from ..overview import cluster_overview
 from ..service import Scheduler
 from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
-from ..sessions.transcript import FORMATS, MEDIA_TYPES, cues, render
+from ..sessions.transcript import FORMATS, MEDIA_TYPES, Cue, Header, cues, first_spoken, render
 from ..sessions.viewers import Frames, ViewerQueue
 from ..tokens import same_token
 from .access import bearer, error, operator_only
@@ -199,10 +199,57 @@ async def transcript(request: Request) -> Response:
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
     results = [json.loads(data) for _, data in entries]
-    body = render(cues(results, lang, v.src_lang), fmt)
-    name = f"linguamesh-{v.session_id}-{lang}.{fmt}"
+    header = Header(f"LinguaMesh session {v.session_id}", first_spoken(results), v.src_lang, lang)
+    body = render(cues(results, lang, v.src_lang), fmt, header)
+    return _download(body, fmt, f"linguamesh-{v.session_id}-{lang}.{fmt}")
+
+
+def _download(body: str, fmt: str, name: str) -> Response:
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return Response(body, media_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8", headers=headers)
+
+
+async def room_transcript(request: Request) -> Response:
+    """``GET /api/v1/rooms/{room}/transcript?format=srt|vtt|txt&lang=…`` — the whole
+    event: every session that showed in the room (after End session, a crash, a new
+    session), one after the other on one clock. The room id is the capability, as for the
+    room's viewers (with access tokens on, a token that grants view for the room)."""
+    s = _sched(request)
+    room_id = request.path_params["room"]
+    if not ROOM_ID.fullmatch(room_id):
+        return error(404, "session_not_found", "no such room")
+    if s.api_keys.enabled:
+        access = request.query_params.get("access_token") or bearer(request) or ""
+        if not _may_view(s, access, room_id):
+            return error(401, "unauthorized", "an access token that grants view for this room is needed")
+    fmt = request.query_params.get("format", "srt")
+    if fmt not in FORMATS:
+        return error(400, "bad_message", f"format must be one of {', '.join(FORMATS)}")
+    lang = request.query_params.get("lang") or ""
+    try:
+        sessions = []
+        for sid in await s.store.room_sessions(room_id):
+            info = await s.store.transcript_info(SessionId(sid))
+            if info is not None and (lang in (info.src_lang, *info.tgt_langs) or not lang):
+                sessions.append((info, [json.loads(d) for _, d in await s.store.transcript(SessionId(sid))]))
+    except DependencyDown:
+        return error(503, "dependency_down", "shared state unavailable, try again")
+    if not sessions:
+        return error(404, "session_not_found", "no session of this room (in this language) is kept")
+    lang = lang or (sessions[0][0].tgt_langs[0] if sessions[0][0].tgt_langs else sessions[0][0].src_lang)
+    starts = [t for _, results in sessions if (t := first_spoken(results)) is not None]
+    origin = min(starts) if starts else None
+    items: list[Cue] = []
+    for info, results in sessions:  # one clock for the event: each session at its own time
+        more = cues(results, lang, info.src_lang, origin)
+        if items and more and more[0].start < items[-1].end:  # (sessions without times)
+            shift = items[-1].end - more[0].start
+            more = [Cue(c.index, c.start + shift, c.end + shift, c.text) for c in more]
+        items += more
+    header = Header(
+        f"LinguaMesh room {room_id} ({len(sessions)} sessions)", origin, sessions[0][0].src_lang, lang
+    )
+    return _download(render(items, fmt, header), fmt, f"linguamesh-room-{room_id}-{lang}.{fmt}")
 
 
 async def room(request: Request) -> Response:
@@ -360,6 +407,7 @@ routes = [
     Route("/view/{session_id}", _page("view.html")),
     Route("/view/room/{room}", _page("view.html")),
     Route("/api/v1/rooms/{room}", room),
+    Route("/api/v1/rooms/{room}/transcript", room_transcript),
     Route("/admin", _page("admin.html")),
     Route("/favicon.ico", favicon),
     Route("/api/v1/sessions/{session_id}/events", history),

@@ -73,11 +73,13 @@ export class Session extends EventTarget {
   sendAudio(samples: Float32Array): void;
   endUtterance(): void;
   sendUtterance(index: number, bytes: Uint8Array, format?: "pcm16" | "wav" | null): void;
+  streamAudio(samples: Float32Array, options?: { speed?: number; onProgress?: (fraction: number) => void; signal?: AbortSignal }): Promise<void>;
   send(message: Record<string, unknown>): void;
   acknowledge(seq?: number): void;
   close(): Promise<void>;
   disconnect(stay?: boolean): void;
   transcriptUrl(lang: string, format?: "srt" | "vtt" | "txt"): string;
+  roomTranscriptUrl(lang: string, format?: "srt" | "vtt" | "txt"): string;
   viewerUrl(lang?: string): string;
   addEventListener<K extends keyof SessionEventMap>(type: K, listener: (ev: SessionEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;

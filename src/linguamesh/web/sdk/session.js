@@ -106,6 +106,24 @@ export class Session extends EventTarget {
     this._emit("utterance-end", { seq: this.chunkSeq - 1 });
   }
 
+  // recorded audio (a file's): sent at `speed` times real time — the server's intake allows
+  // a session about 4 seconds of audio a second after a burst, so a long file sent at once
+  // would be refused in part — then the utterance ends. `onProgress(fraction)`; an
+  // AbortSignal stops it. Resolves when all is sent.
+  async streamAudio(samples, { speed = 3, onProgress = null, signal = null } = {}) {
+    const step = Math.round(RATE * 0.5); // half a second at a time
+    const started = Date.now();
+    for (let at = 0; at < samples.length; at += step) {
+      if (signal && signal.aborted) break;
+      this.sendAudio(samples.subarray(at, at + step));
+      if (onProgress) onProgress(Math.min(1, (at + step) / samples.length));
+      const due = started + ((at + step) / RATE / speed) * 1000;
+      const wait = due - Date.now();
+      if (wait > 0 && at + step < samples.length) await new Promise((r) => setTimeout(r, wait));
+    }
+    this.endUtterance();
+  }
+
   // a whole utterance at once (pcm16 at 16 kHz, or a WAV file's bytes with format "wav")
   sendUtterance(index, bytes, format = null) {
     const msg = { type: "utterance", utterance_index: index, audio: b64(bytes) };
@@ -149,6 +167,12 @@ export class Session extends EventTarget {
   transcriptUrl(lang, format = "srt") {
     const q = new URLSearchParams({ format, lang, token: this.viewToken || "" });
     return `${this.base}/api/v1/sessions/${encodeURIComponent(this.sessionId)}/transcript?${q}`;
+  }
+
+  // the whole event's transcript: every session of this speaker's room, one after the other
+  roomTranscriptUrl(lang, format = "srt") {
+    const q = new URLSearchParams({ format, lang });
+    return `${this.base}/api/v1/rooms/${encodeURIComponent(this.room)}/transcript?${q}`;
   }
 
   // the viewer page of this session (or of the room, which follows the speaker's sessions)
