@@ -98,3 +98,17 @@ test("clips that waited too long are skipped, and a held queue waits", async () 
   assert.deepEqual(skipped, [0]);
   assert.deepEqual(played, [1]);
 });
+
+test("downsampling filters out what would fold back into the speech band", () => {
+  const rms = (x) => Math.sqrt(x.reduce((a, v) => a + v * v, 0) / x.length);
+  const tone = (hz) => Float32Array.from({ length: 48000 }, (_, i) => 0.5 * Math.sin((2 * Math.PI * hz * i) / 48000));
+  const through = (hz) => {
+    const r = new Resampler(48000);
+    const parts = [];
+    for (let at = 0; at < 48000; at += 128) parts.push(r.push(tone(hz).subarray(at, at + 128))); // worklet blocks
+    const out = Float32Array.from(parts.flatMap((p) => [...p]));
+    return rms(out.subarray(1600)); // after the filter's start
+  };
+  assert.ok(Math.abs(through(1000) - 0.5 / Math.SQRT2) < 0.02, `1 kHz passes: ${through(1000)}`);
+  assert.ok(through(13000) < 0.02, `13 kHz (it would fold to 3 kHz) is gone: ${through(13000)}`);
+});
