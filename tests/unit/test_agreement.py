@@ -113,3 +113,23 @@ def test_a_word_cut_off_in_the_earlier_decode_is_not_committed() -> None:
         until=1.0,
     )
     assert text_of(done) == "The"
+
+
+def test_the_context_s_last_word_heard_again_after_the_boundary_is_not_a_new_word() -> None:
+    la = LocalAgreement()
+    la.committed = [Word("our", -0.9, -0.6), Word("city.", -0.6, -0.1)]  # carried in: ends before 0
+    la.boundary = 0.0
+    decode = [
+        Word("city.", -0.05, 0.2),
+        Word("The", 0.45, 0.6),
+        Word("harbour", 0.6, 1.0),
+        Word("was", 1.0, 1.2),
+    ]
+    la.update(decode)
+    la.update(decode)
+    assert text_of(la.committed[2:]) == "The harbour"  # "city." was the context's, not new
+    plain = LocalAgreement()  # without a boundary a word said twice is two words
+    plain.committed = [Word("a", 0.0, 0.4)]
+    plain.update([Word("a", 0.4, 0.8), Word("b", 0.8, 1.2)])
+    plain.update([Word("a", 0.4, 0.8), Word("b", 0.8, 1.2)])
+    assert text_of(plain.committed) == "a a"

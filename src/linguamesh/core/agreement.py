@@ -23,6 +23,10 @@ from dataclasses import dataclass
 OVERLAP_SECONDS = 0.1
 #: How many committed words a new decode may repeat at its start.
 MAX_REPEAT = 5
+#: Before the first word of an utterance that starts with the previous one's words as
+#: context (``boundary``): how far after the context's end a repeat of its last words may
+#: start (alignment is approximate, and a pause, not a word, follows the context).
+REPEAT_SLACK = 0.3
 
 _PUNCT = re.compile(r"[^\w']+")
 
@@ -41,6 +45,8 @@ def norm(text: str) -> str:
 
 class LocalAgreement:
     def __init__(self) -> None:
+        #: where the words carried in as context end and this utterance begins (None: none)
+        self.boundary: float | None = None
         self.committed: list[Word] = []
         self._previous: list[Word] = []
         self._previous_until = float("inf")
@@ -85,12 +91,13 @@ class LocalAgreement:
         return done
 
     def drop_after(self, seconds: float) -> int:
-        """The utterance ends at ``seconds``: words that end after it are not part of it
-        (committed ones included: the next utterance hears them). How many were dropped."""
-        keep = [w for w in self.committed if w.end <= seconds + OVERLAP_SECONDS]
+        """The utterance ends at ``seconds``: words heard mostly after it (their middle is
+        after it; a recogniser often runs a word's end on into the pause) are not part of
+        it, committed ones included: the next utterance hears them. How many were dropped."""
+        keep = [w for w in self.committed if before(w, seconds)]
         dropped = len(self.committed) - len(keep)
         self.committed = keep
-        self._previous = [w for w in self._previous if w.end <= seconds + OVERLAP_SECONDS]
+        self._previous = [w for w in self._previous if before(w, seconds)]
         return dropped
 
     def _after_committed(self, hypothesis: list[Word]) -> list[Word]:
@@ -102,8 +109,9 @@ class LocalAgreement:
         # the decode's first words that begin before the committed end may be committed words
         # heard again (decode times are approximate): the longest such run that repeats the
         # last committed words is skipped
+        slack = REPEAT_SLACK if self.boundary is not None and end <= self.boundary else 0.0
         early = 0
-        while early < min(len(words), MAX_REPEAT) and words[early].start < end:
+        while early < min(len(words), MAX_REPEAT) and words[early].start < end + slack:
             early += 1
         tail = [norm(w.text) for w in self.committed[-MAX_REPEAT:]]
         head = [norm(w.text) for w in words[:early]]
@@ -118,6 +126,11 @@ class LocalAgreement:
             if early and first and (first.startswith(tail[-1]) or tail[-1].startswith(first)):
                 words = words[1:]
         return [w for w in words if norm(w.text)]
+
+
+def before(word: Word, seconds: float) -> bool:
+    """The word was heard before ``seconds`` (its middle is)."""
+    return (word.start + word.end) / 2 <= seconds
 
 
 def text_of(words: list[Word]) -> str:

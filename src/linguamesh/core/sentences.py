@@ -4,9 +4,11 @@ Fluent speech has short gaps between sentences (a quarter of a second), far belo
 pause that ends speech (``end_of_speech_ms``), so without this an utterance would run to
 the length limit and be cut there, mid-sentence. The streaming node knows better: its
 committed words carry punctuation and times. Once a committed word ends a sentence and
-a gap follows it (the next word starts later, or nothing was heard after it), the node
-proposes to end the utterance in that gap; the scheduler decides, as for any end of
-speech, and the audio after the cut starts the next utterance.
+a pause follows it, the node proposes to end the utterance in that pause; the scheduler
+decides, as for any end of speech, and the audio after the cut starts the next utterance.
+The pause is the VAD's (silent frames around the word's end: Whisper's word times run a
+word on to the next one and are off by a tenth of a second or two); without a VAD, the
+gap between the word and the next.
 
 The cut goes after the *last* committed sentence: every sentence the node reported
 (translated, spoken) is before it, and what is committed after it (the start of the next
@@ -59,25 +61,50 @@ def ends_sentence(word: str) -> bool:
     return not (text.endswith(".") and len(text) > 1 and text[-2].isdigit() and "." in text[:-1])
 
 
-def _cut_after(word: Word, following: Word | None, heard: float, policy: SentencePolicy) -> float | None:
-    """The cut in the gap after ``word``, or None when there is no gap (yet)."""
-    gap = (following.start if following is not None else heard) - word.end
+#: How far from a word's end (Whisper's time) a pause of the VAD may be and still be the one after it.
+SLACK = 0.3
+
+
+def _cut_after(
+    word: Word,
+    following: Word | None,
+    heard: float,
+    policy: SentencePolicy,
+    pauses: list[tuple[float, float]] | None,
+) -> float | None:
+    """The cut in the pause after ``word``, or None when there is none (yet)."""
+    until = following.start if following is not None else heard
+    if pauses is not None:  # the VAD's silences: the one nearest the word's end
+        near = [
+            (a, b) for a, b in pauses
+            if b - a >= policy.min_gap and b >= word.end - SLACK and a <= until + SLACK and b <= heard
+        ]  # fmt: skip
+        if not near:
+            return None
+        a, b = min(near, key=lambda p: abs((p[0] + p[1]) / 2 - word.end))
+        return (a + b) / 2
+    gap = until - word.end
     if gap < policy.min_gap:
         return None
     return word.end + min(gap / 2, policy.margin)
 
 
 def sentence_cut(
-    committed: list[Word], tentative: list[Word], heard: float, policy: SentencePolicy = SentencePolicy()
+    committed: list[Word],
+    tentative: list[Word],
+    heard: float,
+    policy: SentencePolicy = SentencePolicy(),
+    pauses: list[tuple[float, float]] | None = None,
 ) -> Cut | None:
     """Where to end the utterance whose committed words (times from its start) are
-    ``committed``, with ``tentative`` words after them and ``heard`` seconds of audio; None
+    ``committed``, with ``tentative`` words after them and ``heard`` seconds of audio;
+    ``pauses``: the VAD's silences (start, end) in that audio, when there is a VAD. None
     to go on."""
     words = committed + tentative
     last = max((i for i, w in enumerate(committed) if ends_sentence(w.text)), default=None)
     if last is not None and committed[last].end >= policy.min_seconds:
         following = words[last + 1] if last + 1 < len(words) else None
-        at = _cut_after(committed[last], following, heard, policy)
+        at = _cut_after(committed[last], following, heard, policy, pauses)
         if at is not None:
             return Cut(at, "sentence")
         return None  # the speaker ran on: wait for the next sentence (or the length bound)
@@ -92,8 +119,19 @@ def sentence_cut(
         if w.end < policy.min_seconds:
             continue
         following = words[i + 1] if i + 1 < len(words) else None
-        gap = (following.start if following is not None else heard) - w.end
+        until = following.start if following is not None else heard
+        gap, at = until - w.end, w.end + max(0.0, min((until - w.end) / 2, policy.margin))
+        if pauses is not None:  # the longest silence of the VAD at this boundary, if any
+            near = [(a, b) for a, b in pauses if b >= w.end - SLACK and a <= until + SLACK and b <= heard]
+            if near:
+                a, b = max(near, key=lambda p: p[1] - p[0])
+                gap, at = b - a, (a + b) / 2
         key = (1 if w.text.rstrip().endswith(CLAUSE_END) else 0, gap)
         if best is None or key > best[:2]:
-            best = (key[0], gap, w.end + max(0.0, min(gap / 2, policy.margin)))
-    return None if best is None else Cut(best[2], "length")
+            best = (key[0], gap, at)
+    if best is None:
+        return None
+    # never inside a committed word (a pause found near the boundary may be a wrong one)
+    at = best[2]
+    inside = next((w for w in committed if w.start < at < w.end), None)
+    return Cut(inside.end if inside is not None else at, "length")

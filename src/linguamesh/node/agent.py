@@ -35,7 +35,7 @@ from ..observability.metrics import Metrics, model_stat_rows, register_model_met
 from ..tls import client_context
 from .config import NodeConfig
 from .hardware import describe
-from .live import LiveInput, run_streaming
+from .live import Carry, LiveInput, run_streaming
 from .pipeline import PipelineOutput, run_pipeline
 
 log = get_logger("linguamesh.node")
@@ -49,6 +49,10 @@ STOP_TIMEOUT = 5.0
 
 class FatalNodeError(Exception):
     """The scheduler refused this node for good (bad token, protocol version)."""
+
+
+#: Sessions whose streaming context a node keeps (the most recent).
+MAX_CARRIES = 256
 
 
 @dataclass
@@ -77,6 +81,8 @@ class NodeAgent:
         #: what this machine is (CPU, memory, GPUs), read once
         self.hardware = describe()
         self.running: dict[str, _Running] = {}
+        #: per (session, target): the context a sentence cut hands the next utterance
+        self.carries: OrderedDict[tuple[str, str], Carry] = OrderedDict()
         self.unacked: OrderedDict[tuple[str, int], p.JobResult] = OrderedDict()
         #: log fields of each kept result's job, so the ack is logged with its trace_id
         self._unacked_fields: dict[tuple[str, int], dict[str, Any]] = {}
@@ -507,7 +513,16 @@ class NodeAgent:
         def speech_end(size: int, reason: str) -> None:
             self._send_soon(p.JobSpeechEnd(job_id=jid, attempt_id=aid, size=size, reason=reason))
 
-        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields)
+        key = (job.session_id, job.tgt_lang)
+
+        def keep(carry: Carry) -> None:  # the session's next utterance here starts from it
+            self.carries[key] = carry
+            self.carries.move_to_end(key)
+            while len(self.carries) > MAX_CARRIES:
+                self.carries.popitem(last=False)
+
+        carry = self.carries.pop(key, None)
+        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields, carry, keep)
 
 
 def _audio_seconds(job: p.JobAssign, live: LiveInput | None) -> float:

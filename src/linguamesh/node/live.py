@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import protocol as p
 from ..audio import FRAME_MS, BadAudio, to_float32, to_wav
+from ..core.agreement import Word
 from ..core.endpoint import EndOfSpeech
 from ..core.sentences import SentencePolicy, sentence_cut
 from ..engines.base import EngineError, Speech
@@ -61,6 +62,10 @@ RATE = 16000
 
 #: Where a streamed utterance is cut when the speaker does not pause (core/sentences.py).
 SENTENCES = SentencePolicy()
+#: Audio before a cut the next utterance of the session is decoded with (its context).
+CARRY_SECONDS = 5.0
+#: Silent VAD frames that make a pause between sentences (90 ms).
+PAUSE_FRAMES = 3
 
 #: (stage, text, stable) -> sent as ``job_partial``
 PartialSink = Callable[[str, str, "int | None"], None]
@@ -106,6 +111,30 @@ class LiveInput:
 
 
 @dataclass
+class Carry:
+    """What a streaming job that cut its utterance after a sentence hands the session's
+    next utterance on this node: the last seconds of audio before the cut and the words
+    committed in them. A sentence decoded alone, with no speech before it, comes out
+    worse than in the flow of a talk; with this the next utterance is decoded in context
+    and starts after those words. Used only when the scheduler cut where proposed (the
+    utterance's final size is the cut) and by the very next utterance; another node, a
+    retry or a different cut starts without it."""
+
+    utterance_index: int
+    inp: LiveInput
+    cut_bytes: int
+    audio: np.ndarray
+    words: list[Word]
+
+    def fits(self, job: p.JobAssign) -> bool:
+        return (
+            job.utterance_index == self.utterance_index + 1
+            and self.inp.final
+            and len(self.inp.pcm) == self.cut_bytes
+        )
+
+
+@dataclass
 class _Sentence:
     source: str
     target: str = ""
@@ -129,9 +158,12 @@ async def run_streaming(
     on_partial: PartialSink,
     on_speech_end: SpeechEndSink,
     log_fields: dict[str, object],
+    carry: Carry | None = None,
+    on_carry: Callable[[Carry], None] | None = None,
 ) -> PipelineOutput:
     """Run a streaming job to its result (see :class:`StreamingRun`)."""
-    return await StreamingRun(engines, job, inp, on_partial, on_speech_end, log_fields).run()
+    run = StreamingRun(engines, job, inp, on_partial, on_speech_end, log_fields, carry, on_carry)
+    return await run.run()
 
 
 class StreamingRun:
@@ -148,6 +180,8 @@ class StreamingRun:
         on_partial: PartialSink,
         on_speech_end: SpeechEndSink,
         log_fields: dict[str, object],
+        carry: Carry | None = None,
+        on_carry: Callable[[Carry], None] | None = None,
     ) -> None:
         asr = engines.asr_for(job.src_lang)
         if asr is None:
@@ -161,6 +195,10 @@ class StreamingRun:
         self.asr = asr
         self.vad = engines.vad[0] if engines.vad else None
         self.tr = StreamingTranscriber(asr, job.src_lang, RATE, keep_seconds=KEEP_SECONDS)
+        self.on_carry = on_carry
+        self.carried = carry is not None and carry.fits(job)
+        if carry is not None and self.carried:
+            self.tr.prefix(carry.audio, carry.words)
         self.end_detect = (
             EndOfSpeech(job.end_of_speech_ms) if job.end_of_speech_ms and self.vad is not None else None
         )
@@ -171,12 +209,15 @@ class StreamingRun:
         self.speech_end = 0.0  # seconds: the end of the last frame of speech (0: none yet)
         self.silent = 0  # frames of silence since then
         self.voiced = 0  # frames of speech in all
+        #: the VAD's silences (first and last frame + 1): where a sentence may end
+        self.pause_frames: list[tuple[int, int]] = []
         self.vad_rest = np.zeros(0, np.float32)  # samples after the last whole VAD frame
         self.stepped_at = 0.0  # seconds heard at the last decode
         self.step: asyncio.Task[None] | None = None
         self.last_text = ""
-        #: the end of speech proposed to the scheduler (bytes), until it answers
+        #: the end of speech proposed to the scheduler (bytes), until it answers, and why
         self.cut_bytes: int | None = None
+        self.cut_reason = ""
 
     async def run(self) -> PipelineOutput:
         t0 = time.perf_counter()
@@ -204,6 +245,7 @@ class StreamingRun:
             decoded_seconds=round(tr.decoded_seconds, 3),
             heard_seconds=round(tr.heard, 3),
             final_decode=final_decode,
+            carried_context=self.carried,
             **self.log_fields,
         )
         return _output(self.job, self.totals, t0)
@@ -257,6 +299,11 @@ class StreamingRun:
                 self.voiced += 1
             else:
                 self.silent += 1
+                start = self.judged - self.silent
+                if self.pause_frames and self.pause_frames[-1][0] == start:
+                    self.pause_frames[-1] = (start, self.judged)  # the silence goes on
+                elif self.silent >= PAUSE_FRAMES:
+                    self.pause_frames.append((start, self.judged))
         if self.end_detect is not None and self.end_detect.feed(flags) is not None:
             # the scheduler decides: it answers with job_audio is_final and the size
             # (the cut, or more when the client had ended the utterance already)
@@ -267,8 +314,12 @@ class StreamingRun:
         """Propose the end of the utterance at ``seconds``; hearing stops there until the
         scheduler answers (with ``job_audio`` ``is_final`` and the size it chose)."""
         self.end_detect = None
+        self.cut_reason = reason
         self.cut_bytes = min(len(self.inp.pcm), int(seconds * self.inp.rate) * 2)
         log.info("stream.speech_end", at_seconds=round(seconds, 3), reason=reason, **self.log_fields)
+        if self.on_carry is not None and reason in ("sentence", "length"):
+            audio, words = self.tr.tail(self.cut_bytes / 2 / self.inp.rate, CARRY_SECONDS)
+            self.on_carry(Carry(self.job.utterance_index, self.inp, self.cut_bytes, audio, words))
         self.on_speech_end(self.cut_bytes, reason)
 
     def _maybe_decode(self) -> None:
@@ -302,7 +353,11 @@ class StreamingRun:
             self.sentences.put_nowait(s)
         if self.cut_bytes is None and not self.inp.final:
             agreement = self.tr.agreement
-            cut = sentence_cut(agreement.committed, agreement.tentative(), self.tr.covered, SENTENCES)
+            frame = FRAME_MS / 1000
+            pauses = [(a * frame, b * frame) for a, b in self.pause_frames] if self.vad is not None else None
+            cut = sentence_cut(
+                self.tr.own_committed, agreement.tentative(), self.tr.covered, SENTENCES, pauses
+            )
             if cut is not None:
                 self._propose(cut.seconds, cut.reason)
 
@@ -336,8 +391,12 @@ class StreamingRun:
         )
         if cut_bytes is not None:
             tr.truncate(cut_bytes / 2 / inp.rate)
+        # a cut after a sentence (or at a word boundary) the scheduler took as proposed:
+        # every word before it is committed already, and a decode of the audio up to it
+        # would only hear the last word again in the short silence before the cut
+        at_our_cut = self.cut_reason in ("sentence", "length") and len(inp.pcm) == self.cut_bytes
         t = time.perf_counter()
-        final_decode = not heard_all and (self.vad is None or self.speech_end > 0)
+        final_decode = not heard_all and not at_our_cut and (self.vad is None or self.speech_end > 0)
         final = await tr.finish(decode=final_decode)
         self.totals.asr += time.perf_counter() - t
         if final.text != self.last_text:

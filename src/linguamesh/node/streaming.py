@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.agreement import LocalAgreement, Word, text_of
+from ..core.agreement import LocalAgreement, Word, before, text_of
 from ..core.sentences import ends_sentence
 from ..engines.base import ASREngine, Speech
 
@@ -49,6 +49,7 @@ class StreamingTranscriber:
         self._offset = 0.0  # seconds of audio dropped from the buffer's start
         self._heard = 0.0  # seconds received in all
         self._sentence_from = 0  # committed words already reported in sentences
+        self._first = 0  # committed words of the previous utterance (its carried-over context)
         #: decodes run (the cost of streaming: each re-decodes the buffer)
         self.decodes = 0
         self.decoded_seconds = 0.0
@@ -57,6 +58,34 @@ class StreamingTranscriber:
     @property
     def heard(self) -> float:
         return self._heard
+
+    @property
+    def own_committed(self) -> list[Word]:
+        """The committed words of this utterance (not the context carried into it)."""
+        return self.agreement.committed[self._first :]
+
+    def prefix(self, audio: np.ndarray, words: list[Word]) -> None:
+        """Start with the previous utterance's last seconds (``audio``, ending where this
+        one starts) and its committed words in them (times before 0): decodes hear the
+        speech in context, and those words are neither shown nor reported again."""
+        self._audio = audio.astype(np.float32, copy=False)
+        self._offset = -audio.size / self.rate
+        self.agreement.committed = list(words)
+        self.agreement.boundary = 0.0
+        self._first = self._sentence_from = len(words)
+
+    def tail(self, until: float, seconds: float) -> tuple[np.ndarray, list[Word]]:
+        """The audio of the last ``seconds`` before ``until`` and the committed words in it,
+        with times from ``until`` (what the next utterance starts from)."""
+        start = max(self._offset, until - seconds)
+        a = max(0, round((start - self._offset) * self.rate))
+        b = max(a, round((until - self._offset) * self.rate))
+        words = [
+            Word(w.text, w.start - until, min(w.end, until) - until)
+            for w in self.agreement.committed
+            if w.start >= start and before(w, until)
+        ]
+        return self._audio[a:b].copy(), words
 
     def truncate(self, seconds: float) -> None:
         """The speech ends at ``seconds`` (from the start of all audio heard): drop the rest,
@@ -118,7 +147,7 @@ class StreamingTranscriber:
         self._offset += drop / self.rate
 
     def _hypothesis(self, final: bool = False) -> Hypothesis:
-        committed = text_of(self.agreement.committed)
+        committed = text_of(self.own_committed)
         tentative = text_of(self.agreement.tentative())
         text = f"{committed} {tentative}".strip()
         words = self.agreement.committed
