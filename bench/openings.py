@@ -8,7 +8,9 @@ of speech guesses, and a committed word is never taken back, so a wrong first wo
 (default offline engines) on loopback and streams ten openings (eSpeak NG), each
 after ``--silence`` seconds of silence, as 20 ms ``audio_chunk``s in real time, one
 session each. Prints, per opening, whether the first two words of the result are the
-script's, and the share right; and the first live caption's delay after speech start.
+script's, and the share right — streamed, and sent whole (one ``utterance``: the
+recogniser's own score, the baseline); and the first live caption's delay after speech
+start.
 Bounded: one pass; the processes are stopped at the end. Traffic stays on 127.0.0.1.
 """
 
@@ -99,11 +101,15 @@ async def main() -> int:
                 if (await http.get(f"http://127.0.0.1:{port}/api/v1/nodes")).json()["nodes"]:
                     break
                 await asyncio.sleep(0.1)
-        for text in OPENINGS:
-            got, first = await one(f"ws://127.0.0.1:{port}", text, args.silence)
-            right = words(got)[:2] == words(text)[:2]
-            rows.append({"script": text, "result": got, "first_two_right": right, "first_caption_s": first})
-            print(f"{'ok ' if right else 'BAD'} {got!r}", file=sys.stderr)
+        async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es", tts=False) as whole:
+            for i, text in enumerate(OPENINGS):
+                got, first = await one(f"ws://127.0.0.1:{port}", text, args.silence)
+                right = words(got)[:2] == words(text)[:2]
+                await whole.send_utterance(i, espeak(text))
+                alone = (await whole.next_result(120)).text_asr
+                rows.append({"script": text, "result": got, "first_two_right": right, "first_caption_s": first,
+                             "whole": alone, "whole_first_two_right": words(alone)[:2] == words(text)[:2]})  # fmt: skip
+                print(f"{'ok ' if right else 'BAD'} {got!r}   (whole: {alone!r})", file=sys.stderr)
     finally:
         for proc in (node, sched):
             proc.stop()
@@ -111,6 +117,7 @@ async def main() -> int:
     figures = {
         "openings": len(rows),
         "first_two_words_right": sum(1 for r in rows if r["first_two_right"]),
+        "whole_first_two_words_right": sum(1 for r in rows if r["whole_first_two_right"]),
         "first_caption_s_median": round(statistics.median(captions), 2) if captions else None,
         "first_caption_s_max": round(max(captions), 2) if captions else None,
     }

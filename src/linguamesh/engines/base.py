@@ -12,7 +12,6 @@ stage really stops. A native call already running finishes first.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -98,13 +97,11 @@ class ASREngine(Engine):
     async def transcribe(self, speech: Speech, lang: str, on_partial: PartialCallback | None = None) -> str:
         return await run_cancellable(self._transcribe, speech, lang, on_partial)
 
-    async def words(self, speech: Speech, lang: str, context: str = "") -> list[Word]:
-        """The words heard, with their times (seconds into ``speech``), for streaming.
-        ``context``: what the speaker said just before (the previous sentences), for an
-        engine that can be told (Whisper's prompt); others ignore it."""
-        return await run_cancellable(functools.partial(self._words, context=context), speech, lang)
+    async def words(self, speech: Speech, lang: str) -> list[Word]:
+        """The words heard, with their times (seconds into ``speech``), for streaming."""
+        return await run_cancellable(self._words, speech, lang)
 
-    def _words(self, speech: Speech, lang: str, stop: threading.Event, context: str = "") -> list[Word]:
+    def _words(self, speech: Speech, lang: str, stop: threading.Event) -> list[Word]:
         """Engines without word times: the text's words spread evenly over the speech."""
         text = self._transcribe(speech, lang, None, stop)
         tokens = text.split()

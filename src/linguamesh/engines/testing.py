@@ -92,7 +92,7 @@ class _TestASR(ASREngine):
             await asyncio.sleep(self.s.delay["asr"])
         return text
 
-    async def words(self, speech: Speech, lang: str, context: str = "") -> list[Word]:
+    async def words(self, speech: Speech, lang: str) -> list[Word]:
         """Streaming decodes: the configured text's words spread over the speech (a
         ``{seconds}`` in it changes with every decode, as a real tail does)."""
         if self.s.fail and self.s.fail_every == 1:

@@ -93,12 +93,9 @@ class FasterWhisperASR(ASREngine):
             self.key, loader, path_size(self.path), device=placement(self.device, self.device_index)
         )
 
-    def _segments(
-        self, speech: Speech, lang: str, stop: threading.Event, *, words: bool, context: str = ""
-    ) -> Iterator[Any]:
+    def _segments(self, speech: Speech, lang: str, stop: threading.Event, *, words: bool) -> Iterator[Any]:
         """Decode, one segment at a time (greedy, see the module's docstring); with ``words``
-        each segment carries word times; ``context``: the text just before (the prompt).
-        Raises Cancelled once ``stop`` is set."""
+        each segment carries word times. Raises Cancelled once ``stop`` is set."""
         model = self.load()
         with self.models.inference(self.key):
             try:
@@ -108,7 +105,6 @@ class FasterWhisperASR(ASREngine):
                     beam_size=self.beam_size,
                     temperature=0.0,
                     condition_on_previous_text=False,
-                    initial_prompt=_prompt(context) or None,
                     without_timestamps=not words,
                     word_timestamps=words,
                     max_new_tokens=self.max_new_tokens,
@@ -134,7 +130,7 @@ class FasterWhisperASR(ASREngine):
                 on_partial(" ".join(texts))
         return " ".join(t for t in texts if t)
 
-    def _words(self, speech: Speech, lang: str, stop: threading.Event, context: str = "") -> list[Word]:
+    def _words(self, speech: Speech, lang: str, stop: threading.Event) -> list[Word]:
         if speech.samples.size == 0:
             return []
         model = self.load()
@@ -142,19 +138,18 @@ class FasterWhisperASR(ASREngine):
         frames = feats.shape[-1]
         if frames + 100 > FULL_WINDOW_FRAMES:  # a whole window or more: the library's own loop
             out: list[Word] = []
-            for seg in self._segments(speech, lang, stop, words=True, context=context):
+            for seg in self._segments(speech, lang, stop, words=True):
                 out += [Word(w.word.strip(), float(w.start), float(w.end)) for w in seg.words or []]
             return _merge_punctuation([w for w in out if w.text])
         with self.models.inference(self.key):
             try:
-                return self._short_window(model, feats, frames, lang, context)
+                return self._short_window(model, feats, frames, lang)
             except (RuntimeError, ValueError) as exc:
                 raise EngineError(f"whisper failed: {exc}") from None
 
-    def _short_window(self, model: Any, feats: Any, frames: int, lang: str, context: str = "") -> list[Word]:
+    def _short_window(self, model: Any, feats: Any, frames: int, lang: str) -> list[Word]:
         """One greedy decode of audio shorter than Whisper's window, on a window cut to
-        the audio (see the module's docstring), with word times from the alignment;
-        ``context`` goes in as the previous text (Whisper's prompt)."""
+        the audio (see the module's docstring), with word times from the alignment."""
         import ctranslate2
         import numpy as np
         from faster_whisper.audio import pad_or_trim
@@ -165,8 +160,7 @@ class FasterWhisperASR(ASREngine):
         features = np.ascontiguousarray(pad_or_trim(feats, window)[None])
         encoded = model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
         tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang)
-        previous = tok.encode(" " + _prompt(context)) if _prompt(context) else []
-        prompt = model.get_prompt(tok, previous[-PROMPT_TOKENS:], without_timestamps=True)
+        prompt = model.get_prompt(tok, [], without_timestamps=True)
         result = model.model.generate(
             encoded,
             [prompt],
@@ -182,20 +176,6 @@ class FasterWhisperASR(ASREngine):
         aligned = model.find_alignment(tok, [tokens], encoded, frames)[0]
         words = [Word(str(w["word"]).strip(), float(w["start"]), float(w["end"])) for w in aligned]
         return _merge_punctuation([w for w in words if w.text])
-
-
-#: Tokens of context a decode is given (Whisper takes up to 224 before the audio's).
-PROMPT_TOKENS = 120
-#: Characters of context kept (the last sentence or two).
-PROMPT_CHARS = 300
-
-
-def _prompt(context: str) -> str:
-    """The context as a prompt: its last ``PROMPT_CHARS`` characters, from a word start."""
-    text = " ".join(context.split())
-    if len(text) > PROMPT_CHARS:
-        text = text[-PROMPT_CHARS:].split(" ", 1)[-1]
-    return text
 
 
 def _merge_punctuation(words: list[Word]) -> list[Word]:
