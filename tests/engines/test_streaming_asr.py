@@ -41,3 +41,32 @@ async def test_streamed_speech_gives_stable_words_before_it_ends(default_set: En
     # the cost: every decode hears the buffer again (bounded by the trimming)
     assert st.decoded_seconds <= 12 * speech.size / 16000
     assert np.isclose(st.heard, speech.size / 16000)
+
+
+async def test_the_next_sentence_starts_from_the_previous_one_s_audio_and_words(
+    default_set: EngineSet,
+) -> None:
+    """What a sentence cut hands on (``tail``) and the next utterance starts from
+    (``prefix``): the context is decoded with the new speech but neither shown nor
+    reported again."""
+    asr = default_set.asr_for("en")
+    assert asr is not None
+    one = to_float32(espeak_wav("The train to the airport leaves at nine."), "wav", 0, 16000)
+    two = to_float32(espeak_wav("Please bring your passport and a warm coat."), "wav", 0, 16000)
+    first = StreamingTranscriber(asr, "en")
+    first.feed(one)
+    await first.step()
+    await first.step()
+    await first.finish(decode=False)  # (a cut comes once the sentence is committed)
+    cut = one.size / 16000
+    audio, words = first.tail(cut, 5.0)
+    assert audio.size == min(one.size, 5 * 16000)
+    assert words and all(w.end <= 0.0 for w in words) and words[-1].text.lower().startswith("nine")
+    nxt = StreamingTranscriber(asr, "en")
+    nxt.prefix(audio, words)
+    nxt.feed(two)
+    await nxt.step()
+    final = await nxt.finish()
+    assert "nine" not in final.text.lower() and "airport" not in final.text.lower()
+    assert wer("Please bring your passport and a warm coat.", final.text) <= 0.25, final.text
+    assert [s for s in final.sentences] == [final.text]  # the context's sentence is not reported again

@@ -51,8 +51,9 @@ class FatalNodeError(Exception):
     """The scheduler refused this node for good (bad token, protocol version)."""
 
 
-#: Sessions whose streaming context a node keeps (the most recent).
-MAX_CARRIES = 256
+#: Sessions whose streaming context a node keeps (the most recent; each about 1.5 MB at
+#: most: 5 s of audio and the 30 s utterance it came from, for up to 30 s).
+MAX_CARRIES = 64
 
 
 @dataclass
@@ -518,7 +519,9 @@ class NodeAgent:
         def keep(carry: Carry) -> None:  # the session's next utterance here starts from it
             self.carries[key] = carry
             self.carries.move_to_end(key)
-            while len(self.carries) > MAX_CARRIES:
+            while self.carries and (
+                len(self.carries) > MAX_CARRIES or next(iter(self.carries.values())).stale(carry.made)
+            ):
                 self.carries.popitem(last=False)
 
         carry = self.carries.pop(key, None)

@@ -62,8 +62,10 @@ RATE = 16000
 
 #: Where a streamed utterance is cut when the speaker does not pause (core/sentences.py).
 SENTENCES = SentencePolicy()
-#: Audio before a cut the next utterance of the session is decoded with (its context).
+#: Audio before a cut the next utterance of the session is decoded with (its context),
+#: and how long it waits for that utterance.
 CARRY_SECONDS = 5.0
+CARRY_TTL_SECONDS = 30.0
 #: Silent VAD frames that make a pause between sentences (90 ms).
 PAUSE_FRAMES = 3
 
@@ -125,6 +127,7 @@ class Carry:
     cut_bytes: int
     audio: np.ndarray
     words: list[Word]
+    made: float = field(default_factory=time.monotonic)
 
     def fits(self, job: p.JobAssign) -> bool:
         return (
@@ -132,6 +135,11 @@ class Carry:
             and self.inp.final
             and len(self.inp.pcm) == self.cut_bytes
         )
+
+    def stale(self, now: float) -> bool:
+        """The next utterance starts at once after a sentence cut; one that has not come
+        for this long will not use it (its memory goes: the audio and the utterance's)."""
+        return now - self.made > CARRY_TTL_SECONDS
 
 
 @dataclass
