@@ -61,7 +61,7 @@ async def test_the_next_sentence_starts_from_the_previous_one_s_audio_and_words(
     cut = one.size / 16000
     audio, words = first.tail(cut, 5.0)
     assert audio.size == min(one.size, 5 * 16000)
-    assert words and all(w.end <= 0.0 for w in words) and words[-1].text.lower().startswith("nine")
+    assert len(words) >= 5 and all(w.end <= 0.0 for w in words) and words[-1].text.endswith(".")
     nxt = StreamingTranscriber(asr, "en")
     nxt.prefix(audio, words)
     nxt.feed(two)
