@@ -103,6 +103,9 @@ class LocalAgreement:
     def _after_committed(self, hypothesis: list[Word]) -> list[Word]:
         """The decode without the words it repeats of what is committed already."""
         end = self.committed_end
+        if self.boundary is not None:  # words heard in the context are the previous utterance's
+            boundary = self.boundary
+            hypothesis = [w for w in hypothesis if not before(w, boundary)]
         words = [w for w in hypothesis if w.end > end - OVERLAP_SECONDS or not self.committed]
         if not self.committed or not words:
             return [w for w in words if norm(w.text)]
