@@ -42,6 +42,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def transcript_lines(text: str) -> list[str]:
+    """The utterances of a plain-text transcript: after its header, without their times."""
+    _, _, body = text.partition("\n\n")
+    return [line.split("] ", 1)[1] for line in body.splitlines()]
+
+
 def pcm(seconds: float = 0.5, rate: int = 16000) -> bytes:
     t = np.arange(int(seconds * rate), dtype=np.float32) / rate
     return to_pcm16(0.1 * np.sin(2 * np.pi * 220 * t))

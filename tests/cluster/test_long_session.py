@@ -21,7 +21,7 @@ from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 from linguamesh.state import redis_keys as K
 
-from ..conftest import SCALE, pcm
+from ..conftest import SCALE, pcm, transcript_lines
 from ..fleet import Fleet
 from ..integration.test_web_api import _sse_events
 
@@ -84,7 +84,7 @@ async def test_a_compressed_hour_keeps_every_result_and_bounds_the_window(tmp_pa
                 txt = await http.get(base, params={"format": "txt", "lang": "en", "token": token})
                 vtt = await http.get(base, params={"format": "vtt", "lang": "es", "token": token})
                 subs = await http.get(base, params={"format": "srt", "lang": "es", "token": token})
-                assert len(txt.text.splitlines()) == UTTERANCES
+                assert len(transcript_lines(txt.text)) == UTTERANCES
                 cues = webvtt.from_buffer(io.StringIO(vtt.text)).captions
                 assert [int(cue.identifier) for cue in cues] == list(range(UTTERANCES))
                 parsed = list(srt.parse(subs.text))
@@ -126,7 +126,7 @@ async def test_a_compressed_hour_keeps_every_result_and_bounds_the_window(tmp_pa
                     await reload.disconnect()
 
                 after = await http.get(base, params={"format": "txt", "lang": "es", "token": token})
-                assert after.status_code == 200 and len(after.text.splitlines()) == UTTERANCES + 1
+                assert after.status_code == 200 and len(transcript_lines(after.text)) == UTTERANCES + 1
                 # the events API, page by page (1,000 at most each): every result of the ended session
                 results, after, pages = 0, 0, 0
                 while after is not None:

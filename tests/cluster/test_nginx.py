@@ -23,7 +23,7 @@ from linguamesh.client import SessionClient
 from linguamesh.scheduler.sessions.rooms import room_of
 from linguamesh.state import redis_keys as K
 
-from ..conftest import SCALE, free_port, pcm
+from ..conftest import SCALE, free_port, pcm, transcript_lines
 from ..fleet import Fleet, Speaker, finish
 from ..procs import die_with_parent
 
@@ -221,7 +221,7 @@ async def test_ten_speakers_stream_through_nginx_to_two_instances(tmp_path: Path
                             f"{http_url}/api/v1/sessions/{c.session_id}/transcript",
                             params={"format": "txt", "lang": "es", "token": token},
                         )
-                        assert txt.status_code == 200 and len(txt.text.splitlines()) == 3
+                        assert txt.status_code == 200 and len(transcript_lines(txt.text)) == 3
                     room = await http.get(f"{http_url}/api/v1/rooms/{c.init.room}")
                     assert room.json()["session_id"] == c.session_id
 
@@ -241,7 +241,7 @@ async def test_ten_speakers_stream_through_nginx_to_two_instances(tmp_path: Path
                     f"{http_url}/api/v1/sessions/{victim.session_id}/transcript",
                     params={"format": "txt", "lang": "es", "token": victim.ack.view_token},  # type: ignore[union-attr]
                 )
-                assert len(txt.text.splitlines()) == 4
+                assert len(transcript_lines(txt.text)) == 4
         finally:
             for c in clients:
                 with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ from ..conftest import (
     pcm,
     receive_until,
     test_engines,
+    transcript_lines,
     until_result,
 )
 
@@ -182,7 +183,7 @@ async def test_a_session_on_b_gets_live_captions_from_a_streaming_node_on_a(
     a, b = await node_on_a(cluster, redis_url, delay_ms=0)
     await eventually(lambda: b.sched.store.nodes().get("node-on-a").streaming, 5, "B to see a streaming node")
     async with SessionClient(b.url, src="en", tgt="es") as c, collecting(c) as events:
-        seq = await stream(c, 2.0)
+        seq = await stream(c, 3.0)  # (an utterance's first words wait for 1 s after them)
         await eventually(
             lambda: any(isinstance(e, p.AsrPartial) and (e.stable or 0) >= 14 for e in events),
             5 * SCALE,
@@ -194,7 +195,7 @@ async def test_a_session_on_b_gets_live_captions_from_a_streaming_node_on_a(
         await eventually(lambda: len(results(events)) == 2, 10 * SCALE, "both results")
         await asyncio.sleep(0.3)  # nothing doubled follows
     first, second = results(events)
-    assert (first.utterance_index, first.status, first.text_asr) == (0, "ok", "Test utterance 2.02.")
+    assert (first.utterance_index, first.status, first.text_asr) == (0, "ok", "Test utterance 3.02.")
     assert (second.utterance_index, second.status, second.text_asr) == (1, "ok", "Test utterance 1.00.")
     assert first.node_id == "node-on-a"
     assert len(results(events)) == 2
@@ -269,7 +270,7 @@ async def test_a_viewer_on_another_instance_gets_the_replay_then_live_events(
         bad = await http.get(
             f"{b.http}/api/v1/sessions/{sid}/transcript", params={"format": "txt", "token": "x"}
         )
-    assert txt.status_code == 200 and len(txt.text.splitlines()) == 2
+    assert txt.status_code == 200 and len(transcript_lines(txt.text)) == 2
     assert bad.status_code == 401
     await eventually(
         lambda: b.sched.watch is not None and b.sched.watch.watching() == 0, 5, "B to stop watching"

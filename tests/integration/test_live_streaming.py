@@ -51,7 +51,7 @@ async def test_a_streamed_utterance_is_decoded_while_it_arrives(cluster: Cluster
     s = await cluster.scheduler()
     node = await cluster.node(s.url)
     async with SessionClient(s.url, src="en", tgt="es") as c, collecting(c) as events:
-        seq = await stream(c, 2.0)
+        seq = await stream(c, 3.0)  # (an utterance's first words wait for 1 s after them)
         await eventually(
             lambda: any(isinstance(e, p.AsrPartial) and (e.stable or 0) >= 14 for e in events),
             5 * SCALE,
@@ -67,10 +67,10 @@ async def test_a_streamed_utterance_is_decoded_while_it_arrives(cluster: Cluster
     assert all("test utterance".startswith(e.text[: e.stable]) for e in stable)
     (r,) = results(events)
     assert r.status == "ok" and r.utterance_index == 0
-    assert r.text_asr == "Test utterance 2.00."  # every chunk, once: 2.00 s of audio
-    assert r.text_translated == "[es] Test utterance 2.00." and r.tts_audio
+    assert r.text_asr == "Test utterance 3.00."  # every chunk, once: 3.00 s of audio
+    assert r.text_translated == "[es] Test utterance 3.00." and r.tts_audio
     drafts = [e for e in events if isinstance(e, p.AsrPartial) and e.translation]
-    assert drafts and drafts[-1].translation == "[es] Test utterance 2.00." and drafts[-1].tgt_lang == "es"
+    assert drafts and drafts[-1].translation == "[es] Test utterance 3.00." and drafts[-1].tgt_lang == "es"
     assert events.index(drafts[-1]) < events.index(r)
     assert node.agent.metrics  # the node ran it as a streaming job:
     assert s.sched.runner.finished and all(j.attempt_id == 1 for j in s.sched.runner.finished.values())

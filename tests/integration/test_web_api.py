@@ -13,7 +13,7 @@ from linguamesh.client import SessionClient
 from linguamesh.scheduler.edge.access import operator_access
 from linguamesh.scheduler.edge.operator_tokens import operator_tokens
 
-from ..conftest import SCALE, Cluster, pcm, test_engines
+from ..conftest import SCALE, Cluster, pcm, test_engines, transcript_lines
 
 
 async def _sse_events(
@@ -215,7 +215,7 @@ async def test_transcript_downloads_parse_and_match_the_results(cluster: Cluster
     assert [x.text for x in webvtt.from_buffer(io.StringIO(vtt_res.text)).captions] == [
         r.text_translated for r in fr
     ]
-    assert txt_res.text.splitlines() == [r.text_asr for r in es]
+    assert transcript_lines(txt_res.text) == [r.text_asr for r in es]
 
 
 async def test_a_late_viewer_gets_every_result_then_the_window_then_live_events(cluster: Cluster) -> None:

@@ -107,4 +107,6 @@ def test_a_long_utterance_becomes_cues_within_subtitle_norms() -> None:
         assert p.end - p.start <= CUE_SECONDS + 1e-6
     parsed = list(srt.parse(render([one], "srt")))  # and players read it
     assert len(parsed) == len(parts)
+    vtt = webvtt.from_buffer(io.StringIO(render([one], "vtt"))).captions
+    assert [c.identifier for c in vtt] == ["0", *(f"0-{k}" for k in range(2, len(parts) + 1))]
     assert subtitles([Cue(0, 0.0, 1.0, "Short.")]) == [Cue(0, 0.0, 1.0, "Short.")]

@@ -31,6 +31,8 @@ class Cue:
     start: float
     end: float
     text: str
+    #: the cue's place among those of its utterance (a long one is cut to subtitle norms)
+    part: int = 0
 
 
 def cues(results: list[dict[str, Any]], lang: str, src_lang: str, origin: float | None = None) -> list[Cue]:
@@ -104,10 +106,10 @@ def subtitles(items: list[Cue]) -> list[Cue]:
         groups = _fit(groups)
         at = c.start
         per_char = (c.end - c.start) / max(1, sum(len(" ".join(g)) for g in groups))
-        for g in groups:
+        for part, g in enumerate(groups):
             text = " ".join(g)
             end = at + per_char * len(text)
-            out.append(Cue(c.index, at, end, _lines(text)))
+            out.append(Cue(c.index, at, end, _lines(text), part))
             at = end
     return out
 
@@ -170,8 +172,7 @@ def render(items: list[Cue], fmt: Format, header: Header | None = None) -> str:
             for n, c in enumerate(items, 1)
         )
     body = "\n".join(
-        f"{n}\n{_stamp(c.start, '.')} --> {_stamp(c.end, '.')}\n{_vtt_text(c.text)}\n"
-        for n, c in enumerate(items, 1)
+        f"{_cue_id(c)}\n{_stamp(c.start, '.')} --> {_stamp(c.end, '.')}\n{_vtt_text(c.text)}\n" for c in items
     )
     return "WEBVTT\n\n" + body
 
@@ -188,6 +189,12 @@ def _text(items: list[Cue], header: Header | None) -> str:
         lines.append("")
     lines += [f"[{_stamp(c.start, ',')[:8]}] {c.text}" for c in items]
     return "".join(f"{line}\n" for line in lines)
+
+
+def _cue_id(c: Cue) -> str:
+    """A WebVTT cue's identifier: its utterance's index, and ``-2``, ``-3`` … for the further
+    cues of a long utterance."""
+    return str(c.index) if c.part == 0 else f"{c.index}-{c.part + 1}"
 
 
 def _vtt_text(text: str) -> str:
