@@ -195,6 +195,7 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
     await page.click("#end")  # "yes"
     await page.wait_for_selector("#setup:not([hidden])")  # after the session_closed
     assert await page.get_attribute("#conn", "data-state") == "offline"
+    assert await page.inner_text("#conn .label") == "session ended"
     assert await page.evaluate("sessionStorage.getItem('linguamesh.session')") is None
     # what the organiser wants now stays: the transcript and the viewer link; the
     # microphone is released, and the focus is on the next thing to do

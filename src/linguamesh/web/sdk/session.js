@@ -282,11 +282,11 @@ export class Session extends EventTarget {
       case "session_closed":
         this._wanted = false;
         if (this.store) this.store.clear();
-        this._emit("closed", ev);
         this.ack = null;
         this.lastSeq = 0;
         this.chunkSeq = 0;
-        this._setState("offline");
+        this._setState("offline"); // (before "closed": a listener there has the last word)
+        this._emit("closed", ev);
         break;
       case "reconnect": // the server goes away: come back after its delay and resume
         this._retryMs = Math.max(100, ev.delay_ms || 1000);
