@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -134,6 +136,30 @@ async def whole(url: str, sentences: list[bytes]) -> list[str]:
     return out
 
 
+@asynccontextmanager
+async def default_node(prefix: str) -> AsyncIterator[str]:
+    """A scheduler and a node with the default offline engines (2 job slots) as processes on
+    loopback, not under coverage; the scheduler's ws:// URL once the node is registered.
+    Both are stopped at the end, whatever happens (``bench/openings.py`` uses it too)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    sched = launch("scheduler", "--port", str(port), "--result-timeout", "120", measure=False)
+    cfg = tmp / "node.toml"
+    cfg.write_text('node_id = "bench-node"\nmax_concurrent_jobs = 2\n')
+    node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config", str(cfg), measure=False)
+    try:
+        await wait_ready(port, sched)
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):  # the models load first
+                if (await http.get(f"http://127.0.0.1:{port}/api/v1/nodes")).json()["nodes"]:
+                    break
+                await asyncio.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        for proc in (node, sched):
+            proc.stop()
+
+
 def cues(srt_text: str) -> list[tuple[float, int]]:
     import srt
 
@@ -153,29 +179,13 @@ async def main() -> int:
     sentences = [espeak(text) for text, _ in script]
     gap = b"\0\0" * int(args.gap * 16000)
     audio = b"\0\0" * 8000 + gap.join(sentences) + b"\0\0" * 32000  # 0.5 s before, 2 s after
-    tmp = Path(tempfile.mkdtemp(prefix="lm-monologue-"))
-    port = free_port()
-    sched = launch("scheduler", "--port", str(port), "--result-timeout", "120", measure=False)
-    cfg = tmp / "node.toml"
-    cfg.write_text('node_id = "bench-node"\nmax_concurrent_jobs = 2\n')
-    node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config", str(cfg), measure=False)
-    try:
-        await wait_ready(port, sched)
-        url = f"ws://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                if (await http.get(f"http://127.0.0.1:{port}/api/v1/nodes")).json()["nodes"]:
-                    break
-                await asyncio.sleep(0.1)
+    async with default_node("lm-monologue-") as url:
         print(
             f"monologue: {len(script)} sentences, {len(audio) / 32000:.1f} s, gaps {args.gap} s",
             file=sys.stderr,
         )
         run = await stream(url, audio)
         baseline = await whole(url, sentences)
-    finally:
-        for proc in (node, sched):
-            proc.stop()
     results = [r for _, r in sorted(run["results"], key=lambda x: x[1].utterance_index)]  # type: ignore[index]
     texts = [r.text_asr for r in results]
     counts = [sum(holds(sentence, t) for t in texts) for sentence, _ in script]

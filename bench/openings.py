@@ -23,20 +23,14 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench.monologue import CHUNK, espeak
+from bench.monologue import CHUNK, default_node, espeak
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
-from tests.conftest import free_port
-from tests.procs import launch, wait_ready
 
 OPENINGS = [
     "Good morning everyone, let us begin with the news.",
@@ -87,32 +81,19 @@ async def main() -> int:
     ap.add_argument("--silence", type=float, default=0.8, help="seconds of silence before the speech")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="lm-openings-"))
-    port = free_port()
-    sched = launch("scheduler", "--port", str(port), "--result-timeout", "120", measure=False)
-    cfg = tmp / "node.toml"
-    cfg.write_text('node_id = "bench-node"\nmax_concurrent_jobs = 2\n')
-    node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config", str(cfg), measure=False)
     rows = []
-    try:
-        await wait_ready(port, sched)
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                if (await http.get(f"http://127.0.0.1:{port}/api/v1/nodes")).json()["nodes"]:
-                    break
-                await asyncio.sleep(0.1)
-        async with SessionClient(f"ws://127.0.0.1:{port}", src="en", tgt="es", tts=False) as whole:
-            for i, text in enumerate(OPENINGS):
-                got, first = await one(f"ws://127.0.0.1:{port}", text, args.silence)
-                right = words(got)[:2] == words(text)[:2]
-                await whole.send_utterance(i, espeak(text))
-                alone = (await whole.next_result(120)).text_asr
-                rows.append({"script": text, "result": got, "first_two_right": right, "first_caption_s": first,
-                             "whole": alone, "whole_first_two_right": words(alone)[:2] == words(text)[:2]})  # fmt: skip
-                print(f"{'ok ' if right else 'BAD'} {got!r}   (whole: {alone!r})", file=sys.stderr)
-    finally:
-        for proc in (node, sched):
-            proc.stop()
+    async with (
+        default_node("lm-openings-") as url,
+        SessionClient(url, src="en", tgt="es", tts=False) as whole,
+    ):
+        for i, text in enumerate(OPENINGS):
+            got, first = await one(url, text, args.silence)
+            right = words(got)[:2] == words(text)[:2]
+            await whole.send_utterance(i, espeak(text))
+            alone = (await whole.next_result(120)).text_asr
+            rows.append({"script": text, "result": got, "first_two_right": right, "first_caption_s": first,
+                         "whole": alone, "whole_first_two_right": words(alone)[:2] == words(text)[:2]})  # fmt: skip
+            print(f"{'ok ' if right else 'BAD'} {got!r}   (whole: {alone!r})", file=sys.stderr)
     captions = [r["first_caption_s"] for r in rows if r["first_caption_s"] is not None]
     figures = {
         "openings": len(rows),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import SCALE, Cluster, free_port, test_engines
+from ..conftest import SCALE, Cluster, free_port, test_engines, transcript_lines
 from ..procs import node_proc, start_scheduler_process, wait_node
 from .conftest import ARTIFACTS, new_page
 from .test_pages import _start_session, _tone_wav
@@ -169,7 +169,7 @@ async def test_transcript_downloads_on_both_pages_parse_and_match(
     txt = await (await viewer.request.get(await viewer.get_attribute("#dl-txt", "href") or "")).text()
     head, _, body = txt.partition("\n\n")
     assert "translation from en, in es" in head and "Started " in head  # whose, when, which languages
-    assert [line.split("] ", 1)[1] for line in body.splitlines()] == [mt for _, mt in results]
+    assert transcript_lines(txt) == [mt for _, mt in results]
     assert all(line.startswith("[00:00:") for line in body.splitlines())  # each line's time
     assert not page.js_errors and not viewer.js_errors
 
@@ -218,9 +218,9 @@ async def test_end_session_then_start_a_new_one(cluster: Cluster, browser: Any, 
         "#downloads a[data-room][data-format=txt]", "href"
     )
     event = await (await page.request.get(room_txt)).text()
-    head, _, body = event.partition("\n\n")
+    head = event.partition("\n\n")[0]
     assert "(2 sessions)" in head, event
-    assert [line.split("] ", 1)[1] for line in body.splitlines()] == [
+    assert transcript_lines(event) == [
         "[es] Test utterance 0.30.",
         "[es] Test utterance 0.50.",
     ]
