@@ -65,6 +65,14 @@ def ends_sentence(word: str) -> bool:
 SLACK = 0.3
 
 
+def _near(
+    pauses: list[tuple[float, float]], word: Word, until: float, heard: float
+) -> list[tuple[float, float]]:
+    """The VAD's silences (heard whole) at the boundary after ``word``: around its end and
+    before the next word starts (``until``), give or take ``SLACK``."""
+    return [(a, b) for a, b in pauses if b >= word.end - SLACK and a <= until + SLACK and b <= heard]
+
+
 def _cut_after(
     word: Word,
     following: Word | None,
@@ -75,10 +83,7 @@ def _cut_after(
     """The cut in the pause after ``word``, or None when there is none (yet)."""
     until = following.start if following is not None else heard
     if pauses is not None:  # the VAD's silences: the one nearest the word's end
-        near = [
-            (a, b) for a, b in pauses
-            if b - a >= policy.min_gap and b >= word.end - SLACK and a <= until + SLACK and b <= heard
-        ]  # fmt: skip
+        near = [(a, b) for a, b in _near(pauses, word, until, heard) if b - a >= policy.min_gap]
         if not near:
             return None
         a, b = min(near, key=lambda p: abs((p[0] + p[1]) / 2 - word.end))
@@ -122,7 +127,7 @@ def sentence_cut(
         until = following.start if following is not None else heard
         gap, at = until - w.end, w.end + max(0.0, min((until - w.end) / 2, policy.margin))
         if pauses is not None:  # the longest silence of the VAD at this boundary, if any
-            near = [(a, b) for a, b in pauses if b >= w.end - SLACK and a <= until + SLACK and b <= heard]
+            near = _near(pauses, w, until, heard)
             if near:
                 a, b = max(near, key=lambda p: p[1] - p[0])
                 gap, at = b - a, (a + b) / 2
