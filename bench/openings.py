@@ -5,7 +5,7 @@
 A streaming recogniser commits words two decodes agree on; a decode of the first second
 of speech guesses, and a committed word is never taken back, so a wrong first word
 ("Don't" for "Good morning") stays in the final. Starts a real scheduler and node
-(default offline engines) on loopback and streams ten openings (eSpeak NG), each
+(default offline engines) on loopback and streams twenty openings (eSpeak NG), each
 after ``--silence`` seconds of silence, as 20 ms ``audio_chunk``s in real time, one
 session each. Prints, per opening, whether the first two words of the result are the
 script's, and the share right — streamed, and sent whole (one ``utterance``: the
@@ -43,6 +43,16 @@ OPENINGS = [
     "Welcome back after the holidays.",
     "This morning the train was late again.",
     "Before we start, please switch off your phones.",
+    "Hi everyone, thanks for joining the call.",
+    "Okay, so let us get started.",
+    "Yesterday I visited the new library downtown.",
+    "Ladies and gentlemen, welcome to the conference.",
+    "So the first question is about the schedule.",
+    "Morning all, I hope you had a good weekend.",
+    "Right, shall we begin?",
+    "Hey team, quick update on the project.",
+    "Last year our sales grew by ten percent.",
+    "Please take your seats, we are about to start.",
 ]
 
 
