@@ -353,3 +353,25 @@ async def test_a_file_over_the_intake_limit_is_paced_and_what_is_refused_is_said
     text = await page.inner_text("#notice")
     assert "f1.wav" in text and "rate_limited" in text, text
     assert not page.js_errors
+
+
+async def test_a_pair_no_node_serves_any_more_is_said_at_start_session(
+    cluster: Cluster, browser: Any
+) -> None:
+    """The page offered en->es while a node served it; the node left before Start
+    session: the page says so at once (it said nothing until the first utterance failed)."""
+    s = await cluster.scheduler(pending_timeout=10)
+    node = await cluster.node(s.url, "node-gone", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await page.goto("/")
+    await page.wait_for_function("document.querySelectorAll('#tgt option').length > 0")
+    await page.select_option("#tgt", "es")
+    await node.stop()
+    await page.click("#start")
+    await page.wait_for_selector("#conn[data-state=connected]")
+    notice = page.locator("#notice")
+    await notice.wait_for(state="visible", timeout=5000)
+    text = await notice.inner_text()
+    assert "no node serves en->es now; no node is connected" in text and "wait up to 10 s" in text, text
+    await page.screenshot(path=ARTIFACTS / "speaker-unserved-pair.png", full_page=True)
+    assert not page.js_errors

@@ -29,6 +29,31 @@ async def test_no_node_gives_failed_result_with_no_available_node(cluster: Clust
     assert "no_available_pool" in r.error.message
 
 
+async def test_a_target_no_node_serves_is_said_when_the_session_opens_and_resumes(cluster: Cluster) -> None:
+    s = await cluster.scheduler(pending_timeout=3)
+    async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["de"]) as c:
+        assert c.ack is not None
+        es, de = c.ack.warnings  # no node at all yet: one per target
+        assert es.code == de.code == "no_available_node"
+        assert es.message.startswith(
+            "no node serves en->es now; no node is connected. Its utterances wait up to 3 s"
+        )
+        assert de.message.startswith("no node serves en->de now")
+    await cluster.node(s.url, "fr-es-node", engines=test_engines())  # en, es, fr: not de
+    async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["de", "fr"]) as c:
+        assert c.ack is not None
+        assert [(w.code, w.message.split(".")[0]) for w in c.ack.warnings] == [
+            ("no_available_node", "no node serves en->de now; pools: en-es-fr")
+        ]
+        await c.send_utterance(0, pcm(0.2))
+        results = await c.results(3, 10 * SCALE)  # what the warning said: es and fr served, de not
+        await c.resume()
+        assert len(c.ack.warnings) == 1  # on a resume too
+    assert sorted((r.tgt_lang, r.status) for r in results) == [("de", "failed"), ("es", "ok"), ("fr", "ok")]
+    async with SessionClient(s.url, src="en", tgt="es") as fine:
+        assert fine.ack is not None and fine.ack.warnings == []
+
+
 async def test_queued_job_is_served_when_a_node_arrives(cluster: Cluster) -> None:
     s = await cluster.scheduler(pending_timeout=5)
     async with SessionClient(s.url, src="en", tgt="es") as c:

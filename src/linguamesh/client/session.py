@@ -151,7 +151,7 @@ class SessionClient:
                 last_seq=self.last_seq,
             ),
         )
-        ack = await self._open(init)
+        ack = self.ack = await self._open(init)
         # the replay first: it may confirm utterances, or refuse them (an error naming one),
         # and only what it says nothing about is sent again
         for _ in range(ack.replayed):

@@ -134,6 +134,10 @@ class SessionInitAck(_Msg, tag="session_init_ack", kw_only=True):
     limits: Limits
     replayed: int = 0
     view_token: str | None = None
+    #: Our addition: what the client should know before it speaks, e.g. ``no_available_node``
+    #: "no node serves en->fr now; pools: en-es. Its utterances wait up to 10 s for one,
+    #: then fail" (per target language). Absent when there is nothing to say.
+    warnings: list[ErrorInfo] = msgspec.field(default_factory=list)
 
 
 class JobStatus(_Msg, tag="job_status", kw_only=True):

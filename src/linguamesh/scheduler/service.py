@@ -45,7 +45,7 @@ from .edge.access_tokens import AccessToken, ApiKeys, TokenError
 from .edge.admission import Admission
 from .edge.credentials import NodeCredentials
 from .edge.operator_tokens import operator_tokens
-from .jobs.dispatch import Dispatcher
+from .jobs.dispatch import Dispatcher, unserved_detail
 from .jobs.runner import Runner
 from .nodes.registry import NodeConn, Registry
 from .records import limits
@@ -342,8 +342,29 @@ class Scheduler:
                 view_token=session.view_token,
                 limits=self.limits(),
                 replayed=replayed,
+                warnings=self._unserved(session),
             )
         )
+
+    def _unserved(self, session: Session) -> list[p.ErrorInfo]:
+        """The session's target languages no node serves now: said when the session opens
+        or resumes, not 10 s after the first utterance (a node may still come: the
+        utterances wait for one until the pending timeout)."""
+        src = session.settings.src_lang
+        servable = set(self.servable_pairs())
+        missing = [t for t in session.settings.tgt_langs if t != src and (src, t) not in servable]
+        if not missing:
+            return []
+        pools = self.store.nodes().pool_names()
+        wait = f"{self.config.pending_timeout:g}"
+        return [
+            p.ErrorInfo(
+                ErrorCode.NO_AVAILABLE_NODE,
+                f"{unserved_detail(src, t, pools)}. Its utterances wait up to {wait} s for one, then fail: "
+                "pick a language pair a node serves, or ask the operator to add one",
+            )
+            for t in missing
+        ]
 
     async def utterance(self, session: Session, msg: p.Utterance) -> None:
         self._refuse_when_draining(f"utterance {msg.utterance_index}")

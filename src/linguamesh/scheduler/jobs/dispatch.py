@@ -251,9 +251,7 @@ class Dispatcher:
             # what the operator and the client need when nothing serves the pair: which pools exist
             report.pools = self.store.nodes().pool_names()
             if reason == "no_available_pool":
-                detail = f"no node serves {job.src_lang}->{job.tgt_lang} now; " + (
-                    f"pools: {', '.join(report.pools)}" if report.pools else "no node is connected"
-                )
+                detail = unserved_detail(job.src_lang, job.tgt_lang, report.pools)
         self._enqueue(run)
         report.ended, report.reason, report.detail = "failed", reason, detail
         return Unavailable(reason, first, detail, report=report)
@@ -365,3 +363,10 @@ class Dispatcher:
 def kind_of(job: Job) -> tuple[str, str, tuple[str, ...]]:
     """Jobs of one kind need the same capacity (pair and stages)."""
     return job.src_lang, job.tgt_lang, job.stages
+
+
+def unserved_detail(src: str, tgt: str, pools: list[str]) -> str:
+    """Why nothing can serve a pair, for people: which pools exist."""
+    return f"no node serves {src}->{tgt} now; " + (
+        f"pools: {', '.join(pools)}" if pools else "no node is connected"
+    )

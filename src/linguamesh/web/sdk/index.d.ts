@@ -8,7 +8,9 @@ export const CHUNK_SAMPLES: 320;
 export interface ErrorInfo { code: string; message: string; retryable?: boolean }
 export interface SessionInitAck {
   type: "session_init_ack"; session_id: string; resume_token: string; view_token?: string;
-  replayed?: number; seq?: number; [field: string]: unknown;
+  replayed?: number; seq?: number;
+  /** what to know before speaking: a target language no node serves now (code no_available_node) */
+  warnings?: ErrorInfo[]; [field: string]: unknown;
 }
 export interface JobStatus {
   type: "job_status"; seq: number; utterance_index: number; tgt_lang: string; node_id?: string | null;
