@@ -155,3 +155,14 @@ def test_a_transcript_keeps_a_result_without_its_speech_and_nothing_else(
     assert isinstance(back, p.TranslationResult)
     assert back.tts_audio is None and back.seq == 7
     assert back.text_asr == tricky and back.text_translated == text and back.tts_format == "wav"
+
+
+def test_a_relayed_speech_end_keeps_its_reason_and_an_older_instance_s_means_a_pause() -> None:
+    from linguamesh.protocol import inbox as ib
+
+    entry = ib.encode_entry([ib.SpeechEnd(session_id="s-1", job_id="j-1", size=3200, reason="sentence")])
+    (back,) = ib.decode_entry(entry)
+    assert isinstance(back, ib.SpeechEnd) and (back.size, back.reason) == (3200, "sentence")
+    older = msgspec.msgpack.encode([{"k": "speech_end", "s": "s-1", "j": "j-1", "z": 3200}])
+    (old,) = ib.decode_entry(older)
+    assert isinstance(old, ib.SpeechEnd) and old.reason == "pause"

@@ -88,11 +88,13 @@ class StreamAudio(_Inbox, tag="audio", kw_only=True):
 
 class SpeechEnd(_Inbox, tag="speech_end", kw_only=True):
     """The node of relayed live job ``job_id`` heard the speech end ``size`` bytes into
-    the utterance (to the instance holding session ``session_id``)."""
+    the utterance (to the instance holding session ``session_id``); ``reason`` as in
+    ``job_speech_end`` (absent from an older instance: ``pause``)."""
 
     session_id: str = msgspec.field(name="s")
     job_id: str = msgspec.field(name="j")
     size: int = msgspec.field(name="z")
+    reason: str = msgspec.field(name="r", default="pause")
 
 
 class Query(_Inbox, tag="query", kw_only=True):

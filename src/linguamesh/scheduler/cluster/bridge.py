@@ -273,16 +273,16 @@ class Bridge:
         if run is not None:
             await self.parts.stream.relay_audio(run, offset, audio, size)
 
-    async def relayed_speech_end(self, session_id: str, job_id: str, size: int) -> None:
-        await self.parts.stream.relayed_speech_end(session_id, job_id, size)
+    async def relayed_speech_end(self, session_id: str, job_id: str, size: int, reason: str) -> None:
+        await self.parts.stream.relayed_speech_end(session_id, job_id, size, reason)
 
     def stream_audio(
         self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None = None
     ) -> None:
         self.cluster.stream_audio(holder, job_id, offset, audio, size)
 
-    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
-        self.cluster.speech_ended(holder, session_id, job_id, size)
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int, reason: str) -> None:
+        self.cluster.speech_ended(holder, session_id, job_id, size, reason)
 
     async def write_local_node(self, node_id: NodeId, frame: str, from_instance: str, job_id: str) -> None:
         if job_id:  # the job's owner speaks to the node about it: it is alive and has the result

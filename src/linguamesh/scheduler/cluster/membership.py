@@ -238,8 +238,8 @@ class Cluster:
     def stream_audio(self, holder: str, job_id: str, offset: int, audio: bytes, size: int | None) -> None:
         self._post(holder, ib.StreamAudio(job_id=job_id, offset=offset, audio=audio, size=size))
 
-    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
-        self._post(holder, ib.SpeechEnd(session_id=session_id, job_id=job_id, size=size))
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int, reason: str) -> None:
+        self._post(holder, ib.SpeechEnd(session_id=session_id, job_id=job_id, size=size, reason=reason))
 
     async def adopt(self, holder: str, job_id: str, data: dict[str, Any]) -> bool:
         return await self._send(holder, ib.Adopt(job_id=job_id, data=data))
@@ -429,7 +429,7 @@ class Cluster:
         elif isinstance(msg, ib.StreamAudio):
             await h.relayed_audio(msg.job_id, msg.offset, msg.audio, msg.size)
         elif isinstance(msg, ib.SpeechEnd):
-            await h.relayed_speech_end(msg.session_id, msg.job_id, msg.size)
+            await h.relayed_speech_end(msg.session_id, msg.job_id, msg.size, msg.reason)
         elif isinstance(msg, ib.ToNode):
             if msg.job_id:
                 self.remember_owner(msg.job_id, msg.sender)

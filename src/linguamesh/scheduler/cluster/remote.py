@@ -72,7 +72,7 @@ class Remote(Protocol):
         """Relay more of a live utterance to the instance running its job (in order)."""
         ...
 
-    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int, reason: str) -> None:
         """Tell the session's holder that the node of a relayed live job heard the speech end."""
         ...
 
@@ -120,5 +120,5 @@ class NoRemote:
     ) -> None:
         pass
 
-    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int) -> None:
+    def speech_ended(self, holder: str, session_id: str, job_id: str, size: int, reason: str) -> None:
         pass

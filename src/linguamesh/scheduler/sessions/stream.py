@@ -141,25 +141,28 @@ class UtteranceStream:
 
     async def speech_end(self, run: JobRun, size: int, reason: str = "pause") -> None:
         """The node proposes the end of the utterance ``size`` bytes into it (``reason``:
-        ``pause``, ``sentence`` or ``length``; a relayed proposal carries no reason)."""
+        ``pause``, ``sentence`` or ``length``)."""
         live = run.live
         if live is not None and live.relayed_from is not None:  # the session is held there
             if live.open:
-                self.remote.speech_ended(live.relayed_from, run.job.session_id, run.job.job_id, size)
+                self.remote.speech_ended(live.relayed_from, run.job.session_id, run.job.job_id, size, reason)
             return
         session = self.intake.table.sessions.get(run.job.session_id)
         if session is None or live is None or not live.open or session.utterances.live is not live:
             return
-        why = "end_of_speech" if reason == "pause" else reason
-        await self._carry_out(session, self._segmenter(session).speech_end(live.number, size, why))
+        await self._speech_end(session, live.number, size, reason)
 
-    async def relayed_speech_end(self, session_id: str, job_id: str, size: int) -> None:
+    async def relayed_speech_end(self, session_id: str, job_id: str, size: int, reason: str) -> None:
         """The node of a job relayed to another instance heard the speech end."""
         session = self.intake.table.sessions.get(SessionId(session_id))
         live = session.utterances.live if session is not None else None
         run = next((r for r in live.runs if r.job.job_id == job_id), None) if live is not None else None
         if session is not None and live is not None and run is not None and live.open:
-            await self._carry_out(session, self._segmenter(session).speech_end(live.number, size))
+            await self._speech_end(session, live.number, size, reason)
+
+    async def _speech_end(self, session: Session, number: int, size: int, reason: str) -> None:
+        why = "end_of_speech" if reason == "pause" else reason
+        await self._carry_out(session, self._segmenter(session).speech_end(number, size, why))
 
     # ------------------------------------------------------------------ relayed audio (the node's instance)
 
