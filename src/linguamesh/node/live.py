@@ -207,8 +207,6 @@ class StreamingRun:
         self.carried = carry is not None and carry.fits(job)
         if carry is not None and self.carried:
             self.tr.prefix(carry.audio, carry.words)
-        else:
-            self.tr.lead_in()
         self.end_detect = (
             EndOfSpeech(job.end_of_speech_ms) if job.end_of_speech_ms and self.vad is not None else None
         )

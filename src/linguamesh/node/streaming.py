@@ -24,11 +24,6 @@ HOLD_SECONDS = 0.5
 #: first second of speech guesses ("Don't" for "Good morning"), and a committed word is
 #: never taken back
 FIRST_HOLD_SECONDS = 1.0
-#: Silence put before an utterance that starts without context: Whisper hears the first
-#: words of speech that starts abruptly worse ("The Lord" for "Hello"; on 20 eSpeak
-#: openings, first two words right 16 times with no silence before them, 18 with 0.3 s,
-#: 19 with 0.6 s, 20 with 1 s). The scheduler keeps 0.3 s before the speech it detects.
-LEAD_IN_SECONDS = 0.7
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +73,6 @@ class StreamingTranscriber:
         self.agreement.committed = list(words)
         self.agreement.boundary = 0.0
         self._first = self._sentence_from = len(words)
-
-    def lead_in(self, seconds: float = LEAD_IN_SECONDS) -> None:
-        """Decode the utterance after ``seconds`` of silence (see LEAD_IN_SECONDS); times
-        stay the utterance's own. Only before any audio."""
-        assert self._audio.size == 0 and not self.agreement.committed, "a lead-in comes first"
-        self._audio = np.zeros(round(seconds * self.rate), np.float32)
-        self._offset = -self._audio.size / self.rate
 
     def tail(self, until: float, seconds: float) -> tuple[np.ndarray, list[Word]]:
         """The audio of the last ``seconds`` before ``until`` and the committed words in it,
