@@ -102,7 +102,7 @@ def test_a_long_utterance_is_split_at_a_pause_and_the_rest_goes_on() -> None:
 
 
 def test_server_end_of_speech_waits_for_speech_and_ends_where_the_node_says() -> None:
-    seg = Segmenter(MAX, halfway, onset=first_loud, preroll_bytes=6)
+    seg = Segmenter(MAX, halfway, onset=first_loud, server_ends=True, preroll_bytes=6)
     assert seg.chunk(0, b"\0" * 20, False, always) == [DisarmIdle()]  # silence: nothing
     assert len(seg.preroll) == 6  # only the last of it is kept
     out = seg.chunk(1, b"\0\0\1\1", False, always)
@@ -130,7 +130,7 @@ def test_a_refused_open_drops_the_utterance_and_the_next_chunk_tries_again() -> 
 
 
 def test_after_a_sentence_cut_a_client_ended_stream_waits_for_speech_and_keeps_it_all() -> None:
-    seg = Segmenter(MAX, halfway, speech=first_loud)
+    seg = Segmenter(MAX, halfway, onset=first_loud)
     seg.chunk(0, b"\1\1\1\1\0\0", False, always)  # a sentence, then a gap
     out = seg.speech_end(0, 4, "sentence")
     assert [(c.why, c.audio) for c in out if isinstance(c, Close)] == [("sentence", b"\1\1\1\1")]
@@ -170,10 +170,7 @@ class SegmenterMachine(RuleBasedStateMachine):
     @rule(server=st.booleans())
     def start(self, server: bool) -> None:
         if self.seg is None:
-            self.seg = Segmenter(
-                MAX, halfway, onset=first_loud if server else None, preroll_bytes=6,
-                speech=None if server else first_loud,
-            )  # fmt: skip
+            self.seg = Segmenter(MAX, halfway, onset=first_loud, server_ends=server, preroll_bytes=6)
 
     def _do(self, out: list[Decision]) -> None:
         assert self.seg is not None
@@ -259,7 +256,7 @@ class SegmenterMachine(RuleBasedStateMachine):
         # only silence (zero bytes) may be let go: from before a start of speech, or after
         # a node's cut up to the client's end
         assert kept.replace(b"\0", b"") == bytes(self.fed).replace(b"\0", b"")
-        if seg.onset is None and not self.node_cut:
+        if not seg.server_ends and not self.node_cut:
             assert kept == bytes(self.fed)
 
     @invariant()

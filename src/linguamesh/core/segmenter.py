@@ -105,16 +105,16 @@ Decision = Open | Append | Close | ArmIdle | DisarmIdle
 
 @dataclass
 class Segmenter:
-    """One session's stream. ``max_bytes``: the length limit of an utterance; with
-    ``onset``, the server ends utterances (speech starts are looked for in a pre-roll of
-    at most ``preroll_bytes``)."""
+    """One session's stream. ``max_bytes``: the length limit of an utterance; ``onset``:
+    where speech starts in some audio. With ``server_ends``, the server ends utterances
+    (speech starts are looked for in a pre-roll of at most ``preroll_bytes``); without, a
+    client-ended stream that a node cut (a sentence) waits for speech after the cut."""
 
     max_bytes: int
     cut: Cut
     onset: Onset | None = None
+    server_ends: bool = False
     preroll_bytes: int = 0
-    #: client-ended streams: where speech starts in the audio after a node's cut
-    speech: Onset | None = None
     #: that audio, while it waits for speech (None: not waiting)
     awaiting: bytearray | None = None
     #: the last chunk ``seq`` taken
@@ -127,6 +127,8 @@ class Segmenter:
     def __post_init__(self) -> None:
         if self.max_bytes < 2:
             raise ValueError("max_bytes must be at least 2")
+        if self.server_ends and self.onset is None:
+            raise ValueError("server_ends needs onset")
 
     @property
     def open(self) -> bool:
@@ -179,7 +181,7 @@ class Segmenter:
     def _live(self, audio: bytes, is_final: bool, out: list[Decision]) -> None:
         cur = self.current
         if cur is None:
-            if self.onset is not None:  # the server ends utterances: wait for speech
+            if self.server_ends:  # wait for speech
                 speech = self._wait_for_speech(audio)
                 if speech is None:
                     return
@@ -203,7 +205,7 @@ class Segmenter:
     def _wait_for_speech(self, audio: bytes) -> bytes | None:
         """Audio between two utterances waits (the last ``preroll_bytes`` of it) until
         speech starts; then the speech, with a little before it, starts the next one."""
-        assert self.onset is not None
+        assert self.onset is not None, "server_ends needs onset"
         buf = self.preroll
         buf += audio
         start = self.onset(buf)
@@ -219,10 +221,10 @@ class Segmenter:
         """All the audio after a node's cut, once speech starts in it (or it is as long as
         an utterance may be); None while it waits, and at the client's end with no speech
         in it (silence: let go)."""
-        assert self.awaiting is not None and self.speech is not None
+        assert self.awaiting is not None and self.onset is not None
         buf = self.awaiting
         buf += audio
-        if self.speech(buf) is None and len(buf) < self.max_bytes:
+        if self.onset(buf) is None and len(buf) < self.max_bytes:
             if is_final:
                 self.awaiting = None
             return None
@@ -275,7 +277,7 @@ class Segmenter:
             rest = bytes(cur.audio[size:])
             del cur.audio[size:]
         self.current = None
-        if why in NODE_CUTS and cur.live and self.onset is None and self.speech is not None:
+        if why in NODE_CUTS and cur.live and not self.server_ends and self.onset is not None:
             self.awaiting = bytearray()
         out: list[Decision] = [DisarmIdle(), Close(cur.number, why, cur.live, bytes(cur.audio), cur.pieces)]
         if rest:

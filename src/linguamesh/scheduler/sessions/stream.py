@@ -222,9 +222,9 @@ class UtteranceStream:
             seg = session.utterances.segmenter = Segmenter(
                 max_bytes=max(2, int(self.config.max_utterance_seconds * rate) * 2),
                 cut=lambda pcm: self._cut(pcm, rate),
-                onset=onset if server_ends else None,  # the server ends utterances
+                onset=onset,
+                server_ends=server_ends,
                 preroll_bytes=2 * int((PREROLL_SECONDS + 0.1) * rate),
-                speech=None if server_ends else onset,  # after a node's cut (a sentence)
             )
         return seg
 
