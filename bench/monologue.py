@@ -8,8 +8,10 @@ gaps (0.25 s: a speaker who does not pause) — as 20 ms ``audio_chunk``s at the
 speech, with server-side end of speech, then two seconds of silence. Prints:
 
 * the results: how many, the audio each covers (``audio_seconds``: min, median, max);
-* per sentence, how many results hold it (by two words of its own): **duplicated**
-  (more than one) and **lost** (none);
+* per sentence, how many results hold it (half of its words of more than three letters):
+  **duplicated** (more than one) and **lost** (none, while the sentence sent whole is
+  heard: lost at a cut); **misheard**: none, and not heard when sent whole either (the
+  recogniser's own error, not the cut's);
 * WER of the results joined against the script, and of the same sentences sent whole
   (``utterance``, one each) — the baseline;
 * the first live caption and the first result, in seconds after speech started;
@@ -74,12 +76,15 @@ def espeak(text: str) -> bytes:
 
 
 def content(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z']+", text.lower()) if len(w) > 3}
+    """The words of more than three letters, without a plural's s ("ship" for "ships")."""
+    return {w.removesuffix("s") for w in re.findall(r"[a-z']+", text.lower()) if len(w) > 3}
 
 
 def holds(sentence: str, text: str) -> bool:
     """A result holds a sentence when it has at least half of the sentence's words of more
-    than three letters (a misrecognised word or two do not hide it)."""
+    than three letters (a misrecognised word or two do not hide it: "World and ship is
+    carried car and shoulder across the ocean" holds "Wooden ships carried cotton and sugar
+    across the ocean": the recogniser misheard it, the cut did not lose it)."""
     mine = content(sentence)
     return len(mine & content(text)) * 2 >= len(mine)
 
@@ -189,6 +194,7 @@ async def main() -> int:
     results = [r for _, r in sorted(run["results"], key=lambda x: x[1].utterance_index)]  # type: ignore[index]
     texts = [r.text_asr for r in results]
     counts = [sum(holds(sentence, t) for t in texts) for sentence, _ in script]
+    heard = [holds(sentence, alone) for (sentence, _), alone in zip(script, baseline, strict=True)]
     lengths = [r.audio_seconds or 0.0 for r in results]
     ref = [text for text, _ in script]
     figures = {
@@ -200,7 +206,8 @@ async def main() -> int:
         },
         "lengths": [round(x, 1) for x in lengths],
         "duplicated_sentences": sum(1 for n in counts if n > 1),
-        "lost_sentences": sum(1 for n in counts if n == 0),
+        "lost_sentences": sum(1 for n, h in zip(counts, heard, strict=True) if n == 0 and h),
+        "misheard_sentences": sum(1 for n, h in zip(counts, heard, strict=True) if n == 0 and not h),
         "wer_streamed": round(corpus_wer([(" ".join(ref), " ".join(texts))]), 4),
         "wer_whole": round(corpus_wer(list(zip(ref, baseline, strict=True))), 4),
         "first_caption_s": run["first_caption"],
@@ -214,9 +221,10 @@ async def main() -> int:
     else:
         for k, v in figures.items():
             print(f"{k:28} {v}")
-        for (text, _), n in zip(script, counts, strict=True):
+        for (text, _), n, h, alone in zip(script, counts, heard, baseline, strict=True):
             if n != 1:
-                print(f"  {'LOST' if n == 0 else f'{n}x'}: {text}")
+                what = f"{n}x" if n else "LOST" if h else "MISHEARD"
+                print(f"  {what}: {text}  (sent whole: {alone})")
         print("results:")
         for r in results:
             print(f"  {r.utterance_index:3} {r.audio_seconds or 0:5.1f} s  {r.text_asr}")
