@@ -18,7 +18,7 @@ fi
 if [ "$mode" = "test" ]; then
   # prometheus: a real server and promtool for the dashboard and alert-rule tests;
   # nginx: the shipped load-balancer example runs in front of two schedulers
-  apt_pkgs+=(chromium prometheus nginx)
+  apt_pkgs+=(chromium prometheus nginx libzbar0)
   command -v npm >/dev/null || apt_pkgs+=(npm)
 fi
 missing=()

@@ -375,3 +375,33 @@ async def test_a_pair_no_node_serves_any_more_is_said_at_start_session(
     assert "no node serves en->es now; no node is connected" in text and "wait up to 10 s" in text, text
     await page.screenshot(path=ARTIFACTS / "speaker-unserved-pair.png", full_page=True)
     assert not page.js_errors
+
+
+async def test_the_viewer_link_has_a_copy_button_and_a_qr_code_that_reads_back_to_it(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    import httpx
+    from PIL import Image
+    from pyzbar.pyzbar import decode
+
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-qr", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=s.http)
+    await _start_session(page)
+    link = await page.locator("#share-link").get_attribute("href")
+    assert link and "/view/room/" in link
+    qr = page.locator("#share-qr")
+    await page.wait_for_function("document.querySelector('#share-qr').naturalWidth > 0")
+    await qr.screenshot(path=tmp_path / "qr.png")
+    (code,) = decode(Image.open(tmp_path / "qr.png"))
+    assert code.type == "QRCODE" and code.data.decode() == link
+    await page.click("#copy-link")
+    assert await page.evaluate("navigator.clipboard.readText()") == link
+    assert "on the clipboard" in await page.locator("#notice").inner_text()
+    await page.screenshot(path=ARTIFACTS / "speaker-share.png", full_page=True)
+    assert not page.js_errors
+    async with httpx.AsyncClient(base_url=s.http) as http:  # only viewer links are drawn
+        for bad in ("", "javascript:alert(1)", "https://example.org/other", "http://x/view/" + "a" * 600):
+            r = await http.get("/api/v1/qr.svg", params={"link": bad})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_message", (bad, r.text)

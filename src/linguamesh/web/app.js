@@ -109,6 +109,7 @@ function onSessionStarted(session) {
   const link = session.viewerUrl();
   $("share-link").href = link;
   $("share-link").textContent = link;
+  $("share-qr").src = `/api/v1/qr.svg?link=${encodeURIComponent(link)}`;
   $("share").hidden = false;
   showDownloads(session);
 }
@@ -183,6 +184,15 @@ function showDownloads(session) {
   }
   $("downloads").replaceChildren(...parts);
   $("transcript").hidden = false;
+}
+
+async function copyLink() {
+  try {
+    await navigator.clipboard.writeText($("share-link").href);
+    notice("The viewer link is on the clipboard.");
+  } catch (e) {
+    notice(`Copying failed: ${e.message || e}. Select the link and copy it instead.`, true);
+  }
 }
 
 async function copyTranslation() {
@@ -418,6 +428,7 @@ document.addEventListener("keydown", (e) => {
 document.addEventListener("keyup", (e) => { if (spaceIsForTalk(e)) { e.preventDefault(); talkStop(); } });
 $("skip").addEventListener("click", () => playback.skip());
 $("copy").addEventListener("click", copyTranslation);
+$("copy-link").addEventListener("click", copyLink);
 $("end").addEventListener("click", endSession);
 $("stop-playback").addEventListener("click", () => playback.stop());
 $("listen").addEventListener("click", toggleListen);

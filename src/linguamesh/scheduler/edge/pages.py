@@ -8,6 +8,7 @@
   after ``Last-Event-ID`` (header or ``last_event_id``), then live. ``id:`` is the event seq.
 * ``GET /api/v1/sessions/{id}/transcript?format=srt|vtt|txt&lang=&token=`` — subtitles
   or plain text of the session's transcript or one translation.
+* ``GET /api/v1/qr.svg?link=`` — a QR code of a viewer link (``edge/qr.py``).
 * Viewers present the session's ``view_token`` (from ``session_init_ack``), never the
   speaker's resume token.
 * ``/api/v1/admin/overview`` — nodes, pools, jobs in flight, recent failures, counters.
@@ -41,6 +42,7 @@ from ..sessions.viewers import Frames, ViewerQueue
 from ..tokens import same_token
 from .access import bearer, error, operator_only
 from .access_tokens import TokenError
+from .qr import qr_svg
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 #: events read from the store at a time for a viewer's replay
@@ -408,6 +410,7 @@ routes = [
     Route("/view/room/{room}", _page("view.html")),
     Route("/api/v1/rooms/{room}", room),
     Route("/api/v1/rooms/{room}/transcript", room_transcript),
+    Route("/api/v1/qr.svg", qr_svg),
     Route("/admin", _page("admin.html")),
     Route("/favicon.ico", favicon),
     Route("/api/v1/sessions/{session_id}/events", history),
