@@ -294,6 +294,17 @@ async def test_rooms_point_at_a_session_and_only_their_key_moves_them(store: Any
     assert await store.room_sessions("q" * 16) == []
 
 
+async def test_listener_languages_are_kept_touched_and_dropped_with_the_session(store: Any) -> None:
+    assert await store.listeners(SID) == {}
+    await store.touch_listener(SID, "fr", 900.0, 1000.5)
+    await store.touch_listener(SID, "de", 950.0, 2000.0)
+    await store.touch_listener(SID, "fr", 990.0, 3000.25)  # a viewer still listening: later, since kept
+    assert await store.listeners(SID) == {"fr": (900.0, 3000.25), "de": (950.0, 2000.0)}
+    await store.expect_result(SID, "fr", 0)  # a listener language's results are ordered too
+    await store.drop_session(SID)
+    assert await store.listeners(SID) == {}
+
+
 async def test_results_are_released_in_order(store: Any) -> None:
     for i in (0, 1, 3):  # 2 never existed: it must not block
         await store.expect_result(SID, "es", i)

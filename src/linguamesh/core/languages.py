@@ -1,8 +1,10 @@
-"""Language codes the scheduler accepts (ISO 639-1, plus a region or script subtag)."""
+"""Language codes the scheduler accepts (ISO 639-1, plus a region or script subtag), and
+which target languages a session's next utterance gets. Pure."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence, Set
 
 ISO_639_1 = frozenset(
     """aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv
@@ -27,3 +29,26 @@ def pair_problem(src: str, tgt: str) -> str | None:
         if not is_known(code):
             return f"{field} {code!r} is not a known language code (ISO 639-1, e.g. 'en', 'zh')"
     return None
+
+
+def session_targets(
+    speaker: Sequence[str],
+    src: str,
+    listeners: Mapping[str, tuple[float, float]],
+    now: float,
+    most: int,
+    servable: Set[str],
+) -> tuple[list[str], list[str]]:
+    """The target languages of a session's next utterance: the speaker's own, then the
+    languages viewers listen to (``listeners``: when each was first asked for and when it
+    lapses, epoch seconds) that have not lapsed, are not the source, and a node serves
+    (``servable``: the targets of the source some node serves) — first asked, first
+    served, while ``most`` allows. Returns the targets and the listener languages left out
+    for ``most``."""
+    targets = list(speaker)
+    over: list[str] = []
+    for lang in sorted(listeners, key=lambda k: (listeners[k][0], k)):
+        if listeners[lang][1] <= now or lang == src or lang in targets or lang not in servable:
+            continue
+        (targets if len(targets) < most else over).append(lang)
+    return targets, over

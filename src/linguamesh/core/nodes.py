@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .ids import NodeId
@@ -78,3 +79,12 @@ class NodeView:
     @property
     def load(self) -> float:
         return self.reserved / self.max_concurrent_jobs if self.max_concurrent_jobs else 1.0
+
+
+def servable_pairs(nodes: Iterable[NodeView]) -> set[tuple[str, str]]:
+    """The (src, tgt) pairs some online node serves end to end."""
+    pairs: set[tuple[str, str]] = set()
+    for view in nodes:
+        if view.online:
+            pairs |= view.capabilities.servable_pairs()
+    return pairs

@@ -180,6 +180,14 @@ def draft_keys(data: bytes) -> tuple[bytes | None, tuple[bytes, ...]]:
     return None, ()
 
 
+def event_lang(data: bytes) -> str | None:
+    """The ``tgt_lang`` of an encoded event (``job_status``, ``translation_result``, a
+    translation draft); None for one about no target language. A top-level field of our own
+    encoding: a string value cannot hold the unescaped pattern."""
+    found = _TGT.search(data)
+    return found.group(1).decode() if found else None
+
+
 def event_type(payload: bytes) -> str:
     end = payload.index(b'"', 9)
     return payload[9:end].decode()

@@ -29,6 +29,7 @@ from .. import protocol as p
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import Job
 from ..core.lifecycle import Lifecycle
+from ..core.nodes import servable_pairs
 from ..observability.logging import get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
@@ -498,8 +499,4 @@ class Scheduler:
         return overview.job_view(self, job_id)
 
     def servable_pairs(self) -> list[tuple[str, str]]:
-        pairs: set[tuple[str, str]] = set()
-        for view in self.store.nodes().all_nodes():
-            if view.online:
-                pairs |= view.capabilities.servable_pairs()
-        return sorted(pairs)
+        return sorted(servable_pairs(self.store.nodes().all_nodes()))

@@ -308,6 +308,18 @@ class StateStore(Protocol):
         """The session ended: its state goes; its transcript stays for the retention time."""
         ...
 
+    # listeners -----------------------------------------------------------
+    async def touch_listener(self, session_id: SessionId, lang: str, now: float, until: float) -> None:
+        """A viewer listens to the session in ``lang`` until ``until`` (epoch seconds)
+        unless touched again; ``now`` is remembered the first time (first come, first
+        served). Kept until the session is dropped."""
+        ...
+
+    async def listeners(self, session_id: SessionId) -> dict[str, tuple[float, float]]:
+        """The session's listener languages: when each was first asked for and when it
+        lapses (maybe past)."""
+        ...
+
     # rooms ---------------------------------------------------------------
     async def claim_room(self, room: str, record: RoomRecord) -> bool:
         """Point ``room`` at ``record``'s session, unless another key created the room."""

@@ -176,6 +176,8 @@ class MemoryStateStore:
         self.transcripts: dict[SessionId, _Transcript] = {}
         self.rooms: OrderedDict[str, RoomRecord] = OrderedDict()
         self.room_history: dict[str, list[str]] = {}
+        #: per session: its listener languages and when each lapses
+        self.listening: dict[SessionId, dict[str, tuple[float, float]]] = {}
         self.key_sessions: dict[str, dict[str, float]] = {}
         self.key_audio: dict[tuple[str, int], float] = {}
         self.key_usage: dict[str, dict[str, float]] = {}
@@ -499,8 +501,17 @@ class MemoryStateStore:
         self.histories.pop(session_id, None)
         self.requests.pop(session_id, None)
         self.sessions.pop(session_id, None)
+        self.listening.pop(session_id, None)
         for key in [k for k in self.streams if k[0] == session_id]:
             del self.streams[key]
+
+    # listeners
+    async def touch_listener(self, session_id: SessionId, lang: str, now: float, until: float) -> None:
+        langs = self.listening.setdefault(session_id, {})
+        langs[lang] = (langs[lang][0] if lang in langs else now, until)
+
+    async def listeners(self, session_id: SessionId) -> dict[str, tuple[float, float]]:
+        return dict(self.listening.get(session_id, {}))
 
     # rooms
     async def claim_room(self, room: str, record: RoomRecord) -> bool:

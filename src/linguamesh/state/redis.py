@@ -447,10 +447,12 @@ class RedisStateStore(RedisHistory):
         rec = await self.load_session(session_id)
         keys = [K.session(session_id), K.seqno(session_id), K.history(session_id),
                 K.history_bytes(session_id), K.history_drafts(session_id), K.history_evicted(session_id),
-                K.requests(session_id)]  # fmt: skip
+                K.requests(session_id), K.listeners(session_id), K.listeners_since(session_id)]  # fmt: skip
+        langs = list(await self.listeners(session_id))
         if rec is not None:
-            for tgt in rec.settings.get("tgt_langs", []):
-                keys += [K.pending(session_id, tgt), K.done(session_id, tgt)]
+            langs += rec.settings.get("tgt_langs", [])
+        for tgt in dict.fromkeys(langs):
+            keys += [K.pending(session_id, tgt), K.done(session_id, tgt)]
         keep = max(1, int(self.limits.transcript_retention))
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(*keys)
@@ -460,6 +462,27 @@ class RedisStateStore(RedisHistory):
         pipe.expire(meta, keep)
         pipe.expire(K.transcript(session_id), keep)
         await self._call(pipe.execute)
+
+    # ------------------------------------------------------------------ listeners
+
+    async def touch_listener(self, session_id: SessionId, lang: str, now: float, until: float) -> None:
+        key, since = K.listeners(session_id), K.listeners_since(session_id)
+        # dropped with the session, or a while after its last listener (a session lost
+        # without a drop leaves nothing behind for long)
+        ttl = max(60, int(until - now) + 3600)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hsetnx(since, lang, repr(now))
+        pipe.hset(key, lang, repr(until))
+        pipe.expire(since, ttl)
+        pipe.expire(key, ttl)
+        await self._call(pipe.execute)
+
+    async def listeners(self, session_id: SessionId) -> dict[str, tuple[float, float]]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(K.listeners_since(session_id))
+        pipe.hgetall(K.listeners(session_id))
+        since, until = await self._call(pipe.execute)
+        return {k.decode(): (float(since.get(k, v)), float(v)) for k, v in until.items()}
 
     # ------------------------------------------------------------------ jobs
 

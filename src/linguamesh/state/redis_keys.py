@@ -89,6 +89,14 @@ def transcript_meta(session_id: str) -> str:
     return transcript(session_id) + ":meta"
 
 
+def listeners(session_id: str) -> str:
+    return f"{PREFIX}listeners:{session_id}"
+
+
+def listeners_since(session_id: str) -> str:
+    return listeners(session_id) + ":since"
+
+
 def room(room_id: str) -> str:
     return f"{PREFIX}room:{room_id}"
 

@@ -42,6 +42,7 @@ from ..sessions.viewers import Frames, ViewerQueue
 from ..tokens import same_token
 from .access import bearer, error, operator_only
 from .access_tokens import TokenError
+from .listening import Listening, lang_problem
 from .qr import qr_svg
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -193,14 +194,15 @@ async def transcript(request: Request) -> Response:
     if fmt not in FORMATS:
         return error(400, "bad_message", f"format must be one of {', '.join(FORMATS)}")
     lang = request.query_params.get("lang") or (v.tgt_langs[0] if v.tgt_langs else v.src_lang)
-    if lang != v.src_lang and lang not in v.tgt_langs:
-        known = ", ".join([v.src_lang, *v.tgt_langs])
-        return error(400, "bad_message", f"lang {lang!r} is not in this session ({known})")
     try:  # the whole session's results, however long it ran (the transcript, not the window)
         entries = await _sched(request).store.transcript(v.session_id)
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
     results = [json.loads(data) for _, data in entries]
+    # the speaker's languages, and those its listeners had it translated into
+    known = list(dict.fromkeys([v.src_lang, *v.tgt_langs, *(r.get("tgt_lang", "") for r in results)]))
+    if lang not in known:
+        return error(400, "bad_message", f"lang {lang!r} is not in this session ({', '.join(known)})")
     header = Header(f"LinguaMesh session {v.session_id}", first_spoken(results), v.src_lang, lang)
     body = render(cues(results, lang, v.src_lang), fmt, header)
     return _download(body, fmt, f"linguamesh-{v.session_id}-{lang}.{fmt}")
@@ -296,14 +298,30 @@ async def stream(request: Request) -> Response:
         sched.count("connections_refused", reason="viewers")
         return error(429, "rate_limited", refused)
     audio = request.query_params.get("audio") in ("1", "true", "yes")
-    return ViewerStream(sched, v, last, _types(request), ip, audio)
+    listening = None
+    lang = request.query_params.get("lang")
+    if lang:
+        problem = lang_problem(lang)
+        if problem is not None:
+            sched.admission.leave_viewer(ip, v.session_id)
+            return error(400, "bad_message", problem)
+        most = sched.intake.most_targets(v.local) if v.local is not None else sched.config.max_targets
+        listening = Listening(v.session_id, lang, v.src_lang, v.tgt_langs, most, v.ended)
+    return ViewerStream(sched, v, last, _types(request), ip, audio, listening)
 
 
 class ViewerStream(Response):
     """One viewer's stream, as an ASGI response of its own: every write has a deadline."""
 
     def __init__(
-        self, sched: Scheduler, v: Viewing, last: int, types: set[str] | None, ip: str, audio: bool = False
+        self,
+        sched: Scheduler,
+        v: Viewing,
+        last: int,
+        types: set[str] | None,
+        ip: str,
+        audio: bool = False,
+        listening: Listening | None = None,
     ) -> None:
         super().__init__(
             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -313,6 +331,13 @@ class ViewerStream(Response):
         self.sched, self.v, self.last, self.types, self.ip = sched, v, last, types, ip
         #: results come with their translated speech only when the viewer asked (``audio=1``)
         self.audio = audio
+        #: the viewer's language (``lang``): only its events, and it is translated into
+        self.listening = listening
+
+    def _wanted(self, data: bytes) -> bool:
+        if self.types is not None and p.event_type(data) not in self.types:
+            return False
+        return self.listening is None or self.listening.wants(data)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         sched, v = self.sched, self.v
@@ -351,6 +376,11 @@ class ViewerStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await write(b"retry: 1000\n\n")
+            listening = self.listening
+            if listening is not None and listening.adds:
+                said = await listening.refresh(sched)
+                if said is not None:
+                    await write(said)
             sent = self.last
             while True:  # the replay, a page at a time: nothing pinned for a viewer that stalls
                 try:
@@ -358,7 +388,7 @@ class ViewerStream(Response):
                 except DependencyDown:
                     return  # the browser reconnects with Last-Event-ID
                 for seq, data in page:
-                    if self.types is None or p.event_type(data) in self.types:
+                    if self._wanted(data):
                         await write(Frames(seq, data).get(self.audio))
                     sent = max(sent, seq)
                 if len(page) < REPLAY_PAGE:
@@ -368,6 +398,10 @@ class ViewerStream(Response):
             beat = sched.config.viewer_heartbeat
             heartbeat = b'event: heartbeat\ndata: {"every_s": %g}\n\n' % beat
             while True:
+                if listening is not None and listening.due():  # the listener language stays
+                    said = await listening.refresh(sched)
+                    if said is not None:
+                        await write(said)
                 try:
                     item = await queue.get(beat)
                 except TimeoutError:  # a quiet stream says it is alive (no id: Last-Event-ID stays)
@@ -379,7 +413,7 @@ class ViewerStream(Response):
                 if seq <= sent:
                     continue
                 sent = seq
-                if self.types is None or p.event_type(data) in self.types:
+                if self._wanted(data):
                     await write(frame)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (TimeoutError, OSError):  # the viewer does not read: its connection is dropped

@@ -32,7 +32,7 @@ from ...core.history import ReplayGap
 from ...core.ids import SessionId
 from ...core.ordering import AlreadyDelivered, NotExpected
 from ...observability.logging import get_logger
-from ...protocol import ErrorCode, ProtocolError, encode
+from ...protocol import ErrorCode, ProtocolError, encode, event_lang
 from ...state.base import JobEnd, KnownOrder, Notify, StateStore
 from ..retry import Heal, until_available
 from ..tasks import Tasks, stop_if_cancelled
@@ -393,6 +393,9 @@ class Delivery:
             if fields is not None:
                 self.table.result_entered(self.session, fields["job_id"])
             conn = self.conn
+            if conn is not None and not self._for_speaker(data):
+                self.written = seq  # a listener language's: for its viewers (and the transcript)
+                continue
             if conn is None:
                 self.written = seq
                 if fields is not None:  # kept in the history for a resume
@@ -409,6 +412,12 @@ class Delivery:
                 if fields is not None:
                     log.warning("result.send_failed", seq=seq, **fields)
                 self.written = seq  # it stays in the history for the resume
+
+    def _for_speaker(self, data: bytes) -> bool:
+        """The speaker's socket gets the events of its own target languages (and those about
+        none), not those of the languages only its viewers listen to."""
+        lang = event_lang(data)
+        return lang is None or lang in self.session.settings.tgt_langs
 
     async def _fill_gap(self, floor: int, events: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         try:
@@ -457,7 +466,8 @@ class Delivery:
         except Exception as exc:  # noqa: BLE001 - anything goes to the resuming caller; the pump lives
             item.done.set_exception(exc)
             return
-        if item.greeting is not None and not await self._write(item.conn, item.greeting(len(events))):
+        shown = sum(1 for _, data in events if self._for_speaker(data))
+        if item.greeting is not None and not await self._write(item.conn, item.greeting(shown)):
             item.done.set_result(len(events))
             return
         item.done.set_result(len(events))

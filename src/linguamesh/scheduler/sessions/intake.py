@@ -17,12 +17,14 @@ from ... import protocol as p
 from ...audio import BadAudio, duration_seconds
 from ...core.ids import NodeId, new_job_id
 from ...core.jobs import Job
+from ...core.languages import session_targets
+from ...core.nodes import servable_pairs
 from ...core.ratelimit import TokenBucket
 from ...core.stages import expand_stages
 from ...observability.logging import get_logger
 from ...observability.metrics import Metrics
 from ...protocol import ErrorCode, ProtocolError
-from ...state.base import StateStore
+from ...state.base import DependencyDown, StateStore
 from ..config import SchedulerConfig
 from ..jobs.jobrun import JobRun
 from ..jobs.runner import Runner
@@ -32,6 +34,9 @@ from .session import KEY_SESSION_LAPSE, Session
 if TYPE_CHECKING:
     from .stream import LiveUtterance
     from .table import SessionTable
+
+#: how often (seconds) a session's listener languages are read from the store
+LISTENERS_READ_EVERY = 1.0
 
 log = get_logger("linguamesh.scheduler")
 
@@ -57,6 +62,38 @@ class Intake:
         self.table = table
         #: per client address: (utterances, audio seconds) token buckets
         self.by_ip: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    # ------------------------------------------------------------------ targets
+
+    def most_targets(self, session: Session) -> int:
+        """Target languages per utterance: the scheduler's ``max_targets``, or its API key's."""
+        most = self.config.max_targets
+        if session.settings.key_id is not None:
+            most = min(most, self.key_limits(session.settings.key_id).get("max_targets", most))
+        return most
+
+    async def targets(self, session: Session) -> list[str]:
+        """The target languages of the session's next utterance: the speaker's, and those
+        its viewers listen to (``core.languages.session_targets``), read from the store at
+        most once a second (a store that fails keeps the last reading)."""
+        st = session.settings
+        now = self.clock()
+        if now - session.listeners_read_at >= LISTENERS_READ_EVERY:
+            session.listeners_read_at = now
+            try:
+                session.listeners = await self.store.listeners(session.session_id)
+            except DependencyDown:
+                pass
+        if not session.listeners:
+            return st.tgt_langs
+        servable = {b for a, b in servable_pairs(self.store.nodes().all_nodes()) if a == st.src_lang}
+        targets, over = session_targets(
+            st.tgt_langs, st.src_lang, session.listeners, time.time(), self.most_targets(session), servable
+        )
+        if over:
+            log.info("listeners.over_targets", session_id=session.session_id, left_out=over)
+        session.listener_langs.update(targets[len(st.tgt_langs) :])
+        return targets
 
     # ------------------------------------------------------------------ limits
 
@@ -229,6 +266,7 @@ class Intake:
         """Record the utterance and its jobs (one per target language) in one store step and
         start them. ``live``: the utterance is still being spoken (its jobs stream)."""
         st = session.settings
+        targets = await self.targets(session)
         now = self.clock()
         preferred = NodeId(st.preferred_node_id) if st.preferred_node_id else None
         repair = self.store.nodes().repair_available(st.src_lang)
@@ -252,14 +290,12 @@ class Intake:
                 # a whole utterance was spoken before it arrived; a streamed one begins now
                 spoken_at=time.time() - seconds,
             )
-            for tgt in st.tgt_langs
+            for tgt in targets
         ]
         deadline = time.time() + self.config.pending_timeout
         me = self.config.instance_id
         records = [job_record(j, me, st.tts, st.partials, deadline, with_data=True) for j in jobs]
-        refused = await self.store.accept_utterance(
-            session.session_id, index, request_id, records, st.tgt_langs
-        )
+        refused = await self.store.accept_utterance(session.session_id, index, request_id, records, targets)
         if refused is not None:
             log.info(
                 "utterance.duplicate",
@@ -277,7 +313,7 @@ class Intake:
             session_id=session.session_id,
             utterance_index=index,
             src_lang=st.src_lang,
-            tgt_langs=st.tgt_langs,
+            tgt_langs=targets,
             audio_size_bytes=len(audio),
             audio_seconds=round(seconds, 3),
             streaming=live is not None,

@@ -103,3 +103,11 @@ class Session:
     #: the secret of its API key when it was opened here (signs its webhooks should the key
     #: be removed meanwhile; never written to the store)
     key_secret: str | None = None
+    #: the languages viewers listen to (``lang``), each with when it was first asked for
+    #: and when it lapses, as last read
+    #: from the store (at most once a second), and when (monotonic)
+    listeners: dict[str, tuple[float, float]] = field(default_factory=dict)
+    listeners_read_at: float = float("-inf")
+    #: languages this session translates into for listeners only (its speaker did not ask
+    #: for them): the speaker's socket does not get their events
+    listener_langs: set[str] = field(default_factory=set)
