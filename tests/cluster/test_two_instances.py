@@ -275,3 +275,31 @@ async def test_a_viewer_on_another_instance_gets_the_replay_then_live_events(
     await eventually(
         lambda: b.sched.watch is not None and b.sched.watch.watching() == 0, 5, "B to stop watching"
     )
+
+
+async def test_a_listener_on_another_instance_adds_its_language_to_the_session(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """The session is held by A; a viewer on B asks for fr: the language goes through the
+    shared store to A, whose next utterances are translated into it; B's viewer gets fr's
+    results and A's speaker does not."""
+    from ..integration.test_listeners import FOUR, results, standing, until, viewer
+
+    a, b = await two(cluster, redis_url)
+    await cluster.node(a.url, "node-on-a", engines=test_engines(languages=FOUR))
+    await eventually(lambda: b.sched.store.nodes().get("node-on-a") is not None, 5, "B to see the node")
+    async with SessionClient(a.url, src="en", tgt="es") as c:
+        assert c.ack is not None
+        stream = f"{b.http}/api/v1/sessions/{c.ack.session_id}/events/stream?token={c.ack.view_token}&lang=fr"
+        async with viewer(stream) as fr:
+            await until(lambda: standing(fr) == ["ok"], "fr accepted on B")
+            await eventually(
+                lambda: b.sched.watch is not None and b.sched.watch.watching() == 1, 5, "B to watch"
+            )
+            for i in range(3):
+                await c.send_utterance(i, pcm(0.1))
+            mine = await c.results(3, 10 * SCALE)
+            await until(lambda: len(results(fr)) == 3, "fr's results on B")
+            await asyncio.sleep(0.3)
+    assert [(r.utterance_index, r.tgt_lang) for r in mine] == [(0, "es"), (1, "es"), (2, "es")]
+    assert [(r["utterance_index"], r["tgt_lang"]) for r in results(fr)] == [(0, "fr"), (1, "fr"), (2, "fr")]
