@@ -155,9 +155,25 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "v2.wav", 0.3)))
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 3", timeout=10_000)
     assert (await viewer.locator("#conn").get_attribute("data-state")) == "connected"
-    # the language chooser names the language, not just its code
-    assert await viewer.locator("#lang option").all_inner_texts() == ["Spanish (es)"]
+    # the language chooser names the languages a node serves, not just their codes
+    assert await viewer.locator("#lang option").all_inner_texts() == [
+        "English (en)",
+        "Spanish (es)",
+        "French (fr)",
+    ]
     await viewer.screenshot(path=ARTIFACTS / "viewer.png", full_page=True)
+    # a listener picks French: the session translates into it from the next utterance on
+    await viewer.select_option("#lang", "fr")
+    await viewer.wait_for_function(
+        "document.querySelector('#notice').textContent.includes('Translating into French')"
+    )
+    assert "lang=fr" in viewer.url  # a reload keeps the choice
+    await asyncio.sleep(1.1)  # (the session reads its listeners at most once a second)
+    await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "v3.wav", 0.3)))
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1", timeout=10_000)
+    assert (await viewer.locator("#subtitles p").all_inner_texts())[0].startswith("[fr] Line")
+    assert await speaker.evaluate("window.seen.results.every(r => r.tgt_lang === 'es')")  # not the speaker's
+    await viewer.screenshot(path=ARTIFACTS / "viewer-listener-language.png", full_page=True)
     # the session's own link with a wrong token is refused
     sid = await speaker.evaluate("window.lm.session.sessionId")
     bad = await new_page(browser, s.http)

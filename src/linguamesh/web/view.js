@@ -18,6 +18,7 @@ const view = {
   results: new Map(),     // `${gen}:${lang}:${index}` -> result
   drafts: new Map(),      // the same keys -> the translation draft of an utterance being spoken
   langs: new Set(),
+  offered: new Set(),     // the targets some node serves (/api/v1/languages)
   stream: null,
 };
 window.lmView = view; // for tests: the stream (an SDK ViewerStream) and the sessions followed
@@ -59,10 +60,20 @@ function render() {
   box.lastElementChild?.scrollIntoView({ block: "end" });
 }
 
+// the languages a node can translate into (a listener may pick any of them: the session
+// then translates into it too, from the next sentence on)
+async function loadLanguages() {
+  try {
+    const pairs = (await (await fetch("/api/v1/languages")).json()).pairs || [];
+    for (const p of pairs) view.offered.add(p.tgt);
+  } catch (e) { /* the server is away: the languages seen so far */ }
+  fillLangs();
+}
+
 function fillLangs() {
   const sel = $("lang");
   if (!view.lang && view.langs.size) view.lang = [...view.langs][0];
-  const all = [...new Set([...view.langs, view.lang].filter(Boolean))].sort();
+  const all = [...new Set([...view.langs, ...view.offered, view.lang].filter(Boolean))].sort();
   sel.replaceChildren(...all.map((l) => new Option(langName(l), l)));
   sel.value = view.lang;
   links();
@@ -101,9 +112,10 @@ function onState(state) {
   }
 }
 
-function follow(id, viewToken) {
+// fromStart: the same session again, from its first event (another language's events)
+function follow(id, viewToken, fromStart = false) {
   const same = view.stream && id === view.sessionId;
-  const lastSeq = same ? view.stream.lastSeq : 0;
+  const lastSeq = same && !fromStart ? view.stream.lastSeq : 0;
   if (view.stream) view.stream.close();
   if (!view.sessions.includes(id)) { // another session: a new generation
     view.gen += 1;
@@ -112,9 +124,11 @@ function follow(id, viewToken) {
   view.sessionId = id;
   view.token = viewToken;
   links();
-  const stream = new ViewerStream({ sessionId: id, token: viewToken });
+  // only the chosen language's events (the session translates into it if it did not yet)
+  const stream = new ViewerStream({ sessionId: id, token: viewToken, lang: view.lang });
   stream.lastSeq = lastSeq; // the same session again: go on after the last event seen
   stream.addEventListener("state", (e) => onState(e.detail.state));
+  stream.addEventListener("listener", (e) => onListener(e.detail));
   stream.addEventListener("result", (e) => {
     const r = { ...e.detail, gen: view.gen };
     const key = `${view.gen}:${r.tgt_lang}:${r.utterance_index}`;
@@ -150,9 +164,27 @@ async function findRoom() {
   if (!view.stream || view.stream.state !== "connected") setConn("reconnecting", "waiting for the speaker…");
 }
 
-$("lang").addEventListener("change", () => { view.lang = $("lang").value; links(); render(); });
+function onListener({ lang, status, message }) {
+  const el = $("notice");
+  el.hidden = false;
+  el.classList.toggle("error", status !== "ok");
+  el.textContent = status === "ok"
+    ? `Translating into ${langName(lang)} from the next sentence on.`
+    : `${langName(lang)} is not available: ${message}.`;
+}
+
+// another language: a stream of that language's events from the start of the session
+$("lang").addEventListener("change", () => {
+  view.lang = $("lang").value;
+  const url = new URL(location.href);
+  url.searchParams.set("lang", view.lang);
+  history.replaceState(null, "", url); // a reload keeps the choice
+  links();
+  render();
+  if (view.stream) follow(view.sessionId, view.token, true);
+});
 $("original").addEventListener("change", render);
-fillLangs();
+loadLanguages();
 if (room) {
   findRoom();
   setInterval(findRoom, 2000);

@@ -92,10 +92,11 @@ export interface ViewerEventMap {
   result: CustomEvent<TranslationResult & { seq: number }>;
   draft: CustomEvent<AsrPartial & { seq: number }>;
   ended: CustomEvent<SessionClosed & { seq: number }>;
+  listener: CustomEvent<{ type: "listener"; lang: string; status: "ok" | "unservable" | "over_quota" | string; message: string }>;
 }
 export class ViewerStream extends EventTarget {
-  constructor(options: { base?: string; sessionId: string; token: string; types?: string[]; audio?: boolean; EventSource?: unknown });
-  sessionId: string; token: string; lastSeq: number; state: string;
+  constructor(options: { base?: string; sessionId: string; token: string; types?: string[]; audio?: boolean; lang?: string; EventSource?: unknown });
+  sessionId: string; token: string; lastSeq: number; state: string; lang: string;
   url(): string; open(): void; close(): void;
   addEventListener<K extends keyof ViewerEventMap>(type: K, listener: (ev: ViewerEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;

@@ -7,6 +7,8 @@
 //           the session is gone) | "ended"
 //   result  translation_result (with `seq`)      draft   asr_partial (with `seq`)
 //   ended   session_closed
+//   listener {lang, status: "ok" | "unservable" | "over_quota", message}: with `lang`, where
+//           the viewer's language stands (docs/protocol.md, "Listener languages")
 
 export class ViewerStream extends EventTarget {
   /**
@@ -15,6 +17,7 @@ export class ViewerStream extends EventTarget {
    * @param {string} o.sessionId  @param {string} o.token  the session's view token
    * @param {string[]} [o.types]  event types [translation_result, asr_partial, session_closed]
    * @param {boolean} [o.audio=false]  results with their speech (tts_audio)
+   * @param {string} [o.lang]  only this language's events; the session translates into it too
    * @param {typeof EventSource} [o.EventSource]
    */
   constructor(o) {
@@ -24,6 +27,7 @@ export class ViewerStream extends EventTarget {
     this.token = o.token;
     this.types = o.types || ["translation_result", "asr_partial", "session_closed"];
     this.audio = Boolean(o.audio);
+    this.lang = o.lang || "";
     this.ES = o.EventSource || globalThis.EventSource;
     this.lastSeq = 0;
     this.silentAfterMs = 10000;
@@ -36,6 +40,7 @@ export class ViewerStream extends EventTarget {
   url() {
     const q = new URLSearchParams({ token: this.token, types: this.types.join(","), last_event_id: String(this.lastSeq) });
     if (this.audio) q.set("audio", "1");
+    if (this.lang) q.set("lang", this.lang);
     return `${this.base}/api/v1/sessions/${encodeURIComponent(this.sessionId)}/events/stream?${q}`;
   }
 
@@ -53,6 +58,10 @@ export class ViewerStream extends EventTarget {
       const every = Number(JSON.parse(m.data).every_s);
       if (every > 0) this.silentAfterMs = 2000 * every;
       this._hear();
+    });
+    es.addEventListener("listener", (m) => {
+      this._hear();
+      this.dispatchEvent(new CustomEvent("listener", { detail: JSON.parse(m.data) }));
     });
     es.addEventListener("translation_result", (m) => this._event("result", m));
     es.addEventListener("asr_partial", (m) => this._event("draft", m));
