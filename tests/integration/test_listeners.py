@@ -131,3 +131,33 @@ async def test_listener_languages_beyond_the_sessions_targets_are_told_so(cluste
     assert "at most 2 languages (es, fr now)" in message, message
     assert results(de) == []
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_message"
+
+
+async def test_an_utterance_with_four_targets_is_transcribed_once(cluster: Cluster) -> None:
+    """Four target languages, two nodes: each utterance's four jobs go to one node, which
+    runs ASR once for them; every (utterance, language) has exactly one result."""
+    s = await cluster.scheduler()
+    langs = [*FOUR, "it"]
+    nodes = [
+        await cluster.node(
+            s.url, f"node-{i}", engines=test_engines(languages=langs, asr_delay_ms=200), max_concurrent_jobs=8
+        )
+        for i in range(2)
+    ]
+    async with SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["fr", "de", "it"]) as c:
+        for i in range(4):
+            await c.send_utterance(i, pcm(0.1 + 0.05 * i))
+        got = await c.results(16, 20 * SCALE)
+        extra = await late_events(c)
+    keys = sorted((r.utterance_index, r.tgt_lang) for r in got)
+    assert keys == sorted((i, t) for i in range(4) for t in ("es", "fr", "de", "it"))  # 0 lost, 0 doubled
+    assert not [e for e in extra if type(e).__name__ == "TranslationResult"]
+    for i in range(4):
+        mine = [r for r in got if r.utterance_index == i]
+        assert len({r.node_id for r in mine}) == 1, [
+            (r.tgt_lang, r.node_id) for r in mine
+        ]  # siblings together
+        assert len({r.text_asr for r in mine}) == 1
+    runs = sum(n.agent.transcripts.runs for n in nodes)
+    shared = sum(n.agent.transcripts.shared for n in nodes)
+    assert (runs, shared) == (4, 12)  # ASR once per utterance, whatever the number of targets

@@ -37,6 +37,7 @@ from .config import NodeConfig
 from .hardware import describe
 from .live import Carry, LiveInput, run_streaming
 from .pipeline import PipelineOutput, run_pipeline
+from .shared_asr import SharedTranscripts
 
 log = get_logger("linguamesh.node")
 
@@ -84,6 +85,8 @@ class NodeAgent:
         self.running: dict[str, _Running] = {}
         #: per (session, target): the context a sentence cut hands the next utterance
         self.carries: OrderedDict[tuple[str, str], Carry] = OrderedDict()
+        #: an utterance's jobs for its several target languages share one transcript here
+        self.transcripts = SharedTranscripts()
         self.unacked: OrderedDict[tuple[str, int], p.JobResult] = OrderedDict()
         #: log fields of each kept result's job, so the ack is logged with its trace_id
         self._unacked_fields: dict[tuple[str, int], dict[str, Any]] = {}
@@ -506,7 +509,7 @@ class NodeAgent:
                 msg = p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text)
                 loop.call_soon_threadsafe(self._send_soon, msg)
 
-            return await run_pipeline(self.engines, job, partial, fields)
+            return await run_pipeline(self.engines, job, partial, fields, self.transcripts)
 
         def live_partial(stage: str, text: str, stable: int | None) -> None:
             self._send_soon(p.JobPartial(job_id=jid, attempt_id=aid, stage=stage, text=text, stable=stable))

@@ -13,6 +13,7 @@ from ..engines.base import EngineError, Speech, VADEngine
 from ..engines.registry import EngineSet
 from ..observability.logging import get_logger
 from ..observability.tracing import stage_span
+from .shared_asr import SharedTranscripts, utterance_key
 
 log = get_logger("linguamesh.node.pipeline")
 
@@ -33,8 +34,11 @@ async def run_pipeline(
     job: p.JobAssign,
     on_partial: PartialSink | None,
     log_fields: dict[str, object],
+    shared: SharedTranscripts | None = None,
 ) -> PipelineOutput:
-    """Run the job's stages; raises EngineError with a protocol error code on failure."""
+    """Run the job's stages; raises EngineError with a protocol error code on failure.
+    With ``shared``, the utterance's sibling jobs (its other target languages) on this
+    node share one transcript."""
     t0 = time.perf_counter()
     timings = p.Timings()
     try:
@@ -57,28 +61,40 @@ async def run_pipeline(
             raise EngineError(f"no ASR engine for {job.src_lang}", "unsupported_language_pair", False)
         t = time.perf_counter()
         drafts: list[str] = []
-        done: list[str] = []  # the text of the parts before the one being decoded
+        parts_heard = [0]
 
-        def sink(draft: str) -> None:
-            whole = " ".join([*done, draft])
-            drafts.append(whole)
-            if on_partial is not None:
-                on_partial("asr", whole)
+        async def hear() -> str:
+            done: list[str] = []  # the text of the parts before the one being decoded
 
-        parts = await split_speech(speech, engines.vad[0] if engines.vad else None)
-        for part in parts:
-            piece = (await asr.transcribe(part, job.src_lang, sink)).strip()
-            if piece:
-                done.append(piece)
-        text = " ".join(done)
+            def sink(draft: str) -> None:
+                whole = " ".join([*done, draft])
+                drafts.append(whole)
+                if on_partial is not None:
+                    on_partial("asr", whole)
+
+            parts = await split_speech(speech, engines.vad[0] if engines.vad else None)
+            parts_heard[0] = len(parts)
+            for part in parts:
+                piece = (await asr.transcribe(part, job.src_lang, sink)).strip()
+                if piece:
+                    done.append(piece)
+            return " ".join(done)
+
+        from_sibling = False
+        if shared is not None:
+            key = utterance_key(job.session_id, job.utterance_index, job.src_lang, job.audio)
+            text, from_sibling = await shared.transcribe(key, hear)
+        else:
+            text = await hear()
         timings.asr_ms = _ms(t)
-        stage_span("asr", t, engine=asr.name, parts=len(parts))
+        stage_span("asr", t, engine=asr.name, parts=parts_heard[0], shared=from_sibling)
         log.info(
             "stage.done",
             stage="asr",
             duration_ms=timings.asr_ms,
             engine=asr.name,
-            parts=len(parts),
+            parts=parts_heard[0],
+            from_sibling=from_sibling,
             **log_fields,
         )
         if on_partial is not None and text and (not drafts or drafts[-1] != text):

@@ -40,6 +40,10 @@ from .jobrun import JobRun
 log = get_logger("linguamesh.scheduler")
 
 
+#: utterances whose node is remembered for their other jobs (the newest)
+PLACED_KEPT = 10_000
+
+
 @dataclass(slots=True)
 class SelectionReport:
     """What one selection found and did, for the observer (logs, metrics, spans)."""
@@ -123,6 +127,9 @@ class Dispatcher:
         self._per_session: Counter[str] = Counter()
         #: the session whose job took a slot last: the round robin goes on after it
         self._last_served: str | None = None
+        #: where an utterance's first job went: its jobs for other target languages go there
+        #: when the node has room (it transcribes the utterance once for all: node/shared_asr.py)
+        self._placed: OrderedDict[tuple[str, int], NodeId] = OrderedDict()
 
     # ------------------------------------------------------------------ the queue
 
@@ -192,13 +199,17 @@ class Dispatcher:
         # a job retried while it waits is counted once per attempt, not on every retry
         counted = first or job.job_id not in self.waiting
         started = self.clock()
+        only = self._streaming_only(run)
+        utterance = (job.session_id, job.utterance_index)
+        # streaming jobs do not share their transcriber (yet): they spread over the nodes
+        sibling = self._placed.get(utterance) if only is None else None
         req = Request(
             job.src_lang,
             job.tgt_lang,
             requirements(job.stages, job.src_lang, job.tgt_lang),
             frozenset(job.excluded),
-            job.preferred_node_id,
-            self._streaming_only(run),
+            job.preferred_node_id or sibling,
+            only,
         )
         out = self.select_fn(self.store.nodes(), req, self.rng)
         report = SelectionReport(first, counted, started, out)
@@ -240,6 +251,11 @@ class Dispatcher:
             if reserved:
                 self._last_served = job.session_id
                 self.forget(job.job_id)
+                if only is None:
+                    self._placed[utterance] = node_id
+                    self._placed.move_to_end(utterance)
+                    if len(self._placed) > PLACED_KEPT:
+                        self._placed.popitem(last=False)
                 report.ended, report.node_id = "ok", node_id
                 if handover is not None and handover.sent:  # the node's instance runs it from here on
                     self._relayed(run, handover.to_instance)
