@@ -327,3 +327,26 @@ async def test_a_viewer_whose_server_freezes_says_the_connection_is_lost_and_com
             assert not viewer.js_errors
     finally:
         sched.stop()
+
+
+async def test_a_viewer_sees_that_the_speaker_pauses_and_a_gap_for_a_failed_utterance(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    # the jobs fail for good (bad_audio is not retried)
+    await cluster.node(s.url, "node-gap", engines=test_engines(fail="bad_audio"))
+    speaker = await new_page(browser, s.http)
+    await _start_session(speaker)
+    link = await speaker.get_attribute("#share-link", "href")
+    viewer = await new_page(browser, s.http)
+    await viewer.goto(str(link))
+    await viewer.wait_for_selector("#conn[data-state=connected]")
+    assert await viewer.locator("#activity").inner_text() == "paused"
+    await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "g.wav", 0.3)))
+    await speaker.wait_for_function("window.seen.results.length === 1")
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 1", timeout=10_000)
+    lines = await viewer.locator("#subtitles p").all_inner_texts()
+    assert lines == ["[a sentence could not be translated]"], lines
+    assert await viewer.locator("#subtitles p.gap").count() == 1
+    await viewer.screenshot(path=ARTIFACTS / "viewer-gap.png", full_page=True)
+    assert not viewer.js_errors

@@ -26,7 +26,7 @@ window.lmView = view; // for tests: the stream (an SDK ViewerStream) and the ses
 function render() {
   const box = $("subtitles");
   const items = [...view.results.values()]
-    .filter((r) => r.tgt_lang === view.lang && r.status === "ok")
+    .filter((r) => r.tgt_lang === view.lang)
     .sort((a, b) => a.gen - b.gen || a.utterance_index - b.utterance_index);
   const showOriginal = $("original").checked;
   // live: the translation drafts of utterances still being spoken (streaming), after the finals
@@ -47,6 +47,12 @@ function render() {
       p.dataset.index = r.utterance_index;
       p.lang = r.tgt_lang;
       p.className = i < items.length - 3 ? "old" : "";
+      if (r.status !== "ok") { // a gap, said: not silence that looks like nothing was spoken
+        p.classList.add("gap");
+        p.lang = "en";
+        p.textContent = "[a sentence could not be translated]";
+        return p;
+      }
       p.textContent = r.text_translated;
       if (showOriginal && r.text_asr) {
         const small = document.createElement("small");
@@ -99,6 +105,8 @@ const STATES = {
 
 function onState(state) {
   if (state === "connected") $("notice").hidden = true;
+  if (state !== "connected") { clearTimeout(quietTimer); $("activity").textContent = ""; }
+  else if (!$("activity").textContent) $("activity").textContent = "paused";
   if (room && (state === "failed" || state === "reconnecting")) { // the room decides what to follow next
     setConn("reconnecting", "waiting for the speaker…");
   } else if (state === "failed") {
@@ -139,6 +147,7 @@ function follow(id, viewToken, fromStart = false) {
   });
   stream.addEventListener("draft", (e) => {
     const d = e.detail;
+    speaking();
     if (!d.translation || !d.tgt_lang) return;
     const key = `${view.gen}:${d.tgt_lang}:${d.utterance_index}`;
     if (view.results.has(key)) return;
@@ -162,6 +171,15 @@ async function findRoom() {
     if (cur) return;
   } catch (e) { /* the server is away: try again */ }
   if (!view.stream || view.stream.state !== "connected") setConn("reconnecting", "waiting for the speaker…");
+}
+
+// "speaking…" while drafts of an utterance come in, "paused" once none came for a while
+// (silence and a broken stream look the same otherwise; the latter says "connection lost")
+let quietTimer = null;
+function speaking() {
+  $("activity").textContent = "speaking…";
+  clearTimeout(quietTimer);
+  quietTimer = setTimeout(() => { $("activity").textContent = "paused"; }, 3000);
 }
 
 function onListener({ lang, status, message }) {
