@@ -73,9 +73,10 @@ function newSession(src, tgt) {
   rows.src = src;
   session.addEventListener("connection", (e) => setConn(e.detail.state));
   session.addEventListener("open", (e) => {
-    // a target no node serves now: said before anyone speaks (not when the first utterance fails)
+    // a target no node serves now: said before anyone speaks (not when the first utterance
+    // fails); a sticky notice (the server forgot the session) stays: it says more
     const warnings = e.detail.ack.warnings || [];
-    if (warnings.length) notice(warnings.map((w) => w.message).join(" "), true);
+    if (warnings.length && !notices.sticky) notice(warnings.map((w) => w.message).join(" "), true);
     else if (!notices.error && !notices.sticky) notice(null);
     if (shownSession !== e.detail.ack.session_id) onSessionStarted(session);
   });
