@@ -142,16 +142,26 @@ async def whole(url: str, sentences: list[bytes]) -> list[str]:
 
 
 @asynccontextmanager
-async def default_node(prefix: str) -> AsyncIterator[str]:
-    """A scheduler and a node with the default offline engines (2 job slots) as processes on
-    loopback, not under coverage; the scheduler's ws:// URL once the node is registered.
-    Both are stopped at the end, whatever happens (``bench/openings.py`` uses it too)."""
+async def default_node(
+    prefix: str, engines: list[dict[str, object]] | None = None, slots: int = 2, log: Path | None = None
+) -> AsyncIterator[str]:
+    """A scheduler and a node with the default offline engines (``slots`` job slots; with
+    ``engines``, those instead) as processes on loopback, not under coverage; the
+    scheduler's ws:// URL once the node is registered. With ``log``, the node's JSON
+    records (info) go there. Both are stopped at the end, whatever happens
+    (``bench/openings.py`` and ``bench/targets.py`` use it too)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
     sched = launch("scheduler", "--port", str(port), "--result-timeout", "120", measure=False)
     cfg = tmp / "node.toml"
-    cfg.write_text('node_id = "bench-node"\nmax_concurrent_jobs = 2\n')
-    node = launch("node", "--scheduler", f"ws://127.0.0.1:{port}", "--config", str(cfg), measure=False)
+    text = f'node_id = "bench-node"\nmax_concurrent_jobs = {slots}\n'
+    for engine in engines or []:  # (JSON's strings, numbers, booleans and lists are TOML's)
+        text += "[[engines]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in engine.items())
+    cfg.write_text(text)
+    flags = ["--log", "info"] if log is not None else []
+    node = launch(
+        "node", "--scheduler", f"ws://127.0.0.1:{port}", "--config", str(cfg), *flags, log=log, measure=False
+    )
     try:
         await wait_ready(port, sched)
         async with httpx.AsyncClient() as http:

@@ -52,7 +52,7 @@ class SharedTranscripts:
                 if task is not None and task.cancelling():
                     raise  # this job itself was cancelled
                 # the sibling's job was: hear it here
-            except Exception:  # noqa: BLE001, S110 - the sibling's run failed: hear it here
+            except Exception:  # noqa: BLE001 - the sibling's run failed: hear it here
                 pass
             else:
                 self.shared += 1
