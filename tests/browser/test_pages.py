@@ -350,3 +350,46 @@ async def test_a_viewer_sees_that_the_speaker_pauses_and_a_gap_for_a_failed_utte
     assert await viewer.locator("#subtitles p.gap").count() == 1
     await viewer.screenshot(path=ARTIFACTS / "viewer-gap.png", full_page=True)
     assert not viewer.js_errors
+
+
+async def test_a_listener_hears_the_translation_and_a_projector_shows_the_last_lines_large(
+    cluster: Cluster, browser: Any, tmp_path: Path
+) -> None:
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-listen", engines=test_engines(text="line {n}", tts_seconds=0.3))
+    speaker = await new_page(browser, s.http)
+    await _start_session(speaker)
+    await speaker.uncheck("#autoplay")  # the speaker's laptop stays quiet
+    link = await speaker.get_attribute("#share-link", "href")
+    viewer = await new_page(browser, s.http)
+    await viewer.add_init_script(
+        "window.played = 0; addEventListener('DOMContentLoaded', () => window.lmView.playback"
+        ".addEventListener('play', () => { window.played += 1; }))"
+    )
+    await viewer.goto(str(link))
+    await viewer.wait_for_selector("#conn[data-state=connected]")
+    assert "audio=1" not in await viewer.evaluate("window.lmView.stream.url()")  # no speech unless asked
+    await viewer.check("#listen")
+    await viewer.wait_for_function("window.lmView.stream.url().includes('audio=1')")
+    await viewer.wait_for_selector("#conn[data-state=connected]")
+    for i in range(3):
+        await speaker.set_input_files("#file", str(_tone_wav(tmp_path, f"l{i}.wav", 0.3)))
+        await speaker.wait_for_function(f"window.seen.results.length === {i + 1}")
+    await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 3", timeout=10_000)
+    await viewer.wait_for_function("window.played >= 1", timeout=10_000)  # the translated voice plays
+    # text size, then the projector: the last lines large, the controls away
+    base = await viewer.evaluate(
+        "parseFloat(getComputedStyle(document.querySelector('#subtitles')).fontSize)"
+    )
+    await viewer.select_option("#size", "2")
+    bigger = await viewer.evaluate(
+        "parseFloat(getComputedStyle(document.querySelector('#subtitles')).fontSize)"
+    )
+    assert bigger == 2 * base
+    await viewer.click("#projector")
+    assert await viewer.evaluate("document.body.classList.contains('projector')")
+    assert not await viewer.locator("#lang").is_visible() and await viewer.locator("#subtitles").is_visible()
+    await viewer.screenshot(path=ARTIFACTS / "viewer-projector.png", full_page=True)
+    await viewer.click("#projector")
+    assert await viewer.locator("#lang").is_visible()
+    assert not viewer.js_errors

@@ -463,27 +463,6 @@ class RedisStateStore(RedisHistory):
         pipe.expire(K.transcript(session_id), keep)
         await self._call(pipe.execute)
 
-    # ------------------------------------------------------------------ listeners
-
-    async def touch_listener(self, session_id: SessionId, lang: str, now: float, until: float) -> None:
-        key, since = K.listeners(session_id), K.listeners_since(session_id)
-        # dropped with the session, or a while after its last listener (a session lost
-        # without a drop leaves nothing behind for long)
-        ttl = max(60, int(until - now) + 3600)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hsetnx(since, lang, repr(now))
-        pipe.hset(key, lang, repr(until))
-        pipe.expire(since, ttl)
-        pipe.expire(key, ttl)
-        await self._call(pipe.execute)
-
-    async def listeners(self, session_id: SessionId) -> dict[str, tuple[float, float]]:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(K.listeners_since(session_id))
-        pipe.hgetall(K.listeners(session_id))
-        since, until = await self._call(pipe.execute)
-        return {k.decode(): (float(since.get(k, v)), float(v)) for k, v in until.items()}
-
     # ------------------------------------------------------------------ jobs
 
     async def save_job(self, record: JobRecord) -> bool:

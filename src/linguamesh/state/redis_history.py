@@ -1,6 +1,7 @@
 """The read side of a session's events in Redis: the replay window, the transcript, the
-compacted replay of both, and rooms. The writes (numbering, ordering) are the scripts'
-(``redis_scripts``), run by :class:`~.redis.RedisStateStore`, which builds on this."""
+compacted replay of both, and rooms; and the session's listener languages. The writes of
+events (numbering, ordering) are the scripts' (``redis_scripts``), run by
+:class:`~.redis.RedisStateStore`, which builds on this."""
 
 from __future__ import annotations
 
@@ -104,6 +105,27 @@ class RedisHistory(RedisLink):
 
     async def room_sessions(self, room: str) -> list[str]:
         return [x.decode() for x in await self._call(self.r.lrange, K.room_sessions(room), 0, -1)]
+
+    # ------------------------------------------------------------------ listeners
+
+    async def touch_listener(self, session_id: SessionId, lang: str, now: float, until: float) -> None:
+        key, since = K.listeners(session_id), K.listeners_since(session_id)
+        # dropped with the session, or a while after its last listener (a session lost
+        # without a drop leaves nothing behind for long)
+        ttl = max(60, int(until - now) + 3600)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hsetnx(since, lang, repr(now))
+        pipe.hset(key, lang, repr(until))
+        pipe.expire(since, ttl)
+        pipe.expire(key, ttl)
+        await self._call(pipe.execute)
+
+    async def listeners(self, session_id: SessionId) -> dict[str, tuple[float, float]]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(K.listeners_since(session_id))
+        pipe.hgetall(K.listeners(session_id))
+        since, until = await self._call(pipe.execute)
+        return {k.decode(): (float(since.get(k, v)), float(v)) for k, v in until.items()}
 
     # ------------------------------------------------------------------ API keys
 

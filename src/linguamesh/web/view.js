@@ -2,7 +2,7 @@
 // that resume after the last event seen, and a heartbeat that tells a dead connection from
 // a quiet one). Earlier subtitles come from the replay when the page opens mid-session. A
 // room link (/view/room/{room}) follows the speaker from session to session.
-import { ViewerStream, currentSession } from "./sdk/index.js";
+import { ViewerStream, PlaybackQueue, clipFromResult, currentSession } from "./sdk/index.js";
 import { langName } from "./lang.js";
 import { $, setConn } from "./ui.js";
 
@@ -22,6 +22,23 @@ const view = {
   stream: null,
 };
 window.lmView = view; // for tests: the stream (an SDK ViewerStream) and the sessions followed
+
+// the translated voice, for a listener who asks (the stream then carries it: audio=1); a
+// clip that waited more than 5 s when its turn comes is skipped, and that is said
+const playback = new PlaybackQueue({ maxLagMs: 5000 });
+view.playback = playback;
+let skippedClips = 0;
+function showPlayer() {
+  const item = playback.current;
+  const note = skippedClips
+    ? `skipped ${skippedClips} translation${skippedClips > 1 ? "s" : ""} that came too late to be worth hearing`
+    : "";
+  $("player").hidden = !item && !note;
+  $("player").textContent = [item ? "playing the translation" : "", note].filter(Boolean).join(" · ");
+}
+playback.addEventListener("change", showPlayer);
+playback.addEventListener("skipped", () => { skippedClips += 1; showPlayer(); });
+playback.addEventListener("play", () => { skippedClips = 0; showPlayer(); });
 
 function render() {
   const box = $("subtitles");
@@ -133,14 +150,18 @@ function follow(id, viewToken, fromStart = false) {
   view.token = viewToken;
   links();
   // only the chosen language's events (the session translates into it if it did not yet)
-  const stream = new ViewerStream({ sessionId: id, token: viewToken, lang: view.lang });
+  const stream = new ViewerStream({ sessionId: id, token: viewToken, lang: view.lang, audio: $("listen").checked });
   stream.lastSeq = lastSeq; // the same session again: go on after the last event seen
   stream.addEventListener("state", (e) => onState(e.detail.state));
   stream.addEventListener("listener", (e) => onListener(e.detail));
   stream.addEventListener("result", (e) => {
     const r = { ...e.detail, gen: view.gen };
     const key = `${view.gen}:${r.tgt_lang}:${r.utterance_index}`;
+    const live = !view.results.has(key) && !stale(r);
     view.results.set(key, r);
+    if (live && $("listen").checked && r.tgt_lang === view.lang && r.status === "ok" && r.tts_audio) {
+      playback.add(r.utterance_index, clipFromResult(r));
+    }
     view.drafts.delete(key);
     seen(r.tgt_lang);
     render();
@@ -173,6 +194,12 @@ async function findRoom() {
   if (!view.stream || view.stream.state !== "connected") setConn("reconnecting", "waiting for the speaker…");
 }
 
+// what was said long ago (the replay when the page opens) is read, not heard
+function stale(r) {
+  const end = (r.spoken_at || 0) + (r.audio_seconds || 0);
+  return end > 0 && Date.now() / 1000 - end > 20;
+}
+
 // "speaking…" while drafts of an utterance come in, "paused" once none came for a while
 // (silence and a broken stream look the same otherwise; the latter says "connection lost")
 let quietTimer = null;
@@ -202,6 +229,26 @@ $("lang").addEventListener("change", () => {
   if (view.stream) follow(view.sessionId, view.token, true);
 });
 $("original").addEventListener("change", render);
+$("listen").addEventListener("change", () => {
+  if (!$("listen").checked) playback.stop();
+  if (view.stream) follow(view.sessionId, view.token); // the same stream, with or without the voice
+});
+$("size").addEventListener("change", () => {
+  $("subtitles").style.setProperty("--scale", $("size").value);
+});
+// projector: the page full screen, the last lines large
+$("projector").addEventListener("click", async () => {
+  document.body.classList.toggle("projector");
+  const on = document.body.classList.contains("projector");
+  $("projector").textContent = on ? "Leave full screen" : "Full screen";
+  try {
+    if (on && document.fullscreenEnabled && !document.fullscreenElement) await document.documentElement.requestFullscreen();
+    if (!on && document.fullscreenElement) await document.exitFullscreen();
+  } catch (e) { /* full screen refused (an iframe, a browser setting): the large layout stays */ }
+});
+document.addEventListener("fullscreenchange", () => {
+  if (!document.fullscreenElement && document.body.classList.contains("projector")) $("projector").click();
+});
 loadLanguages();
 if (room) {
   findRoom();
