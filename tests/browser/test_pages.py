@@ -17,11 +17,15 @@ from ..conftest import SCALE, Cluster, eventually, test_engines
 from .conftest import ARTIFACTS, SPOKEN, new_page
 
 
-async def _start_session(page: Any, src: str = "en", tgt: str = "es") -> str:
+async def _start_session(
+    page: Any, src: str = "en", tgt: str = "es", title: str = "", presenter: str = ""
+) -> str:
     await page.goto("/")
     await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
     await page.select_option("#src", src)
     await page.select_option("#tgt", tgt)
+    await page.fill("#title", title)
+    await page.fill("#presenter", presenter)
     await page.click("#start")
     await page.wait_for_selector("#conn[data-state=connected]")
     return str(await page.evaluate("window.lm.session.sessionId"))
@@ -141,7 +145,7 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     s = await cluster.scheduler()
     await cluster.node(s.url, "node-v", engines=test_engines(text="line {n}"))
     speaker = await new_page(browser, s.http)
-    await _start_session(speaker)
+    await _start_session(speaker, title="Town hall, 7 December", presenter="Mayor Ruiz")
     for i in range(2):
         await speaker.set_input_files("#file", str(_tone_wav(tmp_path, f"v{i}.wav", 0.3)))
         await speaker.wait_for_function(f"window.seen.results.length === {i + 1}")
@@ -152,6 +156,9 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 2")
     earlier = await viewer.locator("#subtitles p").all_inner_texts()
     assert all(t.startswith("[es] Line") for t in earlier)
+    assert (
+        await viewer.locator("h1").inner_text() == "Town hall, 7 December — Mayor Ruiz"
+    )  # as the speaker named it
     await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "v2.wav", 0.3)))
     await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length === 3", timeout=10_000)
     assert (await viewer.locator("#conn").get_attribute("data-state")) == "connected"

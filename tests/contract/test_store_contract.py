@@ -143,7 +143,15 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
     store = make(kind, request, StoreLimits(history_events=1000, history_bytes=20_000))
     sid = SessionId(f"long-{kind}")
     await store.create_session(
-        SessionRecord(sid, "t", "rt", "vt", {"src_lang": "en", "tgt_langs": ["es"]}, "A"), 60
+        SessionRecord(
+            sid,
+            "t",
+            "rt",
+            "vt",
+            {"src_lang": "en", "tgt_langs": ["es"], "title": "City history", "presenter": "Ana"},
+            "A",
+        ),
+        60,
     )
     try:
         for i in range(40):  # drafts and results with speech, far more than the window holds
@@ -198,6 +206,7 @@ async def test_the_window_is_bounded_by_bytes_and_the_transcript_keeps_every_res
         assert len(await store.transcript(sid)) == 40
         info = await store.transcript_info(sid)
         assert info is not None and info.ended_at is not None and info.src_lang == "en"
+        assert (info.title, info.presenter) == ("City history", "Ana")  # the transcript's name stays
         assert await store.transcript_info(SessionId("never")) is None
     finally:
         await store.close()

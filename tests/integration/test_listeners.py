@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
-from linguamesh.client import SessionClient
+from linguamesh.client import ClientError, SessionClient
 
 from ..conftest import SCALE, Cluster, late_events, pcm, test_engines
 
@@ -161,3 +162,36 @@ async def test_an_utterance_with_four_targets_is_transcribed_once(cluster: Clust
     runs = sum(n.agent.transcripts.runs for n in nodes)
     shared = sum(n.agent.transcripts.shared for n in nodes)
     assert (runs, shared) == (4, 12)  # ASR once per utterance, whatever the number of targets
+
+
+async def test_the_events_title_and_presenter_reach_viewers_and_transcripts(cluster: Cluster) -> None:
+    from linguamesh.scheduler.sessions.rooms import room_of
+
+    s = await cluster.scheduler()
+    await cluster.node(s.url, engines=test_engines())
+    c = SessionClient(s.url, src="en", tgt="es")
+    c.init.room_key = "key-of-the-history-lecture"
+    c.init.room = room = room_of(c.init.room_key)
+    c.init.title, c.init.presenter = "History of the city, lecture 2", "Dr Ana Ruiz"
+    async with c:
+        await c.send_utterance(0, pcm(0.1))
+        await c.next_result(10 * SCALE)
+        async with httpx.AsyncClient(base_url=s.http) as http:
+            shown = (await http.get(f"/api/v1/rooms/{room}")).json()
+            assert c.ack is not None
+            one = await http.get(
+                f"/api/v1/sessions/{c.ack.session_id}/transcript",
+                params={"format": "txt", "token": c.ack.view_token},
+            )
+            event = await http.get(f"/api/v1/rooms/{room}/transcript", params={"format": "txt"})
+        for bad in ("x" * 121, "a\nb"):
+            refused = SessionClient(s.url, src="en", tgt="es")
+            refused.init.title = bad
+            with pytest.raises(ClientError) as exc:
+                await refused.connect()
+            assert exc.value.code == "bad_message" and "field `title`" in str(exc.value), exc.value
+    assert (shown["title"], shown["presenter"]) == ("History of the city, lecture 2", "Dr Ana Ruiz")
+    assert one.text.splitlines()[0].startswith(
+        "History of the city, lecture 2 — Dr Ana Ruiz: translation from en"
+    )
+    assert event.text.splitlines()[0].startswith("History of the city, lecture 2 — Dr Ana Ruiz (1 sessions)")

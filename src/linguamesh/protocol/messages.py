@@ -94,6 +94,10 @@ class SessionInit(_Msg, tag="session_init", kw_only=True):
     #: Our addition: an access token (a JWT from the operator's backend) when the
     #: scheduler requires one (``--api-keys``; ``docs/protocol.md``).
     token: str | None = None
+    #: Our additions: what the event is called and who speaks (at most 120 characters
+    #: each): shown to viewers and in transcripts.
+    title: str | None = None
+    presenter: str | None = None
 
 
 class Utterance(_Msg, tag="utterance", kw_only=True):

@@ -129,6 +129,8 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "identity": st.identity,
             "key_id": st.key_id,
             "started_at": st.started_at,
+            "title": st.title,
+            "presenter": st.presenter,
         },
         owner=owner,
         max_index=session.utterances.max_index,
@@ -151,6 +153,8 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         identity=st.get("identity"),
         key_id=st.get("key_id"),
         started_at=float(st.get("started_at") or 0.0),
+        title=str(st.get("title") or ""),
+        presenter=str(st.get("presenter") or ""),
     )
 
 

@@ -133,6 +133,9 @@ class TranscriptInfo:
     ended_at: float | None = None
     #: the room whose viewer link showed the session (access tokens may grant a room)
     room: str | None = None
+    #: what the event is called and who speaks (``session_init``; "": not given)
+    title: str = ""
+    presenter: str = ""
 
 
 @dataclass(slots=True)

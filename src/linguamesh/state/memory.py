@@ -31,7 +31,7 @@ def transcript_info(record: SessionRecord) -> TranscriptInfo:
     st = record.settings
     return TranscriptInfo(
         record.session_id, record.view_token, st.get("src_lang", ""), list(st.get("tgt_langs", [])),
-        record.trace_id, room=st.get("room"),
+        record.trace_id, room=st.get("room"), title=st.get("title") or "", presenter=st.get("presenter") or "",
     )  # fmt: skip
 
 

@@ -330,7 +330,7 @@ class RedisStateStore(RedisHistory):
             meta,
             mapping={"view_token": info.view_token, "src_lang": info.src_lang,
                      "tgt_langs": json.dumps(info.tgt_langs), "trace_id": info.trace_id,
-                     "room": info.room or ""},
+                     "room": info.room or "", "title": info.title, "presenter": info.presenter},
         )  # fmt: skip
         pipe.hdel(meta, "ended_at")
         pipe.expire(meta, self._ttl() + int(self.limits.transcript_retention))

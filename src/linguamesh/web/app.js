@@ -69,6 +69,8 @@ function newSession(src, tgt) {
     src, tgt, store, room, roomKey: key,
     // an access token from the operator's backend (?token=… in the page's address)
     token: params.get("token"),
+    // shown to viewers and in the transcripts; kept for the next session of the tab
+    title: $("title").value.trim(), presenter: $("presenter").value.trim(),
   });
   rows.src = src;
   session.addEventListener("connection", (e) => setConn(e.detail.state));
@@ -404,6 +406,7 @@ $("setup").addEventListener("submit", async (e) => {
   // the microphone is asked for now, not at the first press: answering the browser's
   // question must not leave a recording running with nobody holding the button
   await micReady();
+  store.set("event", { title: $("title").value.trim(), presenter: $("presenter").value.trim() });
   newSession($("src").value, $("tgt").value).start().catch((err) => notice(err.message, true));
 });
 $("mode").addEventListener("change", () => setMode($("mode").value));
@@ -439,6 +442,10 @@ $("file").addEventListener("change", (e) => {
 });
 Object.assign(lm, { talkStart, talkStop, toggleListen }); // for tests and automation
 
+// the event's title and presenter, as typed last in this tab (a new session after a
+// restart carries them too)
+const named = store.get("event");
+if (named) { $("title").value = named.title || ""; $("presenter").value = named.presenter || ""; }
 // a reload resumes the session of this tab (its rows come back from the server's replay),
 // in the microphone mode it had; hands-free listening goes on if the browser lets it
 const saved = store.load();

@@ -180,11 +180,19 @@ function follow(id, viewToken, fromStart = false) {
   stream.open();
 }
 
+// the event's name and who speaks, as the speaker gave them
+function showTitle(title, presenter) {
+  const named = [title, presenter].filter(Boolean).join(" — ");
+  $("title").textContent = named || "Live subtitles";
+  document.title = named ? `${named} — live subtitles` : "LinguaMesh — live subtitles";
+}
+
 // a room: which session shows now (polled: the speaker may start a new one at any time)
 async function findRoom() {
   try {
     // with access tokens on, the room answers a viewer whose token grants it (?access_token=…)
     const cur = await currentSession("", room, params.get("access_token"));
+    if (cur) showTitle(cur.title, cur.presenter);
     if (cur && (cur.session_id !== view.sessionId || !view.stream || view.stream.state === "failed")) {
       follow(cur.session_id, cur.view_token);
       return;

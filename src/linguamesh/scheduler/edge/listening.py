@@ -17,10 +17,11 @@ import json
 import time
 from dataclasses import dataclass
 
+from ...core.ids import SessionId
 from ...core.languages import is_known, session_targets
 from ...core.nodes import servable_pairs
 from ...protocol import event_lang
-from ...state.base import DependencyDown
+from ...state.base import DependencyDown, StateStore
 
 #: A listener language lapses this long after its last viewer stopped refreshing it.
 LISTENER_GRACE_SECONDS = 60.0
@@ -36,7 +37,7 @@ def lang_problem(lang: str) -> str | None:
 class Listening:
     """One viewer's language in one session."""
 
-    session_id: str
+    session_id: SessionId
     lang: str
     src_lang: str
     tgt_langs: list[str]
@@ -64,10 +65,9 @@ class Listening:
     def due(self) -> bool:
         return self.adds and time.monotonic() - self.refreshed_at >= REFRESH_SECONDS
 
-    async def refresh(self, sched: object) -> bytes | None:
+    async def refresh(self, store: StateStore) -> bytes | None:
         """Keep the listener language alive; the ``listener`` SSE frame when the viewer's
         standing changed (None otherwise)."""
-        store = sched.store  # type: ignore[attr-defined]
         self.refreshed_at = time.monotonic()
         status, message = "ok", f"{self.lang}: translated from the next utterance on"
         try:

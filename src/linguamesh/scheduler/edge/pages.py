@@ -69,6 +69,13 @@ class Viewing:
     tgt_langs: list[str]
     local: Session | None
     ended: bool
+    title: str = ""
+    presenter: str = ""
+
+    def heading(self) -> str:
+        """The transcript's name: the event's title and presenter when the speaker gave them."""
+        named = " — ".join(x for x in (self.title, self.presenter) if x)
+        return named or f"LinguaMesh session {self.session_id}"
 
 
 async def _viewing(request: Request) -> Viewing | JSONResponse:
@@ -82,7 +89,8 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
     if local is not None and not local.life.gone:
         if not same_token(token, local.view_token) and not _may_view(s, access, local.settings.room):
             return _unauthorized()
-        return Viewing(sid, local.settings.src_lang, list(local.settings.tgt_langs), local, False)
+        st = local.settings
+        return Viewing(sid, st.src_lang, list(st.tgt_langs), local, False, st.title, st.presenter)
     if len(sid) > 128:
         return _not_found()
     try:
@@ -93,7 +101,9 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
         return _not_found()
     if not same_token(token, info.view_token) and not _may_view(s, access, info.room):
         return _unauthorized()
-    return Viewing(sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None)
+    return Viewing(
+        sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None, info.title, info.presenter
+    )
 
 
 def _may_view(s: Scheduler, token: str, room: str | None) -> bool:
@@ -203,7 +213,7 @@ async def transcript(request: Request) -> Response:
     known = list(dict.fromkeys([v.src_lang, *v.tgt_langs, *(r.get("tgt_lang", "") for r in results)]))
     if lang not in known:
         return error(400, "bad_message", f"lang {lang!r} is not in this session ({', '.join(known)})")
-    header = Header(f"LinguaMesh session {v.session_id}", first_spoken(results), v.src_lang, lang)
+    header = Header(v.heading(), first_spoken(results), v.src_lang, lang)
     body = render(cues(results, lang, v.src_lang), fmt, header)
     return _download(body, fmt, f"linguamesh-{v.session_id}-{lang}.{fmt}")
 
@@ -234,8 +244,12 @@ async def room_transcript(request: Request) -> Response:
         sessions = []
         for sid in await s.store.room_sessions(room_id):
             info = await s.store.transcript_info(SessionId(sid))
-            if info is not None and (lang in (info.src_lang, *info.tgt_langs) or not lang):
-                sessions.append((info, [json.loads(d) for _, d in await s.store.transcript(SessionId(sid))]))
+            if info is None:
+                continue
+            results = [json.loads(d) for _, d in await s.store.transcript(SessionId(sid))]
+            # the session's languages, and those its listeners had it translated into
+            if not lang or lang in (info.src_lang, *info.tgt_langs, *(r.get("tgt_lang") for r in results)):
+                sessions.append((info, results))
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
     if not sessions:
@@ -250,9 +264,14 @@ async def room_transcript(request: Request) -> Response:
             shift = items[-1].end - more[0].start
             more = [Cue(c.index, c.start + shift, c.end + shift, c.text) for c in more]
         items += more
-    header = Header(
-        f"LinguaMesh room {room_id} ({len(sessions)} sessions)", origin, sessions[0][0].src_lang, lang
+    newest = sessions[-1][0]  # the event's name as the speaker gave it last
+    named = " — ".join(x for x in (newest.title, newest.presenter) if x)
+    title = (
+        f"{named} ({len(sessions)} sessions)"
+        if named
+        else f"LinguaMesh room {room_id} ({len(sessions)} sessions)"
     )
+    header = Header(title, origin, sessions[0][0].src_lang, lang)
     return _download(render(items, fmt, header), fmt, f"linguamesh-room-{room_id}-{lang}.{fmt}")
 
 
@@ -272,7 +291,23 @@ async def room(request: Request) -> Response:
         return error(503, "dependency_down", "shared state unavailable, try again")
     if found is None or not live:
         return error(404, "session_not_found", "no session shows in this room now; it may start again soon")
-    return JSONResponse({"session_id": found.session_id, "view_token": found.view_token})
+    local = s.sessions.get(SessionId(found.session_id))
+    try:
+        if local is not None:
+            title, presenter = local.settings.title, local.settings.presenter
+        else:
+            info = await s.store.transcript_info(SessionId(found.session_id))
+            title, presenter = (info.title, info.presenter) if info is not None else ("", "")
+    except DependencyDown:
+        title, presenter = "", ""
+    return JSONResponse(
+        {
+            "session_id": found.session_id,
+            "view_token": found.view_token,
+            "title": title,
+            "presenter": presenter,
+        }
+    )
 
 
 async def stream(request: Request) -> Response:
@@ -378,7 +413,7 @@ class ViewerStream(Response):
             await write(b"retry: 1000\n\n")
             listening = self.listening
             if listening is not None and listening.adds:
-                said = await listening.refresh(sched)
+                said = await listening.refresh(sched.store)
                 if said is not None:
                     await write(said)
             sent = self.last
@@ -399,7 +434,7 @@ class ViewerStream(Response):
             heartbeat = b'event: heartbeat\ndata: {"every_s": %g}\n\n' % beat
             while True:
                 if listening is not None and listening.due():  # the listener language stays
-                    said = await listening.refresh(sched)
+                    said = await listening.refresh(sched.store)
                     if said is not None:
                         await write(said)
                 try:

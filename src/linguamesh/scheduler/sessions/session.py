@@ -59,6 +59,9 @@ class SessionSettings:
     key_id: str | None = None
     #: when the session was opened (epoch seconds)
     started_at: float = 0.0
+    #: what the event is called and who speaks ("": not given)
+    title: str = ""
+    presenter: str = ""
 
 
 @dataclass(eq=False, slots=True)

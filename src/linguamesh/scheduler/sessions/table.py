@@ -204,6 +204,11 @@ class SessionTable:
                 raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE_PAIR, problem)
         if init.room is not None:
             Rooms.check(init.room, init.room_key)
+        for name, value in (("title", init.title), ("presenter", init.presenter)):
+            if value is not None and (len(value) > 120 or not value.isprintable()):
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE, f"field `{name}`: at most 120 printable characters"
+                )
         if init.sample_rate <= 0 or init.sample_rate > 192_000:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"sample_rate {init.sample_rate} is out of range")
         end_ms = None
@@ -227,6 +232,8 @@ class SessionTable:
             identity=who.identity if who else None,
             key_id=who.key_id if who else None,
             started_at=time.time(),
+            title=(init.title or "").strip(),
+            presenter=(init.presenter or "").strip(),
         )
         session = self._session(
             session_id=new_session_id(),

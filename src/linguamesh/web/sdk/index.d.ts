@@ -61,6 +61,8 @@ export class SessionStore {
 export interface SessionOptions {
   url: string; src: string; tgt: string; tts?: boolean; partials?: boolean;
   endOfSpeech?: "server" | "client"; room?: string; roomKey?: string; token?: string;
+  /** the event's name and who speaks: shown to viewers and in transcripts (120 characters each) */
+  title?: string; presenter?: string;
   store?: SessionStore; WebSocket?: unknown; retry?: { initialMs?: number; maxMs?: number };
 }
 
@@ -126,4 +128,4 @@ export function b64(bytes: Uint8Array): string;
 export function unb64(text: string): Uint8Array;
 export function roomIds(store: SessionStore): { room: string; key: string };
 export function roomOf(key: string): string;
-export function currentSession(base: string, room: string, accessToken?: string | null, fetchImpl?: typeof fetch): Promise<{ session_id: string; view_token: string } | null>;
+export function currentSession(base: string, room: string, accessToken?: string | null, fetchImpl?: typeof fetch): Promise<{ session_id: string; view_token: string; title?: string; presenter?: string } | null>;

@@ -36,6 +36,8 @@ export class Session extends EventTarget {
    * @param {"server"|"client"} [o.endOfSpeech="server"]  who ends an utterance at a pause
    * @param {string} [o.room]  @param {string} [o.roomKey]  the speaker's room (rooms.js)
    * @param {string} [o.token]  an access token from your backend
+   * @param {string} [o.title]  @param {string} [o.presenter]  the event's name and who speaks
+   *   (shown to viewers and in transcripts; at most 120 characters each)
    * @param {import("./storage.js").SessionStore} [o.store]  resume state survives a reload
    * @param {typeof WebSocket} [o.WebSocket]  a WebSocket class (node: the "ws" package)
    */
@@ -49,6 +51,8 @@ export class Session extends EventTarget {
     this.room = o.room ?? null;
     this.roomKey = o.roomKey ?? null;
     this.token = o.token ?? null;
+    this.title = o.title || null;
+    this.presenter = o.presenter || null;
     this.store = o.store ?? null;
     this.WS = o.WebSocket ?? globalThis.WebSocket;
     this.retry = { initialMs: 500, maxMs: 5000, ...(o.retry || {}) };
@@ -201,6 +205,8 @@ export class Session extends EventTarget {
     };
     if (this.room) { init.room = this.room; init.room_key = this.roomKey; }
     if (this.token) init.token = this.token;
+    if (this.title) init.title = this.title;
+    if (this.presenter) init.presenter = this.presenter;
     if (this.ack) {
       init.resume = { session_id: this.ack.session_id, resume_token: this.ack.resume_token, last_seq: this.lastSeq };
     }
