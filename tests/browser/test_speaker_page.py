@@ -405,3 +405,26 @@ async def test_the_viewer_link_has_a_copy_button_and_a_qr_code_that_reads_back_t
         for bad in ("", "javascript:alert(1)", "https://example.org/other", "http://x/view/" + "a" * 600):
             r = await http.get("/api/v1/qr.svg", params={"link": bad})
             assert r.status_code == 400 and r.json()["error"]["code"] == "bad_message", (bad, r.text)
+
+
+async def test_the_microphone_is_tested_before_going_live(cluster: Cluster, browser: Any) -> None:
+    """The fake microphone plays speech: the test's meter moves, the page says the
+    microphone works, and the microphone is released again; nothing reaches the server."""
+    s = await cluster.scheduler()
+    await cluster.node(s.url, "node-mic", engines=test_engines())
+    page = await new_page(browser, s.http)
+    await page.goto("/")
+    await page.wait_for_function("document.querySelectorAll('#src option').length > 0")
+    await page.click("#mic-test")
+    await page.wait_for_function(
+        "Number(document.querySelector('#test-level').getAttribute('aria-valuenow')) > 0", timeout=5000
+    )
+    await page.screenshot(path=ARTIFACTS / "speaker-mic-test.png", full_page=True)
+    await page.click("#mic-test")  # stop the test
+    assert await page.locator("#mic-test-note").inner_text() == "Your microphone works."
+    assert await page.locator("#test-level").is_hidden()
+    await page.wait_for_function("!window.lm.mic.ctx")  # released
+    assert s.sched.metrics.value("sessions_created") == 0
+    await _start_session(page)  # and the session then records as usual
+    assert await page.evaluate("Boolean(window.lm.mic.ctx)")
+    assert not page.js_errors

@@ -252,6 +252,12 @@ mic.addEventListener("level", () => {
     meter.setAttribute("aria-valuenow", String(Math.round(mic.level)));
     meter.firstElementChild.style.width = `${mic.level}%`;
     meter.dataset.active = recording ? "true" : "false";
+    if (micTest) { // the pre-flight test before going live
+      const test = $("test-level");
+      test.setAttribute("aria-valuenow", String(Math.round(mic.level)));
+      test.firstElementChild.style.width = `${mic.level}%`;
+      micTest.loudest = Math.max(micTest.loudest, mic.level);
+    }
   });
 });
 
@@ -292,6 +298,31 @@ async function micReady() {
       "icon in the address bar, or the site settings — then press the button again; or send a file.", true);
     return false;
   }
+}
+
+// the pre-flight microphone test: the level for a few seconds, then whether speech was heard
+// (nothing is sent: no session yet)
+let micTest = null;
+async function testMicrophone() {
+  if (micTest) return finishMicTest();
+  if (!(await micReady())) return;
+  micTest = { loudest: 0, timer: setTimeout(() => finishMicTest(), 8000) };
+  $("test-level").hidden = false;
+  $("mic-test").textContent = "Stop the test";
+  $("mic-test-note").textContent = "Say a few words: the bar should move.";
+}
+// keepOpen: the session starts now and records with it
+function finishMicTest(keepOpen = false) {
+  if (!micTest) return;
+  clearTimeout(micTest.timer);
+  const heard = micTest.loudest >= 5;
+  micTest = null;
+  $("test-level").hidden = true;
+  $("mic-test").textContent = "Test the microphone";
+  $("mic-test-note").textContent = heard
+    ? "Your microphone works."
+    : "The microphone hears nothing: check that it is the right one, not muted, and close to you.";
+  if (!keepOpen && !lm.session) mic.stop(); // released until the session starts
 }
 
 // the microphone is open for the speaker: translated speech waits (it would talk over them
@@ -405,11 +436,13 @@ $("setup").addEventListener("submit", async (e) => {
   if (notices.sticky) notice(null); // an old "the session ended" is no longer news
   // the microphone is asked for now, not at the first press: answering the browser's
   // question must not leave a recording running with nobody holding the button
+  finishMicTest(true);
   await micReady();
   store.set("event", { title: $("title").value.trim(), presenter: $("presenter").value.trim() });
   newSession($("src").value, $("tgt").value).start().catch((err) => notice(err.message, true));
 });
 $("mode").addEventListener("change", () => setMode($("mode").value));
+$("mic-test").addEventListener("click", testMicrophone);
 const talk = $("talk");
 talk.addEventListener("pointerdown", (e) => { e.preventDefault(); talkStart(); });
 talk.addEventListener("pointerup", talkStop);
