@@ -193,9 +193,9 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     cluster: Cluster, browser: Any, tmp_path: Path
 ) -> None:
     s = await cluster.scheduler(pending_timeout=0.3)
-    await cluster.node(s.url, "op-node")
+    node = await cluster.node(s.url, "op-node")
     page = await new_page(browser, s.http)
-    await _start_session(page)
+    await _start_session(page, title="Weekly meeting")
     await page.set_input_files("#file", str(_tone_wav(tmp_path, "a.wav", 0.3)))
     await page.wait_for_function("window.seen.results.length === 1")
     job_id = await page.evaluate("window.seen.results[0].job_id")
@@ -210,7 +210,27 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     # the pool is named after the pairs the node serves, not every language it touches
     assert await admin.locator("#pools td").first.inner_text() == "en-es-fr"  # the test engines
     assert await admin.locator("#counters div").count() > 3
+    assert "Sessions opened: 1" in await admin.locator("#counters").inner_text()  # in words
+    # health first: all good; the session with its event, languages and viewers
+    assert await admin.get_attribute("#health", "data-status") == "ok"
+    viewer = await new_page(browser, s.http)
+    await viewer.goto(str(await page.get_attribute("#share-link", "href")))
+    await admin.wait_for_function(
+        "document.querySelector('#sessions tbody td:nth-child(4)')?.textContent === '1'"
+    )
+    row = await admin.locator("#sessions tbody tr").first.locator("td").all_inner_texts()
+    assert row[1:5] == ["Weekly meeting", "en → es", "1", "connected"], row
     await admin.screenshot(path=ARTIFACTS / "operator.png", full_page=True)
+    # the node goes: red, and why
+    await node.stop()
+    await admin.wait_for_function(
+        "document.querySelector('#health').dataset.status === 'bad'", timeout=10_000
+    )
+    assert "no node is connected" in await admin.locator("#health-problems").inner_text()
+    assert await admin.get_attribute("#conn", "data-state") == "offline"
+    await admin.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+    assert await admin.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await admin.screenshot(path=ARTIFACTS / "operator-phone.png", full_page=True)
     assert not admin.js_errors
 
 

@@ -108,12 +108,21 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             await page.wait_for_selector("li.utt[data-status=processing]")  # in flight on the node
             sched.proc.send_signal(signal.SIGKILL)
             sched.proc.wait()
+            killed = asyncio.get_running_loop().time()
             await page.wait_for_selector("#conn[data-state=reconnecting]")
+            # the viewer says so within 10 s (not "live", not "waiting for the speaker")
+            await viewer.wait_for_function(
+                "document.querySelector('#conn .label').textContent.startsWith('connection lost')",
+                timeout=10_000,
+            )
+            assert asyncio.get_running_loop().time() - killed < 10
             # recorded while the server is away: waits in the page
             await page.set_input_files("#file", str(_tone_wav(tmp_path, "k1.wav", 0.7)))
             _, sched = await start_scheduler_process("--log", "debug", port=port, log=tmp_path / "s2.log")
             await page.wait_for_selector("#conn[data-state=connected]", timeout=int(20_000 * SCALE))
             await page.wait_for_selector("li.utt[data-gen='1'][data-status=ok]", timeout=int(30_000 * SCALE))
+            # ... and comes back, following the speaker's new session in the room
+            await viewer.wait_for_selector("#conn[data-state=connected]", timeout=int(20_000 * SCALE))
             await asyncio.sleep(0.5)
             old = await page.locator("li.utt[data-gen='0']").all()
             assert len(old) == 1 and await old[0].get_attribute("data-status") == "ended"

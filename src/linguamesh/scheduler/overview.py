@@ -167,8 +167,51 @@ def instance_overview(s: Scheduler) -> dict[str, Any]:
         "failures": [{**f, "instance_id": me} for f in list(s.runner.observer.failures)[::-1]],
         "sessions": len(s.sessions),
         "viewers": sum(s.admission.viewers.values()),
+        "viewers_by_session": dict(s.admission.viewers),
+        "session_list": sessions_data(s),
         "queue_depth": len(s.dispatcher.waiting),
     }
+
+
+def sessions_data(s: Scheduler) -> list[dict[str, Any]]:
+    """The sessions held here: who and what, its languages (listener ones too), and
+    whether its speaker is connected (a closed tab lingers for the resume window)."""
+    out = []
+    for session in s.sessions.values():
+        if session.life.gone:
+            continue
+        st = session.settings
+        out.append({
+            "session_id": session.session_id, "instance_id": s.config.instance_id,
+            "title": st.title, "presenter": st.presenter, "room": st.room,
+            "src_lang": st.src_lang, "tgt_langs": st.tgt_langs,
+            "listener_langs": sorted(session.listener_langs),
+            "connected": session.delivery.conn is not None,
+            "age_s": round(time.time() - st.started_at, 1) if st.started_at else None,
+        })  # fmt: skip
+    return out
+
+
+def health(merged: dict[str, Any], servable: set[tuple[str, str]]) -> dict[str, Any]:
+    """The cluster at a glance, worst first: ``bad`` when nothing can be translated or a
+    session asks for a pair no node serves, ``warn`` when jobs wait or an instance does not
+    answer, else ``ok``; each problem in words."""
+    bad: list[str] = []
+    warn: list[str] = []
+    if not merged["nodes"]:
+        bad.append("no node is connected: nothing can be translated")
+    unserved: dict[str, list[str]] = {}
+    for sess in merged["session_list"]:
+        for tgt in [*sess["tgt_langs"], *sess["listener_langs"]]:
+            if tgt != sess["src_lang"] and (sess["src_lang"], tgt) not in servable:
+                unserved.setdefault(f"{sess['src_lang']}->{tgt}", []).append(sess["session_id"])
+    for pair, ids in sorted(unserved.items()):
+        bad.append(f"no node serves {pair}, which {len(ids)} session(s) asked for ({', '.join(ids[:3])})")
+    if merged["queue_depth"]:
+        warn.append(f"{merged['queue_depth']} job(s) wait for a node")
+    if merged["unanswered"]:
+        warn.append(f"no answer from instance(s) {', '.join(merged['unanswered'])}")
+    return {"status": "bad" if bad else "warn" if warn else "ok", "problems": bad + warn}
 
 
 def counters(s: Scheduler) -> dict[str, float]:
@@ -199,12 +242,24 @@ async def cluster_overview(s: Scheduler) -> dict[str, Any]:
         "pools": pools_data(s),
         "counters": counters(s),
     }
-    for key in ("nodes", "jobs_in_flight", "recent_jobs", "failures"):
-        merged[key] = [x for p in parts.values() for x in p[key]]
+    for key in ("nodes", "jobs_in_flight", "recent_jobs", "failures", "session_list"):
+        merged[key] = [
+            x for p in parts.values() for x in p.get(key, [])
+        ]  # (an older instance has no session_list)
     merged["nodes"].sort(key=lambda n: str(n["node_id"]))
     merged["sessions"] = sum(p["sessions"] for p in parts.values())
     merged["viewers"] = sum(p.get("viewers", 0) for p in parts.values())
     merged["queue_depth"] = sum(p["queue_depth"] for p in parts.values())
+    # a session's viewers may be on any instance
+    viewers: dict[str, int] = {}
+    for p in parts.values():
+        for sid, n in p.get("viewers_by_session", {}).items():
+            viewers[sid] = viewers.get(sid, 0) + n
+    for sess in merged["session_list"]:
+        sess["viewers"] = viewers.get(sess["session_id"], 0)
+    merged["session_list"].sort(key=lambda x: (not x["connected"], -(x["viewers"]), x["session_id"]))
+    merged["counter_help"] = {name: help_ for name, (help_, _) in COUNTERS.items()}
+    merged["health"] = health(merged, set(s.servable_pairs()))
     return merged
 
 

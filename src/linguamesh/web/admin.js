@@ -44,6 +44,10 @@ function fill(id, rows) {
   }
 }
 
+function minutes(seconds) {
+  return seconds < 90 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
+}
+
 async function refresh() {
   try {
     const res = await fetch(`/api/v1/admin/overview${token ? `?token=${encodeURIComponent(token)}` : ""}`);
@@ -51,11 +55,33 @@ async function refresh() {
     if (!res.ok) throw new Error(data.error ? data.error.message : res.statusText);
     $("notice").hidden = true;
     const conn = $("conn");
-    conn.dataset.state = "connected";
+    // the header's dot is the cluster's health, not only this page's connection
+    conn.dataset.state = { ok: "connected", warn: "reconnecting", bad: "offline" }[(data.health || {}).status] || "connected";
     const instances = Object.keys(data.instances || {}).length || 1;
     const missing = (data.unanswered || []).length ? ` · no answer from ${data.unanswered.join(", ")}` : "";
     conn.querySelector(".label").textContent =
       `instance ${data.instance_id} of ${instances} · ${data.sessions} sessions · queue ${data.queue_depth}${missing}`;
+    const health = data.health || { status: "ok", problems: [] };
+    $("health").dataset.status = health.status;
+    $("health-summary").textContent = {
+      ok: "All good: nodes serve every language asked for and no job waits.",
+      warn: "Needs a look:",
+      bad: "Translation is failing or will fail:",
+    }[health.status] || health.status;
+    $("health-problems").replaceChildren(...health.problems.map((p) => {
+      const li = document.createElement("li");
+      li.textContent = p;
+      return li;
+    }));
+    fill("sessions", (data.session_list || []).map((s) => [
+      s.session_id,
+      [s.title, s.presenter].filter(Boolean).join(" — ") || (s.room ? `room ${s.room}` : ""),
+      `${s.src_lang} → ${s.tgt_langs.join(", ")}${s.listener_langs.length ? ` + listeners: ${s.listener_langs.join(", ")}` : ""}`,
+      s.viewers,
+      s.connected ? "connected" : "away (kept for a resume)",
+      s.age_s == null ? "" : minutes(s.age_s),
+      s.instance_id,
+    ]));
     fill("nodes", data.nodes.map((n) => [
       n.sitting_out_s ? `${n.node_id} (sitting out ${Math.round(n.sitting_out_s)} s: acks timed out)` : n.node_id,
       n.instance_id, n.pool, `${n.reserved}/${n.max_concurrent_jobs} (running ${n.running_jobs})`,
@@ -72,9 +98,14 @@ async function refresh() {
     fill("failures", data.failures.map((f) => [
       new Date(f.at * 1000).toLocaleTimeString(), jobLink(f.job_id), f.code, f.reason, f.attempts, traceCell(f.job_id, f.trace_id),
     ]));
+    // counters in words (the Prometheus name in the tooltip), with their labels
+    const help = data.counter_help || {};
     $("counters").replaceChildren(...Object.entries(data.counters).sort().map(([k, v]) => {
       const d = document.createElement("div");
-      d.textContent = `${k}: ${v}`;
+      const name = k.split("{")[0];
+      const labels = k.includes("{") ? ` (${k.slice(k.indexOf("{") + 1, -1).replaceAll(",", ", ")})` : "";
+      d.textContent = `${help[name] || name}${labels}: ${Number.isInteger(v) ? v : v.toFixed(2)}`;
+      d.title = `linguamesh_${k}`;
       return d;
     }));
   } catch (e) {

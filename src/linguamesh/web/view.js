@@ -115,7 +115,7 @@ function seen(lang) {
 
 const STATES = {
   connected: ["connected", "live"],
-  reconnecting: ["reconnecting", "reconnecting…"],
+  reconnecting: ["lost", "connection lost: reconnecting…"],
   lost: ["lost", "connection lost: reconnecting…"],
   ended: ["offline", "the session has ended"],
 };
@@ -125,7 +125,7 @@ function onState(state) {
   if (state !== "connected") { clearTimeout(quietTimer); $("activity").textContent = ""; }
   else if (!$("activity").textContent) $("activity").textContent = "paused";
   if (room && (state === "failed" || state === "reconnecting")) { // the room decides what to follow next
-    setConn("reconnecting", "waiting for the speaker…");
+    roomWaits();
   } else if (state === "failed") {
     setConn("offline", "closed");
     const el = $("notice");
@@ -197,9 +197,19 @@ async function findRoom() {
       follow(cur.session_id, cur.view_token);
       return;
     }
+    serverAway = false;
     if (cur) return;
-  } catch (e) { /* the server is away: try again */ }
-  if (!view.stream || view.stream.state !== "connected") setConn("reconnecting", "waiting for the speaker…");
+  } catch (e) { serverAway = true; } // the server is away: try again
+  roomWaits();
+}
+
+// a room's viewer without a live stream: the server answers and no session shows (the
+// speaker is between sessions), or the server does not answer at all
+let serverAway = false;
+function roomWaits() {
+  if (view.stream && view.stream.state === "connected") return;
+  if (serverAway) setConn("lost", "connection lost: reconnecting…");
+  else setConn("reconnecting", "waiting for the speaker…");
 }
 
 // what was said long ago (the replay when the page opens) is read, not heard

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...core.ids import SessionId
 from ...core.languages import is_known, session_targets
@@ -46,6 +46,8 @@ class Listening:
     ended: bool = False
     status: str = ""
     refreshed_at: float = float("-inf")
+    #: the session's listener languages as the last refresh read them
+    seen: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def adds(self) -> bool:
@@ -74,9 +76,8 @@ class Listening:
             now = time.time()
             await store.touch_listener(self.session_id, self.lang, now, now + LISTENER_GRACE_SECONDS)
             served = {b for a, b in servable_pairs(store.nodes().all_nodes()) if a == self.src_lang}
-            targets, _ = session_targets(
-                self.tgt_langs, self.src_lang, await store.listeners(self.session_id), now, self.most, served
-            )
+            self.seen = await store.listeners(self.session_id)
+            targets, _ = session_targets(self.tgt_langs, self.src_lang, self.seen, now, self.most, served)
             if self.lang not in served:
                 status = "unservable"
                 message = f"no node serves {self.src_lang}->{self.lang} now; asked again every {REFRESH_SECONDS:g} s"

@@ -369,6 +369,14 @@ class ViewerStream(Response):
         #: the viewer's language (``lang``): only its events, and it is translated into
         self.listening = listening
 
+    async def _refresh(self, listening: Listening) -> bytes | None:
+        """The viewer's language kept alive; a session held here learns it at once (its
+        next utterance is translated into it), one held elsewhere within a second."""
+        said = await listening.refresh(self.sched.store)
+        if self.v.local is not None and listening.seen:
+            self.v.local.listeners = listening.seen
+        return said
+
     def _wanted(self, data: bytes) -> bool:
         if self.types is not None and p.event_type(data) not in self.types:
             return False
@@ -413,7 +421,7 @@ class ViewerStream(Response):
             await write(b"retry: 1000\n\n")
             listening = self.listening
             if listening is not None and listening.adds:
-                said = await listening.refresh(sched.store)
+                said = await self._refresh(listening)
                 if said is not None:
                     await write(said)
             sent = self.last
@@ -434,7 +442,7 @@ class ViewerStream(Response):
             heartbeat = b'event: heartbeat\ndata: {"every_s": %g}\n\n' % beat
             while True:
                 if listening is not None and listening.due():  # the listener language stays
-                    said = await listening.refresh(sched.store)
+                    said = await self._refresh(listening)
                     if said is not None:
                         await write(said)
                 try:

@@ -72,18 +72,18 @@ class Intake:
             most = min(most, self.key_limits(session.settings.key_id).get("max_targets", most))
         return most
 
-    async def targets(self, session: Session) -> list[str]:
+    def targets(self, session: Session) -> list[str]:
         """The target languages of the session's next utterance: the speaker's, and those
-        its viewers listen to (``core.languages.session_targets``), read from the store at
-        most once a second (a store that fails keeps the last reading)."""
+        its viewers listen to (``core.languages.session_targets``). The listener languages
+        are read from the store in the background, at most once a second: an utterance never
+        waits for that read (a store that stalls would hold it, and a write after the stall
+        could then outlive the utterance's refusal); a viewer on this instance tells the
+        session at once (``edge/listening.py``)."""
         st = session.settings
         now = self.clock()
         if now - session.listeners_read_at >= LISTENERS_READ_EVERY:
             session.listeners_read_at = now
-            try:
-                session.listeners = await self.store.listeners(session.session_id)
-            except DependencyDown:
-                pass
+            self.runner.tasks.spawn(self._read_listeners(session), "listeners")
         if not session.listeners:
             return st.tgt_langs
         servable = {b for a, b in servable_pairs(self.store.nodes().all_nodes()) if a == st.src_lang}
@@ -94,6 +94,12 @@ class Intake:
             log.info("listeners.over_targets", session_id=session.session_id, left_out=over)
         session.listener_langs.update(targets[len(st.tgt_langs) :])
         return targets
+
+    async def _read_listeners(self, session: Session) -> None:
+        try:
+            session.listeners = await self.store.listeners(session.session_id)
+        except DependencyDown:
+            pass  # the last reading stays
 
     # ------------------------------------------------------------------ limits
 
@@ -266,7 +272,7 @@ class Intake:
         """Record the utterance and its jobs (one per target language) in one store step and
         start them. ``live``: the utterance is still being spoken (its jobs stream)."""
         st = session.settings
-        targets = await self.targets(session)
+        targets = self.targets(session)
         now = self.clock()
         preferred = NodeId(st.preferred_node_id) if st.preferred_node_id else None
         repair = self.store.nodes().repair_available(st.src_lang)
