@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   Chunker, CHUNK_SAMPLES, EnergyVad, PlaybackQueue, Resampler, SessionStore, b64, memoryStorage, roomIds, roomOf,
-  toPcm16, unb64,
+  skippedNote, toPcm16, unb64,
 } from "../index.js";
 import { sha256 } from "../sdk/rooms.js";
 import { tone } from "./helpers.js";
@@ -87,7 +87,7 @@ test("clips that waited too long are skipped, and a held queue waits", async () 
   const played = [];
   const skipped = [];
   q.addEventListener("play", (e) => played.push(e.detail.index));
-  q.addEventListener("skipped", (e) => skipped.push(e.detail.index));
+  q.addEventListener("skipped", (e) => skipped.push([e.detail.index, q.skipped]));
   q.hold(); // the speaker talks: nothing plays
   q.add(0, new Clip());
   await new Promise((r) => setTimeout(r, 80));
@@ -95,7 +95,9 @@ test("clips that waited too long are skipped, and a held queue waits", async () 
   assert.deepEqual(played, []);
   q.release(); // 0 waited 80 ms > 50: skipped, and said so; 1 is fresh: it plays
   await new Promise((r) => setTimeout(r, 30));
-  assert.deepEqual(skipped, [0]);
+  assert.deepEqual(skipped, [[0, 1]]); // one skipped since the last clip played
+  assert.equal(q.skipped, 0); // ... until the next one played
+  assert.equal(skippedNote(2), "Skipped 2 translations that came too late to be worth hearing");
   assert.deepEqual(played, [1]);
 });
 

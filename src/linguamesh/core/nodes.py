@@ -88,3 +88,8 @@ def servable_pairs(nodes: Iterable[NodeView]) -> set[tuple[str, str]]:
         if view.online:
             pairs |= view.capabilities.servable_pairs()
     return pairs
+
+
+def servable_targets(nodes: Iterable[NodeView], src: str) -> set[str]:
+    """The languages some online node translates ``src`` into end to end."""
+    return {b for a, b in servable_pairs(nodes) if a == src}

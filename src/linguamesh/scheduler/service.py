@@ -29,7 +29,7 @@ from .. import protocol as p
 from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import Job
 from ..core.lifecycle import Lifecycle
-from ..core.nodes import servable_pairs
+from ..core.nodes import servable_pairs, servable_targets
 from ..observability.logging import get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
@@ -352,8 +352,8 @@ class Scheduler:
         or resumes, not 10 s after the first utterance (a node may still come: the
         utterances wait for one until the pending timeout)."""
         src = session.settings.src_lang
-        servable = set(self.servable_pairs())
-        missing = [t for t in session.settings.tgt_langs if t != src and (src, t) not in servable]
+        servable = servable_targets(self.store.nodes().all_nodes(), src)
+        missing = [t for t in session.settings.tgt_langs if t != src and t not in servable]
         if not missing:
             return []
         pools = self.store.nodes().pool_names()

@@ -4,7 +4,7 @@
 // replay), its storage, the microphone, the chunker and the playback queue are the SDK's;
 // this file wires them to the page (rows.js draws the utterances, ui.js the rest).
 import {
-  Session, SessionStore, Microphone, PlaybackQueue, EnergyVad, clipFromResult, decodeFile, roomIds,
+  Session, SessionStore, Microphone, PlaybackQueue, EnergyVad, clipFromResult, decodeFile, roomIds, skippedNote,
 } from "./sdk/index.js";
 import { langName } from "./lang.js";
 import { Rows } from "./rows.js";
@@ -209,12 +209,9 @@ async function copyTranslation() {
 
 // ------------------------------------------------------------------ playback
 
-let skipped = 0; // clips skipped since the last one played: said until the next plays
 function showPlayer() {
   const item = playback.current;
-  const note = skipped
-    ? `Skipped ${skipped} translation${skipped > 1 ? "s" : ""} that came too late to be worth hearing`
-    : "";
+  const note = skippedNote(playback.skipped); // said until the next clip plays
   $("player").hidden = !item && !note;
   $("now-playing").textContent = [
     item ? `Playing #${item.index}${playback.waiting ? ` · ${playback.waiting} waiting` : ""}` : "", note,
@@ -223,8 +220,8 @@ function showPlayer() {
   $("stop-playback").hidden = !item;
 }
 playback.addEventListener("change", showPlayer);
-playback.addEventListener("skipped", () => { skipped += 1; showPlayer(); });
-playback.addEventListener("play", () => { skipped = 0; showPlayer(); });
+playback.addEventListener("skipped", showPlayer);
+playback.addEventListener("play", showPlayer);
 
 // ------------------------------------------------------------------ microphone
 

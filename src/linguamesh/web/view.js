@@ -2,7 +2,7 @@
 // that resume after the last event seen, and a heartbeat that tells a dead connection from
 // a quiet one). Earlier subtitles come from the replay when the page opens mid-session. A
 // room link (/view/room/{room}) follows the speaker from session to session.
-import { ViewerStream, PlaybackQueue, clipFromResult, currentSession } from "./sdk/index.js";
+import { ViewerStream, PlaybackQueue, clipFromResult, currentSession, skippedNote } from "./sdk/index.js";
 import { langName } from "./lang.js";
 import { $, setConn } from "./ui.js";
 
@@ -27,18 +27,15 @@ window.lmView = view; // for tests: the stream (an SDK ViewerStream) and the ses
 // clip that waited more than 5 s when its turn comes is skipped, and that is said
 const playback = new PlaybackQueue({ maxLagMs: 5000 });
 view.playback = playback;
-let skippedClips = 0;
 function showPlayer() {
   const item = playback.current;
-  const note = skippedClips
-    ? `skipped ${skippedClips} translation${skippedClips > 1 ? "s" : ""} that came too late to be worth hearing`
-    : "";
+  const note = skippedNote(playback.skipped); // said until the next clip plays
   $("player").hidden = !item && !note;
   $("player").textContent = [item ? "playing the translation" : "", note].filter(Boolean).join(" · ");
 }
 playback.addEventListener("change", showPlayer);
-playback.addEventListener("skipped", () => { skippedClips += 1; showPlayer(); });
-playback.addEventListener("play", () => { skippedClips = 0; showPlayer(); });
+playback.addEventListener("skipped", showPlayer);
+playback.addEventListener("play", showPlayer);
 
 function render() {
   const box = $("subtitles");

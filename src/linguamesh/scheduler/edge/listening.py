@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ...core.ids import SessionId
 from ...core.languages import is_known, session_targets
-from ...core.nodes import servable_pairs
+from ...core.nodes import servable_targets
 from ...protocol import event_lang
 from ...state.base import DependencyDown, StateStore
 
@@ -75,7 +75,7 @@ class Listening:
         try:
             now = time.time()
             await store.touch_listener(self.session_id, self.lang, now, now + LISTENER_GRACE_SECONDS)
-            served = {b for a, b in servable_pairs(store.nodes().all_nodes()) if a == self.src_lang}
+            served = servable_targets(store.nodes().all_nodes(), self.src_lang)
             self.seen = await store.listeners(self.session_id)
             targets, _ = session_targets(self.tgt_langs, self.src_lang, self.seen, now, self.most, served)
             if self.lang not in served:

@@ -37,7 +37,17 @@ from ..overview import cluster_overview
 from ..service import Scheduler
 from ..sessions.rooms import ROOM_ID
 from ..sessions.session import Session
-from ..sessions.transcript import FORMATS, MEDIA_TYPES, Cue, Header, cues, first_spoken, render
+from ..sessions.transcript import (
+    FORMATS,
+    MEDIA_TYPES,
+    Cue,
+    Header,
+    cues,
+    event_name,
+    first_spoken,
+    languages,
+    render,
+)
 from ..sessions.viewers import Frames, ViewerQueue
 from ..tokens import same_token
 from .access import bearer, error, operator_only
@@ -74,8 +84,7 @@ class Viewing:
 
     def heading(self) -> str:
         """The transcript's name: the event's title and presenter when the speaker gave them."""
-        named = " — ".join(x for x in (self.title, self.presenter) if x)
-        return named or f"LinguaMesh session {self.session_id}"
+        return event_name(self.title, self.presenter) or f"LinguaMesh session {self.session_id}"
 
 
 async def _viewing(request: Request) -> Viewing | JSONResponse:
@@ -209,8 +218,7 @@ async def transcript(request: Request) -> Response:
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
     results = [json.loads(data) for _, data in entries]
-    # the speaker's languages, and those its listeners had it translated into
-    known = list(dict.fromkeys([v.src_lang, *v.tgt_langs, *(r.get("tgt_lang", "") for r in results)]))
+    known = [x for x in languages(v.src_lang, v.tgt_langs, results) if x]
     if lang not in known:
         return error(400, "bad_message", f"lang {lang!r} is not in this session ({', '.join(known)})")
     header = Header(v.heading(), first_spoken(results), v.src_lang, lang)
@@ -247,8 +255,7 @@ async def room_transcript(request: Request) -> Response:
             if info is None:
                 continue
             results = [json.loads(d) for _, d in await s.store.transcript(SessionId(sid))]
-            # the session's languages, and those its listeners had it translated into
-            if not lang or lang in (info.src_lang, *info.tgt_langs, *(r.get("tgt_lang") for r in results)):
+            if not lang or lang in languages(info.src_lang, info.tgt_langs, results):
                 sessions.append((info, results))
     except DependencyDown:
         return error(503, "dependency_down", "shared state unavailable, try again")
@@ -265,7 +272,7 @@ async def room_transcript(request: Request) -> Response:
             more = [Cue(c.index, c.start + shift, c.end + shift, c.text) for c in more]
         items += more
     newest = sessions[-1][0]  # the event's name as the speaker gave it last
-    named = " — ".join(x for x in (newest.title, newest.presenter) if x)
+    named = event_name(newest.title, newest.presenter)
     title = (
         f"{named} ({len(sessions)} sessions)"
         if named

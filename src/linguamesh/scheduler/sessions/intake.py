@@ -18,7 +18,7 @@ from ...audio import BadAudio, duration_seconds
 from ...core.ids import NodeId, new_job_id
 from ...core.jobs import Job
 from ...core.languages import session_targets
-from ...core.nodes import servable_pairs
+from ...core.nodes import servable_targets
 from ...core.ratelimit import TokenBucket
 from ...core.stages import expand_stages
 from ...observability.logging import get_logger
@@ -86,7 +86,7 @@ class Intake:
             self.runner.tasks.spawn(self._read_listeners(session), "listeners")
         if not session.listeners:
             return st.tgt_langs
-        servable = {b for a, b in servable_pairs(self.store.nodes().all_nodes()) if a == st.src_lang}
+        servable = servable_targets(self.store.nodes().all_nodes(), st.src_lang)
         targets, over = session_targets(
             st.tgt_langs, st.src_lang, session.listeners, time.time(), self.most_targets(session), servable
         )

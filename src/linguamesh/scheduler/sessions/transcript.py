@@ -65,6 +65,17 @@ def cues(results: list[dict[str, Any]], lang: str, src_lang: str, origin: float 
     return out
 
 
+def event_name(title: str, presenter: str) -> str:
+    """The event as its speaker named it ("title — presenter"; "" when not named)."""
+    return " — ".join(x for x in (title, presenter) if x)
+
+
+def languages(src_lang: str, tgt_langs: list[str], results: list[dict[str, Any]]) -> list[str]:
+    """A session's transcript languages: its own, and those its listeners had it
+    translated into (found in its results)."""
+    return list(dict.fromkeys([src_lang, *tgt_langs, *(str(r.get("tgt_lang") or "") for r in results)]))
+
+
 def first_spoken(results: list[dict[str, Any]]) -> float | None:
     """When the first utterance of these results was spoken (epoch seconds)."""
     times = [float(r["spoken_at"]) for r in results if r.get("spoken_at") is not None]

@@ -108,9 +108,13 @@ export interface Clip { play(): Promise<void> | void; pause(): void; addEventLis
 export class PlaybackQueue extends EventTarget {
   constructor(options?: { maxLagMs?: number });
   current: { index: number; clip: Clip } | null; readonly waiting: number; held: boolean; maxLagMs: number;
+  /** clips skipped since the last one played */
+  skipped: number;
   add(index: number, clip: Clip): void; skip(): void; stop(): void; hold(): void; release(): void;
 }
 export function clipFromResult(result: TranslationResult): HTMLAudioElement;
+/** what a page says of `n` clips skipped since the last one played ("" for none) */
+export function skippedNote(n: number): string;
 
 export class Microphone extends EventTarget {
   constructor(options?: { workletUrl?: string; constraints?: MediaTrackConstraints });

@@ -2,7 +2,7 @@
 // scheduler at /static/sdk/index.js, and published as the npm package in clients/js.
 export { Session, PROTOCOL_VERSION } from "./session.js";
 export { ViewerStream } from "./viewer.js";
-export { PlaybackQueue, clipFromResult } from "./playback.js";
+export { PlaybackQueue, clipFromResult, skippedNote } from "./playback.js";
 export { Microphone, decodeFile } from "./microphone.js";
 export { Chunker, CHUNK_SAMPLES } from "./chunker.js";
 export { SessionStore, memoryStorage } from "./storage.js";

@@ -5,7 +5,8 @@
 // lets them go on. A clip is anything with play() (a Promise), pause() and an "ended"
 // event: an HTMLAudioElement in a page (clipFromResult makes one from a result).
 // Events: "play" {index}, "ended" {index, start, end} (performance.now() times),
-// "skipped" {index, waitedMs}, "change".
+// "skipped" {index, waitedMs}, "change". `skipped`: clips skipped since the last one played
+// (what a page says until the next one plays: skippedNote).
 import { unb64 } from "./audio.js";
 
 export class PlaybackQueue extends EventTarget {
@@ -15,6 +16,7 @@ export class PlaybackQueue extends EventTarget {
     this.queue = [];
     this.current = null;
     this.held = false;
+    this.skipped = 0;
   }
 
   get waiting() { return this.queue.length; }
@@ -58,6 +60,7 @@ export class PlaybackQueue extends EventTarget {
       const head = this.queue.shift();
       const waited = performance.now() - head.added;
       if (waited <= this.maxLagMs) { item = head; break; }
+      this.skipped += 1;
       this._emit("skipped", { index: head.index, waitedMs: Math.round(waited) }); // too late to be worth hearing
     }
     this.current = item;
@@ -73,6 +76,7 @@ export class PlaybackQueue extends EventTarget {
       if (this.current === item) { this.current = null; this._next(); }
     };
     item.clip.addEventListener("ended", item.finish);
+    this.skipped = 0;
     this._emit("play", { index: item.index });
     Promise.resolve(item.clip.play()).catch(item.finish); // a clip that cannot play is passed
   }
@@ -84,4 +88,9 @@ export function clipFromResult(result) {
   const audio = document.createElement("audio");
   audio.src = URL.createObjectURL(new Blob([unb64(result.tts_audio)], { type }));
   return audio;
+}
+
+// what a page says of the clips a queue skipped since the last one played ("" for none)
+export function skippedNote(n) {
+  return n ? `Skipped ${n} translation${n > 1 ? "s" : ""} that came too late to be worth hearing` : "";
 }
