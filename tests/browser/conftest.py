@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,14 @@ async def new_page(browser: object, base: str) -> object:
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.js_errors = errors
     return page
+
+
+async def open_viewer(browser: object, base: str, speaker: Any, init_script: str | None = None) -> Any:
+    """A viewer page on the speaker page's share link (a room), once its stream is live;
+    ``init_script`` runs in it before the page's own scripts."""
+    viewer: Any = await new_page(browser, base)
+    if init_script is not None:
+        await viewer.add_init_script(init_script)
+    await viewer.goto(str(await speaker.get_attribute("#share-link", "href")))
+    await viewer.wait_for_selector("#conn[data-state=connected]")
+    return viewer

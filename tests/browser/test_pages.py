@@ -14,7 +14,7 @@ from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
 from ..conftest import SCALE, Cluster, eventually, test_engines
-from .conftest import ARTIFACTS, SPOKEN, new_page
+from .conftest import ARTIFACTS, SPOKEN, new_page, open_viewer
 
 
 async def _start_session(
@@ -213,8 +213,7 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     assert "Sessions opened: 1" in await admin.locator("#counters").inner_text()  # in words
     # health first: all good; the session with its event, languages and viewers
     assert await admin.get_attribute("#health", "data-status") == "ok"
-    viewer = await new_page(browser, s.http)
-    await viewer.goto(str(await page.get_attribute("#share-link", "href")))
+    await open_viewer(browser, s.http, page)
     await admin.wait_for_function(
         "document.querySelector('#sessions tbody td:nth-child(4)')?.textContent === '1'"
     )
@@ -364,10 +363,7 @@ async def test_a_viewer_sees_that_the_speaker_pauses_and_a_gap_for_a_failed_utte
     await cluster.node(s.url, "node-gap", engines=test_engines(fail="bad_audio"))
     speaker = await new_page(browser, s.http)
     await _start_session(speaker)
-    link = await speaker.get_attribute("#share-link", "href")
-    viewer = await new_page(browser, s.http)
-    await viewer.goto(str(link))
-    await viewer.wait_for_selector("#conn[data-state=connected]")
+    viewer = await open_viewer(browser, s.http, speaker)
     assert await viewer.locator("#activity").inner_text() == "paused"
     await speaker.set_input_files("#file", str(_tone_wav(tmp_path, "g.wav", 0.3)))
     await speaker.wait_for_function("window.seen.results.length === 1")
@@ -387,14 +383,13 @@ async def test_a_listener_hears_the_translation_and_a_projector_shows_the_last_l
     speaker = await new_page(browser, s.http)
     await _start_session(speaker)
     await speaker.uncheck("#autoplay")  # the speaker's laptop stays quiet
-    link = await speaker.get_attribute("#share-link", "href")
-    viewer = await new_page(browser, s.http)
-    await viewer.add_init_script(
+    viewer = await open_viewer(
+        browser,
+        s.http,
+        speaker,
         "window.played = 0; addEventListener('DOMContentLoaded', () => window.lmView.playback"
-        ".addEventListener('play', () => { window.played += 1; }))"
+        ".addEventListener('play', () => { window.played += 1; }))",
     )
-    await viewer.goto(str(link))
-    await viewer.wait_for_selector("#conn[data-state=connected]")
     assert "audio=1" not in await viewer.evaluate("window.lmView.stream.url()")  # no speech unless asked
     await viewer.check("#listen")
     await viewer.wait_for_function("window.lmView.stream.url().includes('audio=1')")

@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import SCALE, Cluster, free_port, test_engines, transcript_lines
 from ..procs import node_proc, start_scheduler_process, wait_node
-from .conftest import ARTIFACTS, new_page
+from .conftest import ARTIFACTS, new_page, open_viewer
 from .test_pages import _start_session, _tone_wav
 
 
@@ -101,9 +101,7 @@ async def test_a_server_killed_and_restarted_leaves_no_row_processing_and_loses_
             await wait_node(http, "node-k")
             page = await new_page(browser, http)
             await _start_session(page)
-            viewer = await new_page(browser, http)  # follows the share link (a room)
-            await viewer.goto(await page.get_attribute("#share-link", "href") or "")
-            await viewer.wait_for_selector("#conn[data-state=connected]")
+            viewer = await open_viewer(browser, http, page)  # follows the share link (a room)
             await page.set_input_files("#file", str(_tone_wav(tmp_path, "k0.wav", 0.3)))
             await page.wait_for_selector("li.utt[data-status=processing]")  # in flight on the node
             sched.proc.send_signal(signal.SIGKILL)
