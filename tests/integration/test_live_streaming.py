@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
-from ..conftest import SCALE, Cluster, eventually, pcm
+from ..conftest import SCALE, Cluster, eventually, pcm, test_engines
 
 CHUNK = 0.02  # seconds of audio per chunk, as the web page sends
 
@@ -129,6 +129,54 @@ async def test_every_target_language_streams_and_gets_its_result(cluster: Cluste
     assert not [
         e for e in events if isinstance(e, p.AsrPartial) and e.stable is None and e.translation is None
     ]
+
+
+async def test_a_streamed_utterance_with_four_targets_is_heard_once_and_survives_its_node(
+    cluster: Cluster,
+) -> None:
+    """Four target languages, two nodes: an utterance's four streaming jobs go to one node,
+    which decodes the speech once for them (the others follow that hearing). Its node is
+    lost mid-utterance: all four fail over with the audio so far; one result per
+    (utterance, language), with every chunk once."""
+    s = await cluster.scheduler()
+    langs = ["en", "es", "fr", "de", "it"]
+    nodes = {
+        n: await cluster.node(s.url, n, engines=test_engines(languages=langs), max_concurrent_jobs=8)
+        for n in ("node-a", "node-b")
+    }
+    targets = ("es", "fr", "de", "it")
+    async with (
+        SessionClient(s.url, src="en", tgt="es", extra_tgt_langs=["fr", "de", "it"]) as c,
+        collecting(c) as events,
+    ):
+        seq = await stream(c, 1.5)
+        await c.send_chunk(seq, b"", is_final=True)
+        await eventually(lambda: len(results(events)) == 4, 10 * SCALE, "the first utterance's results")
+        first = results(events)
+        (holder,) = {r.node_id for r in first}  # siblings together
+        held = nodes[holder].agent.transcripts
+        assert (held.runs, held.shared) == (1, 3)  # heard once for four targets
+        # the second utterance: its node goes mid-stream
+        seq = await stream(c, 1.0, seq + 1)
+        busy = {n: a for n, a in nodes.items() if a.agent.running}
+        assert len(busy) == 1, busy
+        ((gone, lost),) = busy.items()
+        assert len(lost.agent.running) == 4
+        other = nodes[next(iter(set(nodes) - {gone}))].agent.transcripts
+        before = (other.runs, other.shared)
+        await lost.stop()
+        seq = await stream(c, 1.0, seq)
+        await c.send_chunk(seq, b"", is_final=True)
+        await eventually(lambda: len(results(events)) == 8, 10 * SCALE, "the second utterance's results")
+        await asyncio.sleep(0.3)  # nothing doubled follows
+    got = results(events)
+    keys = sorted((r.utterance_index, r.tgt_lang) for r in got)
+    assert keys == sorted((i, t) for i in range(2) for t in targets)  # 0 lost, 0 doubled
+    second = [r for r in got if r.utterance_index == 1]
+    assert {r.text_asr for r in second} == {"Test utterance 2.00."}  # every chunk, once
+    assert sorted(r.text_translated for r in second) == sorted(f"[{t}] Test utterance 2.00." for t in targets)
+    assert {r.node_id for r in second} == set(nodes) - {gone}
+    assert (other.runs - before[0], other.shared - before[1]) == (1, 3)  # heard once there too
 
 
 async def test_streaming_can_be_turned_off_on_the_scheduler(cluster: Cluster) -> None:

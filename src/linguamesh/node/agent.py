@@ -528,7 +528,9 @@ class NodeAgent:
                 self.carries.popitem(last=False)
 
         carry = self.carries.pop(key, None)
-        return await run_streaming(self.engines, job, live, live_partial, speech_end, fields, carry, keep)
+        return await run_streaming(
+            self.engines, job, live, live_partial, speech_end, fields, carry, keep, self.transcripts
+        )
 
 
 def _audio_seconds(job: p.JobAssign, live: LiveInput | None) -> float:

@@ -36,6 +36,7 @@ from ..engines.base import EngineError, Speech
 from ..engines.registry import EngineSet
 from ..observability.logging import get_logger
 from .pipeline import PipelineOutput
+from .shared_asr import Ear, Hearing, SharedTranscripts, live_key
 from .streaming import StreamingTranscriber
 
 log = get_logger("linguamesh.node.live")
@@ -168,9 +169,10 @@ async def run_streaming(
     log_fields: dict[str, object],
     carry: Carry | None = None,
     on_carry: Callable[[Carry], None] | None = None,
+    shared: SharedTranscripts | None = None,
 ) -> PipelineOutput:
     """Run a streaming job to its result (see :class:`StreamingRun`)."""
-    run = StreamingRun(engines, job, inp, on_partial, on_speech_end, log_fields, carry, on_carry)
+    run = StreamingRun(engines, job, inp, on_partial, on_speech_end, log_fields, carry, on_carry, shared)
     return await run.run()
 
 
@@ -178,7 +180,11 @@ class StreamingRun:
     """One streaming job: hears the audio as it comes (``inp``), judges speech with the VAD,
     decodes now and then for live captions, proposes the end of speech (server-side end of
     speech), and once the utterance is final decodes what is left; committed sentences are
-    repaired, translated and synthesized by a worker as they come."""
+    repaired, translated and synthesized by a worker as they come.
+
+    With ``shared``, the utterance is heard once on this node: a sibling run (another target
+    language of the utterance) already hearing it is followed (its drafts and sentences), or
+    this run hears it for the siblings that come (``shared_asr.py``)."""
 
     def __init__(
         self,
@@ -190,6 +196,7 @@ class StreamingRun:
         log_fields: dict[str, object],
         carry: Carry | None = None,
         on_carry: Callable[[Carry], None] | None = None,
+        shared: SharedTranscripts | None = None,
     ) -> None:
         asr = engines.asr_for(job.src_lang)
         if asr is None:
@@ -226,9 +233,85 @@ class StreamingRun:
         #: the end of speech proposed to the scheduler (bytes), until it answers, and why
         self.cut_bytes: int | None = None
         self.cut_reason = ""
+        self.shared = shared
+        #: what this run hears, for its siblings (with ``shared``)
+        self.hearing: Hearing | None = None
 
     async def run(self) -> PipelineOutput:
         t0 = time.perf_counter()
+        job, shared = self.job, self.shared
+        if shared is not None:
+            key = live_key(job.session_id, job.utterance_index, job.src_lang)
+            followed = shared.hearing(key, job.end_of_speech_ms)
+            if followed is not None:
+                out = await self._follow(followed, t0)
+                if out is not None:
+                    shared.shared += 1
+                    return out
+                self.totals, self.sentences = _Totals(), asyncio.Queue()  # hear it here
+            self.hearing = shared.lead(key, job.end_of_speech_ms)
+        try:
+            return await self._hear_and_speak(t0)
+        finally:
+            if shared is not None and self.hearing is not None:
+                shared.end(self.hearing, False)  # (no-op when it was heard to the end)
+
+    async def _follow(self, hearing: Hearing, t0: float) -> PipelineOutput | None:
+        """Translate and speak what a sibling run hears; None when it could not hear the
+        utterance to the end, or heard other audio than this run got."""
+        worker = asyncio.create_task(
+            _sentence_worker(
+                self.engines, self.job, self.sentences, self.totals, self.on_partial, self.log_fields
+            )
+        )
+        ear = Ear(lambda text, stable: self.on_partial("asr", text, stable), self.sentences.put_nowait)
+        hearing.join(ear)
+        try:
+            heard = await asyncio.shield(hearing.ended)
+            own = await self._final()
+            if not (heard and own and hearing.size == len(self.inp.pcm)):
+                log.info("stream.follow_failed", heard=heard, **self.log_fields)
+                return None
+            hearing.leave(ear)
+            self.sentences.put_nowait(None)
+            await worker
+        finally:
+            hearing.leave(ear)
+            worker.cancel()
+        log.info(
+            "stage.done",
+            stage="asr",
+            duration_ms=0.0,
+            engine=self.asr.name,
+            streaming=True,
+            from_sibling=True,
+            heard_seconds=round(len(self.inp.pcm) / 2 / self.inp.rate, 3),
+            **self.log_fields,
+        )
+        return _output(self.job, self.totals, t0)
+
+    async def _final(self) -> bool:
+        """Wait for this run's own audio to end; False when it stalls or breaks."""
+        inp = self.inp
+        while not inp.final:
+            inp.changed.clear()
+            try:
+                await asyncio.wait_for(inp.changed.wait(), STALL_SECONDS)
+            except TimeoutError:
+                return False
+        return inp.broken is None
+
+    def _drafted(self, text: str, stable: int | None) -> None:
+        self.on_partial("asr", text, stable)
+        if self.hearing is not None:
+            self.hearing.drafted(text, stable)
+
+    def _committed(self, sentence: str) -> None:
+        self.sentences.put_nowait(sentence)
+        if self.hearing is not None:
+            self.hearing.committed(sentence)
+
+    async def _hear_and_speak(self, t0: float) -> PipelineOutput:
         worker = asyncio.create_task(
             _sentence_worker(
                 self.engines, self.job, self.sentences, self.totals, self.on_partial, self.log_fields
@@ -237,6 +320,8 @@ class StreamingRun:
         try:
             await self._hear()
             final_decode = await self._finish()
+            if self.shared is not None and self.hearing is not None:
+                self.shared.end(self.hearing, True, len(self.inp.pcm) if self.inp.final else -1)
             await worker
         finally:
             worker.cancel()
@@ -356,9 +441,9 @@ class StreamingRun:
         self.totals.asr += time.perf_counter() - t
         if hyp.text != self.last_text:
             self.last_text = hyp.text
-            self.on_partial("asr", hyp.text, hyp.stable)
+            self._drafted(hyp.text, hyp.stable)
         for s in hyp.sentences:
-            self.sentences.put_nowait(s)
+            self._committed(s)
         if self.cut_bytes is None and not self.inp.final:
             agreement = self.tr.agreement
             frame = FRAME_MS / 1000
@@ -408,9 +493,9 @@ class StreamingRun:
         final = await tr.finish(decode=final_decode)
         self.totals.asr += time.perf_counter() - t
         if final.text != self.last_text:
-            self.on_partial("asr", final.text, final.stable)
+            self._drafted(final.text, final.stable)
         for sentence in final.sentences:
-            self.sentences.put_nowait(sentence)
+            self._committed(sentence)
         self.sentences.put_nowait(None)
         return final_decode
 

@@ -201,8 +201,9 @@ class Dispatcher:
         started = self.clock()
         only = self._streaming_only(run)
         utterance = (job.session_id, job.utterance_index)
-        # streaming jobs do not share their transcriber (yet): they spread over the nodes
-        sibling = self._placed.get(utterance) if only is None else None
+        # an utterance's jobs (one per target language) go to the node of the first when it
+        # has room: the node hears the utterance once for all of them (node/shared_asr.py)
+        sibling = self._placed.get(utterance)
         req = Request(
             job.src_lang,
             job.tgt_lang,
@@ -251,11 +252,10 @@ class Dispatcher:
             if reserved:
                 self._last_served = job.session_id
                 self.forget(job.job_id)
-                if only is None:
-                    self._placed[utterance] = node_id
-                    self._placed.move_to_end(utterance)
-                    if len(self._placed) > PLACED_KEPT:
-                        self._placed.popitem(last=False)
+                self._placed[utterance] = node_id
+                self._placed.move_to_end(utterance)
+                if len(self._placed) > PLACED_KEPT:
+                    self._placed.popitem(last=False)
                 report.ended, report.node_id = "ok", node_id
                 if handover is not None and handover.sent:  # the node's instance runs it from here on
                     self._relayed(run, handover.to_instance)
