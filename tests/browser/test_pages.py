@@ -211,6 +211,9 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     assert await admin.locator("#pools td").first.inner_text() == "en-es-fr"  # the test engines
     assert await admin.locator("#counters div").count() > 3
     assert "Sessions opened: 1" in await admin.locator("#counters").inner_text()  # in words
+    # latency percentiles: the one job so far, from the end of its speech
+    latency = await admin.locator("#latency tbody tr").first.locator("td").all_inner_texts()
+    assert latency[:2] == ["End of speech → result", "1"] and latency[2].endswith(("ms", "s")), latency
     # health first: all good; the session with its event, languages and viewers
     assert await admin.get_attribute("#health", "data-status") == "ok"
     await open_viewer(browser, s.http, page)

@@ -138,6 +138,10 @@ async def test_operator_api_needs_the_token_when_one_is_set(cluster: Cluster) ->
     counters = ok.json()["counters"]
     assert counters["jobs_finished{state=completed,code=none}"] == 1, counters
     assert not any(v == 0 and "{" in k for k, v in counters.items())
+    # latency percentiles over the window: the one job, from the end of its speech and whole
+    latency = ok.json()["latency"]
+    assert latency["window_s"] == 900 and latency["job"]["jobs"] == latency["after_speech"]["jobs"] == 1
+    assert 0 < latency["after_speech"]["p50"] == latency["after_speech"]["p99"] < 10_000 * SCALE, latency
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 
 

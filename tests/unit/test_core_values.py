@@ -262,3 +262,13 @@ def test_split_points_cut_long_speech_in_its_pauses() -> None:
     assert split_points(voiced, 100) == [95]  # the later pause, the longest in the window's later half
     assert split_points(voiced, 60) == [45, 95]
     assert split_points([True] * 25, 10) == [10, 20]  # no silence at all: cut at the limit
+
+
+def test_latency_percentiles_are_nearest_rank() -> None:
+    from linguamesh.scheduler.overview import latency_summary
+
+    assert latency_summary([]) == {"jobs": 0, "p50": None, "p90": None, "p99": None}
+    assert latency_summary([5.0]) == {"jobs": 1, "p50": 5.0, "p90": 5.0, "p99": 5.0}
+    hundred = [float(x) for x in range(100, 0, -1)]  # 1..100, in any order
+    assert latency_summary(hundred) == {"jobs": 100, "p50": 50.0, "p90": 90.0, "p99": 99.0}
+    assert latency_summary([1.0, 2.0, 3.0])["p50"] == 2.0

@@ -80,6 +80,8 @@ class Job:
     preferred_node_id: NodeId | None = None
     #: wall-clock time (epoch seconds) the utterance began to be spoken, for transcripts
     spoken_at: float | None = None
+    #: wall-clock time the utterance's speech ended (its audio was complete here)
+    speech_ended_at: float | None = None
     state: JobState = JobState.CREATED
     attempt_id: int = 1
     node_id: NodeId | None = None

@@ -161,6 +161,7 @@ def instance_overview(s: Scheduler) -> dict[str, Any]:
         for j in list(s.runner.finished.values())[-50:]
     ]  # fmt: skip
     return {
+        "latency": latency_samples(s),
         "nodes": nodes_data(s),
         "jobs_in_flight": jobs,
         "recent_jobs": recent[::-1],
@@ -171,6 +172,36 @@ def instance_overview(s: Scheduler) -> dict[str, Any]:
         "session_list": sessions_data(s),
         "queue_depth": len(s.dispatcher.waiting),
     }
+
+
+#: The admin page's latency figures cover the jobs finished in this window.
+LATENCY_WINDOW_S = 900.0
+
+
+def latency_samples(s: Scheduler) -> dict[str, list[float]]:
+    """This instance's jobs completed in the window: ``after_speech`` (ms from the end of
+    the utterance's speech to its result: what a listener waits) and ``job`` (ms from the
+    job's creation to its result; for a streamed utterance that includes the speaking)."""
+    now, wall = s.clock(), time.time()
+    after: list[float] = []
+    job_ms: list[float] = []
+    for j in s.runner.finished.values():
+        if j.finished_at is None or now - j.finished_at > LATENCY_WINDOW_S or j.state.value != "completed":
+            continue
+        job_ms.append(round((j.finished_at - j.created_at) * 1000, 1))
+        ended = j.speech_ended_at or (j.spoken_at + j.audio_seconds if j.spoken_at is not None else None)
+        if ended is not None:
+            after.append(round(max(0.0, wall - (now - j.finished_at) - ended) * 1000, 1))
+    return {"after_speech": after, "job": job_ms}
+
+
+def latency_summary(samples: list[float]) -> dict[str, Any]:
+    """How many, and the 50th, 90th and 99th percentiles (nearest rank), in ms."""
+    ordered = sorted(samples)
+    out: dict[str, Any] = {"jobs": len(ordered)}
+    for q in (50, 90, 99):
+        out[f"p{q}"] = ordered[max(0, -(-q * len(ordered) // 100) - 1)] if ordered else None
+    return out
 
 
 def sessions_data(s: Scheduler) -> list[dict[str, Any]]:
@@ -258,6 +289,13 @@ async def cluster_overview(s: Scheduler) -> dict[str, Any]:
     for sess in merged["session_list"]:
         sess["viewers"] = viewers.get(sess["session_id"], 0)
     merged["session_list"].sort(key=lambda x: (not x["connected"], -(x["viewers"]), x["session_id"]))
+    merged["latency"] = {
+        "window_s": LATENCY_WINDOW_S,
+        **{
+            kind: latency_summary([x for p in parts.values() for x in p.get("latency", {}).get(kind, [])])
+            for kind in ("after_speech", "job")
+        },
+    }
     merged["counter_help"] = {name: help_ for name, (help_, _) in COUNTERS.items()}
     merged["health"] = health(merged, set(s.servable_pairs()))
     return merged

@@ -73,6 +73,15 @@ async function refresh() {
       li.textContent = p;
       return li;
     }));
+    const lat = data.latency || {};
+    const ms = (v) => (v == null ? "–" : v >= 10000 ? `${(v / 1000).toFixed(0)} s` : v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
+    fill("latency", [
+      ["End of speech → result", lat.after_speech],
+      ["Job created → result", lat.job],
+    ].filter(([, l]) => l).map(([what, l]) => [what, l.jobs, ms(l.p50), ms(l.p90), ms(l.p99)]));
+    $("latency-window").textContent = lat.window_s
+      ? `Jobs completed in the last ${Math.round(lat.window_s / 60)} minutes, on every instance. A streamed utterance's job starts when the speaker does.`
+      : "";
     fill("sessions", (data.session_list || []).map((s) => [
       s.session_id,
       [s.title, s.presenter].filter(Boolean).join(" — ") || (s.room ? `room ${s.room}` : ""),

@@ -295,6 +295,7 @@ class Intake:
                 preferred_node_id=preferred,
                 # a whole utterance was spoken before it arrived; a streamed one begins now
                 spoken_at=time.time() - seconds,
+                speech_ended_at=time.time() if live is None else None,
             )
             for tgt in targets
         ]

@@ -17,6 +17,7 @@ session, whichever instance holds it (``docs/cluster.md``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -380,6 +381,7 @@ class UtteranceStream:
                 continue
             job.audio = audio
             job.audio_seconds = seconds
+            job.speech_ended_at = time.time()
             await self._forward(
                 run,
                 lambda j: p.JobAudio(
