@@ -181,8 +181,14 @@ async def test_viewer_opened_mid_session_replays_then_follows_live(
     assert (await viewer.locator("#subtitles p").all_inner_texts())[0].startswith("[fr] Line")
     assert await speaker.evaluate("window.seen.results.every(r => r.tgt_lang === 'es')")  # not the speaker's
     await viewer.screenshot(path=ARTIFACTS / "viewer-listener-language.png", full_page=True)
-    # the session's own link with a wrong token is refused
+    # the session's own link names the event too
     sid = await speaker.evaluate("window.lm.session.sessionId")
+    token = await speaker.evaluate("window.lm.session.viewToken")
+    own = await new_page(browser, s.http)
+    await own.goto(f"/view/{sid}?token={token}")
+    await own.wait_for_function("document.title.startsWith('Town hall, 7 December — Mayor Ruiz')")
+    assert await own.locator("h1").inner_text() == "Town hall, 7 December — Mayor Ruiz"
+    # the session's own link with a wrong token is refused
     bad = await new_page(browser, s.http)
     await bad.goto(f"/view/{sid}?token=nope")
     await bad.wait_for_selector("#notice:not([hidden])", timeout=10_000)

@@ -184,6 +184,8 @@ async def test_the_events_title_and_presenter_reach_viewers_and_transcripts(clus
                 params={"format": "txt", "token": c.ack.view_token},
             )
             event = await http.get(f"/api/v1/rooms/{room}/transcript", params={"format": "txt"})
+            card = await http.get(f"/api/v1/sessions/{c.ack.session_id}", params={"token": c.ack.view_token})
+            no_card = await http.get(f"/api/v1/sessions/{c.ack.session_id}", params={"token": "nope"})
         for bad in ("x" * 121, "a\nb"):
             refused = SessionClient(s.url, src="en", tgt="es")
             refused.init.title = bad
@@ -191,6 +193,11 @@ async def test_the_events_title_and_presenter_reach_viewers_and_transcripts(clus
                 await refused.connect()
             assert exc.value.code == "bad_message" and "field `title`" in str(exc.value), exc.value
     assert (shown["title"], shown["presenter"]) == ("History of the city, lecture 2", "Dr Ana Ruiz")
+    assert card.json() == {
+        "session_id": c.ack.session_id, "title": "History of the city, lecture 2", "presenter": "Dr Ana Ruiz",
+        "src_lang": "en", "tgt_langs": ["es"], "ended": False,
+    }  # fmt: skip
+    assert no_card.status_code == 401 and no_card.json()["error"]["code"] == "unauthorized"
     assert one.text.splitlines()[0].startswith(
         "History of the city, lecture 2 — Dr Ana Ruiz: translation from en"
     )

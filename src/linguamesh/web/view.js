@@ -270,4 +270,17 @@ if (room) {
   setInterval(findRoom, 2000);
 } else {
   follow(view.sessionId, view.token);
+  showSessionTitle();
+}
+
+// a session's own link: its event's name from the session's card
+async function showSessionTitle() {
+  try {
+    const q = new URLSearchParams({ token: view.token });
+    const res = await fetch(`/api/v1/sessions/${encodeURIComponent(view.sessionId)}?${q}`);
+    if (res.ok) {
+      const card = await res.json();
+      showTitle(card.title, card.presenter);
+    }
+  } catch (e) { /* the stream says what is wrong with the server */ }
 }

@@ -151,6 +151,24 @@ def _int_param(request: Request, name: str, default: int) -> int | JSONResponse:
     return value if value >= 0 else error(400, "bad_message", f"{name} must not be negative")
 
 
+async def session_card(request: Request) -> Response:
+    """``GET /api/v1/sessions/{id}?token=``: what a viewer page shows of a session (the
+    event's name and who speaks, its languages, whether it ended)."""
+    v = await _viewing(request)
+    if isinstance(v, Response):
+        return v
+    return JSONResponse(
+        {
+            "session_id": v.session_id,
+            "title": v.title,
+            "presenter": v.presenter,
+            "src_lang": v.src_lang,
+            "tgt_langs": v.tgt_langs,
+            "ended": v.ended,
+        }
+    )
+
+
 async def history(request: Request) -> Response:
     """``GET …/events?after=&limit=&types=`` (``since`` is ``after``'s older name): the
     session's events after ``after``, at most ``limit`` (200 by default, 1,000 at most) —
@@ -497,6 +515,7 @@ routes = [
     Route("/api/v1/qr.svg", qr_svg),
     Route("/admin", _page("admin.html")),
     Route("/favicon.ico", favicon),
+    Route("/api/v1/sessions/{session_id}", session_card),
     Route("/api/v1/sessions/{session_id}/events", history),
     Route("/api/v1/sessions/{session_id}/events/stream", stream),
     Route("/api/v1/sessions/{session_id}/transcript", transcript),
