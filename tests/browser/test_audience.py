@@ -25,10 +25,11 @@ PLAYED = (
 async def _listener(browser: Any, base: str, speaker: Any, lang: str, listen: bool) -> Any:
     viewer = await open_viewer(browser, base, speaker, PLAYED)
     await viewer.set_viewport_size(PHONE)
-    await viewer.select_option("#lang", lang)
-    await viewer.wait_for_function(
-        "document.querySelector('#notice').textContent.startsWith('Translating into')"
-    )
+    if await viewer.input_value("#lang") != lang:  # (the share link opens on the speaker's)
+        await viewer.select_option("#lang", lang)
+        await viewer.wait_for_function(
+            "document.querySelector('#notice').textContent.startsWith('Translating into')"
+        )
     if listen:
         await viewer.check("#listen")
         await viewer.wait_for_function("window.lmView.stream.url().includes('audio=1')")
@@ -132,3 +133,32 @@ def _side_by_side(names: list[str], out: str) -> None:
         canvas.paste(im, (x, gap))
         x += im.width + gap
     canvas.save(ARTIFACTS / out, optimize=True)
+
+
+async def test_with_the_real_engines_only_the_listener_gets_the_spanish_voice(
+    cluster: Cluster, browser: Any, spoken_wav: Path
+) -> None:
+    """The default engines (Whisper, Apertium, Piper) for en→es: a listener's phone plays
+    the Spanish voice; a reader's phone gets the same subtitles and no speech at all."""
+    from linguamesh.node.defaults import default_engines
+
+    s = await cluster.scheduler(result_timeout=60)
+    await cluster.node(s.url, "node-real", engines=default_engines(), max_concurrent_jobs=2)
+    speaker = await new_page(browser, s.http)
+    await _start_session(speaker, title="Visitor briefing")
+    await speaker.uncheck("#autoplay")
+    listener = await _listener(browser, s.http, speaker, "es", listen=True)
+    reader = await _listener(browser, s.http, speaker, "es", listen=False)
+    await speaker.set_input_files("#file", str(spoken_wav))
+    await speaker.wait_for_function("window.seen.results.some(r => r.status === 'ok')", timeout=60_000)
+    for viewer in (listener, reader):
+        await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length >= 1", timeout=20_000)
+        assert "museo" in " ".join(await _subtitles(viewer)).lower()
+    await listener.wait_for_function("window.played >= 1", timeout=20_000)
+    clip = await listener.evaluate("[...window.lmView.results.values()].map(r => (r.tts_audio || '').length)")
+    assert all(n > 10_000 for n in clip), clip  # real speech (base64 WAV), not a placeholder
+    assert await reader.evaluate("[...window.lmView.results.values()].every(r => !r.tts_audio)")
+    assert await reader.evaluate("window.played") == 0
+    await listener.screenshot(path=ARTIFACTS / "audience-real-listener-phone.png")
+    for page in (speaker, listener, reader):
+        assert not page.js_errors
