@@ -1,18 +1,20 @@
 """Targets benchmark: what one utterance costs with one and with four target languages.
 
-    python bench/targets.py [--utterances 6] [--json]
+    python bench/targets.py [--utterances 6] [--streaming] [--json]
 
 Starts a real scheduler and node (processes on loopback) with the default offline
 engines — Whisper base for ASR, Apertium en->es, Piper and eSpeak NG for speech — plus
 the test engine set for MT into fr, de and it (no offline MT model for them ships in a
 package; it returns the text tagged with the language, at once). Sends eSpeak
 sentences as whole ``utterance``s, one at a time, to a session with one target (es) and
-to one with four (es, fr, de, it), and prints per run:
+to one with four (es, fr, de, it) — with ``--streaming``, each sentence is streamed
+instead, as 20 ms ``audio_chunk``s at the pace of speech with 0.3 s of silence around
+it, then the end of the utterance (the speaker page's path) — and prints per run:
 
 * ASR runs per utterance on the node and their time (from the node's ``stage.done``
   records: a job that took a sibling's transcript is not a run);
-* the ASR time per utterance (all its runs) and the time from sending an utterance to
-  its last result.
+* the ASR time per utterance (all its runs) and the time from sending an utterance (a
+  streamed one: its end) to its last result.
 
 Bounded: one pass; the processes are stopped at the end. Traffic stays on 127.0.0.1.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench.monologue import SCRIPT, default_node, espeak
+from bench.monologue import CHUNK, SCRIPT, default_node, espeak
 from linguamesh.client import SessionClient
 from linguamesh.node.defaults import default_engines
 
@@ -57,13 +59,34 @@ def asr_records(log: Path) -> list[dict[str, object]]:
     return out
 
 
-async def run(url: str, log: Path, targets: list[str], sentences: list[bytes]) -> dict[str, object]:
+async def speak(c: SessionClient, seq: int, audio: bytes) -> int:
+    """``audio`` with silence around it as 20 ms chunks at the pace of speech, then the
+    utterance's end; the next chunk's seq."""
+    audio = b"\0\0" * 4800 + audio + b"\0\0" * 4800
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i, at in enumerate(range(0, len(audio), CHUNK)):
+        await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
+        await c.send_chunk(seq, audio[at : at + CHUNK])
+        seq += 1
+    await c.send_chunk(seq, b"", is_final=True)
+    return seq + 1
+
+
+async def run(
+    url: str, log: Path, targets: list[str], sentences: list[bytes], streaming: bool = False
+) -> dict[str, object]:
     seen = len(asr_records(log))
     walls = []
+    seq = 0
     async with SessionClient(url, src="en", tgt=targets[0], extra_tgt_langs=targets[1:], tts=True) as c:
         for i, audio in enumerate(sentences):
-            t0 = time.perf_counter()
-            await c.send_utterance(i, audio)
+            if streaming:
+                seq = await speak(c, seq, audio)
+                t0 = time.perf_counter()
+            else:
+                t0 = time.perf_counter()
+                await c.send_utterance(i, audio)
             results = await c.results(len(targets), 120)
             walls.append(time.perf_counter() - t0)
             assert sorted(r.tgt_lang for r in results) == sorted(targets), results
@@ -86,15 +109,16 @@ async def run(url: str, log: Path, targets: list[str], sentences: list[bytes]) -
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=6)
+    ap.add_argument("--streaming", action="store_true", help="stream each sentence as it is spoken")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sentences = [espeak(text) for text, _ in SCRIPT[: args.utterances]]
     log = Path(tempfile.mkdtemp(prefix="lm-targets-")) / "node.log"
     rows = []
     async with default_node("lm-targets-", engines=[*default_engines(), MORE], slots=4, log=log) as url:
-        await run(url, log, ["es"], sentences[:1])  # warm-up: models loaded, caches filled
+        await run(url, log, ["es"], sentences[:1], args.streaming)  # warm-up: models loaded, caches filled
         for targets in (["es"], ["es", "fr", "de", "it"]):
-            rows.append(await run(url, log, targets, sentences))
+            rows.append(await run(url, log, targets, sentences, args.streaming))
             print(f"{len(targets)} target(s): done", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
