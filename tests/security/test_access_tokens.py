@@ -314,3 +314,42 @@ async def test_rotation_by_sighup_under_load_loses_nothing(tmp_path: Path) -> No
             assert (tmp_path / f"{s}.1.log").read_text().count("scheduler.reloaded") == 2
         for c in speakers:
             await c.disconnect()
+
+
+async def test_listener_languages_stay_within_the_speakers_grants_and_count_in_its_usage(
+    tmp_path: Path,
+) -> None:
+    """The speaker's token grants en, es and fr. On another instance than the session's (the
+    grants travel through Redis), a viewer asking for de is told `not_granted` and de is
+    never translated; a viewer asking for fr gets it, and the fr jobs count in the key's
+    usage."""
+    from ..integration.test_listeners import results, standing, until, viewer
+
+    keys = tmp_path / "keys"
+    keys.write_text(f"k1 {S1}\n")
+    async with Fleet(tmp_path, redis=True) as fleet:
+        a = await fleet.scheduler("A", "--api-keys", str(keys))
+        b = await fleet.scheduler("B", "--api-keys", str(keys))
+        more = '[[engines]]\nkind = "test"\nlanguages = ["en", "fr", "de"]\n'  # en->fr, en->de too
+        fleet.node("n1", [a.url], delay_ms=0, engine=more)
+        await fleet.wait_node("A", "n1")
+        c = SessionClient(a.url, src="en", tgt="es")
+        c.init.token = token("k1", S1, {"speak": True, "langs": ["en", "es", "fr"]})
+        async with c:
+            assert c.ack is not None
+            base = f"{b.http}/api/v1/sessions/{c.ack.session_id}/events/stream?token={c.ack.view_token}"
+            async with viewer(base + "&lang=de") as de, viewer(base + "&lang=fr") as fr:
+                await until(lambda: standing(de) == ["not_granted"] and standing(fr) == ["ok"], "standings")
+                await asyncio.sleep(1.5)  # (the holder reads the listener languages at most once a second)
+                for i in range(2):
+                    await c.send_utterance(i, pcm(0.2))
+                await until(lambda: len(results(fr)) == 2, "fr's results")
+                await asyncio.sleep(0.5)
+            mine = await c.results(2, 10 * SCALE)
+        assert sorted((r.utterance_index, r.tgt_lang) for r in mine) == [(0, "es"), (1, "es")]
+        assert [r["tgt_lang"] for r in results(fr)] == ["fr", "fr"] and results(de) == []
+        message = next(d["message"] for e, d in de if e == "listener")
+        assert message == "the speaker's access token does not grant de", message
+        async with httpx.AsyncClient(timeout=5) as http:
+            usage = (await http.get(f"{a.http}/api/v1/usage")).json()["keys"]["k1"]
+        assert usage["utterances"] == 2 and usage["jobs"] == 4, usage  # es and fr, twice

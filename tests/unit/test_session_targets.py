@@ -17,6 +17,9 @@ def test_listeners_come_after_the_speakers_languages_first_asked_first_served() 
     assert over == ["de"]
     targets, over = session_targets(["es"], "en", listeners, 60.0, 4, {"es", "de"})  # fr, pt: no node
     assert (targets, over) == (["es", "de"], [])
+    # the speaker's access token grants es and pt only: the others are not added
+    targets, over = session_targets(["es"], "en", listeners, 60.0, 4, {"es", "fr", "de", "pt"}, {"es", "pt"})
+    assert (targets, over) == (["es", "pt"], [])
 
 
 @given(
@@ -26,16 +29,22 @@ def test_listeners_come_after_the_speakers_languages_first_asked_first_served() 
     ),
     most=st.integers(1, 6),
     servable=st.sets(st.sampled_from(LANGS)),
+    granted=st.none() | st.sets(st.sampled_from(LANGS)),
 )
 def test_the_targets_are_the_speakers_then_live_servable_listeners_within_the_bound(
-    speaker: list[str], listeners: dict[str, tuple[float, float]], most: int, servable: set[str]
+    speaker: list[str],
+    listeners: dict[str, tuple[float, float]],
+    most: int,
+    servable: set[str],
+    granted: set[str] | None,
 ) -> None:
-    targets, over = session_targets(speaker, "en", listeners, 50.0, most, servable)
+    targets, over = session_targets(speaker, "en", listeners, 50.0, most, servable, granted)
     assert targets[: len(speaker)] == speaker  # the speaker's own always, first
     added = targets[len(speaker) :]
     assert len(targets) <= max(len(speaker), most) and len(set(targets)) == len(targets)
     for lang in added + over:
         assert lang != "en" and lang in servable and listeners[lang][1] > 50.0 and lang not in speaker
+        assert granted is None or lang in granted  # the speaker's access token grants it
     assert not (set(added) & set(over))
     if over:
         assert len(targets) >= most

@@ -38,17 +38,20 @@ def session_targets(
     now: float,
     most: int,
     servable: Set[str],
+    granted: Set[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """The target languages of a session's next utterance: the speaker's own, then the
     languages viewers listen to (``listeners``: when each was first asked for and when it
     lapses, epoch seconds) that have not lapsed, are not the source, and a node serves
-    (``servable``: the targets of the source some node serves) — first asked, first
-    served, while ``most`` allows. Returns the targets and the listener languages left out
-    for ``most``."""
+    (``servable``: the targets of the source some node serves) and the speaker's access
+    token grants (``granted``; None: any) — first asked, first served, while ``most``
+    allows. Returns the targets and the listener languages left out for ``most``."""
     targets = list(speaker)
     over: list[str] = []
     for lang in sorted(listeners, key=lambda k: (listeners[k][0], k)):
         if listeners[lang][1] <= now or lang == src or lang in targets or lang not in servable:
+            continue
+        if granted is not None and lang not in granted:
             continue
         (targets if len(targets) < most else over).append(lang)
     return targets, over

@@ -131,6 +131,7 @@ def session_record(session: Session, owner: str) -> SessionRecord:
             "started_at": st.started_at,
             "title": st.title,
             "presenter": st.presenter,
+            "langs_granted": st.langs_granted,
         },
         owner=owner,
         max_index=session.utterances.max_index,
@@ -155,6 +156,7 @@ def settings_from_record(rec: SessionRecord) -> SessionSettings:
         started_at=float(st.get("started_at") or 0.0),
         title=str(st.get("title") or ""),
         presenter=str(st.get("presenter") or ""),
+        langs_granted=list(st["langs_granted"]) if st.get("langs_granted") is not None else None,
     )
 
 

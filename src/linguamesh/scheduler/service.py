@@ -271,7 +271,9 @@ class Scheduler:
         who = None
         if access is not None:
             key = access.key
-            who = Speaker(access.identity, key.key_id, key.options.get("max_sessions"), key.secret)
+            who = Speaker(
+                access.identity, key.key_id, key.options.get("max_sessions"), key.secret, access.grants.langs
+            )
         return await self.table.open(init, conn, peer, who)
 
     def _secret_of(self, key_id: str) -> str | None:

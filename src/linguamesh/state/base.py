@@ -136,6 +136,10 @@ class TranscriptInfo:
     #: what the event is called and who speaks (``session_init``; "": not given)
     title: str = ""
     presenter: str = ""
+    #: the speaker's API key and the languages its access token grants (None: any): what
+    #: a listener language on any instance is held to
+    key_id: str | None = None
+    langs_granted: list[str] | None = None
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ def transcript_info(record: SessionRecord) -> TranscriptInfo:
     return TranscriptInfo(
         record.session_id, record.view_token, st.get("src_lang", ""), list(st.get("tgt_langs", [])),
         record.trace_id, room=st.get("room"), title=st.get("title") or "", presenter=st.get("presenter") or "",
+        key_id=st.get("key_id"), langs_granted=st.get("langs_granted"),
     )  # fmt: skip
 
 

@@ -330,7 +330,8 @@ class RedisStateStore(RedisHistory):
             meta,
             mapping={"view_token": info.view_token, "src_lang": info.src_lang,
                      "tgt_langs": json.dumps(info.tgt_langs), "trace_id": info.trace_id,
-                     "room": info.room or "", "title": info.title, "presenter": info.presenter},
+                     "room": info.room or "", "title": info.title, "presenter": info.presenter,
+                     "key_id": info.key_id or "", "langs_granted": json.dumps(info.langs_granted)},
         )  # fmt: skip
         pipe.hdel(meta, "ended_at")
         pipe.expire(meta, self._ttl() + int(self.limits.transcript_retention))

@@ -88,7 +88,8 @@ class RedisHistory(RedisLink):
         return TranscriptInfo(
             session_id, d["view_token"], d.get("src_lang", ""), json.loads(d.get("tgt_langs", "[]")),
             d.get("trace_id", ""), float(ended) if ended else None, d.get("room") or None,
-            d.get("title", ""), d.get("presenter", ""),
+            d.get("title", ""), d.get("presenter", ""), d.get("key_id") or None,
+            json.loads(d.get("langs_granted") or "null"),
         )  # fmt: skip
 
     async def last_seq(self, session_id: SessionId) -> int:

@@ -7,8 +7,8 @@ language* of the session: it is kept in the state store with the time it lapses
 viewer, the session's holder reads it), and the session's utterances from the next one on
 are translated into it too (``Intake.targets``), within the session's ``max_targets``
 and while a node serves the pair. The viewer learns where it stands from a ``listener``
-event (``ok``, ``unservable``, ``over_quota``) when its stream opens and whenever that
-changes.
+event (``ok``, ``unservable``, ``over_quota``, ``not_granted``) when its stream opens and
+whenever that changes.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Listening:
     #: target languages per utterance this session may have
     most: int
     ended: bool = False
+    #: the languages the speaker's access token grants (None: any)
+    granted: frozenset[str] | None = None
     status: str = ""
     refreshed_at: float = float("-inf")
     #: the session's listener languages as the last refresh read them
@@ -74,18 +76,22 @@ class Listening:
         status, message = "ok", f"{self.lang}: translated from the next utterance on"
         try:
             now = time.time()
-            await store.touch_listener(self.session_id, self.lang, now, now + LISTENER_GRACE_SECONDS)
-            served = servable_targets(store.nodes().all_nodes(), self.src_lang)
-            self.seen = await store.listeners(self.session_id)
-            targets, _ = session_targets(self.tgt_langs, self.src_lang, self.seen, now, self.most, served)
-            if self.lang not in served:
-                status = "unservable"
-                message = f"no node serves {self.src_lang}->{self.lang} now; asked again every {REFRESH_SECONDS:g} s"
-            elif self.lang not in targets:  # the languages asked for earlier fill the session's targets
-                status = "over_quota"
-                message = (
-                    f"this session translates into at most {self.most} languages ({', '.join(targets)} now)"
+            if self.granted is not None and self.lang not in self.granted:  # nothing to keep alive
+                status = "not_granted"
+                message = f"the speaker's access token does not grant {self.lang}"
+            else:
+                await store.touch_listener(self.session_id, self.lang, now, now + LISTENER_GRACE_SECONDS)
+                served = servable_targets(store.nodes().all_nodes(), self.src_lang)
+                self.seen = await store.listeners(self.session_id)
+                targets, _ = session_targets(
+                    self.tgt_langs, self.src_lang, self.seen, now, self.most, served, self.granted
                 )
+                if self.lang not in served:
+                    status = "unservable"
+                    message = f"no node serves {self.src_lang}->{self.lang} now; asked again every {REFRESH_SECONDS:g} s"
+                elif self.lang not in targets:  # the languages asked for earlier fill the session's targets
+                    status = "over_quota"
+                    message = f"this session translates into at most {self.most} languages ({', '.join(targets)} now)"
         except DependencyDown:
             return None  # tried again at the next refresh
         if status == self.status:

@@ -81,6 +81,9 @@ class Viewing:
     ended: bool
     title: str = ""
     presenter: str = ""
+    #: the speaker's API key and the languages its access token grants (None: any)
+    key_id: str | None = None
+    langs_granted: list[str] | None = None
 
     def heading(self) -> str:
         """The transcript's name: the event's title and presenter when the speaker gave them."""
@@ -99,7 +102,17 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
         if not same_token(token, local.view_token) and not _may_view(s, access, local.settings.room):
             return _unauthorized()
         st = local.settings
-        return Viewing(sid, st.src_lang, list(st.tgt_langs), local, False, st.title, st.presenter)
+        return Viewing(
+            sid,
+            st.src_lang,
+            list(st.tgt_langs),
+            local,
+            False,
+            st.title,
+            st.presenter,
+            st.key_id,
+            st.langs_granted,
+        )
     if len(sid) > 128:
         return _not_found()
     try:
@@ -111,8 +124,9 @@ async def _viewing(request: Request) -> Viewing | JSONResponse:
     if not same_token(token, info.view_token) and not _may_view(s, access, info.room):
         return _unauthorized()
     return Viewing(
-        sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None, info.title, info.presenter
-    )
+        sid, info.src_lang, info.tgt_langs, None, info.ended_at is not None, info.title, info.presenter,
+        info.key_id, info.langs_granted,
+    )  # fmt: skip
 
 
 def _may_view(s: Scheduler, token: str, room: str | None) -> bool:
@@ -365,8 +379,9 @@ async def stream(request: Request) -> Response:
         if problem is not None:
             sched.admission.leave_viewer(ip, v.session_id)
             return error(400, "bad_message", problem)
-        most = sched.intake.most_targets(v.local) if v.local is not None else sched.config.max_targets
-        listening = Listening(v.session_id, lang, v.src_lang, v.tgt_langs, most, v.ended)
+        most = sched.intake.most_targets(v.key_id)
+        granted = frozenset(v.langs_granted) if v.langs_granted is not None else None
+        listening = Listening(v.session_id, lang, v.src_lang, v.tgt_langs, most, v.ended, granted)
     return ViewerStream(sched, v, last, _types(request), ip, audio, listening)
 
 

@@ -9,6 +9,7 @@ whole when it closes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -35,8 +36,10 @@ if TYPE_CHECKING:
     from .stream import LiveUtterance
     from .table import SessionTable
 
-#: how often (seconds) a session's listener languages are read from the store
+#: how often (seconds) a session's listener languages are read from the store, and how
+#: long a new utterance waits for a read it started (then it goes on with the last one)
 LISTENERS_READ_EVERY = 1.0
+LISTENERS_WAIT = 0.05
 
 log = get_logger("linguamesh.scheduler")
 
@@ -65,30 +68,50 @@ class Intake:
 
     # ------------------------------------------------------------------ targets
 
-    def most_targets(self, session: Session) -> int:
-        """Target languages per utterance: the scheduler's ``max_targets``, or its API key's."""
+    def most_targets(self, key_id: str | None) -> int:
+        """Target languages per utterance of a session whose speaker's API key is
+        ``key_id``: the scheduler's ``max_targets``, or the key's when lower."""
         most = self.config.max_targets
-        if session.settings.key_id is not None:
-            most = min(most, self.key_limits(session.settings.key_id).get("max_targets", most))
+        if key_id is not None:
+            most = min(most, self.key_limits(key_id).get("max_targets", most))
         return most
+
+    async def utterance_targets(self, session: Session) -> list[str]:
+        """The target languages of a new utterance: :meth:`targets`, after waiting at most
+        ``LISTENERS_WAIT`` for a read of the listener languages that was due (a viewer on
+        another instance then gets its language from the next utterance on; a store that
+        stalls delays the utterance by no more than that)."""
+        self.targets(session)  # (starts the read when one is due)
+        reading = session.listeners_reading
+        if reading is not None and not reading.done():
+            await asyncio.wait({reading}, timeout=LISTENERS_WAIT)
+        return self.targets(session)
 
     def targets(self, session: Session) -> list[str]:
         """The target languages of the session's next utterance: the speaker's, and those
         its viewers listen to (``core.languages.session_targets``). The listener languages
-        are read from the store in the background, at most once a second: an utterance never
-        waits for that read (a store that stalls would hold it, and a write after the stall
-        could then outlive the utterance's refusal); a viewer on this instance tells the
-        session at once (``edge/listening.py``)."""
+        are read from the store in the background, at most once a second; this never waits
+        for that read (a store that stalls would hold the utterance, and a write after the
+        stall could then outlive the utterance's refusal: :meth:`utterance_targets` waits
+        50 ms at most); a viewer on this instance tells the session at once
+        (``edge/listening.py``)."""
         st = session.settings
         now = self.clock()
         if now - session.listeners_read_at >= LISTENERS_READ_EVERY:
             session.listeners_read_at = now
-            self.runner.tasks.spawn(self._read_listeners(session), "listeners")
+            session.listeners_reading = self.runner.tasks.spawn(self._read_listeners(session), "listeners")
         if not session.listeners:
             return st.tgt_langs
         servable = servable_targets(self.store.nodes().all_nodes(), st.src_lang)
+        granted = set(st.langs_granted) if st.langs_granted is not None else None
         targets, over = session_targets(
-            st.tgt_langs, st.src_lang, session.listeners, time.time(), self.most_targets(session), servable
+            st.tgt_langs,
+            st.src_lang,
+            session.listeners,
+            time.time(),
+            self.most_targets(st.key_id),
+            servable,
+            granted,
         )
         if over:
             log.info("listeners.over_targets", session_id=session.session_id, left_out=over)
@@ -203,23 +226,25 @@ class Intake:
                 f"utterance of {seconds:.1f}s exceeds {self.config.max_utterance_seconds:g}s",
             )
         self.limit(session, index, seconds)
-        await self.charge_key(session, index, seconds)
-        await self.accept(session, index, audio, fmt, rate, request_id, seconds)
+        targets = await self.utterance_targets(session)
+        await self.charge_key(session, index, seconds, targets)
+        await self.accept(session, index, audio, fmt, rate, request_id, seconds, targets=targets)
 
     async def charge_key(
-        self, session: Session, index: int, seconds: float, *, debt: bool = False, counted: bool = True
+        self, session: Session, index: int, seconds: float, targets: list[str] | None, *, debt: bool = False
     ) -> None:
         """The session's API key pays for ``seconds`` of audio (its ``audio_seconds_per_hour``):
         ``quota_exceeded`` naming the utterance when the hour's budget is spent. With
-        ``debt``, charged whatever the budget (audio already streamed). Also the key's usage
-        (an utterance, a job per target). Renews the session's count among the key's open
+        ``debt``, charged whatever the budget (audio already streamed). Also the key's usage:
+        with ``targets`` (the utterance's, listener languages too), an utterance and a job
+        per target. Renews the session's count among the key's open
         sessions now and then."""
         key_id = session.settings.key_id
         if key_id is None:
             return
         limits = self.key_limits(key_id)
         per_hour = None if debt else limits.get("audio_seconds_per_hour")
-        utterances, jobs = (1, len(session.settings.tgt_langs)) if counted else (0, 0)
+        utterances, jobs = (1, len(targets)) if targets is not None else (0, 0)
         charged = await self.store.charge_key(
             key_id, seconds, per_hour, time.time(), utterances, jobs, session_id=session.session_id
         )
@@ -268,11 +293,14 @@ class Intake:
         request_id: str | None,
         seconds: float,
         live: LiveUtterance | None = None,
+        targets: list[str] | None = None,
     ) -> bool:
         """Record the utterance and its jobs (one per target language) in one store step and
-        start them. ``live``: the utterance is still being spoken (its jobs stream)."""
+        start them. ``live``: the utterance is still being spoken (its jobs stream).
+        ``targets``: its target languages, as charged to the key (default: the session's now)."""
         st = session.settings
-        targets = self.targets(session)
+        if targets is None:
+            targets = self.targets(session)
         now = self.clock()
         preferred = NodeId(st.preferred_node_id) if st.preferred_node_id else None
         repair = self.store.nodes().repair_available(st.src_lang)

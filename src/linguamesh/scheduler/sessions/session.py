@@ -31,12 +31,14 @@ KEY_SESSION_LAPSE = 600.0
 @dataclass(frozen=True, slots=True)
 class Speaker:
     """Who an access token admitted: its identity, its API key's id, the key's
-    ``max_sessions`` and secret (signs the session's webhooks)."""
+    ``max_sessions`` and secret (signs the session's webhooks), and the languages its
+    grants name (None: any)."""
 
     identity: str
     key_id: str
     max_sessions: int | None
     secret: str
+    langs: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +64,9 @@ class SessionSettings:
     #: what the event is called and who speaks ("": not given)
     title: str = ""
     presenter: str = ""
+    #: the languages the speaker's access token grants (None: any); listener languages
+    #: outside them are not added
+    langs_granted: list[str] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -111,6 +116,7 @@ class Session:
     #: from the store (at most once a second), and when (monotonic)
     listeners: dict[str, tuple[float, float]] = field(default_factory=dict)
     listeners_read_at: float = float("-inf")
+    listeners_reading: asyncio.Task[None] | None = None
     #: languages this session translates into for listeners only (its speaker did not ask
     #: for them): the speaker's socket does not get their events
     listener_langs: set[str] = field(default_factory=set)

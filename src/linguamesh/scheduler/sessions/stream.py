@@ -272,13 +272,16 @@ class UtteranceStream:
             if not await self.intake.admit(session, index):
                 return False
             self.intake.limit(session, index, seconds)
-            await self.intake.charge_key(session, index, seconds)  # its API key's hour (--api-keys)
+            targets = await self.intake.utterance_targets(session)
+            await self.intake.charge_key(session, index, seconds, targets)  # its API key's hour (--api-keys)
             live = LiveUtterance(
                 d.number, index, bytearray(d.audio), opened_at=self.intake.clock(), opened_seconds=seconds
             )
             # the session's live utterance before its jobs start: a node may answer at once
             session.utterances.live = live
-            if not await self.intake.accept(session, index, d.audio, "pcm16", rate, None, seconds, live):
+            if not await self.intake.accept(
+                session, index, d.audio, "pcm16", rate, None, seconds, live, targets
+            ):
                 self._not_live(session, live)
                 return False
         except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
@@ -395,7 +398,7 @@ class UtteranceStream:
                 )
         self.kick()  # a job still waiting may go to any node now
         try:  # the rest of its audio, streamed already: charged to its API key whatever its budget
-            await self.intake.charge_key(session, index, max(0.0, seconds - first), debt=True, counted=False)
+            await self.intake.charge_key(session, index, max(0.0, seconds - first), None, debt=True)
         except DependencyDown:
             pass
 

@@ -231,6 +231,7 @@ class SessionTable:
             room_key_hash=key_hash(init.room_key) if init.room is not None and init.room_key else None,
             identity=who.identity if who else None,
             key_id=who.key_id if who else None,
+            langs_granted=sorted(who.langs) if who is not None and who.langs is not None else None,
             started_at=time.time(),
             title=(init.title or "").strip(),
             presenter=(init.presenter or "").strip(),

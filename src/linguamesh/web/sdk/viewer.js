@@ -7,7 +7,7 @@
 //           the session is gone) | "ended"
 //   result  translation_result (with `seq`)      draft   asr_partial (with `seq`)
 //   ended   session_closed
-//   listener {lang, status: "ok" | "unservable" | "over_quota", message}: with `lang`, where
+//   listener {lang, status: "ok" | "unservable" | "over_quota" | "not_granted", message}: with `lang`, where
 //           the viewer's language stands (docs/protocol.md, "Listener languages")
 
 export class ViewerStream extends EventTarget {
