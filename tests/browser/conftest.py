@@ -102,3 +102,27 @@ async def open_viewer(browser: object, base: str, speaker: Any, init_script: str
     await viewer.goto(str(await speaker.get_attribute("#share-link", "href")))
     await viewer.wait_for_selector("#conn[data-state=connected]")
     return viewer
+
+
+#: axe-core (from npm, run inside the page): serious or critical violations only.
+AXE = Path(__file__).resolve().parents[2] / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS = """axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
+  .filter(v => ['serious', 'critical'].includes(v.impact))
+  .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))"""
+
+
+async def check_accessibility(page: Any, name: str, scheme: str) -> list[Any]:
+    """The page's serious and critical axe-core violations as it is now, as (name, scheme,
+    violation); screenshots at 1280 and 390 px in the test artifacts (the page is left at
+    390 px wide)."""
+    if not AXE.exists():
+        pytest.fail("axe-core is not installed: run scripts/setup.sh test (npm install axe-core)")
+    await page.add_script_tag(path=str(AXE))
+    found = await page.evaluate(SERIOUS)
+    for width, height in ((1280, 900), (390, 844)):
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.screenshot(path=ARTIFACTS / f"{name}-{scheme}-{width}.png", full_page=True)
+    return [(name, scheme, v) for v in found]
+
+
+check_accessibility.__test__ = False  # type: ignore[attr-defined]

@@ -9,25 +9,8 @@ from typing import Any
 import pytest
 
 from ..conftest import Cluster, test_engines
-from .conftest import ARTIFACTS, RECORDER
+from .conftest import AXE, RECORDER, check_accessibility
 from .test_pages import _start_session, _tone_wav
-
-AXE = Path(__file__).resolve().parents[2] / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
-SERIOUS = """axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
-  .filter(v => ['serious', 'critical'].includes(v.impact))
-  .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))"""
-
-
-async def check_accessibility(page: Any, name: str, scheme: str) -> list[Any]:
-    await page.add_script_tag(path=str(AXE))
-    found = await page.evaluate(SERIOUS)
-    for width, height in ((1280, 900), (390, 844)):
-        await page.set_viewport_size({"width": width, "height": height})
-        await page.screenshot(path=ARTIFACTS / f"{name}-{scheme}-{width}.png", full_page=True)
-    return [(name, scheme, v) for v in found]
-
-
-check_accessibility.__test__ = False  # type: ignore[attr-defined]
 
 
 async def test_no_serious_accessibility_violations_in_light_and_dark(

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conftest import Cluster, test_engines
-from .conftest import ARTIFACTS, new_page, open_viewer
-from .test_accessibility import AXE, check_accessibility
+from .conftest import ARTIFACTS, check_accessibility, new_page, open_viewer
 from .test_pages import _start_session, _tone_wav
 
 PHONE = {"width": 390, "height": 844}
@@ -44,7 +43,6 @@ async def _subtitles(viewer: Any) -> list[str]:
 async def test_listeners_on_phones_each_get_their_language_and_the_node_hears_each_utterance_once(
     cluster: Cluster, browser: Any, tmp_path: Path
 ) -> None:
-    assert AXE.exists(), "axe-core is not installed: run scripts/setup.sh test"
     s = await cluster.scheduler()
     node = await cluster.node(
         s.url,
@@ -152,7 +150,9 @@ async def test_with_the_real_engines_only_the_listener_gets_the_spanish_voice(
     await speaker.set_input_files("#file", str(spoken_wav))
     await speaker.wait_for_function("window.seen.results.some(r => r.status === 'ok')", timeout=60_000)
     for viewer in (listener, reader):
-        await viewer.wait_for_function("document.querySelectorAll('#subtitles p').length >= 1", timeout=20_000)
+        await viewer.wait_for_function(
+            "document.querySelectorAll('#subtitles p').length >= 1", timeout=20_000
+        )
         assert "museo" in " ".join(await _subtitles(viewer)).lower()
     await listener.wait_for_function("window.played >= 1", timeout=20_000)
     clip = await listener.evaluate("[...window.lmView.results.values()].map(r => (r.tts_audio || '').length)")

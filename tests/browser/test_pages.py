@@ -14,7 +14,7 @@ from linguamesh.node.defaults import default_engines
 from linguamesh.quality import wer
 
 from ..conftest import SCALE, Cluster, eventually, test_engines
-from .conftest import ARTIFACTS, SPOKEN, new_page, open_viewer
+from .conftest import ARTIFACTS, SPOKEN, check_accessibility, new_page, open_viewer
 
 
 async def _start_session(
@@ -349,8 +349,10 @@ async def test_a_viewer_whose_server_freezes_says_the_connection_is_lost_and_com
             sched.proc.send_signal(signal.SIGSTOP)
             try:
                 await viewer.wait_for_selector("#conn[data-state=lost]", timeout=5_000)
+                problems = await check_accessibility(viewer, "viewer-connection-lost", "light")
             finally:
                 sched.proc.send_signal(signal.SIGCONT)
+            assert not problems, problems
             await viewer.wait_for_selector("#conn[data-state=connected]", timeout=10_000)
             await c.send_utterance(1, pcm(0.2))
             await c.next_result(10 * SCALE)
@@ -381,6 +383,7 @@ async def test_a_viewer_sees_that_the_speaker_pauses_and_a_gap_for_a_failed_utte
     assert lines == ["[a sentence could not be translated]"], lines
     assert await viewer.locator("#subtitles p.gap").count() == 1
     await viewer.screenshot(path=ARTIFACTS / "viewer-gap.png", full_page=True)
+    assert not await check_accessibility(viewer, "viewer-gap", "light")
     assert not viewer.js_errors
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import SCALE, Cluster, free_port, test_engines, transcript_lines
 from ..procs import node_proc, start_scheduler_process, wait_node
-from .conftest import ARTIFACTS, new_page, open_viewer
+from .conftest import ARTIFACTS, check_accessibility, new_page, open_viewer
 from .test_pages import _start_session, _tone_wav
 
 
@@ -381,6 +381,7 @@ async def test_a_pair_no_node_serves_any_more_is_said_at_start_session(
     text = await notice.inner_text()
     assert "no node serves en->es now; no node is connected" in text and "wait up to 10 s" in text, text
     await page.screenshot(path=ARTIFACTS / "speaker-unserved-pair.png", full_page=True)
+    assert not await check_accessibility(page, "speaker-unserved-pair", "light")
     assert not page.js_errors
 
 
@@ -407,6 +408,7 @@ async def test_the_viewer_link_has_a_copy_button_and_a_qr_code_that_reads_back_t
     assert await page.evaluate("navigator.clipboard.readText()") == link
     assert "on the clipboard" in await page.locator("#notice").inner_text()
     await page.screenshot(path=ARTIFACTS / "speaker-share.png", full_page=True)
+    assert not await check_accessibility(page, "speaker-share", "light")
     assert not page.js_errors
     async with httpx.AsyncClient(base_url=s.http) as http:  # only viewer links are drawn
         for bad in ("", "javascript:alert(1)", "https://example.org/other", "http://x/view/" + "a" * 600):
@@ -427,9 +429,12 @@ async def test_the_microphone_is_tested_before_going_live(cluster: Cluster, brow
         "Number(document.querySelector('#test-level').getAttribute('aria-valuenow')) > 0", timeout=5000
     )
     await page.screenshot(path=ARTIFACTS / "speaker-mic-test.png", full_page=True)
+    problems = await check_accessibility(page, "speaker-mic-test", "light")
     await page.click("#mic-test")  # stop the test
     assert await page.locator("#mic-test-note").inner_text() == "Your microphone works."
     assert await page.locator("#test-level").is_hidden()
+    problems += await check_accessibility(page, "speaker-mic-tested", "light")
+    assert not problems, problems
     await page.wait_for_function("!window.lm.mic.ctx")  # released
     assert s.sched.metrics.value("sessions_created") == 0
     await _start_session(page)  # and the session then records as usual
