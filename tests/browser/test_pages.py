@@ -228,6 +228,10 @@ async def test_operator_page_lists_nodes_and_finished_jobs(
     )
     row = await admin.locator("#sessions tbody tr").first.locator("td").all_inner_texts()
     assert row[1:5] == ["Weekly meeting", "en → es", "1", "connected"], row
+    assert "· 1 live session ·" in await admin.locator("#conn .label").inner_text()
+    await page.close()  # the speaker's tab closes: its session lingers for a resume, counted apart
+    await admin.wait_for_function("document.querySelector('#conn .label').textContent.includes('(1 away)')")
+    assert "0 live sessions (1 away)" in await admin.locator("#conn .label").inner_text()
     await admin.screenshot(path=ARTIFACTS / "operator.png", full_page=True)
     # the node goes: red, and why
     await node.stop()

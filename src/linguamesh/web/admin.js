@@ -59,8 +59,13 @@ async function refresh() {
     conn.dataset.state = { ok: "connected", warn: "reconnecting", bad: "offline" }[(data.health || {}).status] || "connected";
     const instances = Object.keys(data.instances || {}).length || 1;
     const missing = (data.unanswered || []).length ? ` · no answer from ${data.unanswered.join(", ")}` : "";
+    // a closed tab's session lingers for a resume: counted apart, not as a live one
+    const list = data.session_list || [];
+    const live = list.filter((s) => s.connected).length;
+    const away = list.length - live;
     conn.querySelector(".label").textContent =
-      `instance ${data.instance_id} of ${instances} · ${data.sessions} sessions · queue ${data.queue_depth}${missing}`;
+      `instance ${data.instance_id} of ${instances} · ${live} live session${live === 1 ? "" : "s"}` +
+      `${away ? ` (${away} away)` : ""} · queue ${data.queue_depth}${missing}`;
     const health = data.health || { status: "ok", problems: [] };
     $("health").dataset.status = health.status;
     $("health-summary").textContent = {
