@@ -37,6 +37,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     # scheduler
     "sessions_created": ("Sessions opened", ()),
     "quota_refused": ("Sessions and utterances an API key's quota refused", ("key",)),
+    "overload_periods": ("Times the event loop fell behind and new work was refused (overloaded)", ()),
     "key_usage": (
         "Use of each API key (--api-keys) on this instance, by kind: sessions, utterances, jobs, audio_seconds",
         ("key", "kind"),

@@ -1,28 +1,57 @@
-"""The process's memory budget for what clients make it hold.
+"""When the scheduler refuses new work with ``overloaded``: its memory budget is spent,
+or its event loop falls behind.
 
 Sessions' replay windows and transcripts (the memory store), events waiting for a
 client's socket and for viewers: each is bounded per session, per viewer and per
-address; this bounds their sum. Past the budget, new work (sessions, utterances,
-viewers) is refused with ``overloaded`` until enough is let go; what was accepted goes
-on. The sum is measured at most every MEASURE_EVERY seconds (it walks the sessions).
+address; the memory budget bounds their sum. Past the budget, new work (sessions,
+utterances, viewers) is refused with ``overloaded`` until enough is let go; what was
+accepted goes on. The sum is measured at most every MEASURE_EVERY seconds (it walks the
+sessions). The same refusal comes when the event loop is behind (``core/overload.py``):
+the shell here samples how late a timer fires, every LAG_EVERY seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+from ..core.overload import LagGauge
+from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
 
 MEASURE_EVERY = 0.25
+LAG_EVERY = 0.1
+
+log = get_logger("linguamesh.scheduler")
 
 
 class MemoryBudget:
-    def __init__(self, limit_bytes: int, measure: Callable[[], int], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limit_bytes: int,
+        measure: Callable[[], int],
+        clock: Callable[[], float],
+        lag: LagGauge | None = None,
+    ) -> None:
         self.limit = limit_bytes
         self._measure = measure
         self._clock = clock
         self._held = 0
         self._at = float("-inf")
+        #: the event loop's lag (None: not watched)
+        self.lag = lag
+        #: new work refused for the loop's lag, in all
+        self.refused_behind = 0
+
+    async def watch_lag(self, on_change: Callable[[bool], None]) -> None:
+        """Sample the event loop's lag for ever (a task): how late a LAG_EVERY timer fires."""
+        assert self.lag is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_EVERY)
+            if self.lag.sample(loop.time() - start - LAG_EVERY):
+                on_change(self.lag.overloaded)
 
     @property
     def held(self) -> int:
@@ -33,6 +62,8 @@ class MemoryBudget:
 
     def over(self) -> str | None:
         """Why new work is refused now, or None."""
+        if self.lag is not None and (behind := self.lag.reason()) is not None:
+            return behind
         held = self.held
         if held < self.limit:
             return None

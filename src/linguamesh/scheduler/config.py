@@ -114,6 +114,10 @@ class SchedulerConfig:
     #: Megabytes of events the process may hold for clients (windows and transcripts in
     #: memory, sockets' backlogs, viewers' queues); past it new work is ``overloaded``.
     memory_budget_mb: int = 2048
+    #: Milliseconds the event loop may fall behind (the median of 5 ticks) before new work is refused
+    #: with ``overloaded``, until it is back under a quarter of that (``core/overload.py``);
+    #: 0 turns it off.
+    overload_lag_ms: int = 200
     #: Target languages a session may ask for (each is a job per utterance).
     max_targets: int = 4
     #: Token buckets on intake: jobs (an utterance per target language) per second and seconds of audio per second,
@@ -271,6 +275,8 @@ class SchedulerConfig:
                      "memory_budget_mb"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.overload_lag_ms < 0:
+            raise ValueError("overload_lag_ms must not be negative (0 turns it off)")
         self.sentinel()  # bad Sentinel addresses fail here, at start
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")

@@ -30,6 +30,7 @@ from ..core.ids import JobId, NodeId, SessionId
 from ..core.jobs import Job
 from ..core.lifecycle import Lifecycle
 from ..core.nodes import servable_pairs, servable_targets
+from ..core.overload import LagGauge
 from ..observability.logging import get_logger
 from ..observability.metrics import Metrics, model_stat_rows, register_model_metrics
 from ..protocol import ErrorCode, ProtocolError
@@ -112,7 +113,9 @@ class Scheduler:
         #: what in the state store's settings risks the shared state (``/readyz``)
         self.store_warnings: list[str] = []
         self._settings_checked = float("-inf")
-        self.budget = MemoryBudget(config.memory_budget_mb * 1024 * 1024, self.held_bytes, self.clock)
+        high = config.overload_lag_ms / 1000
+        lag = LagGauge(high=high, low=high / 4) if high > 0 else None
+        self.budget = MemoryBudget(config.memory_budget_mb * 1024 * 1024, self.held_bytes, self.clock, lag)
         self._register_gauges()
 
     # ------------------------------------------------------------------ views of the parts' state
@@ -139,6 +142,11 @@ class Scheduler:
             lambda: [({}, float(self.budget.held))],
         )
         m.gauge("jobs_in_flight", "Jobs not yet ended", lambda: [({}, len(self.runner.runs))])
+        m.gauge(
+            "event_loop_lag_seconds",
+            "How late the event loop runs a timer, median of 5 ticks (new work is refused above LINGUAMESH_OVERLOAD_LAG_MS)",
+            lambda: [({}, self.budget.lag.lag if self.budget.lag is not None else 0.0)],
+        )
         m.gauge("connected_nodes", "Nodes connected to this instance", lambda: [({}, len(self.nodes))])
         m.gauge(
             "sessions",
@@ -223,6 +231,8 @@ class Scheduler:
                 "any program can register as a node and receive users' audio",
             )
         self._sweeper = self.tasks.spawn(self._sweep(), "node-sweeper")
+        if self.budget.lag is not None:
+            self.tasks.spawn(self.budget.watch_lag(self._overloaded), "loop-lag")
         self.webhooks.start()
         await self._check_store_settings()
         if self.bridge is not None:
@@ -252,6 +262,19 @@ class Scheduler:
             for nc in self.registry.silent():
                 await self.node_gone(nc, "heartbeat lost")
                 await close_quietly(nc.transport, 4002, "heartbeat lost")
+
+    def _overloaded(self, now: bool) -> None:
+        """The event loop fell behind (``now``), or caught up again: logged once each way."""
+        lag = self.budget.lag
+        assert lag is not None
+        if now:
+            log.warning(
+                "scheduler.overloaded", lag_ms=round(lag.lag * 1000, 1), refuse_above_ms=lag.high * 1000
+            )
+        else:
+            log.info("scheduler.caught_up", lag_ms=round(lag.lag * 1000, 1))
+        if now:
+            self.metrics.inc("overload_periods")
 
     async def _cancel_jobs(self, job_ids: Iterable[JobId], reason: str) -> None:
         """A session was forgotten: its running jobs are cancelled."""
@@ -377,8 +400,16 @@ class Scheduler:
     async def audio_chunk(self, session: Session, msg: p.AudioChunk) -> None:
         self._refuse_when_draining(None)
         seg = session.utterances.segmenter
+        u = session.utterances
         if seg is None or not seg.open:  # a chunk that would start an utterance
-            self.budget.check(f"utterance {session.utterances.max_index + 1}")
+            ref = f"utterance {u.max_index + 1}"
+            reason = self.budget.over()
+            if reason is not None:
+                if u.overload_told == ref:
+                    return  # the rest of a refused utterance: refused too, and said already
+                u.overload_told = ref
+                raise ProtocolError(ErrorCode.OVERLOADED, reason, ref)
+        u.overload_told = None
         await self.stream.audio_chunk(session, msg)
 
     def held_bytes(self) -> int:
@@ -485,6 +516,8 @@ class Scheduler:
             problems.append("draining: shutting down")
         if self._sweeper is None or self._sweeper.done():
             problems.append("scheduler loop is not running")
+        if self.budget.lag is not None and (behind := self.budget.lag.reason()) is not None:
+            problems.append(f"overloaded: {behind}")
         try:
             async with asyncio.timeout(READY_DEADLINE):  # a stalled store: answer 503 in time
                 await self.store.ping()

@@ -90,6 +90,9 @@ class Utterances:
     #: utterances refused as rate_limited since the last log record about it
     refused: int = 0
     refused_logged_at: float = float("-inf")
+    #: the utterance (``ref``) whose chunks the scheduler refuses as ``overloaded``: said
+    #: once, not for each of its chunks
+    overload_told: str | None = None
 
 
 @dataclass(eq=False, slots=True)
