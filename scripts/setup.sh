@@ -12,7 +12,9 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 # ---------------------------------------------------------------- system packages
 apt_pkgs=(espeak-ng apertium apertium-eng-spa libsndfile1 redis-server)
 if [ "$mode" = "container" ]; then
-  apt_pkgs+=(podman runc mmdebstrap)
+  # the dnsname CNI plugin: containers of a compose project find each other by service
+  # name (podman 4 with CNI networks, as on Debian 12; not a dependency of podman there)
+  apt_pkgs+=(podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname)
   mode=test
 fi
 if [ "$mode" = "test" ]; then
