@@ -78,18 +78,21 @@ async def test_an_overloaded_instance_refuses_new_work_and_keeps_what_it_accepte
             seq = await feeding
             await a.send_chunk(seq, b"", is_final=True)
             await eventually(lambda: len(results(events)) == 1, 30 * SCALE, "utterance 0's result")
-            # a new utterance is refused, said once for all its chunks
-            seq = await speak(a, 1.0, seq + 1)
-            await eventually(lambda: any(isinstance(e, p.Error) for e in events), 10 * SCALE, "the refusal")
+            # a new utterance is refused, said once for all its chunks; and the next one too
+            for _ in range(2):
+                seq = await speak(a, 0.75, seq + 1)
+                await a.send_chunk(seq, b"", is_final=True)
+            await eventually(
+                lambda: len([e for e in events if isinstance(e, p.Error)]) == 2, 10 * SCALE, "the refusals"
+            )
         await eventually(lambda: not s.sched.budget.lag.overloaded, 10 * SCALE, "catching up")  # type: ignore[union-attr]
         assert (await _ready(s.http))[0] == 200
         errors = [e for e in events if isinstance(e, p.Error)]
-        assert [(e.code, e.ref) for e in errors] == [("overloaded", "utterance 1")], errors
+        assert [(e.code, e.ref) for e in errors] == [("overloaded", "utterance 1")] * 2, errors
         # taken again: a new session, and the first session's next utterance
         async with SessionClient(s.url, src="en", tgt="es") as b:
             await b.send_utterance(0, pcm(0.1))
             assert (await b.next_result(10 * SCALE)).status == "ok"
-        await a.send_chunk(seq, b"", is_final=True)  # (ends what the refused chunks began)
         seq = await speak(a, 0.5, seq + 1)
         await a.send_chunk(seq, b"", is_final=True)
         await eventually(lambda: len(results(events)) == 2, 10 * SCALE, "the next utterance's result")

@@ -401,14 +401,19 @@ class Scheduler:
         self._refuse_when_draining(None)
         seg = session.utterances.segmenter
         u = session.utterances
-        if seg is None or not seg.open:  # a chunk that would start an utterance
+        if msg.audio and (seg is None or not seg.open):  # a chunk that would start an utterance
             ref = f"utterance {u.max_index + 1}"
             reason = self.budget.over()
             if reason is not None:
-                if u.overload_told == ref:
+                told = u.overload_told == ref
+                # said once per utterance: its end (is_final) ends the refused utterance
+                u.overload_told = None if msg.is_final else ref
+                if told:
                     return  # the rest of a refused utterance: refused too, and said already
-                u.overload_told = ref
                 raise ProtocolError(ErrorCode.OVERLOADED, reason, ref)
+        if not msg.audio and msg.is_final and u.overload_told is not None:
+            u.overload_told = None  # the end of a refused utterance
+            return
         u.overload_told = None
         await self.stream.audio_chunk(session, msg)
 
