@@ -281,9 +281,10 @@ async def test_a_listener_on_another_instance_adds_its_language_to_the_session(
     cluster: Cluster, redis_url: str
 ) -> None:
     """The session is held by A; a viewer on B asks for fr: the language goes through the
-    shared store to A (read in the background, at most once a second: utterance 0 finds
-    it read, the next ones use it), whose utterances are then translated into it; B's
-    viewer gets fr's results and A's speaker does not."""
+    shared store to A (read at most once a second; a new utterance waits up to 50 ms for
+    a read that is due, so utterance 0 has it unless the store was slow), whose
+    utterances are then translated into it; B's viewer gets fr's results and A's speaker
+    does not."""
     from ..integration.test_listeners import FOUR, results, standing, until, viewer
 
     a, b = await two(cluster, redis_url)
@@ -303,7 +304,8 @@ async def test_a_listener_on_another_instance_adds_its_language_to_the_session(
             for i in (1, 2, 3):
                 await c.send_utterance(i, pcm(0.1))
             mine = first + await c.results(3, 10 * SCALE)
-            await until(lambda: len(results(fr)) == 3, "fr's results on B")
+            await until(lambda: len(results(fr)) >= 3, "fr's results on B")
             await asyncio.sleep(0.3)
     assert [(r.utterance_index, r.tgt_lang) for r in mine] == [(0, "es"), (1, "es"), (2, "es"), (3, "es")]
-    assert [(r["utterance_index"], r["tgt_lang"]) for r in results(fr)] == [(1, "fr"), (2, "fr"), (3, "fr")]
+    got = [(r["utterance_index"], r["tgt_lang"]) for r in results(fr)]
+    assert got in ([(i, "fr") for i in range(4)], [(i, "fr") for i in (1, 2, 3)]), got  # each once, in order
