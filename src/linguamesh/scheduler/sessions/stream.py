@@ -93,6 +93,9 @@ class UtteranceStream:
         self.registry = registry
         #: capacity may have appeared (the dispatcher's ``kick``)
         self.kick = kick
+        #: this instance's event loop is behind (``core/overload.py``): chunks then arrive
+        #: here late and in bursts, which is not the speaker's trickle
+        self.behind: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ events
 
@@ -120,9 +123,10 @@ class UtteranceStream:
     async def _cut_trickle(self, session: Session, seg: Segmenter) -> None:
         """A live utterance holds a streaming slot while it is spoken: one whose audio comes
         far slower than speech (a few bytes now and then), or that stays open past twice
-        the utterance limit, is closed as if its speaker paused."""
+        the utterance limit, is closed as if its speaker paused. Not while this instance
+        is behind: its own delay would look like the speaker's."""
         live = session.utterances.live
-        if live is None or not live.open:
+        if live is None or not live.open or self.behind():
             return
         now = self.intake.clock()
         elapsed = now - live.opened_at
