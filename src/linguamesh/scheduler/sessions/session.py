@@ -80,6 +80,8 @@ class Utterances:
     segmenter: Segmenter | None = None
     #: closes the open streamed utterance when no chunk came for ``chunk_idle_gap``
     idle_timer: asyncio.TimerHandle | None = None
+    #: when the open utterance closes for want of chunks (monotonic; None: it does not)
+    idle_due: float | None = None
     #: the utterance being spoken, streamed to its node(s) as it arrives
     live: LiveUtterance | None = None
     #: intake limits: (utterances, audio seconds) token buckets, made on first use

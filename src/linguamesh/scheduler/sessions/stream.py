@@ -209,8 +209,21 @@ class UtteranceStream:
         )
         self.kick()  # still waiting: it may go to any node now
 
+    def _idle_timer(self, session: Session) -> None:
+        """The idle timer fired: the gap is over (no chunk came since), or a chunk moved the
+        deadline (the timer waits the rest), or nothing is open any more."""
+        utt = session.utterances
+        utt.idle_timer = None
+        if utt.idle_due is None:
+            return
+        rest = utt.idle_due - self.intake.clock()
+        if rest > 0:
+            utt.idle_timer = self.tasks.call_later(rest, lambda: self._idle_timer(session))
+            return
+        utt.idle_due = None
+        self.tasks.spawn(self._idle(session), "chunk-close")
+
     async def _idle(self, session: Session) -> None:
-        session.utterances.idle_timer = None
         await self._carry_out(session, self._segmenter(session).idle())
 
     # ------------------------------------------------------------------ carrying out decisions
@@ -239,17 +252,18 @@ class UtteranceStream:
         utt = session.utterances
         refused: set[int] = set()
         for d in decisions:
+            # the idle timer is moved lazily: every chunk disarms and re-arms it, and a
+            # timer per chunk was a cost per chunk; the deadline moves, the timer stays
             if isinstance(d, DisarmIdle):
-                self.tasks.cancel(utt.idle_timer)
-                utt.idle_timer = None
+                utt.idle_due = None
             elif isinstance(d, ArmIdle):
                 seg = utt.segmenter
                 if seg is not None and seg.open:
-                    self.tasks.cancel(utt.idle_timer)
-                    utt.idle_timer = self.tasks.call_later(
-                        self.config.chunk_idle_gap,
-                        lambda: self.tasks.spawn(self._idle(session), "chunk-close"),
-                    )
+                    utt.idle_due = self.intake.clock() + self.config.chunk_idle_gap
+                    if utt.idle_timer is None:
+                        utt.idle_timer = self.tasks.call_later(
+                            self.config.chunk_idle_gap, lambda: self._idle_timer(session)
+                        )
             elif d.number in refused:
                 continue
             elif isinstance(d, Open):
