@@ -94,7 +94,7 @@ export interface ViewerEventMap {
   result: CustomEvent<TranslationResult & { seq: number }>;
   draft: CustomEvent<AsrPartial & { seq: number }>;
   ended: CustomEvent<SessionClosed & { seq: number }>;
-  listener: CustomEvent<{ type: "listener"; lang: string; status: "ok" | "unservable" | "over_quota" | string; message: string }>;
+  listener: CustomEvent<{ type: "listener"; lang: string; status: "ok" | "unservable" | "over_quota" | "not_granted" | string; message: string }>;
 }
 export class ViewerStream extends EventTarget {
   constructor(options: { base?: string; sessionId: string; token: string; types?: string[]; audio?: boolean; lang?: string; EventSource?: unknown });
