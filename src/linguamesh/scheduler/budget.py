@@ -21,6 +21,8 @@ from ..protocol import ErrorCode, ProtocolError
 
 MEASURE_EVERY = 0.25
 LAG_EVERY = 0.1
+#: after an overload, time rules on clients' chunks (idle gap, trickle) wait this long
+BEHIND_AFTER = 10.0
 
 log = get_logger("linguamesh.scheduler")
 
@@ -40,8 +42,8 @@ class MemoryBudget:
         self._at = float("-inf")
         #: the event loop's lag (None: not watched)
         self.lag = lag
-        #: new work refused for the loop's lag, in all
-        self.refused_behind = 0
+        #: when (loop time) the loop was last found overloaded
+        self.overloaded_at = float("-inf")
 
     async def watch_lag(self, on_change: Callable[[bool], None]) -> None:
         """Sample the event loop's lag for ever (a task): how late a LAG_EVERY timer fires."""
@@ -52,6 +54,17 @@ class MemoryBudget:
             await asyncio.sleep(LAG_EVERY)
             if self.lag.sample(loop.time() - start - LAG_EVERY):
                 on_change(self.lag.overloaded)
+            if self.lag.overloaded:
+                self.overloaded_at = loop.time()
+
+    def behind(self) -> bool:
+        """The loop is behind now, or was overloaded within BEHIND_AFTER seconds: frames
+        may still wait in the sockets' buffers (the lag measures only the wait inside the
+        process), so a client's chunks arrive late through no fault of its own."""
+        if self.lag is None:
+            return False
+        recent = asyncio.get_running_loop().time() - self.overloaded_at < BEHIND_AFTER
+        return recent or self.lag.lag >= self.lag.low
 
     @property
     def held(self) -> int:

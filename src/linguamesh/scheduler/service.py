@@ -116,8 +116,7 @@ class Scheduler:
         high = config.overload_lag_ms / 1000
         lag = LagGauge(high=high, low=high / 4) if high > 0 else None
         self.budget = MemoryBudget(config.memory_budget_mb * 1024 * 1024, self.held_bytes, self.clock, lag)
-        if lag is not None:  # late chunks are then ours, not a trickling speaker's
-            self.stream.behind = lambda: lag.lag >= lag.low
+        self.stream.behind = self.budget.behind  # late chunks are then ours, not the speaker's
         self._register_gauges()
 
     # ------------------------------------------------------------------ views of the parts' state

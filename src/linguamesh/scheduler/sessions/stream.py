@@ -93,8 +93,8 @@ class UtteranceStream:
         self.registry = registry
         #: capacity may have appeared (the dispatcher's ``kick``)
         self.kick = kick
-        #: this instance's event loop is behind (``core/overload.py``): chunks then arrive
-        #: here late and in bursts, which is not the speaker's trickle
+        #: this instance's event loop is behind (``budget.py``): chunks then arrive here
+        #: late and in bursts, which is neither the speaker's trickle nor its pause
         self.behind: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ events
@@ -217,6 +217,8 @@ class UtteranceStream:
         if utt.idle_due is None:
             return
         rest = utt.idle_due - self.intake.clock()
+        if rest <= 0 and self.behind():  # the gap may be ours: chunks wait in the socket
+            rest = self.config.chunk_idle_gap
         if rest > 0:
             utt.idle_timer = self.tasks.call_later(rest, lambda: self._idle_timer(session))
             return
