@@ -82,13 +82,19 @@ async def test_an_overloaded_instance_refuses_new_work_and_keeps_what_it_accepte
             for _ in range(2):
                 seq = await speak(a, 0.75, seq + 1)
                 await a.send_chunk(seq, b"", is_final=True)
+            # a third one is refused and goes on after the overload: its rest is refused too
+            seq = await speak(a, 0.5, seq + 1)
             await eventually(
-                lambda: len([e for e in events if isinstance(e, p.Error)]) == 2, 10 * SCALE, "the refusals"
+                lambda: len([e for e in events if isinstance(e, p.Error)]) == 3, 10 * SCALE, "the refusals"
             )
         await eventually(lambda: not s.sched.budget.lag.overloaded, 10 * SCALE, "catching up")  # type: ignore[union-attr]
         assert (await _ready(s.http))[0] == 200
+        seq = await speak(a, 0.5, seq)
+        await a.send_chunk(seq, b"", is_final=True)
+        await asyncio.sleep(0.5)  # (no result, and no second word of it, would come)
+        assert len(results(events)) == 1
         errors = [e for e in events if isinstance(e, p.Error)]
-        assert [(e.code, e.ref) for e in errors] == [("overloaded", "utterance 1")] * 2, errors
+        assert [(e.code, e.ref) for e in errors] == [("overloaded", "utterance 1")] * 3, errors
         # taken again: a new session, and the first session's next utterance
         async with SessionClient(s.url, src="en", tgt="es") as b:
             await b.send_utterance(0, pcm(0.1))

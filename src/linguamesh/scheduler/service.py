@@ -402,20 +402,25 @@ class Scheduler:
         self._refuse_when_draining(None)
         seg = session.utterances.segmenter
         u = session.utterances
+        if u.overload_told is not None:
+            # the rest of a refused utterance is refused with it (said once), up to its end
+            # (is_final), or for at most the longest utterance (a client that never ends
+            # one); with server-side end of speech (the client streams on and never ends
+            # an utterance) only while the instance stays overloaded
+            expired = self.clock() - u.overload_told_at > self.config.max_utterance_seconds or (
+                session.settings.end_of_speech_ms is not None and self.budget.over() is None
+            )
+            if msg.is_final or expired:
+                u.overload_told = None
+            if msg.is_final or u.overload_told is not None:
+                return
         if msg.audio and (seg is None or not seg.open):  # a chunk that would start an utterance
-            ref = f"utterance {u.max_index + 1}"
             reason = self.budget.over()
             if reason is not None:
-                told = u.overload_told == ref
-                # said once per utterance: its end (is_final) ends the refused utterance
-                u.overload_told = None if msg.is_final else ref
-                if told:
-                    return  # the rest of a refused utterance: refused too, and said already
+                ref = f"utterance {u.max_index + 1}"
+                if not msg.is_final:
+                    u.overload_told, u.overload_told_at = ref, self.clock()
                 raise ProtocolError(ErrorCode.OVERLOADED, reason, ref)
-        if not msg.audio and msg.is_final and u.overload_told is not None:
-            u.overload_told = None  # the end of a refused utterance
-            return
-        u.overload_told = None
         await self.stream.audio_chunk(session, msg)
 
     def held_bytes(self) -> int:

@@ -95,6 +95,7 @@ class Utterances:
     #: the utterance (``ref``) whose chunks the scheduler refuses as ``overloaded``: said
     #: once, not for each of its chunks
     overload_told: str | None = None
+    overload_told_at: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
