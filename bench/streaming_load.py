@@ -125,7 +125,7 @@ async def speaker(url: str, start: float, seconds: float, number: int, st: Speak
             k += 1
             t += PAUSE_S
             await asyncio.sleep(max(0.0, t - loop.time()))
-        deadline = loop.time() + 10
+        deadline = loop.time() + 40  # (past the result timeout: a late result is not a lost one)
         while pending and loop.time() < deadline and not relay:
             await asyncio.sleep(0.05)
             # a refused utterance gets an error, not a result
