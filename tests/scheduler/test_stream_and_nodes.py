@@ -247,3 +247,58 @@ async def test_a_piece_of_speech_that_cannot_reach_its_node_fails_the_job_over_w
     rest = [base64.b64decode(a.get("audio") or "") for a in healthy.of("job_audio")]
     assert sum(map(len, rest)) == len(speech)  # the rest of the utterance, once
     assert not csock.of("error")
+
+
+async def test_a_chunk_that_comes_while_a_cut_opens_the_next_utterance_reaches_its_job(
+    sched: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node proposes a cut after a sentence: its message closes utterance 0 and opens
+    utterance 1 with the speech after the cut. The opening awaits the store (here the
+    listener languages' read); a chunk the speaker sends meanwhile belongs to utterance 1
+    and reaches its job: no piece is missing (the node would fail the job on a hole)."""
+    import asyncio
+
+    nc, nsock = await _node(sched, "n1", STREAMING_CAPS)
+    s, csock = await _session(sched, end_of_speech="server")
+    speech = pcm(0.3)
+    for seq in range(4):
+        await _chunk(sched, s, seq, speech)
+    (assign,) = await nsock.wait("job_assign")
+    await sched.node_message(nc, p.JobAck(job_id=assign["job_id"], attempt_id=1))
+    await nsock.wait("job_audio", 3)
+    store = sched.store
+    read = store.listeners
+
+    async def slow_read(session_id: Any) -> Any:
+        await asyncio.sleep(0.03)
+        return await read(session_id)
+
+    monkeypatch.setattr(store, "listeners", slow_read)
+    s.listeners_read_at = float("-inf")  # a read is due at the next opening
+    cut = int(0.8 * 16000) * 2  # a sentence ends 0.8 s in: 0.4 s after it go to utterance 1
+    proposal = asyncio.create_task(
+        sched.node_message(
+            nc, p.JobSpeechEnd(job_id=assign["job_id"], attempt_id=1, size=cut, reason="sentence")
+        )
+    )
+    await asyncio.sleep(0.01)  # utterance 1 is opening: it waits for the read
+    await _chunk(sched, s, 4, speech)  # the speaker goes on meanwhile
+    await proposal
+    await _chunk(sched, s, 5, speech)
+    assign1 = (await nsock.wait("job_assign", 2))[1]
+    assert assign1["utterance_index"] == 1 and assign1.get("streaming") is True
+    await sched.node_message(nc, p.JobAck(job_id=assign1["job_id"], attempt_id=1))
+    await _chunk(sched, s, 6, b"", final=True)
+    await eventually(
+        lambda: any(a.get("is_final") for a in nsock.of("job_audio") if a["job_id"] == assign1["job_id"]),
+        2,
+        "utterance 1's end",
+    )
+    pieces = [a for a in nsock.of("job_audio") if a["job_id"] == assign1["job_id"]]
+    seqs = [a["seq"] for a in pieces]
+    assert seqs == list(range(assign1["audio_seq"], assign1["audio_seq"] + len(seqs))), seqs  # no hole
+    heard = len(base64.b64decode(assign1["audio"])) + sum(
+        len(base64.b64decode(a.get("audio", ""))) for a in pieces
+    )
+    assert heard == 4 * len(speech) - cut + 2 * len(speech), heard  # every byte after the cut, once
+    assert not csock.of("error")

@@ -288,30 +288,34 @@ class UtteranceStream:
         index = session.utterances.max_index + 1
         rate = session.settings.sample_rate
         seconds = len(d.audio) / 2 / rate
+        # the session's live utterance before anything is awaited: a chunk that arrives
+        # meanwhile (the next message on the socket, while the node's proposed cut opened
+        # this one) is appended to it, and the jobs' assign carries it; and before its
+        # jobs start: a node may answer at once
+        live = LiveUtterance(
+            d.number, index, bytearray(d.audio), opened_at=self.intake.clock(), opened_seconds=seconds
+        )
+        session.utterances.live = live
         try:
             if not await self.intake.admit(session, index):
+                self._not_live(session, live)
                 return False
             self.intake.limit(session, index, seconds)
             targets = await self.intake.utterance_targets(session)
             await self.intake.charge_key(session, index, seconds, targets)  # its API key's hour (--api-keys)
-            live = LiveUtterance(
-                d.number, index, bytearray(d.audio), opened_at=self.intake.clock(), opened_seconds=seconds
-            )
-            # the session's live utterance before its jobs start: a node may answer at once
-            session.utterances.live = live
             if not await self.intake.accept(
                 session, index, d.audio, "pcm16", rate, None, seconds, live, targets
             ):
                 self._not_live(session, live)
                 return False
         except ProtocolError as exc:  # this chunk is refused; the client is told which utterance
-            self._not_live(session, None)
+            self._not_live(session, live)
             session.delivery.emit(
                 p.Error(code=exc.code, message=exc.message, ref=exc.ref or f"utterance {index}")
             )
             return False
         except DependencyDown as exc:
-            self._not_live(session, None)
+            self._not_live(session, live)
             self._dependency_down(session, index, exc)
             return False
         return True
