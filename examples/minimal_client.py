@@ -30,6 +30,9 @@ async def main(wav: bytes, url: str, src: str, tgt: str) -> int:
         async for frame in ws:
             event = json.loads(frame)
             kind = event["type"]
+            if kind == "session_closed":  # the last event: the server closes the socket after it
+                print(f"closed: {event['reason']}")
+                return 0
             if "seq" in event:  # every numbered event can be acknowledged
                 await ws.send(json.dumps({"type": "ack", "seq": event["seq"]}))
             if kind == "job_status":
@@ -46,9 +49,6 @@ async def main(wav: bytes, url: str, src: str, tgt: str) -> int:
                     await ws.send(json.dumps({"type": "session_close"}))
             elif kind == "error":
                 print(f"error {event['code']}: {event['message']}")
-            elif kind == "session_closed":
-                print(f"closed: {event['reason']}")
-                return 0
     return 1
 
 
