@@ -89,6 +89,18 @@ def holds(sentence: str, text: str) -> bool:
     return len(mine & content(text)) * 2 >= len(mine)
 
 
+async def paced(c: SessionClient, audio: bytes, seq: int = 0) -> int:
+    """``audio`` as 20 ms ``audio_chunk``s at the pace of speech, from ``seq``; the next seq
+    (the benches that stream share it)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i, at in enumerate(range(0, len(audio), CHUNK)):
+        await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
+        await c.send_chunk(seq, audio[at : at + CHUNK])
+        seq += 1
+    return seq
+
+
 async def stream(url: str, audio: bytes) -> dict[str, object]:
     results: list[tuple[float, p.TranslationResult]] = []
     first_caption: float | None = None
@@ -106,13 +118,7 @@ async def stream(url: str, audio: bytes) -> dict[str, object]:
                     results.append((now, ev))
 
         rx = asyncio.create_task(receive())
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        seq = 0
-        for i, at in enumerate(range(0, len(audio), CHUNK)):
-            await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
-            await c.send_chunk(seq, audio[at : at + CHUNK])
-            seq += 1
+        await paced(c, audio)
         spoken = time.monotonic() - start
         deadline = time.monotonic() + 60
         last = len(results)

@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench.monologue import CHUNK, default_node, espeak
+from bench.monologue import default_node, espeak, paced
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
@@ -68,12 +68,7 @@ async def one(url: str, text: str, silence: float) -> tuple[str, float | None]:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
 
-        async def play() -> None:
-            for i, at in enumerate(range(0, len(audio), CHUNK)):
-                await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
-                await c.send_chunk(i, audio[at : at + CHUNK])
-
-        player = asyncio.create_task(play())
+        player = asyncio.create_task(paced(c, audio))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             ev = await c.recv(timeout=deadline - time.monotonic())

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench.monologue import CHUNK, SCRIPT, default_node, espeak
+from bench.monologue import SCRIPT, default_node, espeak, paced
 from linguamesh.client import SessionClient
 from linguamesh.node.defaults import default_engines
 
@@ -62,13 +62,7 @@ def asr_records(log: Path) -> list[dict[str, object]]:
 async def speak(c: SessionClient, seq: int, audio: bytes) -> int:
     """``audio`` with silence around it as 20 ms chunks at the pace of speech, then the
     utterance's end; the next chunk's seq."""
-    audio = b"\0\0" * 4800 + audio + b"\0\0" * 4800
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    for i, at in enumerate(range(0, len(audio), CHUNK)):
-        await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
-        await c.send_chunk(seq, audio[at : at + CHUNK])
-        seq += 1
+    seq = await paced(c, b"\0\0" * 4800 + audio + b"\0\0" * 4800, seq)
     await c.send_chunk(seq, b"", is_final=True)
     return seq + 1
 

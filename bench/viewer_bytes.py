@@ -34,7 +34,7 @@ import httpx
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench.monologue import CHUNK, SCRIPT, default_node, espeak
+from bench.monologue import SCRIPT, default_node, espeak, paced
 from linguamesh import protocol as p
 from linguamesh.client import SessionClient
 
@@ -91,11 +91,7 @@ async def run(ws: str, audio: bytes) -> dict[str, object]:
                 speaker.results += isinstance(ev, p.TranslationResult)
 
         rx = asyncio.create_task(receive())
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for i, at in enumerate(range(0, len(audio), CHUNK)):
-            await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
-            await c.send_chunk(i, audio[at : at + CHUNK])
+        await paced(c, audio)
         deadline, last = time.monotonic() + 60, -1
         while time.monotonic() < deadline and speaker.results != last:  # until none came for 5 s
             last = speaker.results
