@@ -81,11 +81,19 @@ class Intake:
         ``LISTENERS_WAIT`` for a read of the listener languages that was due (a viewer on
         another instance then gets its language from the next utterance on; a store that
         stalls delays the utterance by no more than that)."""
-        self.targets(session)  # (starts the read when one is due)
-        reading = session.listeners_reading
-        if reading is not None and not reading.done():
+        reading = self._read_if_due(session)
+        if reading is not None:
             await asyncio.wait({reading}, timeout=LISTENERS_WAIT)
         return self.targets(session)
+
+    def _read_if_due(self, session: Session) -> asyncio.Task[None] | None:
+        """Start a read of the session's listener languages when one is due (at most once
+        a second); the read started, or None."""
+        now = self.clock()
+        if now - session.listeners_read_at < LISTENERS_READ_EVERY:
+            return None
+        session.listeners_read_at = now
+        return self.runner.tasks.spawn(self._read_listeners(session), "listeners")
 
     def targets(self, session: Session) -> list[str]:
         """The target languages of the session's next utterance: the speaker's, and those
@@ -96,10 +104,7 @@ class Intake:
         50 ms at most); a viewer on this instance tells the session at once
         (``edge/listening.py``)."""
         st = session.settings
-        now = self.clock()
-        if now - session.listeners_read_at >= LISTENERS_READ_EVERY:
-            session.listeners_read_at = now
-            session.listeners_reading = self.runner.tasks.spawn(self._read_listeners(session), "listeners")
+        self._read_if_due(session)
         if not session.listeners:
             return st.tgt_langs
         servable = servable_targets(self.store.nodes().all_nodes(), st.src_lang)

@@ -122,7 +122,6 @@ class Session:
     #: from the store (at most once a second), and when (monotonic)
     listeners: dict[str, tuple[float, float]] = field(default_factory=dict)
     listeners_read_at: float = float("-inf")
-    listeners_reading: asyncio.Task[None] | None = None
     #: languages this session translates into for listeners only (its speaker did not ask
     #: for them): the speaker's socket does not get their events
     listener_langs: set[str] = field(default_factory=set)
