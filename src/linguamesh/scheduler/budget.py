@@ -16,15 +16,12 @@ import asyncio
 from collections.abc import Callable
 
 from ..core.overload import LagGauge
-from ..observability.logging import get_logger
 from ..protocol import ErrorCode, ProtocolError
 
 MEASURE_EVERY = 0.25
 LAG_EVERY = 0.1
 #: after an overload, time rules on clients' chunks (idle gap, trickle) wait this long
 BEHIND_AFTER = 10.0
-
-log = get_logger("linguamesh.scheduler")
 
 
 class MemoryBudget:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..core.ids import JobId
+from ..core.jobs import JobState
 from ..observability.metrics import COUNTERS
 from ..state.base import DependencyDown
 
@@ -186,7 +187,11 @@ def latency_samples(s: Scheduler) -> dict[str, list[float]]:
     after: list[float] = []
     job_ms: list[float] = []
     for j in s.runner.finished.values():
-        if j.finished_at is None or now - j.finished_at > LATENCY_WINDOW_S or j.state.value != "completed":
+        if (
+            j.finished_at is None
+            or now - j.finished_at > LATENCY_WINDOW_S
+            or j.state is not JobState.COMPLETED
+        ):
             continue
         job_ms.append(round((j.finished_at - j.created_at) * 1000, 1))
         ended = j.speech_ended_at or (j.spoken_at + j.audio_seconds if j.spoken_at is not None else None)

@@ -272,10 +272,9 @@ class Scheduler:
             log.warning(
                 "scheduler.overloaded", lag_ms=round(lag.lag * 1000, 1), refuse_above_ms=lag.high * 1000
             )
+            self.metrics.inc("overload_periods")
         else:
             log.info("scheduler.caught_up", lag_ms=round(lag.lag * 1000, 1))
-        if now:
-            self.metrics.inc("overload_periods")
 
     async def _cancel_jobs(self, job_ids: Iterable[JobId], reason: str) -> None:
         """A session was forgotten: its running jobs are cancelled."""

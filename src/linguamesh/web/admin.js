@@ -44,6 +44,13 @@ function fill(id, rows) {
   }
 }
 
+// a latency in ms, as people read it ("–" when there is none yet)
+function duration(ms) {
+  if (ms == null) return "–";
+  if (ms >= 10000) return `${(ms / 1000).toFixed(0)} s`;
+  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+}
+
 function minutes(seconds) {
   return seconds < 90 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
 }
@@ -79,11 +86,10 @@ async function refresh() {
       return li;
     }));
     const lat = data.latency || {};
-    const ms = (v) => (v == null ? "–" : v >= 10000 ? `${(v / 1000).toFixed(0)} s` : v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
     fill("latency", [
       ["End of speech → result", lat.after_speech],
       ["Job created → result", lat.job],
-    ].filter(([, l]) => l).map(([what, l]) => [what, l.jobs, ms(l.p50), ms(l.p90), ms(l.p99)]));
+    ].filter(([, l]) => l).map(([what, l]) => [what, l.jobs, duration(l.p50), duration(l.p90), duration(l.p99)]));
     $("latency-window").textContent = lat.window_s
       ? `Jobs completed in the last ${Math.round(lat.window_s / 60)} minutes, on every instance. A streamed utterance's job starts when the speaker does.`
       : "";
